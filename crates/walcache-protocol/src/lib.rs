@@ -1,1 +1,44 @@
-//! placeholder
+//! The pieces of walcache that the library and the daemon must agree on byte for byte.
+//!
+//! - [`message`]: the invalidation [`Message`] and its versioned wire format. Decoding is bounded
+//!   ([`MAX_MESSAGE_BYTES`]) and never panics on hostile bytes; within a major version, fields a
+//!   newer minor version appends are skipped, so rolling upgrades do not flush caches.
+//! - [`naming`]: the Redis key and channel names ([`Naming`]) and the rules for namespaces and tags
+//!   ([`validate_namespace`], [`validate_tag`]).
+//! - [`key`]: the typed key builder. The library builds a key from Rust values ([`ToKey`],
+//!   [`key_of`]); the daemon builds it from PostgreSQL's text output of a row
+//!   ([`ColumnType::parse_pg_text`], [`KeyTemplate`]). Both produce the same canonical string, or
+//!   invalidations would silently miss.
+//!
+//! This crate does no I/O: no tokio, no Redis, no PostgreSQL.
+//!
+//! # Example
+//!
+//! ```
+//! use walcache_protocol::{key_of, Body, KeyRef, Message, Naming};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let naming = Naming::default();
+//! let key = key_of(&(7i64, "a:b"));
+//! assert_eq!(key, "7:a%3Ab");
+//! assert_eq!(naming.value_key("users", 3, 1, &key), "wc:{users}:g3:s1:7:a%3Ab");
+//!
+//! let msg = Message::new(0x5eed, 1, Body::Keys(vec![KeyRef::new("users", key)]));
+//! let bytes = msg.encode();
+//! assert_eq!(bytes.len(), msg.encoded_len());
+//! assert_eq!(Message::decode(&bytes)?, msg);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod key;
+pub mod message;
+pub mod naming;
+
+pub use key::{
+    key_of, ColumnType, KeyBuilder, KeyError, KeyPart, KeyTemplate, TemplateError, ToKey,
+};
+pub use message::{
+    Body, DecodeError, KeyRef, Message, FORMAT_MAJOR, FORMAT_MINOR, MAX_MESSAGE_BYTES,
+};
+pub use naming::{validate_namespace, validate_tag, NameError, Naming};

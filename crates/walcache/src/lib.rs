@@ -1,1 +1,123 @@
-//! placeholder
+//! # walcache
+//!
+//! A two-tier cache for services whose truth lives in PostgreSQL: an in-process
+//! [moka](https://docs.rs/moka) **L1** over a shared Redis **L2**, read through to your own
+//! loader, and kept fresh by `walcached`, a daemon that turns PostgreSQL's logical replication
+//! stream into invalidations.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use walcache::Walcache;
+//!
+//! #[derive(Clone, serde::Serialize, serde::Deserialize)]
+//! struct User { id: i64, email: String }
+//!
+//! # #[derive(Debug)] struct DbError; impl std::fmt::Display for DbError { fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("db") } } impl std::error::Error for DbError {}
+//! # async fn load_user(id: i64) -> Result<User, DbError> { Ok(User { id, email: String::new() }) }
+//! # async fn run() -> Result<(), walcache::Error> {
+//! // One handle per process: Redis connections and the single invalidation subscription.
+//! let walcache = Walcache::builder()
+//!     .redis_url("redis://127.0.0.1:6379/")
+//!     .build()
+//!     .await?;
+//!
+//! // One cache per namespace; the namespace is the one the daemon's rule names for the table.
+//! let users = walcache
+//!     .cache::<i64, User>("users")
+//!     .max_capacity(100_000)
+//!     .time_to_live(Duration::from_secs(60))
+//!     .build()?;
+//!
+//! // L1 → L2 → your loader; the loader runs at most once per key across all processes.
+//! let user = users.try_get_with(&42, load_user(42)).await?;
+//! # let _ = user;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Keys
+//!
+//! A key is any [`ToKey`] value: integers, strings, booleans, `Option`s and tuples of them.
+//! Its canonical form is built by the key builder that the daemon also uses, so the key `42`
+//! in namespace `users` is exactly what the daemon computes from the rule
+//! `keys = ["{id}"]` for the row with `id = 42`. A tuple `(a, b)` matches the template
+//! `"{a}:{b}"`.
+//!
+//! ## The consistency contract
+//!
+//! What you can rely on, with the daemon running:
+//!
+//! 1. **Bounded staleness.** After a transaction commits, every cached entry derived from a
+//!    changed row is removed from L2 and from every process's L1 within a bound (the daemon's
+//!    decode → Redis → pub/sub path; measured, see `BENCHMARKS.md`). Where the daemon cannot
+//!    know what it missed (a lost slot, a Redis restart), it flushes the namespaces instead.
+//! 2. **No stale fill.** A value your loader read before a commit is never stored in L2 or L1
+//!    after that commit's invalidation was applied. L2 is written only by a compare-and-set on
+//!    the fill's own random lease token (an invalidation — even a plain `DEL` — removes the
+//!    token, so the fill fails); L1 is filled only if no invalidation touched the key while the
+//!    value was being loaded.
+//! 3. **Visibility.** The daemon re-invalidates a change once PostgreSQL makes it visible to
+//!    new snapshots, so a fill that read the old row in between does not survive.
+//! 4. **Missed messages are detected.** Pub/sub is at-most-once, so every message from the
+//!    daemon carries its epoch and a sequence number, and the daemon sends heartbeats while it
+//!    is caught up. L1 is used only while the stream is *live*; a gap, a reconnect, an epoch
+//!    change, an undecodable message or heartbeat silence flushes L1 and bypasses it until the
+//!    next in-sequence heartbeat.
+//! 5. **Nothing committed is lost** by the daemon: it confirms its replication position only
+//!    after the invalidations are published, so a crash replays rather than skips.
+//! 6. **Full refresh.** As a safety net the daemon periodically expires every L2 entry filled
+//!    before the cycle began; L1's time-to-live should not exceed the refresh interval.
+//! 7. **Freshness modes.** With [`Freshness::Available`] (the default), while the stream is not
+//!    live reads skip L1 but keep using L2 (still kept fresh by the daemon's deletes) and the
+//!    loader. With [`Freshness::Strict`], reads skip both tiers while not live, so the bound
+//!    holds through every fault; those loads are capped
+//!    ([`WalcacheBuilder::max_bypass_loads`]).
+//!
+//! Your loader must read the primary with a fresh snapshot (autocommit or `READ COMMITTED`):
+//! a read replica or a long `REPEATABLE READ` transaction can return rows older than every
+//! invalidation that has already passed, and no cache can detect that.
+//!
+//! **Application-side invalidation.** [`Cache::invalidate`], [`Cache::invalidate_tag`] and
+//! [`Cache::invalidate_all`] remove the entries from L2 and announce them on a separate,
+//! unsequenced channel that every process's subscriber applies to its L1; they never disturb
+//! the daemon's sequence. Call them after your transaction commits and this process reads its
+//! own write.
+//!
+//! **Without the daemon** ([`WalcacheBuilder::without_invalidation_stream`]) there is no
+//! stream: a change made in PostgreSQL stays visible in each L1 for up to the L1 time-to-live
+//! and in L2 for up to the L2 time-to-live, unless the application invalidates it itself.
+//!
+//! ## Failure behaviour
+//!
+//! | fault | what the cache does |
+//! |---|---|
+//! | Redis slow or down | every call has a timeout; after repeated failures a circuit breaker skips Redis for a cool-down, then probes. Reads are served by the loader (capped), L1 is bypassed because the stream is not live. No error reaches the caller for Redis trouble. |
+//! | pub/sub connection lost | L1 flushed and bypassed; reconnects with capped exponential backoff and jitter; live again after resubscribing, flushing and hearing a heartbeat. |
+//! | daemon dead, lagging or cut off | heartbeats stop: after `heartbeat_timeout`, L1 is flushed and bypassed (strict mode: L2 too). |
+//! | loader fails | the error is returned ([`ErrorKind::Loader`]); with [`CacheBuilder::stale_if_error`] the last value seen within the maximum age is served instead. |
+//! | undecodable bytes in L2 (a changed value type) | a miss, counted, overwritten by the next fill. Bump [`CacheBuilder::schema_version`] when `V` changes. |
+//! | garbage on the invalidation channel | counted, L1 flushed, not live until the next heartbeat. Never a panic. |
+//! | a caller drops its future mid-load | its lease in Redis is given back; a waiting caller takes over the load. |
+//!
+//! ## Metrics and tracing
+//!
+//! Emitted through the [`metrics`](https://docs.rs/metrics) facade (install any exporter);
+//! names are in [`metrics`](crate::metrics). Loads run in a `walcache.load` tracing span.
+//! Keys and values never appear in labels or logs.
+
+mod breaker;
+mod cache;
+mod codec;
+mod counter;
+mod error;
+mod generation;
+mod handle;
+mod l2;
+pub mod metrics;
+mod subscriber;
+
+pub use breaker::BreakerState;
+pub use cache::{Cache, CacheBuilder};
+pub use codec::{Codec, CodecError, Json, Postcard};
+pub use error::{Error, ErrorKind};
+pub use handle::{Freshness, Walcache, WalcacheBuilder};
+pub use walcache_protocol::{key_of, KeyBuilder, KeyPart, ToKey};

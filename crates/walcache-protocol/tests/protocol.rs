@@ -1,0 +1,861 @@
+//! Integration tests of walcache-protocol: the wire format (golden bytes, round trips, forward
+//! compatibility, hostile input) and the key builder (PostgreSQL text output against Rust values).
+
+use std::borrow::Cow;
+
+use proptest::prelude::*;
+use walcache_protocol::{
+    key_of, Body, ColumnType, DecodeError, KeyError, KeyPart, KeyRef, KeyTemplate, Message,
+    FORMAT_MAJOR, MAX_MESSAGE_BYTES,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers, written independently of the crate's own code.
+// ---------------------------------------------------------------------------------------------
+
+fn hex(s: &str) -> Vec<u8> {
+    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    assert!(digits.len() % 2 == 0, "odd hex fixture");
+    digits
+        .chunks(2)
+        .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
+        .collect()
+}
+
+fn leb128(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn lp_string(out: &mut Vec<u8>, s: &str) {
+    leb128(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// An independent encoder of format 1.x that can append the fields a newer minor would add.
+fn encode_future(
+    m: &Message,
+    minor: u8,
+    extra_header: &[u8],
+    extra_body: &[u8],
+    trailing: &[u8],
+) -> Vec<u8> {
+    let mut header = m.epoch.to_le_bytes().to_vec();
+    leb128(&mut header, m.seq);
+    leb128(&mut header, m.lsn);
+    let ct = m.commit_time_micros;
+    leb128(
+        &mut header,
+        if ct < 0 {
+            (!(ct as u64)) * 2 + 1
+        } else {
+            (ct as u64) * 2
+        },
+    );
+    header.extend_from_slice(extra_header);
+
+    let mut body = Vec::new();
+    let kind = match &m.body {
+        Body::Keys(keys) => {
+            leb128(&mut body, keys.len() as u64);
+            for k in keys {
+                lp_string(&mut body, &k.namespace);
+                lp_string(&mut body, &k.key);
+            }
+            1
+        }
+        Body::Tags(items) | Body::Flush(items) => {
+            leb128(&mut body, items.len() as u64);
+            for s in items {
+                lp_string(&mut body, s);
+            }
+            if matches!(m.body, Body::Tags(_)) {
+                2
+            } else {
+                3
+            }
+        }
+        Body::Heartbeat { last_data_seq } => {
+            leb128(&mut body, *last_data_seq);
+            4
+        }
+        other => panic!("unknown body {other:?}"),
+    };
+    body.extend_from_slice(extra_body);
+
+    let mut out = b"WC".to_vec();
+    out.push(1);
+    out.push(minor);
+    leb128(&mut out, header.len() as u64);
+    out.extend_from_slice(&header);
+    out.push(kind);
+    leb128(&mut out, body.len() as u64);
+    out.extend_from_slice(&body);
+    out.extend_from_slice(trailing);
+    out
+}
+
+fn arb_body() -> impl Strategy<Value = Body> {
+    let s = || ".{0,12}";
+    prop_oneof![
+        prop::collection::vec((s(), s()), 0..6)
+            .prop_map(|v| Body::Keys(v.into_iter().map(|(n, k)| KeyRef::new(n, k)).collect())),
+        prop::collection::vec(s(), 0..6).prop_map(Body::Tags),
+        prop::collection::vec(s(), 0..6).prop_map(Body::Flush),
+        any::<u64>().prop_map(|last_data_seq| Body::Heartbeat { last_data_seq }),
+    ]
+}
+
+fn arb_message() -> impl Strategy<Value = Message> {
+    (
+        any::<u64>(),
+        prop_oneof![Just(0u64), Just(1), any::<u64>()],
+        any::<u64>(),
+        any::<i64>(),
+        arb_body(),
+    )
+        .prop_map(|(epoch, seq, lsn, commit_time_micros, body)| Message {
+            epoch,
+            seq,
+            lsn,
+            commit_time_micros,
+            body,
+        })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wire format: golden fixtures.
+// ---------------------------------------------------------------------------------------------
+
+fn golden() -> Vec<(Message, Vec<u8>)> {
+    vec![
+        (
+            Message {
+                epoch: 0x0123_4567_89ab_cdef,
+                seq: 1,
+                lsn: 300,
+                commit_time_micros: -2,
+                body: Body::Keys(vec![KeyRef::new("users", "7")]),
+            },
+            hex("5743 0100 0c efcdab8967452301 01 ac02 03  01 09 01 05 7573657273 01 37"),
+        ),
+        (
+            Message::new(1, 2, Body::Tags(vec!["users".into(), "orgs".into()])),
+            hex("5743 0100 0b 0100000000000000 02 00 00  02 0c 02 05 7573657273 04 6f726773"),
+        ),
+        (
+            Message {
+                epoch: u64::MAX,
+                seq: 3,
+                lsn: 1,
+                commit_time_micros: 64,
+                body: Body::Flush(vec!["users".into()]),
+            },
+            hex("5743 0100 0c ffffffffffffffff 03 01 8001  03 07 01 05 7573657273"),
+        ),
+        (
+            Message::new(
+                0,
+                5,
+                Body::Heartbeat {
+                    last_data_seq: u64::MAX,
+                },
+            ),
+            hex("5743 0100 0b 0000000000000000 05 00 00  04 0a ffffffffffffffffff01"),
+        ),
+        (
+            Message::new(42, 0, Body::Keys(vec![])),
+            hex("5743 0100 0b 2a00000000000000 00 00 00  01 01 00"),
+        ),
+    ]
+}
+
+#[test]
+fn golden_fixtures_encode_and_decode() {
+    for (msg, bytes) in golden() {
+        assert_eq!(msg.encode(), bytes, "encoding of {msg:?}");
+        assert_eq!(msg.encoded_len(), bytes.len());
+        assert_eq!(Message::decode(&bytes), Ok(msg));
+    }
+}
+
+#[test]
+fn golden_fixture_of_a_future_minor_still_decodes() {
+    // Minor 7: the header grew by two bytes, the Keys body by one, and three bytes follow.
+    let bytes = hex(
+        "5743 0107 0e efcdab8967452301 01 ac02 03 beef  01 0a 01 05 7573657273 01 37 ff  010203",
+    );
+    let (want, _) = golden().remove(0);
+    assert_eq!(Message::decode(&bytes), Ok(want));
+}
+
+#[test]
+fn heartbeat_predicate() {
+    let hb = Message::new(1, 2, Body::Heartbeat { last_data_seq: 1 });
+    assert!(hb.is_heartbeat());
+    assert!(!Message::new(1, 2, Body::Tags(vec![])).is_heartbeat());
+}
+
+#[test]
+fn decode_errors() {
+    let good = golden().remove(0).1;
+    assert_eq!(
+        Message::decode(&vec![0; MAX_MESSAGE_BYTES + 1]),
+        Err(DecodeError::TooLarge {
+            len: MAX_MESSAGE_BYTES + 1,
+            max: MAX_MESSAGE_BYTES
+        })
+    );
+    assert_eq!(
+        Message::decode(b"GET / HTTP/1.1"),
+        Err(DecodeError::BadMagic)
+    );
+
+    let mut unknown_kind = good.clone();
+    unknown_kind[4 + 1 + 12] = 9;
+    assert_eq!(
+        Message::decode(&unknown_kind),
+        Err(DecodeError::UnknownBodyKind { kind: 9 })
+    );
+
+    let mut bad_utf8 = good.clone();
+    let last = bad_utf8.len() - 1;
+    bad_utf8[last] = 0xff;
+    assert_eq!(Message::decode(&bad_utf8), Err(DecodeError::InvalidUtf8));
+
+    // Every strict prefix fails with Truncated (or, for the empty prefix of the magic, too).
+    for n in 0..good.len() {
+        assert!(
+            matches!(
+                Message::decode(&good[..n]),
+                Err(DecodeError::Truncated { .. })
+            ),
+            "prefix of {n} bytes: {:?}",
+            Message::decode(&good[..n])
+        );
+    }
+
+    // A header too short for its fixed fields.
+    let short_header = hex("5743 0100 04 01020304 01 01 00");
+    assert_eq!(
+        Message::decode(&short_header),
+        Err(DecodeError::Truncated { what: "epoch" })
+    );
+    // An overlong varint as header length.
+    let overlong = hex("5743 0100 8080808080808080808001");
+    assert_eq!(Message::decode(&overlong), Err(DecodeError::VarintOverflow));
+}
+
+#[test]
+fn a_message_at_the_size_limit_decodes() {
+    let mut msg = Message::new(1, 1, Body::Tags(vec![String::new()]));
+    let overhead = msg.encoded_len();
+    // The string's length varint grows from 1 to 3 bytes.
+    msg.body = Body::Tags(vec!["x".repeat(MAX_MESSAGE_BYTES - overhead - 2 - 2)]);
+    let bytes = msg.encode();
+    assert_eq!(bytes.len(), MAX_MESSAGE_BYTES);
+    assert_eq!(Message::decode(&bytes), Ok(msg));
+}
+
+#[test]
+fn error_messages_are_helpful() {
+    let msg = DecodeError::UnsupportedMajor { major: 2 }.to_string();
+    assert!(msg.contains('2') && msg.contains("major"), "{msg}");
+    let msg = DecodeError::Truncated { what: "header" }.to_string();
+    assert!(msg.contains("header"), "{msg}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn round_trip(msg in arb_message()) {
+        let bytes = msg.encode();
+        prop_assert_eq!(bytes.len(), msg.encoded_len());
+        prop_assert_eq!(&bytes, &encode_future(&msg, 0, &[], &[], &[]));
+        prop_assert_eq!(Message::decode(&bytes), Ok(msg));
+    }
+
+    #[test]
+    fn future_minor_fields_are_ignored(
+        msg in arb_message(),
+        minor in any::<u8>(),
+        extra_header in prop::collection::vec(any::<u8>(), 0..24),
+        extra_body in prop::collection::vec(any::<u8>(), 0..24),
+        trailing in prop::collection::vec(any::<u8>(), 0..24),
+    ) {
+        let bytes = encode_future(&msg, minor, &extra_header, &extra_body, &trailing);
+        prop_assert_eq!(Message::decode(&bytes), Ok(msg));
+    }
+
+    #[test]
+    fn minor_7_with_everything_extra(msg in arb_message()) {
+        let bytes = encode_future(&msg, 7, &[7, 7, 7], &[0x80, 0x01], b"tail");
+        prop_assert_eq!(Message::decode(&bytes), Ok(msg));
+    }
+
+    #[test]
+    fn other_majors_are_rejected(msg in arb_message(), major in any::<u8>()) {
+        prop_assume!(major != FORMAT_MAJOR);
+        let mut bytes = msg.encode();
+        bytes[2] = major;
+        prop_assert_eq!(Message::decode(&bytes), Err(DecodeError::UnsupportedMajor { major }));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = Message::decode(&bytes);
+        let mut prefixed = b"WC\x01".to_vec();
+        prefixed.extend_from_slice(&bytes);
+        let _ = Message::decode(&prefixed);
+    }
+
+    #[test]
+    fn mutated_encodings_never_panic(
+        msg in arb_message(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+        cut in any::<prop::sample::Index>(),
+        truncate in any::<bool>(),
+    ) {
+        let mut bytes = msg.encode();
+        for (at, byte) in edits {
+            let i = at.index(bytes.len());
+            bytes[i] = byte;
+        }
+        if truncate {
+            bytes.truncate(cut.index(bytes.len() + 1));
+        }
+        if let Ok(decoded) = Message::decode(&bytes) {
+            // Whatever decodes re-encodes and decodes to itself.
+            prop_assert_eq!(Message::decode(&decoded.encode()), Ok(decoded));
+        }
+    }
+
+    #[test]
+    fn truncations_of_valid_encodings_are_errors(msg in arb_message(), cut in any::<prop::sample::Index>()) {
+        let bytes = msg.encode();
+        let n = cut.index(bytes.len());
+        prop_assert!(Message::decode(&bytes[..n]).is_err());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key builder: PostgreSQL text output against Rust values.
+// ---------------------------------------------------------------------------------------------
+
+/// Asserts the daemon's part (from PostgreSQL text) equals the library's (from a Rust value),
+/// both as a part and as canonical bytes.
+fn same(ty: ColumnType, pg_text: &str, rust: &dyn Fn() -> String, part: KeyPart<'_>) {
+    let parsed = ty
+        .parse_pg_text(pg_text)
+        .unwrap_or_else(|e| panic!("{} {pg_text:?}: {e}", ty.name()));
+    assert_eq!(parsed, part, "{} {pg_text:?}", ty.name());
+    assert_eq!(key_of(&parsed), rust(), "{} {pg_text:?}", ty.name());
+}
+
+/// 2024-02-29 13:14:15.123456 UTC, computed by hand: 2024-01-01 is day 19723 (1704067200 / 86400),
+/// then 31 days of January and 28 of February.
+const LEAP_DAY_MICROS: i64 =
+    (19_723 + 31 + 28) * 86_400_000_000 + (13 * 3600 + 14 * 60 + 15) * 1_000_000 + 123_456;
+
+#[test]
+fn pg_text_matches_rust_values() {
+    same(
+        ColumnType::Bool,
+        "t",
+        &|| key_of(&true),
+        KeyPart::Bool(true),
+    );
+    same(
+        ColumnType::Bool,
+        "f",
+        &|| key_of(&false),
+        KeyPart::Bool(false),
+    );
+    same(
+        ColumnType::Int2,
+        "-32768",
+        &|| key_of(&i16::MIN),
+        KeyPart::Int(-32768),
+    );
+    same(
+        ColumnType::Int4,
+        "2147483647",
+        &|| key_of(&i32::MAX),
+        KeyPart::Int(2_147_483_647),
+    );
+    same(
+        ColumnType::Int8,
+        "-9223372036854775808",
+        &|| key_of(&i64::MIN),
+        KeyPart::Int(i64::MIN),
+    );
+    same(ColumnType::Int8, "0", &|| key_of(&0u8), KeyPart::Int(0));
+    same(
+        ColumnType::Oid,
+        "4294967295",
+        &|| key_of(&u32::MAX),
+        KeyPart::Int(4_294_967_295),
+    );
+    for ty in [ColumnType::Text, ColumnType::Varchar, ColumnType::Name] {
+        same(
+            ty,
+            "a:b c%~é",
+            &|| key_of("a:b c%~é"),
+            KeyPart::Text("a:b c%~é".into()),
+        );
+        same(ty, "", &|| key_of(""), KeyPart::Text("".into()));
+    }
+    let uuid = 0xa0ee_bc99_9c0b_4ef8_bb6d_6bb9_bd38_0a11_u128;
+    let uuid_key = || "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".to_owned();
+    same(
+        ColumnType::Uuid,
+        "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        &uuid_key,
+        KeyPart::Uuid(uuid),
+    );
+    same(
+        ColumnType::Uuid,
+        "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11",
+        &uuid_key,
+        KeyPart::Uuid(uuid),
+    );
+    assert_eq!(key_of(&KeyPart::Uuid(uuid)), uuid_key());
+    same(
+        ColumnType::Bytea,
+        "\\x0aff",
+        &|| key_of(&[0x0au8, 0xff][..]),
+        KeyPart::Bytes(Cow::Owned(vec![0x0a, 0xff])),
+    );
+    same(
+        ColumnType::Bytea,
+        "\\x0AFF",
+        &|| "0aff".to_owned(),
+        KeyPart::Bytes(vec![0x0a, 0xff].into()),
+    );
+    same(
+        ColumnType::Bytea,
+        "\\x",
+        &|| key_of(&Vec::<u8>::new()),
+        KeyPart::Bytes(vec![].into()),
+    );
+    same(
+        ColumnType::Timestamptz,
+        "2024-02-29 13:14:15.123456+00",
+        &|| LEAP_DAY_MICROS.to_string(),
+        KeyPart::Timestamp(LEAP_DAY_MICROS),
+    );
+    same(
+        ColumnType::Timestamptz,
+        "2024-02-29 18:44:15.123456+05:30",
+        &|| LEAP_DAY_MICROS.to_string(),
+        KeyPart::Timestamp(LEAP_DAY_MICROS),
+    );
+    same(
+        ColumnType::Timestamp,
+        "2024-02-29 13:14:15.123456",
+        &|| LEAP_DAY_MICROS.to_string(),
+        KeyPart::Timestamp(LEAP_DAY_MICROS),
+    );
+    same(
+        ColumnType::Timestamp,
+        "1969-12-31 23:59:59.999999",
+        &|| "-1".to_owned(),
+        KeyPart::Timestamp(-1),
+    );
+    same(
+        ColumnType::Timestamptz,
+        "infinity",
+        &|| "inf".to_owned(),
+        KeyPart::Timestamp(i64::MAX),
+    );
+    same(
+        ColumnType::Timestamp,
+        "-infinity",
+        &|| "-inf".to_owned(),
+        KeyPart::Timestamp(i64::MIN),
+    );
+    same(
+        ColumnType::Date,
+        "2024-02-29",
+        &|| "2024-02-29".to_owned(),
+        KeyPart::Date(19_782),
+    );
+    same(
+        ColumnType::Date,
+        "0001-01-01 BC",
+        &|| "d-719528".to_owned(),
+        KeyPart::Date(-719_528),
+    );
+    same(
+        ColumnType::Date,
+        "infinity",
+        &|| "inf".to_owned(),
+        KeyPart::Date(i32::MAX),
+    );
+    same(
+        ColumnType::Numeric,
+        "1.500",
+        &|| key_of(&KeyPart::numeric("1.5").unwrap()),
+        KeyPart::numeric("1.5").unwrap(),
+    );
+    same(
+        ColumnType::Numeric,
+        "-0.000",
+        &|| "0".to_owned(),
+        KeyPart::numeric("0").unwrap(),
+    );
+    same(
+        ColumnType::Numeric,
+        "NaN",
+        &|| "NaN".to_owned(),
+        KeyPart::numeric("NaN").unwrap(),
+    );
+    same(
+        ColumnType::Numeric,
+        "-Infinity",
+        &|| "-Infinity".to_owned(),
+        KeyPart::Numeric("-Infinity".into()),
+    );
+    same(
+        ColumnType::Numeric,
+        "18446744073709551615",
+        &|| key_of(&u64::MAX),
+        KeyPart::Numeric("18446744073709551615".into()),
+    );
+    // Integers in a numeric column key like the same Rust integers.
+    same(
+        ColumnType::Numeric,
+        "42.00",
+        &|| key_of(&42i64),
+        KeyPart::Numeric("42".into()),
+    );
+}
+
+#[test]
+fn the_library_and_the_daemon_agree_on_templates() -> Result<(), Box<dyn std::error::Error>> {
+    assert_eq!(key_of(&(7i64, "a:b")), "7:a%3Ab");
+    let key = KeyTemplate::parse("{tenant}:{id}")?.render(|c| {
+        Ok::<_, KeyError>(match c {
+            "tenant" => ColumnType::Int8.parse_pg_text("7")?,
+            _ => ColumnType::Text.parse_pg_text("a:b")?,
+        })
+    })?;
+    assert_eq!(key, "7:a%3Ab");
+
+    let template = KeyTemplate::parse("by_email:{email}")?;
+    let key = template.render(|_| ColumnType::Text.parse_pg_text("Ann@Example.com"))?;
+    assert_eq!(key, format!("by_email:{}", key_of("Ann@Example.com")));
+    Ok(())
+}
+
+#[test]
+fn malformed_pg_text_is_refused() {
+    let cases: &[(ColumnType, &[&str])] = &[
+        (ColumnType::Bool, &["", "true", "T", "1", "t "]),
+        (
+            ColumnType::Int2,
+            &["", "32768", "-32769", "1.0", "+1", " 1", "-", "1e3"],
+        ),
+        (ColumnType::Int4, &["2147483648", "0x10", "١"]),
+        (
+            ColumnType::Int8,
+            &["9223372036854775808", "-9223372036854775809", "--1"],
+        ),
+        (ColumnType::Oid, &["-1", "4294967296", ""]),
+        (
+            ColumnType::Uuid,
+            &[
+                "",
+                "a0eebc999c0b4ef8bb6d6bb9bd380a11",
+                "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}",
+                "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1g",
+                "a0eebc99+9c0b-4ef8-bb6d-6bb9bd380a11",
+                "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1é",
+            ],
+        ),
+        (
+            ColumnType::Bytea,
+            &["", "0aff", "\\x0", "\\xzz", "\\000", "\\x0aé"],
+        ),
+        (
+            ColumnType::Timestamp,
+            &[
+                "",
+                "2024-02-29",
+                "2024-02-30 00:00:00",
+                "2024-02-29 13:14:15+00",
+                "2024-02-29T13:14:15",
+                "Infinity",
+                "294277-01-01 00:00:00",
+            ],
+        ),
+        (
+            ColumnType::Timestamptz,
+            &[
+                "2024-02-29 13:14:15",
+                "2024-02-29 13:14:15 UTC",
+                "2024-02-29 13:14:15+0",
+            ],
+        ),
+        (
+            ColumnType::Date,
+            &[
+                "",
+                "2024-2-29",
+                "2023-02-29",
+                "29.02.2024",
+                "2024-02-29 00:00:00",
+            ],
+        ),
+        (
+            ColumnType::Numeric,
+            &["", "1e5", "+1", "1,5", "inf", "nan", " 1", "."],
+        ),
+    ];
+    for (ty, inputs) in cases {
+        for input in *inputs {
+            let err = ty.parse_pg_text(input).expect_err(input);
+            // The value itself is never part of the message (it may be user data).
+            let msg = err.to_string();
+            assert!(msg.contains(ty.name()), "{msg}");
+            if input.len() > 2 {
+                assert!(!msg.contains(input), "{msg} leaks {input:?}");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key builder: property tests.
+// ---------------------------------------------------------------------------------------------
+
+fn unescape(s: &str) -> Option<String> {
+    let mut out = Vec::new();
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let h = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+fn month_len(y: i64, m: u32) -> i64 {
+    [
+        31,
+        if is_leap(y) { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ][(m - 1) as usize]
+}
+
+/// Days since 1970-01-01 to (astronomical year, month, day), by counting from 2000-01-01, which
+/// starts a 400-year cycle of 146097 days. Deliberately unlike the crate's closed formula.
+fn slow_civil(days: i64) -> (i64, u32, u32) {
+    let mut d = days - 10_957;
+    let mut y = 2000 + 400 * d.div_euclid(146_097);
+    d = d.rem_euclid(146_097);
+    loop {
+        let len = if is_leap(y) { 366 } else { 365 };
+        if d < len {
+            break;
+        }
+        d -= len;
+        y += 1;
+    }
+    let mut m = 1;
+    while d >= month_len(y, m) {
+        d -= month_len(y, m);
+        m += 1;
+    }
+    (y, m, d as u32 + 1)
+}
+
+/// PostgreSQL's ISO output of a date: at least four year digits, " BC" for years <= 0.
+fn pg_date(days: i64) -> (String, &'static str) {
+    let (y, m, d) = slow_civil(days);
+    let (shown, bc) = if y <= 0 { (1 - y, " BC") } else { (y, "") };
+    (format!("{shown:04}-{m:02}-{d:02}"), bc)
+}
+
+/// PostgreSQL's ISO output of a timestamp (`offset_secs` None for `timestamp`).
+fn pg_timestamp(utc_micros: i64, offset_secs: Option<i32>) -> String {
+    let local = i128::from(utc_micros) + i128::from(offset_secs.unwrap_or(0)) * 1_000_000;
+    let day_micros = 86_400_000_000i128;
+    let days = local.div_euclid(day_micros) as i64;
+    let rem = local.rem_euclid(day_micros) as i64;
+    let (date, bc) = pg_date(days);
+    let secs = rem / 1_000_000;
+    let frac = rem % 1_000_000;
+    let mut s = format!(
+        "{date} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    );
+    if frac != 0 {
+        s.push_str(format!(".{frac:06}").trim_end_matches('0'));
+    }
+    if let Some(off) = offset_secs {
+        let a = off.unsigned_abs();
+        s.push_str(&format!(
+            "{}{:02}",
+            if off < 0 { '-' } else { '+' },
+            a / 3600
+        ));
+        if a % 3600 != 0 {
+            s.push_str(&format!(":{:02}", a / 60 % 60));
+        }
+        if a % 60 != 0 {
+            s.push_str(&format!(":{:02}", a % 60));
+        }
+    }
+    s.push_str(bc);
+    s
+}
+
+/// PostgreSQL's range starts at 4714-11-24 BC; the top is kept below i64::MAX.
+const MIN_MICROS: i64 = -210_866_803_200_000_000;
+const MAX_MICROS: i64 = 9_223_000_000_000_000_000;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn ints_round_trip_through_text(i in any::<i64>(), s in any::<i16>(), m in any::<i32>(), o in any::<u32>(), u in any::<u64>()) {
+        let (ti, ts, tm, to, tu) = (i.to_string(), s.to_string(), m.to_string(), o.to_string(), u.to_string());
+        prop_assert_eq!(ColumnType::Int8.parse_pg_text(&ti), Ok(KeyPart::Int(i)));
+        prop_assert_eq!(key_of(&i), ti.clone());
+        prop_assert_eq!(ColumnType::Int2.parse_pg_text(&ts), Ok(KeyPart::Int(s.into())));
+        prop_assert_eq!(key_of(&s), ts.clone());
+        prop_assert_eq!(ColumnType::Int4.parse_pg_text(&tm), Ok(KeyPart::Int(m.into())));
+        prop_assert_eq!(ColumnType::Oid.parse_pg_text(&to), Ok(KeyPart::Int(o.into())));
+        prop_assert_eq!(key_of(&o), to.clone());
+        prop_assert_eq!(key_of(&u), tu.clone());
+        prop_assert_eq!(key_of(&ColumnType::Numeric.parse_pg_text(&tu).unwrap()), tu.clone());
+    }
+
+    #[test]
+    fn text_escaping_is_safe_and_reversible(s in any::<String>()) {
+        let escaped = key_of(&s);
+        let bytes = escaped.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            if b == b'%' {
+                prop_assert!(i + 2 < bytes.len(), "{}", escaped);
+                let pair = &bytes[i + 1..i + 3];
+                prop_assert!(pair.iter().all(|c| matches!(c, b'0'..=b'9' | b'A'..=b'F')), "{escaped}");
+                i += 3;
+            } else {
+                prop_assert!(b.is_ascii_alphanumeric() || b"_.-@+".contains(&b), "{escaped}");
+                i += 1;
+            }
+        }
+        prop_assert_eq!(unescape(&escaped), Some(s.clone()));
+        prop_assert_eq!(&ColumnType::Text.parse_pg_text(&s).map(|p| key_of(&p)), &Ok(escaped));
+    }
+
+    #[test]
+    fn text_escaping_is_injective(a in any::<String>(), b in any::<String>()) {
+        prop_assume!(a != b);
+        prop_assert_ne!(key_of(&a), key_of(&b));
+        // Nor can two text columns joined by ':' forge each other.
+        prop_assert_ne!(key_of(&(a.as_str(), b.as_str())), key_of(&(b.as_str(), a.as_str())));
+    }
+
+    #[test]
+    fn timestamps_parse_back_to_their_micros(micros in MIN_MICROS..MAX_MICROS, offset in -57_599i32..=57_599) {
+        let plain = pg_timestamp(micros, None);
+        prop_assert_eq!(ColumnType::Timestamp.parse_pg_text(&plain), Ok(KeyPart::Timestamp(micros)), "{}", plain);
+        let utc = pg_timestamp(micros, Some(0));
+        prop_assert_eq!(ColumnType::Timestamptz.parse_pg_text(&utc), Ok(KeyPart::Timestamp(micros)), "{}", utc);
+        let zoned = pg_timestamp(micros, Some(offset));
+        prop_assert_eq!(ColumnType::Timestamptz.parse_pg_text(&zoned), Ok(KeyPart::Timestamp(micros)), "{}", zoned);
+        prop_assert_eq!(key_of(&KeyPart::Timestamp(micros)), micros.to_string());
+    }
+
+    #[test]
+    fn dates_parse_back_to_their_days(days in -2_440_588i32..=2_145_042_905) {
+        let (date, bc) = pg_date(days.into());
+        let text = format!("{date}{bc}");
+        prop_assert_eq!(ColumnType::Date.parse_pg_text(&text), Ok(KeyPart::Date(days)), "{}", text);
+        let (y, _, _) = slow_civil(days.into());
+        let want = if (1..=9999).contains(&y) { date } else { format!("d{days}") };
+        prop_assert_eq!(key_of(&KeyPart::Date(days)), want);
+    }
+
+    #[test]
+    fn numeric_canonical_form_ignores_padding(
+        neg in any::<bool>(),
+        int in "[0-9]{0,30}",
+        frac in "[0-9]{0,30}",
+        lead in 0usize..4,
+        trail in 0usize..4,
+    ) {
+        prop_assume!(!(int.is_empty() && frac.is_empty()));
+        let sign = if neg { "-" } else { "" };
+        let plain = format!("{sign}{int}.{frac}");
+        let padded = format!("{sign}{}{int}.{frac}{}", "0".repeat(lead), "0".repeat(trail));
+        let a = KeyPart::numeric(&plain).unwrap();
+        let b = ColumnType::Numeric.parse_pg_text(&padded).unwrap();
+        prop_assert_eq!(&a, &b);
+        let canon = key_of(&a);
+        // Canonical is a fixed point, and never carries redundant zeros or a bare sign.
+        prop_assert_eq!(KeyPart::numeric(&canon).unwrap(), KeyPart::Numeric(Cow::Borrowed(canon.as_str())));
+        prop_assert!(!canon.ends_with('.') && canon != "-0");
+        prop_assert!(!(canon.contains('.') && canon.ends_with('0')));
+        let digits = canon.trim_start_matches('-');
+        prop_assert!(!(digits.len() > 1 && digits.starts_with('0') && !digits.starts_with("0.")));
+    }
+
+    #[test]
+    fn arbitrary_text_never_panics(s in any::<String>(), t in "[-0-9:. +BCinfty\\\\xa-fA-F]{0,40}") {
+        for &ty in ColumnType::ALL {
+            for input in [s.as_str(), t.as_str()] {
+                if let Ok(part) = ty.parse_pg_text(input) {
+                    // Whatever parses has a canonical form free of separators.
+                    let key = key_of(&part);
+                    prop_assert!(!key.contains(':') && !key.contains('{'), "{} {:?}", ty.name(), key);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn arbitrary_templates_never_panic(s in any::<String>(), t in "[{}a-z_:]{0,20}") {
+        for input in [s.as_str(), t.as_str()] {
+            if let Ok(template) = KeyTemplate::parse(input) {
+                prop_assert!(template.columns().count() > 0);
+                let rendered = template.render(|c| Ok::<_, KeyError>(KeyPart::Text(Cow::Owned(c.to_owned()))));
+                prop_assert!(rendered.is_ok());
+            }
+        }
+    }
+}

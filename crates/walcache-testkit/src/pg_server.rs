@@ -1,0 +1,659 @@
+//! A private PostgreSQL cluster for one test (or one test binary).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
+
+use tempfile::TempDir;
+
+use crate::error::{Error, Result};
+use crate::privilege::{effective_uid, RunAs};
+use crate::process::{
+    create_server_dir, file_len, find_program, free_port, log_tail, mentions_address_in_use,
+    process_alive, run, signal, PG_DIR_PREFIX,
+};
+
+/// The role `initdb -U` creates.
+const SUPERUSER: &str = "postgres";
+/// How many fresh ports [`PgServer::start`] tries.
+const START_ATTEMPTS: usize = 5;
+/// How long the server may take to accept connections (crash recovery included).
+const READY_DEADLINE: Duration = Duration::from_secs(30);
+/// How long [`PgServer::start_again`] retries while its port is still taken.
+const PORT_BUSY_DEADLINE: Duration = Duration::from_secs(10);
+/// How long to wait for another process building the template.
+const TEMPLATE_LOCK_DEADLINE: Duration = Duration::from_secs(180);
+/// Overrides `pg_config --bindir`.
+const BINDIR_ENV: &str = "WALCACHE_TESTKIT_PG_BINDIR";
+/// Overrides where the initdb template is cached (default: `$TMPDIR/walcache-testkit-UID`).
+const CACHE_DIR_ENV: &str = "WALCACHE_TESTKIT_DIR";
+/// Bump to invalidate existing templates when [`initdb_template`] changes what it writes.
+const TEMPLATE_FORMAT: &str = "walcache-testkit pg template v1";
+/// `initdb`'s arguments besides `-D`; part of the template's cache key.
+const INITDB_ARGS: &[&str] = &[
+    "--no-sync",
+    "--no-instructions",
+    "-U",
+    SUPERUSER,
+    "-A",
+    "trust",
+    "-E",
+    "UTF8",
+    "--locale=C",
+    // 1 MB WAL segments instead of 16 MB: the template, copied for every server, shrinks by
+    // 40% and so does the copy's time.
+    "--wal-segsize=1",
+];
+/// Trust every local and loopback connection, replication included.
+const PG_HBA: &str = "\
+# walcache-testkit: a throw-away cluster reachable only from this machine.
+local   all             all                                     trust
+local   replication     all                                     trust
+host    all             all             127.0.0.1/32            trust
+host    replication     all             127.0.0.1/32            trust
+";
+
+/// A private PostgreSQL cluster (`wal_level = logical`) on a free loopback port, stopped on drop.
+///
+/// `initdb` runs once per machine into a cached template (under
+/// `$TMPDIR/walcache-testkit-UID`, or `$WALCACHE_TESTKIT_DIR`); each server copies it into its
+/// own temporary directory, so a start costs a copy and a server start (about 0.1 s). When the tests run as root, PostgreSQL's programs run as the
+/// `postgres` user (or `$WALCACHE_TESTKIT_PG_USER`, or a `walcache-test` system user created on
+/// demand). The postmaster is a child of the test process, in its process group.
+///
+/// Settings: `listen_addresses = '127.0.0.1'`, a private `unix_socket_directories`,
+/// `wal_level = logical`, `max_replication_slots = 16`, `max_wal_senders = 16`, `fsync = off`,
+/// `full_page_writes = off`, `max_connections = 100`, `shared_buffers = 32MB`; `pg_hba.conf`
+/// trusts local and 127.0.0.1 connections, replication included. `synchronous_commit` stays
+/// `on`: with `fsync = off` a commit costs only a `write`, whereas `off` would delay logical
+/// decoding of each commit by up to `wal_writer_delay` and let [`stop`](Self::stop) lose commits.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn example() -> walcache_testkit::Result<()> {
+/// let pg = walcache_testkit::PgServer::start()?;
+/// let db = pg.create_database("orders").await?;
+/// let client = pg.connect(&db).await?;
+/// client.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct PgServer {
+    port: u16,
+    bin_dir: PathBuf,
+    run_as: &'static RunAs,
+    data_dir: PathBuf,
+    socket_dir: PathBuf,
+    log_path: PathBuf,
+    child: Option<Child>,
+    dir: TempDir,
+}
+
+/// Why one attempt to start failed.
+enum Attempt {
+    /// The port was taken: try again.
+    PortInUse(Error),
+    /// Anything else.
+    Fatal(Error),
+}
+
+impl PgServer {
+    /// Creates a cluster from the cached template (running `initdb` first if there is none
+    /// yet), starts it on a free port on 127.0.0.1 and waits until it accepts connections.
+    ///
+    /// If the port is taken by the time the server binds it, it retries on another port, up
+    /// to 5 times.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MissingBinary`] when PostgreSQL is not installed, [`Error::Startup`] with the
+    /// end of the server log, [`Error::Command`] when `initdb` or `cp` fails,
+    /// [`Error::NoUnprivilegedUser`] when running as root without a usable user.
+    pub fn start() -> Result<PgServer> {
+        let bin_dir = bin_dir()?;
+        let run_as = RunAs::get()?;
+        let template = template(&bin_dir, run_as)?;
+
+        let dir = create_server_dir(PG_DIR_PREFIX)?;
+        set_mode(dir.path(), 0o700)?;
+        let data_dir = dir.path().join("data");
+        let socket_dir = dir.path().join("socket");
+        let log_path = dir.path().join("postgres.log");
+        run(Command::new("cp")
+            .args(["-a", "--reflink=auto"])
+            .arg(&template)
+            .arg(&data_dir))?;
+        fs::create_dir(&socket_dir).map_err(|e| Error::io("creating", &socket_dir, e))?;
+        write_settings(&data_dir, &socket_dir)?;
+        run_as.chown_recursive(dir.path())?;
+
+        let mut server = PgServer {
+            port: 0,
+            bin_dir,
+            run_as,
+            data_dir,
+            socket_dir,
+            log_path,
+            child: None,
+            dir,
+        };
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            server.port = free_port()?;
+            match server.spawn_and_wait() {
+                Ok(()) => return Ok(server),
+                Err(Attempt::PortInUse(error)) => last_error = Some(error),
+                Err(Attempt::Fatal(error)) => return Err(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::Startup {
+            server: "postgres",
+            reason: "no start attempt was made".to_owned(),
+            log_tail: String::new(),
+        }))
+    }
+
+    /// The TCP port the server listens on (on 127.0.0.1); it stays the same across restarts.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The superuser role, always `postgres`.
+    pub fn superuser(&self) -> &str {
+        SUPERUSER
+    }
+
+    /// A URL for `database`: `postgres://postgres@127.0.0.1:PORT/DATABASE`.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// A key=value connection string for `database`:
+    /// `host=127.0.0.1 port=PORT user=postgres dbname=DATABASE`.
+    pub fn conn_string(&self, database: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={SUPERUSER} dbname={database}",
+            self.port
+        )
+    }
+
+    /// [`conn_string`](Self::conn_string) plus `replication=database`, for libpq tools such as
+    /// `psql` and `pg_recvlogical` that speak the replication protocol.
+    pub fn replication_conn_string(&self, database: &str) -> String {
+        format!("{} replication=database", self.conn_string(database))
+    }
+
+    /// Connects to `database` as the superuser, spawning the connection task on the current
+    /// tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Postgres`] when the connection fails (for instance while the server is
+    /// stopped).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub async fn connect(&self, database: &str) -> Result<tokio_postgres::Client> {
+        let (client, connection) =
+            tokio_postgres::connect(&self.conn_string(database), tokio_postgres::NoTls).await?;
+        // The task ends when the client is dropped or the server goes away; its error, if any,
+        // also surfaces on the client's next call.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    /// Creates a database with a unique name (`prefix`, a counter and the process id) and
+    /// returns the name. The name is quoted, so keep `prefix` lowercase ASCII for easy use in
+    /// URLs.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Postgres`] when connecting or `CREATE DATABASE` fails.
+    pub async fn create_database(&self, prefix: &str) -> Result<String> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "{prefix}{}x{}",
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            std::process::id()
+        );
+        let client = self.connect("postgres").await?;
+        let quoted = name.replace('"', "\"\"");
+        client
+            .batch_execute(&format!("CREATE DATABASE \"{quoted}\""))
+            .await?;
+        Ok(name)
+    }
+
+    /// Stops the server at once (immediate shutdown mode, a simulated crash: the next
+    /// start runs crash recovery; committed data survives). Stopping a stopped server does
+    /// nothing.
+    pub fn stop(&mut self) {
+        self.stop_with_mode(ShutdownMode::Immediate);
+    }
+
+    /// Starts a stopped server again with the same data directory and port, retrying for up
+    /// to 10 s while the port is still taken, and waits until it accepts connections. Does
+    /// nothing if it is running.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Startup`] with the end of the server log.
+    pub fn start_again(&mut self) -> Result<()> {
+        if self.is_running() {
+            return Ok(());
+        }
+        self.reap();
+        let deadline = Instant::now() + PORT_BUSY_DEADLINE;
+        loop {
+            match self.spawn_and_wait() {
+                Ok(()) => return Ok(()),
+                Err(Attempt::PortInUse(error)) if Instant::now() >= deadline => return Err(error),
+                Err(Attempt::PortInUse(_)) => std::thread::sleep(Duration::from_millis(20)),
+                Err(Attempt::Fatal(error)) => return Err(error),
+            }
+        }
+    }
+
+    /// A clean restart: a fast-mode shutdown (`pg_ctl stop -m fast`), then [`start_again`](Self::start_again).
+    /// Use it after changing settings that need a restart (`ALTER SYSTEM SET ...`).
+    ///
+    /// # Errors
+    ///
+    /// As [`start_again`](Self::start_again).
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop_with_mode(ShutdownMode::Fast);
+        self.start_again()
+    }
+
+    /// Whether the postmaster process is alive (it may still be starting or stopping).
+    pub fn is_running(&self) -> bool {
+        self.child
+            .as_ref()
+            .is_some_and(|child| process_alive(child.id()))
+    }
+
+    /// The cluster's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The directory holding the server's unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
+    }
+
+    /// The server log (its standard output and error).
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// PostgreSQL's binary directory (`pg_config --bindir`).
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+
+    /// The `psql` next to the server binaries.
+    pub fn psql_path(&self) -> PathBuf {
+        self.bin_dir.join("psql")
+    }
+
+    /// The temporary directory holding the data directory, socket directory and log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn_and_wait(&mut self) -> std::result::Result<(), Attempt> {
+        let log_start = file_len(&self.log_path);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .map_err(|e| Attempt::Fatal(Error::io("opening", &self.log_path, e)))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| Attempt::Fatal(Error::io("opening", &self.log_path, e)))?;
+        let pid_file = self.data_dir.join("postmaster.pid");
+        let mut command = self.run_as.command(self.bin_dir.join("postgres"));
+        command
+            .arg("-D")
+            .arg(&self.data_dir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .current_dir(&self.data_dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        let child = command.spawn().map_err(|source| {
+            Attempt::Fatal(Error::Spawn {
+                program: crate::process::program_name(&command),
+                source,
+            })
+        })?;
+        let pid = child.id();
+        self.child = Some(child);
+
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            // The postmaster writes "ready" into its pid file once it accepts connections;
+            // this is what `pg_ctl start -w` waits for. `setpriv` execs, so the child's pid is
+            // the postmaster's, and a stale pid file from an earlier run never matches.
+            if postmaster_ready(&pid_file, pid) {
+                return Ok(());
+            }
+            let exited = match self.child.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => Some(format!("it exited with {status}")),
+                _ => None,
+            };
+            let timed_out = Instant::now() >= deadline;
+            if exited.is_some() || timed_out {
+                self.stop_with_mode(ShutdownMode::Immediate);
+                let tail = log_tail(&self.log_path, log_start);
+                let port_in_use = mentions_address_in_use(&tail);
+                let error = Error::Startup {
+                    server: "postgres",
+                    reason: exited.unwrap_or_else(|| {
+                        format!("not ready after {READY_DEADLINE:?} on port {}", self.port)
+                    }),
+                    log_tail: tail,
+                };
+                return Err(if port_in_use {
+                    Attempt::PortInUse(error)
+                } else {
+                    Attempt::Fatal(error)
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Signals the postmaster to shut down (what `pg_ctl stop -m MODE` does, without its
+    /// 100 ms polling) and waits for it to exit.
+    fn stop_with_mode(&mut self, mode: ShutdownMode) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        if matches!(child.try_wait(), Ok(None)) {
+            // The postmaster may run as another user; only root or that user can signal it,
+            // and we are one of them.
+            let signalled = signal(child.id(), mode.signal());
+            if !signalled {
+                // Errors mean the process is already gone.
+                let _ = child.kill();
+            }
+        }
+        self.reap();
+    }
+
+    /// Waits for an exited (or exiting) postmaster and forgets it.
+    fn reap(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// PostgreSQL's shutdown modes that the testkit uses.
+#[derive(Debug, Clone, Copy)]
+enum ShutdownMode {
+    /// Roll back open transactions, disconnect clients, checkpoint, exit.
+    Fast,
+    /// Exit at once, like a crash; the next start runs recovery.
+    Immediate,
+}
+
+impl ShutdownMode {
+    fn signal(self) -> &'static str {
+        match self {
+            ShutdownMode::Fast => "INT",
+            ShutdownMode::Immediate => "QUIT",
+        }
+    }
+}
+
+/// Whether the pid file in the data directory belongs to `pid` and says "ready".
+fn postmaster_ready(pid_file: &Path, pid: u32) -> bool {
+    let Ok(contents) = fs::read_to_string(pid_file) else {
+        return false;
+    };
+    let lines: Vec<&str> = contents.lines().collect();
+    // Line 1: the postmaster's pid; line 8: its status (PostgreSQL 10 and later).
+    lines.first().and_then(|l| l.trim().parse::<u32>().ok()) == Some(pid)
+        && lines.get(7).is_some_and(|status| status.trim() == "ready")
+}
+
+/// Writes the per-server settings into `postgresql.auto.conf`, which PostgreSQL reads last.
+fn write_settings(data_dir: &Path, socket_dir: &Path) -> Result<()> {
+    let socket_dir = socket_dir.display().to_string().replace('\'', "''");
+    let settings = format!(
+        "# Written by walcache-testkit.\n\
+         listen_addresses = '127.0.0.1'\n\
+         unix_socket_directories = '{socket_dir}'\n\
+         wal_level = logical\n\
+         max_replication_slots = 16\n\
+         max_wal_senders = 16\n\
+         fsync = off\n\
+         synchronous_commit = on\n\
+         full_page_writes = off\n\
+         max_connections = 100\n\
+         shared_buffers = 32MB\n"
+    );
+    let path = data_dir.join("postgresql.auto.conf");
+    fs::write(&path, settings).map_err(|e| Error::io("writing", &path, e))
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io("setting the permissions of", path, e))
+}
+
+/// PostgreSQL's binary directory: `$WALCACHE_TESTKIT_PG_BINDIR`, `pg_config --bindir`, or the
+/// newest `/usr/lib/postgresql/*/bin`.
+fn bin_dir() -> Result<PathBuf> {
+    static BIN_DIR: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(dir) = BIN_DIR.get() {
+        return Ok(dir.clone());
+    }
+    let missing = |binary: &str| Error::MissingBinary {
+        binary: binary.to_owned(),
+        package: "postgresql".to_owned(),
+    };
+    let dir = if let Some(dir) = std::env::var_os(BINDIR_ENV) {
+        PathBuf::from(dir)
+    } else if let Some(pg_config) = find_program("pg_config") {
+        let output = run(Command::new(pg_config).arg("--bindir"))?;
+        PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+    } else {
+        newest_debian_bin_dir().ok_or_else(|| missing("pg_config"))?
+    };
+    for binary in ["initdb", "postgres", "pg_ctl"] {
+        if !dir.join(binary).is_file() {
+            return Err(missing(binary));
+        }
+    }
+    Ok(BIN_DIR.get_or_init(|| dir).clone())
+}
+
+fn newest_debian_bin_dir() -> Option<PathBuf> {
+    fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .max_by_key(|(version, _)| *version)
+        .map(|(_, bin)| bin)
+}
+
+/// The cached initdb template for these binaries and this user, built if missing.
+///
+/// Concurrency: a lock file (created with `create_new`, holding the builder's pid, removed
+/// when the builder dies) keeps concurrent test processes from all running `initdb`; the
+/// template is built in a staging directory and renamed into place, so a reader never sees a
+/// half-built template even if the lock is wrongly judged stale.
+fn template(bin_dir: &Path, run_as: &RunAs) -> Result<PathBuf> {
+    let cache = match std::env::var_os(CACHE_DIR_ENV) {
+        Some(dir) => PathBuf::from(dir),
+        // Per user: another user's cache is not ours to write.
+        None => std::env::temp_dir().join(format!(
+            "walcache-testkit-{}",
+            effective_uid().map_or_else(|| "unknown".to_owned(), |uid| uid.to_string())
+        )),
+    };
+    fs::create_dir_all(&cache).map_err(|e| Error::io("creating", &cache, e))?;
+    // The server's user must be able to traverse it; fails harmlessly if another user owns it.
+    let _ = fs::set_permissions(&cache, fs::Permissions::from_mode(0o755));
+
+    let postgres_mtime = fs::metadata(bin_dir.join("postgres"))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let key = fnv1a(&[
+        TEMPLATE_FORMAT,
+        &bin_dir.display().to_string(),
+        &postgres_mtime.to_string(),
+        &INITDB_ARGS.join(" "),
+        PG_HBA,
+        &run_as.describe(),
+    ]);
+    let template = cache.join(format!("pg-template-{key:016x}"));
+    let is_ready = || template.join("PG_VERSION").is_file();
+    if is_ready() {
+        return Ok(template);
+    }
+
+    let lock_path = cache.join(format!("pg-template-{key:016x}.lock"));
+    let Some(_lock) = LockFile::acquire(&lock_path, &is_ready)? else {
+        return Ok(template); // built by another process while we waited
+    };
+    if is_ready() {
+        return Ok(template);
+    }
+    let staging = cache.join(format!(
+        "pg-staging-{key:016x}-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    let built = initdb_template(bin_dir, run_as, &staging);
+    let result = built.and_then(|()| match fs::rename(&staging, &template) {
+        Ok(()) => Ok(()),
+        // Someone else's template won the race: theirs is as good as ours.
+        Err(_) if is_ready() => Ok(()),
+        Err(e) => Err(Error::io("moving the initdb template into", &template, e)),
+    });
+    let _ = fs::remove_dir_all(&staging); // left over on failure or lost race
+    result.map(|()| template)
+}
+
+/// Runs `initdb` into `staging` and writes the shared `pg_hba.conf`.
+fn initdb_template(bin_dir: &Path, run_as: &RunAs, staging: &Path) -> Result<()> {
+    fs::create_dir(staging).map_err(|e| Error::io("creating", staging, e))?;
+    set_mode(staging, 0o700)?;
+    run_as.chown_recursive(staging)?;
+    run(run_as
+        .command(bin_dir.join("initdb"))
+        .args(INITDB_ARGS)
+        .arg("-D")
+        .arg(staging)
+        .current_dir(staging)
+        .stdin(Stdio::null()))?;
+    let hba = staging.join("pg_hba.conf");
+    fs::write(&hba, PG_HBA).map_err(|e| Error::io("writing", &hba, e))?;
+    run_as.chown_recursive(&hba)
+}
+
+/// A lock file held by this process; removed on drop.
+struct LockFile {
+    path: PathBuf,
+}
+
+impl LockFile {
+    /// Takes the lock, or returns `None` as soon as `done` holds (the work was done by the
+    /// holder). A lock whose holder has died is taken over.
+    fn acquire(path: &Path, done: &dyn Fn() -> bool) -> Result<Option<LockFile>> {
+        let deadline = Instant::now() + TEMPLATE_LOCK_DEADLINE;
+        loop {
+            if done() {
+                return Ok(None);
+            }
+            match OpenOptions::new().write(true).create_new(true).open(path) {
+                Ok(mut file) => {
+                    let lock = LockFile {
+                        path: path.to_owned(),
+                    };
+                    write!(file, "{}", std::process::id())
+                        .map_err(|e| Error::io("writing", path, e))?;
+                    return Ok(Some(lock));
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    if lock_is_stale(path) {
+                        let _ = fs::remove_file(path);
+                        continue;
+                    }
+                }
+                Err(e) => return Err(Error::io("creating the lock file", path, e)),
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::TemplateLock {
+                    path: path.to_owned(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Whether the process that wrote the lock file is gone. A lock without a pid yet is stale
+/// only once it is a few seconds old (its writer may be between `create_new` and `write`).
+fn lock_is_stale(path: &Path) -> bool {
+    match fs::read_to_string(path) {
+        Ok(contents) => match contents.trim().parse::<u32>() {
+            Ok(pid) => !process_alive(pid),
+            Err(_) => File::open(path)
+                .and_then(|f| f.metadata())
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|modified| modified.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(5)),
+        },
+        Err(_) => false, // removed meanwhile: the next create_new will tell
+    }
+}
+
+/// 64-bit FNV-1a over the parts (with separators): a hash that stays the same across Rust
+/// versions, unlike `DefaultHasher`.
+fn fnv1a(parts: &[&str]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in part.bytes().chain([0]) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}

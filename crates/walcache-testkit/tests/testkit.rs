@@ -1,0 +1,249 @@
+//! The testkit against real servers.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use walcache_testkit::{
+    unique_prefix, wait_until, wait_until_blocking, Error, PgServer, RedisServer, WaitError,
+};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+#[tokio::test]
+async fn redis_serves_stops_and_comes_back_on_the_same_port() -> TestResult {
+    let mut redis = RedisServer::start()?;
+    let port = redis.port();
+    assert_eq!(redis.url(), format!("redis://127.0.0.1:{port}/"));
+    assert!(redis.is_running());
+
+    let mut conn = redis.client().get_multiplexed_async_connection().await?;
+    let key = format!("{}:k", unique_prefix());
+    redis::cmd("SET")
+        .arg(&key)
+        .arg("v")
+        .exec_async(&mut conn)
+        .await?;
+    let value: String = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+    assert_eq!(value, "v");
+
+    redis.stop();
+    redis.stop(); // idempotent
+    assert!(!redis.is_running());
+    assert!(redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .is_err());
+
+    redis.start_again()?;
+    assert_eq!(redis.port(), port);
+    assert!(redis.is_running());
+    let mut conn = redis.client().get_multiplexed_async_connection().await?;
+    let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
+    assert_eq!(pong, "PONG");
+    // No persistence: the server comes back empty.
+    let value: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+    assert_eq!(value, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn redis_servers_are_independent() -> TestResult {
+    let a = RedisServer::start()?;
+    let b = RedisServer::start()?;
+    assert_ne!(a.port(), b.port());
+    Ok(())
+}
+
+#[tokio::test]
+async fn pg_runs_with_logical_wal_and_the_requested_settings() -> TestResult {
+    let pg = PgServer::start()?;
+    assert_eq!(pg.superuser(), "postgres");
+    assert_eq!(
+        pg.url("db"),
+        format!("postgres://postgres@127.0.0.1:{}/db", pg.port())
+    );
+    assert_eq!(
+        pg.conn_string("db"),
+        format!("host=127.0.0.1 port={} user=postgres dbname=db", pg.port())
+    );
+    assert!(pg.data_dir().join("PG_VERSION").is_file());
+    assert!(pg.psql_path().is_file());
+
+    let client = pg.connect("postgres").await?;
+    for (setting, expected) in [
+        ("wal_level", "logical"),
+        ("max_replication_slots", "16"),
+        ("max_wal_senders", "16"),
+        ("fsync", "off"),
+        ("full_page_writes", "off"),
+        ("listen_addresses", "127.0.0.1"),
+        ("server_encoding", "UTF8"),
+    ] {
+        let row = client.query_one(&format!("SHOW {setting}"), &[]).await?;
+        assert_eq!(row.get::<_, String>(0), expected, "{setting}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn pg_creates_distinct_databases() -> TestResult {
+    let pg = PgServer::start()?;
+    let first = pg.create_database("testkit").await?;
+    let second = pg.create_database("testkit").await?;
+    assert_ne!(first, second);
+    assert!(first.starts_with("testkit"));
+
+    let client = pg.connect(&first).await?;
+    let row = client.query_one("SELECT current_database()", &[]).await?;
+    assert_eq!(row.get::<_, String>(0), first);
+    client
+        .batch_execute("CREATE TABLE only_in_first (id int)")
+        .await?;
+    let other = pg.connect(&second).await?;
+    let row = other
+        .query_one("SELECT to_regclass('only_in_first') IS NULL", &[])
+        .await?;
+    assert!(row.get::<_, bool>(0));
+    Ok(())
+}
+
+#[tokio::test]
+async fn pg_supports_logical_replication() -> TestResult {
+    let pg = PgServer::start()?;
+    let db = pg.create_database("replication").await?;
+    let client = pg.connect(&db).await?;
+    // One statement per call: a multi-statement batch is one transaction, and a slot cannot
+    // be created in a transaction that has written.
+    for statement in [
+        "CREATE TABLE items (id int PRIMARY KEY, name text)",
+        "CREATE PUBLICATION p FOR TABLE items",
+        "SELECT pg_create_logical_replication_slot('s1', 'pgoutput')",
+        "INSERT INTO items VALUES (1, 'one')",
+    ] {
+        client.batch_execute(statement).await?;
+    }
+    let row = client
+        .query_one(
+            "SELECT plugin, slot_type FROM pg_replication_slots WHERE slot_name = 's1'",
+            &[],
+        )
+        .await?;
+    assert_eq!(row.get::<_, String>(0), "pgoutput");
+    assert_eq!(row.get::<_, String>(1), "logical");
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM pg_logical_slot_peek_binary_changes('s1', NULL, NULL, \
+             'proto_version', '1', 'publication_names', 'p')",
+            &[],
+        )
+        .await?;
+    assert!(row.get::<_, i64>(0) >= 3, "expected BEGIN, INSERT, COMMIT");
+
+    // pg_hba.conf admits replication connections over TCP.
+    let output = Command::new(pg.psql_path())
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "IDENTIFY_SYSTEM",
+            "-d",
+        ])
+        .arg(pg.replication_conn_string(&db))
+        .output()?;
+    assert!(
+        output.status.success(),
+        "psql IDENTIFY_SYSTEM failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.ends_with(&format!("|{db}\n")), "{stdout}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn pg_keeps_data_across_restarts_and_crashes() -> TestResult {
+    let mut pg = PgServer::start()?;
+    let port = pg.port();
+    let db = pg.create_database("restart").await?;
+    let client = pg.connect(&db).await?;
+    client
+        .batch_execute("CREATE TABLE kept (v int); INSERT INTO kept VALUES (1);")
+        .await?;
+
+    pg.restart()?;
+    assert_eq!(pg.port(), port);
+    assert!(client.is_closed() || client.simple_query("SELECT 1").await.is_err());
+    let client = pg.connect(&db).await?;
+    client.batch_execute("INSERT INTO kept VALUES (2)").await?;
+
+    pg.stop();
+    pg.stop(); // idempotent
+    assert!(!pg.is_running());
+    assert!(pg.connect(&db).await.is_err());
+    pg.start_again()?;
+    assert_eq!(pg.port(), port);
+    let client = pg.connect(&db).await?;
+    let row = client
+        .query_one("SELECT sum(v)::int FROM kept", &[])
+        .await?;
+    assert_eq!(row.get::<_, i32>(0), 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn wait_until_succeeds_once_the_condition_holds() -> TestResult {
+    let start = Instant::now();
+    wait_until("50 ms to pass", Duration::from_secs(5), || async move {
+        start.elapsed() >= Duration::from_millis(50)
+    })
+    .await?;
+    let mut polls = 0;
+    wait_until_blocking("three polls", Duration::from_secs(5), || {
+        polls += 1;
+        polls == 3
+    })?;
+    assert_eq!(polls, 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn wait_until_times_out_on_a_false_condition() {
+    let start = Instant::now();
+    let err: WaitError = wait_until("the impossible", Duration::from_millis(50), || async {
+        false
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(err.what, "the impossible");
+    assert!(err.waited >= Duration::from_millis(50));
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(err.to_string().starts_with("timed out after "));
+    assert!(err.to_string().ends_with(" waiting for the impossible"));
+
+    let err = wait_until_blocking("never", Duration::from_millis(20), || false).unwrap_err();
+    assert_eq!(err.what, "never");
+}
+
+#[test]
+fn unique_prefixes_differ() {
+    let a = unique_prefix();
+    let b = unique_prefix();
+    assert_ne!(a, b);
+    assert!(a.starts_with(&format!("t{}x", std::process::id())));
+}
+
+#[test]
+fn missing_binary_names_the_install_command() {
+    let err = Error::MissingBinary {
+        binary: "redis-server".into(),
+        package: "redis-server".into(),
+    };
+    assert_eq!(
+        err.to_string(),
+        "redis-server not found: install it with `apt-get install -y redis-server`"
+    );
+}

@@ -1,0 +1,165 @@
+//! The circuit breaker around Redis: closed → (N consecutive failures) → open → (cool-down) →
+//! half-open → (one probe succeeds) → closed, or (it fails) → open again.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::metrics as m;
+
+const CLOSED: u8 = 0;
+const HALF_OPEN: u8 = 1;
+const OPEN: u8 = 2;
+
+/// The breaker's state, as reported by [`Walcache::breaker_state`](crate::Walcache::breaker_state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BreakerState {
+    /// Calls go to Redis.
+    Closed,
+    /// One probe call is allowed through to see whether Redis is back.
+    HalfOpen,
+    /// Calls skip Redis until the cool-down ends.
+    Open,
+}
+
+#[derive(Debug)]
+pub(crate) struct Breaker {
+    state: AtomicU8,
+    failures: AtomicU32,
+    /// Milliseconds since `start` at which the breaker opened.
+    opened_at_ms: AtomicU64,
+    /// Set while a half-open probe is in flight.
+    probing: AtomicU8,
+    start: Instant,
+    threshold: u32,
+    open_for: Duration,
+}
+
+impl Breaker {
+    pub(crate) fn new(threshold: u32, open_for: Duration) -> Self {
+        metrics::gauge!(m::BREAKER_STATE).set(f64::from(CLOSED));
+        Breaker {
+            state: AtomicU8::new(CLOSED),
+            failures: AtomicU32::new(0),
+            opened_at_ms: AtomicU64::new(0),
+            probing: AtomicU8::new(0),
+            start: Instant::now(),
+            threshold,
+            open_for,
+        }
+    }
+
+    pub(crate) fn state(&self) -> BreakerState {
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => BreakerState::Closed,
+            HALF_OPEN => BreakerState::HalfOpen,
+            _ => BreakerState::Open,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// May a call go to Redis now? In half-open, only one probe at a time is let through.
+    pub(crate) fn allow(&self) -> bool {
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => true,
+            OPEN => {
+                let opened = self.opened_at_ms.load(Ordering::Acquire);
+                let cool = u64::try_from(self.open_for.as_millis()).unwrap_or(u64::MAX);
+                if self.now_ms().saturating_sub(opened) < cool {
+                    return false;
+                }
+                if self
+                    .state
+                    .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    self.transition(HALF_OPEN);
+                }
+                self.try_probe()
+            }
+            _ => self.try_probe(),
+        }
+    }
+
+    fn try_probe(&self) -> bool {
+        self.probing
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    pub(crate) fn record_success(&self) {
+        self.failures.store(0, Ordering::Release);
+        if self.state.load(Ordering::Acquire) != CLOSED {
+            self.probing.store(0, Ordering::Release);
+            if self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED {
+                self.transition(CLOSED);
+            }
+        }
+    }
+
+    pub(crate) fn record_failure(&self) {
+        let state = self.state.load(Ordering::Acquire);
+        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if state == HALF_OPEN || (state == CLOSED && failures >= self.threshold) {
+            self.opened_at_ms.store(self.now_ms(), Ordering::Release);
+            self.probing.store(0, Ordering::Release);
+            if self.state.swap(OPEN, Ordering::AcqRel) != OPEN {
+                self.transition(OPEN);
+            }
+        }
+    }
+
+    fn transition(&self, to: u8) {
+        let label = match to {
+            CLOSED => "closed",
+            HALF_OPEN => "half_open",
+            _ => "open",
+        };
+        metrics::gauge!(m::BREAKER_STATE).set(f64::from(to));
+        metrics::counter!(m::BREAKER_TRANSITIONS_TOTAL, "to" => label).increment(1);
+        match to {
+            OPEN => tracing::warn!("redis circuit breaker opened"),
+            CLOSED => tracing::info!("redis circuit breaker closed"),
+            _ => tracing::debug!("redis circuit breaker half-open: probing"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_after_threshold_and_closes_after_probe() {
+        let b = Breaker::new(3, Duration::ZERO);
+        assert!(b.allow());
+        b.record_failure();
+        b.record_failure();
+        assert_eq!(b.state(), BreakerState::Closed);
+        b.record_failure();
+        assert_eq!(b.state(), BreakerState::Open);
+        // Cool-down of zero: the next call is the half-open probe, and only one at a time.
+        assert!(b.allow());
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(!b.allow());
+        b.record_success();
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(b.allow());
+    }
+
+    #[test]
+    fn failed_probe_reopens() {
+        let b = Breaker::new(1, Duration::from_secs(3600));
+        b.record_failure();
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(!b.allow(), "cool-down not over");
+        let b = Breaker::new(1, Duration::ZERO);
+        b.record_failure();
+        assert!(b.allow());
+        b.record_failure();
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+}

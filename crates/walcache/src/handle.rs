@@ -1,0 +1,513 @@
+//! The process-wide handle: Redis connections, the one invalidation subscription, and the state
+//! every cache of the process shares (liveness, generations, the breaker, the bypass cap).
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use walcache_protocol::{Naming, ToKey};
+
+use crate::breaker::{Breaker, BreakerState};
+use crate::cache::CacheBuilder;
+use crate::codec::Postcard;
+use crate::error::Error;
+use crate::generation::{key_hash, NamespaceGenerations};
+use crate::l2::L2;
+use crate::metrics as m;
+use crate::subscriber::{self, FlushReason};
+
+/// What the cache does while the invalidation stream is not live (DESIGN contract 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Freshness {
+    /// Skip L1, keep using L2 and the loader. L2 is still kept fresh by the daemon's deletes, so
+    /// a read is stale only if the daemon itself is behind. The default.
+    #[default]
+    Available,
+    /// Skip both tiers and read through to the loader (capped by
+    /// [`max_bypass_loads`](WalcacheBuilder::max_bypass_loads)): the staleness bound holds
+    /// through every fault, at the database's expense.
+    Strict,
+}
+
+/// Where invalidations come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Invalidation {
+    /// The daemon's sequenced stream, with liveness tracking.
+    Stream { heartbeat_timeout: Duration },
+    /// No daemon: L1 relies on its time-to-live (and best-effort application-side messages).
+    TtlOnly,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct HandleConfig {
+    pub(crate) freshness: Freshness,
+    pub(crate) invalidation: Invalidation,
+    pub(crate) lease_ttl: Duration,
+    pub(crate) lease_wait: Duration,
+    pub(crate) reconnect_min: Duration,
+    pub(crate) reconnect_max: Duration,
+}
+
+/// One cache's L1, as the invalidation side sees it.
+pub(crate) trait L1Target: Send + Sync {
+    fn invalidate_keys(&self, keys: &[&str]);
+    fn invalidate_tags(&self, tags: &[String]);
+    fn invalidate_all(&self);
+    fn publish_metrics(&self);
+}
+
+/// A namespace's shared state: generations and the L1s that hold its entries.
+pub(crate) struct Namespace {
+    pub(crate) name: String,
+    pub(crate) generations: NamespaceGenerations,
+    targets: Mutex<Vec<Weak<dyn L1Target>>>,
+}
+
+impl Namespace {
+    fn targets(&self) -> Vec<Arc<dyn L1Target>> {
+        let mut guard = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+        guard.retain(|w| w.strong_count() > 0);
+        guard.iter().filter_map(Weak::upgrade).collect()
+    }
+}
+
+/// State shared by the handle, its caches and the subscriber thread.
+pub(crate) struct Shared {
+    pub(crate) live: AtomicBool,
+    pub(crate) global_generation: AtomicU64,
+    namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
+    pub(crate) l2: Option<L2>,
+    pub(crate) config: HandleConfig,
+    pub(crate) bypass: Semaphore,
+    /// This process's id on the application channel, so it skips its own messages.
+    pub(crate) process_epoch: u64,
+    pub(crate) naming: Naming,
+}
+
+impl Shared {
+    pub(crate) fn namespace(&self, name: &str) -> Option<Arc<Namespace>> {
+        self.namespaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    pub(crate) fn all_namespaces(&self) -> Vec<Arc<Namespace>> {
+        self.namespaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn register(&self, name: &str, target: Weak<dyn L1Target>) -> Arc<Namespace> {
+        let mut map = self.namespaces.write().unwrap_or_else(|p| p.into_inner());
+        let ns = map.entry(name.to_owned()).or_insert_with(|| {
+            Arc::new(Namespace {
+                name: name.to_owned(),
+                generations: NamespaceGenerations::new(),
+                targets: Mutex::new(Vec::new()),
+            })
+        });
+        let ns = Arc::clone(ns);
+        ns.targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(target);
+        ns
+    }
+
+    /// Keys changed: bump their stripes first, then drop them from L1.
+    pub(crate) fn apply_keys(&self, ns: &Namespace, keys: &[&str]) {
+        for k in keys {
+            ns.generations.bump_key(key_hash(k));
+        }
+        for t in ns.targets() {
+            t.invalidate_keys(keys);
+        }
+    }
+
+    /// Tags changed: any entry of any namespace may carry them.
+    pub(crate) fn apply_tags(&self, tags: &[String]) {
+        self.global_generation.fetch_add(1, Ordering::AcqRel);
+        for ns in self.all_namespaces() {
+            for t in ns.targets() {
+                t.invalidate_tags(tags);
+            }
+        }
+    }
+
+    /// A namespace moved to a new generation: forget what we knew of it.
+    pub(crate) fn apply_flush(&self, ns: &Namespace, new_generation: Option<u64>) {
+        ns.generations.bump_namespace();
+        ns.generations
+            .set_l2_generation(new_generation.unwrap_or(crate::generation::UNKNOWN_GENERATION));
+        for t in ns.targets() {
+            t.invalidate_all();
+        }
+    }
+
+    /// Drop every L1 entry of the process, and every fill in flight.
+    pub(crate) fn flush_l1(&self, reason: FlushReason) {
+        self.global_generation.fetch_add(1, Ordering::AcqRel);
+        for ns in self.all_namespaces() {
+            for t in ns.targets() {
+                t.invalidate_all();
+            }
+        }
+        metrics::counter!(m::L1_FLUSHES_TOTAL, "reason" => reason.label()).increment(1);
+    }
+
+    pub(crate) fn set_live(&self, live: bool) {
+        let was = self.live.swap(live, Ordering::AcqRel);
+        if was != live {
+            metrics::gauge!(m::STREAM_LIVE).set(if live { 1.0 } else { 0.0 });
+            if live {
+                tracing::info!("invalidation stream live: L1 in use");
+            } else {
+                tracing::warn!("invalidation stream not live: L1 bypassed");
+            }
+        }
+    }
+
+    pub(crate) fn publish_metrics(&self) {
+        for ns in self.all_namespaces() {
+            for t in ns.targets() {
+                t.publish_metrics();
+            }
+        }
+    }
+}
+
+pub(crate) struct HandleInner {
+    pub(crate) shared: Arc<Shared>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drop for HandleInner {
+    fn drop(&mut self) {
+        // The subscriber thread sees this and exits; nothing to join from a possibly-async drop.
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// The process-wide walcache handle: build one per process and create every cache from it.
+///
+/// It owns the Redis command connection, the single pub/sub subscription all caches share (on
+/// its own thread, so a busy application cannot delay invalidations), the circuit breaker and
+/// the cap on loads that bypass the caches. Cheap to clone; the subscription stops when the
+/// last clone and the last cache made from it are dropped.
+#[derive(Clone)]
+pub struct Walcache {
+    pub(crate) inner: Arc<HandleInner>,
+}
+
+impl std::fmt::Debug for Walcache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Walcache")
+            .field("live", &self.is_live())
+            .field("redis", &self.inner.shared.l2.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Walcache {
+    /// Start configuring a handle.
+    pub fn builder() -> WalcacheBuilder {
+        WalcacheBuilder::default()
+    }
+
+    /// Start configuring a cache of `V` values under `namespace` (1–64 of `[a-z0-9_-]`; the
+    /// name the daemon's rules use).
+    pub fn cache<K, V>(&self, namespace: &str) -> CacheBuilder<K, V, Postcard>
+    where
+        K: ToKey + ?Sized,
+        V: Clone + Send + Sync + 'static,
+    {
+        CacheBuilder::new(self.clone(), namespace)
+    }
+
+    /// Whether the invalidation stream is live, i.e. L1 is being used. Always true without a
+    /// stream ([`WalcacheBuilder::without_invalidation_stream`]).
+    pub fn is_live(&self) -> bool {
+        self.inner.shared.live.load(Ordering::Acquire)
+    }
+
+    /// The state of the circuit breaker around Redis (`Closed` without Redis).
+    pub fn breaker_state(&self) -> BreakerState {
+        self.inner
+            .shared
+            .l2
+            .as_ref()
+            .map_or(BreakerState::Closed, |l2| l2.breaker.state())
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    pub(crate) fn register(&self, namespace: &str, target: Weak<dyn L1Target>) -> Arc<Namespace> {
+        self.inner.shared.register(namespace, target)
+    }
+}
+
+/// Configures a [`Walcache`] handle. Every setter documents its default.
+#[derive(Debug, Clone)]
+pub struct WalcacheBuilder {
+    redis_url: Option<String>,
+    prefix: String,
+    stream: Option<bool>,
+    heartbeat_timeout: Duration,
+    freshness: Freshness,
+    redis_timeout: Duration,
+    connect_timeout: Duration,
+    breaker_threshold: u32,
+    breaker_open_for: Duration,
+    max_bypass_loads: usize,
+    lease_ttl: Duration,
+    lease_wait: Duration,
+    reconnect_min: Duration,
+    reconnect_max: Duration,
+}
+
+impl Default for WalcacheBuilder {
+    fn default() -> Self {
+        WalcacheBuilder {
+            redis_url: None,
+            prefix: "wc".to_owned(),
+            stream: None,
+            heartbeat_timeout: Duration::from_secs(3),
+            freshness: Freshness::Available,
+            redis_timeout: Duration::from_millis(250),
+            connect_timeout: Duration::from_secs(2),
+            breaker_threshold: 5,
+            breaker_open_for: Duration::from_secs(1),
+            max_bypass_loads: 64,
+            lease_ttl: Duration::from_secs(5),
+            lease_wait: Duration::from_secs(2),
+            reconnect_min: Duration::from_millis(50),
+            reconnect_max: Duration::from_secs(5),
+        }
+    }
+}
+
+impl WalcacheBuilder {
+    /// The shared Redis (L2, leases, invalidation channels): `redis://[user:pass@]host:port/db`
+    /// or `rediss://` for TLS. Without it the caches are L1-only. Default: none.
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.redis_url = Some(url.into());
+        self
+    }
+
+    /// Prefix of every Redis key and channel; must match the daemon's. Default `"wc"`.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Follow the daemon's invalidation stream (the default when a Redis URL is set). L1 is used
+    /// only while the stream is *live*: subscribed, flushed, and hearing in-sequence heartbeats
+    /// at least every `heartbeat_timeout` (default 3 s; the daemon's heartbeat interval must be
+    /// well below it).
+    pub fn heartbeat_timeout(mut self, heartbeat_timeout: Duration) -> Self {
+        self.heartbeat_timeout = heartbeat_timeout;
+        self.stream = Some(true);
+        self
+    }
+
+    /// Run without the daemon's stream. L1 then relies on its time-to-live alone: a row changed
+    /// in PostgreSQL stays visible in every process's L1 for up to the L1 time-to-live, and in
+    /// L2 for up to the L2 time-to-live. Application-side `invalidate` calls still reach the
+    /// other processes (best effort, over Redis pub/sub). Required when no Redis URL is set.
+    pub fn without_invalidation_stream(mut self) -> Self {
+        self.stream = Some(false);
+        self
+    }
+
+    /// What to do while the stream is not live. Default [`Freshness::Available`].
+    pub fn freshness(mut self, freshness: Freshness) -> Self {
+        self.freshness = freshness;
+        self
+    }
+
+    /// Timeout of every Redis call. Default 250 ms.
+    pub fn redis_timeout(mut self, timeout: Duration) -> Self {
+        self.redis_timeout = timeout;
+        self
+    }
+
+    /// Timeout of establishing a Redis connection. Default 2 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The breaker opens after `failures` consecutive failed Redis calls and stays open for
+    /// `open_for` before one probe is let through. Default 5 failures, 1 s.
+    pub fn circuit_breaker(mut self, failures: u32, open_for: Duration) -> Self {
+        self.breaker_threshold = failures;
+        self.breaker_open_for = open_for;
+        self
+    }
+
+    /// At most this many loads at once that bypass the caches (Redis down, strict mode while not
+    /// live, lease waits that timed out), so a cache outage cannot stampede the database.
+    /// Default 64.
+    pub fn max_bypass_loads(mut self, n: usize) -> Self {
+        self.max_bypass_loads = n;
+        self
+    }
+
+    /// How long a fill lease lasts in Redis; should exceed your slowest load. Default 5 s.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// How long a caller waits for another process's load before loading itself (without
+    /// writing L2). Default 2 s.
+    pub fn lease_wait(mut self, wait: Duration) -> Self {
+        self.lease_wait = wait;
+        self
+    }
+
+    /// Subscriber reconnect backoff: exponential from `min` to `max`, with full jitter. Default
+    /// 50 ms to 5 s.
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_min = min;
+        self.reconnect_max = max;
+        self
+    }
+
+    fn validate(&self) -> Result<(Naming, bool), Error> {
+        let naming = Naming::new(self.prefix.clone()).map_err(|e| {
+            Error::config(format!(
+                "key_prefix = {:?}: {e}; use the same prefix as the daemon (default \"wc\")",
+                self.prefix
+            ))
+        })?;
+        let stream =
+            match (self.stream, &self.redis_url) {
+                (Some(true), None) => {
+                    return Err(Error::config(
+                        "heartbeat_timeout is set but redis_url is not: the invalidation stream \
+                     arrives over Redis; set redis_url(..) or call without_invalidation_stream()",
+                    ))
+                }
+                (None, None) => return Err(Error::config(
+                    "no invalidation source: set redis_url(..) to follow the daemon's stream, or \
+                     call without_invalidation_stream() to rely on time-to-live alone",
+                )),
+                (Some(s), _) => s,
+                (None, Some(_)) => true,
+            };
+        let nonzero = [
+            ("redis_timeout", self.redis_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("heartbeat_timeout", self.heartbeat_timeout),
+            ("lease_ttl", self.lease_ttl),
+            ("reconnect_backoff min", self.reconnect_min),
+        ];
+        for (name, d) in nonzero {
+            if d.is_zero() {
+                return Err(Error::config(format!(
+                    "{name} = 0: must be positive; use a few milliseconds at least"
+                )));
+            }
+        }
+        if self.reconnect_max < self.reconnect_min {
+            return Err(Error::config(format!(
+                "reconnect_backoff max ({:?}) < min ({:?}): max must be at least min",
+                self.reconnect_max, self.reconnect_min
+            )));
+        }
+        if self.max_bypass_loads == 0 {
+            return Err(Error::config(
+                "max_bypass_loads = 0: no load could ever bypass the caches; use at least 1",
+            ));
+        }
+        if self.breaker_threshold == 0 {
+            return Err(Error::config(
+                "circuit_breaker failures = 0: must be at least 1",
+            ));
+        }
+        Ok((naming, stream))
+    }
+
+    /// Connect and start the subscriber.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for an invalid setting (the message names
+    /// it and the fix); a Redis error when a Redis URL is set but Redis cannot be reached now —
+    /// a wrong URL fails at start-up rather than hiding in a retry loop. Once running, lost
+    /// connections are retried with backoff.
+    pub async fn build(self) -> Result<Walcache, Error> {
+        let (naming, stream) = self.validate()?;
+        let (l2, client) = match &self.redis_url {
+            Some(url) => {
+                let client = redis::Client::open(url.as_str()).map_err(|e| {
+                    Error::config(format!(
+                        "redis_url is not a valid Redis URL ({e}); expected redis://host:port/db \
+                         or rediss://host:port/db"
+                    ))
+                })?;
+                let breaker = Breaker::new(self.breaker_threshold, self.breaker_open_for);
+                let l2 = L2::connect(
+                    client.clone(),
+                    self.redis_timeout,
+                    self.connect_timeout,
+                    self.lease_ttl,
+                    breaker,
+                    naming.clone(),
+                )
+                .await?;
+                (Some(l2), Some(client))
+            }
+            None => (None, None),
+        };
+        let invalidation = if stream {
+            Invalidation::Stream {
+                heartbeat_timeout: self.heartbeat_timeout,
+            }
+        } else {
+            Invalidation::TtlOnly
+        };
+        let shared = Arc::new(Shared {
+            // Without a stream there is no liveness to wait for.
+            live: AtomicBool::new(!stream),
+            global_generation: AtomicU64::new(0),
+            namespaces: RwLock::new(HashMap::new()),
+            l2,
+            config: HandleConfig {
+                freshness: self.freshness,
+                invalidation,
+                lease_ttl: self.lease_ttl,
+                lease_wait: self.lease_wait,
+                reconnect_min: self.reconnect_min,
+                reconnect_max: self.reconnect_max,
+            },
+            bypass: Semaphore::new(self.max_bypass_loads),
+            process_epoch: rand::random(),
+            naming,
+        });
+        metrics::gauge!(m::STREAM_LIVE).set(if stream { 0.0 } else { 1.0 });
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        subscriber::spawn(Arc::clone(&shared), client, rx, self.connect_timeout)?;
+        Ok(Walcache {
+            inner: Arc::new(HandleInner {
+                shared,
+                shutdown: tx,
+            }),
+        })
+    }
+}
+
+/// Marker so `PhantomData` of unsized keys is Send + Sync regardless of `K`.
+pub(crate) type KeyMarker<K> = PhantomData<fn(&K)>;

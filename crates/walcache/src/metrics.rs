@@ -1,0 +1,43 @@
+//! Metric names: the contract with dashboards and alerts. All emitted through the `metrics`
+//! facade; the application installs the exporter. Labels are low-cardinality (namespace, tier,
+//! outcome, reason); a key or a value never appears in a label.
+
+/// Counter: reads answered by a tier. Labels: `namespace`, `tier` (`l1`, `l2`).
+pub const HITS_TOTAL: &str = "walcache_hits_total";
+/// Counter: reads a tier could not answer. Labels: `namespace`, `tier` (`l1`, `l2`).
+pub const MISSES_TOTAL: &str = "walcache_misses_total";
+/// Counter: loader calls. Labels: `namespace`, `outcome` (`ok`, `error`, `stale_served`).
+pub const LOADS_TOTAL: &str = "walcache_loads_total";
+/// Histogram: loader latency in seconds. Labels: `namespace`.
+pub const LOAD_DURATION_SECONDS: &str = "walcache_load_duration_seconds";
+/// Counter: loads that bypassed the caches (and did not write them). Labels: `namespace`,
+/// `reason` (`strict_not_live`, `redis_unavailable`, `lease_wait_timeout`, `no_redis`).
+pub const BYPASS_LOADS_TOTAL: &str = "walcache_bypass_loads_total";
+/// Histogram: Redis call latency in seconds. Labels: `op`.
+pub const L2_DURATION_SECONDS: &str = "walcache_l2_duration_seconds";
+/// Counter: failed Redis calls. Labels: `op`, `kind` (`timeout`, `error`, `breaker_open`).
+pub const L2_ERRORS_TOTAL: &str = "walcache_l2_errors_total";
+/// Counter: L2 values that did not decode (a changed value type, or foreign bytes); each is
+/// treated as a miss and overwritten. Labels: `namespace`.
+pub const L2_UNDECODABLE_TOTAL: &str = "walcache_l2_undecodable_total";
+/// Counter: fills that were discarded because an invalidation raced them. Labels: `namespace`,
+/// `tier` (`l1`, `l2`).
+pub const FILLS_DISCARDED_TOTAL: &str = "walcache_fills_discarded_total";
+/// Counter: waits for another process's lease. Labels: `namespace`, `outcome` (`value`, `timeout`).
+pub const LEASE_WAITS_TOTAL: &str = "walcache_lease_waits_total";
+/// Counter: invalidation messages received. Labels: `channel` (`stream`, `app`), `kind`
+/// (`keys`, `tags`, `flush`, `heartbeat`).
+pub const INVALIDATIONS_RECEIVED_TOTAL: &str = "walcache_invalidations_received_total";
+/// Counter: messages on the invalidation channels that did not decode. No labels.
+pub const UNDECODABLE_MESSAGES_TOTAL: &str = "walcache_undecodable_messages_total";
+/// Counter: whole-L1 flushes because the stream stopped being trustworthy. Labels: `reason`
+/// (`subscribed`, `reconnect`, `gap`, `epoch_change`, `heartbeat_silence`, `undecodable`).
+pub const L1_FLUSHES_TOTAL: &str = "walcache_l1_flushes_total";
+/// Gauge: 1 while the invalidation stream is live (L1 may be used), else 0.
+pub const STREAM_LIVE: &str = "walcache_stream_live";
+/// Counter: subscriber reconnect attempts. No labels.
+pub const SUBSCRIBER_RECONNECTS_TOTAL: &str = "walcache_subscriber_reconnects_total";
+/// Gauge: the circuit breaker around Redis: 0 closed, 1 half-open, 2 open.
+pub const BREAKER_STATE: &str = "walcache_breaker_state";
+/// Counter: breaker transitions. Labels: `to` (`closed`, `half_open`, `open`).
+pub const BREAKER_TRANSITIONS_TOTAL: &str = "walcache_breaker_transitions_total";

@@ -1,0 +1,394 @@
+//! The invalidation subscriber: one plain pub/sub connection per process, on its own thread and
+//! runtime, so a busy application cannot delay it.
+//!
+//! Liveness (DESIGN contract 4): the stream is *live* only after
+//! SUBSCRIBE is acknowledged → every generation is bumped and L1 flushed → the first in-sequence
+//! heartbeat arrives. A gap, a reconnect, an epoch change, an undecodable message, or heartbeat
+//! silence ends liveness and flushes L1 again. The connection is a plain `PubSub` whose stream
+//! ends on disconnect: an auto-resubscribing manager would hide exactly the reconnect that must
+//! flush L1.
+//!
+//! Sequencing: data messages carry `seq` 1, 2, 3, … per daemon epoch; heartbeats carry the last
+//! data sequence number (`seq` and `last_data_seq` both), so a lost final message shows up at the
+//! next heartbeat. Messages on the application channel are unsequenced (`seq` 0).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use rand::Rng;
+use tokio::time::Instant;
+use walcache_protocol::{Body, Message};
+
+use crate::error::Error;
+use crate::handle::{Invalidation, Shared};
+use crate::metrics as m;
+
+/// Why the whole L1 was flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FlushReason {
+    Subscribed,
+    Reconnect,
+    Gap,
+    EpochChange,
+    HeartbeatSilence,
+    Undecodable,
+}
+
+impl FlushReason {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            FlushReason::Subscribed => "subscribed",
+            FlushReason::Reconnect => "reconnect",
+            FlushReason::Gap => "gap",
+            FlushReason::EpochChange => "epoch_change",
+            FlushReason::HeartbeatSilence => "heartbeat_silence",
+            FlushReason::Undecodable => "undecodable",
+        }
+    }
+}
+
+const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    client: Option<redis::Client>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    connect_timeout: Duration,
+) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            Error::new(crate::ErrorKind::Config)
+                .with_message("could not start the subscriber runtime")
+                .with_source(e)
+        })?;
+    std::thread::Builder::new()
+        .name("walcache-subscriber".to_owned())
+        .spawn(move || {
+            runtime.block_on(run(shared, client, shutdown, connect_timeout));
+        })
+        .map_err(|e| {
+            Error::new(crate::ErrorKind::Config)
+                .with_message("could not start the subscriber thread")
+                .with_source(e)
+        })?;
+    Ok(())
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    client: Option<redis::Client>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    connect_timeout: Duration,
+) {
+    let work = async {
+        match client {
+            Some(client) => subscribe_forever(&shared, &client, connect_timeout).await,
+            None => std::future::pending::<()>().await,
+        }
+    };
+    let metrics = async {
+        let mut tick = tokio::time::interval(METRICS_INTERVAL);
+        loop {
+            tick.tick().await;
+            shared.publish_metrics();
+        }
+    };
+    tokio::select! {
+        _ = shutdown.wait_for(|stop| *stop) => {}
+        () = work => {}
+        () = metrics => {}
+    }
+    shared.publish_metrics();
+}
+
+/// Capped exponential backoff with full jitter.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let exp = self
+            .min
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let ms = u64::try_from(exp.as_millis()).unwrap_or(u64::MAX).max(1);
+        Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+async fn subscribe_forever(shared: &Shared, client: &redis::Client, connect_timeout: Duration) {
+    let mut backoff = Backoff {
+        min: shared.config.reconnect_min,
+        max: shared.config.reconnect_max,
+        attempt: 0,
+    };
+    let mut first = true;
+    loop {
+        if !first {
+            metrics::counter!(m::SUBSCRIBER_RECONNECTS_TOTAL).increment(1);
+            tokio::time::sleep(backoff.next()).await;
+        }
+        first = false;
+        match session(shared, client, connect_timeout, &mut backoff).await {
+            Ok(()) => tracing::warn!("invalidation subscription ended; reconnecting"),
+            Err(e) => tracing::warn!(error = %e, "invalidation subscription failed; reconnecting"),
+        }
+        if matches!(shared.config.invalidation, Invalidation::Stream { .. }) {
+            shared.set_live(false);
+        }
+        // Whatever arrived while we were away is unknown.
+        shared.flush_l1(FlushReason::Reconnect);
+    }
+}
+
+/// What the subscriber knows of the daemon's sequence.
+#[derive(Debug, Default)]
+struct Tracker {
+    epoch: Option<u64>,
+    last_seq: Option<u64>,
+}
+
+/// One connection's life: subscribe, resync, then apply messages until it ends.
+async fn session(
+    shared: &Shared,
+    client: &redis::Client,
+    connect_timeout: Duration,
+    backoff: &mut Backoff,
+) -> Result<(), Error> {
+    let naming = &shared.naming;
+    let stream_channel = naming.invalidation_channel();
+    let app_channel = naming.app_channel();
+    let connect = async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(&stream_channel).await?;
+        pubsub.subscribe(&app_channel).await?;
+        let cmd = client.get_multiplexed_async_connection().await?;
+        Ok::<_, redis::RedisError>((pubsub, cmd))
+    };
+    let (pubsub, mut cmd) = tokio::time::timeout(connect_timeout, connect)
+        .await
+        .map_err(|_| Error::timeout().with_message("subscribing to the invalidation channels"))?
+        .map_err(Error::redis)?;
+    // SUBSCRIBE is acknowledged: from here on every invalidation reaches us. Everything before
+    // it is unknown, so drop every fill in flight and all of L1, and relearn the generations.
+    shared.flush_l1(FlushReason::Subscribed);
+    for ns in shared.all_namespaces() {
+        let key = naming.generation_key(&ns.name);
+        let g: Option<u64> = tokio::time::timeout(
+            connect_timeout,
+            redis::cmd("GET").arg(&key).query_async(&mut cmd),
+        )
+        .await
+        .map_err(|_| Error::timeout())?
+        .map_err(Error::redis)?;
+        ns.generations.set_l2_generation(g.unwrap_or(0));
+    }
+    backoff.reset();
+    tracing::info!("subscribed to the invalidation channels");
+
+    let heartbeat_timeout = match shared.config.invalidation {
+        Invalidation::Stream { heartbeat_timeout } => Some(heartbeat_timeout),
+        Invalidation::TtlOnly => None,
+    };
+    let mut tracker = Tracker::default();
+    let mut last_heartbeat = Instant::now();
+    let mut messages = pubsub.into_on_message();
+    loop {
+        let silence_deadline = heartbeat_timeout.map(|t| last_heartbeat + t);
+        let next = async {
+            match silence_deadline {
+                Some(d) => tokio::time::timeout_at(d, messages.next()).await.ok(),
+                None => Some(messages.next().await),
+            }
+        };
+        let Some(msg) = next.await else {
+            // Heartbeat silence: the daemon is dead, lagging or cut off. Stay subscribed and
+            // become live again at the next in-sequence heartbeat.
+            if shared.live.load(std::sync::atomic::Ordering::Acquire) {
+                tracing::warn!(
+                    timeout = ?heartbeat_timeout,
+                    "no heartbeat from the daemon: L1 flushed and bypassed"
+                );
+                shared.set_live(false);
+                shared.flush_l1(FlushReason::HeartbeatSilence);
+            }
+            last_heartbeat = Instant::now();
+            continue;
+        };
+        let Some(msg) = msg else {
+            return Ok(()); // disconnected
+        };
+        let sequenced = msg.get_channel_name() == stream_channel;
+        match Message::decode(msg.get_payload_bytes()) {
+            Ok(message) if sequenced => {
+                if let Some(ns_flushes) =
+                    on_stream_message(shared, &mut tracker, &message, heartbeat_timeout)
+                {
+                    relearn_generations(shared, &mut cmd, &ns_flushes, connect_timeout).await;
+                }
+                if message.is_heartbeat() {
+                    last_heartbeat = Instant::now();
+                }
+            }
+            Ok(message) => {
+                if message.epoch != shared.process_epoch {
+                    if let Some(flushed) = apply(shared, &message, "app") {
+                        relearn_generations(shared, &mut cmd, &flushed, connect_timeout).await;
+                    }
+                }
+            }
+            Err(e) => {
+                metrics::counter!(m::UNDECODABLE_MESSAGES_TOTAL).increment(1);
+                tracing::warn!(error = %e, sequenced, "undecodable invalidation message");
+                if heartbeat_timeout.is_some() {
+                    shared.set_live(false);
+                    if sequenced {
+                        // It may have carried a sequence number: re-anchor at the next heartbeat.
+                        tracker.last_seq = None;
+                    }
+                }
+                shared.flush_l1(FlushReason::Undecodable);
+            }
+        }
+    }
+}
+
+/// Apply a message from the daemon's channel and track sequence and liveness. Returns the
+/// namespaces whose generation must be relearned.
+fn on_stream_message(
+    shared: &Shared,
+    tracker: &mut Tracker,
+    message: &Message,
+    heartbeat_timeout: Option<Duration>,
+) -> Option<Vec<String>> {
+    let tracking = heartbeat_timeout.is_some();
+    if tracker.epoch.is_some_and(|e| e != message.epoch) {
+        tracing::warn!("daemon epoch changed: L1 flushed");
+        if tracking {
+            shared.set_live(false);
+        }
+        shared.flush_l1(FlushReason::EpochChange);
+        tracker.last_seq = None;
+    }
+    tracker.epoch = Some(message.epoch);
+    if let Body::Heartbeat { last_data_seq } = message.body {
+        metrics::counter!(m::INVALIDATIONS_RECEIVED_TOTAL, "channel" => "stream", "kind" => "heartbeat")
+            .increment(1);
+        match tracker.last_seq {
+            Some(s) if s != last_data_seq => {
+                tracing::warn!(
+                    expected = s,
+                    got = last_data_seq,
+                    "invalidation gap at heartbeat"
+                );
+                if tracking {
+                    shared.set_live(false);
+                }
+                shared.flush_l1(FlushReason::Gap);
+                tracker.last_seq = Some(last_data_seq);
+            }
+            _ => {
+                tracker.last_seq = Some(last_data_seq);
+                if tracking {
+                    shared.set_live(true);
+                }
+            }
+        }
+        return None;
+    }
+    let flushed = apply(shared, message, "stream");
+    match tracker.last_seq {
+        Some(s) if message.seq != s.wrapping_add(1) => {
+            tracing::warn!(
+                expected = s.wrapping_add(1),
+                got = message.seq,
+                "invalidation gap"
+            );
+            if tracking {
+                shared.set_live(false);
+            }
+            shared.flush_l1(FlushReason::Gap);
+            tracker.last_seq = Some(message.seq);
+        }
+        Some(_) => tracker.last_seq = Some(message.seq),
+        None => {}
+    }
+    flushed
+}
+
+/// Apply one invalidation to L1. Returns flushed namespaces, whose generation must be relearned.
+fn apply(shared: &Shared, message: &Message, channel: &'static str) -> Option<Vec<String>> {
+    let (kind, flushed) = match &message.body {
+        Body::Keys(keys) => {
+            // Group by namespace; messages are small, a linear pass is fine.
+            let mut i = 0;
+            while i < keys.len() {
+                let ns_name = &keys[i].namespace;
+                let mut j = i;
+                let mut batch: Vec<&str> = Vec::new();
+                while j < keys.len() && &keys[j].namespace == ns_name {
+                    batch.push(&keys[j].key);
+                    j += 1;
+                }
+                if let Some(ns) = shared.namespace(ns_name) {
+                    shared.apply_keys(&ns, &batch);
+                }
+                i = j;
+            }
+            ("keys", None)
+        }
+        Body::Tags(tags) => {
+            shared.apply_tags(tags);
+            ("tags", None)
+        }
+        Body::Flush(namespaces) => {
+            for name in namespaces {
+                if let Some(ns) = shared.namespace(name) {
+                    shared.apply_flush(&ns, None);
+                }
+            }
+            ("flush", Some(namespaces.clone()))
+        }
+        Body::Heartbeat { .. } => ("heartbeat", None),
+        _ => {
+            // A body kind this version does not know: we cannot tell what it invalidates.
+            shared.flush_l1(FlushReason::Undecodable);
+            ("unknown", None)
+        }
+    };
+    metrics::counter!(m::INVALIDATIONS_RECEIVED_TOTAL, "channel" => channel, "kind" => kind)
+        .increment(1);
+    flushed
+}
+
+async fn relearn_generations(
+    shared: &Shared,
+    cmd: &mut redis::aio::MultiplexedConnection,
+    namespaces: &[String],
+    timeout: Duration,
+) {
+    for name in namespaces {
+        let Some(ns) = shared.namespace(name) else {
+            continue;
+        };
+        let key = shared.naming.generation_key(name);
+        let reply: Result<Result<Option<u64>, _>, _> =
+            tokio::time::timeout(timeout, redis::cmd("GET").arg(&key).query_async(cmd)).await;
+        match reply {
+            // Readers use the generation-reading script until this lands.
+            Ok(Ok(g)) => ns.generations.learn_l2_generation(g.unwrap_or(0)),
+            _ => tracing::warn!("could not read a namespace generation after a flush"),
+        }
+    }
+}

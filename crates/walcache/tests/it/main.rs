@@ -1,0 +1,9 @@
+//! walcache's integration tests, against real Redis and PostgreSQL servers from the test kit.
+#![allow(missing_docs)]
+
+mod api;
+mod races;
+mod read_path;
+mod resilience;
+mod subscriber;
+mod support;

@@ -1,0 +1,230 @@
+//! Shared test support: a metrics recorder the tests can read, a stand-in for the daemon's
+//! publisher (the real daemon is its own crate), and handle constructors.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+use walcache::Walcache;
+use walcache_protocol::{Body, KeyRef, Message, Naming};
+use walcache_testkit::{wait_until, RedisServer};
+
+pub(crate) const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A global recorder whose counters can be read without resetting them.
+#[derive(Default)]
+pub(crate) struct TestRecorder {
+    counters: Mutex<HashMap<String, Arc<AtomicU64>>>,
+}
+
+fn render(key: &Key) -> String {
+    let mut labels: Vec<String> = key
+        .labels()
+        .map(|l| format!("{}={}", l.key(), l.value()))
+        .collect();
+    labels.sort();
+    format!("{}{{{}}}", key.name(), labels.join(","))
+}
+
+impl Recorder for TestRecorder {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        let mut map = self.counters.lock().unwrap();
+        let c = Arc::clone(map.entry(render(key)).or_default());
+        Counter::from_arc(c)
+    }
+    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::noop()
+    }
+    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::noop()
+    }
+}
+
+static RECORDER: OnceLock<&'static TestRecorder> = OnceLock::new();
+
+/// Install the recorder (once per process) before any cache is built.
+pub(crate) fn recorder() -> &'static TestRecorder {
+    RECORDER.get_or_init(|| {
+        let r: &'static TestRecorder = Box::leak(Box::default());
+        metrics::set_global_recorder(r).expect("no other recorder in the test binary");
+        r
+    })
+}
+
+impl TestRecorder {
+    /// The value of counter `name` with exactly these labels (0 if never registered).
+    pub(crate) fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        let mut l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        l.sort();
+        let key = format!("{name}{{{}}}", l.join(","));
+        self.counters
+            .lock()
+            .unwrap()
+            .get(&key)
+            .map_or(0, |c| c.load(Ordering::SeqCst))
+    }
+}
+
+static NS: AtomicUsize = AtomicUsize::new(0);
+
+/// A namespace unique within the process (tests share a Redis only within one test).
+pub(crate) fn namespace(base: &str) -> String {
+    format!("{base}-{}", NS.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Builder defaults for tests: short timeouts so failure paths finish quickly.
+pub(crate) fn builder(redis: &RedisServer) -> walcache::WalcacheBuilder {
+    Walcache::builder()
+        .redis_url(redis.url())
+        .redis_timeout(Duration::from_millis(300))
+        .connect_timeout(Duration::from_secs(2))
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(200))
+        .heartbeat_timeout(Duration::from_secs(30))
+}
+
+/// Stand-in for walcached's publisher: same wire format, same "delete, then announce in one
+/// script" order, sequence numbers and heartbeats under the test's control.
+pub(crate) struct Publisher {
+    conn: redis::aio::MultiplexedConnection,
+    pub(crate) epoch: u64,
+    pub(crate) seq: u64,
+    naming: Naming,
+}
+
+impl Publisher {
+    pub(crate) async fn new(redis: &RedisServer) -> Publisher {
+        let conn = redis
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("publisher connection");
+        Publisher {
+            conn,
+            epoch: rand::random(),
+            seq: 0,
+            naming: Naming::default(),
+        }
+    }
+
+    pub(crate) async fn publish_raw(&mut self, bytes: &[u8]) {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(self.naming.invalidation_channel())
+            .arg(bytes)
+            .query_async(&mut self.conn)
+            .await
+            .expect("publish");
+    }
+
+    pub(crate) async fn heartbeat(&mut self) {
+        let m = Message::new(
+            self.epoch,
+            self.seq,
+            Body::Heartbeat {
+                last_data_seq: self.seq,
+            },
+        );
+        self.publish_raw(&m.encode()).await;
+    }
+
+    /// Delete the keys under every schema of the namespace's current generation, then
+    /// announce them with the next sequence number — atomically, as the daemon does.
+    pub(crate) async fn invalidate(&mut self, namespace: &str, keys: &[&str]) {
+        self.seq += 1;
+        let m = Message::new(
+            self.epoch,
+            self.seq,
+            Body::Keys(
+                keys.iter()
+                    .map(|k| KeyRef {
+                        namespace: namespace.to_owned(),
+                        key: (*k).to_owned(),
+                    })
+                    .collect(),
+            ),
+        );
+        let script = redis::Script::new(
+            r"local g = redis.call('GET', KEYS[1]) or '0'
+local schemas = redis.call('SMEMBERS', KEYS[2])
+for i = 3, #ARGV do
+  for _, s in ipairs(schemas) do redis.call('DEL', ARGV[1] .. g .. ':s' .. s .. ':' .. ARGV[i]) end
+end
+return redis.call('PUBLISH', ARGV[2], ARGV[3])",
+        );
+        let mut inv = script.prepare_invoke();
+        inv.key(self.naming.generation_key(namespace))
+            .key(format!("wc:{{{namespace}}}:schemas"))
+            .arg(self.naming.value_key_prefix(namespace))
+            .arg(self.naming.invalidation_channel())
+            .arg(m.encode());
+        for k in keys {
+            inv.arg(*k);
+        }
+        let _: i64 = inv.invoke_async(&mut self.conn).await.expect("invalidate");
+    }
+
+    /// Skip a sequence number, as if a message was lost.
+    pub(crate) fn lose_one(&mut self) {
+        self.seq += 1;
+    }
+}
+
+/// Make the handle live: heartbeat until it says so.
+pub(crate) async fn make_live(handle: &Walcache, publisher: &mut Publisher) {
+    for _ in 0..1000 {
+        publisher.heartbeat().await;
+        if wait_until("stream live", Duration::from_millis(20), || async {
+            handle.is_live()
+        })
+        .await
+        .is_ok()
+        {
+            return;
+        }
+    }
+    panic!("the handle never became live");
+}
+
+/// Raw access to what Redis holds for a cache key.
+pub(crate) async fn raw_get(redis: &RedisServer, namespace: &str, key: &str) -> Option<Vec<u8>> {
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+    let naming = Naming::default();
+    let g: Option<u64> = redis::cmd("GET")
+        .arg(naming.generation_key(namespace))
+        .query_async(&mut conn)
+        .await
+        .expect("GET generation");
+    redis::cmd("GET")
+        .arg(naming.value_key(namespace, g.unwrap_or(0), 1, key))
+        .query_async(&mut conn)
+        .await
+        .expect("GET value")
+}
+
+pub(crate) async fn raw_set(redis: &RedisServer, namespace: &str, key: &str, bytes: &[u8]) {
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+    let naming = Naming::default();
+    let _: () = redis::cmd("SET")
+        .arg(naming.value_key(namespace, 0, 1, key))
+        .arg(bytes)
+        .query_async(&mut conn)
+        .await
+        .expect("SET");
+}
+
+/// A loader error for tests.
+#[derive(Debug, thiserror::Error)]
+#[error("test loader failed")]
+pub(crate) struct LoadError;
