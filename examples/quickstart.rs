@@ -67,8 +67,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Write, then invalidate after the commit: this process reads its own write, and every
     // other process's L1 drops the key too.
-    db.execute("UPDATE users SET email = 'ada@lovelace.dev' WHERE id = 1", &[])
-        .await?;
+    db.execute(
+        "UPDATE users SET email = 'ada@lovelace.dev' WHERE id = 1",
+        &[],
+    )
+    .await?;
     users.invalidate(&1).await?;
     let start = Instant::now();
     let user = users.try_get_with(&1, load_user(&db, 1)).await?;

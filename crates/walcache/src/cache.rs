@@ -596,26 +596,13 @@ where
         }
         let snap = self.snapshot(&k);
         let (_, found) = self.read_l2(l2, names, &k).await.ok()?;
-        match found {
-            Found::Value(bytes) => match inner.codec.decode::<V>(l2::payload(&bytes)) {
-                Ok(v) => {
-                    inner.metrics.l2_hits.increment(1);
-                    self.fill_l1(&k, Some(v.clone()), snap, None, bytes.len());
-                    Some(v)
-                }
-                Err(_) => {
-                    inner.metrics.undecodable.increment(1);
-                    None
-                }
-            },
-            Found::Undecodable(_) => {
-                inner.metrics.undecodable.increment(1);
-                None
-            }
-            _ => {
+        match self.accept_found(found, &k, snap, true) {
+            Accepted::Answer(v) => v,
+            Accepted::Miss => {
                 inner.metrics.l2_misses.increment(1);
                 None
             }
+            Accepted::Replace(_) | Accepted::Leased => None,
         }
     }
 
@@ -737,7 +724,7 @@ where
         if let (Some(l2), Some(names), Some(payload)) =
             (inner.shared.l2.as_ref(), inner.names.as_ref(), encoded)
         {
-            let envelope = l2::value_envelope(&payload);
+            let envelope = l2::value_envelope(&payload, &tags);
             let ttl = jittered(inner.l2_ttl, inner.jitter);
             l2.insert(names, &k, &envelope, ttl, &tags, self.bookkeeping_ttl())
                 .await?;
@@ -873,7 +860,7 @@ where
         k: &Arc<str>,
         value: Option<V>,
         snap: Snapshot,
-        tags: Option<&[String]>,
+        tags: &[String],
         size: usize,
     ) {
         let inner = &self.inner;
@@ -887,7 +874,7 @@ where
             inner.metrics.discarded_l1.increment(1);
             return;
         }
-        self.put_l1(k, value, tags.unwrap_or_default(), size);
+        self.put_l1(k, value, tags, size);
         if self.snapshot(k) != snap {
             inner.l1.invalidate(&**k);
             inner.metrics.discarded_l1.increment(1);
@@ -983,7 +970,7 @@ where
             let v = self.run_loader(k, init).await?;
             let size = self.weigh(v.as_ref());
             if v.is_some() || inner.negative_ttl.is_some() {
-                self.fill_l1(k, v.clone(), snap, Some(tags), size);
+                self.fill_l1(k, v.clone(), snap, tags, size);
             }
             return Ok(v);
         };
@@ -992,13 +979,13 @@ where
             Err(_) => return self.bypass_load(k, init, "redis_unavailable").await,
         };
         let mut replace: Option<Vec<u8>> = None;
-        match self.accept_found(found, k, snap, tags, accept_negative) {
+        match self.accept_found(found, k, snap, accept_negative) {
             Accepted::Answer(v) => return Ok(v),
             Accepted::Replace(bytes) => replace = Some(bytes),
             Accepted::Miss => inner.metrics.l2_misses.increment(1),
             Accepted::Leased => {
                 return self
-                    .wait_for_lease(l2, names, k, generation, tags, init, snap, accept_negative)
+                    .wait_for_lease(l2, names, k, generation, init, snap, accept_negative)
                     .await
             }
         }
@@ -1028,7 +1015,7 @@ where
                     init = Some(init_now);
                 }
                 Ok((g, LeaseOutcome::Present(found))) => {
-                    match self.accept_found(found, k, snap, tags, accept_negative) {
+                    match self.accept_found(found, k, snap, accept_negative) {
                         Accepted::Answer(v) => return Ok(v),
                         Accepted::Replace(bytes) => {
                             replace = Some(bytes);
@@ -1037,16 +1024,7 @@ where
                         Accepted::Miss => init = Some(init_now),
                         Accepted::Leased => {
                             return self
-                                .wait_for_lease(
-                                    l2,
-                                    names,
-                                    k,
-                                    g,
-                                    tags,
-                                    init_now,
-                                    snap,
-                                    accept_negative,
-                                )
+                                .wait_for_lease(l2, names, k, g, init_now, snap, accept_negative)
                                 .await
                         }
                     }
@@ -1065,29 +1043,41 @@ where
         found: Found,
         k: &Arc<str>,
         snap: Snapshot,
-        tags: &[String],
         accept_negative: bool,
     ) -> Accepted<V> {
         let inner = &self.inner;
         match found {
             Found::Miss => Accepted::Miss,
             Found::Lease => Accepted::Leased,
-            Found::Value(bytes) => match inner.codec.decode::<V>(l2::payload(&bytes)) {
-                Ok(v) => {
-                    inner.metrics.l2_hits.increment(1);
-                    self.fill_l1(k, Some(v.clone()), snap, Some(tags), bytes.len());
-                    Accepted::Answer(Some(v))
+            Found::Value(bytes) => {
+                match l2::split_value(&bytes)
+                    .ok_or(None)
+                    .and_then(|(tags, payload)| {
+                        inner
+                            .codec
+                            .decode::<V>(payload)
+                            .map(|v| (tags, v))
+                            .map_err(Some)
+                    }) {
+                    Ok((tags, v)) => {
+                        inner.metrics.l2_hits.increment(1);
+                        // The tags stored with the value, so a tag invalidation finds this L1 entry.
+                        self.fill_l1(k, Some(v.clone()), snap, &tags, bytes.len());
+                        Accepted::Answer(Some(v))
+                    }
+                    Err(e) => {
+                        inner.metrics.undecodable.increment(1);
+                        if let Some(e) = e {
+                            tracing::debug!(namespace = %inner.ns.name, error = %e, "undecodable L2 value: treated as a miss");
+                        }
+                        Accepted::Replace(bytes)
+                    }
                 }
-                Err(e) => {
-                    inner.metrics.undecodable.increment(1);
-                    tracing::debug!(namespace = %inner.ns.name, error = %e, "undecodable L2 value: treated as a miss");
-                    Accepted::Replace(bytes)
-                }
-            },
+            }
             Found::Negative(bytes) => {
                 if accept_negative {
                     inner.metrics.l2_hits.increment(1);
-                    self.fill_l1(k, None, snap, Some(tags), 0);
+                    self.fill_l1(k, None, snap, &[], 0);
                     Accepted::Answer(None)
                 } else {
                     Accepted::Replace(bytes)
@@ -1109,7 +1099,6 @@ where
         names: &Names,
         k: &Arc<str>,
         generation: u64,
-        tags: &[String],
         init: F,
         snap: Snapshot,
         accept_negative: bool,
@@ -1133,8 +1122,7 @@ where
             match l2.get(&value_key).await {
                 Ok(Found::Lease) => continue,
                 Ok(found @ (Found::Value(_) | Found::Negative(_))) => {
-                    if let Accepted::Answer(v) =
-                        self.accept_found(found, k, snap, tags, accept_negative)
+                    if let Accepted::Answer(v) = self.accept_found(found, k, snap, accept_negative)
                     {
                         inner.metrics.lease_value.increment(1);
                         return Ok(v);
@@ -1177,7 +1165,7 @@ where
                     .encode(value)
                     .map_err(|e| Error::new(ErrorKind::Codec).with_source(e))?;
                 (
-                    l2::value_envelope(&payload),
+                    l2::value_envelope(&payload, tags),
                     jittered(inner.l2_ttl, inner.jitter),
                 )
             }
@@ -1196,7 +1184,7 @@ where
         {
             Ok(FillOutcome::Stored) => {
                 guard.disarm();
-                self.fill_l1(k, v.clone(), snap, Some(tags), envelope.len());
+                self.fill_l1(k, v.clone(), snap, tags, envelope.len());
             }
             Ok(FillOutcome::LeaseLost | FillOutcome::Raced) => {
                 // An invalidation won the race: the value we loaded may predate it. Keep it out

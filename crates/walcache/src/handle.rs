@@ -499,7 +499,17 @@ impl WalcacheBuilder {
         });
         metrics::gauge!(m::STREAM_LIVE).set(if stream { 0.0 } else { 1.0 });
         let (tx, rx) = tokio::sync::watch::channel(false);
-        subscriber::spawn(Arc::clone(&shared), client, rx, self.connect_timeout)?;
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        subscriber::spawn(
+            Arc::clone(&shared),
+            client,
+            rx,
+            self.connect_timeout,
+            ready_tx,
+        )?;
+        // Let the first subscription's flush happen before any cache is filled. If it does not
+        // come in time, the subscriber keeps trying in the background.
+        let _ = tokio::time::timeout(self.connect_timeout, ready_rx).await;
         Ok(Walcache {
             inner: Arc::new(HandleInner {
                 shared,

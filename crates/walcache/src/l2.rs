@@ -4,7 +4,7 @@
 //!
 //! | first byte | meaning | rest |
 //! |---|---|---|
-//! | `0x01` | a value | fill time (ms since the Unix epoch, u64 LE), then the codec's bytes |
+//! | `0x01` | a value | fill time (ms since the Unix epoch, u64 LE), tags length (u16 LE), the value's tags joined by `\n`, then the codec's bytes |
 //! | `0x02` | a cached "not found" | fill time |
 //! | `0x00` | a lease | `L` and the holder's random token |
 //!
@@ -25,7 +25,12 @@ use crate::metrics as m;
 const TAG_VALUE: u8 = 0x01;
 const TAG_NEGATIVE: u8 = 0x02;
 const TAG_LEASE: u8 = 0x00;
+/// Tag byte and fill time: the part every envelope kind shares (the daemon's refresh reads it).
 const HEADER_LEN: usize = 9;
+/// A value envelope's fixed part: the header and the tags length.
+const VALUE_HEADER_LEN: usize = HEADER_LEN + 2;
+/// Tags are printable ASCII without whitespace, so a newline separates them unambiguously.
+const TAG_SEPARATOR: u8 = b'\n';
 
 /// What a read of a value key found.
 #[derive(Debug)]
@@ -42,16 +47,27 @@ pub(crate) enum Found {
 
 pub(crate) fn parse_envelope(bytes: Vec<u8>) -> Found {
     match bytes.first() {
-        Some(&TAG_VALUE) if bytes.len() >= HEADER_LEN => Found::Value(bytes),
+        Some(&TAG_VALUE) if split_value(&bytes).is_some() => Found::Value(bytes),
         Some(&TAG_NEGATIVE) if bytes.len() == HEADER_LEN => Found::Negative(bytes),
         Some(&TAG_LEASE) if bytes.get(1) == Some(&b'L') => Found::Lease,
         _ => Found::Undecodable(bytes),
     }
 }
 
-/// The codec's bytes inside a value envelope.
-pub(crate) fn payload(envelope: &[u8]) -> &[u8] {
-    envelope.get(HEADER_LEN..).unwrap_or_default()
+/// The tags and the codec's bytes inside a value envelope; `None` if it is malformed.
+pub(crate) fn split_value(envelope: &[u8]) -> Option<(Vec<String>, &[u8])> {
+    let len_bytes = envelope.get(HEADER_LEN..VALUE_HEADER_LEN)?;
+    let tags_len = usize::from(u16::from_le_bytes([len_bytes[0], len_bytes[1]]));
+    let tags = envelope.get(VALUE_HEADER_LEN..VALUE_HEADER_LEN + tags_len)?;
+    let payload = envelope.get(VALUE_HEADER_LEN + tags_len..)?;
+    let tags = if tags.is_empty() {
+        Vec::new()
+    } else {
+        tags.split(|b| *b == TAG_SEPARATOR)
+            .map(|t| std::str::from_utf8(t).ok().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()?
+    };
+    Some((tags, payload))
 }
 
 fn now_ms() -> u64 {
@@ -61,10 +77,25 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-pub(crate) fn value_envelope(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+/// A value envelope. Tags longer than 64 KiB in total are a caller error, refused earlier
+/// (see `MAX_TAG_BYTES` in the cache).
+pub(crate) fn value_envelope(payload: &[u8], tags: &[String]) -> Vec<u8> {
+    let tags_len: usize = tags
+        .iter()
+        .map(|t| t.len() + 1)
+        .sum::<usize>()
+        .saturating_sub(1);
+    let tags_len_u16 = u16::try_from(tags_len).unwrap_or(u16::MAX);
+    let mut out = Vec::with_capacity(VALUE_HEADER_LEN + tags_len + payload.len());
     out.push(TAG_VALUE);
     out.extend_from_slice(&now_ms().to_le_bytes());
+    out.extend_from_slice(&tags_len_u16.to_le_bytes());
+    for (i, t) in tags.iter().enumerate() {
+        if i > 0 {
+            out.push(TAG_SEPARATOR);
+        }
+        out.extend_from_slice(t.as_bytes());
+    }
     out.extend_from_slice(payload);
     out
 }
@@ -632,10 +663,19 @@ mod tests {
 
     #[test]
     fn envelopes_round_trip_and_garbage_is_undecodable() {
-        match parse_envelope(value_envelope(b"abc")) {
-            Found::Value(v) => assert_eq!(payload(&v), b"abc"),
+        match parse_envelope(value_envelope(b"abc", &[])) {
+            Found::Value(v) => assert_eq!(split_value(&v), Some((vec![], &b"abc"[..]))),
             other => panic!("unexpected {other:?}"),
         }
+        let tags = vec!["users".to_owned(), "orders:7".to_owned()];
+        match parse_envelope(value_envelope(b"", &tags)) {
+            Found::Value(v) => assert_eq!(split_value(&v), Some((tags, &b""[..]))),
+            other => panic!("unexpected {other:?}"),
+        }
+        // A tags length that runs past the end is not a value.
+        let mut bad = value_envelope(b"", &[]);
+        bad[9] = 200;
+        assert!(matches!(parse_envelope(bad), Found::Undecodable(_)));
         assert!(matches!(
             parse_envelope(negative_envelope()),
             Found::Negative(_)

@@ -50,11 +50,15 @@ impl FlushReason {
 
 const METRICS_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Start the subscriber thread. `ready` fires once the first subscription is established and
+/// L1 flushed (or the first attempt failed), so caches built after `build()` returns are not
+/// flushed by it.
 pub(crate) fn spawn(
     shared: Arc<Shared>,
     client: Option<redis::Client>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     connect_timeout: Duration,
+    ready: tokio::sync::oneshot::Sender<()>,
 ) -> Result<(), Error> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -67,7 +71,7 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name("walcache-subscriber".to_owned())
         .spawn(move || {
-            runtime.block_on(run(shared, client, shutdown, connect_timeout));
+            runtime.block_on(run(shared, client, shutdown, connect_timeout, ready));
         })
         .map_err(|e| {
             Error::new(crate::ErrorKind::Config)
@@ -82,11 +86,15 @@ async fn run(
     client: Option<redis::Client>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
     connect_timeout: Duration,
+    ready: tokio::sync::oneshot::Sender<()>,
 ) {
     let work = async {
         match client {
-            Some(client) => subscribe_forever(&shared, &client, connect_timeout).await,
-            None => std::future::pending::<()>().await,
+            Some(client) => subscribe_forever(&shared, &client, connect_timeout, ready).await,
+            None => {
+                drop(ready);
+                std::future::pending::<()>().await;
+            }
         }
     };
     let metrics = async {
@@ -127,7 +135,13 @@ impl Backoff {
     }
 }
 
-async fn subscribe_forever(shared: &Shared, client: &redis::Client, connect_timeout: Duration) {
+async fn subscribe_forever(
+    shared: &Shared,
+    client: &redis::Client,
+    connect_timeout: Duration,
+    ready: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut ready = Some(ready);
     let mut backoff = Backoff {
         min: shared.config.reconnect_min,
         max: shared.config.reconnect_max,
@@ -140,7 +154,9 @@ async fn subscribe_forever(shared: &Shared, client: &redis::Client, connect_time
             tokio::time::sleep(backoff.next()).await;
         }
         first = false;
-        match session(shared, client, connect_timeout, &mut backoff).await {
+        let ended = session(shared, client, connect_timeout, &mut backoff, &mut ready).await;
+        ready = None;
+        match ended {
             Ok(()) => tracing::warn!("invalidation subscription ended; reconnecting"),
             Err(e) => tracing::warn!(error = %e, "invalidation subscription failed; reconnecting"),
         }
@@ -165,6 +181,7 @@ async fn session(
     client: &redis::Client,
     connect_timeout: Duration,
     backoff: &mut Backoff,
+    ready: &mut Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<(), Error> {
     let naming = &shared.naming;
     let stream_channel = naming.invalidation_channel();
@@ -196,6 +213,9 @@ async fn session(
     }
     backoff.reset();
     tracing::info!("subscribed to the invalidation channels");
+    if let Some(ready) = ready.take() {
+        let _ = ready.send(());
+    }
 
     let heartbeat_timeout = match shared.config.invalidation {
         Invalidation::Stream { heartbeat_timeout } => Some(heartbeat_timeout),

@@ -191,3 +191,33 @@ async fn tag_invalidation_drops_tagged_entries_everywhere_and_wins_against_a_fil
     );
     assert!(!ca.contains_in_l1(&"user:2:orders"), "tag won in L1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_travel_with_the_value_through_l2() {
+    support::recorder();
+    let redis = RedisServer::start().expect("redis");
+    let mut publisher = Publisher::new(&redis).await;
+    let a = builder(&redis).build().await.expect("a");
+    let b = builder(&redis).build().await.expect("b");
+    make_live(&a, &mut publisher).await;
+    make_live(&b, &mut publisher).await;
+    let ns = namespace("tagged");
+    let ca = a.cache::<i64, String>(&ns).build().unwrap();
+    let cb = b.cache::<i64, String>(&ns).build().unwrap();
+    ca.try_get_tagged_with(&1, &["team:7"], async {
+        Ok::<_, LoadError>("x".to_owned())
+    })
+    .await
+    .unwrap();
+    // b learns the value from L2 through plain reads that name no tags...
+    assert_eq!(cb.get(&1).await.as_deref(), Some("x"));
+    assert!(cb.contains_in_l1(&1));
+    // ...and still drops it when the tag is invalidated, because the tags came with it.
+    ca.invalidate_tag("team:7").await.unwrap();
+    wait_until("b dropped the tagged entry", DEADLINE, || async {
+        !cb.contains_in_l1(&1)
+    })
+    .await
+    .expect("tag reaches an entry filled from L2");
+    assert_eq!(cb.get(&1).await, None);
+}

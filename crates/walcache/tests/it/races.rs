@@ -29,6 +29,9 @@ enum Invalidation {
     Stream,
     /// A bare `DEL` of the value key and nothing else: L2 must still be protected.
     PlainDel,
+    /// Only the announcement, L2 untouched (as if the delete went to another Redis): the L1
+    /// fill must still be dropped by the generation check.
+    MessageOnly,
 }
 
 async fn stale_fill_race(kind: Invalidation) {
@@ -91,6 +94,23 @@ async fn stale_fill_race(kind: Invalidation) {
             .await
             .expect("subscriber applied the message");
         }
+        Invalidation::MessageOnly => {
+            publisher.lose_one(); // keep the sequence: publish seq+1 by hand, without deletes
+            let m = walcache_protocol::Message::new(
+                publisher.epoch,
+                publisher.seq,
+                walcache_protocol::Body::Keys(vec![
+                    walcache_protocol::KeyRef::new(ns.clone(), "1"),
+                    walcache_protocol::KeyRef::new(ns.clone(), "2"),
+                ]),
+            );
+            publisher.publish_raw(&m.encode()).await;
+            wait_until("invalidation applied to L1", DEADLINE, || async {
+                !cache.contains_in_l1(&2)
+            })
+            .await
+            .expect("subscriber applied the message");
+        }
         Invalidation::PlainDel => {
             let mut conn = redis
                 .client()
@@ -109,18 +129,36 @@ async fn stale_fill_race(kind: Invalidation) {
     go.notify_one();
     // The caller gets what it read (it was current when read)...
     assert_eq!(fill.await.expect("task").expect("value"), "old");
-    // ...but neither tier may keep it.
-    assert_eq!(
-        raw_get(&redis, &ns, "1").await,
-        None,
-        "old value stored in L2"
-    );
+    // ...but no tier that was invalidated may keep it.
     assert!(!cache.contains_in_l1(&1), "old value stored in L1");
-    let discarded = support::recorder().counter(
-        walcache::metrics::FILLS_DISCARDED_TOTAL,
-        &[("namespace", &ns), ("tier", "l2")],
-    );
-    assert_eq!(discarded, 1);
+    let discarded = |tier: &str| {
+        support::recorder().counter(
+            walcache::metrics::FILLS_DISCARDED_TOTAL,
+            &[("namespace", &ns), ("tier", tier)],
+        )
+    };
+    if let Invalidation::MessageOnly = kind {
+        // L2 was never told; only L1's generation check stands between the old row and L1.
+        assert_eq!(discarded("l1"), 1);
+        let mut conn = redis
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let key = walcache_protocol::Naming::default().value_key(&ns, 0, 1, "1");
+        let _: i64 = redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    } else {
+        assert_eq!(
+            raw_get(&redis, &ns, "1").await,
+            None,
+            "old value stored in L2"
+        );
+        assert_eq!(discarded("l2"), 1);
+    }
     // The next read loads the new row.
     assert_eq!(
         cache.try_get_with(&1, read_row(&db, 1)).await.unwrap(),
@@ -137,6 +175,11 @@ async fn a_fill_racing_a_stream_invalidation_is_stored_in_neither_tier() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_racing_a_plain_del_is_not_stored() {
     stale_fill_race(Invalidation::PlainDel).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_racing_an_l1_only_invalidation_is_kept_out_of_l1() {
+    stale_fill_race(Invalidation::MessageOnly).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -120,7 +120,7 @@ async fn undecodable_l2_bytes_are_a_counted_miss_and_get_overwritten() {
             .await
             .expect("overwritten");
         assert_eq!(raw[0], 1, "a value envelope now");
-        assert_eq!(&raw[9..], b"42");
+        assert_eq!(&raw[11..], b"42", "no tags, then the JSON");
     }
     assert_eq!(undecodable() - before, 2);
 }
