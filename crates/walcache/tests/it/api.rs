@@ -6,9 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use walcache::{ErrorKind, Walcache};
 use walcache_testkit::{wait_until, RedisServer};
 
-use crate::support::{
-    self, builder, make_live, namespace, raw_get, LoadError, Publisher, DEADLINE,
-};
+use crate::support::{self, live_handles, namespace, raw_get, LoadError, DEADLINE};
 
 fn assert_send<T: Send>(_: &T) {}
 
@@ -70,11 +68,8 @@ async fn configuration_errors_name_the_setting_and_the_fix() {
 async fn application_side_invalidation_reaches_other_handles() {
     support::recorder();
     let redis = RedisServer::start().expect("redis");
-    let mut publisher = Publisher::new(&redis).await;
-    let a = builder(&redis).build().await.expect("a");
-    let b = builder(&redis).build().await.expect("b");
-    make_live(&a, &mut publisher).await;
-    make_live(&b, &mut publisher).await;
+    let (mut publisher, handles) = live_handles(&redis, 2).await;
+    let (a, b) = (&handles[0], &handles[1]);
     let ns = namespace("app");
     let ca = a.cache::<i64, String>(&ns).build().unwrap();
     let cb = b.cache::<i64, String>(&ns).build().unwrap();
@@ -133,11 +128,8 @@ async fn application_side_invalidation_reaches_other_handles() {
 async fn tag_invalidation_drops_tagged_entries_everywhere_and_wins_against_a_fill() {
     support::recorder();
     let redis = RedisServer::start().expect("redis");
-    let mut publisher = Publisher::new(&redis).await;
-    let a = builder(&redis).build().await.expect("a");
-    let b = builder(&redis).build().await.expect("b");
-    make_live(&a, &mut publisher).await;
-    make_live(&b, &mut publisher).await;
+    let (_publisher, handles) = live_handles(&redis, 2).await;
+    let (a, b) = (&handles[0], &handles[1]);
     let ns = namespace("lists");
     let ca = a.cache::<&str, Vec<i64>>(&ns).build().unwrap();
     let cb = b.cache::<&str, Vec<i64>>(&ns).build().unwrap();
@@ -196,11 +188,8 @@ async fn tag_invalidation_drops_tagged_entries_everywhere_and_wins_against_a_fil
 async fn tags_travel_with_the_value_through_l2() {
     support::recorder();
     let redis = RedisServer::start().expect("redis");
-    let mut publisher = Publisher::new(&redis).await;
-    let a = builder(&redis).build().await.expect("a");
-    let b = builder(&redis).build().await.expect("b");
-    make_live(&a, &mut publisher).await;
-    make_live(&b, &mut publisher).await;
+    let (_publisher, handles) = live_handles(&redis, 2).await;
+    let (a, b) = (&handles[0], &handles[1]);
     let ns = namespace("tagged");
     let ca = a.cache::<i64, String>(&ns).build().unwrap();
     let cb = b.cache::<i64, String>(&ns).build().unwrap();

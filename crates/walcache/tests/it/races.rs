@@ -8,7 +8,7 @@ use tokio::sync::{oneshot, Notify};
 use walcache_testkit::{wait_until, PgServer, RedisServer};
 
 use crate::support::{
-    self, builder, make_live, namespace, raw_get, LoadError, Publisher, DEADLINE,
+    self, builder, make_live, namespace, raw_del, raw_get, LoadError, Publisher, DEADLINE,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -112,18 +112,11 @@ async fn stale_fill_race(kind: Invalidation) {
             .expect("subscriber applied the message");
         }
         Invalidation::PlainDel => {
-            let mut conn = redis
-                .client()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap();
-            let key = walcache_protocol::Naming::default().value_key(&ns, 0, 1, "1");
-            let deleted: i64 = redis::cmd("DEL")
-                .arg(key)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            assert_eq!(deleted, 1, "the lease was there to delete");
+            assert_eq!(
+                raw_del(&redis, &ns, "1").await,
+                1,
+                "the lease was there to delete"
+            );
         }
     }
     go.notify_one();
@@ -140,17 +133,7 @@ async fn stale_fill_race(kind: Invalidation) {
     if let Invalidation::MessageOnly = kind {
         // L2 was never told; only L1's generation check stands between the old row and L1.
         assert_eq!(discarded("l1"), 1);
-        let mut conn = redis
-            .client()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let key = walcache_protocol::Naming::default().value_key(&ns, 0, 1, "1");
-        let _: i64 = redis::cmd("DEL")
-            .arg(key)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        raw_del(&redis, &ns, "1").await;
     } else {
         assert_eq!(
             raw_get(&redis, &ns, "1").await,

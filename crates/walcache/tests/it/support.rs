@@ -189,39 +189,74 @@ pub(crate) async fn make_live(handle: &Walcache, publisher: &mut Publisher) {
     panic!("the handle never became live");
 }
 
-/// Raw access to what Redis holds for a cache key.
-pub(crate) async fn raw_get(redis: &RedisServer, namespace: &str, key: &str) -> Option<Vec<u8>> {
-    let mut conn = redis
+/// A plain connection for looking behind the cache's back.
+async fn raw_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis
         .client()
         .get_multiplexed_async_connection()
         .await
-        .expect("raw connection");
+        .expect("raw connection")
+}
+
+/// The value key of `key` under the namespace's current generation and schema 1.
+async fn raw_key(
+    conn: &mut redis::aio::MultiplexedConnection,
+    namespace: &str,
+    key: &str,
+) -> String {
     let naming = Naming::default();
     let g: Option<u64> = redis::cmd("GET")
         .arg(naming.generation_key(namespace))
-        .query_async(&mut conn)
+        .query_async(conn)
         .await
         .expect("GET generation");
+    naming.value_key(namespace, g.unwrap_or(0), 1, key)
+}
+
+/// What Redis holds for a cache key.
+pub(crate) async fn raw_get(redis: &RedisServer, namespace: &str, key: &str) -> Option<Vec<u8>> {
+    let mut conn = raw_conn(redis).await;
+    let k = raw_key(&mut conn, namespace, key).await;
     redis::cmd("GET")
-        .arg(naming.value_key(namespace, g.unwrap_or(0), 1, key))
+        .arg(k)
         .query_async(&mut conn)
         .await
         .expect("GET value")
 }
 
+/// Write bytes under a cache key, as something other than walcache might.
 pub(crate) async fn raw_set(redis: &RedisServer, namespace: &str, key: &str, bytes: &[u8]) {
-    let mut conn = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("raw connection");
-    let naming = Naming::default();
+    let mut conn = raw_conn(redis).await;
+    let k = raw_key(&mut conn, namespace, key).await;
     let _: () = redis::cmd("SET")
-        .arg(naming.value_key(namespace, 0, 1, key))
+        .arg(k)
         .arg(bytes)
         .query_async(&mut conn)
         .await
         .expect("SET");
+}
+
+/// A bare `DEL` of a cache key; returns how many keys it removed.
+pub(crate) async fn raw_del(redis: &RedisServer, namespace: &str, key: &str) -> i64 {
+    let mut conn = raw_conn(redis).await;
+    let k = raw_key(&mut conn, namespace, key).await;
+    redis::cmd("DEL")
+        .arg(k)
+        .query_async(&mut conn)
+        .await
+        .expect("DEL")
+}
+
+/// `n` handles on one Redis, each with its own connections (as separate processes), all live.
+pub(crate) async fn live_handles(redis: &RedisServer, n: usize) -> (Publisher, Vec<Walcache>) {
+    let mut publisher = Publisher::new(redis).await;
+    let mut handles = Vec::new();
+    for _ in 0..n {
+        let h = builder(redis).build().await.expect("handle");
+        make_live(&h, &mut publisher).await;
+        handles.push(h);
+    }
+    (publisher, handles)
 }
 
 /// A loader error for tests.
