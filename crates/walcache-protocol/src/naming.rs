@@ -178,6 +178,14 @@ impl Naming {
         format!("{}:{{{ns}}}:gen", self.prefix)
     }
 
+    /// `{prefix}:{ns}:schemas`, e.g. `wc:{users}:schemas`: the set of value-schema versions in
+    /// use in the namespace. Fills add theirs; an invalidation deletes a key under every schema
+    /// listed, so old and new deploys are both invalidated. Like the generation, it has no
+    /// time-to-live and must not be evicted.
+    pub fn schemas_key(&self, ns: &str) -> String {
+        format!("{}:{{{ns}}}:schemas", self.prefix)
+    }
+
     /// The Redis key of a value, e.g. `wc:{users}:g7:s1:` followed by the canonical `key`.
     ///
     /// `generation` is the namespace's current generation and `schema` the value-schema version,
@@ -222,6 +230,7 @@ mod tests {
         assert_eq!(n.invalidation_channel(), "wc:inval");
         assert_eq!(n.app_channel(), "wc:app");
         assert_eq!(n.generation_key("users"), "wc:{users}:gen");
+        assert_eq!(n.schemas_key("users"), "wc:{users}:schemas");
         assert_eq!(n.value_key("users", 7, 1, "42"), "wc:{users}:g7:s1:42");
         assert_eq!(n.value_key_prefix("users"), "wc:{users}:g");
         assert!(n

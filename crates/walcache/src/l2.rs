@@ -133,7 +133,7 @@ impl Names {
         Names {
             namespace: namespace.to_owned(),
             generation_key: naming.generation_key(namespace),
-            schemas_key: format!("{}:{{{namespace}}}:schemas", naming.prefix()),
+            schemas_key: naming.schemas_key(namespace),
             value_prefix: naming.value_key_prefix(namespace),
             schema_infix: format!(":s{schema}:"),
             schema,

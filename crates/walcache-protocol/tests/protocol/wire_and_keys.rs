@@ -1,5 +1,5 @@
-//! Integration tests of walcache-protocol: the wire format (golden bytes, round trips, forward
-//! compatibility, hostile input) and the key builder (PostgreSQL text output against Rust values).
+// Integration tests of walcache-protocol: the wire format (golden bytes, round trips, forward
+// compatibility, hostile input) and the key builder (PostgreSQL text output against Rust values).
 
 use std::borrow::Cow;
 

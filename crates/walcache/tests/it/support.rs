@@ -157,7 +157,7 @@ return redis.call('PUBLISH', ARGV[2], ARGV[3])",
         );
         let mut inv = script.prepare_invoke();
         inv.key(self.naming.generation_key(namespace))
-            .key(format!("wc:{{{namespace}}}:schemas"))
+            .key(self.naming.schemas_key(namespace))
             .arg(self.naming.value_key_prefix(namespace))
             .arg(self.naming.invalidation_channel())
             .arg(m.encode());

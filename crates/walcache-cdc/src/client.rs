@@ -1,0 +1,972 @@
+//! The replication connection: startup in `replication=database` mode, authentication, simple
+//! queries (replication commands and plain SQL), and the CopyBoth stream of
+//! `START_REPLICATION`.
+//!
+//! tokio-postgres has no replication mode, so this module speaks the frontend/backend protocol
+//! itself on postgres-protocol's message codecs and SCRAM implementation. postgres-protocol's
+//! [`Message::parse`] knows no CopyBothResponse (`W`): frames are framed here first (tag byte
+//! and length), `W` and CopyData (`d`) are handled here and every other message goes to
+//! [`Message::parse`].
+//!
+//! # Session settings
+//!
+//! The startup packet pins the session's text formats ([`SESSION_PARAMETERS`]:
+//! `client_encoding=UTF8`, `DateStyle=ISO`, `TimeZone=UTC`, `extra_float_digits=3`,
+//! `bytea_output=hex`) so that the text values pgoutput sends are in the canonical forms the
+//! key builder expects, and sets `application_name` to [`APPLICATION_NAME`].
+//!
+//! # Limits
+//!
+//! - Frames longer than the configured maximum ([`DEFAULT_MAX_FRAME_LEN`] by default) end the
+//!   connection with [`Error::FrameTooLarge`]. The default admits every message PostgreSQL can
+//!   send: a pgoutput message is built in one buffer of at most 1 GiB (`MaxAllocSize`). Memory
+//!   is reserved as bytes arrive, not from the announced length.
+//! - TLS is not implemented yet: `sslmode=require` is [`Error::Unsupported`]; `prefer`
+//!   connects without TLS. Unix-socket hosts are unsupported too.
+//! - GSSAPI, SSPI and Kerberos authentication are unsupported; trust, cleartext password, md5
+//!   and SCRAM-SHA-256 (without channel binding) work.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::backend::{
+    DataRowBody, ErrorResponseBody, Message, NoticeResponseBody,
+};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::error::{DbError, Error};
+use crate::lsn::Lsn;
+use crate::protocol::{ReplicationMessage, StandbyStatusUpdate};
+use crate::timestamp::PgTimestamp;
+
+/// The `application_name` of every replication connection. Fixed, so that
+/// `synchronous_standby_names` can be checked against it.
+pub const APPLICATION_NAME: &str = "walcached";
+
+/// Session settings sent in the startup packet.
+pub const SESSION_PARAMETERS: &[(&str, &str)] = &[
+    ("client_encoding", "UTF8"),
+    ("DateStyle", "ISO"),
+    ("TimeZone", "UTC"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+];
+
+/// The default maximum length of one protocol message body: 1 GiB plus 1 KiB, enough for the
+/// largest message PostgreSQL can build (1 GiB - 1) and the XLogData header around it.
+pub const DEFAULT_MAX_FRAME_LEN: usize = (1 << 30) + 1024;
+
+/// The default connect timeout, covering TCP connect, authentication and startup.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most the read buffer grows by at once while a long frame arrives.
+const READ_RESERVE_CHUNK: usize = 1 << 20;
+
+/// Where and how to open a replication connection.
+///
+/// The password is redacted in `Debug`.
+#[derive(Clone)]
+pub struct ReplicationConfig {
+    host: String,
+    port: u16,
+    user: String,
+    password: Option<Vec<u8>>,
+    dbname: String,
+    connect_timeout: Duration,
+    max_frame_len: usize,
+}
+
+impl fmt::Debug for ReplicationConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplicationConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("dbname", &self.dbname)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_frame_len", &self.max_frame_len)
+            .finish()
+    }
+}
+
+impl ReplicationConfig {
+    /// A configuration for `user` on database `dbname` at `host:port` (TCP), without password.
+    pub fn new(
+        host: impl Into<String>,
+        port: u16,
+        user: impl Into<String>,
+        dbname: impl Into<String>,
+    ) -> Self {
+        ReplicationConfig {
+            host: host.into(),
+            port,
+            user: user.into(),
+            password: None,
+            dbname: dbname.into(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+        }
+    }
+
+    /// The password, for cleartext, md5 or SCRAM-SHA-256 authentication. Default: none.
+    pub fn password(mut self, password: impl Into<Vec<u8>>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// How long connecting, authenticating and starting the session may take. Default:
+    /// [`DEFAULT_CONNECT_TIMEOUT`] (10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The longest message body accepted from the server. Default: [`DEFAULT_MAX_FRAME_LEN`].
+    pub fn max_frame_len(mut self, len: usize) -> Self {
+        self.max_frame_len = len;
+        self
+    }
+
+    /// Takes host, port, user, password, database name and connect timeout from a
+    /// tokio-postgres configuration (parsed from a URL or a `key=value` string). The first
+    /// host is used; the port defaults to 5432 and the database to the user's name.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] without a user; [`Error::Unsupported`] for `sslmode=require` or a
+    /// Unix-socket host.
+    pub fn from_pg_config(config: &tokio_postgres::Config) -> Result<Self, Error> {
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(Error::Unsupported("sslmode=require"));
+        }
+        let host = match config.get_hosts().first() {
+            None => "localhost".to_owned(),
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            // `Host::Unix`, which exists on Unix only.
+            #[allow(unreachable_patterns)]
+            Some(_) => return Err(Error::Unsupported("Unix-socket hosts")),
+        };
+        let user = config.get_user().ok_or(Error::Config {
+            reason: "the connection string has no user: add user=NAME",
+            source: None,
+        })?;
+        let mut out = ReplicationConfig::new(
+            host,
+            config.get_ports().first().copied().unwrap_or(5432),
+            user,
+            config.get_dbname().unwrap_or(user),
+        );
+        if let Some(password) = config.get_password() {
+            out = out.password(password);
+        }
+        if let Some(timeout) = config.get_connect_timeout() {
+            out = out.connect_timeout(*timeout);
+        }
+        Ok(out)
+    }
+}
+
+impl FromStr for ReplicationConfig {
+    type Err = Error;
+
+    /// Parses a libpq-style URL or `key=value` string (without `replication=`, which is always
+    /// `database`), as [`from_pg_config`](ReplicationConfig::from_pg_config).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let config = tokio_postgres::Config::from_str(s).map_err(|source| Error::Config {
+            reason: "the connection string does not parse",
+            source: Some(source),
+        })?;
+        Self::from_pg_config(&config)
+    }
+}
+
+/// The reply to `IDENTIFY_SYSTEM`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentifySystem {
+    /// The cluster's unique system identifier.
+    pub system_id: String,
+    /// The current timeline.
+    pub timeline: u32,
+    /// The current WAL flush position.
+    pub xlog_pos: Lsn,
+    /// The database connected to.
+    pub dbname: Option<String>,
+}
+
+/// The reply to `CREATE_REPLICATION_SLOT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedSlot {
+    /// The slot's name.
+    pub slot_name: String,
+    /// The position from which the slot streams: every transaction committed after it.
+    pub consistent_point: Lsn,
+    /// The exported snapshot, if one was requested (never by this client).
+    pub snapshot_name: Option<String>,
+    /// The output plugin.
+    pub output_plugin: Option<String>,
+}
+
+/// What `START_REPLICATION` streams: a logical slot, from a position, through pgoutput
+/// (protocol version 1) for some publications.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartReplication {
+    slot: String,
+    publications: Vec<String>,
+    start_lsn: Lsn,
+    messages: bool,
+}
+
+impl StartReplication {
+    /// Streams `slot` for `publications`, from the slot's confirmed position, with logical
+    /// messages.
+    pub fn new<I, S>(slot: impl Into<String>, publications: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        StartReplication {
+            slot: slot.into(),
+            publications: publications.into_iter().map(Into::into).collect(),
+            start_lsn: Lsn::INVALID,
+            messages: true,
+        }
+    }
+
+    /// The position to start from. Default: [`Lsn::INVALID`], which means the slot's
+    /// `confirmed_flush_lsn`; the server never streams from before it anyway.
+    pub fn start_lsn(mut self, lsn: Lsn) -> Self {
+        self.start_lsn = lsn;
+        self
+    }
+
+    /// Whether to receive `pg_logical_emit_message` messages (pgoutput's `messages` option,
+    /// PostgreSQL 14 and later). Default: `true`.
+    pub fn messages(mut self, messages: bool) -> Self {
+        self.messages = messages;
+        self
+    }
+
+    /// The `START_REPLICATION` command.
+    fn command(&self) -> String {
+        let publications = self
+            .publications
+            .iter()
+            .map(|name| quote_ident(name))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut sql = format!(
+            "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {}",
+            quote_ident(&self.slot),
+            self.start_lsn,
+            quote_literal(&publications)
+        );
+        if self.messages {
+            sql.push_str(", messages 'true'");
+        }
+        sql.push(')');
+        sql
+    }
+}
+
+/// One row of a simple query's result, in text format: `None` is NULL.
+pub type SimpleRow = Vec<Option<String>>;
+
+/// A replication connection in command mode.
+///
+/// [`start_replication`](Self::start_replication) consumes it and returns the
+/// [`ReplicationStream`]; [`ReplicationStream::stop`] gives it back.
+#[derive(Debug)]
+pub struct ReplicationClient {
+    conn: Connection,
+}
+
+impl ReplicationClient {
+    /// Connects, authenticates and waits until the session is ready.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ConnectTimeout`], [`Error::Io`], [`Error::Db`] (for instance `28P01` for a
+    /// wrong password, `28000` without a `pg_hba.conf` entry), [`Error::Authentication`] when
+    /// a password is needed but not configured or SCRAM fails, [`Error::Unsupported`] for
+    /// other authentication methods.
+    pub async fn connect(config: &ReplicationConfig) -> Result<Self, Error> {
+        match tokio::time::timeout(config.connect_timeout, Self::connect_inner(config)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::ConnectTimeout),
+        }
+    }
+
+    async fn connect_inner(config: &ReplicationConfig) -> Result<Self, Error> {
+        let stream = TcpStream::connect((config.host.as_str(), config.port)).await?;
+        stream.set_nodelay(true)?;
+        let mut conn = Connection {
+            stream,
+            read_buf: BytesMut::with_capacity(8 * 1024),
+            write_buf: BytesMut::new(),
+            max_frame_len: config.max_frame_len,
+            parameters: HashMap::new(),
+            backend_pid: None,
+        };
+        let mut params = vec![
+            ("user", config.user.as_str()),
+            ("database", config.dbname.as_str()),
+            ("replication", "database"),
+            ("application_name", APPLICATION_NAME),
+        ];
+        params.extend_from_slice(SESSION_PARAMETERS);
+        frontend::startup_message(params, &mut conn.write_buf)
+            .map_err(|_| Error::InvalidArgument("user or database name contains a NUL byte"))?;
+        conn.send().await?;
+        conn.authenticate(config).await?;
+        loop {
+            match conn.read_message().await? {
+                Message::BackendKeyData(body) => conn.backend_pid = Some(body.process_id()),
+                Message::ReadyForQuery(_) => break,
+                Message::ErrorResponse(body) => return Err(db_error(&body)),
+                _ => return Err(protocol("unexpected message during startup")),
+            }
+        }
+        tracing::debug!(
+            host = %config.host,
+            port = config.port,
+            pid = conn.backend_pid,
+            "replication connection ready"
+        );
+        Ok(ReplicationClient { conn })
+    }
+
+    /// A parameter the server reported (`ParameterStatus`), such as `server_version`,
+    /// `DateStyle` or `TimeZone`.
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.conn.parameters.get(name).map(String::as_str)
+    }
+
+    /// The server process id of this connection (from `BackendKeyData`).
+    pub fn backend_pid(&self) -> Option<i32> {
+        self.conn.backend_pid
+    }
+
+    /// Runs `sql` with the simple query protocol and returns the rows of all its statements,
+    /// in text format. Accepts replication commands (`IDENTIFY_SYSTEM`, `SHOW`,
+    /// `CREATE_REPLICATION_SLOT`...) and, in a `replication=database` session, plain SQL; not
+    /// `COPY` nor `START_REPLICATION` (use [`start_replication`](Self::start_replication)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Db`] when a statement fails (the connection stays usable),
+    /// [`Error::InvalidArgument`] when `sql` contains a NUL byte, and connection errors.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<SimpleRow>, Error> {
+        self.conn.query(sql).await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            match self.conn.read_message().await? {
+                Message::RowDescription(_)
+                | Message::CommandComplete(_)
+                | Message::EmptyQueryResponse => {}
+                Message::DataRow(body) => rows.push(decode_row(&body)?),
+                Message::ErrorResponse(body) => error = Some(db_error(&body)),
+                Message::ReadyForQuery(_) => {
+                    return match error {
+                        Some(error) => Err(error),
+                        None => Ok(rows),
+                    }
+                }
+                Message::CopyInResponse(_) | Message::CopyOutResponse(_) => {
+                    return Err(Error::Unsupported("COPY through simple_query"))
+                }
+                _ => return Err(protocol("unexpected message in a simple query")),
+            }
+        }
+    }
+
+    /// `IDENTIFY_SYSTEM`.
+    ///
+    /// # Errors
+    ///
+    /// As [`simple_query`](Self::simple_query); [`Error::UnexpectedReply`] when the reply does
+    /// not have the documented shape.
+    pub async fn identify_system(&mut self) -> Result<IdentifySystem, Error> {
+        const WHAT: &str = "IDENTIFY_SYSTEM";
+        let rows = self.simple_query(WHAT).await?;
+        let row = single_row(rows, 4, WHAT)?;
+        Ok(IdentifySystem {
+            system_id: column(&row, 0, WHAT)?.to_owned(),
+            timeline: column(&row, 1, WHAT)?
+                .parse()
+                .map_err(|_| Error::UnexpectedReply(WHAT))?,
+            xlog_pos: column(&row, 2, WHAT)?
+                .parse()
+                .map_err(|_| Error::UnexpectedReply(WHAT))?,
+            dbname: row.get(3).cloned().flatten(),
+        })
+    }
+
+    /// `CREATE_REPLICATION_SLOT name [TEMPORARY] LOGICAL pgoutput NOEXPORT_SNAPSHOT`. A
+    /// temporary slot is dropped when the connection ends.
+    ///
+    /// # Errors
+    ///
+    /// As [`simple_query`](Self::simple_query), for instance `42710` when the slot exists.
+    pub async fn create_logical_slot(
+        &mut self,
+        name: &str,
+        temporary: bool,
+    ) -> Result<CreatedSlot, Error> {
+        const WHAT: &str = "CREATE_REPLICATION_SLOT";
+        let sql = format!(
+            "CREATE_REPLICATION_SLOT {}{} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+            quote_ident(name),
+            if temporary { " TEMPORARY" } else { "" }
+        );
+        let row = single_row(self.simple_query(&sql).await?, 4, WHAT)?;
+        Ok(CreatedSlot {
+            slot_name: column(&row, 0, WHAT)?.to_owned(),
+            consistent_point: column(&row, 1, WHAT)?
+                .parse()
+                .map_err(|_| Error::UnexpectedReply(WHAT))?,
+            snapshot_name: row.get(2).cloned().flatten(),
+            output_plugin: row.get(3).cloned().flatten(),
+        })
+    }
+
+    /// `DROP_REPLICATION_SLOT name`.
+    ///
+    /// # Errors
+    ///
+    /// As [`simple_query`](Self::simple_query), for instance `42704` when there is no such
+    /// slot or `55006` while another connection uses it.
+    pub async fn drop_slot(&mut self, name: &str) -> Result<(), Error> {
+        self.simple_query(&format!("DROP_REPLICATION_SLOT {}", quote_ident(name)))
+            .await
+            .map(drop)
+    }
+
+    /// Starts streaming: `START_REPLICATION SLOT ... LOGICAL ...` with pgoutput protocol
+    /// version 1.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Db`] when the server refuses (no such slot or publication: `42704`; slot in
+    /// use: `55006`), and connection errors. The connection is consumed either way.
+    pub async fn start_replication(
+        mut self,
+        options: &StartReplication,
+    ) -> Result<ReplicationStream, Error> {
+        self.conn.query(&options.command()).await?;
+        match self.conn.read_frame().await? {
+            Frame::CopyBothResponse => {
+                tracing::debug!(slot = %options.slot, start = %options.start_lsn, "replication started");
+                Ok(ReplicationStream {
+                    conn: self.conn,
+                    server_done: false,
+                    client_done: false,
+                })
+            }
+            Frame::Message(Message::ErrorResponse(body)) => Err(db_error(&body)),
+            _ => Err(protocol("unexpected reply to START_REPLICATION")),
+        }
+    }
+
+    /// Ends the session politely (a Terminate message) and closes the socket.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the message cannot be sent.
+    pub async fn close(mut self) -> Result<(), Error> {
+        frontend::terminate(&mut self.conn.write_buf);
+        self.conn.send().await?;
+        self.conn.stream.shutdown().await?;
+        Ok(())
+    }
+}
+
+/// A running `START_REPLICATION`: receives [`ReplicationMessage`]s and sends status updates.
+#[derive(Debug)]
+pub struct ReplicationStream {
+    conn: Connection,
+    /// The server sent CopyDone.
+    server_done: bool,
+    /// This side sent CopyDone.
+    client_done: bool,
+}
+
+impl ReplicationStream {
+    /// The next message from the server, or `None` once the server has ended the stream
+    /// (CopyDone).
+    ///
+    /// Cancel-safe: bytes read before the future is dropped stay buffered, so it can be used in
+    /// `tokio::select!`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] for an undecodable CopyData payload, [`Error::Db`] when the server
+    /// ends replication with an error, [`Error::FrameTooLarge`], and connection errors.
+    pub async fn next_event(&mut self) -> Result<Option<ReplicationMessage>, Error> {
+        if self.server_done {
+            return Ok(None);
+        }
+        match self.conn.read_frame().await? {
+            Frame::CopyData(payload) => Ok(Some(ReplicationMessage::decode(payload)?)),
+            Frame::Message(Message::CopyDone) => {
+                self.server_done = true;
+                Ok(None)
+            }
+            Frame::Message(Message::ErrorResponse(body)) => Err(db_error(&body)),
+            _ => Err(protocol("unexpected message during replication")),
+        }
+    }
+
+    /// Sends a standby status update stamped with the current time: positions written,
+    /// flushed (what the slot's `confirmed_flush_lsn` moves to) and applied.
+    ///
+    /// Not cancel-safe: if the future is dropped before it completes, drop the stream too.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the message cannot be sent.
+    pub async fn send_status(
+        &mut self,
+        write: Lsn,
+        flush: Lsn,
+        apply: Lsn,
+        reply_requested: bool,
+    ) -> Result<(), Error> {
+        self.send_status_update(&StandbyStatusUpdate {
+            write_lsn: write,
+            flush_lsn: flush,
+            apply_lsn: apply,
+            client_time: PgTimestamp::now(),
+            reply_requested,
+        })
+        .await
+    }
+
+    /// Sends a prepared standby status update; see [`send_status`](Self::send_status).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the message cannot be sent.
+    pub async fn send_status_update(&mut self, update: &StandbyStatusUpdate) -> Result<(), Error> {
+        let buf = &mut self.conn.write_buf;
+        buf.put_u8(b'd');
+        // The payload is 34 bytes: the length always fits.
+        buf.put_i32(4 + StandbyStatusUpdate::LEN as i32);
+        update.encode(buf);
+        self.conn.send().await
+    }
+
+    /// The server process id of this connection.
+    pub fn backend_pid(&self) -> Option<i32> {
+        self.conn.backend_pid
+    }
+
+    /// Ends streaming (CopyDone), discards what the server still sends until it finishes the
+    /// command, and returns the connection in command mode.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Db`] when the server reports an error, and connection errors.
+    pub async fn stop(mut self) -> Result<ReplicationClient, Error> {
+        if !self.client_done {
+            frontend::copy_done(&mut self.conn.write_buf);
+            self.conn.send().await?;
+            self.client_done = true;
+        }
+        let mut error = None;
+        loop {
+            match self.conn.read_frame().await? {
+                Frame::CopyData(_) => {}
+                Frame::Message(message) => match message {
+                    Message::CopyDone
+                    | Message::CommandComplete(_)
+                    | Message::RowDescription(_)
+                    | Message::DataRow(_) => {}
+                    Message::ErrorResponse(body) => error = Some(db_error(&body)),
+                    Message::ReadyForQuery(_) => {
+                        return match error {
+                            Some(error) => Err(error),
+                            None => Ok(ReplicationClient { conn: self.conn }),
+                        }
+                    }
+                    _ => return Err(protocol("unexpected message while stopping replication")),
+                },
+                Frame::CopyBothResponse => {
+                    return Err(protocol("unexpected CopyBothResponse while stopping"))
+                }
+            }
+        }
+    }
+}
+
+/// One complete frame from the server.
+enum Frame {
+    /// `W`, which postgres-protocol does not parse.
+    CopyBothResponse,
+    /// `d`, the payload only.
+    CopyData(Bytes),
+    /// Anything else, parsed by postgres-protocol (notices and parameter statuses excluded:
+    /// they are consumed by [`Connection::read_frame`]).
+    Message(Message),
+}
+
+/// The socket and its buffers.
+struct Connection {
+    stream: TcpStream,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    max_frame_len: usize,
+    parameters: HashMap<String, String>,
+    backend_pid: Option<i32>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.stream.peer_addr().ok())
+            .field("backend_pid", &self.backend_pid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// Writes and clears the write buffer.
+    async fn send(&mut self) -> Result<(), Error> {
+        self.stream.write_all(&self.write_buf).await?;
+        self.write_buf.clear();
+        Ok(())
+    }
+
+    /// Sends a simple Query.
+    async fn query(&mut self, sql: &str) -> Result<(), Error> {
+        if sql.contains('\0') {
+            return Err(Error::InvalidArgument("the query contains a NUL byte"));
+        }
+        frontend::query(sql, &mut self.write_buf)
+            .map_err(|_| Error::InvalidArgument("the query contains a NUL byte"))?;
+        self.send().await
+    }
+
+    /// The next frame, skipping (and recording) notices and parameter statuses.
+    async fn read_frame(&mut self) -> Result<Frame, Error> {
+        loop {
+            while let Some(frame) = self.parse_frame()? {
+                match frame {
+                    Frame::Message(Message::ParameterStatus(body)) => {
+                        if let (Ok(name), Ok(value)) = (body.name(), body.value()) {
+                            self.parameters.insert(name.to_owned(), value.to_owned());
+                        }
+                    }
+                    Frame::Message(Message::NoticeResponse(body)) => log_notice(&body),
+                    Frame::Message(Message::NotificationResponse(_)) => {}
+                    frame => return Ok(frame),
+                }
+            }
+            if self.stream.read_buf(&mut self.read_buf).await? == 0 {
+                return Err(Error::Closed);
+            }
+        }
+    }
+
+    /// The next frame that is not CopyData or CopyBothResponse.
+    async fn read_message(&mut self) -> Result<Message, Error> {
+        match self.read_frame().await? {
+            Frame::Message(message) => Ok(message),
+            Frame::CopyBothResponse | Frame::CopyData(_) => {
+                Err(protocol("unexpected copy message in command mode"))
+            }
+        }
+    }
+
+    /// Takes one complete frame off the read buffer, if there is one.
+    fn parse_frame(&mut self) -> Result<Option<Frame>, Error> {
+        let Some(header) = self.read_buf.get(..5) else {
+            return Ok(None);
+        };
+        let tag = header[0];
+        let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+        let body_len = usize::try_from(len)
+            .ok()
+            .and_then(|len| len.checked_sub(4))
+            .ok_or_else(|| protocol("message length below 4"))?;
+        if body_len > self.max_frame_len {
+            return Err(Error::FrameTooLarge {
+                len: body_len,
+                max: self.max_frame_len,
+            });
+        }
+        let total = 5 + body_len;
+        if self.read_buf.len() < total {
+            let missing = total - self.read_buf.len();
+            self.read_buf.reserve(missing.min(READ_RESERVE_CHUNK));
+            return Ok(None);
+        }
+        let frame = match tag {
+            b'W' => {
+                self.read_buf.advance(total);
+                Frame::CopyBothResponse
+            }
+            b'd' => {
+                let mut frame = self.read_buf.split_to(total);
+                frame.advance(5);
+                Frame::CopyData(frame.freeze())
+            }
+            _ => match Message::parse(&mut self.read_buf) {
+                Ok(Some(message)) => Frame::Message(message),
+                Ok(None) => return Err(protocol("incomplete message after framing")),
+                Err(source) => {
+                    return Err(Error::Protocol {
+                        reason: "unparsable backend message",
+                        source: Some(source),
+                    })
+                }
+            },
+        };
+        Ok(Some(frame))
+    }
+
+    async fn authenticate(&mut self, config: &ReplicationConfig) -> Result<(), Error> {
+        loop {
+            match self.read_message().await? {
+                Message::AuthenticationOk => return Ok(()),
+                Message::AuthenticationCleartextPassword => {
+                    let password = required_password(config)?;
+                    frontend::password_message(password, &mut self.write_buf)
+                        .map_err(|_| Error::InvalidArgument("the password contains a NUL byte"))?;
+                    self.send().await?;
+                }
+                Message::AuthenticationMd5Password(body) => {
+                    let password = required_password(config)?;
+                    let hash = md5_hash(config.user.as_bytes(), password, body.salt());
+                    frontend::password_message(hash.as_bytes(), &mut self.write_buf)
+                        .map_err(|_| Error::InvalidArgument("the password contains a NUL byte"))?;
+                    self.send().await?;
+                }
+                Message::AuthenticationSasl(body) => {
+                    let mut mechanisms = body.mechanisms();
+                    let mut scram = false;
+                    while let Some(mechanism) =
+                        mechanisms.next().map_err(|source| Error::Protocol {
+                            reason: "unparsable SASL mechanism list",
+                            source: Some(source),
+                        })?
+                    {
+                        scram |= mechanism == SCRAM_SHA_256;
+                    }
+                    if !scram {
+                        return Err(Error::Unsupported(
+                            "SASL mechanisms other than SCRAM-SHA-256",
+                        ));
+                    }
+                    self.scram(required_password(config)?).await?;
+                }
+                Message::ErrorResponse(body) => return Err(db_error(&body)),
+                Message::AuthenticationGss
+                | Message::AuthenticationGssContinue(_)
+                | Message::AuthenticationSspi
+                | Message::AuthenticationKerberosV5
+                | Message::AuthenticationScmCredential => {
+                    return Err(Error::Unsupported(
+                        "GSSAPI, SSPI, Kerberos and SCM authentication",
+                    ))
+                }
+                _ => return Err(protocol("unexpected message during authentication")),
+            }
+        }
+    }
+
+    /// SCRAM-SHA-256 without channel binding (there is no TLS to bind to).
+    async fn scram(&mut self, password: &[u8]) -> Result<(), Error> {
+        let mut scram = ScramSha256::new(password, ChannelBinding::unsupported());
+        frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut self.write_buf)?;
+        self.send().await?;
+        match self.read_message().await? {
+            Message::AuthenticationSaslContinue(body) => {
+                scram
+                    .update(body.data())
+                    .map_err(|source| Error::Authentication {
+                        reason: "invalid SCRAM server-first message",
+                        source: Some(source),
+                    })?
+            }
+            Message::ErrorResponse(body) => return Err(db_error(&body)),
+            _ => return Err(protocol("unexpected message during SCRAM authentication")),
+        }
+        frontend::sasl_response(scram.message(), &mut self.write_buf)?;
+        self.send().await?;
+        match self.read_message().await? {
+            Message::AuthenticationSaslFinal(body) => {
+                scram
+                    .finish(body.data())
+                    .map_err(|source| Error::Authentication {
+                        reason: "the server's SCRAM signature does not verify",
+                        source: Some(source),
+                    })
+            }
+            Message::ErrorResponse(body) => Err(db_error(&body)),
+            _ => Err(protocol("unexpected message during SCRAM authentication")),
+        }
+    }
+}
+
+fn required_password(config: &ReplicationConfig) -> Result<&[u8], Error> {
+    config.password.as_deref().ok_or(Error::Authentication {
+        reason: "the server asks for a password and none is configured",
+        source: None,
+    })
+}
+
+fn protocol(reason: &'static str) -> Error {
+    Error::Protocol {
+        reason,
+        source: None,
+    }
+}
+
+fn error_fields(
+    mut fields: postgres_protocol::message::backend::ErrorFields<'_>,
+) -> HashMap<u8, String> {
+    let mut out = HashMap::new();
+    // A malformed field list ends the parse; what was read so far is kept.
+    while let Ok(Some(field)) = fields.next() {
+        out.insert(
+            field.type_(),
+            String::from_utf8_lossy(field.value_bytes()).into_owned(),
+        );
+    }
+    out
+}
+
+fn db_error(body: &ErrorResponseBody) -> Error {
+    let mut fields = error_fields(body.fields());
+    Error::Db(Box::new(DbError {
+        severity: fields.remove(&b'S').unwrap_or_default(),
+        code: fields.remove(&b'C').unwrap_or_default(),
+        message: fields.remove(&b'M').unwrap_or_default(),
+        detail: fields.remove(&b'D'),
+        hint: fields.remove(&b'H'),
+    }))
+}
+
+fn log_notice(body: &NoticeResponseBody) {
+    let fields = error_fields(body.fields());
+    tracing::debug!(
+        severity = fields.get(&b'S').map(String::as_str),
+        code = fields.get(&b'C').map(String::as_str),
+        message = fields.get(&b'M').map(String::as_str),
+        "server notice"
+    );
+}
+
+fn decode_row(body: &DataRowBody) -> Result<SimpleRow, Error> {
+    let buffer = body.buffer();
+    let mut ranges = body.ranges();
+    let mut row = Vec::new();
+    loop {
+        let range = ranges.next().map_err(|source| Error::Protocol {
+            reason: "malformed DataRow",
+            source: Some(source),
+        })?;
+        let Some(range) = range else {
+            return Ok(row);
+        };
+        row.push(match range {
+            None => None,
+            Some(range) => {
+                let bytes = buffer
+                    .get(range)
+                    .ok_or_else(|| protocol("malformed DataRow"))?;
+                Some(
+                    std::str::from_utf8(bytes)
+                        .map_err(|_| protocol("DataRow value is not UTF-8"))?
+                        .to_owned(),
+                )
+            }
+        });
+    }
+}
+
+fn single_row(
+    rows: Vec<SimpleRow>,
+    min_columns: usize,
+    what: &'static str,
+) -> Result<SimpleRow, Error> {
+    match <[SimpleRow; 1]>::try_from(rows) {
+        Ok([row]) if row.len() >= min_columns => Ok(row),
+        _ => Err(Error::UnexpectedReply(what)),
+    }
+}
+
+fn column<'a>(row: &'a SimpleRow, index: usize, what: &'static str) -> Result<&'a str, Error> {
+    row.get(index)
+        .and_then(Option::as_deref)
+        .ok_or(Error::UnexpectedReply(what))
+}
+
+/// `"name"`, with embedded double quotes doubled.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `'text'`, with embedded single quotes doubled.
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_replication_command() {
+        let command = StartReplication::new("my slot", ["pub", "we\"ird'"])
+            .start_lsn(Lsn(0x1_0000_0010))
+            .command();
+        assert_eq!(
+            command,
+            "START_REPLICATION SLOT \"my slot\" LOGICAL 1/10 (proto_version '1', \
+             publication_names '\"pub\",\"we\"\"ird''\"', messages 'true')"
+        );
+        let command = StartReplication::new("s", ["p"]).messages(false).command();
+        assert_eq!(
+            command,
+            "START_REPLICATION SLOT \"s\" LOGICAL 0/0 (proto_version '1', publication_names '\"p\"')"
+        );
+    }
+
+    #[test]
+    fn config_from_connection_string() {
+        let config: ReplicationConfig =
+            "host=127.0.0.1 port=5433 user=walcached password=secret dbname=app"
+                .parse()
+                .unwrap();
+        assert_eq!(config.host, "127.0.0.1");
+        assert_eq!(config.port, 5433);
+        assert_eq!(config.user, "walcached");
+        assert_eq!(config.dbname, "app");
+        assert_eq!(config.password.as_deref(), Some(&b"secret"[..]));
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("secret"), "{debug}");
+
+        let config: ReplicationConfig = "postgres://u@localhost/".parse().unwrap();
+        assert_eq!((config.port, config.dbname.as_str()), (5432, "u"));
+
+        assert!(matches!(
+            "host=h user=u sslmode=require".parse::<ReplicationConfig>(),
+            Err(Error::Unsupported("sslmode=require"))
+        ));
+        assert!(matches!(
+            "host=h".parse::<ReplicationConfig>(),
+            Err(Error::Config { .. })
+        ));
+    }
+}
