@@ -77,4 +77,9 @@ fi
 section "cargo test --workspace --doc --locked"
 cargo test --workspace --doc --locked
 
+# Each benchmark once, in test mode: keeps the benches compiling and working against real
+# servers. The measured run is by hand: cargo bench -p walcache-benches (see BENCHMARKS.md).
+section "cargo test --workspace --benches --locked (benchmark smoke run)"
+cargo test --workspace --benches --locked
+
 section "All checks passed"
