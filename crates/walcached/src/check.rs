@@ -1,0 +1,763 @@
+//! `walcached check`: the prerequisites the daemon needs from PostgreSQL and Redis, each
+//! reported with what was found and, where something is wrong, the fix.
+//!
+//! The checks only read: they never create the slot or the publication, change a setting or
+//! write to Redis. A check that cannot run because an earlier one failed (no connection) is
+//! left out rather than reported as a second problem.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::time::Duration;
+
+use walcache_cdc::client::{ReplicationClient, ReplicationConfig, APPLICATION_NAME};
+
+use crate::config::{redact_url, Config};
+use crate::mapping::{self, quote_ident, TableInfo};
+
+/// How long each connection attempt and each Redis command may take.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a finding counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Severity {
+    /// The prerequisite holds.
+    Ok,
+    /// Worth knowing, but the daemon can run.
+    Warning,
+    /// The daemon would refuse to start, or would run incorrectly.
+    Problem,
+}
+
+/// One line of a [`Report`].
+#[derive(Debug, Clone)]
+pub struct Finding {
+    /// How it counts.
+    pub severity: Severity,
+    /// The configuration field or the server setting concerned (`postgres.url`,
+    /// `rules[0].keys[1]`, `wal_level`, `redis maxmemory-policy`).
+    pub subject: String,
+    /// What was found.
+    pub message: String,
+    /// How to fix it, for warnings and problems.
+    pub fix: Option<String>,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let label = match self.severity {
+            Severity::Ok => "ok",
+            Severity::Warning => "warning",
+            Severity::Problem => "problem",
+        };
+        write!(f, "{label:<8} {}: {}", self.subject, self.message)?;
+        if let Some(fix) = &self.fix {
+            write!(f, "; fix: {fix}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything `check` found, in the order checked.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    findings: Vec<Finding>,
+}
+
+impl Report {
+    /// No finding is a [`Severity::Problem`] (warnings are allowed).
+    pub fn is_ok(&self) -> bool {
+        self.findings
+            .iter()
+            .all(|f| f.severity != Severity::Problem)
+    }
+
+    /// The findings, in the order checked.
+    pub fn findings(&self) -> &[Finding] {
+        &self.findings
+    }
+
+    fn ok(&mut self, subject: impl Into<String>, message: impl Into<String>) {
+        self.push(Severity::Ok, subject, message, None);
+    }
+
+    fn warn(
+        &mut self,
+        subject: impl Into<String>,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        self.push(Severity::Warning, subject, message, Some(fix.into()));
+    }
+
+    fn problem(
+        &mut self,
+        subject: impl Into<String>,
+        message: impl Into<String>,
+        fix: Option<String>,
+    ) {
+        self.push(Severity::Problem, subject, message, fix);
+    }
+
+    fn push(
+        &mut self,
+        severity: Severity,
+        subject: impl Into<String>,
+        message: impl Into<String>,
+        fix: Option<String>,
+    ) {
+        self.findings.push(Finding {
+            severity,
+            subject: subject.into(),
+            message: message.into(),
+            fix,
+        });
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for finding in &self.findings {
+            writeln!(f, "{finding}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Check every prerequisite of `config` against the servers it names.
+pub async fn check(config: &Config) -> Report {
+    let mut report = Report::default();
+    check_postgres(config, &mut report).await;
+    check_redis(config, &mut report).await;
+    report
+}
+
+/// An error and its sources, `outer: inner: innermost`, skipping a source whose text the
+/// outer message already contains.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
+}
+
+/// A string literal for SQL.
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn pg_config(config: &Config) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
+    let mut pg: tokio_postgres::Config = config.postgres.url.expose().parse()?;
+    if let Some(password) = &config.postgres.password {
+        pg.password(password.expose());
+    }
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(TIMEOUT);
+    }
+    pg.application_name(format!("{APPLICATION_NAME}-check"));
+    Ok(pg)
+}
+
+async fn check_postgres(config: &Config, report: &mut Report) {
+    let url = redact_url(config.postgres.url.expose());
+    let pg = match pg_config(config) {
+        Ok(pg) => pg,
+        Err(e) => {
+            report.problem(
+                "postgres.url",
+                format!("{url:?} does not parse: {}", chain(&e)),
+                Some("use postgres://user@host:5432/dbname".to_owned()),
+            );
+            return;
+        }
+    };
+    let (client, connection) = match pg.connect(tokio_postgres::NoTls).await {
+        Ok((client, connection)) => (client, tokio::spawn(connection)),
+        Err(e) => {
+            report.problem(
+                "postgres.url",
+                format!("cannot connect to {url}: {}", chain(&e)),
+                Some(
+                    "check the host, port, user and database, and pg_hba.conf; set the password \
+                     with WALCACHED_POSTGRES_PASSWORD or postgres.password_file"
+                        .to_owned(),
+                ),
+            );
+            return;
+        }
+    };
+    if let Err(e) = check_database(config, &pg, &client, report).await {
+        report.problem(
+            "postgres.url",
+            format!("a catalog query failed: {}", chain(&e)),
+            None,
+        );
+    }
+    // Dropping the client ends the connection task.
+    drop(client);
+    match connection.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "check: the PostgreSQL connection ended"),
+        Err(e) => tracing::debug!(error = %e, "check: the PostgreSQL connection task failed"),
+    }
+}
+
+async fn show(
+    client: &tokio_postgres::Client,
+    setting: &str,
+) -> Result<String, tokio_postgres::Error> {
+    let row = client.query_one(&format!("SHOW {setting}"), &[]).await?;
+    row.try_get(0)
+}
+
+async fn check_database(
+    config: &Config,
+    pg: &tokio_postgres::Config,
+    client: &tokio_postgres::Client,
+    report: &mut Report,
+) -> Result<(), tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT current_user::text, current_database()::text, \
+                    current_setting('server_version')",
+            &[],
+        )
+        .await?;
+    let (user, database, version): (String, String, String) =
+        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    report.ok(
+        "postgres.url",
+        format!(
+            "connected to PostgreSQL {version} at {} as {user}",
+            redact_url(config.postgres.url.expose())
+        ),
+    );
+
+    let wal_level = show(client, "wal_level").await?;
+    if wal_level == "logical" {
+        report.ok("wal_level", "logical");
+    } else {
+        report.problem(
+            "wal_level",
+            format!("is {wal_level:?}; logical decoding needs \"logical\""),
+            Some("ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL".to_owned()),
+        );
+    }
+
+    let can_replicate: bool = client
+        .query_one(
+            "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    let role = quote_ident(&user);
+    if can_replicate {
+        report.ok(
+            "postgres role",
+            format!("{user} may open replication connections"),
+        );
+        check_replication_connection(pg, report).await;
+    } else {
+        report.problem(
+            "postgres role",
+            format!("{user} has neither REPLICATION nor SUPERUSER"),
+            Some(format!("ALTER ROLE {role} REPLICATION;")),
+        );
+    }
+
+    for setting in ["max_replication_slots", "max_wal_senders"] {
+        let value = show(client, setting).await?;
+        if value.trim().parse::<u64>().unwrap_or(0) > 0 {
+            report.ok(setting, value);
+        } else {
+            report.problem(
+                setting,
+                format!("is {value}; the daemon needs one"),
+                Some(format!(
+                    "ALTER SYSTEM SET {setting} = 10; then restart PostgreSQL"
+                )),
+            );
+        }
+    }
+
+    let standbys = show(client, "synchronous_standby_names").await?;
+    if standby_names_match(&standbys, APPLICATION_NAME) {
+        report.problem(
+            "synchronous_standby_names",
+            format!(
+                "{standbys:?} matches the daemon's application_name {APPLICATION_NAME:?}: \
+                 a logical consumer would become a synchronous standby and every commit in the \
+                 database would wait on the daemon"
+            ),
+            Some(format!(
+                "remove {APPLICATION_NAME} (or '*') from synchronous_standby_names, e.g. list \
+                 the physical standbys by name, then SELECT pg_reload_conf();"
+            )),
+        );
+    } else {
+        report.ok(
+            "synchronous_standby_names",
+            format!("{standbys:?} does not match {APPLICATION_NAME:?}"),
+        );
+    }
+
+    let tables = check_rules(config, client, &role, report).await?;
+    check_publication(config, client, (&database, &role), &tables, report).await?;
+    check_slot(config, client, &database, report).await?;
+    Ok(())
+}
+
+/// Open (and close) a replication connection, as the daemon will: catches a `pg_hba.conf`
+/// without a `replication` line.
+async fn check_replication_connection(pg: &tokio_postgres::Config, report: &mut Report) {
+    let config = match ReplicationConfig::from_pg_config(pg) {
+        Ok(c) => c,
+        Err(e) => {
+            report.problem("postgres.url", chain(&e), None);
+            return;
+        }
+    };
+    match ReplicationClient::connect(&config).await {
+        Ok(mut client) => {
+            match client.identify_system().await {
+                Ok(system) => report.ok(
+                    "replication connection",
+                    format!("opened (timeline {})", system.timeline),
+                ),
+                Err(e) => report.problem("replication connection", chain(&e), None),
+            }
+            if let Err(e) = client.close().await {
+                tracing::debug!(error = %e, "check: closing the replication connection");
+            }
+        }
+        Err(e) => report.problem(
+            "replication connection",
+            format!("cannot open one: {}", chain(&e)),
+            Some(
+                "allow it in pg_hba.conf with a line for the \"replication\" database, e.g. \
+                 host replication <user> <address> scram-sha-256, then SELECT pg_reload_conf();"
+                    .to_owned(),
+            ),
+        ),
+    }
+}
+
+/// Check each rule against its table; return the tables found, each with the field that
+/// names it.
+async fn check_rules(
+    config: &Config,
+    client: &tokio_postgres::Client,
+    role: &str,
+    report: &mut Report,
+) -> Result<Vec<(String, TableInfo)>, tokio_postgres::Error> {
+    let mut tables = Vec::new();
+    for (i, rule) in config.rules.iter().enumerate() {
+        let field = format!("rules[{i}].table");
+        let (schema, table) = rule.qualified_table();
+        let Some(info) = TableInfo::load(client, &schema, &table).await? else {
+            report.problem(
+                field,
+                format!("table {schema}.{table} does not exist (or is not a table)"),
+                Some("create it, or correct the name (schema.table)".to_owned()),
+            );
+            continue;
+        };
+        match mapping::compile(rule, i, &info) {
+            Ok(_) => report.ok(
+                &field,
+                format!(
+                    "{} maps to namespace {:?} with {} key template(s)",
+                    info.quoted(),
+                    rule.namespace,
+                    rule.keys.len()
+                ),
+            ),
+            Err(e) => report.problem(e.field, e.problem, None),
+        }
+        let can_select: bool = client
+            .query_one(
+                "SELECT has_table_privilege(current_user, $1::int8::oid, 'SELECT')",
+                &[&i64::from(info.oid)],
+            )
+            .await?
+            .try_get(0)?;
+        if !can_select {
+            report.problem(
+                &field,
+                format!("the role cannot SELECT from {}", info.quoted()),
+                Some(format!("GRANT SELECT ON {} TO {role};", info.quoted())),
+            );
+        }
+        tables.push((field, info));
+    }
+    Ok(tables)
+}
+
+async fn check_publication(
+    config: &Config,
+    client: &tokio_postgres::Client,
+    (database, role): (&str, &str),
+    tables: &[(String, TableInfo)],
+    report: &mut Report,
+) -> Result<(), tokio_postgres::Error> {
+    let name = &config.postgres.publication;
+    let quoted = quote_ident(name);
+    let via_root: Option<bool> = client
+        .query_opt(
+            "SELECT pubviaroot FROM pg_publication WHERE pubname = $1",
+            &[name],
+        )
+        .await?
+        .map(|row| row.try_get(0))
+        .transpose()?;
+    let Some(via_root) = via_root else {
+        let can_create: bool = client
+            .query_one(
+                "SELECT has_database_privilege(current_user, current_database(), 'CREATE')",
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+        if can_create {
+            report.ok(
+                "postgres.publication",
+                format!("{name} does not exist yet; it will be created at start-up"),
+            );
+        } else {
+            report.problem(
+                "postgres.publication",
+                format!(
+                    "{name} does not exist, and the role may not create it (no CREATE privilege \
+                     on database {database})"
+                ),
+                Some(format!(
+                    "GRANT CREATE ON DATABASE {} TO {role}; or create it as an \
+                     owner of the tables: CREATE PUBLICATION {quoted} FOR TABLE {} WITH \
+                     (publish_via_partition_root = true);",
+                    quote_ident(database),
+                    table_list(tables.iter().map(|(_, t)| t))
+                )),
+            );
+        }
+        return Ok(());
+    };
+    if via_root {
+        report.ok(
+            "postgres.publication",
+            format!("{name} publishes via the partition root"),
+        );
+    } else {
+        report.problem(
+            "postgres.publication",
+            format!(
+                "{name} has publish_via_partition_root = false, so rules on a partitioned table \
+                 would not see its partitions' changes"
+            ),
+            Some(format!(
+                "ALTER PUBLICATION {quoted} SET (publish_via_partition_root = true);"
+            )),
+        );
+    }
+    let published: HashSet<(String, String)> = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables \
+             WHERE pubname = $1",
+            &[name],
+        )
+        .await?
+        .into_iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_, tokio_postgres::Error>>()?;
+    let missing: Vec<&TableInfo> = tables
+        .iter()
+        .map(|(_, t)| t)
+        .filter(|t| !published.contains(&(t.schema.clone(), t.name.clone())))
+        .collect();
+    if missing.is_empty() {
+        report.ok(
+            "postgres.publication",
+            format!("{name} covers every rule's table"),
+        );
+    } else {
+        report.problem(
+            "postgres.publication",
+            format!(
+                "{name} does not publish {}, so their changes would never be invalidated",
+                table_list(missing.iter().copied())
+            ),
+            Some(format!(
+                "ALTER PUBLICATION {quoted} ADD TABLE {};",
+                table_list(missing.iter().copied())
+            )),
+        );
+    }
+    Ok(())
+}
+
+fn table_list<'a>(tables: impl Iterator<Item = &'a TableInfo>) -> String {
+    tables.map(TableInfo::quoted).collect::<Vec<_>>().join(", ")
+}
+
+async fn check_slot(
+    config: &Config,
+    client: &tokio_postgres::Client,
+    database: &str,
+    report: &mut Report,
+) -> Result<(), tokio_postgres::Error> {
+    let name = &config.postgres.slot;
+    let Some(row) = client
+        .query_opt(
+            "SELECT slot_type::text, plugin::text, wal_status::text, database::text \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[name],
+        )
+        .await?
+    else {
+        report.ok(
+            "postgres.slot",
+            format!("{name} does not exist yet; it will be created at start-up"),
+        );
+        return Ok(());
+    };
+    let slot_type: Option<String> = row.try_get(0)?;
+    let plugin: Option<String> = row.try_get(1)?;
+    let wal_status: Option<String> = row.try_get(2)?;
+    let slot_db: Option<String> = row.try_get(3)?;
+    let drop = format!(
+        "SELECT pg_drop_replication_slot({}); (the daemon creates a new one and flushes the \
+         namespaces it serves), or set postgres.slot to another name",
+        quote_literal(name)
+    );
+    if slot_type.as_deref() != Some("logical") || plugin.as_deref() != Some("pgoutput") {
+        report.problem(
+            "postgres.slot",
+            format!(
+                "{name} exists but is a {} slot with plugin {}; the daemon needs a logical slot \
+                 with pgoutput",
+                slot_type.as_deref().unwrap_or("?"),
+                plugin.as_deref().unwrap_or("(none)")
+            ),
+            Some(drop),
+        );
+    } else if slot_db.as_deref() != Some(database) {
+        report.problem(
+            "postgres.slot",
+            format!(
+                "{name} belongs to database {}, not {database}",
+                slot_db.as_deref().unwrap_or("?")
+            ),
+            Some("set postgres.slot to another name".to_owned()),
+        );
+    } else if wal_status.as_deref() == Some("lost") {
+        report.problem(
+            "postgres.slot",
+            format!("{name} has lost WAL it needed (wal_status = lost); it cannot stream"),
+            Some(format!(
+                "{drop}; raise max_slot_wal_keep_size so it does not happen again"
+            )),
+        );
+    } else if wal_status.as_deref() == Some("unreserved") {
+        report.warn(
+            "postgres.slot",
+            format!("{name} is about to lose WAL it needs (wal_status = unreserved)"),
+            "start the daemon soon, or raise max_slot_wal_keep_size",
+        );
+    } else {
+        report.ok(
+            "postgres.slot",
+            format!(
+                "{name} is a pgoutput slot (wal_status = {})",
+                wal_status.as_deref().unwrap_or("?")
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Whether `synchronous_standby_names` names `application_name` (or `*`), in any of its
+/// forms: `a, b`, `FIRST n (a, b)`, `n (a, b)`, `ANY n (a, b)`. PostgreSQL compares standby
+/// names case-insensitively, double-quoted or not.
+pub fn standby_names_match(setting: &str, application_name: &str) -> bool {
+    let mut list = setting.trim();
+    if let Some(open) = list.find('(') {
+        // `[FIRST|ANY] n (names)`: keep what is inside the parentheses.
+        let inner = &list[open + 1..];
+        list = inner.rsplit_once(')').map_or(inner, |(names, _)| names);
+    }
+    list.split(',').map(str::trim).any(|name| {
+        if name == "*" {
+            true
+        } else if let Some(quoted) = name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+            quoted
+                .replace("\"\"", "\"")
+                .eq_ignore_ascii_case(application_name)
+        } else {
+            name.eq_ignore_ascii_case(application_name)
+        }
+    })
+}
+
+async fn check_redis(config: &Config, report: &mut Report) {
+    let url = redact_url(config.redis.url.expose());
+    let client = match redis::Client::open(config.redis.url.expose()) {
+        Ok(c) => c,
+        Err(e) => {
+            report.problem(
+                "redis.url",
+                format!("{url:?} is not a Redis URL: {}", chain(&e)),
+                Some("use redis://host:6379/0".to_owned()),
+            );
+            return;
+        }
+    };
+    let connected = tokio::time::timeout(TIMEOUT, client.get_multiplexed_async_connection()).await;
+    let mut conn = match connected {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            report.problem(
+                "redis.url",
+                format!("cannot connect to {url}: {}", chain(&e)),
+                Some("check the host, port, database and credentials".to_owned()),
+            );
+            return;
+        }
+        Err(_) => {
+            report.problem(
+                "redis.url",
+                format!("no connection to {url} within {TIMEOUT:?}"),
+                Some("check the host, port and firewall".to_owned()),
+            );
+            return;
+        }
+    };
+    let ping =
+        tokio::time::timeout(TIMEOUT, redis::cmd("PING").query_async::<String>(&mut conn)).await;
+    match ping {
+        Ok(Ok(_)) => report.ok("redis.url", format!("connected to {url} (PING answered)")),
+        Ok(Err(e)) => {
+            report.problem(
+                "redis.url",
+                format!("PING to {url} failed: {}", chain(&e)),
+                Some("check the credentials and that the user may run PING".to_owned()),
+            );
+            return;
+        }
+        Err(_) => {
+            report.problem(
+                "redis.url",
+                format!("PING to {url} got no answer within {TIMEOUT:?}"),
+                None,
+            );
+            return;
+        }
+    }
+    let policy = tokio::time::timeout(
+        TIMEOUT,
+        redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async::<HashMap<String, String>>(&mut conn),
+    )
+    .await;
+    let subject = "redis maxmemory-policy";
+    let policy = match policy {
+        Ok(Ok(map)) => map.get("maxmemory-policy").cloned(),
+        Ok(Err(e)) => {
+            report.warn(
+                subject,
+                format!("cannot read it (CONFIG GET failed: {})", chain(&e)),
+                "make sure it is noeviction or volatile-*: an allkeys-* policy evicts \
+                 generation counters and tag versions",
+            );
+            return;
+        }
+        Err(_) => {
+            report.warn(
+                subject,
+                "CONFIG GET got no answer",
+                "make sure it is noeviction or volatile-*",
+            );
+            return;
+        }
+    };
+    match policy.as_deref() {
+        Some(p) if p == "noeviction" || p.starts_with("volatile-") => {
+            report.ok(subject, p);
+        }
+        Some(p) => report.problem(
+            subject,
+            format!(
+                "is {p}: under memory pressure Redis would evict keys without a TTL too, \
+                 including namespace generation counters and tag versions, and a cache could \
+                 then serve values an invalidation already removed"
+            ),
+            Some(
+                "CONFIG SET maxmemory-policy volatile-lru (and in redis.conf), or noeviction"
+                    .to_owned(),
+            ),
+        ),
+        None => report.warn(
+            subject,
+            "CONFIG GET returned nothing",
+            "make sure it is noeviction or volatile-*",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standby_names_are_parsed_in_every_form() {
+        let matching = [
+            "*",
+            "walcached",
+            "WALCACHED",
+            "a, walcached",
+            "FIRST 1 (a, walcached)",
+            "first 2 (a,walcached)",
+            "ANY 1 (\"walcached\", b)",
+            "\"WALCACHED\"",
+            "2 (b, *)",
+            " walcached ",
+        ];
+        for s in matching {
+            assert!(standby_names_match(s, "walcached"), "{s}");
+        }
+        let other = [
+            "",
+            "ghost",
+            "a, b",
+            "FIRST 1 (a, b)",
+            "ANY 2 (walcached2, x)",
+            "walcache",
+        ];
+        for s in other {
+            assert!(!standby_names_match(s, "walcached"), "{s}");
+        }
+    }
+
+    #[test]
+    fn findings_print_one_line_with_the_fix() {
+        let mut r = Report::default();
+        r.ok("wal_level", "logical");
+        r.problem(
+            "postgres role",
+            "no",
+            Some("ALTER ROLE x REPLICATION;".into()),
+        );
+        let text = r.to_string();
+        assert_eq!(text.lines().count(), 2);
+        assert!(text.contains("problem  postgres role: no; fix: ALTER ROLE x REPLICATION;"));
+        assert!(!r.is_ok());
+    }
+}

@@ -1,0 +1,652 @@
+//! Configuration: parse the TOML file, apply environment overrides, then validate. Every error
+//! names the field, the value and the fix.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use walcache_protocol::{validate_namespace, validate_tag, KeyTemplate, Naming};
+
+/// A configuration problem: which field, what was wrong, how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct ConfigError {
+    /// The field, as written in the file (`postgres.url`, `rules[2].keys[0]`).
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// A secret: never printed.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret's value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Wrap a value.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The database to follow.
+    pub postgres: PostgresConfig,
+    /// The Redis holding L2 and the invalidation channels.
+    pub redis: RedisConfig,
+    /// Batching, heartbeats and limits of the invalidation stream.
+    #[serde(default)]
+    pub stream: StreamConfig,
+    /// The HTTP endpoint for metrics and health.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Table → namespace, keys and tags.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+/// `[postgres]`
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://user@host:port/db` (a password in the URL works, but prefer
+    /// `WALCACHED_POSTGRES_PASSWORD` or `password_file`). Env: `WALCACHED_POSTGRES_URL`.
+    pub url: Secret,
+    /// A file whose first line is the password. Env: `WALCACHED_POSTGRES_PASSWORD_FILE`.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// The password (from the environment only: `WALCACHED_POSTGRES_PASSWORD`).
+    #[serde(skip)]
+    pub password: Option<Secret>,
+    /// Replication slot name. Default `walcached`. Env: `WALCACHED_POSTGRES_SLOT`.
+    #[serde(default = "default_slot")]
+    pub slot: String,
+    /// Publication name. Default `walcached`. Env: `WALCACHED_POSTGRES_PUBLICATION`.
+    #[serde(default = "default_slot")]
+    pub publication: String,
+}
+
+impl fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &redact_url(self.url.expose()))
+            .field("password_file", &self.password_file)
+            .field("password", &self.password)
+            .field("slot", &self.slot)
+            .field("publication", &self.publication)
+            .finish()
+    }
+}
+
+/// `[redis]`
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:pass@]host:port/db` or `rediss://`. Env: `WALCACHED_REDIS_URL`.
+    pub url: Secret,
+    /// Prefix of keys and channels; must match the library's. Default `wc`.
+    /// Env: `WALCACHED_REDIS_KEY_PREFIX`.
+    #[serde(default = "default_prefix")]
+    pub key_prefix: String,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(self.url.expose()))
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+/// `[stream]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Publish a batch once it holds this many keys. Default 1000.
+    #[serde(default = "default_batch_keys")]
+    pub batch_max_keys: usize,
+    /// ...or once its oldest change waited this long. Default 1 ms.
+    #[serde(default = "default_batch_delay")]
+    pub batch_max_delay_ms: u64,
+    /// Heartbeat interval while caught up; keep it well below the library's heartbeat timeout
+    /// (default 3 s). Default 250 ms.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_interval_ms: u64,
+    /// Standby status update interval; must stay well inside the server's
+    /// `wal_sender_timeout`. Default 1000 ms.
+    #[serde(default = "default_status")]
+    pub status_interval_ms: u64,
+    /// A transaction that changes more keys than this in one namespace flushes the namespace
+    /// instead of listing them. Default 10000.
+    #[serde(default = "default_large_txn")]
+    pub large_transaction_keys: usize,
+    /// Largest message published, in bytes; batches are split below it so no subscriber nears
+    /// Redis's pub/sub output buffer limits. Default 256 KiB.
+    #[serde(default = "default_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            batch_max_keys: default_batch_keys(),
+            batch_max_delay_ms: default_batch_delay(),
+            heartbeat_interval_ms: default_heartbeat(),
+            status_interval_ms: default_status(),
+            large_transaction_keys: default_large_txn(),
+            max_message_bytes: default_message_bytes(),
+        }
+    }
+}
+
+impl StreamConfig {
+    /// [`batch_max_delay_ms`](Self::batch_max_delay_ms) as a duration.
+    pub fn batch_max_delay(&self) -> Duration {
+        Duration::from_millis(self.batch_max_delay_ms)
+    }
+    /// [`heartbeat_interval_ms`](Self::heartbeat_interval_ms) as a duration.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+    /// [`status_interval_ms`](Self::status_interval_ms) as a duration.
+    pub fn status_interval(&self) -> Duration {
+        Duration::from_millis(self.status_interval_ms)
+    }
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of `/metrics`, `/healthz` and `/readyz`; empty to disable. Default
+    /// `127.0.0.1:9187`. Env: `WALCACHED_HTTP_LISTEN`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_listen(),
+        }
+    }
+}
+
+/// `[[rules]]`: one table's mapping to cache keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// `schema.table` (or `table` for `public`).
+    pub table: String,
+    /// The namespace, as the library's caches name it.
+    pub namespace: String,
+    /// Key templates over column names, e.g. `"{id}"`, `"by_email:{email}"`.
+    pub keys: Vec<String>,
+    /// Tags invalidated by every change of the table.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+impl Rule {
+    /// `(schema, table)`, with `public` when no schema is given.
+    pub fn qualified_table(&self) -> (String, String) {
+        match self.table.split_once('.') {
+            Some((s, t)) => (s.to_owned(), t.to_owned()),
+            None => ("public".to_owned(), self.table.clone()),
+        }
+    }
+}
+
+fn default_slot() -> String {
+    "walcached".to_owned()
+}
+fn default_prefix() -> String {
+    "wc".to_owned()
+}
+fn default_batch_keys() -> usize {
+    1000
+}
+fn default_batch_delay() -> u64 {
+    1
+}
+fn default_heartbeat() -> u64 {
+    250
+}
+fn default_status() -> u64 {
+    1000
+}
+fn default_large_txn() -> usize {
+    10_000
+}
+fn default_message_bytes() -> usize {
+    256 * 1024
+}
+fn default_listen() -> String {
+    "127.0.0.1:9187".to_owned()
+}
+
+/// `scheme://user:secret@host` → `scheme://user:<redacted>@host`, for logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<unparsable url>".to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// Where environment values come from (the process environment, or a map in tests).
+pub trait Environment {
+    /// The value of `name`, if set.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Environment for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl<S: std::hash::BuildHasher> Environment for std::collections::HashMap<String, String, S> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+impl Config {
+    /// Read, override from the environment, and validate.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the field and the fix.
+    pub fn load(path: &Path, env: &impl Environment) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                "--config",
+                format!(
+                    "cannot read {}: {e}; pass the path of a TOML file",
+                    path.display()
+                ),
+            )
+        })?;
+        Config::parse(&text, env)
+    }
+
+    /// Parse TOML text, override from the environment, and validate.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the field and the fix.
+    pub fn parse(text: &str, env: &impl Environment) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let field = e
+                .span()
+                .map(|s| format!("line {}", text[..s.start].lines().count().max(1)))
+                .unwrap_or_else(|| "config".to_owned());
+            ConfigError::new(field, e.message().to_owned())
+        })?;
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, env: &impl Environment) -> Result<(), ConfigError> {
+        fn num<T: std::str::FromStr>(
+            env: &impl Environment,
+            name: &str,
+            target: &mut T,
+        ) -> Result<(), ConfigError> {
+            if let Some(v) = env.var(name) {
+                *target = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| ConfigError::new(name, format!("{v:?} is not a valid number")))?;
+            }
+            Ok(())
+        }
+        if let Some(v) = env.var("WALCACHED_POSTGRES_URL") {
+            self.postgres.url = Secret(v);
+        }
+        if let Some(v) = env.var("WALCACHED_POSTGRES_PASSWORD") {
+            self.postgres.password = Some(Secret(v));
+        }
+        if let Some(v) = env.var("WALCACHED_POSTGRES_PASSWORD_FILE") {
+            self.postgres.password_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env.var("WALCACHED_POSTGRES_SLOT") {
+            self.postgres.slot = v;
+        }
+        if let Some(v) = env.var("WALCACHED_POSTGRES_PUBLICATION") {
+            self.postgres.publication = v;
+        }
+        if let Some(v) = env.var("WALCACHED_REDIS_URL") {
+            self.redis.url = Secret(v);
+        }
+        if let Some(v) = env.var("WALCACHED_REDIS_KEY_PREFIX") {
+            self.redis.key_prefix = v;
+        }
+        if let Some(v) = env.var("WALCACHED_HTTP_LISTEN") {
+            self.http.listen = v;
+        }
+        let s = &mut self.stream;
+        num(
+            env,
+            "WALCACHED_STREAM_BATCH_MAX_KEYS",
+            &mut s.batch_max_keys,
+        )?;
+        num(
+            env,
+            "WALCACHED_STREAM_BATCH_MAX_DELAY_MS",
+            &mut s.batch_max_delay_ms,
+        )?;
+        num(
+            env,
+            "WALCACHED_STREAM_HEARTBEAT_INTERVAL_MS",
+            &mut s.heartbeat_interval_ms,
+        )?;
+        num(
+            env,
+            "WALCACHED_STREAM_STATUS_INTERVAL_MS",
+            &mut s.status_interval_ms,
+        )?;
+        num(
+            env,
+            "WALCACHED_STREAM_LARGE_TRANSACTION_KEYS",
+            &mut s.large_transaction_keys,
+        )?;
+        num(
+            env,
+            "WALCACHED_STREAM_MAX_MESSAGE_BYTES",
+            &mut s.max_message_bytes,
+        )?;
+        if let (None, Some(path)) = (&self.postgres.password, &self.postgres.password_file) {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(
+                    "postgres.password_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let first = text.lines().next().unwrap_or_default().to_owned();
+            self.postgres.password = Some(Secret(first));
+        }
+        Ok(())
+    }
+
+    /// Check every field on its own (the database and Redis are checked at start-up and by
+    /// `walcached check`).
+    ///
+    /// # Errors
+    ///
+    /// The first problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let pg = self.postgres.url.expose();
+        pg.parse::<tokio_postgres::Config>().map_err(|e| {
+            ConfigError::new(
+                "postgres.url",
+                format!(
+                    "{:?} is not a PostgreSQL connection string ({e}); expected \
+                     postgres://user@host:5432/dbname",
+                    redact_url(pg)
+                ),
+            )
+        })?;
+        let redis_url = self.redis.url.expose();
+        redis::Client::open(redis_url).map_err(|e| {
+            ConfigError::new(
+                "redis.url",
+                format!(
+                    "{:?} is not a Redis URL ({e}); expected redis://host:6379/0",
+                    redact_url(redis_url)
+                ),
+            )
+        })?;
+        Naming::new(self.redis.key_prefix.clone()).map_err(|e| {
+            ConfigError::new(
+                "redis.key_prefix",
+                format!("{e}; use the library's prefix (default \"wc\")"),
+            )
+        })?;
+        for (field, name) in [
+            ("postgres.slot", &self.postgres.slot),
+            ("postgres.publication", &self.postgres.publication),
+        ] {
+            let ok = !name.is_empty()
+                && name.len() <= 63
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !ok {
+                return Err(ConfigError::new(
+                    field,
+                    format!("{name:?}: use 1-63 characters of [a-z0-9_]"),
+                ));
+            }
+        }
+        let s = &self.stream;
+        for (field, v) in [
+            ("stream.batch_max_keys", s.batch_max_keys as u64),
+            ("stream.heartbeat_interval_ms", s.heartbeat_interval_ms),
+            ("stream.status_interval_ms", s.status_interval_ms),
+            (
+                "stream.large_transaction_keys",
+                s.large_transaction_keys as u64,
+            ),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::new(field, "0: must be at least 1"));
+            }
+        }
+        if s.status_interval_ms > 10_000 {
+            return Err(ConfigError::new(
+                "stream.status_interval_ms",
+                format!(
+                    "{}: must stay well inside wal_sender_timeout (60 s by default); use at most 10000",
+                    s.status_interval_ms
+                ),
+            ));
+        }
+        if !(4096..=8 * 1024 * 1024).contains(&s.max_message_bytes) {
+            return Err(ConfigError::new(
+                "stream.max_message_bytes",
+                format!(
+                    "{}: use between 4096 and 8388608 (Redis disconnects subscribers whose output \
+                     buffer passes 8 MB)",
+                    s.max_message_bytes
+                ),
+            ));
+        }
+        if self.rules.is_empty() {
+            return Err(ConfigError::new(
+                "rules",
+                "no [[rules]]: add one per table, e.g. table = \"public.users\", namespace = \
+                 \"users\", keys = [\"{id}\"]",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            let at = |f: &str| format!("rules[{i}].{f}");
+            let (schema, table) = rule.qualified_table();
+            if schema.is_empty() || table.is_empty() || table.contains('.') {
+                return Err(ConfigError::new(
+                    at("table"),
+                    format!("{:?}: write schema.table, e.g. public.users", rule.table),
+                ));
+            }
+            if !seen.insert((schema.clone(), table.clone())) {
+                return Err(ConfigError::new(
+                    at("table"),
+                    format!("{schema}.{table} has two rules: put all its keys in one rule"),
+                ));
+            }
+            validate_namespace(&rule.namespace).map_err(|e| {
+                ConfigError::new(at("namespace"), format!("{:?}: {e}", rule.namespace))
+            })?;
+            if rule.keys.is_empty() && rule.tags.is_empty() {
+                return Err(ConfigError::new(
+                    at("keys"),
+                    "empty, and no tags: a rule must invalidate something, e.g. keys = [\"{id}\"]",
+                ));
+            }
+            for (j, k) in rule.keys.iter().enumerate() {
+                KeyTemplate::parse(k).map_err(|e| {
+                    ConfigError::new(format!("rules[{i}].keys[{j}]"), format!("{k:?}: {e}"))
+                })?;
+            }
+            for (j, t) in rule.tags.iter().enumerate() {
+                validate_tag(t).map_err(|e| {
+                    ConfigError::new(format!("rules[{i}].tags[{j}]"), format!("{t:?}: {e}"))
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The key and channel naming shared with the library.
+    pub fn naming(&self) -> Naming {
+        // Validated in `validate`.
+        Naming::new(self.redis.key_prefix.clone()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const GOOD: &str = r#"
+[postgres]
+url = "postgres://walcached@127.0.0.1:5432/app"
+
+[redis]
+url = "redis://127.0.0.1:6379/"
+
+[[rules]]
+table = "public.users"
+namespace = "users"
+keys = ["{id}", "by_email:{email}"]
+tags = ["users"]
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, &HashMap::new())
+    }
+
+    #[test]
+    fn a_good_config_parses_with_defaults() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.postgres.slot, "walcached");
+        assert_eq!(c.stream.batch_max_keys, 1000);
+        assert_eq!(
+            c.rules[0].qualified_table(),
+            ("public".into(), "users".into())
+        );
+    }
+
+    #[test]
+    fn environment_overrides_fields() {
+        let env: HashMap<String, String> = [
+            ("WALCACHED_REDIS_URL", "redis://10.0.0.1:6380/"),
+            ("WALCACHED_STREAM_BATCH_MAX_KEYS", "50"),
+            ("WALCACHED_POSTGRES_PASSWORD", "hunter2"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let c = Config::parse(GOOD, &env).expect("valid");
+        assert_eq!(c.redis.url.expose(), "redis://10.0.0.1:6380/");
+        assert_eq!(c.stream.batch_max_keys, 50);
+        assert!(!format!("{c:?}").contains("hunter2"), "secrets never print");
+        let bad: HashMap<String, String> = [(
+            "WALCACHED_STREAM_BATCH_MAX_KEYS".to_owned(),
+            "many".to_owned(),
+        )]
+        .into();
+        let e = Config::parse(GOOD, &bad).expect_err("not a number");
+        assert_eq!(e.field, "WALCACHED_STREAM_BATCH_MAX_KEYS");
+    }
+
+    #[test]
+    fn errors_name_the_field_the_value_and_the_fix() {
+        let cases = [
+            (
+                GOOD.replace("namespace = \"users\"", "namespace = \"Users!\""),
+                "rules[0].namespace",
+            ),
+            (GOOD.replace("\"{id}\"", "\"{id\""), "rules[0].keys[0]"),
+            (
+                GOOD.replace("redis://127.0.0.1:6379/", "http://x"),
+                "redis.url",
+            ),
+            (
+                GOOD.replace("postgres://walcached@127.0.0.1:5432/app", "nonsense://"),
+                "postgres.url",
+            ),
+            (
+                GOOD.replace("tags = [\"users\"]", "tags = [\"has space\"]"),
+                "rules[0].tags[0]",
+            ),
+            (GOOD.replace("public.users", "a.b.c"), "rules[0].table"),
+            (
+                format!("{GOOD}\n[stream]\nmax_message_bytes = 10\n"),
+                "stream.max_message_bytes",
+            ),
+        ];
+        for (text, field) in cases {
+            let e = parse(&text).expect_err(field);
+            assert_eq!(e.field, field, "{e}");
+        }
+        let e = parse(&GOOD.replace("keys = [", "kees = [")).expect_err("unknown field");
+        assert!(e.to_string().contains("kees"), "{e}");
+        let secret = GOOD
+            .replace("walcached@", "walcached:pw123@")
+            .replace("5432/app", "5432/app?x=");
+        let c = parse(&secret);
+        if let Err(e) = &c {
+            assert!(!e.to_string().contains("pw123"), "{e}");
+        }
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/d"),
+            "postgres://u:<redacted>@h:5432/d"
+        );
+        assert_eq!(redact_url("redis://h:6379/"), "redis://h:6379/");
+        assert_eq!(redact_url("postgres://u@h/d"), "postgres://u@h/d");
+        assert_eq!(redact_url("redis://:pw@h/"), "redis://:<redacted>@h/");
+    }
+}

@@ -1,0 +1,16 @@
+//! # walcached
+//!
+//! The walcache daemon: it follows PostgreSQL's logical replication stream (pgoutput), maps
+//! each committed row change to cache keys with the configured rules, deletes those keys from
+//! Redis and announces them on the invalidation channel — in one script per batch, so no
+//! subscriber hears of a key before L2 has dropped it — and only then confirms the position to
+//! PostgreSQL. A crash replays from the slot; nothing committed goes without its invalidation.
+
+pub mod check;
+pub mod config;
+pub mod http;
+pub mod mapping;
+pub mod metrics;
+pub mod pipeline;
+pub mod publisher;
+pub mod status;

@@ -1,0 +1,286 @@
+//! `walcached`: see the crate docs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing_subscriber::EnvFilter;
+use walcached::config::{Config, ConfigError, ProcessEnv};
+use walcached::status::Status;
+use walcached::{check, http, pipeline};
+
+/// Exit code: success (`run` shut down cleanly, or `check` found no problem).
+const EXIT_OK: u8 = 0;
+/// Exit code: a failure while running (lost a server for good, an internal error).
+const EXIT_RUNTIME: u8 = 1;
+/// Exit code: the configuration (file, field, environment variable or command line) is wrong.
+const EXIT_CONFIG: u8 = 2;
+/// Exit code: `check` found a prerequisite that does not hold.
+const EXIT_CHECK_FAILED: u8 = 3;
+
+/// How often the Prometheus recorder drains its histograms.
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  success: `run` shut down cleanly (SIGTERM or ctrl-c), or `check` found no problem
+  1  runtime failure
+  2  configuration error: the file, a field, an environment variable or the command line
+     (printed as `field: problem`)
+  3  `check` found a prerequisite that does not hold
+
+Environment overrides (applied over the file):
+  WALCACHED_CONFIG                           the --config file
+  WALCACHED_POSTGRES_URL                     postgres.url
+  WALCACHED_POSTGRES_PASSWORD                the PostgreSQL password (environment only)
+  WALCACHED_POSTGRES_PASSWORD_FILE           postgres.password_file
+  WALCACHED_POSTGRES_SLOT                    postgres.slot
+  WALCACHED_POSTGRES_PUBLICATION             postgres.publication
+  WALCACHED_REDIS_URL                        redis.url
+  WALCACHED_REDIS_KEY_PREFIX                 redis.key_prefix
+  WALCACHED_HTTP_LISTEN                      http.listen (empty disables the endpoint)
+  WALCACHED_STREAM_BATCH_MAX_KEYS            stream.batch_max_keys
+  WALCACHED_STREAM_BATCH_MAX_DELAY_MS        stream.batch_max_delay_ms
+  WALCACHED_STREAM_HEARTBEAT_INTERVAL_MS     stream.heartbeat_interval_ms
+  WALCACHED_STREAM_STATUS_INTERVAL_MS        stream.status_interval_ms
+  WALCACHED_STREAM_LARGE_TRANSACTION_KEYS    stream.large_transaction_keys
+  WALCACHED_STREAM_MAX_MESSAGE_BYTES         stream.max_message_bytes
+  WALCACHED_LOG_FORMAT                       --log-format
+  RUST_LOG                                   log filter (default: info), e.g. walcached=debug";
+
+/// The walcache daemon: follows PostgreSQL's logical replication stream and invalidates the
+/// cache keys of every committed row change in Redis and in every service's in-process cache.
+#[derive(Debug, Parser)]
+#[command(name = "walcached", version, after_help = AFTER_HELP)]
+struct Cli {
+    /// Log format, on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "WALCACHED_LOG_FORMAT", global = true)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon until SIGTERM or ctrl-c.
+    ///
+    /// Loads and validates the configuration, serves /metrics, /healthz and /readyz on
+    /// http.listen (unless empty), then streams changes from the replication slot and
+    /// publishes their invalidations. On SIGTERM or ctrl-c it stops reading the stream,
+    /// finishes the publishes in flight, confirms the last position and exits 0; a second
+    /// signal exits at once with 1 (the slot replays whatever was not confirmed).
+    #[command(after_help = AFTER_HELP)]
+    Run(ConfigArgs),
+    /// Check the prerequisites in PostgreSQL and Redis, print one line per finding, and exit.
+    ///
+    /// Checks the connection, wal_level, the role's REPLICATION privilege, replication slots
+    /// and WAL senders, synchronous_standby_names, each rule against its table (columns,
+    /// key types, replica identity, SELECT privilege), the publication, the slot, and Redis's
+    /// maxmemory-policy. Changes nothing. Exits 0 when everything holds, 3 otherwise.
+    #[command(after_help = AFTER_HELP)]
+    Check(ConfigArgs),
+}
+
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// The TOML configuration file.
+    #[arg(long, short, env = "WALCACHED_CONFIG", value_name = "FILE")]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return ExitCode::from(fail(EXIT_RUNTIME, "cannot start the tokio runtime", &e));
+        }
+    };
+    let code = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run(&args).await,
+            Command::Check(args) => check(&args).await,
+        }
+    });
+    ExitCode::from(code)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load(args: &ConfigArgs) -> Result<Config, ConfigError> {
+    Config::load(&args.config, &ProcessEnv)
+}
+
+fn config_error(e: &ConfigError) -> u8 {
+    eprintln!("walcached: configuration error: {e}");
+    EXIT_CONFIG
+}
+
+/// Print `context: error: source: ...` on stderr and return `code`.
+fn fail(code: u8, context: &str, error: &(dyn std::error::Error + 'static)) -> u8 {
+    let mut line = format!("walcached: {context}: {error}");
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = e.source();
+    }
+    eprintln!("{line}");
+    code
+}
+
+async fn check(args: &ConfigArgs) -> u8 {
+    let config = match load(args) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let report = check::check(&config).await;
+    print!("{report}");
+    if report.is_ok() {
+        println!("all checks passed");
+        EXIT_OK
+    } else {
+        println!("some checks failed: fix the problems above and run `walcached check` again");
+        EXIT_CHECK_FAILED
+    }
+}
+
+async fn run(args: &ConfigArgs) -> u8 {
+    let config = match load(args) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    // First, so a SIGTERM during start-up is a graceful shutdown too.
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => return fail(EXIT_RUNTIME, "cannot install signal handlers", &e),
+    };
+    let handle = match PrometheusBuilder::new().install_recorder() {
+        Ok(h) => h,
+        Err(e) => return fail(EXIT_RUNTIME, "cannot install the metrics recorder", &e),
+    };
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let status = Arc::new(Status::default());
+
+    // Bind before anything else starts, so a taken or malformed address fails fast as a
+    // configuration error.
+    if !config.http.listen.is_empty() {
+        let listener = match http::bind(&config.http.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!(
+                    "walcached: configuration error: http.listen: cannot listen on {:?}: {e}; \
+                     use a free host:port, or \"\" to disable the endpoint",
+                    config.http.listen
+                );
+                return EXIT_CONFIG;
+            }
+        };
+        let (handle, status, token) = (handle.clone(), Arc::clone(&status), shutdown.clone());
+        tracker.spawn(async move {
+            if let Err(e) = http::serve_on(listener, handle, status, token).await {
+                tracing::error!(error = %e, "the HTTP endpoint failed");
+            }
+        });
+    }
+    tracker.spawn(metrics_upkeep(handle, shutdown.clone()));
+    let on_signal = tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
+
+    let result = pipeline::run(config, shutdown.clone(), status).await;
+
+    shutdown.cancel();
+    tracker.close();
+    tracker.wait().await;
+    on_signal.abort();
+    // The task was aborted or ended by a second signal; either is expected here.
+    let _ = on_signal.await;
+
+    match result {
+        Ok(()) => {
+            tracing::info!("shut down cleanly");
+            EXIT_OK
+        }
+        Err(e) if e.is_config() => fail(EXIT_CONFIG, "configuration error", &e),
+        Err(e) => fail(EXIT_RUNTIME, "error", &e),
+    }
+}
+
+/// Drain the recorder's histograms periodically (`install_recorder` leaves that to us).
+async fn metrics_upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
+/// SIGTERM and SIGINT (ctrl-c), installed before the pipeline starts.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
+
+    /// The first signal starts a graceful shutdown; a second one exits at once.
+    async fn cancel_on_signal(mut self, shutdown: CancellationToken) {
+        let name = self.next().await;
+        tracing::info!(signal = name, "shutting down: finishing in-flight work");
+        shutdown.cancel();
+        let name = self.next().await;
+        tracing::warn!(
+            signal = name,
+            "second signal: exiting without finishing the shutdown (the slot replays what was \
+             not confirmed)"
+        );
+        std::process::exit(i32::from(EXIT_RUNTIME));
+    }
+}

@@ -1,0 +1,432 @@
+//! Row → cache keys: rules checked against the database's catalog at start-up, then applied to
+//! each decoded change.
+//!
+//! Keys come from the shared key builder (`walcache_protocol`), parsing PostgreSQL's text
+//! output under the session formats the replication connection pins, so they equal the keys
+//! the library builds from the same values. Whenever a key cannot be computed (a value that does
+//! not parse, a template column missing from a changed relation, an unchanged TOASTed key
+//! column), the change becomes a namespace flush: nothing committed goes without its
+//! invalidation.
+
+use std::collections::{HashMap, HashSet};
+
+use walcache_cdc::pgoutput::{ColumnValue, Relation, TupleData};
+use walcache_protocol::{ColumnType, KeyPart, KeyTemplate};
+
+use crate::config::{ConfigError, Rule};
+
+/// What the catalog says about a table.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    /// Schema name.
+    pub schema: String,
+    /// Table name.
+    pub name: String,
+    /// The table's oid.
+    pub oid: u32,
+    /// `d` default (primary key), `n` nothing, `f` full, `i` index.
+    pub replica_identity: char,
+    /// Columns in order, with their (domain-resolved) type oid and type name.
+    pub columns: Vec<ColumnInfo>,
+    /// The columns an UPDATE's or DELETE's old tuple carries.
+    pub identity_columns: Vec<String>,
+}
+
+/// One column of a [`TableInfo`].
+#[derive(Debug, Clone)]
+pub struct ColumnInfo {
+    /// Column name.
+    pub name: String,
+    /// The type's oid, domains resolved to their base type.
+    pub base_type_oid: u32,
+    /// The declared type, for messages.
+    pub type_name: String,
+}
+
+impl TableInfo {
+    /// `"schema"."table"`, quoted for SQL.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+
+    /// Read a table's description from the catalog; `None` if it does not exist.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub async fn load(
+        client: &tokio_postgres::Client,
+        schema: &str,
+        table: &str,
+    ) -> Result<Option<TableInfo>, tokio_postgres::Error> {
+        let Some(row) = client
+            .query_opt(
+                "SELECT c.oid::int8, c.relreplident::text FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                &[&schema, &table],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let oid: i64 = row.get(0);
+        let oid = u32::try_from(oid).unwrap_or_default();
+        let replica_identity: String = row.get(1);
+        let columns = client
+            .query(
+                "SELECT a.attname::text, \
+                        (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END)::int8, \
+                        format_type(a.atttypid, a.atttypmod) \
+                 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+                 WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped \
+                 ORDER BY a.attnum",
+                &[&i64::from(oid)],
+            )
+            .await?
+            .into_iter()
+            .map(|r| ColumnInfo {
+                name: r.get(0),
+                base_type_oid: u32::try_from(r.get::<_, i64>(1)).unwrap_or_default(),
+                type_name: r.get(2),
+            })
+            .collect::<Vec<_>>();
+        let replica_identity = replica_identity.chars().next().unwrap_or('d');
+        let identity_columns = match replica_identity {
+            'f' => columns.iter().map(|c| c.name.clone()).collect(),
+            'n' => Vec::new(),
+            kind => {
+                let index_filter = if kind == 'i' {
+                    "i.indisreplident"
+                } else {
+                    "i.indisprimary"
+                };
+                client
+                    .query(
+                        &format!(
+                            "SELECT a.attname::text FROM pg_index i \
+                             JOIN pg_attribute a ON a.attrelid = i.indrelid \
+                                               AND a.attnum = ANY(i.indkey) \
+                             WHERE i.indrelid = $1::int8::oid AND {index_filter}"
+                        ),
+                        &[&i64::from(oid)],
+                    )
+                    .await?
+                    .into_iter()
+                    .map(|r| r.get(0))
+                    .collect()
+            }
+        };
+        Ok(Some(TableInfo {
+            schema: schema.to_owned(),
+            name: table.to_owned(),
+            oid,
+            replica_identity,
+            columns,
+            identity_columns,
+        }))
+    }
+}
+
+/// Quote an SQL identifier.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// A rule checked against its table.
+#[derive(Debug, Clone)]
+pub struct CompiledRule {
+    /// `(schema, table)`.
+    pub table: (String, String),
+    /// The namespace.
+    pub namespace: String,
+    /// Key templates.
+    pub templates: Vec<KeyTemplate>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// The canonical-key type of every column a template uses.
+    pub column_types: HashMap<String, ColumnType>,
+}
+
+/// Check `rule` (the `index`-th) against the table it names.
+///
+/// # Errors
+///
+/// A [`ConfigError`] naming the rule's field, e.g. a template column that does not exist, has
+/// no canonical key form, or lies outside the replica identity (with the `ALTER TABLE` that
+/// fixes it).
+pub fn compile(rule: &Rule, index: usize, info: &TableInfo) -> Result<CompiledRule, ConfigError> {
+    let table = info.quoted();
+    let usable_identity = !info.identity_columns.is_empty();
+    if !usable_identity {
+        return Err(ConfigError::new(
+            format!("rules[{index}].table"),
+            format!(
+                "{table} has no usable replica identity (no primary key, or REPLICA IDENTITY \
+                 NOTHING), so its UPDATEs and DELETEs cannot be published; add a primary key or \
+                 run: ALTER TABLE {table} REPLICA IDENTITY FULL;"
+            ),
+        ));
+    }
+    let mut templates = Vec::new();
+    let mut column_types = HashMap::new();
+    for (j, source) in rule.keys.iter().enumerate() {
+        let field = format!("rules[{index}].keys[{j}]");
+        let template = KeyTemplate::parse(source)
+            .map_err(|e| ConfigError::new(&field, format!("{source:?}: {e}")))?;
+        for col in template.columns() {
+            let Some(info_col) = info.columns.iter().find(|c| c.name == col) else {
+                let names: Vec<&str> = info.columns.iter().map(|c| c.name.as_str()).collect();
+                return Err(ConfigError::new(
+                    &field,
+                    format!(
+                        "column {col:?} does not exist in {table}; its columns are: {}",
+                        names.join(", ")
+                    ),
+                ));
+            };
+            let ty = ColumnType::from_oid(info_col.base_type_oid).ok_or_else(|| {
+                ConfigError::new(
+                    &field,
+                    format!(
+                        "column {col:?} has type {}, which has no canonical key form; key \
+                         columns must be integers, text, uuid, bool, bytea, date, timestamps \
+                         or numeric",
+                        info_col.type_name
+                    ),
+                )
+            })?;
+            if !info.identity_columns.iter().any(|c| c == col) {
+                return Err(ConfigError::new(
+                    &field,
+                    format!(
+                        "column {col:?} is not part of {table}'s replica identity ({}), so an \
+                         UPDATE or DELETE does not carry its old value; run: ALTER TABLE {table} \
+                         REPLICA IDENTITY FULL;",
+                        info.identity_columns.join(", ")
+                    ),
+                ));
+            }
+            column_types.insert(col.to_owned(), ty);
+        }
+        templates.push(template);
+    }
+    Ok(CompiledRule {
+        table: (info.schema.clone(), info.name.clone()),
+        namespace: rule.namespace.clone(),
+        templates,
+        tags: rule.tags.clone(),
+        column_types,
+    })
+}
+
+/// One invalidation produced by a change.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Invalidation {
+    /// Drop one key.
+    Key {
+        /// Namespace.
+        namespace: String,
+        /// Canonical key.
+        key: String,
+    },
+    /// Drop every entry with this tag.
+    Tag(String),
+    /// Drop the whole namespace.
+    Flush(String),
+}
+
+/// A relation as the stream described it, bound to its rule.
+#[derive(Debug, Clone)]
+struct Bound {
+    rule: usize,
+    /// Position of each template column in the relation's tuples.
+    positions: HashMap<String, usize>,
+    /// The relation no longer matches its rule: every change flushes the namespace.
+    broken: bool,
+}
+
+/// The mapping for the whole stream: rules by table, relations by oid.
+#[derive(Debug)]
+pub struct Mapper {
+    rules: Vec<CompiledRule>,
+    by_table: HashMap<(String, String), usize>,
+    relations: HashMap<u32, Bound>,
+}
+
+/// What binding a Relation message found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelationCheck {
+    /// No rule for this table (not ours; its changes are ignored).
+    Unmapped,
+    /// Matches its rule.
+    Ok,
+    /// The table changed under its rule (ALTER TABLE): its namespace is flushed on every change
+    /// until the daemon is restarted with a fixed rule.
+    Mismatch {
+        /// The namespace now flushed.
+        namespace: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Mapper {
+    /// Rules compiled at start-up.
+    pub fn new(rules: Vec<CompiledRule>) -> Self {
+        let by_table = rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.table.clone(), i))
+            .collect();
+        Mapper {
+            rules,
+            by_table,
+            relations: HashMap::new(),
+        }
+    }
+
+    /// The namespaces served.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut seen = HashSet::new();
+        self.rules
+            .iter()
+            .filter(|r| seen.insert(r.namespace.clone()))
+            .map(|r| r.namespace.clone())
+            .collect()
+    }
+
+    /// Bind (or re-bind) a relation described by the stream, re-validating its templates.
+    pub fn relation(&mut self, rel: &Relation) -> RelationCheck {
+        let schema = if rel.namespace.is_empty() {
+            "pg_catalog".to_owned()
+        } else {
+            rel.namespace.clone()
+        };
+        let Some(&rule_index) = self.by_table.get(&(schema, rel.name.clone())) else {
+            self.relations.remove(&rel.id);
+            return RelationCheck::Unmapped;
+        };
+        let rule = &self.rules[rule_index];
+        let mut positions = HashMap::new();
+        let mut problem = None;
+        for (col, ty) in &rule.column_types {
+            match rel.columns.iter().position(|c| &c.name == col) {
+                Some(p) => {
+                    let oid_ok =
+                        ColumnType::from_oid(rel.columns[p].type_oid).is_none_or(|t| t == *ty);
+                    if !oid_ok {
+                        problem = Some(format!("column {col:?} changed type"));
+                    }
+                    positions.insert(col.clone(), p);
+                }
+                None => problem = Some(format!("column {col:?} is gone")),
+            }
+        }
+        let broken = problem.is_some();
+        self.relations.insert(
+            rel.id,
+            Bound {
+                rule: rule_index,
+                positions,
+                broken,
+            },
+        );
+        match problem {
+            None => RelationCheck::Ok,
+            Some(reason) => RelationCheck::Mismatch {
+                namespace: rule.namespace.clone(),
+                reason,
+            },
+        }
+    }
+
+    /// The namespace of a relation, if it is mapped.
+    pub fn namespace_of(&self, relation_id: u32) -> Option<&str> {
+        self.relations
+            .get(&relation_id)
+            .map(|b| self.rules[b.rule].namespace.as_str())
+    }
+
+    /// The invalidations for a row change: keys from `new` and `old` (either may be absent),
+    /// and the rule's tags. Unknown relations give nothing.
+    pub fn change(
+        &self,
+        relation_id: u32,
+        new: Option<&TupleData>,
+        old: Option<&TupleData>,
+        out: &mut Vec<Invalidation>,
+    ) {
+        let Some(bound) = self.relations.get(&relation_id) else {
+            return;
+        };
+        let rule = &self.rules[bound.rule];
+        for tag in &rule.tags {
+            out.push(Invalidation::Tag(tag.clone()));
+        }
+        if bound.broken {
+            out.push(Invalidation::Flush(rule.namespace.clone()));
+            return;
+        }
+        // Old tuple first; for the new tuple an unchanged TOASTed key column means "same as
+        // the old one", which the old tuple (if any) already covered.
+        for (tuple, is_new) in [(old, false), (new, true)] {
+            let Some(tuple) = tuple else { continue };
+            for template in &rule.templates {
+                match render(template, rule, bound, tuple) {
+                    Ok(key) => out.push(Invalidation::Key {
+                        namespace: rule.namespace.clone(),
+                        key,
+                    }),
+                    Err(Unrenderable::UnchangedToast) if is_new && old.is_some() => {}
+                    Err(_) => {
+                        out.push(Invalidation::Flush(rule.namespace.clone()));
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The namespaces a TRUNCATE of these relations flushes.
+    pub fn truncate(&self, relation_ids: &[u32], out: &mut Vec<Invalidation>) {
+        for id in relation_ids {
+            if let Some(bound) = self.relations.get(id) {
+                let rule = &self.rules[bound.rule];
+                out.push(Invalidation::Flush(rule.namespace.clone()));
+                for tag in &rule.tags {
+                    out.push(Invalidation::Tag(tag.clone()));
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Unrenderable {
+    UnchangedToast,
+    Other,
+}
+
+fn render(
+    template: &KeyTemplate,
+    rule: &CompiledRule,
+    bound: &Bound,
+    tuple: &TupleData,
+) -> Result<String, Unrenderable> {
+    template.render(|col| {
+        let pos = *bound.positions.get(col).ok_or(Unrenderable::Other)?;
+        let ty = *rule.column_types.get(col).ok_or(Unrenderable::Other)?;
+        match tuple.0.get(pos).ok_or(Unrenderable::Other)? {
+            ColumnValue::Null => Ok(KeyPart::Null),
+            ColumnValue::UnchangedToast => Err(Unrenderable::UnchangedToast),
+            ColumnValue::Text(bytes) => {
+                let text = std::str::from_utf8(bytes).map_err(|_| Unrenderable::Other)?;
+                ty.parse_pg_text(text)
+                    .map(KeyPart::into_owned)
+                    .map_err(|_| Unrenderable::Other)
+            }
+            ColumnValue::Binary(_) => Err(Unrenderable::Other),
+        }
+    })
+}

@@ -1,0 +1,35 @@
+//! The daemon's metric names (exported by `metrics-exporter-prometheus` on `/metrics`).
+
+/// Gauge: bytes of WAL between the server's end of WAL and the confirmed position.
+pub const REPLICATION_LAG_BYTES: &str = "walcached_replication_lag_bytes";
+/// Gauge: seconds between the newest commit seen and its publication (0 when caught up).
+pub const REPLICATION_LAG_SECONDS: &str = "walcached_replication_lag_seconds";
+/// Gauge: WAL retained by the slot, in bytes (from `pg_replication_slots`).
+pub const SLOT_RETAINED_WAL_BYTES: &str = "walcached_slot_retained_wal_bytes";
+/// Gauge: the confirmed flush LSN, as a number.
+pub const CONFIRMED_LSN: &str = "walcached_confirmed_lsn";
+/// Counter: row changes decoded. Labels: `namespace`.
+pub const CHANGES_TOTAL: &str = "walcached_changes_total";
+/// Counter: transactions committed (seen in the stream).
+pub const TRANSACTIONS_TOTAL: &str = "walcached_transactions_total";
+/// Counter: invalidation messages published. Labels: `kind` (`keys`, `tags`, `flush`,
+/// `heartbeat`).
+pub const MESSAGES_PUBLISHED_TOTAL: &str = "walcached_messages_published_total";
+/// Counter: keys invalidated.
+pub const KEYS_INVALIDATED_TOTAL: &str = "walcached_keys_invalidated_total";
+/// Counter: namespace flushes. Labels: `reason` (`truncate`, `large_transaction`,
+/// `unrenderable`, `relation_mismatch`, `unknown_gap`, `manual`).
+pub const NAMESPACE_FLUSHES_TOTAL: &str = "walcached_namespace_flushes_total";
+/// Histogram: seconds from a batch's first commit being received to its publication.
+pub const PUBLISH_LATENCY_SECONDS: &str = "walcached_publish_latency_seconds";
+/// Counter: errors. Labels: `kind` (`postgres`, `redis`, `decode`, `config`).
+pub const ERRORS_TOTAL: &str = "walcached_errors_total";
+/// Counter: reconnects. Labels: `to` (`postgres`, `redis`).
+pub const RECONNECTS_TOTAL: &str = "walcached_reconnects_total";
+/// Gauge: 1 while streaming and caught up (heartbeats are being sent), else 0.
+pub const CAUGHT_UP: &str = "walcached_caught_up";
+/// Gauge: committed transactions whose changes are not yet visible to new snapshots, waiting
+/// for their second invalidation (DESIGN contract 3).
+pub const VISIBILITY_PENDING: &str = "walcached_visibility_pending";
+/// Counter: second invalidations sent once a transaction became visible.
+pub const VISIBILITY_REINVALIDATIONS_TOTAL: &str = "walcached_visibility_reinvalidations_total";

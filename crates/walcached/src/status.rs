@@ -1,0 +1,48 @@
+//! Shared daemon state for health checks and operators.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// What `/healthz` and `/readyz` report.
+#[derive(Debug, Default)]
+pub struct Status {
+    streaming: AtomicBool,
+    caught_up: AtomicBool,
+    confirmed_lsn: AtomicU64,
+    published_seq: AtomicU64,
+}
+
+impl Status {
+    /// Connected to PostgreSQL and Redis and reading the stream.
+    pub fn is_streaming(&self) -> bool {
+        self.streaming.load(Ordering::Acquire)
+    }
+    /// Streaming with nothing waiting to be published (heartbeats flowing).
+    pub fn is_caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+    /// The last LSN confirmed to PostgreSQL.
+    pub fn confirmed_lsn(&self) -> u64 {
+        self.confirmed_lsn.load(Ordering::Acquire)
+    }
+    /// The sequence number of the last data message published in this epoch.
+    pub fn published_seq(&self) -> u64 {
+        self.published_seq.load(Ordering::Acquire)
+    }
+    pub(crate) fn set_streaming(&self, v: bool) {
+        self.streaming.store(v, Ordering::Release);
+        if !v {
+            self.set_caught_up(false);
+        }
+    }
+    pub(crate) fn set_caught_up(&self, v: bool) {
+        if self.caught_up.swap(v, Ordering::AcqRel) != v {
+            metrics::gauge!(crate::metrics::CAUGHT_UP).set(if v { 1.0 } else { 0.0 });
+        }
+    }
+    pub(crate) fn set_confirmed_lsn(&self, lsn: u64) {
+        self.confirmed_lsn.store(lsn, Ordering::Release);
+    }
+    pub(crate) fn set_published_seq(&self, seq: u64) {
+        self.published_seq.store(seq, Ordering::Release);
+    }
+}

@@ -1,0 +1,432 @@
+//! The `walcached` binary: exit codes, `check` against real servers, `run` with its HTTP
+//! endpoint and SIGTERM.
+
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use walcache_testkit::{wait_until, PgServer, RedisServer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_walcached");
+const DEADLINE: Duration = Duration::from_secs(30);
+
+const EXIT_OK: i32 = 0;
+const EXIT_CONFIG: i32 = 2;
+const EXIT_CHECK_FAILED: i32 = 3;
+
+/// A configuration file that lives as long as the value.
+struct ConfigFile(tempfile::NamedTempFile);
+
+impl ConfigFile {
+    fn new(text: &str) -> ConfigFile {
+        let mut file = tempfile::Builder::new()
+            .suffix(".toml")
+            .tempfile()
+            .expect("temp file");
+        std::io::Write::write_all(&mut file, text.as_bytes()).expect("write config");
+        ConfigFile(file)
+    }
+
+    fn path(&self) -> &str {
+        self.0.path().to_str().expect("utf-8 temp path")
+    }
+}
+
+/// `walcached ARGS`, with no `WALCACHED_*` variable inherited from the developer's shell.
+fn command(args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("WALCACHED_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// Run `walcached SUBCOMMAND --config FILE` to completion.
+async fn walcached(subcommand: &str, config: &str) -> Output {
+    let file = ConfigFile::new(config);
+    let run = command(&[subcommand, "--config", file.path()]).output();
+    tokio::time::timeout(DEADLINE, run)
+        .await
+        .expect("walcached finishes")
+        .expect("walcached runs")
+}
+
+/// Exit code, stdout and stderr, for assertions and their messages.
+fn outcome(out: &Output) -> (i32, String, String) {
+    (
+        out.status.code().expect("exited, not killed by a signal"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn config_toml(pg_url: &str, redis_url: &str, rules: &str) -> String {
+    format!(
+        r#"
+[postgres]
+url = "{pg_url}"
+
+[redis]
+url = "{redis_url}"
+
+[http]
+listen = ""
+
+{rules}
+"#
+    )
+}
+
+const USERS_RULE: &str = r#"
+[[rules]]
+table = "public.users"
+namespace = "users"
+keys = ["{id}"]
+tags = ["users"]
+"#;
+
+/// A PostgreSQL with a database holding `users (id bigint primary key, email text)`, and a
+/// Redis.
+struct Setup {
+    pg: PgServer,
+    db: String,
+    redis: RedisServer,
+}
+
+impl Setup {
+    async fn start() -> Setup {
+        let pg = PgServer::start().expect("postgres");
+        let redis = RedisServer::start().expect("redis");
+        let db = pg.create_database("cli").await.expect("database");
+        pg.connect(&db)
+            .await
+            .expect("connect")
+            .batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL)")
+            .await
+            .expect("create table");
+        Setup { pg, db, redis }
+    }
+
+    fn config(&self, rules: &str) -> String {
+        config_toml(&self.pg.url(&self.db), &self.redis.url(), rules)
+    }
+}
+
+#[tokio::test]
+async fn help_lists_both_subcommands_exit_codes_and_environment() {
+    let out = command(&["--help"]).output().await.expect("runs");
+    let (code, stdout, _) = outcome(&out);
+    assert_eq!(code, EXIT_OK);
+    for needle in [
+        "run",
+        "check",
+        "Exit codes",
+        "WALCACHED_POSTGRES_URL",
+        "WALCACHED_POSTGRES_PASSWORD",
+        "WALCACHED_REDIS_URL",
+        "RUST_LOG",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "--help lacks {needle:?}:\n{stdout}"
+        );
+    }
+    let out = command(&["check", "--help"]).output().await.expect("runs");
+    let (code, stdout, _) = outcome(&out);
+    assert_eq!(code, EXIT_OK);
+    assert!(stdout.contains("--config"), "{stdout}");
+}
+
+#[tokio::test]
+async fn check_passes_on_a_good_setup() {
+    let setup = Setup::start().await;
+    let out = walcached("check", &setup.config(USERS_RULE)).await;
+    let (code, stdout, stderr) = outcome(&out);
+    assert_eq!(code, EXIT_OK, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for subject in [
+        "postgres.url",
+        "wal_level",
+        "postgres role",
+        "replication connection",
+        "synchronous_standby_names",
+        "rules[0].table",
+        "postgres.publication",
+        "postgres.slot",
+        "redis.url",
+        "redis maxmemory-policy",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("ok") && l.contains(subject)),
+            "no ok line for {subject}:\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains("problem"), "{stdout}");
+}
+
+#[tokio::test]
+async fn an_unknown_field_is_a_configuration_error() {
+    let text = config_toml(
+        "postgres://u@127.0.0.1:1/db",
+        "redis://127.0.0.1:1/",
+        USERS_RULE,
+    )
+    .replace("keys = [", "kees = [");
+    for subcommand in ["check", "run"] {
+        let (code, _, stderr) = outcome(&walcached(subcommand, &text).await);
+        assert_eq!(code, EXIT_CONFIG, "{subcommand}: {stderr}");
+        assert!(stderr.contains("kees"), "{subcommand}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn a_bad_url_is_a_configuration_error_naming_the_field() {
+    let text = config_toml("nonsense://", "redis://127.0.0.1:1/", USERS_RULE);
+    let (code, _, stderr) = outcome(&walcached("check", &text).await);
+    assert_eq!(code, EXIT_CONFIG, "{stderr}");
+    assert!(stderr.contains("postgres.url"), "{stderr}");
+
+    let text = config_toml("postgres://u@127.0.0.1:1/db", "http://x", USERS_RULE);
+    let (code, _, stderr) = outcome(&walcached("run", &text).await);
+    assert_eq!(code, EXIT_CONFIG, "{stderr}");
+    assert!(stderr.contains("redis.url"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_missing_config_file_is_a_configuration_error() {
+    let out = command(&["check", "--config", "/nonexistent/walcached.toml"])
+        .output()
+        .await
+        .expect("runs");
+    let (code, _, stderr) = outcome(&out);
+    assert_eq!(code, EXIT_CONFIG, "{stderr}");
+    assert!(stderr.contains("--config"), "{stderr}");
+}
+
+#[tokio::test]
+async fn check_names_an_unknown_table() {
+    let setup = Setup::start().await;
+    let rules = USERS_RULE.replace("public.users", "public.nope");
+    let (code, stdout, stderr) = outcome(&walcached("check", &setup.config(&rules)).await);
+    assert_eq!(
+        code, EXIT_CHECK_FAILED,
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        problem_lines(&stdout).any(|l| l.contains("rules[0].table") && l.contains("nope")),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn check_names_an_unknown_column() {
+    let setup = Setup::start().await;
+    let rules = USERS_RULE.replace("{id}", "{nope}");
+    let (code, stdout, stderr) = outcome(&walcached("check", &setup.config(&rules)).await);
+    assert_eq!(
+        code, EXIT_CHECK_FAILED,
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        problem_lines(&stdout).any(|l| l.contains("rules[0].keys[0]") && l.contains("nope")),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn check_gives_the_replica_identity_fix_for_a_column_outside_it() {
+    let setup = Setup::start().await;
+    let rules = USERS_RULE.replace(
+        r#"keys = ["{id}"]"#,
+        r#"keys = ["{id}", "by_email:{email}"]"#,
+    );
+    let (code, stdout, stderr) = outcome(&walcached("check", &setup.config(&rules)).await);
+    assert_eq!(
+        code, EXIT_CHECK_FAILED,
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        problem_lines(&stdout).any(|l| l.contains("rules[0].keys[1]")
+            && l.contains("ALTER TABLE \"public\".\"users\" REPLICA IDENTITY FULL")),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn check_gives_the_privilege_fix_for_a_role_without_replication() {
+    let setup = Setup::start().await;
+    setup
+        .pg
+        .connect(&setup.db)
+        .await
+        .expect("connect")
+        .batch_execute(
+            "CREATE ROLE app LOGIN NOREPLICATION NOSUPERUSER; GRANT SELECT ON users TO app",
+        )
+        .await
+        .expect("create role");
+    let url = format!("postgres://app@127.0.0.1:{}/{}", setup.pg.port(), setup.db);
+    let text = config_toml(&url, &setup.redis.url(), USERS_RULE);
+    let (code, stdout, stderr) = outcome(&walcached("check", &text).await);
+    assert_eq!(
+        code, EXIT_CHECK_FAILED,
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        problem_lines(&stdout).any(|l| l.contains("ALTER ROLE \"app\" REPLICATION;")),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn check_refuses_to_become_a_synchronous_standby() {
+    // A cluster of its own: the setting is cluster-wide.
+    let setup = Setup::start().await;
+    let admin = setup.pg.connect("postgres").await.expect("connect");
+    for sql in [
+        "ALTER SYSTEM SET synchronous_standby_names = 'walcached'",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.batch_execute(sql).await.expect(sql);
+    }
+    // The reload is asynchronous: wait until new sessions see it.
+    let pg = &setup.pg;
+    wait_until("the reload to apply", DEADLINE, || async {
+        match pg.connect("postgres").await {
+            Ok(c) => c
+                .query_one("SHOW synchronous_standby_names", &[])
+                .await
+                .is_ok_and(|row| row.get::<_, String>(0) == "walcached"),
+            Err(_) => false,
+        }
+    })
+    .await
+    .expect("reloaded");
+    let (code, stdout, stderr) = outcome(&walcached("check", &setup.config(USERS_RULE)).await);
+    assert_eq!(
+        code, EXIT_CHECK_FAILED,
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        problem_lines(&stdout)
+            .any(|l| l.contains("synchronous_standby_names") && l.contains("synchronous standby")),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn check_rejects_an_allkeys_eviction_policy() {
+    let setup = Setup::start().await;
+    let mut redis = setup
+        .redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .exec_async(&mut redis)
+        .await
+        .expect("CONFIG SET");
+    let (code, stdout, stderr) = outcome(&walcached("check", &setup.config(USERS_RULE)).await);
+    assert_eq!(
+        code, EXIT_CHECK_FAILED,
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        problem_lines(&stdout).any(|l| l.contains("maxmemory-policy") && l.contains("allkeys-lru")),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn run_serves_health_and_exits_cleanly_on_sigterm() {
+    let setup = Setup::start().await;
+    let listen = free_local_addr();
+    let text = setup
+        .config(USERS_RULE)
+        .replace("listen = \"\"", &format!("listen = \"{listen}\""));
+    let file = ConfigFile::new(&text);
+    let mut child = command(&["run", "--config", file.path()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn walcached");
+
+    wait_until("/readyz to answer 200", DEADLINE, || async {
+        matches!(http_get(&listen, "/readyz").await, Some((200, _)))
+    })
+    .await
+    .expect("the daemon becomes ready");
+    let (status, body) = http_get(&listen, "/healthz").await.expect("/healthz");
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, body) = http_get(&listen, "/metrics").await.expect("/metrics");
+    assert_eq!(status, 200);
+    assert!(body.contains("walcached_caught_up"), "{body}");
+
+    let pid = child.id().expect("running").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .expect("wait");
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_string(&mut stderr).await.expect("stderr");
+    }
+    assert_eq!(status.code(), Some(EXIT_OK), "{stderr}");
+}
+
+#[tokio::test]
+async fn run_reports_a_taken_http_address_as_a_configuration_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listen = taken.local_addr().expect("addr").to_string();
+    let text = config_toml(
+        "postgres://u@127.0.0.1:1/db",
+        "redis://127.0.0.1:1/",
+        USERS_RULE,
+    )
+    .replace("listen = \"\"", &format!("listen = \"{listen}\""));
+    let (code, _, stderr) = outcome(&walcached("run", &text).await);
+    assert_eq!(code, EXIT_CONFIG, "{stderr}");
+    assert!(
+        stderr.contains("http.listen") && stderr.contains(&listen),
+        "{stderr}"
+    );
+}
+
+fn problem_lines(stdout: &str) -> impl Iterator<Item = &str> {
+    stdout.lines().filter(|l| l.starts_with("problem"))
+}
+
+/// A loopback address nobody listens on right now.
+fn free_local_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
+/// A minimal HTTP/1.1 GET: `(status, body)`, or `None` if nothing answers.
+async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.ok()?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}

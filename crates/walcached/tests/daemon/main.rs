@@ -1,0 +1,6 @@
+//! walcached's integration tests, against real PostgreSQL and Redis servers from the test kit.
+#![allow(missing_docs)]
+
+mod cli;
+mod pipeline;
+mod support;

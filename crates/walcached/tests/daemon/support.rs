@@ -1,0 +1,187 @@
+//! Shared setup: servers, a daemon running in-process, and a listener on the invalidation
+//! channel.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+use walcache_protocol::{Body, Message, Naming};
+use walcache_testkit::{wait_until, PgServer, RedisServer};
+use walcached::config::Config;
+use walcached::status::Status;
+
+pub(crate) const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A daemon running in this process, stopped (politely) on drop.
+pub(crate) struct Daemon {
+    pub(crate) status: Arc<Status>,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<Result<(), walcached::pipeline::RunError>>>,
+}
+
+impl Daemon {
+    pub(crate) async fn start(config_toml: &str) -> Daemon {
+        let config = Config::parse(config_toml, &HashMap::<String, String>::new()).expect("config");
+        let status = Arc::new(Status::default());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(walcached::pipeline::run(
+            config,
+            shutdown.clone(),
+            Arc::clone(&status),
+        ));
+        let d = Daemon {
+            status,
+            shutdown,
+            task: Some(task),
+        };
+        let status = Arc::clone(&d.status);
+        wait_until("daemon caught up", DEADLINE, || async {
+            status.is_caught_up()
+        })
+        .await
+        .expect("the daemon starts streaming");
+        d
+    }
+
+    /// SIGTERM's path: stop reading, publish in-flight, confirm, return.
+    pub(crate) async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            t.await.expect("daemon task").expect("clean stop");
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The config for one PostgreSQL database and one Redis, with the given rules.
+pub(crate) fn config(pg: &PgServer, db: &str, redis: &RedisServer, rules: &str) -> String {
+    format!(
+        r#"
+[postgres]
+url = "{pg}"
+
+[redis]
+url = "{redis}"
+
+[stream]
+heartbeat_interval_ms = 50
+status_interval_ms = 200
+
+[http]
+listen = ""
+
+{rules}
+"#,
+        pg = pg.url(db),
+        redis = redis.url()
+    )
+}
+
+/// Collects every message published on the invalidation channel.
+pub(crate) struct Listener {
+    messages: Arc<Mutex<Vec<Message>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Listener {
+    pub(crate) async fn start(redis: &RedisServer) -> Listener {
+        let mut pubsub = redis.client().get_async_pubsub().await.expect("pubsub");
+        pubsub
+            .subscribe(Naming::default().invalidation_channel())
+            .await
+            .expect("subscribe");
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&messages);
+        let task = tokio::spawn(async move {
+            let mut stream = pubsub.into_on_message();
+            while let Some(m) = stream.next().await {
+                let decoded = Message::decode(m.get_payload_bytes())
+                    .expect("the daemon publishes valid messages");
+                sink.lock().unwrap().push(decoded);
+            }
+        });
+        Listener {
+            messages,
+            _task: task,
+        }
+    }
+
+    /// Every data (non-heartbeat) message so far.
+    pub(crate) fn data(&self) -> Vec<Message> {
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| !m.is_heartbeat())
+            .cloned()
+            .collect()
+    }
+
+    /// Keys announced so far, as `namespace/key`.
+    pub(crate) fn keys(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for m in self.data() {
+            if let Body::Keys(keys) = m.body {
+                out.extend(
+                    keys.into_iter()
+                        .map(|k| format!("{}/{}", k.namespace, k.key)),
+                );
+            }
+        }
+        out
+    }
+
+    pub(crate) fn tags(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for m in self.data() {
+            if let Body::Tags(t) = m.body {
+                out.extend(t);
+            }
+        }
+        out
+    }
+
+    pub(crate) fn flushes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for m in self.data() {
+            if let Body::Flush(ns) = m.body {
+                out.extend(ns);
+            }
+        }
+        out
+    }
+
+    pub(crate) fn clear(&self) {
+        self.messages.lock().unwrap().clear();
+    }
+
+    /// Wait until every one of `keys` (as `namespace/key`) has been announced.
+    pub(crate) async fn wait_keys(&self, keys: &[&str]) {
+        wait_until("keys announced", DEADLINE, || async {
+            let seen = self.keys();
+            keys.iter().all(|k| seen.iter().any(|s| s == k))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}: wanted {keys:?}, saw {:?}", self.keys()));
+    }
+}
+
+/// The slot's confirmed position and the server's current WAL position.
+pub(crate) async fn confirmed_and_current(db: &tokio_postgres::Client) -> (u64, u64) {
+    let row = db
+        .query_one(
+            "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::int8, (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8 \
+             FROM pg_replication_slots WHERE slot_name = 'walcached'",
+            &[],
+        )
+        .await
+        .expect("slot position");
+    (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64)
+}
