@@ -394,19 +394,21 @@ struct TxnRecord {
     items: Batch,
 }
 
-/// One transaction being decoded.
+/// One transaction being decoded: its invalidations, deduplicated, in bounded memory.
 #[derive(Debug, Default)]
 struct Transaction {
     xid: u32,
-    items: Vec<Invalidation>,
+    items: Batch,
     keys_per_namespace: HashMap<String, usize>,
-    flushed: Vec<String>,
 }
 
 impl Transaction {
     fn add(&mut self, inv: Invalidation, large: usize) {
-        if let Invalidation::Key { namespace, .. } = &inv {
-            if self.flushed.contains(namespace) {
+        if let Invalidation::Key { namespace, key } = &inv {
+            if self.items.flushes.contains(namespace) {
+                return;
+            }
+            if self.items.keys.contains(&(namespace.clone(), key.clone())) {
                 return;
             }
             let n = self
@@ -417,17 +419,14 @@ impl Transaction {
             if *n > large {
                 // Too large to list key by key: one namespace flush, memory stays bounded.
                 let ns = namespace.clone();
-                self.items.retain(
-                    |i| !matches!(i, Invalidation::Key { namespace, .. } if *namespace == ns),
-                );
+                self.items.keys.retain(|(n, _)| *n != ns);
                 metrics::counter!(m::NAMESPACE_FLUSHES_TOTAL, "reason" => "large_transaction")
                     .increment(1);
-                self.items.push(Invalidation::Flush(ns.clone()));
-                self.flushed.push(ns);
+                self.items.flushes.insert(ns);
                 return;
             }
         }
-        self.items.push(inv);
+        self.items.extend([inv]);
     }
 }
 
@@ -553,8 +552,7 @@ impl Streamer<'_> {
                                     let t = txn.take().unwrap_or_default();
                                     metrics::counter!(m::TRANSACTIONS_TOTAL).increment(1);
                                     if !t.items.is_empty() {
-                                        let mut own = Batch::default();
-                                        own.extend(t.items);
+                                        let mut own = t.items;
                                         own.lsn = c.end_lsn.0;
                                         batch.extend_from(&own);
                                         self.batch_txns.push(TxnRecord { xid: t.xid, commit_lsn: c.commit_lsn, items: own });
@@ -627,6 +625,7 @@ impl Streamer<'_> {
                 }
                 _ = run_id_tick.tick() => {
                     self.check_redis_identity(stream, shutdown).await;
+                    self.export_slot_metrics().await;
                 }
             }
         }
@@ -729,6 +728,24 @@ impl Streamer<'_> {
         self.send_status(stream).await
     }
 
+    /// WAL the slot holds back: without a consumer it grows without limit (set
+    /// `max_slot_wal_keep_size`).
+    async fn export_slot_metrics(&self) {
+        let row = self
+            .control
+            .query_opt(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::float8 \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.config.postgres.slot],
+            )
+            .await;
+        if let Ok(Some(row)) = row {
+            if let Ok(Some(bytes)) = row.try_get::<_, Option<f64>>(0) {
+                metrics::gauge!(m::SLOT_RETAINED_WAL_BYTES).set(bytes);
+            }
+        }
+    }
+
     fn count_change(&self, relation_id: u32) {
         if let Some(ns) = self.mapper.namespace_of(relation_id) {
             metrics::counter!(m::CHANGES_TOTAL, "namespace" => ns.to_owned()).increment(1);
@@ -762,6 +779,12 @@ impl Streamer<'_> {
             return Ok(());
         }
         metrics::histogram!(m::PUBLISH_LATENCY_SECONDS).record(first.elapsed());
+        // Commit (server clock) → published (ours): the replication lag in seconds.
+        let now_micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        let lag = now_micros.saturating_sub(batch.commit_time_micros).max(0);
+        metrics::gauge!(m::REPLICATION_LAG_SECONDS).set(lag as f64 / 1e6);
         self.status.set_published_seq(self.publisher.seq());
         // Transactions not yet visible to new snapshots get a second invalidation later.
         let txns = std::mem::take(&mut self.batch_txns);

@@ -416,20 +416,46 @@ async fn a_fill_during_the_visibility_window_does_not_survive() {
         "old"
     );
 
+    db.batch_execute("CREATE TABLE probe (n int)")
+        .await
+        .unwrap();
     db.execute("ALTER SYSTEM SET synchronous_standby_names = 'ghost'", &[])
         .await
         .unwrap();
     db.execute("SELECT pg_reload_conf()", &[]).await.unwrap();
-    wait_until("setting active", DEADLINE, || async {
-        let v: String = db
-            .query_one("SHOW synchronous_standby_names", &[])
+    // Backends see the reload at once, but commits only wait once the checkpointer has
+    // processed it too: probe with a throwaway commit until one waits.
+    wait_until("commits wait for the ghost standby", DEADLINE, || async {
+        let prober = pg.connect(&dbname).await.unwrap();
+        let pid: i32 = prober
+            .query_one("SELECT pg_backend_pid()", &[])
             .await
             .unwrap()
             .get(0);
-        v == "ghost"
+        let probe = tokio::spawn(async move {
+            prober
+                .execute("INSERT INTO probe VALUES (1)", &[])
+                .await
+                .map(|_| ())
+        });
+        let waited = wait_until(
+            "probe waits or finishes",
+            Duration::from_secs(5),
+            || async { probe.is_finished() || syncrep_waiting(&db, pid).await },
+        )
+        .await
+        .is_ok()
+            && syncrep_waiting(&db, pid).await;
+        if waited {
+            db.execute("SELECT pg_cancel_backend($1)", &[&pid])
+                .await
+                .unwrap();
+        }
+        let _ = probe.await;
+        waited
     })
     .await
-    .unwrap();
+    .expect("synchronous replication in force");
 
     // The writer's autocommit UPDATE hangs in SyncRep.
     let writer = pg.connect(&dbname).await.unwrap();
@@ -445,13 +471,7 @@ async fn a_fill_during_the_visibility_window_does_not_survive() {
             .map(|_| ())
     });
     wait_until("writer waits for the ghost standby", DEADLINE, || async {
-        db.query_opt(
-            "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'SyncRep'",
-            &[&writer_pid],
-        )
-        .await
-        .unwrap()
-        .is_some()
+        syncrep_waiting(&db, writer_pid).await
     })
     .await
     .expect("the commit waits");
@@ -498,4 +518,132 @@ async fn a_fill_during_the_visibility_window_does_not_survive() {
         .unwrap();
     db.execute("SELECT pg_reload_conf()", &[]).await.unwrap();
     daemon.stop().await;
+}
+
+/// The daemon killed mid-stream (SIGKILL, not a polite shutdown) and restarted: every
+/// committed change is announced (duplicates allowed, losses not), and the slot's confirmed
+/// position is never ahead of what was published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_daemon_loses_nothing_on_restart() {
+    const ROWS: i64 = 300;
+    let pg = PgServer::start().expect("postgres");
+    let redis = RedisServer::start().expect("redis");
+    let (dbname, db) = users_db(&pg).await;
+    let listener = Listener::start(&redis).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("walcached.toml");
+    std::fs::write(&config_path, config(&pg, &dbname, &redis, USERS_RULE)).unwrap();
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_walcached"))
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start walcached")
+    };
+    let mut daemon = spawn();
+    // Rows written before the daemon made its slot are not in the stream (its start-up
+    // flush covers them): start writing once it streams.
+    listener.wait_heartbeat().await;
+    // Each insert's commit ends at or before the WAL position read right after it.
+    let mut upper_bounds: Vec<(i64, u64)> = Vec::new();
+    let mut kills = 0;
+    for id in 1..=ROWS {
+        db.execute("INSERT INTO users VALUES ($1, 'x', NULL)", &[&id])
+            .await
+            .unwrap();
+        let lsn: i64 = db
+            .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8", &[])
+            .await
+            .unwrap()
+            .get(0);
+        upper_bounds.push((id, lsn as u64));
+        // Kill it three times, wherever it happens to be.
+        if id % 70 == 0 && kills < 3 {
+            daemon.kill().expect("SIGKILL");
+            daemon.wait().unwrap();
+            kills += 1;
+            // Nothing confirmed may be unannounced.
+            assert_confirmed_were_announced(&db, &listener, &upper_bounds).await;
+            daemon = spawn();
+        }
+        if id % 50 == 0 {
+            assert_confirmed_were_announced(&db, &listener, &upper_bounds).await;
+        }
+    }
+    assert_eq!(kills, 3, "the daemon was killed mid-stream");
+    let wanted: Vec<String> = (1..=ROWS).map(|i| format!("users/{i}")).collect();
+    let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+    listener.wait_keys(&wanted).await;
+    assert_confirmed_were_announced(&db, &listener, &upper_bounds).await;
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+}
+
+async fn assert_confirmed_were_announced(
+    db: &tokio_postgres::Client,
+    listener: &Listener,
+    upper_bounds: &[(i64, u64)],
+) {
+    let (confirmed, _) = confirmed_and_current(db).await;
+    let must: Vec<String> = upper_bounds
+        .iter()
+        .filter(|(_, u)| *u <= confirmed)
+        .map(|(id, _)| format!("users/{id}"))
+        .collect();
+    // The announcement precedes the confirmation; give the listener's socket time to deliver.
+    let must: Vec<&str> = must.iter().map(String::as_str).collect();
+    listener.wait_keys(&must).await;
+}
+
+/// A transaction too large to list key by key becomes one namespace flush: memory stays
+/// bounded and no message nears Redis's pub/sub output limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_transaction_becomes_a_namespace_flush() {
+    let pg = PgServer::start().expect("postgres");
+    let redis = RedisServer::start().expect("redis");
+    let (dbname, db) = users_db(&pg).await;
+    let listener = Listener::start(&redis).await;
+    let toml = config(&pg, &dbname, &redis, USERS_RULE)
+        .replace("[stream]", "[stream]\nlarge_transaction_keys = 100");
+    let daemon = Daemon::start(&toml).await;
+    listener.clear();
+    db.execute(
+        "INSERT INTO users SELECT g, 'u' || g || '@x.org', NULL FROM generate_series(1, 5000) g",
+        &[],
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "INSERT INTO users VALUES (100000, 'small@x.org', NULL)",
+        &[],
+    )
+    .await
+    .unwrap();
+    listener.wait_keys(&["users/100000"]).await;
+    assert!(
+        listener.flushes().contains(&"users".to_owned()),
+        "the big one flushed the namespace"
+    );
+    let keys = listener.keys();
+    assert!(
+        keys.len() <= 2 * 100 + 2,
+        "not listed key by key: {} keys",
+        keys.len()
+    );
+    for m in listener.data() {
+        assert!(m.encoded_len() < 64 * 1024, "messages stay small");
+    }
+    daemon.stop().await;
+}
+
+async fn syncrep_waiting(db: &tokio_postgres::Client, pid: i32) -> bool {
+    db.query_opt(
+        "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'SyncRep'",
+        &[&pid],
+    )
+    .await
+    .unwrap()
+    .is_some()
 }

@@ -158,6 +158,25 @@ impl Listener {
         out
     }
 
+    /// Wait for a heartbeat: the daemon is streaming and caught up.
+    pub(crate) async fn wait_heartbeat(&self) {
+        let before = self.heartbeats();
+        wait_until("a heartbeat", DEADLINE, || async {
+            self.heartbeats() > before
+        })
+        .await
+        .expect("the daemon is streaming");
+    }
+
+    fn heartbeats(&self) -> usize {
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.is_heartbeat())
+            .count()
+    }
+
     pub(crate) fn clear(&self) {
         self.messages.lock().unwrap().clear();
     }
