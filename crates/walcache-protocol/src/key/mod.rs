@@ -119,13 +119,13 @@ impl<'a> KeyPart<'a> {
         match self {
             KeyPart::Null => out.push('~'),
             KeyPart::Bool(b) => out.push(if *b { 't' } else { 'f' }),
-            KeyPart::Int(i) => push_display(out, i),
+            KeyPart::Int(i) => out.push_str(itoa::Buffer::new().format(*i)),
             KeyPart::Text(s) => escape_text(s, out),
             KeyPart::Uuid(u) => write_uuid(*u, out),
             KeyPart::Bytes(b) => write_hex(b, out),
             KeyPart::Timestamp(i64::MAX) => out.push_str("inf"),
             KeyPart::Timestamp(i64::MIN) => out.push_str("-inf"),
-            KeyPart::Timestamp(t) => push_display(out, t),
+            KeyPart::Timestamp(t) => out.push_str(itoa::Buffer::new().format(*t)),
             KeyPart::Date(i32::MAX) => out.push_str("inf"),
             KeyPart::Date(i32::MIN) => out.push_str("-inf"),
             KeyPart::Date(d) => {

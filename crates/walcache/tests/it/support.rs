@@ -11,7 +11,7 @@ use walcache::Walcache;
 use walcache_protocol::{Body, KeyRef, Message, Naming};
 use walcache_testkit::{wait_until, RedisServer};
 
-pub(crate) const DEADLINE: Duration = Duration::from_secs(10);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
 
 /// A global recorder whose counters can be read without resetting them.
 #[derive(Default)]
