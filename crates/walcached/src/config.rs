@@ -67,6 +67,9 @@ pub struct Config {
     /// Table → namespace, keys and tags.
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// The periodic full refresh of L2.
+    #[serde(default)]
+    pub refresh: crate::refresh::RefreshConfig,
 }
 
 /// `[postgres]`
@@ -392,6 +395,13 @@ impl Config {
             "WALCACHED_STREAM_MAX_MESSAGE_BYTES",
             &mut s.max_message_bytes,
         )?;
+        let r = &mut self.refresh;
+        num(env, "WALCACHED_REFRESH_INTERVAL_SECS", &mut r.interval_secs)?;
+        num(
+            env,
+            "WALCACHED_REFRESH_MAX_DELETES_PER_SECOND",
+            &mut r.max_deletes_per_second,
+        )?;
         if let (None, Some(path)) = (&self.postgres.password, &self.postgres.password_file) {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 ConfigError::new(
@@ -488,6 +498,7 @@ impl Config {
                 ),
             ));
         }
+        self.refresh.validate()?;
         if self.rules.is_empty() {
             return Err(ConfigError::new(
                 "rules",

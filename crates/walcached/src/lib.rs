@@ -13,4 +13,5 @@ pub mod mapping;
 pub mod metrics;
 pub mod pipeline;
 pub mod publisher;
+pub mod refresh;
 pub mod status;

@@ -11,12 +11,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing_subscriber::EnvFilter;
 use walcached::config::{Config, ConfigError, ProcessEnv};
+use walcached::refresh::{self, RefreshProgress};
 use walcached::status::Status;
 use walcached::{check, http, pipeline};
 
 /// Exit code: success (`run` shut down cleanly, or `check` found no problem).
 const EXIT_OK: u8 = 0;
-/// Exit code: a failure while running (lost a server for good, an internal error).
+/// Exit code: a failure while running (lost a server for good, an internal error, or Redis
+/// failing during `refresh`).
 const EXIT_RUNTIME: u8 = 1;
 /// Exit code: the configuration (file, field, environment variable or command line) is wrong.
 const EXIT_CONFIG: u8 = 2;
@@ -28,8 +30,9 @@ const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 const AFTER_HELP: &str = "\
 Exit codes:
-  0  success: `run` shut down cleanly (SIGTERM or ctrl-c), or `check` found no problem
-  1  runtime failure
+  0  success: `run` shut down cleanly (SIGTERM or ctrl-c), `check` found no problem, or
+     `refresh` completed a cycle
+  1  runtime failure (for `refresh`: a Redis error; run it again)
   2  configuration error: the file, a field, an environment variable or the command line
      (printed as `field: problem`)
   3  `check` found a prerequisite that does not hold
@@ -50,6 +53,8 @@ Environment overrides (applied over the file):
   WALCACHED_STREAM_STATUS_INTERVAL_MS        stream.status_interval_ms
   WALCACHED_STREAM_LARGE_TRANSACTION_KEYS    stream.large_transaction_keys
   WALCACHED_STREAM_MAX_MESSAGE_BYTES         stream.max_message_bytes
+  WALCACHED_REFRESH_INTERVAL_SECS            refresh.interval_secs (0 disables the schedule)
+  WALCACHED_REFRESH_MAX_DELETES_PER_SECOND   refresh.max_deletes_per_second
   WALCACHED_LOG_FORMAT                       --log-format
   RUST_LOG                                   log filter (default: info), e.g. walcached=debug";
 
@@ -93,6 +98,15 @@ enum Command {
     /// maxmemory-policy. Changes nothing. Exits 0 when everything holds, 3 otherwise.
     #[command(after_help = AFTER_HELP)]
     Check(ConfigArgs),
+    /// Run one full-refresh cycle now against Redis, print what it did, and exit.
+    ///
+    /// Walks every rule's namespace in L2 and deletes, at most refresh.max_deletes_per_second,
+    /// every value and cached "not found" filled before the cycle began, and every key that is
+    /// not the library's (leases are kept). `run` does the same every refresh.interval_secs;
+    /// keep every service's L1 time_to_live at or below that interval. Does not connect to
+    /// PostgreSQL. Exits 0 once the cycle completes, 1 on a Redis error.
+    #[command(after_help = AFTER_HELP)]
+    Refresh(ConfigArgs),
 }
 
 #[derive(Debug, Args)]
@@ -118,6 +132,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run(&args).await,
             Command::Check(args) => check(&args).await,
+            Command::Refresh(args) => refresh_now(&args).await,
         }
     });
     ExitCode::from(code)
@@ -175,10 +190,61 @@ async fn check(args: &ConfigArgs) -> u8 {
     }
 }
 
+/// The distinct namespaces of the rules: what the full refresh walks.
+fn served_namespaces(config: &Config) -> Vec<String> {
+    let set: std::collections::BTreeSet<&str> =
+        config.rules.iter().map(|r| r.namespace.as_str()).collect();
+    set.into_iter().map(str::to_owned).collect()
+}
+
+fn redis_client(config: &Config) -> Result<redis::Client, u8> {
+    // Validated with the configuration; an error here is still the configuration's.
+    redis::Client::open(config.redis.url.expose())
+        .map_err(|e| fail(EXIT_CONFIG, "configuration error: redis.url", &e))
+}
+
+async fn refresh_now(args: &ConfigArgs) -> u8 {
+    let config = match load(args) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let client = match redis_client(&config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let progress = RefreshProgress::default();
+    match refresh::run_cycle(
+        &client,
+        &config.naming(),
+        &served_namespaces(&config),
+        &config.refresh,
+        &progress,
+    )
+    .await
+    {
+        Ok(report) => {
+            println!("{report}");
+            EXIT_OK
+        }
+        Err(e) => {
+            println!(
+                "refresh incomplete: {} keys scanned, {} keys deleted before the error",
+                progress.keys_scanned(),
+                progress.keys_deleted()
+            );
+            fail(EXIT_RUNTIME, "refresh failed: redis error", &e)
+        }
+    }
+}
+
 async fn run(args: &ConfigArgs) -> u8 {
     let config = match load(args) {
         Ok(c) => c,
         Err(e) => return config_error(&e),
+    };
+    let refresh_client = match redis_client(&config) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     // First, so a SIGTERM during start-up is a graceful shutdown too.
     let signals = match Signals::install() {
@@ -215,6 +281,14 @@ async fn run(args: &ConfigArgs) -> u8 {
         });
     }
     tracker.spawn(metrics_upkeep(handle, shutdown.clone()));
+    tracker.spawn(refresh::run_schedule(
+        refresh_client,
+        config.naming(),
+        served_namespaces(&config),
+        config.refresh.clone(),
+        Arc::new(RefreshProgress::default()),
+        shutdown.clone(),
+    ));
     let on_signal = tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
 
     let result = pipeline::run(config, shutdown.clone(), status).await;

@@ -3,4 +3,5 @@
 
 mod cli;
 mod pipeline;
+mod refresh;
 mod support;

@@ -12,7 +12,7 @@ use walcache_testkit::{wait_until, PgServer, RedisServer};
 use walcached::config::Config;
 use walcached::status::Status;
 
-pub(crate) const DEADLINE: Duration = Duration::from_secs(20);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
 
 /// A daemon running in this process, stopped (politely) on drop.
 pub(crate) struct Daemon {

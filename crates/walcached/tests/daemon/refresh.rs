@@ -1,0 +1,499 @@
+//! The full refresh (DESIGN contract 6): one cycle removes from L2 everything filled before it
+//! began — values, "not found" entries and bytes that are not the library's — and leaves leases,
+//! later fills and other namespaces alone, at a bounded delete rate.
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redis::aio::MultiplexedConnection;
+use redis::AsyncCommands;
+use tokio_util::sync::CancellationToken;
+use walcache::Walcache;
+use walcache_protocol::Naming;
+use walcache_testkit::{wait_until, RedisServer};
+use walcached::refresh::{run_cycle, run_schedule, RefreshConfig, RefreshProgress};
+
+use crate::support::DEADLINE;
+
+const BIN: &str = env!("CARGO_BIN_EXE_walcached");
+
+#[derive(Debug)]
+struct LoadError;
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("load failed")
+    }
+}
+impl std::error::Error for LoadError {}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+/// A value envelope (no tags) with the given fill time, as the library writes it.
+fn value_envelope(fill_ms: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x01];
+    out.extend_from_slice(&fill_ms.to_le_bytes());
+    out.extend_from_slice(&0_u16.to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A cached "not found" with the given fill time.
+fn negative_envelope(fill_ms: u64) -> Vec<u8> {
+    let mut out = vec![0x02];
+    out.extend_from_slice(&fill_ms.to_le_bytes());
+    out
+}
+
+fn lease() -> Vec<u8> {
+    let mut out = vec![0x00, b'L'];
+    out.extend_from_slice(b"0123456789abcdef0123456789abcdef");
+    out
+}
+
+async fn connection(redis: &RedisServer) -> MultiplexedConnection {
+    redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection")
+}
+
+async fn raw_get(conn: &mut MultiplexedConnection, key: &str) -> Option<Vec<u8>> {
+    conn.get(key).await.expect("GET")
+}
+
+async fn keys(conn: &mut MultiplexedConnection, pattern: &str) -> Vec<String> {
+    let mut k: Vec<String> = conn.keys(pattern).await.expect("KEYS");
+    k.sort();
+    k
+}
+
+fn fast() -> RefreshConfig {
+    RefreshConfig {
+        max_deletes_per_second: 1_000_000,
+        ..RefreshConfig::default()
+    }
+}
+
+fn namespaces(ns: &[&str]) -> Vec<String> {
+    ns.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_cycle_removes_everything_filled_before_it_began() {
+    let redis = RedisServer::start().expect("redis");
+    let naming = Naming::default();
+    let mut conn = connection(&redis).await;
+    let handle = Walcache::builder()
+        .redis_url(redis.url())
+        .without_invalidation_stream()
+        .build()
+        .await
+        .expect("handle");
+    let users = handle
+        .cache::<i64, String>("users")
+        .negative_ttl(Duration::from_secs(600))
+        .build()
+        .expect("cache");
+    // Generation 1: the counter `wc:{users}:gen` exists, matches `wc:{users}:g*`, and must
+    // survive (a generation going back would resurrect flushed values).
+    users.invalidate_all().await.expect("flush");
+    let posts = handle.cache::<i64, String>("posts").build().expect("cache");
+    let orders = handle
+        .cache::<i64, String>("orders")
+        .build()
+        .expect("cache");
+
+    // Filled through the library: values, a loaded value, a "not found".
+    users.insert(&1, "one".into()).await.expect("insert");
+    users.insert(&2, "two".into()).await.expect("insert");
+    let loaded = users
+        .try_get_with(&3, async { Ok::<_, LoadError>("three".to_owned()) })
+        .await
+        .expect("load");
+    assert_eq!(loaded, "three");
+    let none = users
+        .try_get_optional_with(&4, async { Ok::<Option<String>, LoadError>(None) })
+        .await
+        .expect("load");
+    assert_eq!(none, None);
+    posts.insert(&1, "post".into()).await.expect("insert");
+    orders.insert(&1, "order".into()).await.expect("insert");
+    let library_users = keys(&mut conn, "wc:{users}:g1:*").await;
+    assert_eq!(library_users.len(), 4, "{library_users:?}");
+    let library_posts = keys(&mut conn, "wc:{posts}:g*").await;
+    assert_eq!(library_posts.len(), 1, "{library_posts:?}");
+    let orders_keys = keys(&mut conn, "wc:{orders}:g*").await;
+    assert_eq!(orders_keys.len(), 1, "{orders_keys:?}");
+
+    // Written behind the daemon's back.
+    let key = |ns: &str, generation: u64, k: &str| naming.value_key(ns, generation, 1, k);
+    let corrupt = key("users", 1, "corrupt");
+    let old = key("users", 1, "old");
+    let old_negative = key("users", 1, "old-negative");
+    let old_generation = key("users", 0, "old-generation");
+    let truncated = key("users", 1, "truncated");
+    let wrong_type = key("users", 1, "wrong-type");
+    let empty = key("users", 1, "empty");
+    let () = conn.set(&corrupt, b"not an envelope").await.unwrap();
+    let () = conn.set(&old, value_envelope(1_000, b"x")).await.unwrap();
+    let () = conn
+        .set(&old_negative, negative_envelope(1_000))
+        .await
+        .unwrap();
+    let () = conn
+        .set(&old_generation, value_envelope(1_000, b"x"))
+        .await
+        .unwrap();
+    let future = now_ms() + 60_000;
+    let () = conn
+        .set(&truncated, &value_envelope(future, b"")[..9])
+        .await
+        .unwrap();
+    let () = conn.hset(&wrong_type, "f", "v").await.unwrap();
+    let () = conn.set(&empty, b"").await.unwrap();
+    // Filled after the cycle begins (its fill time is after any start the cycle can take).
+    let fresh = key("users", 1, "fresh");
+    let fresh_negative = key("posts", 0, "fresh-negative");
+    let fresh_bytes = value_envelope(future, b"fresh");
+    let () = conn.set(&fresh, &fresh_bytes).await.unwrap();
+    let () = conn
+        .set(&fresh_negative, negative_envelope(future))
+        .await
+        .unwrap();
+    let leased = key("users", 1, "leased");
+    let () = conn.pset_ex(&leased, lease(), 600_000).await.unwrap();
+
+    let progress = RefreshProgress::default();
+    let report = run_cycle(
+        &redis.client(),
+        &naming,
+        &namespaces(&["users", "posts", "users"]),
+        &fast(),
+        &progress,
+    )
+    .await
+    .expect("cycle");
+
+    assert!(
+        report.started_at_ms < future,
+        "the fresh entries were filled after the cycle began"
+    );
+    assert_eq!(report.namespaces, 2, "duplicates walked once");
+    // 4 library users + 1 library post + 7 written directly.
+    assert_eq!(report.keys_deleted, 12, "{report:?}");
+    assert_eq!(report.keys_scanned, 15, "{report:?}");
+    for k in library_users.iter().chain(&library_posts).chain([
+        &corrupt,
+        &old,
+        &old_negative,
+        &old_generation,
+        &truncated,
+        &empty,
+    ]) {
+        assert_eq!(raw_get(&mut conn, k).await, None, "{k} survived");
+    }
+    let exists: bool = conn.exists(&wrong_type).await.unwrap();
+    assert!(!exists, "a non-string at a value key is not the library's");
+
+    assert_eq!(raw_get(&mut conn, &fresh).await, Some(fresh_bytes));
+    assert_eq!(
+        raw_get(&mut conn, &fresh_negative).await,
+        Some(negative_envelope(future))
+    );
+    assert_eq!(raw_get(&mut conn, &leased).await, Some(lease()));
+    let lease_ttl: i64 = conn.pttl(&leased).await.unwrap();
+    assert!(lease_ttl > 0, "the lease keeps its own expiry");
+    assert_eq!(keys(&mut conn, "wc:{orders}:g*").await, orders_keys);
+    let generation: Option<String> = conn.get(naming.generation_key("users")).await.unwrap();
+    assert_eq!(generation.as_deref(), Some("1"));
+    let schemas: bool = conn.exists(naming.schemas_key("users")).await.unwrap();
+    assert!(schemas, "the schema set is not a value key");
+
+    // Seen from a fresh process: L2 no longer holds what was filled before the cycle.
+    let other = Walcache::builder()
+        .redis_url(redis.url())
+        .without_invalidation_stream()
+        .build()
+        .await
+        .expect("handle");
+    let users2 = other.cache::<i64, String>("users").build().expect("cache");
+    let loads = AtomicUsize::new(0);
+    for id in [1, 2, 3] {
+        let v = users2
+            .try_get_with(&id, async {
+                loads.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, LoadError>(format!("reloaded {id}"))
+            })
+            .await
+            .expect("load");
+        assert_eq!(v, format!("reloaded {id}"));
+    }
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        3,
+        "every read went to the loader"
+    );
+    let orders2 = other.cache::<i64, String>("orders").build().expect("cache");
+    let v = orders2
+        .try_get_with(&1, async { Ok::<_, LoadError>("loaded".to_owned()) })
+        .await
+        .expect("read");
+    assert_eq!(v, "order", "an unserved namespace keeps its L2");
+
+    assert_eq!(progress.cycles_completed(), 1);
+    assert_eq!(progress.keys_deleted(), 12);
+    assert_eq!(progress.keys_scanned(), 15);
+    assert_eq!(progress.last_cycle_start_ms(), report.started_at_ms);
+    assert!(progress.last_cycle_end_ms() >= report.started_at_ms);
+    assert!(!progress.in_progress());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_are_rate_limited() {
+    let redis = RedisServer::start().expect("redis");
+    let naming = Naming::default();
+    let mut conn = connection(&redis).await;
+    for i in 0..100 {
+        let () = conn
+            .set(
+                naming.value_key("bulk", 0, 1, &i.to_string()),
+                value_envelope(1_000, b"x"),
+            )
+            .await
+            .unwrap();
+    }
+    let cfg = RefreshConfig {
+        max_deletes_per_second: 200,
+        ..RefreshConfig::default()
+    };
+    let progress = RefreshProgress::default();
+    let started = Instant::now();
+    let report = run_cycle(
+        &redis.client(),
+        &naming,
+        &namespaces(&["bulk"]),
+        &cfg,
+        &progress,
+    )
+    .await
+    .expect("cycle");
+    let elapsed = started.elapsed();
+    assert_eq!(report.keys_deleted, 100);
+    assert!(keys(&mut conn, "wc:{bulk}:*").await.is_empty());
+    // 100 deletes at 200/s, with at most a tenth of a second's worth (20) ahead of the rate.
+    assert!(
+        elapsed >= Duration::from_millis(400),
+        "100 deletes at 200/s took only {elapsed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schedule_resumes_from_the_last_cycle_and_stops_on_shutdown() {
+    let redis = RedisServer::start().expect("redis");
+    let naming = Naming::default();
+    let mut conn = connection(&redis).await;
+    let old = naming.value_key("users", 0, 1, "1");
+    let () = conn.set(&old, value_envelope(1_000, b"x")).await.unwrap();
+
+    // The last cycle started more than an interval ago: the next one is due at once.
+    let () = conn.set("wc:refresh:last", 1_000_u64).await.unwrap();
+    let progress = Arc::new(RefreshProgress::default());
+    let shutdown = CancellationToken::new();
+    let schedule = tokio::spawn(run_schedule(
+        redis.client(),
+        naming.clone(),
+        namespaces(&["users"]),
+        RefreshConfig::default(),
+        Arc::clone(&progress),
+        shutdown.clone(),
+    ));
+    wait_until("a cycle completes", DEADLINE, || async {
+        progress.cycles_completed() == 1
+    })
+    .await
+    .expect("an overdue cycle runs at start-up");
+    assert_eq!(raw_get(&mut conn, &old).await, None);
+    let last: u64 = conn.get("wc:refresh:last").await.unwrap();
+    assert_eq!(
+        last,
+        progress.last_cycle_start_ms(),
+        "recorded for restarts"
+    );
+
+    // The next cycle is an interval away: shutdown ends the wait.
+    shutdown.cancel();
+    tokio::time::timeout(DEADLINE, schedule)
+        .await
+        .expect("the schedule stops on shutdown")
+        .expect("no panic");
+    assert_eq!(progress.cycles_completed(), 1);
+
+    // A disabled schedule returns at once.
+    let disabled = RefreshConfig {
+        interval_secs: 0,
+        ..RefreshConfig::default()
+    };
+    tokio::time::timeout(
+        DEADLINE,
+        run_schedule(
+            redis.client(),
+            naming,
+            namespaces(&["users"]),
+            disabled,
+            Arc::new(RefreshProgress::default()),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("returns without a cycle");
+}
+
+fn walcached(args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("WALCACHED_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// `walcached refresh --config FILE`: exit code, stdout, stderr.
+async fn refresh_subcommand(config: &str) -> (i32, String, String) {
+    let mut file = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile()
+        .expect("temp file");
+    std::io::Write::write_all(&mut file, config.as_bytes()).expect("write config");
+    let path = file.path().to_str().expect("utf-8 path").to_owned();
+    let out = tokio::time::timeout(
+        DEADLINE,
+        walcached(&["refresh", "--config", &path]).output(),
+    )
+    .await
+    .expect("walcached finishes")
+    .expect("walcached runs");
+    (
+        out.status.code().expect("exited"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn refresh_config(redis_url: &str, extra: &str) -> String {
+    // Nothing listens on port 1: `refresh` must not need PostgreSQL.
+    format!(
+        r#"
+[postgres]
+url = "postgres://walcached@127.0.0.1:1/nowhere"
+
+[redis]
+url = "{redis_url}"
+
+[http]
+listen = ""
+
+[[rules]]
+table = "public.users"
+namespace = "users"
+keys = ["{{id}}"]
+
+[[rules]]
+table = "public.accounts"
+namespace = "users"
+keys = ["account:{{id}}"]
+
+[[rules]]
+table = "public.posts"
+namespace = "posts"
+keys = ["{{id}}"]
+{extra}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refresh_subcommand_runs_one_cycle_and_prints_the_counts() {
+    let redis = RedisServer::start().expect("redis");
+    let naming = Naming::default();
+    let mut conn = connection(&redis).await;
+    for (ns, k) in [("users", "1"), ("users", "2"), ("posts", "1")] {
+        let () = conn
+            .set(naming.value_key(ns, 0, 1, k), value_envelope(1_000, b"x"))
+            .await
+            .unwrap();
+    }
+    let fresh = naming.value_key("posts", 0, 1, "2");
+    let () = conn
+        .set(&fresh, value_envelope(now_ms() + 60_000, b"x"))
+        .await
+        .unwrap();
+
+    let (code, stdout, stderr) = refresh_subcommand(&refresh_config(&redis.url(), "")).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for needle in [
+        "2 namespaces",
+        "4 keys scanned",
+        "3 keys deleted",
+        "seconds",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} missing:\n{stdout}");
+    }
+    assert_eq!(keys(&mut conn, "wc:{*}:g*").await, vec![fresh]);
+
+    // A bad [refresh] field is a configuration error naming it.
+    let (code, _, stderr) = refresh_subcommand(&refresh_config(
+        &redis.url(),
+        "\n[refresh]\nmax_deletes_per_second = 0\n",
+    ))
+    .await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("refresh.max_deletes_per_second"),
+        "{stderr}"
+    );
+
+    // Redis unreachable: a runtime failure.
+    let (code, _, stderr) = refresh_subcommand(&refresh_config("redis://127.0.0.1:1/", "")).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("refresh failed"), "{stderr}");
+}
+
+#[tokio::test]
+async fn help_mentions_the_refresh_subcommand_and_its_settings() {
+    let out = walcached(&["--help"]).output().await.expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
+    for needle in [
+        "refresh",
+        "WALCACHED_REFRESH_INTERVAL_SECS",
+        "WALCACHED_REFRESH_MAX_DELETES_PER_SECOND",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "--help lacks {needle:?}:\n{stdout}"
+        );
+    }
+    let out = walcached(&["refresh", "--help"])
+        .output()
+        .await
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("--config"), "{stdout}");
+    assert!(stdout.contains("time_to_live"), "{stdout}");
+}
