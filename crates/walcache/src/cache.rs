@@ -991,23 +991,35 @@ where
         }
         let mut init = Some(init);
         for _attempt in 0..3 {
+            // Armed before the script runs: if this caller is dropped while Redis is taking
+            // the lease, the guard still gives it back.
+            let prepared = Lease::prepare(names, k, generation);
+            let mut guard = LeaseGuard {
+                shared: Arc::clone(&inner.shared),
+                lease: Some(prepared.clone()),
+            };
             let outcome = l2
                 .lease(
                     names,
                     k,
-                    Some(generation),
+                    &prepared,
                     replace.as_deref(),
                     tags,
                     self.bookkeeping_ttl(),
                 )
                 .await;
+            if !matches!(outcome, Ok((_, LeaseOutcome::Won(_))) | Err(_)) {
+                guard.disarm(); // not ours: nothing to give back
+            }
             let Some(init_now) = init.take() else { break };
             match outcome {
+                // The lease may or may not have been taken: the guard gives it back.
                 Err(_) => return self.bypass_load(k, init_now, "redis_unavailable").await,
                 Ok((_, LeaseOutcome::Won(lease))) => {
+                    guard.lease = Some(lease);
                     return self
-                        .fill_with_lease(l2, names, k, lease, tags, init_now, snap)
-                        .await
+                        .fill_with_lease(l2, names, k, guard, tags, init_now, snap)
+                        .await;
                 }
                 Ok((g, LeaseOutcome::Present(Found::Miss))) => {
                     // The namespace moved to a new generation under us: retry there.
@@ -1143,7 +1155,7 @@ where
         l2: &L2,
         names: &Names,
         k: &Arc<str>,
-        lease: Lease,
+        mut guard: LeaseGuard,
         tags: &[String],
         init: F,
         snap: Snapshot,
@@ -1153,10 +1165,6 @@ where
         E: StdError + Send + Sync + 'static,
     {
         let inner = &self.inner;
-        let mut guard = LeaseGuard {
-            shared: Arc::clone(&inner.shared),
-            lease: Some(lease),
-        };
         let v = self.run_loader(k, init).await?;
         let (envelope, ttl) = match &v {
             Some(value) => {

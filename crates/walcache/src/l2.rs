@@ -163,6 +163,18 @@ pub(crate) struct Lease {
     pub(crate) tag_versions: Vec<String>,
 }
 
+impl Lease {
+    /// A lease on `key` at `generation` with a fresh random token, not yet taken.
+    pub(crate) fn prepare(names: &Names, key: &str, generation: u64) -> Self {
+        Lease {
+            value_key: names.value_key(generation, key),
+            token: new_lease(),
+            generation: generation.to_string(),
+            tag_versions: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) enum LeaseOutcome {
     Won(Lease),
@@ -441,16 +453,18 @@ impl L2 {
     }
 
     /// Take the fill lease on a missing key (or on exactly the undecodable bytes `replace`).
+    ///
+    /// `lease` is made by [`Lease::prepare`] before the call, so that a caller dropped while
+    /// the script runs can still give it back.
     pub(crate) async fn lease(
         &self,
         names: &Names,
         key: &str,
-        expected_generation: Option<u64>,
+        lease: &Lease,
         replace: Option<&[u8]>,
         tags: &[String],
         bookkeeping_ttl: Duration,
     ) -> Result<(u64, LeaseOutcome), Error> {
-        let token = new_lease();
         let mut conn = self.conn();
         let mut inv = self.scripts.lease.prepare_invoke();
         inv.key(&names.generation_key).key(&names.schemas_key);
@@ -459,12 +473,8 @@ impl L2 {
         }
         inv.arg(&names.value_prefix)
             .arg(names.suffix(key))
-            .arg(
-                expected_generation
-                    .map(|g| g.to_string())
-                    .unwrap_or_default(),
-            )
-            .arg(&token)
+            .arg(&lease.generation)
+            .arg(&lease.token)
             .arg(millis(self.lease_ttl))
             .arg(replace.unwrap_or(&[]))
             .arg(millis(bookkeeping_ttl))
@@ -493,10 +503,8 @@ impl L2 {
                 Ok((
                     gen_num,
                     LeaseOutcome::Won(Lease {
-                        value_key: names.value_key(gen_num, key),
-                        token,
-                        generation,
                         tag_versions,
+                        ..lease.clone()
                     }),
                 ))
             }
