@@ -492,6 +492,7 @@ impl Streamer<'_> {
         let mut visibility_tick = tokio::time::interval(VISIBILITY_POLL);
         visibility_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut changes: Vec<Invalidation> = Vec::new();
+        let mut txn_started: Option<Instant> = None;
         self.batch_txns.clear();
         loop {
             let deadline =
@@ -511,6 +512,39 @@ impl Streamer<'_> {
                     self.status.set_confirmed_lsn(self.confirmed.0);
                     return Ok(());
                 }
+                () = sleep_until_opt(deadline) => {
+                    self.flush_batch(&mut batch, &mut batch_started, stream, shutdown).await?;
+                }
+                _ = visibility_tick.tick(), if !self.pending.is_empty() => {
+                    self.recheck_pending(stream, shutdown).await?;
+                }
+                _ = status_tick.tick() => {
+                    self.send_status(stream).await?;
+                    let lag = wal_end.0.saturating_sub(self.confirmed.0);
+                    metrics::gauge!(m::REPLICATION_LAG_BYTES).set(lag as f64);
+                }
+                _ = heartbeat_tick.tick() => {
+                    // Caught up: nothing has waited longer than a heartbeat interval — no
+                    // transaction open that long, no batch unpublished that long. (Timers come
+                    // before stream events in this biased select, so a backlog cannot starve
+                    // heartbeats or status updates; a lagging daemon stops heartbeating.)
+                    let interval = cfg.heartbeat_interval();
+                    let caught_up = txn_started.is_none_or(|t| t.elapsed() < interval)
+                        && batch_started.is_none_or(|t| t.elapsed() < interval);
+                    self.status.set_caught_up(caught_up);
+                    if caught_up {
+                        if let Err(e) = self.publisher.heartbeat().await {
+                            self.status.set_caught_up(false);
+                            tracing::warn!(error = %e, "heartbeat failed");
+                            metrics::counter!(m::ERRORS_TOTAL, "kind" => "redis").increment(1);
+                            self.reconnect_redis().await;
+                        }
+                    }
+                }
+                _ = run_id_tick.tick() => {
+                    self.check_redis_identity(stream, shutdown).await;
+                    self.export_slot_metrics().await;
+                }
                 event = stream.next_event() => {
                     let Some(event) = event? else {
                         return Err(SessionError::Replication(walcache_cdc::Error::Closed));
@@ -520,8 +554,8 @@ impl Streamer<'_> {
                             wal_end = wal_end.max(x.wal_end);
                             match x.logical_message()? {
                                 LogicalMessage::Begin(b) => {
+                                    txn_started = Some(Instant::now());
                                     txn = Some(Transaction { xid: b.xid, ..Transaction::default() });
-                                    self.status.set_caught_up(false);
                                 }
                                 LogicalMessage::Relation(rel) => {
                                     if let RelationCheck::Mismatch { namespace, reason } = self.mapper.relation(&rel) {
@@ -550,6 +584,7 @@ impl Streamer<'_> {
                                 }
                                 LogicalMessage::Commit(c) => {
                                     let t = txn.take().unwrap_or_default();
+                                    txn_started = None;
                                     metrics::counter!(m::TRANSACTIONS_TOTAL).increment(1);
                                     if !t.items.is_empty() {
                                         let mut own = t.items;
@@ -597,35 +632,11 @@ impl Streamer<'_> {
                         _ => {}
                     }
                 }
-                () = sleep_until_opt(deadline) => {
+                // The stream has nothing ready: publish now rather than wait for the timer.
+                // (Under a backlog, events stay ready and batches fill up to
+                // batch_max_keys or batch_max_delay.)
+                () = std::future::ready(()), if !batch.is_empty() => {
                     self.flush_batch(&mut batch, &mut batch_started, stream, shutdown).await?;
-                }
-                _ = visibility_tick.tick(), if !self.pending.is_empty() => {
-                    self.recheck_pending(stream, shutdown).await?;
-                }
-                _ = status_tick.tick() => {
-                    self.send_status(stream).await?;
-                    let lag = wal_end.0.saturating_sub(self.confirmed.0);
-                    metrics::gauge!(m::REPLICATION_LAG_BYTES).set(lag as f64);
-                }
-                _ = heartbeat_tick.tick() => {
-                    // Caught up: no transaction open, nothing waiting (the biased select only
-                    // gets here when no stream event is ready).
-                    let caught_up = txn.is_none() && batch.is_empty();
-                    self.status.set_caught_up(caught_up);
-                    if caught_up {
-                        if let Err(e) = self.publisher.heartbeat().await {
-                            self.status.set_caught_up(false);
-                            tracing::warn!(error = %e, "heartbeat failed");
-                            metrics::counter!(m::ERRORS_TOTAL, "kind" => "redis").increment(1);
-                            self.reconnect_redis().await;
-                        }
-                        metrics::gauge!(m::REPLICATION_LAG_SECONDS).set(0.0);
-                    }
-                }
-                _ = run_id_tick.tick() => {
-                    self.check_redis_identity(stream, shutdown).await;
-                    self.export_slot_metrics().await;
                 }
             }
         }
