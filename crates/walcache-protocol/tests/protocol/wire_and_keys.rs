@@ -859,3 +859,17 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_readme_example_keys_match_their_templates() {
+    let by_email = walcache_protocol::KeyTemplate::parse("by_email:{email}").unwrap();
+    let rendered = by_email
+        .render(|_| {
+            Ok::<_, walcache_protocol::KeyError>(walcache_protocol::KeyPart::Text("a@x.org".into()))
+        })
+        .unwrap();
+    assert_eq!(
+        rendered,
+        walcache_protocol::key_of(&("by_email", "a@x.org"))
+    );
+}
