@@ -435,14 +435,23 @@ impl<K: ?Sized, V, C> std::fmt::Debug for Cache<K, V, C> {
 }
 
 thread_local! {
-    static KEY_BUF: RefCell<KeyBuilder> = RefCell::new(KeyBuilder::new());
+    /// The hit path's per-thread state: a reused key buffer and the hit counter's stripe.
+    static KEY_BUF: RefCell<HitLocal> = RefCell::new(HitLocal {
+        key: KeyBuilder::new(),
+        stripe: crate::counter::new_stripe(),
+    });
+}
+
+struct HitLocal {
+    key: KeyBuilder,
+    stripe: usize,
 }
 
 fn key_string<K: ToKey + ?Sized>(key: &K) -> Arc<str> {
-    KEY_BUF.with(|b| {
-        let mut b = b.borrow_mut();
+    KEY_BUF.with(|local| {
+        let b = &mut local.borrow_mut().key;
         b.clear();
-        key.write_key(&mut b);
+        key.write_key(b);
         Arc::from(b.as_str())
     })
 }
@@ -539,10 +548,10 @@ where
 
     /// Whether L1 holds `key` right now, without touching L2 or counting a hit.
     pub fn contains_in_l1(&self, key: &K) -> bool {
-        KEY_BUF.with(|b| {
-            let mut b = b.borrow_mut();
+        KEY_BUF.with(|local| {
+            let b = &mut local.borrow_mut().key;
             b.clear();
-            key.write_key(&mut b);
+            key.write_key(b);
             self.inner.l1.contains_key(b.as_str())
         })
     }
@@ -553,21 +562,19 @@ where
         if !self.inner.shared.live.load(Ordering::Acquire) {
             return None;
         }
-        let hit = KEY_BUF.with(|b| {
-            let mut b = b.borrow_mut();
-            b.clear();
-            key.write_key(&mut b);
-            self.inner.l1.get(b.as_str())
-        });
-        let hit = match hit {
+        KEY_BUF.with(|local| {
+            let mut local = local.borrow_mut();
+            let HitLocal { key: buf, stripe } = &mut *local;
+            buf.clear();
+            key.write_key(buf);
+            let hit = self.inner.l1.get(buf.as_str())?;
             // Only "not found" entries carry a deadline: values never read the clock here.
-            Some(e) if e.negative_until.is_some_and(|d| Instant::now() >= d) => None,
-            other => other,
-        };
-        if hit.is_some() {
-            self.inner.l1_hits.increment();
-        }
-        hit
+            if hit.negative_until.is_some_and(|d| Instant::now() >= d) {
+                return None;
+            }
+            self.inner.l1_hits.increment_at(*stripe);
+            Some(hit)
+        })
     }
 
     /// Read `key` from L1, else L2. Never calls a loader and never writes L2; an L2 hit fills

@@ -213,6 +213,14 @@ impl KeyBuilder {
         self
     }
 
+    /// Append an integer in its canonical form (the same bytes as [`KeyPart::Int`]); the
+    /// fast path for integer keys.
+    #[inline]
+    pub fn int(&mut self, i: i64) -> &mut Self {
+        self.buf.push_str(itoa::Buffer::new().format(i));
+        self
+    }
+
     /// Append a value in its canonical form.
     pub fn part(&mut self, p: &KeyPart<'_>) -> &mut Self {
         p.write_canonical(&mut self.buf);
@@ -256,8 +264,9 @@ pub fn key_of<K: ToKey + ?Sized>(k: &K) -> String {
 macro_rules! int_to_key {
     ($($t:ty),*) => {$(
         impl ToKey for $t {
+            #[inline]
             fn write_key(&self, key: &mut KeyBuilder) {
-                key.part(&KeyPart::Int(i64::from(*self)));
+                key.int(i64::from(*self));
             }
         }
     )*};
