@@ -14,7 +14,7 @@ section() {
     printf '\n==> %s\n' "$*"
 }
 
-# --- System packages: redis-server and PostgreSQL (initdb, postgres, pg_ctl, psql) ----------
+# --- System packages: redis-server, PostgreSQL (initdb, postgres, pg_ctl, psql), openssl ------
 section "Checking system packages"
 missing=()
 if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
@@ -24,6 +24,10 @@ fi
 pg_bindir="$(pg_config --bindir 2>/dev/null || true)"
 if [ -z "$pg_bindir" ] || [ ! -x "$pg_bindir/initdb" ]; then
     missing+=(postgresql)
+fi
+# openssl makes the certificates of the TLS tests.
+if ! command -v openssl >/dev/null 2>&1 && [ ! -x /usr/bin/openssl ]; then
+    missing+=(openssl)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
     install_cmd="DEBIAN_FRONTEND=noninteractive apt-get install -y ${missing[*]}"

@@ -21,13 +21,26 @@
 //!   connection with [`Error::FrameTooLarge`]. The default admits every message PostgreSQL can
 //!   send: a pgoutput message is built in one buffer of at most 1 GiB (`MaxAllocSize`). Memory
 //!   is reserved as bytes arrive, not from the announced length.
-//! - TLS is not implemented yet: `sslmode=require` is [`Error::Unsupported`]; `prefer`
-//!   connects without TLS. Unix-socket hosts are unsupported too.
+//! - Unix-socket hosts are unsupported.
 //! - GSSAPI, SSPI and Kerberos authentication are unsupported; trust, cleartext password, md5
-//!   and SCRAM-SHA-256 (without channel binding) work.
+//!   and SCRAM-SHA-256 (without channel binding, also over TLS) work.
+//!
+//! # TLS
+//!
+//! rustls with the ring provider, negotiated as libpq does by default
+//! (`sslnegotiation=postgres`): an SSLRequest, the server's one-byte answer, the handshake,
+//! then the startup inside TLS. [`SslMode`] lists what each `sslmode` checks; the default is
+//! `prefer`, as in libpq. Supported in connection strings: `sslmode` (`disable`, `prefer`,
+//! `require`, `verify-ca`, `verify-full`) and `sslrootcert=PATH` (a PEM file of one or more CA
+//! certificates, read at each connect). Not supported: `sslmode=allow`,
+//! `sslnegotiation=direct`, `sslrootcert=system`, client certificates (`sslcert`, `sslkey`),
+//! `sslcrl`, `channel_binding=require`, the `PGSSL*` environment variables and
+//! `~/.postgresql/root.crt`.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -46,6 +59,8 @@ use crate::error::{DbError, Error};
 use crate::lsn::Lsn;
 use crate::protocol::{ReplicationMessage, StandbyStatusUpdate};
 use crate::timestamp::PgTimestamp;
+pub use crate::tls::{client_config as tls_client_config, SslMode};
+use crate::tls::{Stream, TlsSetup};
 
 /// The `application_name` of every replication connection. Fixed, so that
 /// `synchronous_standby_names` can be checked against it.
@@ -76,24 +91,30 @@ const READ_RESERVE_CHUNK: usize = 1 << 20;
 #[derive(Clone)]
 pub struct ReplicationConfig {
     host: String,
+    hostaddr: Option<IpAddr>,
     port: u16,
     user: String,
     password: Option<Vec<u8>>,
     dbname: String,
     connect_timeout: Duration,
     max_frame_len: usize,
+    ssl_mode: SslMode,
+    root_cert: Option<PathBuf>,
 }
 
 impl fmt::Debug for ReplicationConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReplicationConfig")
             .field("host", &self.host)
+            .field("hostaddr", &self.hostaddr)
             .field("port", &self.port)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("dbname", &self.dbname)
             .field("connect_timeout", &self.connect_timeout)
             .field("max_frame_len", &self.max_frame_len)
+            .field("ssl_mode", &self.ssl_mode)
+            .field("root_cert", &self.root_cert)
             .finish()
     }
 }
@@ -108,12 +129,15 @@ impl ReplicationConfig {
     ) -> Self {
         ReplicationConfig {
             host: host.into(),
+            hostaddr: None,
             port,
             user: user.into(),
             password: None,
             dbname: dbname.into(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            ssl_mode: SslMode::default(),
+            root_cert: None,
         }
     }
 
@@ -136,20 +160,79 @@ impl ReplicationConfig {
         self
     }
 
-    /// Takes host, port, user, password, database name and connect timeout from a
-    /// tokio-postgres configuration (parsed from a URL or a `key=value` string). The first
-    /// host is used; the port defaults to 5432 and the database to the user's name.
+    /// Whether to use TLS and what to verify (libpq's `sslmode`). Default:
+    /// [`SslMode::Prefer`].
+    pub fn ssl_mode(mut self, mode: SslMode) -> Self {
+        self.ssl_mode = mode;
+        self
+    }
+
+    /// The CA certificate(s) the server's certificate must chain to (libpq's `sslrootcert`):
+    /// a PEM file, read at each connect. Needed by [`SslMode::VerifyCa`] and
+    /// [`SslMode::VerifyFull`]; with [`SslMode::Prefer`] or [`SslMode::Require`] it makes the
+    /// chain verified too, as in libpq. Default: none.
+    pub fn root_cert(mut self, path: impl Into<PathBuf>) -> Self {
+        self.root_cert = Some(path.into());
+        self
+    }
+
+    /// The IP address to connect to instead of resolving the host (libpq's `hostaddr`); the
+    /// host stays the name [`SslMode::VerifyFull`] checks. Default: none.
+    pub fn hostaddr(mut self, addr: IpAddr) -> Self {
+        self.hostaddr = Some(addr);
+        self
+    }
+
+    /// The configured ssl mode.
+    pub fn get_ssl_mode(&self) -> SslMode {
+        self.ssl_mode
+    }
+
+    /// The configured root certificate file.
+    pub fn get_root_cert(&self) -> Option<&Path> {
+        self.root_cert.as_deref()
+    }
+
+    /// The host connected to (and, for [`SslMode::VerifyFull`], the name checked).
+    pub fn get_host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port connected to.
+    pub fn get_port(&self) -> u16 {
+        self.port
+    }
+
+    /// Takes host, hostaddr, port, user, password, database name, connect timeout and ssl mode
+    /// (`disable`, `prefer` or `require`, all tokio-postgres knows) from a tokio-postgres
+    /// configuration (parsed from a URL or a `key=value` string). The first host is used; the
+    /// port defaults to 5432 and the database to the user's name; the first `hostaddr`, if
+    /// any, is where to connect (without a host, it is the host too). For `verify-ca`,
+    /// `verify-full` and `sslrootcert`, which tokio-postgres's parser rejects, parse with
+    /// [`parse_connection_string`] or set them with [`ssl_mode`](Self::ssl_mode) and
+    /// [`root_cert`](Self::root_cert).
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] without a user; [`Error::Unsupported`] for `sslmode=require` or a
-    /// Unix-socket host.
+    /// [`Error::Config`] without a user; [`Error::Unsupported`] for a Unix-socket host,
+    /// `sslnegotiation=direct` or `channel_binding=require`.
     pub fn from_pg_config(config: &tokio_postgres::Config) -> Result<Self, Error> {
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(Error::Unsupported("sslmode=require"));
+        use tokio_postgres::config::{ChannelBinding, SslMode as PgSslMode, SslNegotiation};
+        let ssl_mode = match config.get_ssl_mode() {
+            PgSslMode::Disable => SslMode::Disable,
+            PgSslMode::Prefer => SslMode::Prefer,
+            PgSslMode::Require => SslMode::Require,
+            _ => return Err(Error::Unsupported("this sslmode")),
+        };
+        if config.get_ssl_negotiation() == SslNegotiation::Direct {
+            return Err(Error::Unsupported("sslnegotiation=direct"));
         }
+        if config.get_channel_binding() == ChannelBinding::Require {
+            return Err(Error::Unsupported("channel_binding=require"));
+        }
+        let hostaddr = config.get_hostaddrs().first().copied();
         let host = match config.get_hosts().first() {
-            None => "localhost".to_owned(),
+            None => hostaddr.map_or_else(|| "localhost".to_owned(), |addr| addr.to_string()),
             Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
             // `Host::Unix`, which exists on Unix only.
             #[allow(unreachable_patterns)]
@@ -171,21 +254,72 @@ impl ReplicationConfig {
         if let Some(timeout) = config.get_connect_timeout() {
             out = out.connect_timeout(*timeout);
         }
-        Ok(out)
+        out.hostaddr = hostaddr;
+        Ok(out.ssl_mode(ssl_mode))
     }
+}
+
+/// A parsed connection string: what tokio-postgres understands, and the TLS parameters it
+/// does not.
+#[derive(Debug, Clone)]
+pub struct ParsedConnectionString {
+    /// Everything but `sslmode` and `sslrootcert` (its own ssl mode is `require` when
+    /// [`ssl_mode`](Self::ssl_mode) needs TLS, `prefer` or `disable` otherwise, so that a
+    /// tokio-postgres connection made from it with a TLS connector insists on TLS too).
+    pub pg: tokio_postgres::Config,
+    /// `sslmode`; [`SslMode::Prefer`] when absent.
+    pub ssl_mode: SslMode,
+    /// `sslrootcert`.
+    pub root_cert: Option<PathBuf>,
+}
+
+/// Parses a libpq-style URL (`postgres://...?sslmode=verify-full&sslrootcert=/ca.pem`) or
+/// `key=value` string (`host=h sslmode=verify-ca sslrootcert='/ca.pem'`), accepting all of
+/// [`SslMode`] and `sslrootcert`, which tokio-postgres's own parser rejects.
+///
+/// # Errors
+///
+/// [`Error::Config`] when the string does not parse or names an unknown ssl mode,
+/// [`Error::Unsupported`] for `sslmode=allow` or `sslrootcert=system`.
+pub fn parse_connection_string(s: &str) -> Result<ParsedConnectionString, Error> {
+    let (rest, extracted) = crate::conninfo::extract(s)?;
+    let mut pg = tokio_postgres::Config::from_str(&rest).map_err(|source| Error::Config {
+        reason: "the connection string does not parse",
+        source: Some(source),
+    })?;
+    let ssl_mode = match extracted.sslmode.as_deref() {
+        Some(mode) => mode.parse()?,
+        None => SslMode::Prefer,
+    };
+    pg.ssl_mode(match ssl_mode {
+        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        _ => tokio_postgres::config::SslMode::Require,
+    });
+    let root_cert = match extracted.sslrootcert {
+        Some(path) if path == "system" => return Err(Error::Unsupported("sslrootcert=system")),
+        Some(path) => Some(PathBuf::from(path)),
+        None => None,
+    };
+    Ok(ParsedConnectionString {
+        pg,
+        ssl_mode,
+        root_cert,
+    })
 }
 
 impl FromStr for ReplicationConfig {
     type Err = Error;
 
     /// Parses a libpq-style URL or `key=value` string (without `replication=`, which is always
-    /// `database`), as [`from_pg_config`](ReplicationConfig::from_pg_config).
+    /// `database`) with [`parse_connection_string`], then as
+    /// [`from_pg_config`](ReplicationConfig::from_pg_config), with all of [`SslMode`] and
+    /// `sslrootcert`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let config = tokio_postgres::Config::from_str(s).map_err(|source| Error::Config {
-            reason: "the connection string does not parse",
-            source: Some(source),
-        })?;
-        Self::from_pg_config(&config)
+        let parsed = parse_connection_string(s)?;
+        let mut config = Self::from_pg_config(&parsed.pg)?.ssl_mode(parsed.ssl_mode);
+        config.root_cert = parsed.root_cert;
+        Ok(config)
     }
 }
 
@@ -297,7 +431,10 @@ impl ReplicationClient {
     /// [`Error::ConnectTimeout`], [`Error::Io`], [`Error::Db`] (for instance `28P01` for a
     /// wrong password, `28000` without a `pg_hba.conf` entry), [`Error::Authentication`] when
     /// a password is needed but not configured or SCRAM fails, [`Error::Unsupported`] for
-    /// other authentication methods.
+    /// other authentication methods; for TLS, [`Error::TlsRefused`] when the server does not
+    /// do TLS and the ssl mode requires it, [`Error::Tls`] when the handshake or the
+    /// certificate check fails, [`Error::RootCert`] when the root certificate cannot be
+    /// loaded, [`Error::Config`] for `verify-ca`/`verify-full` without a root certificate.
     pub async fn connect(config: &ReplicationConfig) -> Result<Self, Error> {
         match tokio::time::timeout(config.connect_timeout, Self::connect_inner(config)).await {
             Ok(result) => result,
@@ -306,16 +443,25 @@ impl ReplicationClient {
     }
 
     async fn connect_inner(config: &ReplicationConfig) -> Result<Self, Error> {
-        let stream = TcpStream::connect((config.host.as_str(), config.port)).await?;
-        stream.set_nodelay(true)?;
-        let mut conn = Connection {
-            stream,
-            read_buf: BytesMut::with_capacity(8 * 1024),
-            write_buf: BytesMut::new(),
-            max_frame_len: config.max_frame_len,
-            parameters: HashMap::new(),
-            backend_pid: None,
+        // Configuration errors (a missing root certificate) come before any network I/O.
+        let tls = match config.ssl_mode {
+            SslMode::Disable => None,
+            mode => Some(TlsSetup::new(
+                mode,
+                config.root_cert.as_deref(),
+                &config.host,
+            )?),
         };
+        let tcp = match config.hostaddr {
+            Some(addr) => TcpStream::connect((addr, config.port)).await?,
+            None => TcpStream::connect((config.host.as_str(), config.port)).await?,
+        };
+        tcp.set_nodelay(true)?;
+        let stream = match tls {
+            None => Stream::Plain(tcp),
+            Some(tls) => negotiate_tls(tcp, tls, config).await?,
+        };
+        let mut conn = Connection::new(stream, config.max_frame_len);
         let mut params = vec![
             ("user", config.user.as_str()),
             ("database", config.dbname.as_str()),
@@ -339,6 +485,7 @@ impl ReplicationClient {
             host = %config.host,
             port = config.port,
             pid = conn.backend_pid,
+            tls = conn.stream.is_tls(),
             "replication connection ready"
         );
         Ok(ReplicationClient { conn })
@@ -353,6 +500,11 @@ impl ReplicationClient {
     /// The server process id of this connection (from `BackendKeyData`).
     pub fn backend_pid(&self) -> Option<i32> {
         self.conn.backend_pid
+    }
+
+    /// Whether the connection is encrypted (TLS).
+    pub fn is_tls(&self) -> bool {
+        self.conn.stream.is_tls()
     }
 
     /// Runs `sql` with the simple query protocol and returns the rows of all its statements,
@@ -619,9 +771,46 @@ enum Frame {
     Message(Message),
 }
 
+/// Sends the SSLRequest and, if the server accepts, runs the TLS handshake.
+async fn negotiate_tls(
+    mut tcp: TcpStream,
+    tls: TlsSetup,
+    config: &ReplicationConfig,
+) -> Result<Stream, Error> {
+    let mut request = BytesMut::with_capacity(8);
+    frontend::ssl_request(&mut request);
+    tcp.write_all(&request).await?;
+    // Exactly one byte: anything the server sent after an `S` belongs to the TLS handshake
+    // (reading ahead would let a man in the middle inject plaintext, CVE-2021-23222).
+    let mut answer = [0u8; 1];
+    if tcp.read(&mut answer).await? == 0 {
+        return Err(Error::Closed);
+    }
+    match answer[0] {
+        b'S' => tls.handshake(tcp).await,
+        b'N' if config.ssl_mode == SslMode::Prefer => {
+            tracing::debug!(host = %config.host, "the server refused TLS; sslmode=prefer goes on without");
+            Ok(Stream::Plain(tcp))
+        }
+        b'N' => Err(Error::TlsRefused {
+            mode: config.ssl_mode,
+        }),
+        // An ErrorResponse (too many connections, a server older than 7.0...): report it.
+        b'E' => {
+            let mut conn = Connection::new(Stream::Plain(tcp), config.max_frame_len);
+            conn.read_buf.put_u8(b'E');
+            match conn.read_message().await? {
+                Message::ErrorResponse(body) => Err(db_error(&body)),
+                _ => Err(protocol("unexpected reply to SSLRequest")),
+            }
+        }
+        _ => Err(protocol("unexpected reply to SSLRequest")),
+    }
+}
+
 /// The socket and its buffers.
 struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     read_buf: BytesMut,
     write_buf: BytesMut,
     max_frame_len: usize,
@@ -632,16 +821,29 @@ struct Connection {
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
-            .field("peer", &self.stream.peer_addr().ok())
+            .field("peer", &self.stream.tcp().peer_addr().ok())
+            .field("tls", &self.stream.is_tls())
             .field("backend_pid", &self.backend_pid)
             .finish_non_exhaustive()
     }
 }
 
 impl Connection {
-    /// Writes and clears the write buffer.
+    fn new(stream: Stream, max_frame_len: usize) -> Self {
+        Connection {
+            stream,
+            read_buf: BytesMut::with_capacity(8 * 1024),
+            write_buf: BytesMut::new(),
+            max_frame_len,
+            parameters: HashMap::new(),
+            backend_pid: None,
+        }
+    }
+
+    /// Writes and clears the write buffer. The flush pushes out what TLS still buffers.
     async fn send(&mut self) -> Result<(), Error> {
         self.stream.write_all(&self.write_buf).await?;
+        self.stream.flush().await?;
         self.write_buf.clear();
         Ok(())
     }
@@ -784,7 +986,7 @@ impl Connection {
         }
     }
 
-    /// SCRAM-SHA-256 without channel binding (there is no TLS to bind to).
+    /// SCRAM-SHA-256 without channel binding (`tls-server-end-point` is not implemented).
     async fn scram(&mut self, password: &[u8]) -> Result<(), Error> {
         let mut scram = ScramSha256::new(password, ChannelBinding::unsupported());
         frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut self.write_buf)?;
@@ -960,9 +1162,51 @@ mod tests {
         let config: ReplicationConfig = "postgres://u@localhost/".parse().unwrap();
         assert_eq!((config.port, config.dbname.as_str()), (5432, "u"));
 
+        assert_eq!(config.ssl_mode, SslMode::Prefer);
+        assert_eq!(config.root_cert, None);
+        assert_eq!(config.hostaddr, None);
+        let config: ReplicationConfig =
+            "host=db.example hostaddr=127.0.0.1 user=u".parse().unwrap();
+        assert_eq!(config.host, "db.example");
+        assert_eq!(config.hostaddr, Some(IpAddr::from([127, 0, 0, 1])));
+        let config: ReplicationConfig = "hostaddr=127.0.0.1 user=u".parse().unwrap();
+        assert_eq!(config.host, "127.0.0.1");
+        let config: ReplicationConfig = "host=h user=u sslmode=require".parse().unwrap();
+        assert_eq!(config.ssl_mode, SslMode::Require);
+        let config: ReplicationConfig = "host=h user=u sslmode=disable".parse().unwrap();
+        assert_eq!(config.ssl_mode, SslMode::Disable);
+        let config: ReplicationConfig =
+            "host=h user=u sslmode=verify-full sslrootcert=/etc/ca.pem connect_timeout=3"
+                .parse()
+                .unwrap();
+        assert_eq!(config.ssl_mode, SslMode::VerifyFull);
+        assert_eq!(config.root_cert.as_deref(), Some(Path::new("/etc/ca.pem")));
+        assert_eq!(config.connect_timeout, Duration::from_secs(3));
+        let config: ReplicationConfig = "postgres://u@h/db?sslmode=verify-ca&sslrootcert=ca.pem"
+            .parse()
+            .unwrap();
+        assert_eq!(config.ssl_mode, SslMode::VerifyCa);
+        assert_eq!(config.root_cert.as_deref(), Some(Path::new("ca.pem")));
+        let parsed = parse_connection_string("host=h user=u sslmode=verify-ca").unwrap();
+        assert_eq!(
+            parsed.pg.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
         assert!(matches!(
-            "host=h user=u sslmode=require".parse::<ReplicationConfig>(),
-            Err(Error::Unsupported("sslmode=require"))
+            "host=h user=u sslmode=allow".parse::<ReplicationConfig>(),
+            Err(Error::Unsupported("sslmode=allow"))
+        ));
+        assert!(matches!(
+            "host=h user=u sslmode=bogus".parse::<ReplicationConfig>(),
+            Err(Error::Config { .. })
+        ));
+        assert!(matches!(
+            "host=h user=u sslrootcert=system".parse::<ReplicationConfig>(),
+            Err(Error::Unsupported("sslrootcert=system"))
+        ));
+        assert!(matches!(
+            "host=h user=u sslnegotiation=direct".parse::<ReplicationConfig>(),
+            Err(Error::Unsupported("sslnegotiation=direct"))
         ));
         assert!(matches!(
             "host=h".parse::<ReplicationConfig>(),

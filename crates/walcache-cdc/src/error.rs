@@ -2,6 +2,9 @@
 
 use std::fmt;
 use std::io;
+use std::path::PathBuf;
+
+use crate::tls::SslMode;
 
 /// Bytes received from PostgreSQL (a pgoutput message or a replication CopyData payload) do
 /// not decode.
@@ -149,6 +152,32 @@ pub enum Error {
         /// The connection-string parse error, if any.
         #[source]
         source: Option<tokio_postgres::Error>,
+    },
+    /// The server refused TLS (it answered `N` to the SSLRequest) and the ssl mode requires
+    /// it.
+    #[error(
+        "the server does not accept TLS connections (it refused the SSLRequest) and \
+         sslmode={mode} requires TLS: enable ssl on the server or lower sslmode"
+    )]
+    TlsRefused {
+        /// The configured mode (`require`, `verify-ca` or `verify-full`).
+        mode: SslMode,
+    },
+    /// The TLS handshake failed: the server's certificate does not verify (unknown CA,
+    /// expired, wrong host name for `verify-full`) or the peers do not agree on TLS. The
+    /// source is an [`io::Error`] wrapping the `rustls::Error`.
+    #[error("TLS handshake with the server failed")]
+    Tls(#[source] io::Error),
+    /// The root certificate file (`sslrootcert`) cannot be used.
+    #[error("cannot load the root certificate {}: {reason}", path.display())]
+    RootCert {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// An argument cannot be sent (for example a query containing a NUL byte).
     #[error("invalid argument: {0}")]

@@ -6,7 +6,8 @@
 //!   and standby status updates.
 //! - [`client`]: the replication connection on postgres-protocol: startup in
 //!   `replication=database` mode with pinned session formats, trust/password/md5/SCRAM-SHA-256
-//!   authentication, simple queries and replication commands, and the streaming loop.
+//!   authentication, TLS (libpq's `sslmode`s, on rustls), simple queries and replication
+//!   commands, and the streaming loop.
 //! - [`Lsn`] and [`PgTimestamp`]: WAL positions and the protocol's timestamps.
 //!
 //! Everything read from the server is decoded with bounds checks: hostile or corrupt bytes give
@@ -46,12 +47,14 @@
 //! ```
 
 pub mod client;
+mod conninfo;
 mod error;
 mod lsn;
 pub mod pgoutput;
 pub mod protocol;
 mod reader;
 mod timestamp;
+mod tls;
 
 pub use crate::error::{DbError, DecodeError, Error};
 pub use crate::lsn::{Lsn, ParseLsnError};

@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
-use walcache_cdc::client::{ReplicationClient, ReplicationConfig, StartReplication};
+use walcache_cdc::client::{ReplicationClient, ReplicationConfig, SslMode, StartReplication};
 use walcache_cdc::pgoutput::{
     ColumnValue, Commit, Delete, Insert, LogicalMessage, OldTuple, ReplicaIdentity, TupleData,
     Update,
 };
 use walcache_cdc::protocol::{ReplicationMessage, StandbyStatusUpdate};
 use walcache_cdc::{Error, Lsn, PgTimestamp};
-use walcache_testkit::{wait_until, PgServer};
+use walcache_testkit::{wait_until, PgServer, TestCerts};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -528,6 +528,262 @@ async fn scram_and_md5_authentication() -> TestResult {
         .await
         .unwrap_err();
     assert_eq!(error.code(), Some("28P01"), "{error:?}");
+    Ok(())
+}
+
+/// Whether the session behind `client` is encrypted, as the server sees it.
+async fn server_sees_ssl(client: &mut ReplicationClient) -> Result<bool, Error> {
+    let rows = client
+        .simple_query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .await?;
+    Ok(rows == [vec![Some("t".to_owned())]])
+}
+
+/// The error and its sources, joined: where rustls's reason shows.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(error) = source {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        source = error.source();
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicates_over_tls_with_sslmode_require() -> TestResult {
+    let pg = PgServer::start_with_tls()?;
+    let db = pg.create_database("cdctls").await?;
+    let sql = pg.connect(&db).await?;
+    sql.batch_execute(
+        "CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL);
+         CREATE PUBLICATION walcache FOR TABLE users;",
+    )
+    .await?;
+
+    // From a connection string, as the daemon configures it.
+    let require: ReplicationConfig = format!(
+        "host=127.0.0.1 port={} user=postgres dbname={db} sslmode=require",
+        pg.port()
+    )
+    .parse()?;
+    assert_eq!(require.get_ssl_mode(), SslMode::Require);
+    let mut client = ReplicationClient::connect(&require).await?;
+    assert!(client.is_tls());
+    assert!(server_sees_ssl(&mut client).await?);
+    let slot = client.create_logical_slot("walcache_tls", false).await?;
+    let mut stream = client
+        .start_replication(
+            &StartReplication::new("walcache_tls", ["walcache"]).start_lsn(slot.consistent_point),
+        )
+        .await?;
+    sql.batch_execute("INSERT INTO users VALUES (1, 'a@example.com')")
+        .await?;
+    let (changes, commit) = next_transaction(&mut stream).await;
+    let [LogicalMessage::Insert(Insert { new, .. })] = changes.as_slice() else {
+        panic!("expected one Insert, got {changes:?}");
+    };
+    assert_eq!(new, &tuple(&[Some("1"), Some("a@example.com")]));
+    stream
+        .send_status(commit.end_lsn, commit.end_lsn, commit.end_lsn, false)
+        .await?;
+    let confirmed = commit.end_lsn.to_string();
+    wait_until("confirmed_flush_lsn to advance over TLS", DEADLINE, || {
+        let sql = &sql;
+        let confirmed = confirmed.clone();
+        async move {
+            sql.query_one(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots \
+                 WHERE slot_name = 'walcache_tls'",
+                &[],
+            )
+            .await
+            .is_ok_and(|row| row.get::<_, String>(0) == confirmed)
+        }
+    })
+    .await?;
+    let mut client = stream.stop().await?;
+    client.drop_slot("walcache_tls").await?;
+    client.close().await?;
+
+    // prefer (the default) takes TLS when the server offers it; disable does not.
+    let mut client = ReplicationClient::connect(&config(&pg, &db)).await?;
+    assert!(client.is_tls() && server_sees_ssl(&mut client).await?);
+    let mut client =
+        ReplicationClient::connect(&config(&pg, &db).ssl_mode(SslMode::Disable)).await?;
+    assert!(!client.is_tls() && !server_sees_ssl(&mut client).await?);
+
+    // SCRAM-SHA-256 inside TLS (the server also offers SCRAM-SHA-256-PLUS, which is declined).
+    sql.batch_execute(
+        "SET password_encryption = 'scram-sha-256';
+         CREATE ROLE scram_user LOGIN REPLICATION PASSWORD 'scram secret';",
+    )
+    .await?;
+    let hba = pg.data_dir().join("pg_hba.conf");
+    let existing = std::fs::read_to_string(&hba)?;
+    std::fs::write(
+        &hba,
+        format!("hostssl all scram_user 127.0.0.1/32 scram-sha-256\n{existing}"),
+    )?;
+    sql.batch_execute("SELECT pg_reload_conf()").await?;
+    let scram = ReplicationConfig::new("127.0.0.1", pg.port(), "scram_user", &db)
+        .ssl_mode(SslMode::Require);
+    wait_until("pg_hba.conf to be reloaded", DEADLINE, || async {
+        matches!(
+            ReplicationClient::connect(&scram).await,
+            Err(Error::Authentication { .. })
+        )
+    })
+    .await?;
+    let mut client = ReplicationClient::connect(&scram.password("scram secret")).await?;
+    assert!(client.is_tls());
+    assert!(client.identify_system().await.is_ok());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_ca_and_verify_full_check_the_server_certificate() -> TestResult {
+    let pg = PgServer::start_with_tls()?;
+    let db = pg.create_database("cdcverify").await?;
+    let ca = pg.ca_cert_path().expect("a TLS server has a CA");
+
+    // The chain verifies against the test CA; verify-full matches the IP SAN 127.0.0.1 and
+    // the DNS SAN localhost.
+    for mode in [SslMode::VerifyCa, SslMode::VerifyFull] {
+        let mut client =
+            ReplicationClient::connect(&config(&pg, &db).ssl_mode(mode).root_cert(ca)).await?;
+        assert!(client.is_tls(), "{mode}");
+        assert!(server_sees_ssl(&mut client).await?, "{mode}");
+        assert!(client.identify_system().await.is_ok(), "{mode}");
+    }
+    let url = format!(
+        "postgres://postgres@localhost:{}/{db}?sslmode=verify-full&sslrootcert={}",
+        pg.port(),
+        ca.display()
+    );
+    let mut client = ReplicationClient::connect(&url.parse()?).await?;
+    assert!(server_sees_ssl(&mut client).await?);
+
+    // A name the certificate does not carry: verify-ca passes, verify-full fails.
+    let elsewhere = |mode| {
+        ReplicationConfig::new("db.example.com", pg.port(), "postgres", &db)
+            .hostaddr([127, 0, 0, 1].into())
+            .ssl_mode(mode)
+            .root_cert(ca)
+    };
+    ReplicationClient::connect(&elsewhere(SslMode::VerifyCa)).await?;
+    let error = ReplicationClient::connect(&elsewhere(SslMode::VerifyFull))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Tls(_)), "{error:?}");
+    assert!(
+        format!("{error:?}").contains("NotValidForName"),
+        "{error:?}"
+    );
+    assert!(
+        error_chain(&error).contains("not valid for name \"db.example.com\""),
+        "{}",
+        error_chain(&error)
+    );
+    assert!(!error.is_retryable());
+
+    // Another CA: neither verify-ca nor verify-full (nor require with that root) trusts the
+    // server.
+    let other = tempfile::tempdir()?;
+    let wrong_ca = TestCerts::generate(other.path())?;
+    for mode in [SslMode::Require, SslMode::VerifyCa, SslMode::VerifyFull] {
+        let error = ReplicationClient::connect(
+            &config(&pg, &db)
+                .ssl_mode(mode)
+                .root_cert(wrong_ca.ca_cert_path()),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(error, Error::Tls(_)), "{mode}: {error:?}");
+        // UnknownIssuer, or BadSignature if the other CA has the same name.
+        assert!(
+            format!("{error:?}").contains("InvalidCertificate"),
+            "{error:?}"
+        );
+    }
+
+    // Configuration errors come before any connection attempt.
+    let error = ReplicationClient::connect(&config(&pg, &db).ssl_mode(SslMode::VerifyFull))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Config { .. }), "{error:?}");
+    assert!(error.to_string().contains("sslrootcert"), "{error}");
+    let missing = other.path().join("missing.crt");
+    let error = ReplicationClient::connect(
+        &config(&pg, &db)
+            .ssl_mode(SslMode::VerifyCa)
+            .root_cert(&missing),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(error, Error::RootCert { .. }), "{error:?}");
+    let not_pem = other.path().join("not.pem");
+    std::fs::write(&not_pem, "not a certificate\n")?;
+    let error = ReplicationClient::connect(
+        &config(&pg, &db)
+            .ssl_mode(SslMode::VerifyCa)
+            .root_cert(&not_pem),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(error, Error::RootCert { .. }), "{error:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_modes_against_a_server_without_tls() -> TestResult {
+    let pg = PgServer::start()?;
+    let db = pg.create_database("cdcnotls").await?;
+
+    let error = ReplicationClient::connect(&config(&pg, &db).ssl_mode(SslMode::Require))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::TlsRefused {
+                mode: SslMode::Require
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "the server does not accept TLS connections (it refused the SSLRequest) and \
+         sslmode=require requires TLS: enable ssl on the server or lower sslmode"
+    );
+    assert!(!error.is_retryable());
+
+    let certs_dir = tempfile::tempdir()?;
+    let certs = TestCerts::generate(certs_dir.path())?;
+    let error = ReplicationClient::connect(
+        &config(&pg, &db)
+            .ssl_mode(SslMode::VerifyFull)
+            .root_cert(certs.ca_cert_path()),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::TlsRefused {
+                mode: SslMode::VerifyFull
+            }
+        ),
+        "{error:?}"
+    );
+
+    // prefer falls back to plain TCP.
+    let mut client =
+        ReplicationClient::connect(&config(&pg, &db).ssl_mode(SslMode::Prefer)).await?;
+    assert!(!client.is_tls());
+    assert!(client.identify_system().await.is_ok());
     Ok(())
 }
 

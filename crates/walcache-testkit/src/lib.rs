@@ -5,6 +5,8 @@
 //! - [`PgServer`]: a PostgreSQL cluster with `wal_level = logical`, copied from an `initdb`
 //!   template cached once per machine, with [`PgServer::create_database`] for a database per
 //!   test.
+//! - [`PgServer::start_with_tls`] and [`RedisServer::start_with_tls`]: the same with TLS, with
+//!   certificates made by `openssl` ([`TestCerts`]).
 //! - [`wait_until`] and [`wait_until_blocking`]: poll a condition with a deadline instead of
 //!   sleeping.
 //! - [`unique_prefix`]: a key prefix that isolates a test's Redis keys on a shared server.
@@ -14,8 +16,9 @@
 //!
 //! # Requirements
 //!
-//! `redis-server` and PostgreSQL (found with `pg_config --bindir`); on Debian
-//! `apt-get install -y redis-server postgresql`, or run `scripts/test.sh`, which installs them.
+//! `redis-server` and PostgreSQL (found with `pg_config --bindir`), and `openssl` for the TLS
+//! servers; on Debian `apt-get install -y redis-server postgresql openssl`, or run
+//! `scripts/test.sh`, which installs them.
 //! When the tests run as root, PostgreSQL runs as the `postgres` user.
 //!
 //! # Environment
@@ -51,6 +54,7 @@ mod pg_server;
 mod privilege;
 mod process;
 mod redis_server;
+mod tls;
 mod wait;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +62,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use crate::error::{Error, Result};
 pub use crate::pg_server::PgServer;
 pub use crate::redis_server::RedisServer;
+pub use crate::tls::TestCerts;
 pub use crate::wait::{wait_until, wait_until_blocking, WaitError};
 
 /// A prefix for a test's Redis keys, unique per call within the machine's running processes:

@@ -17,6 +17,7 @@ use crate::process::{
     create_server_dir, file_len, find_program, free_port, log_tail, mentions_address_in_use,
     process_alive, run, signal, PG_DIR_PREFIX,
 };
+use crate::tls::TestCerts;
 
 /// The role `initdb -U` creates.
 const SUPERUSER: &str = "postgres";
@@ -57,6 +58,12 @@ local   replication     all                                     trust
 host    all             all             127.0.0.1/32            trust
 host    replication     all             127.0.0.1/32            trust
 ";
+/// Prepended to [`PG_HBA`] by [`PgServer::start_with_tls`]: the entries TLS connections match.
+const PG_HBA_TLS: &str = "\
+# walcache-testkit: TLS connections (plain ones still match the host lines below).
+hostssl all             all             127.0.0.1/32            trust
+hostssl replication     all             127.0.0.1/32            trust
+";
 
 /// A private PostgreSQL cluster (`wal_level = logical`) on a free loopback port, stopped on drop.
 ///
@@ -92,6 +99,7 @@ pub struct PgServer {
     socket_dir: PathBuf,
     log_path: PathBuf,
     child: Option<Child>,
+    tls: Option<TestCerts>,
     dir: TempDir,
 }
 
@@ -116,6 +124,24 @@ impl PgServer {
     /// end of the server log, [`Error::Command`] when `initdb` or `cp` fails,
     /// [`Error::NoUnprivilegedUser`] when running as root without a usable user.
     pub fn start() -> Result<PgServer> {
+        Self::start_with(false)
+    }
+
+    /// As [`start`](Self::start), with TLS: a CA and a server certificate for
+    /// `IP:127.0.0.1, DNS:localhost` made with `openssl` ([`TestCerts`]) in the server's
+    /// directory, `ssl = on`, and `hostssl` entries in `pg_hba.conf` (trust, replication
+    /// included). Plain connections are still accepted, so [`connect`](Self::connect) and the
+    /// URLs work unchanged; clients verify the server with [`ca_cert_path`](Self::ca_cert_path).
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start); [`Error::MissingBinary`] or [`Error::Command`] when
+    /// `openssl` is missing or fails.
+    pub fn start_with_tls() -> Result<PgServer> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Result<PgServer> {
         let bin_dir = bin_dir()?;
         let run_as = RunAs::get()?;
         let template = template(&bin_dir, run_as)?;
@@ -130,7 +156,19 @@ impl PgServer {
             .arg(&template)
             .arg(&data_dir))?;
         fs::create_dir(&socket_dir).map_err(|e| Error::io("creating", &socket_dir, e))?;
-        write_settings(&data_dir, &socket_dir)?;
+        let certs = if tls {
+            let tls_dir = dir.path().join("tls");
+            fs::create_dir(&tls_dir).map_err(|e| Error::io("creating", &tls_dir, e))?;
+            let certs = TestCerts::generate(&tls_dir)?;
+            let hba = data_dir.join("pg_hba.conf");
+            fs::write(&hba, format!("{PG_HBA_TLS}{PG_HBA}"))
+                .map_err(|e| Error::io("writing", &hba, e))?;
+            Some(certs)
+        } else {
+            None
+        };
+        write_settings(&data_dir, &socket_dir, certs.as_ref())?;
+        // The key must belong to the server's user (mode 0600), like the rest of the directory.
         run_as.chown_recursive(dir.path())?;
 
         let mut server = PgServer {
@@ -141,6 +179,7 @@ impl PgServer {
             socket_dir,
             log_path,
             child: None,
+            tls: certs,
             dir,
         };
         let mut last_error = None;
@@ -162,6 +201,18 @@ impl PgServer {
     /// The TCP port the server listens on (on 127.0.0.1); it stays the same across restarts.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The CA certificate (PEM) that signed the server's certificate, for a server started
+    /// with [`start_with_tls`](Self::start_with_tls); `None` otherwise.
+    pub fn ca_cert_path(&self) -> Option<&Path> {
+        self.tls.as_ref().map(TestCerts::ca_cert_path)
+    }
+
+    /// The server's certificates, for a server started with
+    /// [`start_with_tls`](Self::start_with_tls).
+    pub fn tls_certs(&self) -> Option<&TestCerts> {
+        self.tls.as_ref()
     }
 
     /// The superuser role, always `postgres`.
@@ -437,9 +488,10 @@ fn postmaster_ready(pid_file: &Path, pid: u32) -> bool {
 }
 
 /// Writes the per-server settings into `postgresql.auto.conf`, which PostgreSQL reads last.
-fn write_settings(data_dir: &Path, socket_dir: &Path) -> Result<()> {
-    let socket_dir = socket_dir.display().to_string().replace('\'', "''");
-    let settings = format!(
+fn write_settings(data_dir: &Path, socket_dir: &Path, tls: Option<&TestCerts>) -> Result<()> {
+    let quote = |path: &Path| path.display().to_string().replace('\'', "''");
+    let socket_dir = quote(socket_dir);
+    let mut settings = format!(
         "# Written by walcache-testkit.\n\
          listen_addresses = '127.0.0.1'\n\
          unix_socket_directories = '{socket_dir}'\n\
@@ -452,6 +504,15 @@ fn write_settings(data_dir: &Path, socket_dir: &Path) -> Result<()> {
          max_connections = 100\n\
          shared_buffers = 32MB\n"
     );
+    if let Some(certs) = tls {
+        settings.push_str(&format!(
+            "ssl = on\n\
+             ssl_cert_file = '{}'\n\
+             ssl_key_file = '{}'\n",
+            quote(certs.server_cert_path()),
+            quote(certs.server_key_path()),
+        ));
+    }
     let path = data_dir.join("postgresql.auto.conf");
     fs::write(&path, settings).map_err(|e| Error::io("writing", &path, e))
 }

@@ -12,6 +12,7 @@ use crate::process::{
     create_server_dir, file_len, find_program, free_port, log_tail, mentions_address_in_use,
     process_alive, REDIS_DIR_PREFIX, REDIS_PID_FILE,
 };
+use crate::tls::TestCerts;
 
 /// How many fresh ports [`RedisServer::start`] tries.
 const START_ATTEMPTS: usize = 5;
@@ -42,6 +43,7 @@ pub struct RedisServer {
     port: u16,
     binary: PathBuf,
     child: Option<Child>,
+    tls: Option<TestCerts>,
     dir: TempDir,
 }
 
@@ -66,6 +68,26 @@ impl RedisServer {
     /// the end of the server's log when no attempt succeeded, [`Error::Io`] for file-system
     /// failures.
     pub fn start() -> Result<RedisServer> {
+        Self::start_with(false)
+    }
+
+    /// As [`start`](Self::start), serving TLS only (`--port 0 --tls-port PORT`), with a CA and
+    /// a server certificate for `IP:127.0.0.1, DNS:localhost` made with `openssl`
+    /// ([`TestCerts`]) and no client certificates required (`--tls-auth-clients no`).
+    /// [`url`](Self::url) and [`tls_url`](Self::tls_url) are then
+    /// `rediss://127.0.0.1:PORT/`, and [`client`](Self::client) trusts
+    /// [`ca_cert_path`](Self::ca_cert_path).
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start); [`Error::MissingBinary`] or [`Error::Command`] when
+    /// `openssl` is missing or fails; [`Error::Startup`] when `redis-server` was built without
+    /// TLS.
+    pub fn start_with_tls() -> Result<RedisServer> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Result<RedisServer> {
         let binary = match std::env::var_os(BINARY_ENV) {
             Some(path) => PathBuf::from(path),
             None => find_program("redis-server").ok_or_else(|| Error::MissingBinary {
@@ -74,10 +96,16 @@ impl RedisServer {
             })?,
         };
         let dir = create_server_dir(REDIS_DIR_PREFIX)?;
+        let tls = if tls {
+            Some(TestCerts::generate(dir.path())?)
+        } else {
+            None
+        };
         let mut server = RedisServer {
             port: 0,
             binary,
             child: None,
+            tls,
             dir,
         };
         let mut last_error = None;
@@ -101,14 +129,45 @@ impl RedisServer {
         self.port
     }
 
-    /// The server's URL, `redis://127.0.0.1:PORT/`.
+    /// The server's URL: `redis://127.0.0.1:PORT/`, or `rediss://127.0.0.1:PORT/` for a
+    /// server started with [`start_with_tls`](Self::start_with_tls).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
-    /// A client for the server (no connection is made until one is asked for).
+    /// `rediss://127.0.0.1:PORT/` for a server started with
+    /// [`start_with_tls`](Self::start_with_tls); `None` otherwise.
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls
+            .as_ref()
+            .map(|_| format!("rediss://127.0.0.1:{}/", self.port))
+    }
+
+    /// The CA certificate (PEM) that signed the server's certificate, for a server started
+    /// with [`start_with_tls`](Self::start_with_tls); `None` otherwise.
+    pub fn ca_cert_path(&self) -> Option<&Path> {
+        self.tls.as_ref().map(TestCerts::ca_cert_path)
+    }
+
+    /// The server's certificates, for a server started with
+    /// [`start_with_tls`](Self::start_with_tls).
+    pub fn tls_certs(&self) -> Option<&TestCerts> {
+        self.tls.as_ref()
+    }
+
+    /// A client for the server (no connection is made until one is asked for); for a TLS
+    /// server, one that trusts only the test CA.
+    ///
+    /// # Panics
+    ///
+    /// When the CA certificate written at start can no longer be read.
     pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.url()).expect("a redis://127.0.0.1:PORT/ URL is always valid")
+        client_for(self.port, self.tls.as_ref()).expect("the test CA is readable and valid")
     }
 
     /// The server's temporary directory (working directory and `redis.log`).
@@ -169,9 +228,20 @@ impl RedisServer {
         let stderr = File::create(&stderr_path)
             .map_err(|e| Attempt::Fatal(Error::io("creating", &stderr_path, e)))?;
         let mut command = Command::new(&self.binary);
+        match &self.tls {
+            None => command.arg("--port").arg(self.port.to_string()),
+            Some(certs) => command
+                .args(["--port", "0", "--tls-port"])
+                .arg(self.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(certs.server_cert_path())
+                .arg("--tls-key-file")
+                .arg(certs.server_key_path())
+                .arg("--tls-ca-cert-file")
+                .arg(certs.ca_cert_path())
+                .args(["--tls-auth-clients", "no"]),
+        };
         command
-            .arg("--port")
-            .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--daemonize", "no", "--protected-mode", "no"])
             .arg("--dir")
@@ -220,7 +290,7 @@ impl RedisServer {
             }
             // Ask the server for its pid: a PONG from some other server that owns the port
             // must not count.
-            if answering_pid(self.port) == Some(pid) {
+            if answering_pid(self.port, self.tls.as_ref()) == Some(pid) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -235,9 +305,30 @@ impl RedisServer {
     }
 }
 
+/// A client for the server on `port`, trusting only the test CA when there is one.
+fn client_for(port: u16, tls: Option<&TestCerts>) -> Result<redis::Client> {
+    let Some(certs) = tls else {
+        return Ok(redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+            .expect("a redis://127.0.0.1:PORT/ URL is always valid"));
+    };
+    // redis-rs builds its rustls configuration with the process-wide provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certificates = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(certs.ca_pem()?),
+    };
+    redis::Client::build_with_tls(format!("rediss://127.0.0.1:{port}/"), certificates).map_err(
+        |e| Error::Io {
+            action: "building a TLS client for the CA",
+            path: certs.ca_cert_path().to_owned(),
+            source: std::io::Error::other(e),
+        },
+    )
+}
+
 /// The `process_id` of the server answering `PING` on `port`, if one does.
-fn answering_pid(port: u16) -> Option<u32> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
+fn answering_pid(port: u16, tls: Option<&TestCerts>) -> Option<u32> {
+    let client = client_for(port, tls).ok()?;
     let mut conn = client
         .get_connection_with_timeout(Duration::from_millis(500))
         .ok()?;

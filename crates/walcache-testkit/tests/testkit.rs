@@ -247,3 +247,103 @@ fn missing_binary_names_the_install_command() {
         "redis-server not found: install it with `apt-get install -y redis-server`"
     );
 }
+
+#[tokio::test]
+async fn tls_redis_accepts_a_client_trusting_the_test_ca() -> TestResult {
+    let redis = RedisServer::start_with_tls()?;
+    let url = redis.tls_url().expect("a TLS server has a rediss:// URL");
+    assert_eq!(url, format!("rediss://127.0.0.1:{}/", redis.port()));
+    assert_eq!(redis.url(), url);
+    let ca = std::fs::read(redis.ca_cert_path().expect("a TLS server has a CA"))?;
+
+    // What walcache and walcached do with a CA file: redis-rs builds its rustls configuration
+    // with the process-wide provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = redis::Client::build_with_tls(
+        url.as_str(),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca),
+        },
+    )?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let key = format!("{}:tls", unique_prefix());
+    redis::cmd("SET")
+        .arg(&key)
+        .arg("over tls")
+        .exec_async(&mut conn)
+        .await?;
+    let value: String = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+    assert_eq!(value, "over tls");
+
+    // The testkit's own client trusts the test CA too (a blocking connection here).
+    let mut blocking = redis.client().get_connection()?;
+    let value: String = redis::cmd("GET").arg(&key).query(&mut blocking)?;
+    assert_eq!(value, "over tls");
+
+    // Neither the system roots (plain `Client::open`) nor another CA trust the server, and
+    // there is no plaintext port.
+    let system_roots = redis::Client::open(url.as_str())?;
+    assert!(system_roots
+        .get_multiplexed_async_connection()
+        .await
+        .is_err());
+    let other = tempfile::tempdir()?;
+    let wrong = walcache_testkit::TestCerts::generate(other.path())?;
+    let wrong_ca = redis::Client::build_with_tls(
+        url.as_str(),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(wrong.ca_pem()?),
+        },
+    )?;
+    assert!(wrong_ca.get_multiplexed_async_connection().await.is_err());
+    let plain = redis::Client::open(format!("redis://127.0.0.1:{}/", redis.port()))?;
+    assert!(plain
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .and_then(|mut conn| redis::cmd("PING").query::<String>(&mut conn))
+        .is_err());
+    Ok(())
+}
+
+#[tokio::test]
+async fn tls_pg_serves_tls_with_its_ca_and_plain_connections() -> TestResult {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    let pg = PgServer::start_with_tls()?;
+    let ca = pg.ca_cert_path().expect("a TLS server has a CA");
+    let certs = pg.tls_certs().expect("a TLS server has certificates");
+    let key = std::fs::metadata(certs.server_key_path())?;
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    assert_eq!(key.uid(), std::fs::metadata(pg.data_dir())?.uid());
+    let hba = std::fs::read_to_string(pg.data_dir().join("pg_hba.conf"))?;
+    assert!(hba.contains("hostssl replication     all             127.0.0.1/32"));
+
+    // Plain connections, for the tests' own setup, still work.
+    let client = pg.connect("postgres").await?;
+    let ssl: String = client.query_one("SHOW ssl", &[]).await?.get(0);
+    assert_eq!(ssl, "on");
+
+    // libpq verifies the certificate against the CA, by IP address and by host name.
+    for host in ["127.0.0.1", "localhost"] {
+        let output = Command::new(pg.psql_path())
+            .arg(format!(
+                "host={host} port={} user=postgres dbname=postgres sslmode=verify-full \
+                 sslrootcert={}",
+                pg.port(),
+                ca.display()
+            ))
+            .args([
+                "-Atc",
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            ])
+            .output()?;
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "t");
+    }
+    Ok(())
+}

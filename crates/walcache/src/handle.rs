@@ -261,6 +261,7 @@ impl Walcache {
 #[derive(Debug, Clone)]
 pub struct WalcacheBuilder {
     redis_url: Option<String>,
+    redis_ca_file: Option<std::path::PathBuf>,
     prefix: String,
     stream: Option<bool>,
     heartbeat_timeout: Duration,
@@ -280,6 +281,7 @@ impl Default for WalcacheBuilder {
     fn default() -> Self {
         WalcacheBuilder {
             redis_url: None,
+            redis_ca_file: None,
             prefix: "wc".to_owned(),
             stream: None,
             heartbeat_timeout: Duration::from_secs(3),
@@ -302,6 +304,13 @@ impl WalcacheBuilder {
     /// or `rediss://` for TLS. Without it the caches are L1-only. Default: none.
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.redis_url = Some(url.into());
+        self
+    }
+
+    /// With a `rediss://` URL: trust only the CA certificate(s) in this PEM file instead of the
+    /// system roots. Default: the system roots.
+    pub fn redis_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.redis_ca_file = Some(path.into());
         self
     }
 
@@ -452,12 +461,7 @@ impl WalcacheBuilder {
         let (naming, stream) = self.validate()?;
         let (l2, client) = match &self.redis_url {
             Some(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(|e| {
-                    Error::config(format!(
-                        "redis_url is not a valid Redis URL ({e}); expected redis://host:port/db \
-                         or rediss://host:port/db"
-                    ))
-                })?;
+                let client = redis_client(url, self.redis_ca_file.as_deref())?;
                 let breaker = Breaker::new(self.breaker_threshold, self.breaker_open_for);
                 let l2 = L2::connect(
                     client.clone(),
@@ -516,6 +520,49 @@ impl WalcacheBuilder {
                 shutdown: tx,
             }),
         })
+    }
+}
+
+/// A Redis client for `url`; `rediss://` verifies the server against the system roots, or
+/// only against the CA in `ca_file`.
+fn redis_client(url: &str, ca_file: Option<&std::path::Path>) -> Result<redis::Client, Error> {
+    let bad_url = |e: redis::RedisError| {
+        Error::config(format!(
+            "redis_url is not a valid Redis URL ({e}); expected redis://host:port/db or \
+             rediss://host:port/db"
+        ))
+    };
+    if url.starts_with("rediss://") {
+        // redis-rs builds its TLS configuration with the process-wide rustls provider; install
+        // ring's unless the application installed one (then this is a no-op).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    match ca_file {
+        None => redis::Client::open(url).map_err(bad_url),
+        Some(path) => {
+            if !url.starts_with("rediss://") {
+                return Err(Error::config(format!(
+                    "redis_ca_file = {}: set, but redis_url is not rediss://; use a rediss:// URL \
+                     or drop redis_ca_file",
+                    path.display()
+                )));
+            }
+            let pem = std::fs::read(path).map_err(|e| {
+                Error::config(format!(
+                    "redis_ca_file = {}: cannot be read ({e}); give the PEM file of the CA that \
+                     signed the Redis server's certificate",
+                    path.display()
+                ))
+            })?;
+            redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )
+            .map_err(bad_url)
+        }
     }
 }
 

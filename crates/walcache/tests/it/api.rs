@@ -210,3 +210,48 @@ async fn tags_travel_with_the_value_through_l2() {
     .expect("tag reaches an entry filled from L2");
     assert_eq!(cb.get(&1).await, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_with_a_private_ca() {
+    support::recorder();
+    let redis = RedisServer::start_with_tls().expect("redis with TLS");
+    let url = redis.tls_url().expect("a rediss:// URL");
+    let ca = redis.ca_cert_path().expect("the test CA").to_owned();
+    // The system roots do not know the test CA: a wrong trust setting fails at start-up.
+    let untrusted = Walcache::builder()
+        .redis_url(&url)
+        .without_invalidation_stream()
+        .build()
+        .await;
+    assert!(
+        untrusted.is_err(),
+        "a server signed by an unknown CA is refused"
+    );
+    let e = Walcache::builder()
+        .redis_url("redis://127.0.0.1:1/")
+        .redis_ca_file(&ca)
+        .without_invalidation_stream()
+        .build()
+        .await
+        .expect_err("a CA file needs rediss://");
+    assert!(e.to_string().contains("redis_ca_file"), "{e}");
+
+    let handles: Vec<Walcache> = futures_util::future::join_all((0..2).map(|_| {
+        Walcache::builder()
+            .redis_url(&url)
+            .redis_ca_file(&ca)
+            .without_invalidation_stream()
+            .build()
+    }))
+    .await
+    .into_iter()
+    .map(|h| h.expect("handle over TLS"))
+    .collect();
+    let a = handles[0].cache::<i64, String>("tls").build().unwrap();
+    let b = handles[1].cache::<i64, String>("tls").build().unwrap();
+    a.try_get_with(&1, async { Ok::<_, LoadError>("over tls".to_owned()) })
+        .await
+        .unwrap();
+    // The other handle reads it from L2, through its own TLS connection.
+    assert_eq!(b.get(&1).await.as_deref(), Some("over tls"));
+}

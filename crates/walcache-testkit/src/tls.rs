@@ -1,0 +1,143 @@
+//! Test certificates made with the `openssl` command-line tool.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::error::{Error, Result};
+use crate::process::{find_program, run};
+use crate::unique_prefix;
+
+/// The server certificate's extensions: valid for 127.0.0.1 and localhost, as a TLS server.
+const SERVER_EXTENSIONS: &str = "\
+subjectAltName = IP:127.0.0.1, DNS:localhost
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+";
+
+/// A name no other CA of this machine's test processes has, so that a client trusting
+/// another test CA fails with "unknown issuer" rather than a bad signature.
+fn unique_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{}n{nanos}", unique_prefix())
+}
+
+/// A throw-away certificate authority and a server certificate it signed, made with the
+/// `openssl` command-line tool (ECDSA P-256, valid for ten years).
+///
+/// The server certificate's subjectAltName is `IP:127.0.0.1, DNS:localhost`. Files, in the
+/// directory given to [`generate`](Self::generate): `ca.crt`, `ca.key`, `server.crt`,
+/// `server.key` (the keys with mode 0600).
+///
+/// [`PgServer::start_with_tls`](crate::PgServer::start_with_tls) and
+/// [`RedisServer::start_with_tls`](crate::RedisServer::start_with_tls) make their own; make
+/// another one to test a client against the wrong CA.
+#[derive(Debug, Clone)]
+pub struct TestCerts {
+    ca_cert: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
+impl TestCerts {
+    /// Writes a new CA and server certificate into `dir` (which must exist).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MissingBinary`] without `openssl`, [`Error::Command`] when it fails,
+    /// [`Error::Io`] for file-system failures.
+    pub fn generate(dir: &Path) -> Result<TestCerts> {
+        let openssl = find_program("openssl").ok_or_else(|| Error::MissingBinary {
+            binary: "openssl".to_owned(),
+            package: "openssl".to_owned(),
+        })?;
+        let ca_key = dir.join("ca.key");
+        let ca_cert = dir.join("ca.crt");
+        let server_key = dir.join("server.key");
+        let server_csr = dir.join("server.csr");
+        let server_cert = dir.join("server.crt");
+        let extensions = dir.join("server.ext");
+        let openssl = |args: &[&str]| {
+            let mut command = Command::new(&openssl);
+            command
+                .args(args)
+                .current_dir(dir)
+                .stdin(Stdio::null())
+                .env("OPENSSL_CONF", "/dev/null");
+            command
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+        run(openssl(&["req", "-x509", "-nodes", "-days", "3650"])
+            .args(ec)
+            .arg("-subj")
+            .arg(format!("/CN=walcache-testkit CA {}", unique_name()))
+            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+            .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+            .arg("-keyout")
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&ca_cert))?;
+        run(openssl(&["req", "-new", "-nodes"])
+            .args(ec)
+            .args(["-subj", "/CN=localhost"])
+            .arg("-keyout")
+            .arg(&server_key)
+            .arg("-out")
+            .arg(&server_csr))?;
+        fs::write(&extensions, SERVER_EXTENSIONS)
+            .map_err(|e| Error::io("writing", &extensions, e))?;
+        run(
+            openssl(&["x509", "-req", "-days", "3650", "-set_serial", "2"])
+                .arg("-in")
+                .arg(&server_csr)
+                .arg("-CA")
+                .arg(&ca_cert)
+                .arg("-CAkey")
+                .arg(&ca_key)
+                .arg("-extfile")
+                .arg(&extensions)
+                .arg("-out")
+                .arg(&server_cert),
+        )?;
+        for key in [&ca_key, &server_key] {
+            fs::set_permissions(key, fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::io("setting the permissions of", key, e))?;
+        }
+        for scratch in [&server_csr, &extensions] {
+            let _ = fs::remove_file(scratch);
+        }
+        Ok(TestCerts {
+            ca_cert,
+            server_cert,
+            server_key,
+        })
+    }
+
+    /// The CA certificate (PEM): the root a client should trust.
+    pub fn ca_cert_path(&self) -> &Path {
+        &self.ca_cert
+    }
+
+    /// The server certificate (PEM).
+    pub fn server_cert_path(&self) -> &Path {
+        &self.server_cert
+    }
+
+    /// The server's private key (PEM, mode 0600).
+    pub fn server_key_path(&self) -> &Path {
+        &self.server_key
+    }
+
+    /// The CA certificate's PEM bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the file cannot be read.
+    pub fn ca_pem(&self) -> Result<Vec<u8>> {
+        fs::read(&self.ca_cert).map_err(|e| Error::io("reading", &self.ca_cert, e))
+    }
+}
