@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
-use walcache_cdc::client::{ReplicationClient, ReplicationConfig, APPLICATION_NAME};
+use walcache_cdc::client::{ReplicationClient, APPLICATION_NAME};
 
 use crate::config::{redact_url, Config};
 use crate::mapping::{self, quote_ident, TableInfo};
@@ -153,33 +153,17 @@ fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-fn pg_config(config: &Config) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
-    let mut pg: tokio_postgres::Config = config.postgres.url.expose().parse()?;
-    if let Some(password) = &config.postgres.password {
-        pg.password(password.expose());
-    }
-    if pg.get_connect_timeout().is_none() {
-        pg.connect_timeout(TIMEOUT);
-    }
-    pg.application_name(format!("{APPLICATION_NAME}-check"));
-    Ok(pg)
-}
-
 async fn check_postgres(config: &Config, report: &mut Report) {
     let url = redact_url(config.postgres.url.expose());
-    let pg = match pg_config(config) {
-        Ok(pg) => pg,
+    let postgres = match crate::connect::Postgres::from_config(config) {
+        Ok(p) => p,
         Err(e) => {
-            report.problem(
-                "postgres.url",
-                format!("{url:?} does not parse: {}", chain(&e)),
-                Some("use postgres://user@host:5432/dbname".to_owned()),
-            );
+            report.problem("postgres.url", e.problem, None);
             return;
         }
     };
-    let (client, connection) = match pg.connect(tokio_postgres::NoTls).await {
-        Ok((client, connection)) => (client, tokio::spawn(connection)),
+    let client = match postgres.connect(&format!("{APPLICATION_NAME}-check")).await {
+        Ok(client) => client,
         Err(e) => {
             report.problem(
                 "postgres.url",
@@ -193,19 +177,12 @@ async fn check_postgres(config: &Config, report: &mut Report) {
             return;
         }
     };
-    if let Err(e) = check_database(config, &pg, &client, report).await {
+    if let Err(e) = check_database(config, &postgres, &client, report).await {
         report.problem(
             "postgres.url",
             format!("a catalog query failed: {}", chain(&e)),
             None,
         );
-    }
-    // Dropping the client ends the connection task.
-    drop(client);
-    match connection.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::debug!(error = %e, "check: the PostgreSQL connection ended"),
-        Err(e) => tracing::debug!(error = %e, "check: the PostgreSQL connection task failed"),
     }
 }
 
@@ -219,7 +196,7 @@ async fn show(
 
 async fn check_database(
     config: &Config,
-    pg: &tokio_postgres::Config,
+    pg: &crate::connect::Postgres,
     client: &tokio_postgres::Client,
     report: &mut Report,
 ) -> Result<(), tokio_postgres::Error> {
@@ -317,11 +294,11 @@ async fn check_database(
 
 /// Open (and close) a replication connection, as the daemon will: catches a `pg_hba.conf`
 /// without a `replication` line.
-async fn check_replication_connection(pg: &tokio_postgres::Config, report: &mut Report) {
-    let config = match ReplicationConfig::from_pg_config(pg) {
+async fn check_replication_connection(postgres: &crate::connect::Postgres, report: &mut Report) {
+    let config = match postgres.replication() {
         Ok(c) => c,
         Err(e) => {
-            report.problem("postgres.url", chain(&e), None);
+            report.problem("postgres.url", e.problem, None);
             return;
         }
     };
@@ -607,14 +584,10 @@ pub fn standby_names_match(setting: &str, application_name: &str) -> bool {
 
 async fn check_redis(config: &Config, report: &mut Report) {
     let url = redact_url(config.redis.url.expose());
-    let client = match redis::Client::open(config.redis.url.expose()) {
+    let client = match crate::connect::redis_client(config) {
         Ok(c) => c,
         Err(e) => {
-            report.problem(
-                "redis.url",
-                format!("{url:?} is not a Redis URL: {}", chain(&e)),
-                Some("use redis://host:6379/0".to_owned()),
-            );
+            report.problem(&e.field, format!("{url:?}: {}", e.problem), None);
             return;
         }
     };

@@ -111,6 +111,10 @@ impl fmt::Debug for PostgresConfig {
 pub struct RedisConfig {
     /// `redis://[user:pass@]host:port/db` or `rediss://`. Env: `WALCACHED_REDIS_URL`.
     pub url: Secret,
+    /// With a `rediss://` URL: a PEM file of the CA to trust instead of the system roots.
+    /// Env: `WALCACHED_REDIS_CA_FILE`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Prefix of keys and channels; must match the library's. Default `wc`.
     /// Env: `WALCACHED_REDIS_KEY_PREFIX`.
     #[serde(default = "default_prefix")]
@@ -121,6 +125,7 @@ impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
             .field("url", &redact_url(self.url.expose()))
+            .field("ca_file", &self.ca_file)
             .field("key_prefix", &self.key_prefix)
             .finish()
     }
@@ -358,6 +363,9 @@ impl Config {
         if let Some(v) = env.var("WALCACHED_REDIS_URL") {
             self.redis.url = Secret(v);
         }
+        if let Some(v) = env.var("WALCACHED_REDIS_CA_FILE") {
+            self.redis.ca_file = Some(PathBuf::from(v));
+        }
         if let Some(v) = env.var("WALCACHED_REDIS_KEY_PREFIX") {
             self.redis.key_prefix = v;
         }
@@ -422,27 +430,8 @@ impl Config {
     ///
     /// The first problem found.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let pg = self.postgres.url.expose();
-        pg.parse::<tokio_postgres::Config>().map_err(|e| {
-            ConfigError::new(
-                "postgres.url",
-                format!(
-                    "{:?} is not a PostgreSQL connection string ({e}); expected \
-                     postgres://user@host:5432/dbname",
-                    redact_url(pg)
-                ),
-            )
-        })?;
-        let redis_url = self.redis.url.expose();
-        redis::Client::open(redis_url).map_err(|e| {
-            ConfigError::new(
-                "redis.url",
-                format!(
-                    "{:?} is not a Redis URL ({e}); expected redis://host:6379/0",
-                    redact_url(redis_url)
-                ),
-            )
-        })?;
+        crate::connect::Postgres::from_config(self)?;
+        crate::connect::redis_client(self)?;
         Naming::new(self.redis.key_prefix.clone()).map_err(|e| {
             ConfigError::new(
                 "redis.key_prefix",

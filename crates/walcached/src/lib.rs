@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod config;
+pub mod connect;
 pub mod http;
 pub mod mapping;
 pub mod metrics;

@@ -199,8 +199,7 @@ fn served_namespaces(config: &Config) -> Vec<String> {
 
 fn redis_client(config: &Config) -> Result<redis::Client, u8> {
     // Validated with the configuration; an error here is still the configuration's.
-    redis::Client::open(config.redis.url.expose())
-        .map_err(|e| fail(EXIT_CONFIG, "configuration error: redis.url", &e))
+    walcached::connect::redis_client(config).map_err(|e| config_error(&e))
 }
 
 async fn refresh_now(args: &ConfigArgs) -> u8 {

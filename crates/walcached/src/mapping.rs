@@ -138,6 +138,9 @@ pub fn quote_ident(s: &str) -> String {
 pub struct CompiledRule {
     /// `(schema, table)`.
     pub table: (String, String),
+    /// The table's oid when the rule was compiled: the stream names relations by oid, and a
+    /// rename keeps it.
+    pub oid: u32,
     /// The namespace.
     pub namespace: String,
     /// Key templates.
@@ -213,6 +216,7 @@ pub fn compile(rule: &Rule, index: usize, info: &TableInfo) -> Result<CompiledRu
     }
     Ok(CompiledRule {
         table: (info.schema.clone(), info.name.clone()),
+        oid: info.oid,
         namespace: rule.namespace.clone(),
         templates,
         tags: rule.tags.clone(),
@@ -251,6 +255,7 @@ struct Bound {
 pub struct Mapper {
     rules: Vec<CompiledRule>,
     by_table: HashMap<(String, String), usize>,
+    by_oid: HashMap<u32, usize>,
     relations: HashMap<u32, Bound>,
 }
 
@@ -279,9 +284,11 @@ impl Mapper {
             .enumerate()
             .map(|(i, r)| (r.table.clone(), i))
             .collect();
+        let by_oid = rules.iter().enumerate().map(|(i, r)| (r.oid, i)).collect();
         Mapper {
             rules,
             by_table,
+            by_oid,
             relations: HashMap::new(),
         }
     }
@@ -303,13 +310,23 @@ impl Mapper {
         } else {
             rel.namespace.clone()
         };
-        let Some(&rule_index) = self.by_table.get(&(schema, rel.name.clone())) else {
+        // By oid first: a table renamed (or moved to another schema) under its rule is still
+        // in the publication and its changes still come; dropping them as "not ours" would
+        // leave its keys stale. By name otherwise (a table recreated under the same name).
+        let name = (schema, rel.name.clone());
+        let by_name = self.by_table.get(&name);
+        let Some(&rule_index) = self.by_oid.get(&rel.id).or(by_name) else {
             self.relations.remove(&rel.id);
             return RelationCheck::Unmapped;
         };
         let rule = &self.rules[rule_index];
         let mut positions = HashMap::new();
-        let mut problem = None;
+        let mut problem = (rule.table != name).then(|| {
+            format!(
+                "table {}.{} was renamed to {}.{}",
+                rule.table.0, rule.table.1, name.0, name.1
+            )
+        });
         for (col, ty) in &rule.column_types {
             match rel.columns.iter().position(|c| &c.name == col) {
                 Some(p) => {

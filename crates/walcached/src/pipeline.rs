@@ -22,6 +22,7 @@ use walcache_cdc::protocol::ReplicationMessage;
 use walcache_cdc::Lsn;
 
 use crate::config::{redact_url, Config, ConfigError};
+use crate::connect::Postgres;
 use crate::mapping::{self, CompiledRule, Invalidation, Mapper, RelationCheck, TableInfo};
 use crate::metrics as m;
 use crate::publisher::{Batch, Publisher};
@@ -95,48 +96,17 @@ impl Backoff {
     }
 }
 
-/// Connect a plain SQL session (for catalog reads and slot/publication management).
-async fn sql_client(config: &Config) -> Result<tokio_postgres::Client, RunError> {
-    let mut pg: tokio_postgres::Config = config.postgres.url.expose().parse().map_err(|e| {
-        RunError::postgres(
-            format!("parsing {}", redact_url(config.postgres.url.expose())),
-            e,
-        )
-    })?;
-    if let Some(p) = &config.postgres.password {
-        pg.password(p.expose());
-    }
-    pg.application_name("walcached-control");
-    pg.connect_timeout(Duration::from_secs(10));
-    let (client, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(|e| {
+/// Connect the control session (catalog reads, slot/publication management, visibility
+/// checks), with the same TLS settings as the replication connection.
+async fn sql_client(
+    postgres: &Postgres,
+    config: &Config,
+) -> Result<tokio_postgres::Client, RunError> {
+    postgres.connect("walcached-control").await.map_err(|e| {
         RunError::postgres(
             format!("connecting to {}", redact_url(config.postgres.url.expose())),
             e,
         )
-    })?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "control connection ended");
-        }
-    });
-    Ok(client)
-}
-
-fn replication_config(config: &Config) -> Result<ReplicationConfig, RunError> {
-    let mut pg: tokio_postgres::Config = config
-        .postgres
-        .url
-        .expose()
-        .parse()
-        .map_err(|e| RunError::postgres("parsing postgres.url", e))?;
-    if let Some(p) = &config.postgres.password {
-        pg.password(p.expose());
-    }
-    ReplicationConfig::from_pg_config(&pg).map_err(|e| {
-        RunError::Config(ConfigError::new(
-            "postgres.url",
-            format!("cannot be used for replication: {e}"),
-        ))
     })
 }
 
@@ -275,15 +245,12 @@ pub async fn run(
     shutdown: CancellationToken,
     status: Arc<Status>,
 ) -> Result<(), RunError> {
-    let control = sql_client(&config).await?;
+    let postgres = Postgres::from_config(&config)?;
+    let control = sql_client(&postgres, &config).await?;
     refuse_synchronous_standby(&control).await?;
     let rules = compile_rules(&control, &config).await?;
     let mapper = Mapper::new(rules.clone());
-    let redis_client =
-        redis::Client::open(config.redis.url.expose()).map_err(|e| RunError::Redis {
-            context: format!("opening {}", redact_url(config.redis.url.expose())),
-            source: e,
-        })?;
+    let redis_client = crate::connect::redis_client(&config)?;
     let epoch: u64 = rand::random();
     let mut publisher = Publisher::connect(
         &redis_client,
@@ -302,7 +269,7 @@ pub async fn run(
         source: e,
     })?;
     ensure_publication(&control, &config, &rules).await?;
-    let replication = replication_config(&config)?;
+    let replication = postgres.replication()?;
     tracing::info!(epoch, rules = rules.len(), "walcached starting");
 
     let mut stream = Streamer {
@@ -319,14 +286,38 @@ pub async fn run(
         pending: Vec::new(),
     };
     let mut backoff = Backoff { attempt: 0 };
+    // Waiting for a slot another daemon streams from (said once per wait, not per retry).
+    let mut standby = false;
     loop {
         if shutdown.is_cancelled() {
             break;
         }
         match stream.session(&replication, &shutdown, &mut backoff).await {
             Ok(()) => break, // clean shutdown
+            Err(SessionError::Replication(e)) if e.code() == Some(SLOT_IN_USE) => {
+                // Another daemon holds the slot (SQLSTATE 55006): wait silently as a standby
+                // (no heartbeats, no warnings, no error count) and take over once it is free.
+                // The control connection just worked (it read the slot's state): keep it.
+                status.set_streaming(false);
+                // The backoff restarts whenever a session streams: a new wait.
+                if backoff.attempt == 0 {
+                    standby = false;
+                }
+                let pause = backoff.next();
+                if standby {
+                    tracing::debug!(retry_in = ?pause, "the replication slot is still in use");
+                } else {
+                    standby = true;
+                    tracing::info!(slot = %config.postgres.slot, reason = %e.as_db_error().map_or("", |db| db.message.as_str()), "the replication slot is in use by another consumer: waiting as a standby until it is free");
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
             Err(e) => {
                 status.set_streaming(false);
+                standby = false;
                 metrics::counter!(m::ERRORS_TOTAL, "kind" => e.kind()).increment(1);
                 let pause = backoff.next();
                 tracing::warn!(error = %e, retry_in = ?pause, "replication session ended; reconnecting");
@@ -335,7 +326,7 @@ pub async fn run(
                     () = tokio::time::sleep(pause) => {}
                 }
                 metrics::counter!(m::RECONNECTS_TOTAL, "to" => "postgres").increment(1);
-                if let Ok(c) = sql_client(&config).await {
+                if let Ok(c) = sql_client(&postgres, &config).await {
                     stream.control = c;
                 }
             }
@@ -345,6 +336,10 @@ pub async fn run(
     tracing::info!("walcached stopped");
     Ok(())
 }
+
+/// SQLSTATE object_in_use: what START_REPLICATION (or dropping a slot) answers while another
+/// connection streams from the slot.
+const SLOT_IN_USE: &str = "55006";
 
 /// Why a session ended (retried).
 #[derive(Debug, thiserror::Error)]
@@ -503,9 +498,9 @@ impl Streamer<'_> {
                     // Finish what is in flight, confirm it, stop. A transaction half-read is
                     // replayed by the next run.
                     // (With the token cancelled, the publish is tried once, not retried.)
+                    let txns = std::mem::take(&mut self.batch_txns);
+                    self.hold_invisible(txns).await;
                     if !batch.is_empty() && self.publish_with_retry(&batch, Some(stream), shutdown).await {
-                        let txns = std::mem::take(&mut self.batch_txns);
-                        self.hold_invisible(txns).await;
                         self.advance_confirmed(Lsn(batch.lsn));
                     }
                     stream.send_status(self.confirmed, self.confirmed, self.confirmed, false).await?;
@@ -784,6 +779,14 @@ impl Streamer<'_> {
             return Ok(());
         }
         let first = started.take().unwrap_or_else(Instant::now);
+        // Visibility is checked *before* publishing: a transaction seen visible here is
+        // visible to every fill that takes its lease after the publish (fills read the
+        // database after taking the lease), and one not yet visible gets a second
+        // invalidation once it is. Checked after publishing instead, a commit that became
+        // visible between the publish and the check would let a fill that read the old row in
+        // that gap survive.
+        let txns = std::mem::take(&mut self.batch_txns);
+        self.hold_invisible(txns).await;
         if !self.publish_with_retry(batch, Some(stream), shutdown).await {
             // Shutting down with the batch unpublished: do not confirm it; the next run
             // replays it from the slot.
@@ -797,9 +800,6 @@ impl Streamer<'_> {
         let lag = now_micros.saturating_sub(batch.commit_time_micros).max(0);
         metrics::gauge!(m::REPLICATION_LAG_SECONDS).set(lag as f64 / 1e6);
         self.status.set_published_seq(self.publisher.seq());
-        // Transactions not yet visible to new snapshots get a second invalidation later.
-        let txns = std::mem::take(&mut self.batch_txns);
-        self.hold_invisible(txns).await;
         // Only now is the position safe to confirm (held at the oldest pending recheck).
         self.advance_confirmed(Lsn(batch.lsn));
         *batch = Batch::default();

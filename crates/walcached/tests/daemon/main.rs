@@ -2,6 +2,7 @@
 #![allow(missing_docs)]
 
 mod cli;
+mod faults;
 mod pipeline;
 mod refresh;
 mod support;

@@ -647,3 +647,54 @@ async fn syncrep_waiting(db: &tokio_postgres::Client, pid: i32) -> bool {
     .unwrap()
     .is_some()
 }
+
+/// TLS end to end: `sslmode=verify-full` to PostgreSQL (replication and SQL sessions alike)
+/// and `rediss://` with a private CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_runs_over_tls_to_postgres_and_redis() {
+    let pg = PgServer::start_with_tls().expect("postgres with TLS");
+    let redis = RedisServer::start_with_tls().expect("redis with TLS");
+    let (dbname, db) = users_db(&pg).await;
+    let listener = Listener::start(&redis).await;
+    let pg_ca = pg.ca_cert_path().expect("CA").display().to_string();
+    let redis_ca = redis.ca_cert_path().expect("CA").display().to_string();
+    let toml = format!(
+        r#"
+[postgres]
+url = "{pg}?sslmode=verify-full&sslrootcert={pg_ca}"
+
+[redis]
+url = "{redis}"
+ca_file = "{redis_ca}"
+
+[stream]
+heartbeat_interval_ms = 50
+
+[http]
+listen = ""
+
+{USERS_RULE}
+"#,
+        pg = pg.url(&dbname),
+        redis = redis.tls_url().expect("rediss URL"),
+    );
+    let daemon = Daemon::start(&toml).await;
+    db.execute("INSERT INTO users VALUES (1, 'a@x.org', NULL)", &[])
+        .await
+        .unwrap();
+    listener.wait_keys(&["users/1"]).await;
+    let encrypted: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name IN ('walcached', 'walcached-control') AND s.ssl",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        encrypted, 2,
+        "the replication and the control session both use TLS"
+    );
+    daemon.stop().await;
+}

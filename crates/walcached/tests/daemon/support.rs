@@ -23,6 +23,19 @@ pub(crate) struct Daemon {
 
 impl Daemon {
     pub(crate) async fn start(config_toml: &str) -> Daemon {
+        let d = Daemon::spawn(config_toml);
+        let status = Arc::clone(&d.status);
+        wait_until("daemon caught up", DEADLINE, || async {
+            status.is_caught_up()
+        })
+        .await
+        .expect("the daemon starts streaming");
+        d
+    }
+
+    /// Start a daemon without waiting for it to stream (it may never: a standby waiting for
+    /// another daemon's slot).
+    pub(crate) fn spawn(config_toml: &str) -> Daemon {
         let config = Config::parse(config_toml, &HashMap::<String, String>::new()).expect("config");
         let status = Arc::new(Status::default());
         let shutdown = CancellationToken::new();
@@ -31,18 +44,11 @@ impl Daemon {
             shutdown.clone(),
             Arc::clone(&status),
         ));
-        let d = Daemon {
+        Daemon {
             status,
             shutdown,
             task: Some(task),
-        };
-        let status = Arc::clone(&d.status);
-        wait_until("daemon caught up", DEADLINE, || async {
-            status.is_caught_up()
-        })
-        .await
-        .expect("the daemon starts streaming");
-        d
+        }
     }
 
     /// SIGTERM's path: stop reading, publish in-flight, confirm, return.
@@ -168,13 +174,25 @@ impl Listener {
         .expect("the daemon is streaming");
     }
 
-    fn heartbeats(&self) -> usize {
+    pub(crate) fn heartbeats(&self) -> usize {
         self.messages
             .lock()
             .unwrap()
             .iter()
             .filter(|m| m.is_heartbeat())
             .count()
+    }
+
+    /// The distinct epochs of every message so far (heartbeats included), in order of first
+    /// appearance: one per daemon that published.
+    pub(crate) fn epochs(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        for m in self.messages.lock().unwrap().iter() {
+            if !out.contains(&m.epoch) {
+                out.push(m.epoch);
+            }
+        }
+        out
     }
 
     pub(crate) fn clear(&self) {
