@@ -246,7 +246,10 @@ fn rustls_config(
 ///
 /// [`Error::Config`] for `verify-ca`/`verify-full` without a root certificate,
 /// [`Error::RootCert`] when the file cannot be read or holds no certificate.
-pub fn client_config(mode: SslMode, root_cert: Option<&Path>) -> Result<rustls::ClientConfig, Error> {
+pub fn client_config(
+    mode: SslMode,
+    root_cert: Option<&Path>,
+) -> Result<rustls::ClientConfig, Error> {
     let roots = match root_cert {
         Some(path) => Some(Arc::new(load_root_cert(path)?)),
         None if mode.verifies_chain() => {
