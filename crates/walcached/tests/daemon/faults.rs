@@ -8,27 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use walcache_protocol::Naming;
 use walcache_testkit::{wait_until, PgServer, RedisServer};
 
-use crate::support::{config, Daemon, Listener, DEADLINE};
-
-const USERS_RULE: &str = r#"
-[[rules]]
-table = "public.users"
-namespace = "users"
-keys = ["{id}", "by_email:{email}"]
-tags = ["users"]
-"#;
-
-async fn users_db(pg: &PgServer) -> (String, tokio_postgres::Client) {
-    let name = pg.create_database("faults").await.expect("database");
-    let db = pg.connect(&name).await.expect("connect");
-    db.batch_execute(
-        "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL, name text);
-         ALTER TABLE users REPLICA IDENTITY FULL;",
-    )
-    .await
-    .expect("schema");
-    (name, db)
-}
+use crate::support::{config, users_db, Daemon, Listener, DEADLINE, USERS_RULE};
 
 async fn generation(redis: &RedisServer, namespace: &str) -> u64 {
     let mut conn = redis

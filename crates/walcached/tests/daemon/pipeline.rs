@@ -3,31 +3,13 @@
 
 use std::time::Duration;
 
-use walcache::{KeyPart, Walcache};
+use walcache::KeyPart;
 use walcache_protocol::{key_of, ColumnType};
 use walcache_testkit::{wait_until, PgServer, RedisServer};
 
-use crate::support::{config, confirmed_and_current, Daemon, Listener, DEADLINE};
-
-const USERS_RULE: &str = r#"
-[[rules]]
-table = "public.users"
-namespace = "users"
-keys = ["{id}", "by_email:{email}"]
-tags = ["users"]
-"#;
-
-async fn users_db(pg: &PgServer) -> (String, tokio_postgres::Client) {
-    let name = pg.create_database("daemon").await.expect("database");
-    let db = pg.connect(&name).await.expect("connect");
-    db.batch_execute(
-        "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL, name text);
-         ALTER TABLE users REPLICA IDENTITY FULL;",
-    )
-    .await
-    .expect("schema");
-    (name, db)
-}
+use crate::support::{
+    config, confirmed_and_current, live_library, users_db, Daemon, Listener, DEADLINE, USERS_RULE,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insert_update_delete_truncate_invalidate_exactly_their_keys() {
@@ -167,15 +149,7 @@ async fn a_commit_evicts_a_library_cache_and_the_next_read_is_fresh() {
         .unwrap();
     let daemon = Daemon::start(&config(&pg, &dbname, &redis, USERS_RULE)).await;
 
-    let handle = Walcache::builder()
-        .redis_url(redis.url())
-        .heartbeat_timeout(Duration::from_secs(2))
-        .build()
-        .await
-        .expect("handle");
-    wait_until("library live", DEADLINE, || async { handle.is_live() })
-        .await
-        .expect("the daemon's heartbeats make the stream live");
+    let handle = live_library(&redis).await;
     let cache = handle.cache::<i64, String>("users").build().expect("cache");
     let db = std::sync::Arc::new(db);
     let load = |db: std::sync::Arc<tokio_postgres::Client>| async move {
@@ -392,15 +366,7 @@ async fn a_fill_during_the_visibility_window_does_not_survive() {
         .await
         .unwrap();
     let daemon = Daemon::start(&config(&pg, &dbname, &redis, USERS_RULE)).await;
-    let handle = Walcache::builder()
-        .redis_url(redis.url())
-        .heartbeat_timeout(Duration::from_secs(5))
-        .build()
-        .await
-        .expect("handle");
-    wait_until("library live", DEADLINE, || async { handle.is_live() })
-        .await
-        .expect("live");
+    let handle = live_library(&redis).await;
     let cache = handle.cache::<i64, String>("users").build().expect("cache");
     let reader = std::sync::Arc::new(pg.connect(&dbname).await.unwrap());
     let load = |db: std::sync::Arc<tokio_postgres::Client>| async move {

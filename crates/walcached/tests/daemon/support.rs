@@ -222,3 +222,39 @@ pub(crate) async fn confirmed_and_current(db: &tokio_postgres::Client) -> (u64, 
         .expect("slot position");
     (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64)
 }
+
+/// The `users` table's rule: keys by id and by email, and a tag.
+pub(crate) const USERS_RULE: &str = r#"
+[[rules]]
+table = "public.users"
+namespace = "users"
+keys = ["{id}", "by_email:{email}"]
+tags = ["users"]
+"#;
+
+/// A database with a `users` table under REPLICA IDENTITY FULL (templates use email too).
+pub(crate) async fn users_db(pg: &PgServer) -> (String, tokio_postgres::Client) {
+    let name = pg.create_database("daemon").await.expect("database");
+    let db = pg.connect(&name).await.expect("connect");
+    db.batch_execute(
+        "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL, name text);
+         ALTER TABLE users REPLICA IDENTITY FULL;",
+    )
+    .await
+    .expect("schema");
+    (name, db)
+}
+
+/// A library handle on this Redis, live on the daemon's heartbeats.
+pub(crate) async fn live_library(redis: &RedisServer) -> walcache::Walcache {
+    let handle = walcache::Walcache::builder()
+        .redis_url(redis.url())
+        .heartbeat_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .expect("handle");
+    wait_until("library live", DEADLINE, || async { handle.is_live() })
+        .await
+        .expect("the daemon's heartbeats make the stream live");
+    handle
+}
