@@ -103,7 +103,7 @@
 //! ## Metrics and tracing
 //!
 //! Emitted through the [`metrics`](https://docs.rs/metrics) facade (install any exporter);
-//! names are in [`metrics`](crate::metrics). Loads run in a `walcache.load` tracing span.
+//! names are in [`metrics`]. Loads run in a `walcache.load` tracing span.
 //! Keys and values never appear in labels or logs.
 
 mod breaker;
