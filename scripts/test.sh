@@ -14,43 +14,9 @@ section() {
     printf '\n==> %s\n' "$*"
 }
 
-# --- System packages: redis-server, PostgreSQL (initdb, postgres, pg_ctl, psql), openssl ------
 section "Checking system packages"
-missing=()
-if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
-    missing+=(redis-server)
-fi
-# pg_config alone may come from libpq-dev: the server package provides initdb next to it.
-pg_bindir="$(pg_config --bindir 2>/dev/null || true)"
-if [ -z "$pg_bindir" ] || [ ! -x "$pg_bindir/initdb" ]; then
-    missing+=(postgresql)
-fi
-# openssl makes the certificates of the TLS tests.
-if ! command -v openssl >/dev/null 2>&1 && [ ! -x /usr/bin/openssl ]; then
-    missing+=(openssl)
-fi
-if [ "${#missing[@]}" -gt 0 ]; then
-    install_cmd="DEBIAN_FRONTEND=noninteractive apt-get install -y ${missing[*]}"
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "missing: ${missing[*]}" >&2
-        echo "install them with: sudo apt-get update && sudo $install_cmd" >&2
-        exit 1
-    fi
-    echo "installing: ${missing[*]}"
-    # Update the package lists only if they were never downloaded on this machine.
-    if ! compgen -G '/var/lib/apt/lists/*_Packages' >/dev/null; then
-        apt-get update
-    fi
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"; then
-        # Stale lists (a package version gone from the mirror): refresh once and retry.
-        apt-get update
-        DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
-    fi
-fi
-# The postgresql package may start its own cluster on port 5432 (or not, without systemd).
-# The tests never use it: each one starts private servers on free ports.
-echo "redis-server: $(command -v redis-server || echo /usr/bin/redis-server)"
-echo "PostgreSQL:   $(pg_config --bindir) ($(pg_config --version))"
+# shellcheck source=scripts/ensure-packages.sh
+source scripts/ensure-packages.sh  # (the working directory is the repository root)
 
 # --- Rust components -------------------------------------------------------------------------
 section "Checking Rust components"
@@ -81,8 +47,19 @@ fi
 section "cargo test --workspace --doc --locked"
 cargo test --workspace --doc --locked
 
+section "cargo doc --workspace --no-deps (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
+# Docker is not available here: the compose file, Kubernetes manifests, Prometheus rules and
+# Grafana dashboard are parsed and cross-checked against the metrics the code defines.
+section "scripts/check-deploy.py (deployment files and metric names)"
+python3 scripts/check-deploy.py
+
 # Each benchmark once, in test mode: keeps the benches compiling and working against real
 # servers. The measured run is by hand: cargo bench -p walcache-benches (see BENCHMARKS.md).
+section "examples: the demo, two rounds (private servers, walcached, an embedded cache)"
+cargo run --locked -p walcache-examples --bin demo -- --rounds 2
+
 section "cargo test --workspace --benches --locked (benchmark smoke run)"
 cargo test --workspace --benches --locked
 
