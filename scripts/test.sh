@@ -63,4 +63,13 @@ cargo run --locked -p walcache-examples --bin demo -- --rounds 2
 section "cargo test --workspace --benches --locked (benchmark smoke run)"
 cargo test --workspace --benches --locked
 
+# The staleness auditor's CI mode (about 60 s): real PostgreSQL, Redis and walcached, readers in
+# several handles (one in a child process), Redis restart, pub/sub kill and daemon SIGKILL
+# injected; fails on any read stale beyond its bound. It runs the walcached binary, built here
+# (the test run above builds it too, with the whole workspace's features; this build is for
+# walcached alone, a few seconds).
+section "walcache-audit --ci (staleness under faults)"
+cargo build --locked -p walcached
+cargo run --locked -p walcache-audit -- --ci --fault-bound 1s --report target/audit-ci.json
+
 section "All checks passed"
