@@ -55,11 +55,11 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 section "scripts/check-deploy.py (deployment files and metric names)"
 python3 scripts/check-deploy.py
 
-# Each benchmark once, in test mode: keeps the benches compiling and working against real
-# servers. The measured run is by hand: cargo bench -p walcache-benches (see BENCHMARKS.md).
 section "examples: the demo, two rounds (private servers, walcached, an embedded cache)"
 cargo run --locked -p walcache-examples --bin demo -- --rounds 2
 
+# Each benchmark once, in test mode: keeps the benches compiling and working against real
+# servers. The measured run is by hand: cargo bench -p walcache-benches (see BENCHMARKS.md).
 section "cargo test --workspace --benches --locked (benchmark smoke run)"
 cargo test --workspace --benches --locked
 
