@@ -70,6 +70,9 @@ cargo test --workspace --benches --locked
 # walcached alone, a few seconds).
 section "walcache-audit --ci (staleness under faults)"
 cargo build --locked -p walcached
-cargo run --locked -p walcache-audit -- --ci --fault-bound 1s --report target/audit-ci.json
+# The bounds here are the gate against unbounded staleness (a lost invalidation, a stuck
+# daemon), set loose enough for a busy 2-core CI machine: measured staleness on such a machine
+# is p99.9 ~60-90 ms in steady state (see crates/walcache-audit/README.md for the distributions).
+cargo run --locked -p walcache-audit -- --ci --bound 500ms --fault-bound 2s --report target/audit-ci.json
 
 section "All checks passed"
