@@ -63,6 +63,13 @@ cargo run --locked -p walcache-examples --bin demo -- --rounds 2
 section "cargo test --workspace --benches --locked (benchmark smoke run)"
 cargo test --workspace --benches --locked
 
+# The benchmark suite's quick mode (debug build: its numbers mean nothing), written to target/
+# so the committed BENCHMARKS.md is left alone. The measured run:
+# cargo run --release -p walcache-benches --bin suite
+section "benchmark suite, quick mode (smoke run)"
+mkdir -p target/suite-smoke
+WALCACHE_SUITE_OUT=target/suite-smoke cargo run --locked -p walcache-benches --bin suite -- --quick
+
 # The staleness auditor's CI mode (about 60 s): real PostgreSQL, Redis and walcached, readers in
 # several handles (one in a child process), Redis restart, pub/sub kill and daemon SIGKILL
 # injected; fails on any read stale beyond its bound. It runs the walcached binary, built here
