@@ -301,7 +301,12 @@ impl Default for WalcacheBuilder {
 
 impl WalcacheBuilder {
     /// The shared Redis (L2, leases, invalidation channels): `redis://[user:pass@]host:port/db`
-    /// or `rediss://` for TLS. Without it the caches are L1-only. Default: none.
+    /// or `rediss://` for TLS (verified against the system roots, or see
+    /// [`redis_ca_file`](Self::redis_ca_file)). Without it the caches are L1-only. Default: none.
+    ///
+    /// With `rediss://`, TLS needs a process-wide rustls crypto provider: `build()` installs
+    /// ring's unless the application installed one first (an application that wants another
+    /// provider installs it before building the handle).
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.redis_url = Some(url.into());
         self
