@@ -192,6 +192,19 @@ pub(crate) enum FillOutcome {
     Raced,
 }
 
+/// The operations timed in `walcache_l2_duration_seconds{op}`.
+const OPS: [&str; 9] = [
+    "get",
+    "get_with_generation",
+    "lease",
+    "fill",
+    "release",
+    "insert",
+    "invalidate",
+    "invalidate_tag",
+    "flush",
+];
+
 struct Scripts {
     read: Script,
     lease: Script,
@@ -297,6 +310,8 @@ pub(crate) struct L2 {
     lease_ttl: Duration,
     pub(crate) breaker: Breaker,
     scripts: Scripts,
+    /// The latency histogram of each operation, resolved once (not a registry lookup per call).
+    timers: Vec<(&'static str, metrics::Histogram)>,
     pub(crate) naming: Naming,
 }
 
@@ -365,6 +380,15 @@ impl L2 {
             lease_ttl,
             breaker,
             scripts: Scripts::new(),
+            timers: OPS
+                .iter()
+                .map(|op| {
+                    (
+                        *op,
+                        metrics::histogram!(m::L2_DURATION_SECONDS, "op" => *op),
+                    )
+                })
+                .collect(),
             naming,
         })
     }
@@ -381,7 +405,10 @@ impl L2 {
         }
         let start = Instant::now();
         let result = tokio::time::timeout(self.timeout, fut).await;
-        metrics::histogram!(m::L2_DURATION_SECONDS, "op" => op).record(start.elapsed());
+        match self.timers.iter().find(|(o, _)| *o == op) {
+            Some((_, h)) => h.record(start.elapsed()),
+            None => metrics::histogram!(m::L2_DURATION_SECONDS, "op" => op).record(start.elapsed()),
+        }
         match result {
             Ok(Ok(v)) => {
                 self.breaker.record_success();
