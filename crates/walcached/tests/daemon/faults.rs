@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use walcache_protocol::Naming;
 use walcache_testkit::{wait_until, PgServer, RedisServer};
 
-use crate::support::{config, users_db, Daemon, Listener, DEADLINE, USERS_RULE};
+use crate::support::{config, users_stack, Daemon, Listener, DEADLINE, USERS_RULE};
 
 async fn generation(redis: &RedisServer, namespace: &str) -> u64 {
     let mut conn = redis
@@ -63,9 +63,7 @@ async fn wait_flush(listener: &Listener, namespace: &str, what: &str) {
 /// a mismatch flushes the namespace and alerts, without a crash loop."
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_altered_under_its_rule_flushes_its_namespace() {
-    let pg = PgServer::start().expect("postgres");
-    let redis = RedisServer::start().expect("redis");
-    let (dbname, db) = users_db(&pg).await;
+    let (pg, redis, dbname, db) = users_stack().await;
     let listener = Listener::start(&redis).await;
     let daemon = Daemon::start(&config(&pg, &dbname, &redis, USERS_RULE)).await;
     db.execute("INSERT INTO users VALUES (1, 'a@x.org', 'Ada')", &[])
@@ -136,9 +134,7 @@ async fn a_table_altered_under_its_rule_flushes_its_namespace() {
 /// changes keep coming under the new name, and must not be dropped as "not ours".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_renamed_under_its_rule_flushes_its_namespace() {
-    let pg = PgServer::start().expect("postgres");
-    let redis = RedisServer::start().expect("redis");
-    let (dbname, db) = users_db(&pg).await;
+    let (pg, redis, dbname, db) = users_stack().await;
     let listener = Listener::start(&redis).await;
     let daemon = Daemon::start(&config(&pg, &dbname, &redis, USERS_RULE)).await;
     db.execute("INSERT INTO users VALUES (1, 'a@x.org', 'Ada')", &[])
@@ -300,9 +296,7 @@ fn log_lines(since: usize, level: &str, needle: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_daemon_on_the_same_slot_waits_then_takes_over() {
     captured_logs();
-    let pg = PgServer::start().expect("postgres");
-    let redis = RedisServer::start().expect("redis");
-    let (dbname, db) = users_db(&pg).await;
+    let (pg, redis, dbname, db) = users_stack().await;
     let listener = Listener::start(&redis).await;
     let toml = config(&pg, &dbname, &redis, USERS_RULE);
     let a = Daemon::start(&toml).await;
@@ -373,9 +367,7 @@ async fn a_second_daemon_on_the_same_slot_waits_then_takes_over() {
 /// contract 5: an invalidated slot means an unknown gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_slot_is_recreated_and_every_namespace_flushed() {
-    let pg = PgServer::start().expect("postgres");
-    let redis = RedisServer::start().expect("redis");
-    let (dbname, db) = users_db(&pg).await;
+    let (pg, redis, dbname, db) = users_stack().await;
     db.batch_execute(
         "CREATE TABLE accounts (id bigint PRIMARY KEY, owner text);
          CREATE TABLE filler (n int);",

@@ -8,14 +8,13 @@ use walcache_protocol::{key_of, ColumnType};
 use walcache_testkit::{wait_until, PgServer, RedisServer};
 
 use crate::support::{
-    config, confirmed_and_current, live_library, users_db, Daemon, Listener, DEADLINE, USERS_RULE,
+    config, confirmed_and_current, live_library, load_name, users_db, users_stack, Daemon,
+    Listener, DEADLINE, USERS_RULE,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insert_update_delete_truncate_invalidate_exactly_their_keys() {
-    let pg = PgServer::start().expect("postgres");
-    let redis = RedisServer::start().expect("redis");
-    let (dbname, db) = users_db(&pg).await;
+    let (pg, redis, dbname, db) = users_stack().await;
     let listener = Listener::start(&redis).await;
     let daemon = Daemon::start(&config(&pg, &dbname, &redis, USERS_RULE)).await;
 
@@ -141,9 +140,7 @@ async fn insert_update_delete_truncate_invalidate_exactly_their_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_evicts_a_library_cache_and_the_next_read_is_fresh() {
-    let pg = PgServer::start().expect("postgres");
-    let redis = RedisServer::start().expect("redis");
-    let (dbname, db) = users_db(&pg).await;
+    let (pg, redis, dbname, db) = users_stack().await;
     db.execute("INSERT INTO users VALUES (1, 'a@x.org', 'old')", &[])
         .await
         .unwrap();
@@ -152,11 +149,7 @@ async fn a_commit_evicts_a_library_cache_and_the_next_read_is_fresh() {
     let handle = live_library(&redis).await;
     let cache = handle.cache::<i64, String>("users").build().expect("cache");
     let db = std::sync::Arc::new(db);
-    let load = |db: std::sync::Arc<tokio_postgres::Client>| async move {
-        db.query_one("SELECT name FROM users WHERE id = 1", &[])
-            .await
-            .map(|r| r.get::<_, String>(0))
-    };
+    let load = load_name;
     assert_eq!(
         cache
             .try_get_with(&1, load(std::sync::Arc::clone(&db)))
@@ -251,9 +244,7 @@ keys = ["{id}:{i2}:{i4}:{b}", "{t}:{v}:{u}", "{by}:{ts}:{tz}", "{d}:{n}"]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_confirms_nothing_and_the_daemon_catches_up() {
-    let pg = PgServer::start().expect("postgres");
-    let mut redis = RedisServer::start().expect("redis");
-    let (dbname, db) = users_db(&pg).await;
+    let (pg, mut redis, dbname, db) = users_stack().await;
     let daemon = Daemon::start(&config(&pg, &dbname, &redis, USERS_RULE)).await;
     redis.stop();
     db.execute("INSERT INTO users VALUES (7, 'g@x.org', NULL)", &[])
@@ -332,9 +323,7 @@ async fn redis_down_confirms_nothing_and_the_daemon_catches_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_is_survived() {
-    let mut pg = PgServer::start().expect("postgres");
-    let redis = RedisServer::start().expect("redis");
-    let (dbname, db) = users_db(&pg).await;
+    let (mut pg, redis, dbname, db) = users_stack().await;
     drop(db);
     let listener = Listener::start(&redis).await;
     let daemon = Daemon::start(&config(&pg, &dbname, &redis, USERS_RULE)).await;
@@ -359,9 +348,7 @@ async fn a_postgres_restart_is_survived() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_during_the_visibility_window_does_not_survive() {
     // A cluster of its own: the setting is cluster-wide.
-    let pg = PgServer::start().expect("postgres");
-    let redis = RedisServer::start().expect("redis");
-    let (dbname, db) = users_db(&pg).await;
+    let (pg, redis, dbname, db) = users_stack().await;
     db.execute("INSERT INTO users VALUES (1, 'a@x.org', 'old')", &[])
         .await
         .unwrap();
@@ -369,11 +356,7 @@ async fn a_fill_during_the_visibility_window_does_not_survive() {
     let handle = live_library(&redis).await;
     let cache = handle.cache::<i64, String>("users").build().expect("cache");
     let reader = std::sync::Arc::new(pg.connect(&dbname).await.unwrap());
-    let load = |db: std::sync::Arc<tokio_postgres::Client>| async move {
-        db.query_one("SELECT name FROM users WHERE id = 1", &[])
-            .await
-            .map(|r| r.get::<_, String>(0))
-    };
+    let load = load_name;
     assert_eq!(
         cache
             .try_get_with(&1, load(std::sync::Arc::clone(&reader)))
@@ -492,9 +475,7 @@ async fn a_fill_during_the_visibility_window_does_not_survive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_daemon_loses_nothing_on_restart() {
     const ROWS: i64 = 300;
-    let pg = PgServer::start().expect("postgres");
-    let redis = RedisServer::start().expect("redis");
-    let (dbname, db) = users_db(&pg).await;
+    let (pg, redis, dbname, db) = users_stack().await;
     let listener = Listener::start(&redis).await;
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("walcached.toml");
@@ -567,9 +548,7 @@ async fn assert_confirmed_were_announced(
 /// bounded and no message nears Redis's pub/sub output limits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_transaction_becomes_a_namespace_flush() {
-    let pg = PgServer::start().expect("postgres");
-    let redis = RedisServer::start().expect("redis");
-    let (dbname, db) = users_db(&pg).await;
+    let (pg, redis, dbname, db) = users_stack().await;
     let listener = Listener::start(&redis).await;
     let toml = config(&pg, &dbname, &redis, USERS_RULE)
         .replace("[stream]", "[stream]\nlarge_transaction_keys = 100");

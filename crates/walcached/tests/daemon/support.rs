@@ -258,3 +258,20 @@ pub(crate) async fn live_library(redis: &RedisServer) -> walcache::Walcache {
         .expect("the daemon's heartbeats make the stream live");
     handle
 }
+
+/// Private PostgreSQL and Redis, and a database with the `users` table.
+pub(crate) async fn users_stack() -> (PgServer, RedisServer, String, tokio_postgres::Client) {
+    let pg = PgServer::start().expect("postgres");
+    let redis = RedisServer::start().expect("redis");
+    let (dbname, db) = users_db(&pg).await;
+    (pg, redis, dbname, db)
+}
+
+/// The loader of the end-to-end tests: user 1's name, read in autocommit.
+pub(crate) async fn load_name(
+    db: std::sync::Arc<tokio_postgres::Client>,
+) -> Result<String, tokio_postgres::Error> {
+    db.query_one("SELECT name FROM users WHERE id = 1", &[])
+        .await
+        .map(|r| r.get::<_, String>(0))
+}
