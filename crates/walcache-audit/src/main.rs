@@ -31,8 +31,11 @@ use walcache::{Cache, Walcache};
 use walcache_audit::{check, now_ns, parse_duration, Bounds, Commit, Fault, Read, Summary, Zipf};
 use walcache_testkit::{PgServer, RedisServer};
 
-const NAMESPACE: &str = "audit_rows";
-const KEY_PREFIX: &str = "audit";
+mod daemon;
+use daemon::{daemon_config, walcached_bin, Daemon};
+
+pub(crate) const NAMESPACE: &str = "audit_rows";
+pub(crate) const KEY_PREFIX: &str = "audit";
 /// How long after each fault's injection the report counts its reads, and how long after its
 /// recovery the fault's bound still applies.
 const FAULT_WINDOW: Duration = Duration::from_secs(5);
@@ -40,7 +43,7 @@ const FAULT_WINDOW: Duration = Duration::from_secs(5);
 const REDIS_DOWN: Duration = Duration::from_millis(250);
 const SETUP_DEADLINE: Duration = Duration::from_secs(30);
 /// The daemon's heartbeat interval: well below the library's heartbeat timeout.
-const DAEMON_HEARTBEAT_MS: u64 = 100;
+pub(crate) const DAEMON_HEARTBEAT_MS: u64 = 100;
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s)
@@ -120,7 +123,7 @@ struct ChildArgs {
     reader: u32,
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() {
     let mut argv: Vec<String> = std::env::args().collect();
@@ -390,100 +393,6 @@ async fn spawn_child_reader(
         stdin,
         collector,
     })
-}
-
-// ---------------------------------------------------------------------------------------------
-// The daemon
-
-fn walcached_bin() -> Result<PathBuf, BoxError> {
-    if let Some(p) = std::env::var_os("WALCACHED_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().ok_or("the executable has no directory")?;
-    // target/<profile>/walcache-audit, or target/<profile>/deps/… for a test binary.
-    for candidate in [dir.join("walcached"), dir.join("../walcached")] {
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-    }
-    Err(format!(
-        "no walcached binary next to {}: run `cargo build -p walcached` (same profile) first, \
-         or set WALCACHED_BIN",
-        exe.display()
-    )
-    .into())
-}
-
-struct Daemon {
-    bin: PathBuf,
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<tokio::process::Child>,
-}
-
-impl Daemon {
-    fn spawn(&mut self) -> Result<(), BoxError> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let mut cmd = tokio::process::Command::new(&self.bin);
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true);
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("WALCACHED_") {
-                cmd.env_remove(name);
-            }
-        }
-        self.child = Some(cmd.spawn()?);
-        Ok(())
-    }
-
-    async fn sigkill(&mut self) -> Result<(), BoxError> {
-        if let Some(mut c) = self.child.take() {
-            c.start_kill()?; // SIGKILL
-            c.wait().await?;
-        }
-        Ok(())
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-fn daemon_config(pg_url: &str, redis_url: &str) -> String {
-    format!(
-        r#"
-[postgres]
-url = "{pg_url}"
-
-[redis]
-url = "{redis_url}"
-key_prefix = "{KEY_PREFIX}"
-
-[stream]
-batch_max_delay_ms = 1
-heartbeat_interval_ms = {DAEMON_HEARTBEAT_MS}
-status_interval_ms = 500
-
-[http]
-listen = ""
-
-[[rules]]
-table = "public.audit_rows"
-namespace = "{NAMESPACE}"
-keys = ["{{id}}"]
-"#
-    )
 }
 
 // ---------------------------------------------------------------------------------------------
