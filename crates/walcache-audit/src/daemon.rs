@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 use std::process::Stdio;
 
-use crate::{BoxError, DAEMON_HEARTBEAT_MS, KEY_PREFIX, NAMESPACE};
+use crate::BoxError;
 
 /// Where the `walcached` binary is: `WALCACHED_BIN`, else next to this executable.
-pub(crate) fn walcached_bin() -> Result<PathBuf, BoxError> {
+pub fn walcached_bin() -> Result<PathBuf, BoxError> {
     if let Some(p) = std::env::var_os("WALCACHED_BIN") {
         return Ok(PathBuf::from(p));
     }
@@ -27,20 +27,20 @@ pub(crate) fn walcached_bin() -> Result<PathBuf, BoxError> {
 }
 
 /// A `walcached` process the auditor can start, SIGKILL and restart.
-pub(crate) struct Daemon {
+pub struct Daemon {
     /// The `walcached` binary.
-    pub(crate) bin: PathBuf,
+    pub bin: PathBuf,
     /// Its configuration file.
-    pub(crate) config: PathBuf,
+    pub config: PathBuf,
     /// Where its stdout and stderr go (appended across restarts).
-    pub(crate) log: PathBuf,
+    pub log: PathBuf,
     /// The running process, if any.
-    pub(crate) child: Option<tokio::process::Child>,
+    pub child: Option<tokio::process::Child>,
 }
 
 impl Daemon {
     /// Start the daemon (`walcached run --config …`), with no `WALCACHED_*` overrides.
-    pub(crate) fn spawn(&mut self) -> Result<(), BoxError> {
+    pub fn spawn(&mut self) -> Result<(), BoxError> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -63,7 +63,7 @@ impl Daemon {
     }
 
     /// Kill it with SIGKILL and reap it.
-    pub(crate) async fn sigkill(&mut self) -> Result<(), BoxError> {
+    pub async fn sigkill(&mut self) -> Result<(), BoxError> {
         if let Some(mut c) = self.child.take() {
             c.start_kill()?; // SIGKILL
             c.wait().await?;
@@ -72,37 +72,71 @@ impl Daemon {
     }
 
     /// The last 20 lines of its log.
-    pub(crate) fn log_tail(&self) -> String {
+    pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 }
 
-/// The daemon's configuration for the audit tables.
-pub(crate) fn daemon_config(pg_url: &str, redis_url: &str) -> String {
-    format!(
+/// One `[[rules]]` entry of the daemon's configuration.
+#[derive(Debug, Clone)]
+pub struct RuleSpec {
+    /// `schema.table`.
+    pub table: String,
+    /// The namespace the library's caches use.
+    pub namespace: String,
+    /// Key templates, e.g. `{id}`.
+    pub keys: Vec<String>,
+    /// Tags bumped by every change of the table.
+    pub tags: Vec<String>,
+}
+
+/// The daemon's configuration: PostgreSQL, Redis with `key_prefix`, a 1 ms batch delay, a
+/// heartbeat every `heartbeat_interval_ms`, no HTTP listener, the full-refresh schedule off
+/// (`walcached refresh --config …` runs a cycle on demand), and `rules`.
+pub fn daemon_config(
+    pg_url: &str,
+    redis_url: &str,
+    key_prefix: &str,
+    heartbeat_interval_ms: u64,
+    rules: &[RuleSpec],
+) -> String {
+    let mut config = format!(
         r#"
 [postgres]
 url = "{pg_url}"
 
 [redis]
 url = "{redis_url}"
-key_prefix = "{KEY_PREFIX}"
+key_prefix = "{key_prefix}"
 
 [stream]
 batch_max_delay_ms = 1
-heartbeat_interval_ms = {DAEMON_HEARTBEAT_MS}
+heartbeat_interval_ms = {heartbeat_interval_ms}
 status_interval_ms = 500
+
+[refresh]
+interval_secs = 0
 
 [http]
 listen = ""
-
-[[rules]]
-table = "public.audit_rows"
-namespace = "{NAMESPACE}"
-keys = ["{{id}}"]
 "#
-    )
+    );
+    let list = |v: &[String]| {
+        v.iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for r in rules {
+        config.push_str(&format!(
+            "\n[[rules]]\ntable = {:?}\nnamespace = {:?}\nkeys = [{}]\ntags = [{}]\n",
+            r.table,
+            r.namespace,
+            list(&r.keys),
+            list(&r.tags)
+        ));
+    }
+    config
 }
-

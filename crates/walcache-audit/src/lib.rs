@@ -18,9 +18,14 @@
 //! such return. Reads are classified as [`Class::Fresh`], [`Class::StaleWithin`] or
 //! [`Class::StaleBeyond`] the bound that applies at the read's start ([`Bounds`]).
 
+pub mod daemon;
+
 use std::collections::HashMap;
 
 use serde::Serialize;
+
+/// Errors of the auditor's set-up and fault injection.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Nanoseconds on `CLOCK_MONOTONIC`: comparable across every process on this machine.
 pub fn now_ns() -> u64 {

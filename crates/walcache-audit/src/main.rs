@@ -31,8 +31,7 @@ use walcache::{Cache, Walcache};
 use walcache_audit::{check, now_ns, parse_duration, Bounds, Commit, Fault, Read, Summary, Zipf};
 use walcache_testkit::{PgServer, RedisServer};
 
-mod daemon;
-use daemon::{daemon_config, walcached_bin, Daemon};
+use walcache_audit::daemon::{daemon_config, walcached_bin, Daemon, RuleSpec};
 
 pub(crate) const NAMESPACE: &str = "audit_rows";
 pub(crate) const KEY_PREFIX: &str = "audit";
@@ -123,7 +122,7 @@ struct ChildArgs {
     reader: u32,
 }
 
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use walcache_audit::BoxError;
 
 fn main() {
     let mut argv: Vec<String> = std::env::args().collect();
@@ -621,7 +620,21 @@ async fn run(mut args: Args) -> Result<Summary, BoxError> {
         .prefix("walcache-audit")
         .tempdir()?;
     let config = dir.path().join("walcached.toml");
-    std::fs::write(&config, daemon_config(&pg.url(&dbname), &redis_url))?;
+    std::fs::write(
+        &config,
+        daemon_config(
+            &pg.url(&dbname),
+            &redis_url,
+            KEY_PREFIX,
+            DAEMON_HEARTBEAT_MS,
+            &[RuleSpec {
+                table: "public.audit_rows".into(),
+                namespace: NAMESPACE.into(),
+                keys: vec!["{id}".into()],
+                tags: vec![],
+            }],
+        ),
+    )?;
     let mut daemon = Daemon {
         bin,
         config,
