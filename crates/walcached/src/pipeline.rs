@@ -372,6 +372,12 @@ enum SessionError {
     Decode(#[from] walcache_cdc::DecodeError),
     #[error(transparent)]
     Setup(#[from] RunError),
+    /// The control session closed (e.g. PostgreSQL shutting down, which ends ordinary
+    /// sessions before walsenders): visibility cannot be checked, so nothing more can be
+    /// confirmed. Ending the session lets PostgreSQL's shutdown finish — a walsender waits
+    /// for its client to confirm everything sent — and the next session replays.
+    #[error("the control session closed: {0}")]
+    ControlLost(tokio_postgres::Error),
 }
 
 impl SessionError {
@@ -566,8 +572,11 @@ impl Streamer<'_> {
                     // replayed by the next run.
                     // (With the token cancelled, the publish is tried once, not retried.)
                     let txns = std::mem::take(&mut self.batch_txns);
-                    self.hold_invisible(txns).await;
-                    if !batch.is_empty() && self.publish_with_retry(&batch, Some(stream), shutdown).await {
+                    let held = self.hold_invisible(txns).await;
+                    if !batch.is_empty()
+                        && self.publish_with_retry(&batch, Some(stream), shutdown).await
+                        && held.is_ok()
+                    {
                         self.advance_confirmed(Lsn(batch.lsn));
                     }
                     stream.send_status(self.confirmed, self.confirmed, self.confirmed, false).await?;
@@ -716,11 +725,12 @@ impl Streamer<'_> {
         self.confirmed = self.confirmed.max(target);
     }
 
-    /// Which of these transactions are not yet visible to a new snapshot. On a control
-    /// connection error, all of them (the check is retried).
-    async fn invisible(&self, xids: &[u32]) -> Vec<u32> {
+    /// Which of these transactions are not yet visible to a new snapshot. On a query error,
+    /// all of them (the check is retried); if the control connection has closed,
+    /// [`SessionError::ControlLost`].
+    async fn invisible(&self, xids: &[u32]) -> Result<Vec<u32>, SessionError> {
         if xids.is_empty() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         // Widen each 32-bit xid to xid8 with the epoch of the snapshot's xmax: a committed
         // transaction's xid is below xmax, so a larger low half belongs to the previous epoch.
@@ -735,23 +745,24 @@ impl Streamer<'_> {
             )
             .await;
         match rows {
-            Ok(rows) => rows
+            Ok(rows) => Ok(rows
                 .iter()
                 .filter_map(|r| u32::try_from(r.get::<_, i64>(0)).ok())
-                .collect(),
+                .collect()),
+            Err(e) if self.control.is_closed() => Err(SessionError::ControlLost(e)),
             Err(e) => {
                 tracing::warn!(error = %e, "visibility check failed; rechecking");
                 metrics::counter!(m::ERRORS_TOTAL, "kind" => "postgres").increment(1);
-                xids.to_vec()
+                Ok(xids.to_vec())
             }
         }
     }
 
-    async fn hold_invisible(&mut self, txns: Vec<TxnRecord>) {
+    async fn hold_invisible(&mut self, txns: Vec<TxnRecord>) -> Result<(), SessionError> {
         let xids: Vec<u32> = txns.iter().map(|t| t.xid).collect();
-        let invisible = self.invisible(&xids).await;
+        let invisible = self.invisible(&xids).await?;
         if invisible.is_empty() {
-            return;
+            return Ok(());
         }
         for t in txns {
             if invisible.contains(&t.xid) {
@@ -763,6 +774,7 @@ impl Streamer<'_> {
             }
         }
         metrics::gauge!(m::VISIBILITY_PENDING).set(self.pending.len() as f64);
+        Ok(())
     }
 
     /// Republish the transactions that became visible, then let the position move on.
@@ -772,7 +784,7 @@ impl Streamer<'_> {
         shutdown: &CancellationToken,
     ) -> Result<(), SessionError> {
         let xids: Vec<u32> = self.pending.iter().map(|t| t.xid).collect();
-        let invisible = self.invisible(&xids).await;
+        let invisible = self.invisible(&xids).await?;
         if invisible.len() == xids.len() {
             return Ok(());
         }
@@ -854,12 +866,15 @@ impl Streamer<'_> {
         // visible between the publish and the check would let a fill that read the old row in
         // that gap survive.
         let txns = std::mem::take(&mut self.batch_txns);
-        self.hold_invisible(txns).await;
+        let held = self.hold_invisible(txns).await;
         if !self.publish_with_retry(batch, Some(stream), shutdown).await {
             // Shutting down with the batch unpublished: do not confirm it; the next run
             // replays it from the slot.
             return Ok(());
         }
+        // Published either way (the sooner the better); without a visibility verdict it is
+        // not confirmed: the session ends and the next one replays it.
+        held?;
         metrics::histogram!(m::PUBLISH_LATENCY_SECONDS).record(first.elapsed());
         // Commit (server clock) → published (ours): the replication lag in seconds.
         let now_micros = std::time::SystemTime::now()

@@ -130,6 +130,56 @@ async fn a_table_altered_under_its_rule_flushes_its_namespace() {
     daemon.stop().await;
 }
 
+/// The control session (visibility checks) lost while the stream stays up — as when
+/// PostgreSQL shuts down: a fast shutdown ends ordinary sessions first, then waits for each
+/// walsender's client to confirm everything sent. Found by the staleness auditor: the daemon
+/// kept every later transaction "not yet visible" on the dead connection, so it never confirmed
+/// again and `pg_ctl stop -m fast` hung. Now the session ends, the next one replays, and the
+/// position moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_control_session_ends_the_session_and_confirmation_resumes() {
+    let (pg, redis, dbname, db) = users_stack().await;
+    let listener = Listener::start(&redis).await;
+    let daemon = Daemon::start(&config(&pg, &dbname, &redis, USERS_RULE)).await;
+    db.execute("INSERT INTO users VALUES (1, 'a@x.org', 'Ada')", &[])
+        .await
+        .unwrap();
+    listener.wait_keys(&["users/1"]).await;
+    settle(&db, &daemon).await;
+    let sender = walsender_pid(&db).await.expect("the daemon streams");
+
+    let killed: i64 = db
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = 'walcached-control'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1, "one control session");
+    listener.clear();
+    db.execute("UPDATE users SET name = 'Ada L.' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    // Invalidated (published before the visibility verdict is needed), and confirmed.
+    listener.wait_keys(&["users/1"]).await;
+    settle(&db, &daemon).await;
+    // Through a new session with a new control connection.
+    assert_ne!(walsender_pid(&db).await, Some(sender), "a new session");
+    wait_until("a control session again", DEADLINE, || async {
+        db.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'walcached-control'",
+            &[],
+        )
+        .await
+        .is_ok_and(|r| r.get::<_, i64>(0) == 1)
+    })
+    .await
+    .expect("the control connection is back");
+    daemon.stop().await;
+}
+
 /// A rename is an ALTER under the rule too: the publication follows the table (by oid), so its
 /// changes keep coming under the new name, and must not be dropped as "not ours".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
