@@ -9,6 +9,8 @@
 //!   certificates made by `openssl` ([`TestCerts`]).
 //! - [`wait_until`] and [`wait_until_blocking`]: poll a condition with a deadline instead of
 //!   sleeping.
+//! - [`TcpProxy`]: a TCP proxy on a free loopback port that injects faults between a client
+//!   and a server: latency, connection resets, a blackhole, and dropped Redis pub/sub messages.
 //! - [`unique_prefix`]: a key prefix that isolates a test's Redis keys on a shared server.
 //!
 //! Servers are stopped when dropped. They run as children of the test process, in its process
@@ -53,6 +55,7 @@ mod error;
 mod pg_server;
 mod privilege;
 mod process;
+mod proxy;
 mod redis_server;
 mod tls;
 mod wait;
@@ -61,6 +64,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use crate::error::{Error, Result};
 pub use crate::pg_server::PgServer;
+pub use crate::proxy::{ProxyStats, TcpProxy};
 pub use crate::redis_server::RedisServer;
 pub use crate::tls::TestCerts;
 pub use crate::wait::{wait_until, wait_until_blocking, WaitError};
