@@ -70,16 +70,20 @@ section "benchmark suite, quick mode (smoke run)"
 mkdir -p target/suite-smoke
 WALCACHE_SUITE_OUT=target/suite-smoke cargo run --locked -p walcache-benches --bin suite -- --quick
 
-# The staleness auditor's CI mode (about 60 s): real PostgreSQL, Redis and walcached, readers in
-# several handles (one in a child process), Redis restart, pub/sub kill and daemon SIGKILL
-# injected; fails on any read stale beyond its bound. It runs the walcached binary, built here
-# (the test run above builds it too, with the whole workspace's features; this build is for
-# walcached alone, a few seconds).
+# The staleness auditor's CI mode (about 70 s, then about 40 s in strict mode): real PostgreSQL,
+# Redis and walcached; three tables (UPDATE, INSERT/DELETE with cached "not found", a tagged
+# aggregate); readers in several handles (one in a child process) whose Redis link runs through
+# the test kit's fault proxy; every fault kind injected (Redis restart, pub/sub kill, daemon
+# SIGKILL, PostgreSQL restart, latency, partition, reset, lost pub/sub messages); fails on any
+# read stale beyond its bound. The first run ends with the full-refresh proof.
 section "walcache-audit --ci (staleness under faults)"
 cargo build --locked -p walcached
 # The bounds here are the gate against unbounded staleness (a lost invalidation, a stuck
 # daemon), set loose enough for a busy 2-core CI machine: measured staleness on such a machine
 # is p99.9 ~60-90 ms in steady state (see crates/walcache-audit/README.md for the distributions).
-cargo run --locked -p walcache-audit -- --ci --bound 500ms --fault-bound 2s --report target/audit-ci.json
+cargo run --locked -p walcache-audit -- --ci --bound 500ms --refresh-proof --report target/audit-ci.json
+# Strict mode: one bound (heartbeat timeout + 500 ms) through every fault.
+cargo run --locked -p walcache-audit -- --ci --freshness strict --bound 500ms --duration 40s \
+  --fault-interval 4s --report target/audit-ci-strict.json
 
 section "All checks passed"

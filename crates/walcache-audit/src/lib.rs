@@ -19,6 +19,7 @@
 //! [`Class::StaleBeyond`] the bound that applies at the read's start ([`Bounds`]).
 
 pub mod daemon;
+pub mod refresh_proof;
 
 use std::collections::HashMap;
 
@@ -99,25 +100,60 @@ impl Zipf {
 }
 
 /// One committed write: `version` of row `id`, whose COMMIT returned at `t_ns`.
+///
+/// A DELETE commits a version too: the row's state "absent" as of `version`. Versions of a
+/// row increase by one with every committed write, whatever its kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Commit {
-    /// The row.
+    /// The row (a [`row_key`] when several tables are audited).
     pub id: i64,
-    /// The version the UPDATE returned.
+    /// The version written (for a DELETE: the version of the absence).
     pub version: i64,
-    /// When the statement (and so its COMMIT) had returned to the writer.
+    /// Whether this version is the row's absence (a DELETE, or a row not yet inserted).
+    pub absent: bool,
+    /// When the statement was sent: a read that ends after it may already see it.
+    pub t_start_ns: u64,
+    /// When the statement (and so its COMMIT) had returned to the writer — or, for a commit
+    /// whose outcome was unknown (the connection broke), when re-reading the row showed it.
     pub t_ns: u64,
 }
 
-/// One read: reader `reader` saw `version` of row `id`, in a read that started at `t_ns`.
+impl Commit {
+    /// A present version, sent and returned at `t_ns` (initial rows, hand-made histories).
+    pub fn at(id: i64, version: i64, t_ns: u64) -> Commit {
+        Commit {
+            id,
+            version,
+            absent: false,
+            t_start_ns: t_ns,
+            t_ns,
+        }
+    }
+}
+
+/// The key of row `id` of audited table number `table` in one `i64`, so one history holds
+/// every table: the table in the top 16 bits, the id (below 2^40) in the rest.
+pub fn row_key(table: u16, id: i64) -> i64 {
+    (i64::from(table) << 40) | id
+}
+
+/// `(table, id)` of a [`row_key`].
+pub fn split_row_key(key: i64) -> (u16, i64) {
+    ((key >> 40) as u16, key & ((1 << 40) - 1))
+}
+
+/// One read: reader `reader` saw `version` of row `id` (`None`: "not found"), in a read
+/// that started at `t_ns` and ended at `t_end_ns`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Read {
     /// The row.
     pub id: i64,
-    /// The version the cache returned.
-    pub version: i64,
+    /// The version the cache returned; `None` when it answered "not found".
+    pub version: Option<i64>,
     /// When the read started.
     pub t_ns: u64,
+    /// When it returned.
+    pub t_end_ns: u64,
     /// Which reader (cache handle) made it.
     pub reader: u32,
 }
@@ -135,6 +171,8 @@ struct Row {
     versions: Vec<i64>,
     /// `suffix_min[i]` = (time, version) of the earliest return among `versions[i..]`.
     suffix_min: Vec<(u64, i64)>,
+    /// The row's absences: (version, when its DELETE was sent), versions ascending.
+    absences: Vec<(i64, u64)>,
 }
 
 /// Why a read was stale: the newer version whose COMMIT returned first, and when.
@@ -150,11 +188,20 @@ impl History {
     /// Index the commits (any order). A version recorded twice keeps its earliest time.
     pub fn new(commits: &[Commit]) -> History {
         let mut by_id: HashMap<i64, Vec<(i64, u64)>> = HashMap::new();
+        let mut absences: HashMap<i64, Vec<(i64, u64)>> = HashMap::new();
         for c in commits {
             by_id.entry(c.id).or_default().push((c.version, c.t_ns));
+            if c.absent {
+                absences
+                    .entry(c.id)
+                    .or_default()
+                    .push((c.version, c.t_start_ns));
+            }
         }
         let mut rows = HashMap::with_capacity(by_id.len());
         for (id, mut v) in by_id {
+            let mut absences = absences.remove(&id).unwrap_or_default();
+            absences.sort_unstable();
             v.sort_unstable();
             v.dedup_by_key(|(version, _)| *version);
             let mut suffix_min = vec![(0, 0); v.len()];
@@ -170,10 +217,25 @@ impl History {
                 Row {
                     versions: v.into_iter().map(|(version, _)| version).collect(),
                     suffix_min,
+                    absences,
                 },
             );
         }
         History { rows }
+    }
+
+    /// Which version a read of `id` that answered "not found" and ended at `t_end_ns` saw:
+    /// the newest absence whose DELETE had been sent by then (the most favourable reading of
+    /// an answer that carries no version). `None` if the row was never absent by then — a
+    /// "not found" that no committed state explains.
+    pub fn absence_seen(&self, id: i64, t_end_ns: u64) -> Option<i64> {
+        self.rows
+            .get(&id)?
+            .absences
+            .iter()
+            .filter(|&&(_, sent)| sent < t_end_ns)
+            .map(|&(version, _)| version)
+            .max()
     }
 
     /// The newer version that makes a read of `version` of `id` starting at `t_ns` stale, if
@@ -251,10 +313,25 @@ pub struct Verdict {
     pub newer: Option<Newer>,
 }
 
-/// Classify one read.
+/// Classify one read. A "not found" that no committed absence explains is stale beyond any
+/// bound (`staleness_ns = u64::MAX`, no `newer`).
 pub fn classify(history: &History, bounds: &Bounds, read: &Read) -> Verdict {
     let bound_ns = bounds.at(read.t_ns);
-    match history.newer_before(read.id, read.version, read.t_ns) {
+    let version = match read.version {
+        Some(v) => v,
+        None => match history.absence_seen(read.id, read.t_end_ns) {
+            Some(v) => v,
+            None => {
+                return Verdict {
+                    class: Class::StaleBeyond,
+                    staleness_ns: u64::MAX,
+                    bound_ns,
+                    newer: None,
+                }
+            }
+        },
+    };
+    match history.newer_before(read.id, version, read.t_ns) {
         None => Verdict {
             class: Class::Fresh,
             staleness_ns: 0,
@@ -329,20 +406,23 @@ pub struct FaultReport {
 /// One stale-beyond read, with the evidence.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Violation {
+    /// The table number (see [`row_key`]).
+    pub table: u16,
     /// The row.
     pub id: i64,
     /// The reader.
     pub reader: u32,
-    /// The version it saw.
-    pub version_seen: i64,
-    /// The newer version whose COMMIT had returned first.
-    pub newer_version: i64,
+    /// The version it saw (`None`: "not found").
+    pub version_seen: Option<i64>,
+    /// The newer version whose COMMIT had returned first (`None`: a "not found" that no
+    /// committed absence explains).
+    pub newer_version: Option<i64>,
     /// When the read started (seconds since the workload started).
     pub read_at_s: f64,
     /// When that newer COMMIT returned (seconds since the workload started).
-    pub commit_at_s: f64,
-    /// `read - commit`.
-    pub staleness_ms: f64,
+    pub commit_at_s: Option<f64>,
+    /// `read - commit` (`None` when there is no such commit).
+    pub staleness_ms: Option<f64>,
     /// The bound that applied.
     pub bound_ms: f64,
     /// The last fault injected before the read, and how long before it.
@@ -435,7 +515,7 @@ pub fn check(
                 }
             }
         }
-        if let (Class::StaleBeyond, Some(newer)) = (v.class, v.newer) {
+        if v.class == Class::StaleBeyond {
             let last_fault = bounds
                 .faults
                 .iter()
@@ -448,20 +528,25 @@ pub fn check(
                         (read.t_ns - f.start_ns) as f64 / 1e9
                     )
                 });
+            let (table, id) = split_row_key(read.id);
             violations.push(Violation {
-                id: read.id,
+                table,
+                id,
                 reader: read.reader,
                 version_seen: read.version,
-                newer_version: newer.version,
+                newer_version: v.newer.map(|n| n.version),
                 read_at_s: read.t_ns.saturating_sub(origin_ns) as f64 / 1e9,
-                commit_at_s: newer.t_ns.saturating_sub(origin_ns) as f64 / 1e9,
-                staleness_ms: ms(v.staleness_ns),
+                commit_at_s: v
+                    .newer
+                    .map(|n| n.t_ns.saturating_sub(origin_ns) as f64 / 1e9),
+                staleness_ms: v.newer.map(|_| ms(v.staleness_ns)),
                 bound_ms: ms(v.bound_ns),
                 last_fault,
             });
         }
     }
-    violations.sort_by(|a, b| b.staleness_ms.total_cmp(&a.staleness_ms));
+    let worst = |v: &Violation| v.staleness_ms.unwrap_or(f64::INFINITY);
+    violations.sort_by(|a, b| worst(b).total_cmp(&worst(a)));
     violations.truncate(50);
     within_staleness.sort_unstable();
     all_staleness.sort_unstable();

@@ -1,26 +1,46 @@
 //! The checker on hand-made observations: every class, the "oldest newer version" rule,
 //! commits that return out of version order, and fault windows that widen the bound.
-//! (No unknown-outcome commits: every write here has a known outcome.)
+//! "Not found" answers against committed absences.
 
 use walcache_audit::{
-    check, classify, parse_duration, Bounds, Class, Commit, Fault, History, Read, Zipf,
+    check, classify, parse_duration, row_key, split_row_key, Bounds, Class, Commit, Fault, History,
+    Read, Zipf,
 };
 
 const MS: u64 = 1_000_000;
 
 fn commit(id: i64, version: i64, t_ms: u64) -> Commit {
+    Commit::at(id, version, t_ms * MS)
+}
+
+/// A DELETE of `id` committing `version`, sent at `sent_ms`, returned at `t_ms`.
+fn delete(id: i64, version: i64, sent_ms: u64, t_ms: u64) -> Commit {
     Commit {
         id,
         version,
+        absent: true,
+        t_start_ns: sent_ms * MS,
         t_ns: t_ms * MS,
     }
 }
 
+/// A read of `version` that started at `t_ms` and took 1 ms.
 fn read(id: i64, version: i64, t_ms: u64) -> Read {
     Read {
         id,
-        version,
+        version: Some(version),
         t_ns: t_ms * MS,
+        t_end_ns: (t_ms + 1) * MS,
+        reader: 7,
+    }
+}
+
+fn not_found(id: i64, t_ms: u64, t_end_ms: u64) -> Read {
+    Read {
+        id,
+        version: None,
+        t_ns: t_ms * MS,
+        t_end_ns: t_end_ms * MS,
         reader: 7,
     }
 }
@@ -171,12 +191,54 @@ fn check_totals_percentiles_nines_faults_and_violations() {
 
     assert_eq!(s.violations.len(), 1);
     let v = &s.violations[0];
-    assert_eq!((v.id, v.version_seen, v.newer_version), (1, 0, 1));
-    assert_eq!(v.staleness_ms, 400.0);
+    assert_eq!(
+        (v.id, v.version_seen, v.newer_version),
+        (1, Some(0), Some(1))
+    );
+    assert_eq!(v.staleness_ms, Some(400.0));
     assert!(v
         .last_fault
         .as_deref()
         .is_some_and(|f| f.starts_with("pubsub-kill")));
+}
+
+#[test]
+fn not_found_is_judged_against_the_newest_absence_sent_before_the_read_ended() {
+    // Row 5: present v0; DELETE v1 sent at 100, returned at 110; INSERT v2 returned at 300;
+    // DELETE v3 sent at 500, returned at 520. Row 6: never absent.
+    let history = History::new(&[
+        commit(5, 0, 0),
+        delete(5, 1, 100, 110),
+        commit(5, 2, 300),
+        delete(5, 3, 500, 520),
+        commit(6, 0, 0),
+    ]);
+    let b = bounds(100);
+    let class = |r: Read| classify(&history, &b, &r);
+    // Between the DELETE and the INSERT: fresh; during the DELETE (sent, not returned): fresh.
+    assert_eq!(class(not_found(5, 200, 201)).class, Class::Fresh);
+    assert_eq!(class(not_found(5, 95, 105)).class, Class::Fresh);
+    // "Not found" 50 ms after the INSERT returned: stale within; 150 ms: beyond.
+    let v = class(not_found(5, 350, 351));
+    assert_eq!((v.class, v.staleness_ns), (Class::StaleWithin, 50 * MS));
+    assert_eq!(class(not_found(5, 450, 451)).class, Class::StaleBeyond);
+    // A read that ends after the second DELETE was sent may have seen it: fresh.
+    assert_eq!(class(not_found(5, 450, 501)).class, Class::Fresh);
+    // A present version read after the DELETE returned: stale.
+    assert_eq!(class(read(5, 0, 150)).staleness_ns, 40 * MS);
+    // "Not found" for a row that was never absent, or before its first DELETE was sent:
+    // beyond any bound, with no newer version to blame.
+    for r in [not_found(6, 10, 11), not_found(5, 10, 11)] {
+        let v = class(r);
+        assert_eq!((v.class, v.newer), (Class::StaleBeyond, None), "{r:?}");
+    }
+}
+
+#[test]
+fn row_keys_keep_tables_apart() {
+    let k = row_key(3, 1_000_000);
+    assert_eq!(split_row_key(k), (3, 1_000_000));
+    assert_ne!(row_key(1, 7), row_key(2, 7));
 }
 
 #[test]
