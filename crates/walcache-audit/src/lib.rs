@@ -403,6 +403,21 @@ pub struct FaultReport {
     pub worst_staleness_ms: f64,
 }
 
+/// The reads of one table.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TableReport {
+    /// The table number.
+    pub table: u16,
+    /// Reads checked.
+    pub reads: u64,
+    /// Stale within the bound.
+    pub stale_within: u64,
+    /// Stale beyond it.
+    pub stale_beyond: u64,
+    /// Staleness of its stale-within reads.
+    pub stale_within_staleness: Option<Percentiles>,
+}
+
 /// One stale-beyond read, with the evidence.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Violation {
@@ -444,6 +459,8 @@ pub struct Summary {
     pub stale_within_staleness: Option<Percentiles>,
     /// Nines for several values of M.
     pub nines: Vec<Nines>,
+    /// Per table (the top 16 bits of the row key, see [`row_key`]).
+    pub tables: Vec<TableReport>,
     /// Per fault.
     pub faults: Vec<FaultReport>,
     /// Up to 50 stale-beyond reads, worst first.
@@ -491,10 +508,19 @@ pub fn check(
     let (mut fresh, mut within, mut beyond) = (0u64, 0u64, 0u64);
     let mut within_staleness = Vec::new();
     let mut all_staleness = Vec::with_capacity(reads.len());
+    // Per table: (reads, beyond, staleness of the stale-within reads).
+    let mut tables: std::collections::BTreeMap<u16, (u64, u64, Vec<u64>)> = Default::default();
     let mut violations = Vec::new();
     for read in reads {
         let v = classify(&history, bounds, read);
         all_staleness.push(v.staleness_ns);
+        let table = tables.entry(split_row_key(read.id).0).or_default();
+        table.0 += 1;
+        match v.class {
+            Class::Fresh => {}
+            Class::StaleWithin => table.2.push(v.staleness_ns),
+            Class::StaleBeyond => table.1 += 1,
+        }
         match v.class {
             Class::Fresh => fresh += 1,
             Class::StaleWithin => {
@@ -548,15 +574,18 @@ pub fn check(
     let worst = |v: &Violation| v.staleness_ms.unwrap_or(f64::INFINITY);
     violations.sort_by(|a, b| worst(b).total_cmp(&worst(a)));
     violations.truncate(50);
-    within_staleness.sort_unstable();
     all_staleness.sort_unstable();
-    let stale_within_staleness = (!within_staleness.is_empty()).then(|| Percentiles {
-        p50_ms: ms(percentile(&within_staleness, 0.5)),
-        p90_ms: ms(percentile(&within_staleness, 0.9)),
-        p99_ms: ms(percentile(&within_staleness, 0.99)),
-        p999_ms: ms(percentile(&within_staleness, 0.999)),
-        max_ms: ms(*within_staleness.last().unwrap_or(&0)),
-    });
+    let stale_within_staleness = percentiles(&mut within_staleness);
+    let tables = tables
+        .into_iter()
+        .map(|(table, (reads, beyond, mut within))| TableReport {
+            table,
+            reads,
+            stale_within: within.len() as u64,
+            stale_beyond: beyond,
+            stale_within_staleness: percentiles(&mut within),
+        })
+        .collect();
     let total = reads.len() as u64;
     let nines = nines_ms
         .iter()
@@ -587,7 +616,20 @@ pub fn check(
         stale_beyond: beyond,
         stale_within_staleness,
         nines,
+        tables,
         faults,
         violations,
     }
+}
+
+/// Percentiles of staleness values (sorted here); `None` for none.
+fn percentiles(values: &mut [u64]) -> Option<Percentiles> {
+    values.sort_unstable();
+    (!values.is_empty()).then(|| Percentiles {
+        p50_ms: ms(percentile(values, 0.5)),
+        p90_ms: ms(percentile(values, 0.9)),
+        p99_ms: ms(percentile(values, 0.99)),
+        p999_ms: ms(percentile(values, 0.999)),
+        max_ms: ms(*values.last().unwrap_or(&0)),
+    })
 }

@@ -592,6 +592,24 @@ fn print_summary(s: &Summary, meta: &serde_json::Value) {
             ),
         }
     }
+    for t in &s.tables {
+        let p = t
+            .stale_within_staleness
+            .as_ref()
+            .map_or_else(String::new, |p| {
+                format!(
+                    ": p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                    p.p50_ms, p.p99_ms, p.max_ms
+                )
+            });
+        println!(
+            "table {:<20} {} reads, {} stale within{p}, {} beyond",
+            workload::table_name(t.table),
+            t.reads,
+            t.stale_within,
+            t.stale_beyond
+        );
+    }
     for f in &s.faults {
         println!(
             "fault {:<13} at {:>6.2} s: recovered after {:>7.1} ms; next 5 s: {} reads, {} stale, \
