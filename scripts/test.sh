@@ -64,9 +64,11 @@ section "cargo test --workspace --benches --locked (benchmark smoke run)"
 cargo test --workspace --benches --locked
 
 # The benchmark suite's quick mode (debug build: its numbers mean nothing), written to target/
-# so the committed BENCHMARKS.md is left alone. The measured run:
-# cargo run --release -p walcache-benches --bin suite
+# so the committed BENCHMARKS.md is left alone; it includes the daemon's pipeline, whose RSS
+# measurement runs the walcached binary next to the suite's. The measured run:
+# cargo build --release -p walcached && cargo run --release -p walcache-benches --bin suite
 section "benchmark suite, quick mode (smoke run)"
+cargo build --locked -p walcached
 mkdir -p target/suite-smoke
 WALCACHE_SUITE_OUT=target/suite-smoke cargo run --locked -p walcache-benches --bin suite -- --quick
 

@@ -12,10 +12,19 @@
 //! 2. **Workloads**: Zipf (s = 1.0) reads over 100k keys with 1% writes (UPDATE + invalidate),
 //!    for L1-only, L2-only and two-tier configurations.
 //! 3. **Memory**: RSS growth per L1 entry in a child process, walcache vs raw moka.
-//! 4. **Stampede**: loads of one cold key under 1,000 readers over 4 handles, with the Redis
-//!    lease, with `lease_wait(0)`, and for hand-written cache-aside.
+//! 4. **Stampede**: loads of one cold key under 1,000 readers in 4 processes (children of this
+//!    binary), with the Redis lease, with `lease_wait(0)`, and for hand-written cache-aside.
+//! 5. **Pipeline**: walcached's drain rate against `pg_recvlogical` on the same slot contents,
+//!    commit → L1 eviction (in another process) at several commit rates with where the time
+//!    goes, and the daemon's peak RSS through one large transaction (needs the `walcached`
+//!    binary next to this one: `cargo build --release -p walcached`).
+//!
+//! Hidden subcommands, for the child processes it spawns: `--memory-child KIND`,
+//! `--stampede-child …`, `--latency-reader …`.
 
+mod pipeline;
 mod report;
+mod stampede;
 
 use std::future::Future;
 use std::hint::black_box;
@@ -37,11 +46,6 @@ const WORKLOAD_KEYS: usize = 100_000;
 const WORKLOAD_L1: u64 = 10_000;
 /// Entries of the memory measurement.
 const MEMORY_ENTRIES: u64 = 100_000;
-/// Readers of the stampede, and handles they are spread over.
-const STAMPEDE_READERS: usize = 1000;
-const STAMPEDE_HANDLES: usize = 4;
-/// The stampede's loader: the SELECT plus this much simulated query time.
-const STAMPEDE_LOAD_DELAY: Duration = Duration::from_millis(20);
 
 /// How long each measured case runs.
 #[derive(Clone, Copy)]
@@ -52,13 +56,36 @@ struct Mode {
     workload_warm: u64,
     workload_run: u64,
     stampede_rounds: usize,
+    /// Row changes per drained slot.
+    drain_rows: u64,
+    /// Commit rates (`None` = unthrottled) and commits per rate.
+    latency_rates: &'static [(Option<f64>, usize)],
+    /// Rows of the large transaction the daemon's RSS is measured through.
+    rss_rows: u64,
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("--memory-child") {
-        memory_child(args.get(2).map_or("", String::as_str));
-        return;
+    match args.get(1).map(String::as_str) {
+        Some("--memory-child") => {
+            memory_child(args.get(2).map_or("", String::as_str));
+            return;
+        }
+        Some(stampede::CHILD_COMMAND) => {
+            if let Err(e) = stampede::child(&args[2..]) {
+                eprintln!("stampede child: {e}");
+                std::process::exit(1);
+            }
+            return;
+        }
+        Some(pipeline::READER_COMMAND) => {
+            if let Err(e) = pipeline::latency_reader(&args[2..]) {
+                eprintln!("latency reader: {e}");
+                std::process::exit(1);
+            }
+            return;
+        }
+        _ => {}
     }
     let quick = args.iter().any(|a| a == "--quick");
     let mode = if quick {
@@ -68,6 +95,14 @@ fn main() {
             workload_warm: 20_000,
             workload_run: 40_000,
             stampede_rounds: 2,
+            drain_rows: 20_000,
+            latency_rates: &[
+                (Some(250.0), 250),
+                (Some(1000.0), 500),
+                (Some(4000.0), 1000),
+                (None, 1000),
+            ],
+            rss_rows: 50_000,
         }
     } else {
         Mode {
@@ -76,6 +111,14 @@ fn main() {
             workload_warm: 200_000,
             workload_run: 400_000,
             stampede_rounds: 5,
+            drain_rows: 300_000,
+            latency_rates: &[
+                (Some(250.0), 2500),
+                (Some(1000.0), 10_000),
+                (Some(4000.0), 20_000),
+                (None, 20_000),
+            ],
+            rss_rows: 1_000_000,
         }
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -83,7 +126,18 @@ fn main() {
         .build()
         .expect("build the multi-thread runtime");
     let started = Instant::now();
-    let results = rt.block_on(run(mode));
+    let (mut results, servers) = rt.block_on(run(mode));
+    eprintln!(
+        "suite: stampede (at {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    results.stampede = stampede::run(mode, &servers);
+    eprintln!(
+        "suite: pipeline (at {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    results.pipeline = Some(pipeline::run(mode, &rt, &servers));
+    drop(servers);
     let mode_ops = (mode.workload_warm, mode.workload_run);
     let elapsed = started.elapsed();
     report::write(&results, mode.quick, mode_ops, elapsed);
@@ -98,6 +152,7 @@ pub(crate) struct Results {
     pub(crate) workloads: Vec<WorkloadRow>,
     pub(crate) memory: Vec<(String, f64)>,
     pub(crate) stampede: Vec<StampedeRow>,
+    pub(crate) pipeline: Option<pipeline::PipelineResults>,
     pub(crate) pg_version: String,
     pub(crate) redis_version: String,
 }
@@ -242,7 +297,7 @@ fn key_of(w: usize, i: u64, c: usize) -> i64 {
     ((w as u64 * keys / c as u64 + i) % keys) as i64
 }
 
-async fn run(mode: Mode) -> Results {
+async fn run(mode: Mode) -> (Results, Servers) {
     let servers = Servers::start().await;
     // The shared set-up creates the 64 B and 1 KiB tables; add 16 KiB and the workload table.
     let insert = servers
@@ -333,18 +388,18 @@ async fn run(mode: Mode) -> Results {
     let workloads = workloads(mode, &servers).await;
     eprintln!("suite: memory");
     let memory = memory();
-    eprintln!("suite: stampede");
-    let stampede = stampede(mode, &servers).await;
-    Results {
+    let results = Results {
         tiers,
         l2_gets_per_op,
         clock_ns,
         workloads,
         memory,
-        stampede,
+        stampede: Vec::new(),
+        pipeline: None,
         pg_version,
         redis_version,
-    }
+    };
+    (results, servers)
 }
 
 async fn l1_tier(mode: Mode, size: usize) -> Vec<TierRow> {
@@ -787,101 +842,4 @@ fn memory_child(kind: &str) {
         }
     });
     println!("{}", per_entry as f64 / n as f64);
-}
-
-async fn stampede(mode: Mode, servers: &Servers) -> Vec<StampedeRow> {
-    let db: &'static tokio_postgres::Client = leak(
-        servers
-            .pg
-            .connect(&servers.database)
-            .await
-            .expect("connect"),
-    );
-    let select: &'static tokio_postgres::Statement = leak(
-        db.prepare(&format!("SELECT body FROM {} WHERE id = $1", table(64)))
-            .await
-            .expect("prepare"),
-    );
-    let loads: &'static AtomicU64 = leak(AtomicU64::new(0));
-    let load = move |k: i64| async move {
-        loads.fetch_add(1, Ordering::Relaxed);
-        let row = db.query_one(select, &[&(k % KEYS)]).await?;
-        tokio::time::sleep(STAMPEDE_LOAD_DELAY).await;
-        Ok::<String, tokio_postgres::Error>(row.get(0))
-    };
-    let mut rows = Vec::new();
-    let mut next_key = 1_000_000i64;
-    for variant in [
-        "walcache, Redis lease (default)",
-        "walcache, lease_wait(0)",
-        "cache-aside by hand",
-    ] {
-        let prefix = unique_prefix();
-        let mut caches: Vec<&'static Cache<i64, String>> = Vec::new();
-        let mut conns = Vec::new();
-        for _ in 0..STAMPEDE_HANDLES {
-            let mut b = Walcache::builder()
-                .redis_url(servers.redis.url())
-                .key_prefix(&prefix)
-                .without_invalidation_stream();
-            if variant.contains("lease_wait(0)") {
-                b = b.lease_wait(Duration::ZERO);
-            }
-            let handle = b.build().await.expect("a stampede handle");
-            caches.push(leak(handle.cache("stampede").build().expect("the cache")));
-            conns.push(servers.redis_connection().await);
-        }
-        let mut row = StampedeRow {
-            variant,
-            loads: Vec::new(),
-            all_served_ms: Vec::new(),
-        };
-        for _ in 0..mode.stampede_rounds {
-            let k = next_key;
-            next_key += 1;
-            let barrier = Arc::new(tokio::sync::Barrier::new(STAMPEDE_READERS));
-            let before = loads.load(Ordering::Relaxed);
-            let start = Instant::now();
-            let tasks: Vec<_> = (0..STAMPEDE_READERS)
-                .map(|r| {
-                    let barrier = Arc::clone(&barrier);
-                    let cache = caches[r % STAMPEDE_HANDLES];
-                    let mut conn = conns[r % STAMPEDE_HANDLES].clone();
-                    let by_hand = variant == "cache-aside by hand";
-                    let key = format!("{prefix}:aside:{k}");
-                    tokio::spawn(async move {
-                        barrier.wait().await;
-                        if by_hand {
-                            let v: Option<String> = redis::cmd("GET")
-                                .arg(&key)
-                                .query_async(&mut conn)
-                                .await
-                                .expect("GET");
-                            if v.is_none() {
-                                let body = load(k).await.expect("load");
-                                let _: () = redis::cmd("SET")
-                                    .arg(&key)
-                                    .arg(&body)
-                                    .arg("PX")
-                                    .arg(3_600_000)
-                                    .query_async(&mut conn)
-                                    .await
-                                    .expect("SET");
-                            }
-                        } else {
-                            cache.try_get_with(&k, load(k)).await.expect("a read");
-                        }
-                    })
-                })
-                .collect();
-            for t in tasks {
-                t.await.expect("a reader");
-            }
-            row.all_served_ms.push(start.elapsed().as_secs_f64() * 1e3);
-            row.loads.push(loads.load(Ordering::Relaxed) - before);
-        }
-        eprintln!("suite: stampede {variant}: loads {:?}", row.loads);
-        rows.push(row);
-    }
-    rows
 }

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use plotters::prelude::*;
 
+use crate::pipeline::{pct, PipelineResults, RateResult, READER_POLL, READER_WINDOW, WRITERS};
+use crate::stampede::{STAMPEDE_LOAD_DELAY, STAMPEDE_PROCESSES, STAMPEDE_READERS};
 use crate::{
-    Results, Stats, TierRow, CONCURRENCY, MEMORY_ENTRIES, SIZES, STAMPEDE_HANDLES,
-    STAMPEDE_LOAD_DELAY, STAMPEDE_READERS, WORKLOAD_CALLERS, WORKLOAD_KEYS, WORKLOAD_L1,
-    WRITES_PER_10K, YIELD_EVERY,
+    Results, Stats, TierRow, CONCURRENCY, MEMORY_ENTRIES, SIZES, WORKLOAD_CALLERS, WORKLOAD_KEYS,
+    WORKLOAD_L1, WRITES_PER_10K, YIELD_EVERY,
 };
 
 const BEGIN: &str = "<!-- suite:begin -->";
@@ -114,6 +115,11 @@ pub(crate) fn write(r: &Results, quick: bool, workload_ops: (u64, u64), elapsed:
     if let Err(e) = workload_plot(r, &dir.join("workloads.svg")) {
         eprintln!("suite: workload plot: {e}");
     }
+    if let Some(p) = &r.pipeline {
+        if let Err(e) = cdf_plot(p, &dir.join(CDF_SVG)) {
+            eprintln!("suite: pipeline CDF plot: {e}");
+        }
+    }
     let section = markdown(r, quick, workload_ops, elapsed);
     let path = root().join("BENCHMARKS.md");
     let text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -167,8 +173,8 @@ fn markdown(r: &Results, quick: bool, workload_ops: (u64, u64), elapsed: Duratio
     if quick {
         let _ = writeln!(
             s,
-            "> Quick mode: 0.3 s per tiers case, short workloads. The numbers show the shape, \
-             not precise values.\n"
+            "> Quick mode: 0.3 s per tiers case, short workloads, small pipeline runs. The \
+             numbers show the shape, not precise values.\n"
         );
     }
 
@@ -311,19 +317,24 @@ fn markdown(r: &Results, quick: bool, workload_ops: (u64, u64), elapsed: Duratio
     // Stampede.
     let _ = writeln!(
         s,
-        "### Stampede: one cold key, {STAMPEDE_READERS} readers\n"
+        "### Stampede: one cold key, {STAMPEDE_READERS} readers in {STAMPEDE_PROCESSES} processes\n"
     );
     let _ = writeln!(
         s,
-        "{STAMPEDE_READERS} tasks released together by a barrier, spread over \
-         {STAMPEDE_HANDLES} independent `Walcache` handles in one process (each its own Redis \
-         connections; the issue asks for 4 processes — the lease is coordinated through Redis \
-         either way, single-flight only within a handle). The loader runs the SELECT and then \
-         sleeps {} ms to stand for a slow query. A fresh key per round. The library cannot turn \
-         the lease off: `lease_wait(0)` makes every handle that loses the lease load at once \
-         (without writing L2), and \"cache-aside by hand\" is GET → on a miss load → SET PX, \
-         over {STAMPEDE_HANDLES} multiplexed connections. \"all served\" = from spawning the \
-         readers until the last has its value.\n",
+        "{STAMPEDE_PROCESSES} child processes of the suite (`suite --stampede-child …`), \
+         {} reader tasks each, each process with its own `Walcache` handle, PostgreSQL \
+         connection and Redis connection, all reading the same cold key through \
+         `Cache::try_get_with` (or by hand). Start barrier over pipes: every child spawns its \
+         readers parked on a channel and answers `ARMED`; once all have, the parent writes `GO` \
+         to each. Each child counts its loader's runs and reports them over the pipe when all \
+         its readers have their value. The loader runs the SELECT and then sleeps {} ms to \
+         stand for a slow query. A fresh key per round. Redis lease: the default (one process \
+         loads and fills L2, the others wait for the fill; within a process, single-flight). \
+         `lease_wait(Duration::ZERO)`: the lease is still taken, but a process that loses it \
+         loads at once (without writing L2) instead of waiting. \"cache-aside by hand\": GET → on \
+         a miss load → SET PX, on each child's multiplexed connection. \"all served\" = from the \
+         first `GO` written until the last child answered `DONE`.\n",
+        STAMPEDE_READERS / STAMPEDE_PROCESSES,
         STAMPEDE_LOAD_DELAY.as_millis()
     );
     let _ = writeln!(
@@ -347,12 +358,17 @@ fn markdown(r: &Results, quick: bool, workload_ops: (u64, u64), elapsed: Duratio
         );
     }
     s.push('\n');
+    if let Some(p) = &r.pipeline {
+        pipeline_markdown(&mut s, p, &nproc);
+    }
     let _ = writeln!(
         s,
-        "Not yet in the suite (see issue 5): the pipeline section (drain rate vs \
-         `pg_recvlogical`, commit → L1 eviction CDF at several commit rates, time breakdown) — \
-         `pipeline-bench` above covers part of it by hand — and 4 separate processes for the \
-         stampede.\n"
+        "Not in the suite: the criterion benchmarks (`cargo bench -p walcache-benches`, \
+         single-caller medians per tier) and the instruction count of an L1 hit \
+         (`l1-instructions` under callgrind), in their own sections above; the pipeline's \
+         configuration variants (e.g. `batch_max_delay_ms`) and a walcached running as its own \
+         process for the latency (it runs in the suite's process, on its own runtime; only the \
+         RSS measurement runs the binary).\n"
     );
     s
 }
@@ -491,6 +507,321 @@ fn workload_plot(r: &Results, file: &Path) -> PlotResult {
             ("sans-serif", 15),
         )))?;
     }
+    root.present()?;
+    Ok(())
+}
+
+/// The commit → eviction CDF plot's file name under `docs/benchmarks/`.
+const CDF_SVG: &str = "pipeline-latency-cdf.svg";
+
+/// Nanoseconds as milliseconds with three decimals.
+fn ms(ns: i64) -> String {
+    format!("{:.3}", ns as f64 / 1e6)
+}
+
+/// p50 / p99 / p99.9 of a sorted vector, in ms.
+fn pcts(v: &[i64]) -> String {
+    if v.is_empty() {
+        return "—".to_owned();
+    }
+    format!(
+        "{} / {} / {}",
+        ms(pct(v, 0.5)),
+        ms(pct(v, 0.99)),
+        ms(pct(v, 0.999))
+    )
+}
+
+fn pipeline_markdown(s: &mut String, p: &PipelineResults, nproc: &str) {
+    let _ = writeln!(
+        s,
+        "### Pipeline: walcached against PostgreSQL's own decoding\n"
+    );
+    let _ = writeln!(
+        s,
+        "The daemon runs in the suite's process (`walcached::pipeline::run` on a tokio runtime \
+         of its own, 2 workers), default `[stream]` settings, one rule `keys = [\"{{id}}\"]` per \
+         table, in a database of its own on the same servers; everything shares the {nproc} \
+         cores (PostgreSQL, Redis, the daemon, the writers, the reader process).\n"
+    );
+
+    // Drain.
+    let d = &p.drain;
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(s, "**Drain rate**, walcached vs `pg_recvlogical` on the same slot contents: one publication and four pgoutput slots created before {} rows are inserted in transactions of {} ({:.1} MiB of WAL per slot), then drained in the order A B B A. A: `pg_recvlogical --start --no-loop -o proto_version=1 -o publication_names=… --file /dev/null --endpos <end LSN>`, spawn to exit. B: walcached (Redis invalidation on, a live `walcache` handle subscribed), from the call until it confirms the end LSN, start-up included.\n",
+        d.rows, d.rows_per_txn, d.wal_mib);
+    let _ = writeln!(
+        s,
+        "| consumer | rows/s (mean time of 2) | drains (s) | ratio |"
+    );
+    let _ = writeln!(s, "|---|---:|---|---:|");
+    let _ = writeln!(
+        s,
+        "| `pg_recvlogical` (pgoutput → /dev/null) | {:.0} | {} | 1.00× |",
+        d.pg_rate(),
+        list(&d.pg_s)
+    );
+    let _ = writeln!(
+        s,
+        "| walcached (decode, map, DEL + PUBLISH in Redis, confirm) | {:.0} | {} | **{:.2}×** |\n",
+        d.walcached_rate(),
+        list(&d.walcached_s),
+        d.walcached_rate() / d.pg_rate()
+    );
+    let _ = writeln!(
+        s,
+        "walcached published {} invalidation messages per drain (full batches of \
+         `batch_max_keys` = 1000 keys would be {}); start-up until streaming {} s.\n",
+        d.messages
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(" and "),
+        d.rows.div_ceil(1000),
+        list(&d.startup_s)
+    );
+
+    // Latency.
+    let _ = writeln!(
+        s,
+        "**Commit → L1 eviction in another process**, at several commit rates. {WRITERS} \
+         writer connections (autocommit `UPDATE lat SET v = v + 1 WHERE id = $1`, key i on \
+         writer i mod {WRITERS}); at a target rate, commit i is sent no earlier than i / rate \
+         after the start (tokio timer, 1 ms resolution); unthrottled, each writer sends its next \
+         commit as soon as the last returned (\"as fast as the writers go\": the saturation \
+         point of this machine). t0 = when the writer's `execute` returned. The reader is a \
+         child process (`suite --latency-reader`) with a live `walcache` handle whose L1 holds \
+         every key; it polls `contains_in_l1` over a window of {READER_WINDOW} keys in update \
+         order (split between the writers, each window following one writer's keys), sleeping {} µs between sweeps (the detection lateness is about half a sweep), \
+         and timestamps each key's disappearance, until every key is gone or 1 s after the \
+         daemon confirmed the last commit. Timestamps are `CLOCK_MONOTONIC` in both \
+         processes (one clock per machine). Negative values (the eviction seen before the \
+         writer's `COMMIT` round trip returned) are real and kept. ![commit → eviction \
+         CDF](docs/benchmarks/{CDF_SVG})\n",
+        READER_POLL.as_micros()
+    );
+    let _ = writeln!(
+        s,
+        "| target rate | achieved commits/s | p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) | samples / commits | missing |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &p.latency {
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | **{}** | **{}** | {} | {} | {} / {} | {} |",
+            r.label(),
+            r.achieved,
+            ms(pct(&r.total, 0.5)),
+            ms(pct(&r.total, 0.99)),
+            ms(pct(&r.total, 0.999)),
+            ms(r.total.last().copied().unwrap_or(0)),
+            r.total.len(),
+            r.commits,
+            missing(r)
+        );
+    }
+    s.push('\n');
+
+    let _ = writeln!(
+        s,
+        "**Where the time goes** (p50 / p99 / p99.9, ms). *PostgreSQL*: a separate pass at the \
+         same rate with no daemon, `pg_recvlogical --plugin test_decoding` on its own slot \
+         writing to a pipe this process reads; COMMIT returned → the row's line read (the \
+         walsender's decode and send, and a raw consumer's receive: the floor for any logical \
+         consumer). *Daemon*: COMMIT returned → the invalidation message naming the key heard \
+         by a plain redis-rs subscriber in the suite's process (PostgreSQL's decode and send, \
+         then walcached's receive, decode, key mapping, batching and the Redis script that \
+         deletes and PUBLISHes). *Fan-out*: message heard → key gone from the reader process's \
+         L1 (Redis pub/sub delivery to the other process, the library's subscriber thread \
+         applying it, the reader's polling). The stages are medians of separate distributions, \
+         so they add up only roughly; walcached's own share is about *daemon* − *PostgreSQL*.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| target rate | PostgreSQL: COMMIT → `pg_recvlogical` (achieved/s) | daemon: COMMIT → PUBLISH heard | fan-out: heard → L1 evicted | total: COMMIT → L1 evicted | walcached's share at p50 | writer's UPDATE round trip |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---:|---|");
+    for r in &p.latency {
+        let _ = writeln!(
+            s,
+            "| {} | {} ({:.0}) | {} | {} | {} | {} | {} |",
+            r.label(),
+            pcts(&r.floor),
+            r.floor_achieved,
+            pcts(&r.to_heard),
+            pcts(&r.heard_to_evicted),
+            pcts(&r.total),
+            ms(pct(&r.to_heard, 0.5) - pct(&r.floor, 0.5)),
+            pcts(&r.commit_rtt)
+        );
+    }
+    s.push('\n');
+    let behind: Vec<String> = p
+        .latency
+        .iter()
+        .filter(|r| pct(&r.floor, 0.5) > pct(&r.to_heard, 0.5))
+        .map(RateResult::label)
+        .collect();
+    if !behind.is_empty() {
+        let _ = writeln!(
+            s,
+            "At {}, the floor pass itself fell behind the writers (its median exceeds the \
+             daemon's: `test_decoding`'s text output and `pg_recvlogical`'s per-message writes \
+             cost more than pgoutput into walcached), so it is no floor there and walcached's \
+             share comes out negative.\n",
+            behind.join(", ")
+        );
+    }
+    let notes: Vec<String> = p
+        .latency
+        .iter()
+        .map(|r| {
+            format!(
+                "{}: {} data messages, reader {}",
+                r.label(),
+                r.messages,
+                r.reader_stats
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        "Per rate (daemon pass): {}. `not_live_sweeps` > 0 would mean the reader's handle \
+         stopped being live (an L1 flush; keys gone before their UPDATE was sent are then left \
+         out and counted as missing).\n",
+        notes.join("; ")
+    );
+
+    // RSS.
+    match &p.rss {
+        Ok(m) => {
+            let mib = |kib: u64| kib as f64 / 1024.0;
+            let _ = writeln!(
+                s,
+                "**Peak RSS of the daemon process** through one large transaction: `walcached \
+                 run` (the binary next to the suite's, as a child process, Prometheus recorder \
+                 installed) \
+                 follows `INSERT INTO big SELECT g, 0 FROM generate_series(1, {})` (one \
+                 transaction); `VmHWM` from `/proc/<pid>/status` once the slot's \
+                 `confirmed_flush_lsn` reached the commit's end.\n",
+                m.rows
+            );
+            let _ = writeln!(
+                s,
+                "| rows in the transaction | VmHWM idle (streaming) | VmHWM after | confirmed after COMMIT | namespace generation |"
+            );
+            let _ = writeln!(s, "|---:|---:|---:|---:|---:|");
+            let _ = writeln!(
+                s,
+                "| {} | {:.1} MiB | **{:.1} MiB** | {:.2} s ({:.0} rows/s) | {} |\n",
+                m.rows,
+                mib(m.idle_hwm_kib),
+                mib(m.hwm_kib),
+                m.follow_s,
+                m.rows as f64 / m.follow_s,
+                m.generation
+            );
+        }
+        Err(why) => {
+            let _ = writeln!(s, "**Peak RSS of the daemon process**: skipped, {why}.\n");
+        }
+    }
+}
+
+fn missing(r: &RateResult) -> String {
+    let mut m = r.missing.to_string();
+    if r.flushed > 0 {
+        m.push_str(&format!(" (+{} flushed)", r.flushed));
+    }
+    if r.floor_missing > 0 {
+        m.push_str(&format!("; floor {}", r.floor_missing));
+    }
+    m
+}
+
+/// One CDF curve per commit rate (solid), with PostgreSQL's floor at the same rate (dashed).
+fn cdf_plot(p: &PipelineResults, file: &Path) -> PlotResult {
+    const X_MIN: f64 = 0.01;
+    let x_max = p
+        .latency
+        .iter()
+        .filter_map(|r| r.total.last())
+        .map(|&ns| ns as f64 / 1e6)
+        .fold(1.0f64, f64::max)
+        * 1.5;
+    let root = SVGBackend::new(file, (900, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "COMMIT returned → evicted from another process's L1 (solid); PostgreSQL floor (dashed)",
+            ("sans-serif", 17),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d((X_MIN..x_max).log_scale(), 0f64..1.0f64)?;
+    chart
+        .configure_mesh()
+        .x_desc("latency (ms, log scale; values ≤ 0.01 drawn at 0.01)")
+        .y_desc("fraction of commits")
+        .draw()?;
+    let colors = [
+        RGBColor(31, 119, 180),
+        RGBColor(44, 160, 44),
+        RGBColor(255, 127, 14),
+        RGBColor(214, 39, 40),
+    ];
+    // Up to 1000 points of the empirical CDF of a sorted vector.
+    let curve = |v: &[i64]| -> Vec<(f64, f64)> {
+        let n = v.len();
+        let step = (n / 1000).max(1);
+        let mut pts: Vec<(f64, f64)> = (0..n)
+            .step_by(step)
+            .chain(std::iter::once(n.saturating_sub(1)))
+            .filter(|&i| i < n)
+            .map(|i| ((v[i] as f64 / 1e6).max(X_MIN), (i + 1) as f64 / n as f64))
+            .collect();
+        pts.dedup();
+        pts
+    };
+    for (i, r) in p.latency.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        chart
+            .draw_series(LineSeries::new(curve(&r.total), color.stroke_width(2)))?
+            .label(format!(
+                "{} ({:.0}/s achieved): p50 {} ms, p99 {} ms",
+                r.label(),
+                r.achieved,
+                ms(pct(&r.total, 0.5)),
+                ms(pct(&r.total, 0.99))
+            ))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(DashedLineSeries::new(
+                curve(&r.floor),
+                5,
+                4,
+                color.mix(0.7).stroke_width(1),
+            ))?
+            .label(format!("{} floor: pg_recvlogical", r.label()))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.mix(0.7).stroke_width(1))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 12))
+        .draw()?;
     root.present()?;
     Ok(())
 }
