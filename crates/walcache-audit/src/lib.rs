@@ -403,10 +403,10 @@ pub struct FaultReport {
     pub worst_staleness_ms: f64,
 }
 
-/// The reads of one table.
+/// The reads of one table (or of the steady state, `table` 0).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TableReport {
-    /// The table number.
+    /// The table number (0 for the steady state).
     pub table: u16,
     /// Reads checked.
     pub reads: u64,
@@ -459,6 +459,8 @@ pub struct Summary {
     pub stale_within_staleness: Option<Percentiles>,
     /// Nines for several values of M.
     pub nines: Vec<Nines>,
+    /// Reads outside every fault's window (injection to recovery + grace): the steady state.
+    pub steady: TableReport,
     /// Per table (the top 16 bits of the row key, see [`row_key`]).
     pub tables: Vec<TableReport>,
     /// Per fault.
@@ -510,16 +512,25 @@ pub fn check(
     let mut all_staleness = Vec::with_capacity(reads.len());
     // Per table: (reads, beyond, staleness of the stale-within reads).
     let mut tables: std::collections::BTreeMap<u16, (u64, u64, Vec<u64>)> = Default::default();
+    let mut steady: (u64, u64, Vec<u64>) = Default::default();
     let mut violations = Vec::new();
     for read in reads {
         let v = classify(&history, bounds, read);
         all_staleness.push(v.staleness_ns);
+        let in_fault = bounds.faults.iter().any(|f| {
+            read.t_ns >= f.start_ns && read.t_ns <= f.end_ns.saturating_add(bounds.grace_ns)
+        });
         let table = tables.entry(split_row_key(read.id).0).or_default();
-        table.0 += 1;
-        match v.class {
-            Class::Fresh => {}
-            Class::StaleWithin => table.2.push(v.staleness_ns),
-            Class::StaleBeyond => table.1 += 1,
+        for t in [Some(table), (!in_fault).then_some(&mut steady)]
+            .into_iter()
+            .flatten()
+        {
+            t.0 += 1;
+            match v.class {
+                Class::Fresh => {}
+                Class::StaleWithin => t.2.push(v.staleness_ns),
+                Class::StaleBeyond => t.1 += 1,
+            }
         }
         match v.class {
             Class::Fresh => fresh += 1,
@@ -576,16 +587,15 @@ pub fn check(
     violations.truncate(50);
     all_staleness.sort_unstable();
     let stale_within_staleness = percentiles(&mut within_staleness);
-    let tables = tables
-        .into_iter()
-        .map(|(table, (reads, beyond, mut within))| TableReport {
-            table,
-            reads,
-            stale_within: within.len() as u64,
-            stale_beyond: beyond,
-            stale_within_staleness: percentiles(&mut within),
-        })
-        .collect();
+    let report = |table: u16, (reads, beyond, mut within): (u64, u64, Vec<u64>)| TableReport {
+        table,
+        reads,
+        stale_within: within.len() as u64,
+        stale_beyond: beyond,
+        stale_within_staleness: percentiles(&mut within),
+    };
+    let steady = report(0, steady);
+    let tables = tables.into_iter().map(|(t, v)| report(t, v)).collect();
     let total = reads.len() as u64;
     let nines = nines_ms
         .iter()
@@ -616,6 +626,7 @@ pub fn check(
         stale_beyond: beyond,
         stale_within_staleness,
         nines,
+        steady,
         tables,
         faults,
         violations,

@@ -592,7 +592,7 @@ fn print_summary(s: &Summary, meta: &serde_json::Value) {
             ),
         }
     }
-    for t in &s.tables {
+    for t in std::iter::once(&s.steady).chain(&s.tables) {
         let p = t
             .stale_within_staleness
             .as_ref()
@@ -603,8 +603,12 @@ fn print_summary(s: &Summary, meta: &serde_json::Value) {
                 )
             });
         println!(
-            "table {:<20} {} reads, {} stale within{p}, {} beyond",
-            workload::table_name(t.table),
+            "{:<26} {} reads, {} stale within{p}, {} beyond",
+            if t.table == 0 {
+                "steady state (no fault)".to_owned()
+            } else {
+                format!("table {}", workload::table_name(t.table))
+            },
             t.reads,
             t.stale_within,
             t.stale_beyond

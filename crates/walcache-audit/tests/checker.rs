@@ -173,6 +173,11 @@ fn check_totals_percentiles_nines_faults_and_violations() {
     );
     let p = s.stale_within_staleness.expect("stale-within reads");
     assert_eq!((p.p50_ms, p.max_ms), (10.0, 30.0));
+    // Steady state: only the read at 990 ms starts outside the fault's window (1000 ms to
+    // 1010 ms + 5 s); per table: all six are table 0's.
+    assert_eq!((s.steady.reads, s.steady.stale_within), (1, 0));
+    assert_eq!(s.tables.len(), 1);
+    assert_eq!((s.tables[0].reads, s.tables[0].stale_beyond), (6, 1));
 
     // Within 10 ms: 4 of 6; within 100 ms: 5 of 6 (0 nines); within 1 s: all.
     assert_eq!(s.nines[0].reads_within, 4);

@@ -49,9 +49,10 @@
 //! 1. **Bounded staleness.** After a transaction commits, every cached entry derived from a
 //!    changed row is removed from L2 and from every process's L1 within a bound set by the
 //!    daemon's decode → Redis → pub/sub path (measured on 2 shared cores at 1,000 commits/s:
-//!    p50 0.39 ms, p99 1.1 ms from the writer's COMMIT returning to the entry leaving another
+//!    p50 0.53 ms, p99 1.2 ms from the writer's COMMIT returning to the entry leaving another
 //!    process's L1; see `BENCHMARKS.md`). Where the daemon cannot know what it missed (a lost
-//!    slot, a Redis restart), it flushes the namespaces instead.
+//!    slot, a Redis restart), it flushes the namespaces instead. Faults stretch the bound as
+//!    the table below says.
 //! 2. **No stale fill.** A value your loader read before a commit is never stored in L2 or L1
 //!    after that commit's invalidation was applied. L2 is written only by a compare-and-set on
 //!    the fill's own random lease token (an invalidation — even a plain `DEL` — removes the
@@ -99,6 +100,29 @@
 //! | undecodable bytes in L2 (a changed value type) | a miss, counted, overwritten by the next fill. Bump [`CacheBuilder::schema_version`] when `V` changes. |
 //! | garbage on the invalidation channel | counted, L1 flushed, not live until the next heartbeat. Never a panic. |
 //! | a caller drops its future mid-load | its lease in Redis is given back; a waiting caller takes over the load. |
+//!
+//! ## Staleness bound per fault
+//!
+//! How long a read can return a value older than an acknowledged commit, with the default
+//! `heartbeat_timeout` of 1 s, and what the staleness auditor (`crates/walcache-audit`)
+//! measured over 11 M reads per mode with every fault injected four or five times (worst
+//! staleness seen; `BENCHMARKS.md`, "Staleness under faults"). In [`Freshness::Strict`] mode
+//! every row's bound is the same: `heartbeat_timeout` plus the publish path.
+//!
+//! | fault | [`Freshness::Available`]: bounded by | worst seen (available / strict) |
+//! |---|---|---|
+//! | none | the publish path (about a millisecond) | 7.4 ms of 8.4 M steady-state reads (p99 2.5 ms) |
+//! | pub/sub connection killed or reset | the publish path: L1 is flushed at once, L2 stays fresh | 6.4 / 5.4 ms |
+//! | Redis restart | the daemon's publish retry (at most 100 ms apart) | 8.7 / 14.7 ms |
+//! | daemon killed | its downtime: L2 is not deleted until it replays from its slot | 121 / 41 ms (restarted at once) |
+//! | PostgreSQL restart | the daemon's reconnect backoff once PostgreSQL is back (from 100 ms) | 107 / 48 ms |
+//! | latency `d` on the Redis link | the publish path + `d` | 26 / 31 ms (`d` = 30 ms) |
+//! | network partition to Redis (silent) | `heartbeat_timeout`: L1 serves until silence ends liveness | 812 / 764 ms |
+//! | pub/sub messages lost | the next message's sequence gap, at most `heartbeat_timeout` | 600 / 602 ms (600 ms of loss) |
+//!
+//! A shorter `heartbeat_timeout` (keep the daemon's `heartbeat_interval_ms` well below it)
+//! shortens the silent faults' bound, at the price of more periods without L1 when a process
+//! is descheduled for that long.
 //!
 //! ## Metrics and tracing
 //!
