@@ -230,25 +230,9 @@ impl Env<'_> {
     }
 
     /// Drop `slot` once its consumer's walsender has let go of it (it exits a moment after
-    /// the consumer disconnects; polled every millisecond, up to 30 s).
+    /// the consumer disconnects).
     fn drop_slot(&self, slot: &str) -> Result<(), BoxError> {
-        let t = Instant::now();
-        loop {
-            let active: bool = self
-                .rt
-                .block_on(self.db.query_one(
-                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&slot],
-                ))?
-                .get(0);
-            if !active {
-                break;
-            }
-            if t.elapsed() > Duration::from_secs(30) {
-                return Err(format!("slot {slot} is still in use").into());
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        self.wait_slot(slot, false)?;
         self.rt.block_on(
             self.db
                 .execute("SELECT pg_drop_replication_slot($1)", &[&slot]),
@@ -256,22 +240,24 @@ impl Env<'_> {
         Ok(())
     }
 
-    /// Poll (every millisecond, up to 30 s) until `slot` is in use by a consumer.
-    fn wait_slot_active(&self, slot: &str) -> Result<(), BoxError> {
+    /// Poll (every millisecond, up to 30 s) until `slot` is in use by a consumer (`active`)
+    /// or by none.
+    fn wait_slot(&self, slot: &str, active: bool) -> Result<(), BoxError> {
         let t = Instant::now();
         loop {
-            let active: bool = self
+            let now: bool = self
                 .rt
                 .block_on(self.db.query_one(
                     "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
                     &[&slot],
                 ))?
                 .get(0);
-            if active {
+            if now == active {
                 return Ok(());
             }
             if t.elapsed() > Duration::from_secs(30) {
-                return Err(format!("nobody started streaming from slot {slot}").into());
+                let state = if active { "in use" } else { "free" };
+                return Err(format!("slot {slot} was not {state} within 30 s").into());
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -641,7 +627,7 @@ fn latency_floor(
         }
     });
     let result = (|| {
-        env.wait_slot_active("lat_raw")?;
+        env.wait_slot("lat_raw", true)?;
         let mut floors = Vec::new();
         for &(rate, n) in rates {
             let commits = write_commits(env, writers, n, rate)?;
