@@ -2,7 +2,7 @@
 //!
 //! | table | writes | read through | key in the history |
 //! |---|---|---|---|
-//! | `audit_rows(id, version)` | UPDATE | `try_get_with`, namespace `audit_rows`, rule keys `["{id}"]` | `row_key(ROWS, id)` |
+//! | `audit_rows(id, version)` | UPDATE | `get_or_load`, namespace `audit_rows`, rule keys `["{id}"]` | `row_key(ROWS, id)` |
 //! | `audit_items(id, version)` | INSERT, UPDATE, DELETE | `try_get_optional_with` (cached "not found"), namespace `audit_items`, rule keys `["{id}"]` | `row_key(ITEMS, id)` |
 //! | `audit_counters(id, version)` (16 rows) | UPDATE | `try_get_tagged_with` of `sum(version)` under the tag `audit_counters`, namespace `audit_sums`; the rule has no keys, only the tag | `row_key(SUM, 0)`, version = the sum |
 //!
@@ -264,7 +264,7 @@ impl Reader {
         match table {
             ROWS => self
                 .rows
-                .try_get_with(&id, async move {
+                .get_or_load(&id, || async move {
                     let c = client.ok_or(LoadError::Down)?;
                     c.query_one("SELECT version FROM audit_rows WHERE id = $1", &[&id])
                         .await

@@ -14,6 +14,7 @@
 //! | value SCAN prefix | `wc:{users}:g` |
 //! | tag version | `wc:tag:{users}:v` |
 //! | tag members | `wc:tag:{users}:m` |
+//! | start of the daemon's last completed full refresh | `wc:refresh:last` |
 //!
 //! Namespace keys start with `wc:{` and tag keys with `wc:tag:`, so the two families never collide.
 //! The name builders do not validate their arguments: validate namespaces and tags once, when they
@@ -217,6 +218,13 @@ impl Naming {
     pub fn tag_members_key(&self, tag: &str) -> String {
         format!("{}:tag:{{{tag}}}:m", self.prefix)
     }
+
+    /// `{prefix}:refresh:last`, e.g. `wc:refresh:last`: when the daemon's last completed full
+    /// refresh started (ms since the Unix epoch). Outside the namespace (`wc:{`) and tag
+    /// (`wc:tag:`) families, so no SCAN of either meets it.
+    pub fn refresh_last_key(&self) -> String {
+        format!("{}:refresh:last", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -238,6 +246,10 @@ mod tests {
             .starts_with(&n.value_key_prefix("users")));
         assert_eq!(n.tag_version_key("users"), "wc:tag:{users}:v");
         assert_eq!(n.tag_members_key("users"), "wc:tag:{users}:m");
+        assert_eq!(n.refresh_last_key(), "wc:refresh:last");
+        assert!(!n
+            .refresh_last_key()
+            .starts_with(&n.value_key_prefix("refresh")));
         let custom = Naming::new("app-1").unwrap();
         assert_eq!(custom.generation_key("x"), "app-1:{x}:gen");
     }

@@ -14,10 +14,10 @@
 //! [`interval_secs`](RefreshConfig::interval_secs): then, whatever was lost, nothing older than
 //! one interval plus one cycle is served from either tier.
 //!
-//! The start of the last completed cycle is kept in Redis (`{prefix}:refresh:last`, ms since the
-//! Unix epoch), so a restarted daemon keeps the schedule instead of starting the interval over —
-//! a daemon deployed more often than the interval still refreshes — and does not wipe L2 on every
-//! start either.
+//! The start of the last completed cycle is kept in Redis (`Naming::refresh_last_key`,
+//! `{prefix}:refresh:last`, ms since the Unix epoch), so a restarted daemon keeps the schedule
+//! instead of starting the interval over — a daemon deployed more often than the interval still
+//! refreshes — and does not wipe L2 on every start either.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -357,7 +357,7 @@ pub async fn run_cycle(
     }
     // Recorded only once every namespace is done: it is what the schedule resumes from.
     redis::cmd("SET")
-        .arg(last_cycle_key(naming))
+        .arg(naming.refresh_last_key())
         .arg(start_ms)
         .query_async::<()>(&mut conn)
         .await?;
@@ -471,17 +471,11 @@ async fn last_completed(
 ) -> Result<Option<u64>, redis::RedisError> {
     let mut conn = connect(redis).await?;
     let raw: Option<String> = redis::cmd("GET")
-        .arg(last_cycle_key(naming))
+        .arg(naming.refresh_last_key())
         .query_async(&mut conn)
         .await?;
     // Unparsable: as if none were recorded (the next cycle runs at once and rewrites it).
     Ok(raw.and_then(|s| s.parse().ok()))
-}
-
-/// `{prefix}:refresh:last`: outside both the namespace (`{prefix}:{`) and tag (`{prefix}:tag:`)
-/// key families.
-fn last_cycle_key(naming: &Naming) -> String {
-    format!("{}:refresh:last", naming.prefix())
 }
 
 async fn connect(redis: &redis::Client) -> Result<MultiplexedConnection, redis::RedisError> {

@@ -307,7 +307,10 @@ async fn the_schedule_resumes_from_the_last_cycle_and_stops_on_shutdown() {
     let () = conn.set(&old, value_envelope(1_000, b"x")).await.unwrap();
 
     // The last cycle started more than an interval ago: the next one is due at once.
-    let () = conn.set("wc:refresh:last", 1_000_u64).await.unwrap();
+    let () = conn
+        .set(Naming::default().refresh_last_key(), 1_000_u64)
+        .await
+        .unwrap();
     let progress = Arc::new(RefreshProgress::default());
     let shutdown = CancellationToken::new();
     let schedule = tokio::spawn(run_schedule(
@@ -324,7 +327,10 @@ async fn the_schedule_resumes_from_the_last_cycle_and_stops_on_shutdown() {
     .await
     .expect("an overdue cycle runs at start-up");
     assert_eq!(raw_get(&mut conn, &old).await, None);
-    let last: u64 = conn.get("wc:refresh:last").await.unwrap();
+    let last: u64 = conn
+        .get(Naming::default().refresh_last_key())
+        .await
+        .unwrap();
     assert_eq!(
         last,
         progress.last_cycle_start_ms(),
