@@ -31,7 +31,8 @@ pub(crate) enum FaultKind {
     PubsubKill,
     /// `walcached` killed with SIGKILL and started again.
     DaemonKill,
-    /// PostgreSQL stopped (fast shutdown: sessions killed mid-statement) and started again.
+    /// PostgreSQL stopped and started again: alternately a fast shutdown (sessions killed
+    /// mid-statement) and a crash (immediate shutdown, recovery at start).
     PgRestart,
     /// The library's Redis link (through the proxy) delayed by 30 ms each way for 3 s.
     ProxyLatency,
@@ -126,6 +127,8 @@ pub(crate) struct Injector<'a> {
     pub(crate) probe: &'a Walcache,
     pub(crate) admin: &'a mut Db,
     pub(crate) heartbeat_timeout: Duration,
+    /// PostgreSQL restarts so far (they alternate between fast and immediate shutdowns).
+    pub(crate) pg_restarts: u32,
 }
 
 /// Wait until `h` has noticed the fault (not live, for up to `notice`), then until it is live
@@ -223,20 +226,33 @@ impl Injector<'_> {
                 "SIGKILL, restarted at once".to_owned()
             }
             FaultKind::PgRestart => {
+                // Alternately a fast shutdown (sessions killed, in-flight transactions rolled
+                // back) and a crash (immediate shutdown: a COMMIT already flushed survives
+                // though its client never heard back — the unknown outcomes writers resolve).
+                self.pg_restarts += 1;
+                let crash = self.pg_restarts % 2 == 0;
                 let before = walsender_pid(self.admin).await?;
                 let pg = Arc::clone(self.pg);
                 let t0 = now_ns();
                 tokio::task::spawn_blocking(move || {
-                    pg.lock()
-                        .map_err(|_| "pg lock poisoned")?
-                        .restart()
-                        .map_err(|e| e.to_string())
+                    let mut pg = pg.lock().map_err(|_| "pg lock poisoned")?;
+                    if crash {
+                        pg.stop();
+                        pg.start_again()
+                    } else {
+                        pg.restart()
+                    }
+                    .map_err(|e| e.to_string())
                 })
                 .await??;
                 let down_ms = (now_ns() - t0) as f64 / 1e6;
                 wait_new_walsender(self.admin, before).await?;
                 wait_relive(self.probe, Duration::ZERO).await?;
-                format!("fast shutdown and start: {down_ms:.0} ms")
+                if crash {
+                    format!("crash (immediate shutdown) and start: {down_ms:.0} ms")
+                } else {
+                    format!("fast shutdown and start: {down_ms:.0} ms")
+                }
             }
             FaultKind::ProxyLatency => {
                 self.proxy.set_latency(PROXY_LATENCY);

@@ -367,6 +367,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
             probe: &probe,
             admin: &mut admin,
             heartbeat_timeout: args.heartbeat_timeout,
+            pg_restarts: 0,
         };
         let mut at = origin + args.first_fault.as_nanos() as u64;
         let mut i = 0;
