@@ -91,7 +91,11 @@ impl Breaker {
     }
 
     pub(crate) fn record_success(&self) {
-        self.failures.store(0, Ordering::Release);
+        // Read before writing: every successful call lands here, and an unconditional store
+        // would pull the shared cache line into every worker's core in exclusive state.
+        if self.failures.load(Ordering::Acquire) != 0 {
+            self.failures.store(0, Ordering::Release);
+        }
         if self.state.load(Ordering::Acquire) != CLOSED {
             self.probing.store(0, Ordering::Release);
             if self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED {

@@ -117,7 +117,6 @@ pub(crate) fn new_lease() -> Vec<u8> {
 /// The Redis-side names of one cache: its namespace and value-schema version.
 #[derive(Debug, Clone)]
 pub(crate) struct Names {
-    pub(crate) namespace: String,
     generation_key: String,
     schemas_key: String,
     /// `wc:{ns}:g`: a value key is this + generation + `:s` + schema + `:` + key.
@@ -125,25 +124,31 @@ pub(crate) struct Names {
     /// `:s{schema}:`
     schema_infix: String,
     schema: u32,
-    naming: Naming,
 }
 
 impl Names {
     pub(crate) fn new(naming: &Naming, namespace: &str, schema: u32) -> Self {
         Names {
-            namespace: namespace.to_owned(),
             generation_key: naming.generation_key(namespace),
             schemas_key: naming.schemas_key(namespace),
             value_prefix: naming.value_key_prefix(namespace),
             schema_infix: format!(":s{schema}:"),
             schema,
-            naming: naming.clone(),
         }
     }
 
+    /// The same bytes as [`Naming::value_key`], built from the parts resolved once in
+    /// [`Names::new`] into one allocation (this runs on every L2 read).
     pub(crate) fn value_key(&self, generation: u64, key: &str) -> String {
-        self.naming
-            .value_key(&self.namespace, generation, self.schema, key)
+        use std::fmt::Write as _;
+        let mut s = String::with_capacity(
+            self.value_prefix.len() + 20 + self.schema_infix.len() + key.len(),
+        );
+        s.push_str(&self.value_prefix);
+        let _ = write!(s, "{generation}");
+        s.push_str(&self.schema_infix);
+        s.push_str(key);
+        s
     }
 
     fn suffix(&self, key: &str) -> String {
@@ -739,5 +744,18 @@ mod tests {
         // The invalidation script rebuilds the key from the schema number the same way.
         let rebuilt = format!("{}{}:s{}:{}", names.value_prefix, 7, 3, "42");
         assert_eq!(rebuilt, naming.value_key("users", 7, 3, "42"));
+        // The read path's one-allocation builder gives exactly the shared naming's bytes.
+        for (generation, key) in [(0, "42"), (7, "a:b"), (u64::MAX, "")] {
+            assert_eq!(
+                names.value_key(generation, key),
+                naming.value_key("users", generation, 3, key)
+            );
+        }
+        let prefixed = Naming::new("app").expect("a valid prefix");
+        let names = Names::new(&prefixed, "orders", 12);
+        assert_eq!(
+            names.value_key(5, "9"),
+            prefixed.value_key("orders", 5, 12, "9")
+        );
     }
 }
