@@ -105,20 +105,21 @@
 //!
 //! How long a read can return a value older than an acknowledged commit, with the default
 //! `heartbeat_timeout` of 1 s, and what the staleness auditor (`crates/walcache-audit`)
-//! measured over 11 M reads per mode with every fault injected four or five times (worst
-//! staleness seen; `BENCHMARKS.md`, "Staleness under faults"). In [`Freshness::Strict`] mode
-//! every row's bound is the same: `heartbeat_timeout` plus the publish path.
+//! measured in three runs of 11 M reads (two in available mode, one in strict) with every fault
+//! injected four or five times per run (worst staleness seen; `BENCHMARKS.md`, "Staleness
+//! under faults"). In [`Freshness::Strict`] mode every row's bound is the same:
+//! `heartbeat_timeout` plus the publish path.
 //!
 //! | fault | [`Freshness::Available`]: bounded by | worst seen (available / strict) |
 //! |---|---|---|
-//! | none | the publish path (about a millisecond) | 7.4 ms of 8.4 M steady-state reads (p99 2.5 ms) |
+//! | none | the publish path (about a millisecond) | 42 ms of 8.4 M steady-state reads (p99 2.5–3.6 ms) |
 //! | pub/sub connection killed or reset | the publish path: L1 is flushed at once, L2 stays fresh | 6.4 / 5.4 ms |
-//! | Redis restart | the daemon's publish retry (at most 100 ms apart) | 8.7 / 14.7 ms |
-//! | daemon killed | its downtime: L2 is not deleted until it replays from its slot | 121 / 41 ms (restarted at once) |
-//! | PostgreSQL restart | the daemon's reconnect backoff once PostgreSQL is back (from 100 ms) | 107 / 48 ms |
-//! | latency `d` on the Redis link | the publish path + `d` | 26 / 31 ms (`d` = 30 ms) |
+//! | Redis restart | the daemon's publish retry (at most 100 ms apart) | 26 / 15 ms |
+//! | daemon killed | its downtime: L2 is not deleted until it replays from its slot | 271 / 41 ms (restarted at once) |
+//! | PostgreSQL restart | the daemon's reconnect backoff once PostgreSQL is back (from 100 ms, doubling) | 965 / 48 ms |
+//! | latency `d` on the Redis link | the publish path + `d` | 27 / 31 ms (`d` = 30 ms) |
 //! | network partition to Redis (silent) | `heartbeat_timeout`: L1 serves until silence ends liveness | 812 / 764 ms |
-//! | pub/sub messages lost | the next message's sequence gap, at most `heartbeat_timeout` | 600 / 602 ms (600 ms of loss) |
+//! | pub/sub messages lost | the next message's sequence gap, at most `heartbeat_timeout` | 603 / 602 ms (600 ms of loss) |
 //!
 //! A shorter `heartbeat_timeout` (keep the daemon's `heartbeat_interval_ms` well below it)
 //! shortens the silent faults' bound, at the price of more periods without L1 when a process
