@@ -116,7 +116,7 @@
 //! | pub/sub connection killed or reset | the publish path: L1 is flushed at once, L2 stays fresh | 6.4 / 5.4 ms |
 //! | Redis restart | the daemon's publish retry (at most 100 ms apart) | 26 / 15 ms |
 //! | daemon killed | its downtime: L2 is not deleted until it replays from its slot | 271 / 41 ms (restarted at once) |
-//! | PostgreSQL restart | the daemon's reconnect backoff once PostgreSQL is back (from 100 ms, doubling) | 965 / 48 ms |
+//! | PostgreSQL restart | the daemon's reconnect backoff once PostgreSQL is back (100 ms doubling to 2 s) | 965 / 48 ms |
 //! | latency `d` on the Redis link | the publish path + `d` | 27 / 31 ms (`d` = 30 ms) |
 //! | network partition to Redis (silent) | `heartbeat_timeout`: L1 serves until silence ends liveness | 812 / 764 ms |
 //! | pub/sub messages lost | the next message's sequence gap, at most `heartbeat_timeout` | 603 / 602 ms (600 ms of loss) |
