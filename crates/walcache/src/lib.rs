@@ -105,8 +105,8 @@
 //!
 //! How long a read can return a value older than an acknowledged commit, with the default
 //! `heartbeat_timeout` of 1 s, and what the staleness auditor (`crates/walcache-audit`)
-//! measured in three runs of 11 M reads (two in available mode, one in strict) with every fault
-//! injected four or five times per run (worst staleness seen; `BENCHMARKS.md`, "Staleness
+//! measured in four runs of 11 M reads (two per mode) with every fault injected four or five
+//! times per run (worst staleness seen; `BENCHMARKS.md`, "Staleness
 //! under faults"). In [`Freshness::Strict`] mode every row's bound is the same:
 //! `heartbeat_timeout` plus the publish path.
 //!
@@ -114,12 +114,12 @@
 //! |---|---|---|
 //! | none | the publish path (about a millisecond) | 42 ms of 8.4 M steady-state reads (p99 2.5–3.6 ms) |
 //! | pub/sub connection killed or reset | the publish path: L1 is flushed at once, L2 stays fresh | 6.4 / 5.4 ms |
-//! | Redis restart | the daemon's publish retry (at most 100 ms apart) | 26 / 15 ms |
-//! | daemon killed | its downtime: L2 is not deleted until it replays from its slot | 271 / 41 ms (restarted at once) |
-//! | PostgreSQL restart | the daemon's reconnect backoff once PostgreSQL is back (100 ms doubling to 2 s) | 965 / 48 ms |
+//! | Redis restart | the daemon's publish retry (at most 100 ms apart) | 26 / 88 ms |
+//! | daemon killed | its downtime: L2 is not deleted until it replays from its slot | 271 / 218 ms (restarted at once) |
+//! | PostgreSQL restart | the daemon's reconnect backoff once PostgreSQL is back (100 ms doubling to 2 s) | 965 / 466 ms |
 //! | latency `d` on the Redis link | the publish path + `d` | 27 / 31 ms (`d` = 30 ms) |
-//! | network partition to Redis (silent) | `heartbeat_timeout`: L1 serves until silence ends liveness | 812 / 764 ms |
-//! | pub/sub messages lost | the next message's sequence gap, at most `heartbeat_timeout` | 603 / 602 ms (600 ms of loss) |
+//! | network partition to Redis (silent) | `heartbeat_timeout`: L1 serves until silence ends liveness | 812 / 781 ms |
+//! | pub/sub messages lost | the next message's sequence gap, at most `heartbeat_timeout` | 603 / 604 ms (600 ms of loss) |
 //!
 //! A shorter `heartbeat_timeout` (keep the daemon's `heartbeat_interval_ms` well below it)
 //! shortens the silent faults' bound, at the price of more periods without L1 when a process
