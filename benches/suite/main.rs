@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use walcache::{Cache, Walcache};
 use walcache_benches::{keyspace_counters, redis_value_key, table, value_of, Servers, KEYS};
-use walcache_testkit::unique_prefix;
+use walcache_testkit::{unique_prefix, Zipf};
 
 /// Value sizes of the tiers section (the shared set-up creates the first two tables).
 const SIZES: [usize; 3] = [64, 1024, 16 * 1024];
@@ -578,31 +578,6 @@ async fn miss_tier(mode: Mode, servers: &Servers, handle: &Walcache, size: usize
     rows
 }
 
-/// A Zipf(s = 1) sampler over ranks `0..n` by inverse CDF.
-struct Zipf {
-    cdf: Vec<f64>,
-}
-
-impl Zipf {
-    fn new(n: usize, s: f64) -> Zipf {
-        let mut cdf = Vec::with_capacity(n);
-        let mut sum = 0.0;
-        for k in 1..=n {
-            sum += 1.0 / (k as f64).powf(s);
-            cdf.push(sum);
-        }
-        for x in &mut cdf {
-            *x /= sum;
-        }
-        Zipf { cdf }
-    }
-
-    fn sample(&self, rng: &mut Rng) -> usize {
-        let u = rng.unit();
-        self.cdf.partition_point(|&p| p < u).min(self.cdf.len() - 1)
-    }
-}
-
 /// splitmix64: a tiny generator whose consecutive seeds still give independent-looking output.
 struct Rng(u64);
 
@@ -617,6 +592,11 @@ impl Rng {
 
     fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A rank of `zipf`.
+    fn zipf(&mut self, zipf: &Zipf) -> usize {
+        zipf.rank(self.unit())
     }
 }
 
@@ -670,7 +650,7 @@ async fn workloads(mode: Mode, servers: &Servers) -> Vec<WorkloadRow> {
         let op = move |w: usize, i: u64| async move {
             // A per-(worker, op) stream: deterministic, independent across workers.
             let mut rng = Rng(((w as u64) << 56) ^ i);
-            let k = zipf.sample(&mut rng) as i64;
+            let k = rng.zipf(zipf) as i64;
             if rng.next() % 10_000 < WRITES_PER_10K {
                 writes.fetch_add(1, Ordering::Relaxed);
                 let body = format!("{k}-w{i}-{w}");

@@ -58,11 +58,10 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs_f64(secs))
 }
 
-/// A Zipf(s) sampler over ids `1..=n`: id `k` has weight `1 / k^s`.
+/// A Zipf(s) sampler over ids `1..=n`: id `k` has weight `1 / k^s` (the test kit's ranks,
+/// shifted to ids).
 #[derive(Debug, Clone)]
-pub struct Zipf {
-    cdf: Vec<f64>,
-}
+pub struct Zipf(walcache_testkit::Zipf);
 
 impl Zipf {
     /// A sampler over `1..=n` with exponent `s` (`s = 0` is uniform).
@@ -71,26 +70,12 @@ impl Zipf {
     ///
     /// If `n` is 0.
     pub fn new(n: usize, s: f64) -> Zipf {
-        assert!(n > 0, "Zipf over an empty range");
-        let mut cdf = Vec::with_capacity(n);
-        let mut total = 0.0;
-        for k in 1..=n {
-            total += 1.0 / (k as f64).powf(s);
-            cdf.push(total);
-        }
-        for c in &mut cdf {
-            *c /= total;
-        }
-        Zipf { cdf }
+        Zipf(walcache_testkit::Zipf::new(n, s))
     }
 
     /// The id for a uniform sample `u` in `[0, 1)`.
     pub fn id_for(&self, u: f64) -> i64 {
-        let i = self
-            .cdf
-            .partition_point(|&c| c <= u)
-            .min(self.cdf.len() - 1);
-        i as i64 + 1
+        self.0.rank(u) as i64 + 1
     }
 
     /// Draw an id.

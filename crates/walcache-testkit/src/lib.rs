@@ -11,6 +11,7 @@
 //!   sleeping.
 //! - [`TcpProxy`]: a TCP proxy on a free loopback port that injects faults between a client
 //!   and a server: latency, connection resets, a blackhole, and dropped Redis pub/sub messages.
+//! - [`Zipf`]: a skewed key distribution for workloads.
 //! - [`unique_prefix`]: a key prefix that isolates a test's Redis keys on a shared server.
 //!
 //! Servers are stopped when dropped. They run as children of the test process, in its process
@@ -59,6 +60,7 @@ mod proxy;
 mod redis_server;
 mod tls;
 mod wait;
+mod zipf;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -68,6 +70,7 @@ pub use crate::proxy::{ProxyStats, TcpProxy};
 pub use crate::redis_server::RedisServer;
 pub use crate::tls::TestCerts;
 pub use crate::wait::{wait_until, wait_until_blocking, WaitError};
+pub use crate::zipf::Zipf;
 
 /// A prefix for a test's Redis keys, unique per call within the machine's running processes:
 /// `t{pid}x{counter}`.
