@@ -1036,18 +1036,15 @@ async fn wait_slot_inactive(admin: &tokio_postgres::Client, slot: &str) -> Resul
 
 /// Wait until every handle's liveness is `live`.
 async fn wait_all_live(readers: &[Reader], live: bool, deadline: Duration) -> Result<(), BoxError> {
-    let until = Instant::now() + deadline;
-    while readers.iter().any(|r| r.handle.is_live() != live) {
-        if Instant::now() >= until {
-            return Err(format!(
-                "the handles' streams did not become {} within {} ms",
-                if live { "live" } else { "not live" },
-                deadline.as_millis()
-            )
-            .into());
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let what = if live {
+        "the handles' streams to become live"
+    } else {
+        "the handles' streams to end"
+    };
+    walcache_testkit::wait_until(what, deadline, || async {
+        readers.iter().all(|r| r.handle.is_live() == live)
+    })
+    .await?;
     Ok(())
 }
 

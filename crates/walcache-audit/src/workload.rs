@@ -246,15 +246,10 @@ impl Reader {
 
     /// Wait until the handle's stream is live.
     pub(crate) async fn wait_live(&self, deadline: Duration) -> Result<(), BoxError> {
-        let until = now_ns() + deadline.as_nanos() as u64;
-        while !self.handle.is_live() {
-            if now_ns() > until {
-                return Err(
-                    format!("the invalidation stream was not live within {deadline:?}").into(),
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        walcache_testkit::wait_until("the invalidation stream to be live", deadline, || async {
+            self.handle.is_live()
+        })
+        .await?;
         Ok(())
     }
 
