@@ -1,0 +1,311 @@
+//! The replication loop: PostgreSQL's logical stream in, invalidations out, position confirmed
+//! only after they are published.
+//!
+//! Order of a batch (DESIGN.md, write path): decode → rows to keys → batch across transactions
+//! (bounded by keys and by time) → one script per message deletes and PUBLISHes → confirm the
+//! end LSN of the last transaction in the batch. Outside a transaction and with nothing in
+//! flight, a keepalive's position is confirmed too, so an idle slot does not hold WAL.
+//!
+//! Shutdown (SIGTERM): stop reading → publish what is in flight → confirm → close.
+
+mod backoff;
+mod catalog;
+mod liveness;
+mod publish;
+mod stream;
+mod visibility;
+
+use backoff::Backoff;
+pub use catalog::compile_rules;
+use catalog::{ensure_publication, refuse_synchronous_standby, slot_state, sql_client};
+use visibility::TxnRecord;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use walcache_cdc::client::{
+    ReplicationClient, ReplicationConfig, ReplicationStream, StartReplication,
+};
+use walcache_cdc::Lsn;
+
+use crate::config::{redact_url, Config, ConfigError};
+use crate::connect::Postgres;
+use crate::mapping::{Invalidation, Mapper};
+use crate::metrics as m;
+use crate::publisher::{Batch, Publisher};
+use crate::status::Status;
+
+/// Why the daemon stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The configuration does not fit the database (exit code 2).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// PostgreSQL could not be used at start-up.
+    #[error("postgres: {context}")]
+    Postgres {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Redis could not be used at start-up.
+    #[error("redis: {context}")]
+    Redis {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: redis::RedisError,
+    },
+}
+
+impl RunError {
+    /// A configuration problem (exit code 2) rather than a runtime failure.
+    pub fn is_config(&self) -> bool {
+        matches!(self, RunError::Config(_))
+    }
+
+    fn postgres(
+        context: impl Into<String>,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        RunError::Postgres {
+            context: context.into(),
+            source: Box::new(e),
+        }
+    }
+}
+
+/// Run the daemon until `shutdown` is cancelled.
+///
+/// # Errors
+///
+/// Start-up failures: configuration that does not fit the database, PostgreSQL or Redis
+/// unreachable at start (fail fast). Once running, lost connections are retried with backoff.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    status: Arc<Status>,
+) -> Result<(), RunError> {
+    let postgres = Postgres::from_config(&config)?;
+    let control = sql_client(&postgres, &config).await?;
+    refuse_synchronous_standby(&control).await?;
+    let rules = compile_rules(&control, &config).await?;
+    let mapper = Mapper::new(rules.clone());
+    let redis_client = crate::connect::redis_client(&config)?;
+    let epoch: u64 = rand::random();
+    let mut publisher = Publisher::connect(
+        &redis_client,
+        config.naming(),
+        epoch,
+        config.stream.max_message_bytes,
+        Duration::from_secs(5),
+    )
+    .await
+    .map_err(|e| RunError::Redis {
+        context: format!("connecting to {}", redact_url(config.redis.url.expose())),
+        source: e,
+    })?;
+    let run_id = publisher.run_id().await.map_err(|e| RunError::Redis {
+        context: "reading INFO server".to_owned(),
+        source: e,
+    })?;
+    ensure_publication(&control, &config, &rules).await?;
+    let replication = postgres.replication()?;
+    tracing::info!(epoch, rules = rules.len(), "walcached starting");
+
+    let mut stream = Streamer {
+        config: &config,
+        status: &status,
+        mapper,
+        publisher,
+        redis_client,
+        run_id,
+        control,
+        confirmed: Lsn(0),
+        flush_all_on_start: false,
+        redis_reconnected: false,
+        batch_txns: Vec::new(),
+        pending: Vec::new(),
+    };
+    let mut backoff = Backoff::postgres();
+    // Waiting for a slot another daemon streams from (said once per wait, not per retry).
+    let mut standby = false;
+    loop {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        match stream.session(&replication, &shutdown, &mut backoff).await {
+            Ok(()) => break, // clean shutdown
+            Err(SessionError::Replication(e)) if e.code() == Some(SLOT_IN_USE) => {
+                // Another daemon holds the slot (SQLSTATE 55006): wait silently as a standby
+                // (no heartbeats, no warnings, no error count) and take over once it is free.
+                // The control connection just worked (it read the slot's state): keep it.
+                status.set_streaming(false);
+                // The backoff restarts whenever a session streams: a new wait.
+                if backoff.attempt == 0 {
+                    standby = false;
+                }
+                let pause = backoff.next();
+                if standby {
+                    tracing::debug!(retry_in = ?pause, "the replication slot is still in use");
+                } else {
+                    standby = true;
+                    tracing::info!(slot = %config.postgres.slot, reason = %e.as_db_error().map_or("", |db| db.message.as_str()), "the replication slot is in use by another consumer: waiting as a standby until it is free");
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+            Err(e) => {
+                status.set_streaming(false);
+                standby = false;
+                metrics::counter!(m::ERRORS_TOTAL, "kind" => e.kind()).increment(1);
+                let pause = backoff.next();
+                tracing::warn!(error = %e, retry_in = ?pause, "replication session ended; reconnecting");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                metrics::counter!(m::RECONNECTS_TOTAL, "to" => "postgres").increment(1);
+                if let Ok(c) = sql_client(&postgres, &config).await {
+                    stream.control = c;
+                }
+            }
+        }
+    }
+    status.set_streaming(false);
+    tracing::info!("walcached stopped");
+    Ok(())
+}
+
+/// SQLSTATE object_in_use: what START_REPLICATION (or dropping a slot) answers while another
+/// connection streams from the slot.
+const SLOT_IN_USE: &str = "55006";
+
+/// Why a session ended (retried).
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("replication: {0}")]
+    Replication(#[from] walcache_cdc::Error),
+    #[error("decoding the stream: {0}")]
+    Decode(#[from] walcache_cdc::DecodeError),
+    #[error(transparent)]
+    Setup(#[from] RunError),
+    /// The control session closed (e.g. PostgreSQL shutting down, which ends ordinary
+    /// sessions before walsenders): visibility cannot be checked, so nothing more can be
+    /// confirmed. Ending the session lets PostgreSQL's shutdown finish — a walsender waits
+    /// for its client to confirm everything sent — and the next session replays.
+    #[error("the control session closed: {0}")]
+    ControlLost(tokio_postgres::Error),
+}
+
+impl SessionError {
+    fn kind(&self) -> &'static str {
+        match self {
+            SessionError::Decode(_) => "decode",
+            _ => "postgres",
+        }
+    }
+}
+
+/// The state that outlives one replication connection.
+struct Streamer<'a> {
+    config: &'a Config,
+    status: &'a Status,
+    mapper: Mapper,
+    publisher: Publisher,
+    redis_client: redis::Client,
+    run_id: String,
+    control: tokio_postgres::Client,
+    confirmed: Lsn,
+    flush_all_on_start: bool,
+    /// Redis was reconnected since its run_id was last checked.
+    redis_reconnected: bool,
+    /// The transactions of the batch being built, for the visibility check.
+    batch_txns: Vec<TxnRecord>,
+    /// Published transactions not yet visible to new snapshots, oldest first.
+    pending: Vec<TxnRecord>,
+}
+
+impl Streamer<'_> {
+    async fn session(
+        &mut self,
+        replication: &ReplicationConfig,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> Result<(), SessionError> {
+        let slot = &self.config.postgres.slot;
+        let mut client = ReplicationClient::connect(replication).await?;
+        match slot_state(&self.control, slot).await? {
+            None => {
+                client.create_logical_slot(slot, false).await?;
+                tracing::warn!(slot = %slot, "created the replication slot: changes before it are unknown, flushing every namespace");
+                self.flush_all_on_start = true;
+            }
+            Some((Some(wal), _)) if wal == "lost" => {
+                tracing::error!(slot = %slot, "replication slot lost its WAL: recreating it and flushing every namespace");
+                client.drop_slot(slot).await?;
+                client.create_logical_slot(slot, false).await?;
+                self.flush_all_on_start = true;
+            }
+            Some(_) => {}
+        }
+        if self.flush_all_on_start {
+            let mut batch = Batch::default();
+            batch.extend(
+                self.mapper
+                    .namespaces()
+                    .into_iter()
+                    .map(Invalidation::Flush),
+            );
+            self.publish_with_retry(&batch, None, shutdown).await;
+            self.flush_all_on_start = false;
+        }
+        let start = StartReplication::new(slot.clone(), [self.config.postgres.publication.clone()])
+            .messages(true);
+        let mut stream = client.start_replication(&start).await?;
+        self.status.set_streaming(true);
+        backoff.reset();
+        tracing::info!(slot = %slot, "streaming");
+        self.stream_loop(&mut stream, shutdown).await
+    }
+
+    /// WAL the slot holds back: without a consumer it grows without limit (set
+    /// `max_slot_wal_keep_size`).
+    async fn export_slot_metrics(&self) {
+        let row = self
+            .control
+            .query_opt(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::float8 \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.config.postgres.slot],
+            )
+            .await;
+        if let Ok(Some(row)) = row {
+            if let Ok(Some(bytes)) = row.try_get::<_, Option<f64>>(0) {
+                metrics::gauge!(m::SLOT_RETAINED_WAL_BYTES).set(bytes);
+            }
+        }
+    }
+
+    fn count_change(&self, relation_id: u32) {
+        if let Some(ns) = self.mapper.namespace_of(relation_id) {
+            metrics::counter!(m::CHANGES_TOTAL, "namespace" => ns.to_owned()).increment(1);
+        }
+    }
+
+    async fn send_status(&mut self, stream: &mut ReplicationStream) -> Result<(), SessionError> {
+        stream
+            .send_status(self.confirmed, self.confirmed, self.confirmed, false)
+            .await?;
+        self.status.set_confirmed_lsn(self.confirmed.0);
+        metrics::gauge!(m::CONFIRMED_LSN).set(self.confirmed.0 as f64);
+        Ok(())
+    }
+}

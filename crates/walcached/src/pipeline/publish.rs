@@ -1,0 +1,136 @@
+//! Publishing a batch to Redis: retries while Redis is away, then confirmation; and the check
+//! that Redis is still the server it was.
+
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use walcache_cdc::client::ReplicationStream;
+use walcache_cdc::Lsn;
+
+use super::{Backoff, SessionError, Streamer};
+use crate::mapping::Invalidation;
+use crate::metrics as m;
+use crate::publisher::Batch;
+
+impl Streamer<'_> {
+    pub(super) async fn flush_batch(
+        &mut self,
+        batch: &mut Batch,
+        started: &mut Option<Instant>,
+        stream: &mut ReplicationStream,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        if batch.is_empty() {
+            *started = None;
+            return Ok(());
+        }
+        let first = started.take().unwrap_or_else(Instant::now);
+        // Visibility is checked *before* publishing: a transaction seen visible here is
+        // visible to every fill that takes its lease after the publish (fills read the
+        // database after taking the lease), and one not yet visible gets a second
+        // invalidation once it is. Checked after publishing instead, a commit that became
+        // visible between the publish and the check would let a fill that read the old row in
+        // that gap survive.
+        let txns = std::mem::take(&mut self.batch_txns);
+        let held = self.hold_invisible(txns).await;
+        if !self.publish_with_retry(batch, Some(stream), shutdown).await {
+            // Shutting down with the batch unpublished: do not confirm it; the next run
+            // replays it from the slot.
+            return Ok(());
+        }
+        // Published either way (the sooner the better); without a visibility verdict it is
+        // not confirmed: the session ends and the next one replays it.
+        held?;
+        metrics::histogram!(m::PUBLISH_LATENCY_SECONDS).record(first.elapsed());
+        // Commit (server clock) → published (ours): the replication lag in seconds.
+        let now_micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        let lag = now_micros.saturating_sub(batch.commit_time_micros).max(0);
+        metrics::gauge!(m::REPLICATION_LAG_SECONDS).set(lag as f64 / 1e6);
+        self.status.set_published_seq(self.publisher.seq());
+        if std::mem::take(&mut self.redis_reconnected) {
+            self.check_redis_identity(stream, shutdown).await;
+        }
+        // Only now is the position safe to confirm (held at the oldest pending recheck).
+        self.advance_confirmed(Lsn(batch.lsn));
+        *batch = Batch::default();
+        self.send_status(stream).await
+    }
+
+    /// Publish, retrying with backoff while Redis is away; the stream keeps hearing status
+    /// updates (with the old position) so PostgreSQL does not time the connection out.
+    /// Returns false only if shutdown interrupted it.
+    pub(super) async fn publish_with_retry(
+        &mut self,
+        batch: &Batch,
+        mut stream: Option<&mut ReplicationStream>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut backoff = Backoff::redis();
+        loop {
+            match self.publisher.publish(batch).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    self.status.set_caught_up(false);
+                    metrics::counter!(m::ERRORS_TOTAL, "kind" => "redis").increment(1);
+                    let pause = backoff.next();
+                    tracing::warn!(error = %e, retry_in = ?pause, "publishing failed; nothing is confirmed until it succeeds");
+                    if let Some(s) = stream.as_deref_mut() {
+                        if let Err(e) = s
+                            .send_status(self.confirmed, self.confirmed, self.confirmed, false)
+                            .await
+                        {
+                            tracing::debug!(error = %e, "status update during redis outage failed");
+                        }
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => return false,
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    self.reconnect_redis().await;
+                }
+            }
+        }
+    }
+
+    pub(super) async fn reconnect_redis(&mut self) {
+        metrics::counter!(m::RECONNECTS_TOTAL, "to" => "redis").increment(1);
+        match self.publisher.reconnect(&self.redis_client).await {
+            // A new connection may be to a restarted Redis: check its run_id at once rather
+            // than at the next periodic check.
+            Ok(()) => self.redis_reconnected = true,
+            Err(e) => tracing::debug!(error = %e, "redis reconnect failed"),
+        }
+    }
+
+    /// A Redis whose run_id changed restarted or failed over and may have lost recent deletes:
+    /// the gap is unknown, so every namespace served is flushed.
+    pub(super) async fn check_redis_identity(
+        &mut self,
+        stream: &mut ReplicationStream,
+        shutdown: &CancellationToken,
+    ) {
+        let Ok(run_id) = self.publisher.run_id().await else {
+            return;
+        };
+        if run_id != self.run_id {
+            tracing::error!("redis run_id changed (restart or failover): flushing every namespace");
+            metrics::counter!(m::NAMESPACE_FLUSHES_TOTAL, "reason" => "unknown_gap").increment(1);
+            let mut batch = Batch::default();
+            batch.extend(
+                self.mapper
+                    .namespaces()
+                    .into_iter()
+                    .map(Invalidation::Flush),
+            );
+            batch.lsn = self.confirmed.0;
+            if self
+                .publish_with_retry(&batch, Some(stream), shutdown)
+                .await
+            {
+                self.run_id = run_id;
+            }
+        }
+    }
+}

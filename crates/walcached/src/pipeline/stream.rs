@@ -1,0 +1,243 @@
+//! The stream loop: replication messages in, transactions batched, timers for status,
+//! heartbeats and visibility re-checks.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use walcache_cdc::client::ReplicationStream;
+use walcache_cdc::pgoutput::LogicalMessage;
+use walcache_cdc::protocol::ReplicationMessage;
+use walcache_cdc::Lsn;
+
+use super::liveness::CatchUp;
+use super::visibility::{TxnRecord, VISIBILITY_POLL};
+use super::{SessionError, Streamer};
+use crate::mapping::{Invalidation, RelationCheck};
+use crate::metrics as m;
+use crate::publisher::Batch;
+
+/// One transaction being decoded: its invalidations, deduplicated, in bounded memory.
+#[derive(Debug, Default)]
+pub(super) struct Transaction {
+    pub(super) xid: u32,
+    pub(super) items: Batch,
+    pub(super) keys_per_namespace: HashMap<String, usize>,
+}
+
+impl Transaction {
+    pub(super) fn add(&mut self, inv: Invalidation, large: usize) {
+        if let Invalidation::Key { namespace, key } = &inv {
+            if self.items.flushes.contains(namespace) {
+                return;
+            }
+            if self.items.keys.contains(&(namespace.clone(), key.clone())) {
+                return;
+            }
+            let n = self
+                .keys_per_namespace
+                .entry(namespace.clone())
+                .or_default();
+            *n += 1;
+            if *n > large {
+                // Too large to list key by key: one namespace flush, memory stays bounded.
+                let ns = namespace.clone();
+                self.items.keys.retain(|(n, _)| *n != ns);
+                metrics::counter!(m::NAMESPACE_FLUSHES_TOTAL, "reason" => "large_transaction")
+                    .increment(1);
+                self.items.flushes.insert(ns);
+                return;
+            }
+        }
+        self.items.extend([inv]);
+    }
+}
+
+impl Streamer<'_> {
+    pub(super) async fn stream_loop(
+        &mut self,
+        stream: &mut ReplicationStream,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        let cfg = &self.config.stream;
+        let mut txn: Option<Transaction> = None;
+        let mut batch = Batch::default();
+        let mut batch_started: Option<Instant> = None;
+        let mut wal_end = Lsn(0);
+        let mut status_tick = tokio::time::interval(cfg.status_interval());
+        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeat_tick = tokio::time::interval(cfg.heartbeat_interval());
+        heartbeat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut run_id_tick = tokio::time::interval(Duration::from_secs(5));
+        run_id_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut visibility_tick = tokio::time::interval(VISIBILITY_POLL);
+        visibility_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut changes: Vec<Invalidation> = Vec::new();
+        let mut txn_started: Option<Instant> = None;
+        let mut progress = CatchUp::default();
+        self.batch_txns.clear();
+        loop {
+            let deadline =
+                batch_started.map(|s| tokio::time::Instant::from_std(s + cfg.batch_max_delay()));
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    // Finish what is in flight, confirm it, stop. A transaction half-read is
+                    // replayed by the next run.
+                    // (With the token cancelled, the publish is tried once, not retried.)
+                    let txns = std::mem::take(&mut self.batch_txns);
+                    let held = self.hold_invisible(txns).await;
+                    if !batch.is_empty()
+                        && self.publish_with_retry(&batch, Some(stream), shutdown).await
+                        && held.is_ok()
+                    {
+                        self.advance_confirmed(Lsn(batch.lsn));
+                    }
+                    stream.send_status(self.confirmed, self.confirmed, self.confirmed, false).await?;
+                    self.status.set_confirmed_lsn(self.confirmed.0);
+                    return Ok(());
+                }
+                () = sleep_until_opt(deadline) => {
+                    self.flush_batch(&mut batch, &mut batch_started, stream, shutdown).await?;
+                }
+                _ = visibility_tick.tick(), if !self.pending.is_empty() => {
+                    self.recheck_pending(stream, shutdown).await?;
+                }
+                _ = status_tick.tick() => {
+                    self.send_status(stream).await?;
+                    let lag = wal_end.0.saturating_sub(self.confirmed.0);
+                    metrics::gauge!(m::REPLICATION_LAG_BYTES).set(lag as f64);
+                    progress.report(lag, self.confirmed);
+                }
+                _ = heartbeat_tick.tick() => {
+                    // Caught up: nothing has waited longer than a heartbeat interval — no
+                    // transaction open that long, no batch unpublished that long. (Timers come
+                    // before stream events in this biased select, so a backlog cannot starve
+                    // heartbeats or status updates; a lagging daemon stops heartbeating.)
+                    let interval = cfg.heartbeat_interval();
+                    let caught_up = txn_started.is_none_or(|t| t.elapsed() < interval)
+                        && batch_started.is_none_or(|t| t.elapsed() < interval);
+                    self.status.set_caught_up(caught_up);
+                    if caught_up {
+                        if let Err(e) = self.publisher.heartbeat().await {
+                            self.status.set_caught_up(false);
+                            tracing::warn!(error = %e, "heartbeat failed");
+                            metrics::counter!(m::ERRORS_TOTAL, "kind" => "redis").increment(1);
+                            self.reconnect_redis().await;
+                        }
+                    }
+                }
+                _ = run_id_tick.tick() => {
+                    self.check_redis_identity(stream, shutdown).await;
+                    self.export_slot_metrics().await;
+                }
+                event = stream.next_event() => {
+                    let Some(event) = event? else {
+                        return Err(SessionError::Replication(walcache_cdc::Error::Closed));
+                    };
+                    match event {
+                        ReplicationMessage::XLogData(x) => {
+                            wal_end = wal_end.max(x.wal_end);
+                            match x.logical_message()? {
+                                LogicalMessage::Begin(b) => {
+                                    txn_started = Some(Instant::now());
+                                    txn = Some(Transaction { xid: b.xid, ..Transaction::default() });
+                                }
+                                LogicalMessage::Relation(rel) => {
+                                    if let RelationCheck::Mismatch { namespace, reason } = self.mapper.relation(&rel) {
+                                        tracing::error!(namespace = %namespace, %reason, "a mapped table changed under its rule: its namespace is flushed on every change until the rule is fixed");
+                                        metrics::counter!(m::NAMESPACE_FLUSHES_TOTAL, "reason" => "relation_mismatch").increment(1);
+                                        if let Some(t) = txn.as_mut() {
+                                            t.add(Invalidation::Flush(namespace), cfg.large_transaction_keys);
+                                        }
+                                    }
+                                }
+                                LogicalMessage::Insert(i) => {
+                                    self.mapper.change(i.relation_id, Some(&i.new), None, &mut changes);
+                                    self.count_change(i.relation_id);
+                                }
+                                LogicalMessage::Update(u) => {
+                                    let old = u.old.as_ref().map(|o| o.tuple());
+                                    self.mapper.change(u.relation_id, Some(&u.new), old, &mut changes);
+                                    self.count_change(u.relation_id);
+                                }
+                                LogicalMessage::Delete(d) => {
+                                    self.mapper.change(d.relation_id, None, Some(d.old.tuple()), &mut changes);
+                                    self.count_change(d.relation_id);
+                                }
+                                LogicalMessage::Truncate(t) => {
+                                    self.mapper.truncate(&t.relation_ids, &mut changes);
+                                }
+                                LogicalMessage::Commit(c) => {
+                                    let t = txn.take().unwrap_or_default();
+                                    txn_started = None;
+                                    metrics::counter!(m::TRANSACTIONS_TOTAL).increment(1);
+                                    if !t.items.is_empty() {
+                                        let mut own = t.items;
+                                        own.lsn = c.end_lsn.0;
+                                        batch.extend_from(&own);
+                                        self.batch_txns.push(TxnRecord { xid: t.xid, commit_lsn: c.commit_lsn, items: own });
+                                        batch_started.get_or_insert_with(Instant::now);
+                                    }
+                                    batch.lsn = c.end_lsn.0;
+                                    batch.commit_time_micros = unix_micros(c.commit_time);
+                                    if batch.is_empty() {
+                                        // Nothing of ours: the position can be confirmed as is.
+                                        self.advance_confirmed(c.end_lsn);
+                                    } else if batch.len() >= cfg.batch_max_keys {
+                                        self.flush_batch(&mut batch, &mut batch_started, stream, shutdown).await?;
+                                    }
+                                }
+                                _ => {}
+                            }
+                            if !changes.is_empty() {
+                                match txn.as_mut() {
+                                    Some(t) => {
+                                        for c in changes.drain(..) {
+                                            t.add(c, cfg.large_transaction_keys);
+                                        }
+                                    }
+                                    // A change outside Begin..Commit cannot happen in pgoutput v1;
+                                    // never drop it.
+                                    None => {
+                                        batch.extend(changes.drain(..));
+                                        batch_started.get_or_insert_with(Instant::now);
+                                    }
+                                }
+                            }
+                        }
+                        ReplicationMessage::PrimaryKeepalive(k) => {
+                            wal_end = wal_end.max(k.wal_end);
+                            if txn.is_none() && batch.is_empty() {
+                                self.advance_confirmed(k.wal_end);
+                            }
+                            if k.reply_requested {
+                                self.send_status(stream).await?;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                // The stream has nothing ready: publish now rather than wait for the timer.
+                // (Under a backlog, events stay ready and batches fill up to
+                // batch_max_keys or batch_max_delay.)
+                () = std::future::ready(()), if !batch.is_empty() => {
+                    self.flush_batch(&mut batch, &mut batch_started, stream, shutdown).await?;
+                }
+            }
+        }
+    }
+}
+
+pub(super) async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// PostgreSQL time (µs since 2000-01-01) → µs since the Unix epoch.
+pub(super) fn unix_micros(t: walcache_cdc::PgTimestamp) -> i64 {
+    const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+    t.0.saturating_add(PG_EPOCH_OFFSET_MICROS)
+}

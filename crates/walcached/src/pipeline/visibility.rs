@@ -1,0 +1,128 @@
+//! DESIGN contract 3: a transaction streamed before new snapshots see it gets a second
+//! invalidation once they do, and the confirmed position waits for it.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use walcache_cdc::client::ReplicationStream;
+use walcache_cdc::Lsn;
+
+use super::{SessionError, Streamer};
+use crate::metrics as m;
+use crate::publisher::Batch;
+
+/// How often transactions waiting to become visible are rechecked.
+pub(super) const VISIBILITY_POLL: Duration = Duration::from_millis(2);
+
+/// A committed transaction's invalidations, kept for the visibility re-check.
+#[derive(Debug, Clone)]
+pub(super) struct TxnRecord {
+    pub(super) xid: u32,
+    pub(super) commit_lsn: Lsn,
+    pub(super) items: Batch,
+}
+
+impl Streamer<'_> {
+    /// Move the confirmed position forward to `candidate`, but never past a transaction still
+    /// waiting for its second invalidation: a crash must replay it.
+    pub(super) fn advance_confirmed(&mut self, candidate: Lsn) {
+        let cap = self.pending.iter().map(|t| t.commit_lsn).min();
+        let target = match cap {
+            Some(cap) => candidate.min(cap),
+            None => candidate,
+        };
+        self.confirmed = self.confirmed.max(target);
+    }
+
+    /// Which of these transactions are not yet visible to a new snapshot. On a query error,
+    /// all of them (the check is retried); if the control connection has closed,
+    /// [`SessionError::ControlLost`].
+    pub(super) async fn invisible(&self, xids: &[u32]) -> Result<Vec<u32>, SessionError> {
+        if xids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Widen each 32-bit xid to xid8 with the epoch of the snapshot's xmax: a committed
+        // transaction's xid is below xmax, so a larger low half belongs to the previous epoch.
+        // (Checking only the in-progress list is wrong: a transaction waiting for a
+        // synchronous standby often sits at or above xmax.)
+        let xs: Vec<i64> = xids.iter().map(|x| i64::from(*x)).collect();
+        let rows = self
+            .control
+            .query(
+                "WITH s AS (SELECT pg_current_snapshot() AS snap),                       e AS (SELECT snap, pg_snapshot_xmax(snap)::text::int8 AS xmax FROM s)                  SELECT x FROM e, unnest($1::int8[]) AS x                  WHERE NOT pg_visible_in_snapshot(                      (CASE WHEN x <= (xmax & 4294967295)                            THEN ((xmax >> 32) << 32) | x                            ELSE (((xmax >> 32) - 1) << 32) | x END)::text::xid8, snap)",
+                &[&xs],
+            )
+            .await;
+        match rows {
+            Ok(rows) => Ok(rows
+                .iter()
+                .filter_map(|r| u32::try_from(r.get::<_, i64>(0)).ok())
+                .collect()),
+            Err(e) if self.control.is_closed() => Err(SessionError::ControlLost(e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "visibility check failed; rechecking");
+                metrics::counter!(m::ERRORS_TOTAL, "kind" => "postgres").increment(1);
+                Ok(xids.to_vec())
+            }
+        }
+    }
+
+    pub(super) async fn hold_invisible(
+        &mut self,
+        txns: Vec<TxnRecord>,
+    ) -> Result<(), SessionError> {
+        let xids: Vec<u32> = txns.iter().map(|t| t.xid).collect();
+        let invisible = self.invisible(&xids).await?;
+        if invisible.is_empty() {
+            return Ok(());
+        }
+        for t in txns {
+            if invisible.contains(&t.xid) {
+                tracing::debug!(
+                    xid = t.xid,
+                    "committed but not yet visible: will invalidate again"
+                );
+                self.pending.push(t);
+            }
+        }
+        metrics::gauge!(m::VISIBILITY_PENDING).set(self.pending.len() as f64);
+        Ok(())
+    }
+
+    /// Republish the transactions that became visible, then let the position move on.
+    pub(super) async fn recheck_pending(
+        &mut self,
+        stream: &mut ReplicationStream,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        let xids: Vec<u32> = self.pending.iter().map(|t| t.xid).collect();
+        let invisible = self.invisible(&xids).await?;
+        if invisible.len() == xids.len() {
+            return Ok(());
+        }
+        let mut again = Batch::default();
+        let mut still = Vec::new();
+        for t in std::mem::take(&mut self.pending) {
+            if invisible.contains(&t.xid) {
+                still.push(t);
+            } else {
+                again.extend_from(&t.items);
+                again.lsn = again.lsn.max(t.items.lsn);
+            }
+        }
+        // Keep them pending until the second invalidation is out.
+        let visible_now = again.clone();
+        self.pending.extend(still.iter().cloned());
+        if !self
+            .publish_with_retry(&visible_now, Some(stream), shutdown)
+            .await
+        {
+            return Ok(());
+        }
+        self.pending = still;
+        metrics::gauge!(m::VISIBILITY_PENDING).set(self.pending.len() as f64);
+        metrics::counter!(m::VISIBILITY_REINVALIDATIONS_TOTAL).increment(1);
+        self.advance_confirmed(Lsn(visible_now.lsn));
+        self.send_status(stream).await
+    }
+}
