@@ -125,7 +125,8 @@ pub async fn run(
         publisher,
         redis_client,
         run_id,
-        control,
+        control: Arc::new(control),
+        published: Lsn(0),
         confirmed: Lsn(0),
         flush_all_on_start: false,
         redis_reconnected: false,
@@ -174,7 +175,7 @@ pub async fn run(
                 }
                 metrics::counter!(m::RECONNECTS_TOTAL, "to" => "postgres").increment(1);
                 if let Ok(c) = sql_client(&postgres, &config).await {
-                    stream.control = c;
+                    stream.control = Arc::new(c);
                 }
             }
         }
@@ -202,7 +203,11 @@ enum SessionError {
     /// confirmed. Ending the session lets PostgreSQL's shutdown finish — a walsender waits
     /// for its client to confirm everything sent — and the next session replays.
     #[error("the control session closed: {0}")]
-    ControlLost(tokio_postgres::Error),
+    ControlLost(Box<dyn std::error::Error + Send + Sync>),
+    /// Nothing arrived on the replication stream for this long, though the daemon asked for
+    /// keepalives: the peer or the network is gone without a word.
+    #[error("the replication stream was silent for {0:?}")]
+    Silent(Duration),
 }
 
 impl SessionError {
@@ -222,7 +227,9 @@ struct Streamer<'a> {
     publisher: Publisher,
     redis_client: redis::Client,
     run_id: String,
-    control: tokio_postgres::Client,
+    control: Arc<tokio_postgres::Client>,
+    /// Everything received up to here is published (the end of the last batch published).
+    published: Lsn,
     confirmed: Lsn,
     flush_all_on_start: bool,
     /// Redis was reconnected since its run_id was last checked.
@@ -301,8 +308,22 @@ impl Streamer<'_> {
     }
 
     async fn send_status(&mut self, stream: &mut ReplicationStream) -> Result<(), SessionError> {
+        self.status_update(stream, false).await
+    }
+
+    /// A standby status update with the confirmed position, asking for a keepalive or not.
+    async fn status_update(
+        &mut self,
+        stream: &mut ReplicationStream,
+        reply_requested: bool,
+    ) -> Result<(), SessionError> {
         stream
-            .send_status(self.confirmed, self.confirmed, self.confirmed, false)
+            .send_status(
+                self.confirmed,
+                self.confirmed,
+                self.confirmed,
+                reply_requested,
+            )
             .await?;
         self.status.set_confirmed_lsn(self.confirmed.0);
         metrics::gauge!(m::CONFIRMED_LSN).set(self.confirmed.0 as f64);

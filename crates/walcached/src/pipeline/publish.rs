@@ -42,12 +42,7 @@ impl Streamer<'_> {
         // not confirmed: the session ends and the next one replays it.
         held?;
         metrics::histogram!(m::PUBLISH_LATENCY_SECONDS).record(first.elapsed());
-        // Commit (server clock) → published (ours): the replication lag in seconds.
-        let now_micros = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-        let lag = now_micros.saturating_sub(batch.commit_time_micros).max(0);
-        metrics::gauge!(m::REPLICATION_LAG_SECONDS).set(lag as f64 / 1e6);
+        self.published = self.published.max(Lsn(batch.lsn));
         self.status.set_published_seq(self.publisher.seq());
         if std::mem::take(&mut self.redis_reconnected) {
             self.check_redis_identity(stream, shutdown).await;

@@ -2,6 +2,7 @@
 //! heartbeats and visibility re-checks.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -10,12 +11,31 @@ use walcache_cdc::pgoutput::LogicalMessage;
 use walcache_cdc::protocol::ReplicationMessage;
 use walcache_cdc::Lsn;
 
-use super::liveness::CatchUp;
+use super::liveness::{spawn_sampler, Liveness};
 use super::visibility::{TxnRecord, VISIBILITY_POLL};
 use super::{SessionError, Streamer};
 use crate::mapping::{Invalidation, RelationCheck};
 use crate::metrics as m;
 use crate::publisher::Batch;
+
+/// How long the replication stream may stay silent before the session is ended and
+/// reconnected. The daemon asks for a keepalive after a quarter of it, so a healthy walsender
+/// is never this quiet; a dead peer behind a silent network is.
+pub(super) const RECEIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The sampler's control-session query ended because the session closed.
+#[derive(Debug, thiserror::Error)]
+#[error("the control session closed")]
+pub(super) struct ControlClosed;
+
+/// Aborts a task when dropped (the session's helper tasks end with the session).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// One transaction being decoded: its invalidations, deduplicated, in bounded memory.
 #[derive(Debug, Default)]
@@ -63,20 +83,31 @@ impl Streamer<'_> {
         let mut txn: Option<Transaction> = None;
         let mut batch = Batch::default();
         let mut batch_started: Option<Instant> = None;
-        let mut wal_end = Lsn(0);
         let mut status_tick = tokio::time::interval(cfg.status_interval());
         status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut heartbeat_tick = tokio::time::interval(cfg.heartbeat_interval());
-        heartbeat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut samples, sampler) =
+            spawn_sampler(Arc::clone(&self.control), cfg.heartbeat_interval());
+        let _sampler = AbortOnDrop(sampler);
+        let mut liveness = Liveness::new(cfg.heartbeat_interval());
+        let mut last_received = Instant::now();
         let mut run_id_tick = tokio::time::interval(Duration::from_secs(5));
         run_id_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut visibility_tick = tokio::time::interval(VISIBILITY_POLL);
         visibility_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut changes: Vec<Invalidation> = Vec::new();
-        let mut txn_started: Option<Instant> = None;
-        let mut progress = CatchUp::default();
         self.batch_txns.clear();
         loop {
+            // Everything received up to `covered` is published.
+            let covered = if txn.is_none() && batch.is_empty() {
+                liveness.received_lsn()
+            } else {
+                self.published
+            };
+            liveness.reach(covered);
+            if liveness.heartbeat_due() {
+                liveness.heartbeat_sent();
+                self.heartbeat(liveness.lag_bytes()).await;
+            }
             let deadline =
                 batch_started.map(|s| tokio::time::Instant::from_std(s + cfg.batch_max_delay()));
             tokio::select! {
@@ -104,27 +135,38 @@ impl Streamer<'_> {
                     self.recheck_pending(stream, shutdown).await?;
                 }
                 _ = status_tick.tick() => {
-                    self.send_status(stream).await?;
-                    let lag = wal_end.0.saturating_sub(self.confirmed.0);
-                    metrics::gauge!(m::REPLICATION_LAG_BYTES).set(lag as f64);
-                    progress.report(lag, self.confirmed);
+                    let silent = last_received.elapsed();
+                    if silent >= RECEIVE_TIMEOUT {
+                        return Err(SessionError::Silent(silent));
+                    }
+                    // Ask for a reply while the server is ahead of what we received, and
+                    // whenever the stream has been quiet for a while: an idle walsender
+                    // sends keepalives only every wal_sender_timeout / 2.
+                    if liveness.lag_bytes() > 0 || silent >= RECEIVE_TIMEOUT / 4 {
+                        self.request_reply(stream).await?;
+                    } else {
+                        self.send_status(stream).await?;
+                    }
+                    liveness.report(self.confirmed);
                 }
-                _ = heartbeat_tick.tick() => {
-                    // Caught up: nothing has waited longer than a heartbeat interval — no
-                    // transaction open that long, no batch unpublished that long. (Timers come
-                    // before stream events in this biased select, so a backlog cannot starve
-                    // heartbeats or status updates; a lagging daemon stops heartbeating.)
-                    let interval = cfg.heartbeat_interval();
-                    let caught_up = txn_started.is_none_or(|t| t.elapsed() < interval)
-                        && batch_started.is_none_or(|t| t.elapsed() < interval);
-                    self.status.set_caught_up(caught_up);
-                    if caught_up {
-                        if let Err(e) = self.publisher.heartbeat().await {
-                            self.status.set_caught_up(false);
-                            tracing::warn!(error = %e, "heartbeat failed");
-                            metrics::counter!(m::ERRORS_TOTAL, "kind" => "redis").increment(1);
-                            self.reconnect_redis().await;
+                sample = samples.recv() => {
+                    match sample {
+                        Some(Ok(sample)) => {
+                            if liveness.sampled(sample) {
+                                self.request_reply(stream).await?;
+                            }
+                            liveness.report(self.confirmed);
+                            if !liveness.is_fresh() {
+                                self.status.set_caught_up(false);
+                            }
                         }
+                        Some(Err(e)) if self.control.is_closed() => return Err(SessionError::ControlLost(e.into())),
+                        Some(Err(e)) => {
+                            // No sample, no heartbeat: liveness lapses on its own.
+                            tracing::warn!(error = %e, "sampling the server's WAL position failed");
+                            metrics::counter!(m::ERRORS_TOTAL, "kind" => "postgres").increment(1);
+                        }
+                        None => return Err(SessionError::ControlLost(ControlClosed.into())),
                     }
                 }
                 _ = run_id_tick.tick() => {
@@ -135,12 +177,12 @@ impl Streamer<'_> {
                     let Some(event) = event? else {
                         return Err(SessionError::Replication(walcache_cdc::Error::Closed));
                     };
+                    last_received = Instant::now();
                     match event {
                         ReplicationMessage::XLogData(x) => {
-                            wal_end = wal_end.max(x.wal_end);
+                            liveness.received(x.wal_end);
                             match x.logical_message()? {
                                 LogicalMessage::Begin(b) => {
-                                    txn_started = Some(Instant::now());
                                     txn = Some(Transaction { xid: b.xid, ..Transaction::default() });
                                 }
                                 LogicalMessage::Relation(rel) => {
@@ -170,7 +212,6 @@ impl Streamer<'_> {
                                 }
                                 LogicalMessage::Commit(c) => {
                                     let t = txn.take().unwrap_or_default();
-                                    txn_started = None;
                                     metrics::counter!(m::TRANSACTIONS_TOTAL).increment(1);
                                     if !t.items.is_empty() {
                                         let mut own = t.items;
@@ -207,7 +248,7 @@ impl Streamer<'_> {
                             }
                         }
                         ReplicationMessage::PrimaryKeepalive(k) => {
-                            wal_end = wal_end.max(k.wal_end);
+                            liveness.received(k.wal_end);
                             if txn.is_none() && batch.is_empty() {
                                 self.advance_confirmed(k.wal_end);
                             }

@@ -58,7 +58,7 @@ impl Streamer<'_> {
                 .iter()
                 .filter_map(|r| u32::try_from(r.get::<_, i64>(0)).ok())
                 .collect()),
-            Err(e) if self.control.is_closed() => Err(SessionError::ControlLost(e)),
+            Err(e) if self.control.is_closed() => Err(SessionError::ControlLost(e.into())),
             Err(e) => {
                 tracing::warn!(error = %e, "visibility check failed; rechecking");
                 metrics::counter!(m::ERRORS_TOTAL, "kind" => "postgres").increment(1);

@@ -90,9 +90,10 @@ listen = ""
     )
 }
 
-/// Collects every message published on the invalidation channel.
+/// Collects every message published on the invalidation channel, with when it arrived.
 pub(crate) struct Listener {
     messages: Arc<Mutex<Vec<Message>>>,
+    arrivals: Arc<Mutex<Vec<std::time::Instant>>>,
     _task: tokio::task::JoinHandle<()>,
 }
 
@@ -104,19 +105,31 @@ impl Listener {
             .await
             .expect("subscribe");
         let messages = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&messages);
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let (sink, times) = (Arc::clone(&messages), Arc::clone(&arrivals));
         let task = tokio::spawn(async move {
             let mut stream = pubsub.into_on_message();
             while let Some(m) = stream.next().await {
                 let decoded = Message::decode(m.get_payload_bytes())
                     .expect("the daemon publishes valid messages");
-                sink.lock().unwrap().push(decoded);
+                // One lock order (messages, then arrivals) keeps the two lists in step.
+                let mut all = sink.lock().unwrap();
+                all.push(decoded);
+                times.lock().unwrap().push(std::time::Instant::now());
             }
         });
         Listener {
             messages,
+            arrivals,
             _task: task,
         }
+    }
+
+    /// Every message so far with its arrival time, in arrival order.
+    pub(crate) fn timed(&self) -> Vec<(std::time::Instant, Message)> {
+        let all = self.messages.lock().unwrap();
+        let times = self.arrivals.lock().unwrap();
+        times.iter().copied().zip(all.iter().cloned()).collect()
     }
 
     /// Every data (non-heartbeat) message so far.
@@ -196,7 +209,9 @@ impl Listener {
     }
 
     pub(crate) fn clear(&self) {
-        self.messages.lock().unwrap().clear();
+        let mut all = self.messages.lock().unwrap();
+        all.clear();
+        self.arrivals.lock().unwrap().clear();
     }
 
     /// Wait until every one of `keys` (as `namespace/key`) has been announced.

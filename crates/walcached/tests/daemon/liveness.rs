@@ -1,0 +1,178 @@
+//! Heartbeats certify freshness against the server's WAL position: a daemon catching up on a
+//! backlog, or cut off from its walsender while the server writes, stays silent.
+
+use std::time::{Duration, Instant};
+
+use walcache_protocol::{Body, Message};
+use walcache_testkit::wait_until;
+
+use crate::support::{config, users_stack, Daemon, Listener, DEADLINE, USERS_RULE};
+
+/// The tests' heartbeat interval (`support::config`).
+const INTERVAL: Duration = Duration::from_millis(50);
+
+/// Whether `m` announces the key `users/{id}`.
+fn announces(m: &Message, id: i64) -> bool {
+    let key = id.to_string();
+    matches!(&m.body, Body::Keys(keys) if keys.iter().any(|k| k.namespace == "users" && k.key == key))
+}
+
+/// Stopped, then restarted over a backlog: no heartbeat (and `/readyz` not ready) until the
+/// backlog's last change is published, then a heartbeat within two intervals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_over_a_backlog_stays_silent_until_the_backlog_is_published() {
+    const TXNS: i64 = 100;
+    const ROWS_PER_TXN: i64 = 1_000;
+    let (pg, redis, dbname, db) = users_stack().await;
+    let toml = config(&pg, &dbname, &redis, USERS_RULE);
+    // The slot exists and is confirmed up to now; then the daemon is away.
+    Daemon::start(&toml).await.stop().await;
+    for t in 0..TXNS {
+        let lo = t * ROWS_PER_TXN + 1;
+        db.execute(
+            "INSERT INTO users SELECT g, 'u' || g || '@x.org', 'n' FROM generate_series($1::int8, $2::int8) g",
+            &[&lo, &(lo + ROWS_PER_TXN - 1)],
+        )
+        .await
+        .expect("backlog");
+    }
+    let last_id = TXNS * ROWS_PER_TXN;
+
+    let listener = Listener::start(&redis).await;
+    let daemon = Daemon::spawn(&toml);
+    // Watch /readyz's source while the backlog drains: whenever it says ready, note how far
+    // the daemon had published then.
+    let status = std::sync::Arc::clone(&daemon.status);
+    let watcher = tokio::spawn(async move {
+        loop {
+            if status.is_caught_up() {
+                return status.published_seq();
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    wait_until("the backlog's last row announced", DEADLINE, || async {
+        listener.data().iter().any(|m| announces(m, last_id))
+    })
+    .await
+    .expect("the daemon drains the backlog");
+    wait_until("a heartbeat after the backlog", DEADLINE, || async {
+        listener.heartbeats() > 0
+    })
+    .await
+    .expect("heartbeats resume once caught up");
+    let ready_at_seq = tokio::time::timeout(DEADLINE, watcher)
+        .await
+        .expect("/readyz turns ready")
+        .expect("watcher");
+
+    let timed = listener.timed();
+    let (last_at, last) = timed
+        .iter()
+        .find(|(_, m)| announces(m, last_id))
+        .expect("the last row's message");
+    let (first_hb_at, first_hb) = timed
+        .iter()
+        .find(|(_, m)| m.is_heartbeat())
+        .expect("a heartbeat");
+    assert!(
+        first_hb_at >= last_at && first_hb.seq >= last.seq,
+        "a heartbeat (seq {}) went out before the backlog's last change (seq {}) was published",
+        first_hb.seq,
+        last.seq
+    );
+    assert!(
+        ready_at_seq >= last.seq,
+        "/readyz was ready at seq {ready_at_seq}, before the backlog's last change (seq {})",
+        last.seq
+    );
+    let gap = first_hb_at.duration_since(*last_at);
+    assert!(
+        gap <= 2 * INTERVAL,
+        "the first heartbeat came {gap:?} after the backlog was published (two intervals: {:?})",
+        2 * INTERVAL
+    );
+    daemon.stop().await;
+}
+
+/// The walsender stops answering (SIGSTOP: the socket stays open, nothing arrives) while the
+/// server keeps committing: heartbeats stop within two intervals, long before any receive
+/// deadline, and resume once the stream is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_replication_link_under_writes_stops_heartbeats() {
+    let (pg, redis, dbname, db) = users_stack().await;
+    let listener = Listener::start(&redis).await;
+    let daemon = Daemon::start(&config(&pg, &dbname, &redis, USERS_RULE)).await;
+    listener.wait_heartbeat().await;
+    let walsender: i32 = db
+        .query_one(
+            "SELECT pid FROM pg_stat_replication WHERE application_name = 'walcached'",
+            &[],
+        )
+        .await
+        .expect("the daemon's walsender")
+        .get(0);
+
+    // A writer commits every few milliseconds throughout.
+    let writer_db = pg.connect(&dbname).await.expect("writer");
+    let writing = tokio_util::sync::CancellationToken::new();
+    let stop_writing = writing.clone();
+    let writer = tokio::spawn(async move {
+        let mut id = 1_000_000_i64;
+        while !stop_writing.is_cancelled() {
+            id += 1;
+            writer_db
+                .execute("INSERT INTO users VALUES ($1, 'w@x.org', 'w')", &[&id])
+                .await
+                .expect("write");
+            tokio::time::sleep(Duration::from_millis(5)).await; // pacing, not synchronisation
+        }
+        id
+    });
+
+    signal(walsender, "STOP");
+    let stopped_at = Instant::now();
+    // Two intervals after the stop, whatever was in flight is out; from then on, silence.
+    let quiet_from = stopped_at + 2 * INTERVAL;
+    let watch_until = stopped_at + Duration::from_secs(2);
+    wait_until("the watch window ends", DEADLINE, || async {
+        Instant::now() >= watch_until
+    })
+    .await
+    .expect("clock");
+    let late: Vec<_> = listener
+        .timed()
+        .into_iter()
+        .filter(|(at, m)| m.is_heartbeat() && *at > quiet_from)
+        .map(|(at, _)| at.duration_since(stopped_at))
+        .collect();
+    signal(walsender, "CONT");
+    assert!(
+        late.is_empty(),
+        "heartbeats kept coming while the walsender was stopped and the server wrote: at {late:?}"
+    );
+    assert!(
+        !daemon.status.is_caught_up(),
+        "/readyz says ready while the stream is cut off"
+    );
+
+    writing.cancel();
+    let last = writer.await.expect("writer");
+    wait_until("the writes announced", DEADLINE, || async {
+        listener.data().iter().any(|m| announces(m, last))
+    })
+    .await
+    .expect("the stream resumes");
+    listener.wait_heartbeat().await;
+    daemon.stop().await;
+}
+
+/// Send `SIGname` to a server process (the tests run as root or as the server's owner).
+fn signal(pid: i32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}
