@@ -1,8 +1,11 @@
 //! The daemon's metric names (exported by `metrics-exporter-prometheus` on `/metrics`).
 
-/// Gauge: bytes of WAL between the server's end of WAL and the confirmed position.
+/// Gauge: bytes of WAL between the server's flush position (sampled every heartbeat
+/// interval) and what the daemon has received (0 when caught up).
 pub const REPLICATION_LAG_BYTES: &str = "walcached_replication_lag_bytes";
-/// Gauge: seconds between the newest commit seen and its publication (0 when caught up).
+/// Gauge: age in seconds, on the daemon's clock, of the oldest server-position sample the
+/// daemon has not yet received and published (0 when caught up). Heartbeats stop once it
+/// passes one heartbeat interval.
 pub const REPLICATION_LAG_SECONDS: &str = "walcached_replication_lag_seconds";
 /// Gauge: WAL retained by the slot, in bytes (from `pg_replication_slots`).
 pub const SLOT_RETAINED_WAL_BYTES: &str = "walcached_slot_retained_wal_bytes";
@@ -26,6 +29,15 @@ pub const PUBLISH_LATENCY_SECONDS: &str = "walcached_publish_latency_seconds";
 pub const ERRORS_TOTAL: &str = "walcached_errors_total";
 /// Counter: reconnects. Labels: `to` (`postgres`, `redis`).
 pub const RECONNECTS_TOTAL: &str = "walcached_reconnects_total";
+/// Counter: the PostgreSQL server changed between sessions (another system identifier or
+/// timeline: a failover or a restore); every namespace was flushed.
+pub const SERVER_CHANGES_TOTAL: &str = "walcached_server_changes_total";
+/// Counter: walsenders holding the slot whose daemon had gone silent, terminated by this
+/// daemon to take the slot over.
+pub const SLOT_TAKEOVERS_TOTAL: &str = "walcached_slot_takeovers_total";
+/// Counter: replication slots PostgreSQL invalidated, recreated by the daemon (every
+/// namespace flushed). Labels: `reason` (PostgreSQL's, e.g. `wal_removed`, `idle_timeout`).
+pub const SLOT_RECREATIONS_TOTAL: &str = "walcached_slot_recreations_total";
 /// Gauge: 1 while streaming and caught up (heartbeats are being sent), else 0.
 pub const CAUGHT_UP: &str = "walcached_caught_up";
 /// Gauge: committed transactions whose changes are not yet visible to new snapshots, waiting

@@ -130,18 +130,3 @@ pub(super) async fn ensure_publication(
     }
     Ok(())
 }
-
-/// The slot's state as the catalog shows it.
-pub(super) async fn slot_state(
-    client: &tokio_postgres::Client,
-    slot: &str,
-) -> Result<Option<(Option<String>, bool)>, RunError> {
-    let row = client
-        .query_opt(
-            "SELECT wal_status, active FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .map_err(|e| RunError::postgres("reading replication slots", e))?;
-    Ok(row.map(|r| (r.get(0), r.get(1))))
-}

@@ -12,12 +12,14 @@ mod backoff;
 mod catalog;
 mod liveness;
 mod publish;
+mod server;
 mod stream;
 mod visibility;
 
 use backoff::Backoff;
 pub use catalog::compile_rules;
-use catalog::{ensure_publication, refuse_synchronous_standby, slot_state, sql_client};
+use catalog::{ensure_publication, refuse_synchronous_standby, sql_client};
+use server::{is_invalidated_slot_error, slot_state, ServerIdentity, SlotState};
 use visibility::TxnRecord;
 
 use std::sync::Arc;
@@ -127,6 +129,8 @@ pub async fn run(
         run_id,
         control: Arc::new(control),
         published: Lsn(0),
+        server: None,
+        slot_invalidated: None,
         confirmed: Lsn(0),
         flush_all_on_start: false,
         redis_reconnected: false,
@@ -143,6 +147,12 @@ pub async fn run(
         match stream.session(&replication, &shutdown, &mut backoff).await {
             Ok(()) => break, // clean shutdown
             Err(SessionError::Replication(e)) if e.code() == Some(SLOT_IN_USE) => {
+                // A walsender of ours whose daemon froze or was cut off holds the slot until
+                // wal_sender_timeout: take over sooner.
+                if stream.take_over_orphan().await {
+                    backoff.reset();
+                    continue;
+                }
                 // Another daemon holds the slot (SQLSTATE 55006): wait silently as a standby
                 // (no heartbeats, no warnings, no error count) and take over once it is free.
                 // The control connection just worked (it read the slot's state): keep it.
@@ -208,6 +218,15 @@ enum SessionError {
     /// keepalives: the peer or the network is gone without a word.
     #[error("the replication stream was silent for {0:?}")]
     Silent(Duration),
+    /// The control session and the replication connection reach different servers (a DNS
+    /// or proxy change between the two connects): nothing can be checked; retried.
+    #[error("the control session reaches {control} but the replication connection {replication}")]
+    ServerMismatch {
+        /// What the control session reaches.
+        control: String,
+        /// What the replication connection reaches.
+        replication: String,
+    },
 }
 
 impl SessionError {
@@ -230,6 +249,10 @@ struct Streamer<'a> {
     control: Arc<tokio_postgres::Client>,
     /// Everything received up to here is published (the end of the last batch published).
     published: Lsn,
+    /// The cluster and timeline the last session streamed from.
+    server: Option<ServerIdentity>,
+    /// START_REPLICATION said the slot is invalidated (why): recreate it next session.
+    slot_invalidated: Option<String>,
     confirmed: Lsn,
     flush_all_on_start: bool,
     /// Redis was reconnected since its run_id was last checked.
@@ -249,19 +272,25 @@ impl Streamer<'_> {
     ) -> Result<(), SessionError> {
         let slot = &self.config.postgres.slot;
         let mut client = ReplicationClient::connect(replication).await?;
-        match slot_state(&self.control, slot).await? {
-            None => {
+        self.check_server(&mut client).await?;
+        let mut state = slot_state(&self.control, slot).await?;
+        if let (SlotState::Usable, Some(reason)) = (&state, self.slot_invalidated.take()) {
+            state = SlotState::Invalidated(reason);
+        }
+        match state {
+            SlotState::Missing => {
                 client.create_logical_slot(slot, false).await?;
                 tracing::warn!(slot = %slot, "created the replication slot: changes before it are unknown, flushing every namespace");
                 self.flush_all_on_start = true;
             }
-            Some((Some(wal), _)) if wal == "lost" => {
-                tracing::error!(slot = %slot, "replication slot lost its WAL: recreating it and flushing every namespace");
+            SlotState::Invalidated(reason) => {
+                tracing::error!(slot = %slot, %reason, "PostgreSQL invalidated the replication slot: recreating it and flushing every namespace");
+                metrics::counter!(m::SLOT_RECREATIONS_TOTAL, "reason" => reason).increment(1);
                 client.drop_slot(slot).await?;
                 client.create_logical_slot(slot, false).await?;
                 self.flush_all_on_start = true;
             }
-            Some(_) => {}
+            SlotState::Usable => {}
         }
         if self.flush_all_on_start {
             let mut batch = Batch::default();
@@ -276,7 +305,15 @@ impl Streamer<'_> {
         }
         let start = StartReplication::new(slot.clone(), [self.config.postgres.publication.clone()])
             .messages(true);
-        let mut stream = client.start_replication(&start).await?;
+        let mut stream = match client.start_replication(&start).await {
+            Ok(stream) => stream,
+            Err(e) if is_invalidated_slot_error(&e) => {
+                // A reason the catalog check does not know yet: the next session recreates.
+                self.slot_invalidated = Some("refused_by_server".to_owned());
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.status.set_streaming(true);
         backoff.reset();
         tracing::info!(slot = %slot, "streaming");

@@ -176,3 +176,71 @@ fn signal(pid: i32, name: &str) {
         .expect("kill");
     assert!(status.success(), "kill -{name} {pid}");
 }
+
+/// A daemon whose process froze (SIGSTOP: its sockets stay open, its walsender keeps the slot
+/// until `wal_sender_timeout`, 60 s) is taken over by a standby daemon once the walsender has
+/// heard nothing from it for the orphan threshold (10 s with these settings): the standby
+/// terminates that walsender and streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_from_a_frozen_daemon_before_wal_sender_timeout() {
+    let (pg, redis, dbname, db) = users_stack().await;
+    let listener = Listener::start(&redis).await;
+    let toml = config(&pg, &dbname, &redis, USERS_RULE);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("walcached.toml");
+    std::fs::write(&path, &toml).expect("config file");
+    let mut frozen = tokio::process::Command::new(env!("CARGO_BIN_EXE_walcached"))
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("walcached");
+    listener.wait_heartbeat().await;
+    let old_walsender: i32 = db
+        .query_one(
+            "SELECT pid FROM pg_stat_replication WHERE application_name = 'walcached'",
+            &[],
+        )
+        .await
+        .expect("the first daemon's walsender")
+        .get(0);
+    let frozen_pid = i32::try_from(frozen.id().expect("pid")).expect("pid");
+    signal(frozen_pid, "STOP");
+    let frozen_at = Instant::now();
+
+    let standby = Daemon::spawn(&toml);
+    wait_until("the standby took over", Duration::from_secs(40), || async {
+        standby.status.is_caught_up()
+    })
+    .await
+    .expect("the standby takes over before wal_sender_timeout");
+    let took = frozen_at.elapsed();
+    let walsender: i32 = db
+        .query_one(
+            "SELECT pid FROM pg_stat_replication WHERE application_name = 'walcached'",
+            &[],
+        )
+        .await
+        .expect("the standby's walsender")
+        .get(0);
+    assert_ne!(
+        walsender, old_walsender,
+        "the frozen daemon's walsender was replaced"
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "took {took:?}: no faster than waiting for wal_sender_timeout"
+    );
+    db.execute("INSERT INTO users VALUES (7, 'g@x.org', NULL)", &[])
+        .await
+        .expect("insert");
+    listener.wait_keys(&["users/7"]).await;
+
+    signal(frozen_pid, "CONT");
+    frozen.kill().await.expect("kill the frozen daemon");
+    standby.stop().await;
+}

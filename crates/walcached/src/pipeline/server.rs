@@ -1,0 +1,195 @@
+//! The server we talk to is the server we think: both connections reach the same cluster and
+//! timeline, and that cluster is the one the previous session streamed from; the slot is
+//! usable; a slot held by a walsender whose daemon is gone is taken over.
+
+use std::time::Duration;
+
+use walcache_cdc::client::ReplicationClient;
+
+use super::{RunError, SessionError, Streamer};
+use crate::metrics as m;
+
+/// Which cluster, and which history of it, a connection reaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ServerIdentity {
+    /// `pg_control_system().system_identifier`: set by initdb, kept by physical replicas and
+    /// restores of a base backup.
+    pub(super) system_id: String,
+    /// The WAL timeline: a promotion or a point-in-time restore starts a new one.
+    pub(super) timeline: u32,
+}
+
+impl std::fmt::Display for ServerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "system {} timeline {}", self.system_id, self.timeline)
+    }
+}
+
+/// The identity as the control session sees it. The timeline is read from the name of the WAL
+/// file being written (`pg_walfile_name` uses the insertion timeline), not from
+/// `pg_control_checkpoint()`, whose timeline lags a promotion until the next checkpoint.
+async fn control_identity(
+    control: &tokio_postgres::Client,
+) -> Result<ServerIdentity, tokio_postgres::Error> {
+    let row = control
+        .query_one(
+            "SELECT (SELECT system_identifier::text FROM pg_control_system()), \
+                    substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
+            &[],
+        )
+        .await?;
+    let timeline: String = row.get(1);
+    Ok(ServerIdentity {
+        system_id: row.get(0),
+        timeline: u32::from_str_radix(&timeline, 16).unwrap_or(0),
+    })
+}
+
+/// The replication slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum SlotState {
+    /// No such slot.
+    Missing,
+    /// PostgreSQL invalidated it (the reason as reported): it can never stream again.
+    Invalidated(String),
+    /// Usable.
+    Usable,
+}
+
+/// The slot's state. Every invalidation PostgreSQL reports counts: `wal_status = 'lost'`
+/// (13+), `conflicting` (16+, a logical slot on a standby), and `invalidation_reason` (17+:
+/// `wal_removed`, `rows_removed`, `wal_level_insufficient`, 18's `idle_timeout`, and any
+/// reason a later version adds). The columns are read through `to_jsonb`, so one query
+/// serves every version.
+pub(super) async fn slot_state(
+    client: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<SlotState, RunError> {
+    let row = client
+        .query_opt(
+            "SELECT s.wal_status, to_jsonb(s) ->> 'invalidation_reason', \
+                    coalesce((to_jsonb(s) ->> 'conflicting')::bool, false) \
+             FROM pg_replication_slots s WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| RunError::postgres("reading replication slots", e))?;
+    let Some(row) = row else {
+        return Ok(SlotState::Missing);
+    };
+    let wal_status: Option<String> = row.get(0);
+    let reason: Option<String> = row.get(1);
+    let conflicting: bool = row.get(2);
+    Ok(match (reason, wal_status.as_deref(), conflicting) {
+        (Some(reason), _, _) => SlotState::Invalidated(reason),
+        (None, Some("lost"), _) => SlotState::Invalidated("wal_status = lost".to_owned()),
+        (None, _, true) => SlotState::Invalidated("conflicting with recovery".to_owned()),
+        _ => SlotState::Usable,
+    })
+}
+
+/// SQLSTATE object_not_in_prerequisite_state: START_REPLICATION on a slot PostgreSQL
+/// invalidated ("can no longer get changes from replication slot").
+const SLOT_INVALIDATED: &str = "55000";
+
+/// Whether START_REPLICATION refused because the slot was invalidated (a reason the catalog
+/// check did not know, or an invalidation between the check and the start).
+pub(super) fn is_invalidated_slot_error(e: &walcache_cdc::Error) -> bool {
+    e.code() == Some(SLOT_INVALIDATED)
+        && e.as_db_error()
+            .is_some_and(|db| db.message.contains("can no longer get changes"))
+}
+
+/// How long a walsender of ours may go without a status update from its daemon before a
+/// standby daemon terminates it. A live daemon sends one every `stream.status_interval_ms`
+/// (1 s by default), also while Redis is away or it is catching up; a daemon whose host froze
+/// or was cut off sends none, and its walsender would otherwise hold the slot until
+/// `wal_sender_timeout` (60 s by default).
+pub(super) fn orphan_after(status_interval: Duration) -> Duration {
+    (status_interval * 5).max(super::stream::RECEIVE_TIMEOUT)
+}
+
+impl Streamer<'_> {
+    /// Both connections reach the same cluster and timeline, and it is the one the previous
+    /// session streamed from. A different one (a failover, a restore, a DNS change) is an
+    /// unknown gap: every namespace is flushed before streaming.
+    pub(super) async fn check_server(
+        &mut self,
+        client: &mut ReplicationClient,
+    ) -> Result<(), SessionError> {
+        let replication = client.identify_system().await?;
+        let replication = ServerIdentity {
+            system_id: replication.system_id,
+            timeline: replication.timeline,
+        };
+        let control = match control_identity(&self.control).await {
+            Ok(identity) => identity,
+            Err(e) if self.control.is_closed() => return Err(SessionError::ControlLost(e.into())),
+            Err(e) => {
+                return Err(SessionError::Setup(RunError::postgres(
+                    "reading the server's identity",
+                    e,
+                )))
+            }
+        };
+        if control != replication {
+            return Err(SessionError::ServerMismatch {
+                control: control.to_string(),
+                replication: replication.to_string(),
+            });
+        }
+        match &self.server {
+            Some(previous) if *previous != replication => {
+                tracing::error!(
+                    previous = %previous,
+                    now = %replication,
+                    "the PostgreSQL server changed (failover or restore): changes in between are unknown, flushing every namespace"
+                );
+                metrics::counter!(m::SERVER_CHANGES_TOTAL).increment(1);
+                metrics::counter!(m::NAMESPACE_FLUSHES_TOTAL, "reason" => "server_changed")
+                    .increment(self.mapper.namespaces().len() as u64);
+                self.flush_all_on_start = true;
+            }
+            _ => {}
+        }
+        self.server = Some(replication);
+        Ok(())
+    }
+
+    /// The slot is in use. If the walsender holding it is one of ours whose daemon has sent
+    /// no status update for [`orphan_after`], terminate it so this daemon can take over.
+    /// Returns whether it did.
+    pub(super) async fn take_over_orphan(&self) -> bool {
+        let threshold = orphan_after(self.config.stream.status_interval());
+        let row = self
+            .control
+            .query_opt(
+                "SELECT r.pid, extract(epoch FROM now() - coalesce(r.reply_time, r.backend_start))::float8 \
+                 FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid \
+                 WHERE s.slot_name = $1 AND r.application_name = $2",
+                &[&self.config.postgres.slot, &walcache_cdc::client::APPLICATION_NAME],
+            )
+            .await;
+        let Ok(Some(row)) = row else {
+            return false;
+        };
+        let (pid, silent_secs): (i32, f64) = (row.get(0), row.get(1));
+        if silent_secs < threshold.as_secs_f64() {
+            return false;
+        }
+        let terminated = self
+            .control
+            .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+            .await
+            .is_ok_and(|r| r.get::<_, bool>(0));
+        if terminated {
+            tracing::warn!(
+                pid,
+                silent_secs,
+                "the walsender holding the slot has heard nothing from its daemon: terminated it to take over"
+            );
+            metrics::counter!(m::SLOT_TAKEOVERS_TOTAL).increment(1);
+        }
+        terminated
+    }
+}
