@@ -61,8 +61,10 @@
 //! 3. **Visibility.** The daemon re-invalidates a change once PostgreSQL makes it visible to
 //!    new snapshots, so a fill that read the old row in between does not survive.
 //! 4. **Missed messages are detected.** Pub/sub is at-most-once, so every message from the
-//!    daemon carries its epoch and a sequence number, and the daemon sends heartbeats while it
-//!    is caught up. L1 is used only while the stream is *live*; a gap, a reconnect, an epoch
+//!    daemon carries its epoch and a sequence number, and the daemon sends heartbeats only
+//!    while it is caught up with the server: each certifies that every change committed
+//!    before the daemon's latest sample of PostgreSQL's WAL flush position (at most one
+//!    heartbeat interval old) has been invalidated. L1 is used only while the stream is *live*; a gap, a reconnect, an epoch
 //!    change, an undecodable message or heartbeat silence flushes L1 and bypasses it until the
 //!    next in-sequence heartbeat.
 //! 5. **Nothing committed is lost** by the daemon: it confirms its replication position only
@@ -103,12 +105,14 @@
 //!
 //! ## Staleness bound per fault
 //!
-//! How long a read can return a value older than an acknowledged commit, with the default
-//! `heartbeat_timeout` of 1 s, and what the staleness auditor (`crates/walcache-audit`)
-//! measured in four runs of 11 M reads (two per mode) with every fault injected four or five
-//! times per run (worst staleness seen; `BENCHMARKS.md`, "Staleness
-//! under faults"). In [`Freshness::Strict`] mode every row's bound is the same:
-//! `heartbeat_timeout` plus the publish path.
+//! How long a read can return a value older than an acknowledged commit, and what the
+//! staleness auditor (`crates/walcache-audit`) measured in four runs of 11 M reads (two per
+//! mode) with every fault injected four or five times per run (worst staleness seen;
+//! `BENCHMARKS.md`, "Staleness under faults"). The bounds are stated for the defaults:
+//! `heartbeat_timeout` 3 s ([`WalcacheBuilder::heartbeat_timeout`]), the daemon's
+//! `heartbeat_interval_ms` 250. The auditor's runs used a `heartbeat_timeout` of 1 s, so the
+//! measured column of the silent faults is for 1 s. In [`Freshness::Strict`] mode every
+//! row's bound is the same: `heartbeat_timeout` plus the publish path.
 //!
 //! | fault | [`Freshness::Available`]: bounded by | worst seen (available / strict) |
 //! |---|---|---|
@@ -116,14 +120,24 @@
 //! | pub/sub connection killed or reset | the publish path: L1 is flushed at once, L2 stays fresh | 6.4 / 5.4 ms |
 //! | Redis restart | the daemon's publish retry (at most 100 ms apart) | 26 / 88 ms |
 //! | daemon killed | its downtime: L2 is not deleted until it replays from its slot | 271 / 218 ms (restarted at once) |
+//! | daemon restarted over a backlog, or falling behind under load | L1: off from `heartbeat_timeout` after the daemon fell more than one heartbeat interval behind until it has caught up (no heartbeat certifies a position it has not published). L2: fresh only as the backlog is published, so its staleness is the daemon's lag (`walcached_replication_lag_seconds`) | not yet measured |
 //! | PostgreSQL restart | the daemon's reconnect backoff once PostgreSQL is back (100 ms doubling to 2 s) | 965 / 466 ms |
+//! | replication link silent (a frozen walsender, a blackholed network) | L1: heartbeats stop within two heartbeat intervals once the server writes, so `heartbeat_timeout`. L2: the daemon's receive deadline (10 s) plus its reconnect | not yet measured |
+//! | PostgreSQL failover or restore (another system or timeline) | every namespace is flushed when the daemon reconnects | not yet measured |
+//! | a commit waiting for a synchronous standby | a second invalidation once the commit becomes visible: the wait, plus the publish path | (deterministic test) |
 //! | latency `d` on the Redis link | the publish path + `d` | 27 / 31 ms (`d` = 30 ms) |
 //! | network partition to Redis (silent) | `heartbeat_timeout`: L1 serves until silence ends liveness | 812 / 781 ms |
 //! | pub/sub messages lost | the next message's sequence gap, at most `heartbeat_timeout` | 603 / 604 ms (600 ms of loss) |
 //!
+//! A heartbeat certifies every change committed before the daemon's sample of the server's
+//! WAL flush position. With `synchronous_commit = off` a commit is acknowledged before its
+//! WAL is flushed, so a heartbeat can certify a position that does not contain it yet: add
+//! the WAL writer's flush delay (at most three `wal_writer_delay`s, 600 ms by default) to
+//! every bound for such commits.
+//!
 //! A shorter `heartbeat_timeout` (keep the daemon's `heartbeat_interval_ms` well below it)
 //! shortens the silent faults' bound, at the price of more periods without L1 when a process
-//! is descheduled for that long.
+//! is descheduled, or the daemon falls behind, for that long.
 //!
 //! ## Metrics and tracing
 //!
