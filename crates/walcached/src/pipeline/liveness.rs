@@ -87,8 +87,16 @@ pub(super) struct Liveness {
     received: Lsn,
     /// F of the newest sample.
     newest_flush: Lsn,
+    /// R when the previous sample arrived, and whether it moved since.
+    received_at_sample: Lsn,
+    progressed: bool,
+    /// When the server was last asked to flush its WAL (see [`Liveness::wants_wal_flush`]).
+    last_flush_request: Option<Instant>,
     catch_up: CatchUp,
 }
+
+/// How often, at most, the daemon asks the server to flush a partially written record.
+const WAL_FLUSH_REQUEST_EVERY: Duration = Duration::from_secs(1);
 
 impl Liveness {
     pub(super) fn new(interval: Duration) -> Self {
@@ -99,6 +107,9 @@ impl Liveness {
             heartbeat_owed: false,
             received: Lsn(0),
             newest_flush: Lsn(0),
+            received_at_sample: Lsn(0),
+            progressed: true,
+            last_flush_request: None,
             catch_up: CatchUp::default(),
         }
     }
@@ -116,9 +127,36 @@ impl Liveness {
     /// A new sample. Returns whether the walsender should be asked for a reply (R < F: a
     /// keepalive tells how far it has decoded, and an idle walsender sends none on its own).
     pub(super) fn sampled(&mut self, sample: Sample) -> bool {
+        self.progressed = self.received > self.received_at_sample;
+        self.received_at_sample = self.received;
         self.newest_flush = self.newest_flush.max(sample.flush);
         self.unreached.push_back(sample);
         self.newest_flush > self.received
+    }
+
+    /// Whether to ask the server to flush its WAL: the stream has stood still for a whole
+    /// interval with nothing of ours in flight (`idle`) while a sample two intervals old is
+    /// still ahead of it. The WAL writer flushes only whole pages, so a large record written
+    /// by a transaction that is still open can be flushed up to a page boundary in its middle:
+    /// the flush position then sits past the last record the walsender can decode, and stays
+    /// there until something commits. On a database where nothing else commits, that would
+    /// stop heartbeats for as long as the transaction stays open. At most once a second.
+    pub(super) fn wants_wal_flush(&mut self, idle: bool) -> bool {
+        let stuck = idle
+            && !self.progressed
+            && self
+                .unreached
+                .front()
+                .is_some_and(|s| s.taken.elapsed() >= 2 * self.interval);
+        if stuck
+            && self
+                .last_flush_request
+                .is_none_or(|t| t.elapsed() >= WAL_FLUSH_REQUEST_EVERY)
+        {
+            self.last_flush_request = Some(Instant::now());
+            return true;
+        }
+        false
     }
 
     /// Everything received up to `covered` is published: mark the samples it reaches.
@@ -177,6 +215,23 @@ impl Streamer<'_> {
         stream: &mut ReplicationStream,
     ) -> Result<(), SessionError> {
         self.status_update(stream, true).await
+    }
+
+    /// Make the server flush its WAL: a transaction that takes an xid commits, and a commit
+    /// flushes everything before it (locally: `synchronous_commit = local`, so a configured
+    /// synchronous standby cannot hold the control session). Costs one xid; see
+    /// [`Liveness::wants_wal_flush`] for when it is needed.
+    pub(super) async fn request_wal_flush(&self) {
+        let result = self
+            .control
+            .batch_execute(
+                "BEGIN; SET LOCAL synchronous_commit = local; SELECT pg_current_xact_id(); COMMIT;",
+            )
+            .await;
+        match result {
+            Ok(()) => tracing::debug!("asked the server to flush a partially written WAL record"),
+            Err(e) => tracing::debug!(error = %e, "asking the server to flush its WAL failed"),
+        }
     }
 
     /// Publish a heartbeat; `/readyz` follows whether it went out.

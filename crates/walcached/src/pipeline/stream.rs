@@ -155,6 +155,9 @@ impl Streamer<'_> {
                             if liveness.sampled(sample) {
                                 self.request_reply(stream).await?;
                             }
+                            if liveness.wants_wal_flush(txn.is_none() && batch.is_empty()) {
+                                self.request_wal_flush().await;
+                            }
                             liveness.report(self.confirmed);
                             if !liveness.is_fresh() {
                                 self.status.set_caught_up(false);

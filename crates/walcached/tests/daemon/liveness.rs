@@ -244,3 +244,49 @@ async fn a_standby_takes_over_from_a_frozen_daemon_before_wal_sender_timeout() {
     frozen.kill().await.expect("kill the frozen daemon");
     standby.stop().await;
 }
+
+/// A transaction writes a record larger than a WAL page and stays open, and nothing else
+/// commits: the WAL writer flushes only whole pages, so the server's flush position sits in
+/// the middle of that record, past anything the walsender can decode. Heartbeats must go on
+/// (the daemon asks the server to flush), or every L1 would turn off for as long as the
+/// transaction stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_transaction_with_a_half_flushed_record_does_not_stop_heartbeats() {
+    let (pg, redis, dbname, db) = users_stack().await;
+    let listener = Listener::start(&redis).await;
+    let daemon = Daemon::start(&config(&pg, &dbname, &redis, USERS_RULE)).await;
+    listener.wait_heartbeat().await;
+
+    // One 200 kB WAL record (a transactional logical message, never decoded: the transaction
+    // rolls back) spanning some 25 pages: the WAL writer flushes the whole pages of it.
+    let open = pg.connect(&dbname).await.expect("connect");
+    open.batch_execute("BEGIN; SELECT pg_logical_emit_message(true, 'test', repeat('x', 200000));")
+        .await
+        .expect("a large record in an open transaction");
+    let insert_lsn: String = open
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .expect("insert lsn")
+        .get(0);
+    let written = Instant::now();
+
+    // Heartbeats keep coming for several heartbeat timeouts' worth of the library's 2 s.
+    let mut seen = listener.heartbeats();
+    while written.elapsed() < Duration::from_secs(5) {
+        wait_until(
+            "a heartbeat while the transaction stays open",
+            Duration::from_secs(2),
+            || async { listener.heartbeats() > seen },
+        )
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}: heartbeats stopped {:?} after the write at {insert_lsn}",
+                written.elapsed()
+            )
+        });
+        seen = listener.heartbeats();
+    }
+    open.batch_execute("ROLLBACK").await.expect("rollback");
+    daemon.stop().await;
+}
