@@ -252,7 +252,7 @@ async fn a_standby_takes_over_from_a_frozen_daemon_before_wal_sender_timeout() {
 /// transaction stays open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_transaction_with_a_half_flushed_record_does_not_stop_heartbeats() {
-    let (pg, redis, dbname, db) = users_stack().await;
+    let (pg, redis, dbname, _db) = users_stack().await;
     let listener = Listener::start(&redis).await;
     let daemon = Daemon::start(&config(&pg, &dbname, &redis, USERS_RULE)).await;
     listener.wait_heartbeat().await;
