@@ -39,6 +39,7 @@ pub use key::{
     key_of, ColumnType, KeyBuilder, KeyError, KeyPart, KeyTemplate, TemplateError, ToKey,
 };
 pub use message::{
-    Body, DecodeError, KeyRef, Message, FORMAT_MAJOR, FORMAT_MINOR, MAX_MESSAGE_BYTES,
+    Body, DecodeError, HeartbeatDetails, KeyRef, Message, FORMAT_MAJOR, FORMAT_MINOR,
+    MAX_MESSAGE_BYTES,
 };
 pub use naming::{validate_namespace, validate_tag, NameError, Naming};

@@ -4,15 +4,18 @@
 //! publish unsequenced messages (`seq == 0`) on the application channel. Every embedded library
 //! decodes them with [`Message::decode`], which is bounded and never panics, whatever the bytes.
 //!
-//! # Wire format v1.0
+//! # Wire format v1.1
+//!
+//! Fields marked `[v1.1]` were appended by minor version 1; everything else is v1.0.
 //!
 //! ```text
 //! bytes 0..2  magic b"WC"
 //! byte  2     major (1)      -> other major: DecodeError::UnsupportedMajor
-//! byte  3     minor (0)      -> any minor accepted (newer minors may append fields; see "extra bytes")
+//! byte  3     minor (1)      -> any minor accepted (newer minors may append fields; see "extra bytes")
 //! varint      header_len, then header_len bytes of header:
 //!               epoch: u64 little-endian, fixed 8 bytes
 //!               seq: varint;  lsn: varint;  commit_time_micros: zigzag varint
+//!   [v1.1]      sent_at_micros: zigzag varint           (absent in v1.0 -> 0)
 //!               [any extra header bytes after these: ignored — a newer minor's fields]
 //! byte        body kind: 1 Keys, 2 Tags, 3 Flush, 4 Heartbeat  (unknown -> DecodeError::UnknownBodyKind)
 //! varint      body_len, then body_len bytes of body:
@@ -20,6 +23,9 @@
 //!               Tags:  count varint, then count × string
 //!               Flush: count varint, then count × string
 //!               Heartbeat: last_data_seq varint
+//!   [v1.1]        then, optionally and only as a whole (absent -> details None):
+//!                 lag_bytes varint;  refresh_interval_ms varint;
+//!                 namespaces: count varint, then count × string
 //!               [extra bytes after the known fields: ignored]
 //! [any bytes after the body: ignored]
 //! varint = unsigned LEB128, at most 10 bytes, value must fit u64 (overlong/overflow -> VarintOverflow)
@@ -30,6 +36,10 @@
 //! The encoder always writes minimal varints; the decoder also accepts non-minimal ones as long as
 //! they fit in 10 bytes and in a `u64`.
 //!
+//! The encoder writes minor 1 and always writes `sent_at_micros` (0 when unknown). It writes the
+//! heartbeat details only when [`Body::Heartbeat`]'s `details` is `Some`, so a heartbeat without
+//! details is exactly a v1.0 heartbeat body (still under minor byte 1).
+//!
 //! # Compatibility
 //!
 //! Within major version 1, a newer minor may only *append*: fields at the end of the header, fields
@@ -37,6 +47,19 @@
 //! upgrade of the daemon does not make old subscribers flush their caches. A new body kind or a new
 //! major version is a breaking change: old decoders report [`DecodeError::UnknownBodyKind`] or
 //! [`DecodeError::UnsupportedMajor`], and a subscriber treats that as a lost message.
+//!
+//! Between v1.0 and v1.1 in particular:
+//!
+//! - A v1.0 decoder reads a v1.1 message as the same message without the new fields: it skips
+//!   `sent_at_micros` as extra header bytes and the heartbeat details as extra body bytes.
+//! - This decoder reads a v1.0 message with `sent_at_micros == 0` and heartbeat `details: None`.
+//! - Whether an appended field is present is decided by the length of its section, not by the
+//!   minor byte: a v1.1 field is present when its section has bytes left where the field starts.
+//!   A field that starts but does not finish inside its section (a `sent_at_micros` varint cut by
+//!   the header's end, heartbeat details cut anywhere before the last namespace ends) is
+//!   [`DecodeError::Truncated`], not skipped.
+//! - A later minor that appends to the header or to a heartbeat body must therefore write every
+//!   v1.1 field of that section first (a heartbeat always with details, 0/empty if unknown).
 //!
 //! # Limits
 //!
@@ -50,8 +73,9 @@ use thiserror::Error;
 /// The major format version this crate writes and the only one it decodes.
 pub const FORMAT_MAJOR: u8 = 1;
 
-/// The minor format version this crate writes. Any minor of [`FORMAT_MAJOR`] is decoded.
-pub const FORMAT_MINOR: u8 = 0;
+/// The minor format version this crate writes (1: v1.1). Any minor of [`FORMAT_MAJOR`] is
+/// decoded.
+pub const FORMAT_MINOR: u8 = 1;
 
 /// Upper bound on an encoded message the decoder accepts; the daemon must split below it.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
@@ -80,6 +104,13 @@ pub struct Message {
     pub lsn: u64,
     /// Commit time of the newest change covered, microseconds since the Unix epoch (0 if none).
     pub commit_time_micros: i64,
+    /// When the sender encoded the message: microseconds since the Unix epoch on the *sender's*
+    /// clock; 0 = unknown. A v1.0 message decodes with 0. Since v1.1.
+    ///
+    /// The sender sets it just before encoding ([`Message::encode`] does not read the clock).
+    /// Sender and receiver clocks may disagree, so use it for diagnostics and lag estimates, never
+    /// to order messages: `seq` does that.
+    pub sent_at_micros: i64,
     /// What to drop.
     pub body: Body,
 }
@@ -99,7 +130,44 @@ pub enum Body {
         /// The `seq` of the last non-heartbeat message, so a lost final data message shows as a
         /// gap within one heartbeat interval.
         last_data_seq: u64,
+        /// The daemon's state when it sent the heartbeat (since v1.1). `None`: the sender did
+        /// not write them (always so for a v1.0 sender); a `None` heartbeat encodes exactly as
+        /// a v1.0 heartbeat body.
+        details: Option<HeartbeatDetails>,
     },
+}
+
+/// What a v1.1 daemon reports in a [`Body::Heartbeat`], besides `last_data_seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeartbeatDetails {
+    /// The daemon's replication lag when it sent the heartbeat: bytes of WAL between the server's
+    /// position and the daemon's (0 = caught up).
+    pub lag_bytes: u64,
+    /// The daemon's full-refresh interval, in milliseconds; 0 = no refresh schedule.
+    pub refresh_interval_ms: u64,
+    /// The namespaces this heartbeat certifies: for each of them, every change committed before
+    /// the daemon's sample of the server's WAL position has been invalidated. Namespace names
+    /// (see [`crate::validate_namespace`]); the list may be empty.
+    pub namespaces: Vec<String>,
+}
+
+impl HeartbeatDetails {
+    /// The bytes the details add to a heartbeat body.
+    fn encoded_len(&self) -> usize {
+        varint_len(self.lag_bytes)
+            + varint_len(self.refresh_interval_ms)
+            + varint_len(self.namespaces.len() as u64)
+            + self.namespaces.iter().map(|s| string_len(s)).sum::<usize>()
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        put_varint(out, self.lag_bytes);
+        put_varint(out, self.refresh_interval_ms);
+        put_varint(out, self.namespaces.len() as u64);
+        for s in &self.namespaces {
+            put_string(out, s);
+        }
+    }
 }
 
 /// One cache key inside a namespace, as carried by [`Body::Keys`].
@@ -146,7 +214,13 @@ impl Body {
             Body::Tags(items) | Body::Flush(items) => {
                 varint_len(items.len() as u64) + items.iter().map(|s| string_len(s)).sum::<usize>()
             }
-            Body::Heartbeat { last_data_seq } => varint_len(*last_data_seq),
+            Body::Heartbeat {
+                last_data_seq,
+                details,
+            } => {
+                varint_len(*last_data_seq)
+                    + details.as_ref().map_or(0, HeartbeatDetails::encoded_len)
+            }
         }
     }
 
@@ -165,19 +239,28 @@ impl Body {
                     put_string(out, s);
                 }
             }
-            Body::Heartbeat { last_data_seq } => put_varint(out, *last_data_seq),
+            Body::Heartbeat {
+                last_data_seq,
+                details,
+            } => {
+                put_varint(out, *last_data_seq);
+                if let Some(details) = details {
+                    details.encode_into(out);
+                }
+            }
         }
     }
 }
 
 impl Message {
-    /// A message with `lsn` and `commit_time_micros` set to 0.
+    /// A message with `lsn`, `commit_time_micros` and `sent_at_micros` set to 0.
     pub fn new(epoch: u64, seq: u64, body: Body) -> Message {
         Message {
             epoch,
             seq,
             lsn: 0,
             commit_time_micros: 0,
+            sent_at_micros: 0,
             body,
         }
     }
@@ -187,7 +270,8 @@ impl Message {
         matches!(self.body, Body::Heartbeat { .. })
     }
 
-    /// Encode in the current format version ([`FORMAT_MAJOR`].[`FORMAT_MINOR`]).
+    /// Encode in the current format version ([`FORMAT_MAJOR`].[`FORMAT_MINOR`]): the header
+    /// always with `sent_at_micros`, a heartbeat body with its details only when they are `Some`.
     ///
     /// Encoding never fails; it is the sender's job to keep [`Message::encoded_len`] at or below
     /// [`MAX_MESSAGE_BYTES`], or receivers will refuse the message.
@@ -208,6 +292,7 @@ impl Message {
         put_varint(out, self.seq);
         put_varint(out, self.lsn);
         put_varint(out, zigzag(self.commit_time_micros));
+        put_varint(out, zigzag(self.sent_at_micros));
         out.push(self.body.kind());
         put_varint(out, self.body.encoded_len() as u64);
         self.body.encode_into(out);
@@ -224,18 +309,21 @@ impl Message {
         8 + varint_len(self.seq)
             + varint_len(self.lsn)
             + varint_len(zigzag(self.commit_time_micros))
+            + varint_len(zigzag(self.sent_at_micros))
     }
 
     /// Decode a message of any minor version of [`FORMAT_MAJOR`].
     ///
-    /// Fields a newer minor version appended (extra header bytes, extra body bytes, bytes after
-    /// the body) are ignored.
+    /// A v1.0 message decodes with `sent_at_micros == 0` and heartbeat `details: None`. Fields a
+    /// minor newer than v1.1 appended (extra header bytes, extra body bytes, bytes after the body)
+    /// are ignored.
     ///
     /// # Errors
     ///
     /// Any [`DecodeError`]: input longer than [`MAX_MESSAGE_BYTES`], a wrong magic, another major
-    /// version, an unknown body kind, a length or count running past the end, a malformed varint,
-    /// or a string that is not UTF-8. Never panics.
+    /// version, an unknown body kind, a length or count running past the end, a v1.1 field that
+    /// starts but does not end inside its section, a malformed varint, or a string that is not
+    /// UTF-8. Never panics.
     pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
         if bytes.len() > MAX_MESSAGE_BYTES {
             return Err(DecodeError::TooLarge {
@@ -266,6 +354,12 @@ impl Message {
         let seq = h.varint("seq")?;
         let lsn = h.varint("lsn")?;
         let commit_time_micros = unzigzag(h.varint("commit_time_micros")?);
+        // v1.1: present if the header goes on; a v1.0 header ends here.
+        let sent_at_micros = if h.is_empty() {
+            0
+        } else {
+            unzigzag(h.varint("sent_at_micros")?)
+        };
         // Anything left in `h` belongs to a newer minor version.
 
         let kind = r.byte("body kind")?;
@@ -290,9 +384,24 @@ impl Message {
             }
             KIND_TAGS => Body::Tags(b.strings("tag count", "tag")?),
             KIND_FLUSH => Body::Flush(b.strings("namespace count", "namespace")?),
-            _ => Body::Heartbeat {
-                last_data_seq: b.varint("last_data_seq")?,
-            },
+            _ => {
+                let last_data_seq = b.varint("last_data_seq")?;
+                // v1.1: present if the body goes on; a v1.0 heartbeat body ends here.
+                let details = if b.is_empty() {
+                    None
+                } else {
+                    Some(HeartbeatDetails {
+                        lag_bytes: b.varint("lag_bytes")?,
+                        refresh_interval_ms: b.varint("refresh_interval_ms")?,
+                        namespaces: b
+                            .strings("certified namespace count", "certified namespace")?,
+                    })
+                };
+                Body::Heartbeat {
+                    last_data_seq,
+                    details,
+                }
+            }
         };
         // Anything left in `b` or `r` belongs to a newer minor version.
         Ok(Message {
@@ -300,6 +409,7 @@ impl Message {
             seq,
             lsn,
             commit_time_micros,
+            sent_at_micros,
             body,
         })
     }
@@ -326,7 +436,8 @@ pub enum DecodeError {
         /// The major version found.
         major: u8,
     },
-    /// The input ended, or a length ran past the end of its enclosing section.
+    /// The input ended, a length ran past the end of its enclosing section, or a section ended
+    /// inside a field (such as v1.1 heartbeat details cut short).
     #[error("message truncated: it ends inside the {what}")]
     Truncated {
         /// The field being read.
@@ -352,6 +463,10 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     fn byte(&mut self, what: &'static str) -> Result<u8, DecodeError> {
         let (&b, rest) = self
             .buf

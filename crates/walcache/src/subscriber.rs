@@ -302,7 +302,7 @@ fn on_stream_message(
         tracker.last_seq = None;
     }
     tracker.epoch = Some(message.epoch);
-    if let Body::Heartbeat { last_data_seq } = message.body {
+    if let Body::Heartbeat { last_data_seq, .. } = message.body {
         metrics::counter!(m::INVALIDATIONS_RECEIVED_TOTAL, "channel" => "stream", "kind" => "heartbeat")
             .increment(1);
         match tracker.last_seq {

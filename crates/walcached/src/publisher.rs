@@ -305,6 +305,7 @@ impl Publisher {
             self.seq,
             Body::Heartbeat {
                 last_data_seq: self.seq,
+                details: None,
             },
         );
         let mut conn = self.conn.clone();

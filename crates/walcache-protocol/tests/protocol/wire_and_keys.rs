@@ -1,13 +1,16 @@
-// Integration tests of walcache-protocol: the wire format (golden bytes, round trips, forward
-// compatibility, hostile input) and the key builder (PostgreSQL text output against Rust values).
+// Integration tests of walcache-protocol: the wire format (golden bytes of v1.0 and v1.1, round
+// trips, compatibility across minor versions in both directions, hostile input) and the key
+// builder (PostgreSQL text output against Rust values).
 
 use std::borrow::Cow;
 
 use proptest::prelude::*;
 use walcache_protocol::{
-    key_of, Body, ColumnType, DecodeError, KeyError, KeyPart, KeyRef, KeyTemplate, Message,
-    FORMAT_MAJOR, MAX_MESSAGE_BYTES,
+    key_of, Body, ColumnType, DecodeError, HeartbeatDetails, KeyError, KeyPart, KeyRef,
+    KeyTemplate, Message, FORMAT_MAJOR, FORMAT_MINOR, MAX_MESSAGE_BYTES,
 };
+
+use crate::v1_0_decoder as v1_0;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers, written independently of the crate's own code.
@@ -34,32 +37,40 @@ fn leb128(out: &mut Vec<u8>, mut v: u64) {
     }
 }
 
+fn zigzag128(out: &mut Vec<u8>, n: i64) {
+    leb128(
+        out,
+        if n < 0 {
+            (!(n as u64)) * 2 + 1
+        } else {
+            (n as u64) * 2
+        },
+    );
+}
+
 fn lp_string(out: &mut Vec<u8>, s: &str) {
     leb128(out, s.len() as u64);
     out.extend_from_slice(s.as_bytes());
 }
 
-/// An independent encoder of format 1.x that can append the fields a newer minor would add.
-fn encode_future(
-    m: &Message,
-    minor: u8,
-    extra_header: &[u8],
-    extra_body: &[u8],
-    trailing: &[u8],
-) -> Vec<u8> {
+/// Which minor's layout [`encode_layout`] writes.
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    /// No `sent_at_micros`, no heartbeat details, whatever the message holds.
+    V1_0,
+    /// `sent_at_micros` always, heartbeat details when `Some`.
+    V1_1,
+}
+
+/// The header and (kind, body) sections of `m` in `layout`, without any extra bytes.
+fn sections(m: &Message, layout: Layout) -> (Vec<u8>, u8, Vec<u8>) {
     let mut header = m.epoch.to_le_bytes().to_vec();
     leb128(&mut header, m.seq);
     leb128(&mut header, m.lsn);
-    let ct = m.commit_time_micros;
-    leb128(
-        &mut header,
-        if ct < 0 {
-            (!(ct as u64)) * 2 + 1
-        } else {
-            (ct as u64) * 2
-        },
-    );
-    header.extend_from_slice(extra_header);
+    zigzag128(&mut header, m.commit_time_micros);
+    if layout == Layout::V1_1 {
+        zigzag128(&mut header, m.sent_at_micros);
+    }
 
     let mut body = Vec::new();
     let kind = match &m.body {
@@ -82,34 +93,144 @@ fn encode_future(
                 3
             }
         }
-        Body::Heartbeat { last_data_seq } => {
+        Body::Heartbeat {
+            last_data_seq,
+            details,
+        } => {
             leb128(&mut body, *last_data_seq);
+            if let (Layout::V1_1, Some(d)) = (layout, details) {
+                leb128(&mut body, d.lag_bytes);
+                leb128(&mut body, d.refresh_interval_ms);
+                leb128(&mut body, d.namespaces.len() as u64);
+                for s in &d.namespaces {
+                    lp_string(&mut body, s);
+                }
+            }
             4
         }
         other => panic!("unknown body {other:?}"),
     };
-    body.extend_from_slice(extra_body);
+    (header, kind, body)
+}
 
+/// Magic, versions, the length-prefixed header, the kind, the length-prefixed body, trailing.
+fn frame(minor: u8, header: &[u8], kind: u8, body: &[u8], trailing: &[u8]) -> Vec<u8> {
     let mut out = b"WC".to_vec();
     out.push(1);
     out.push(minor);
     leb128(&mut out, header.len() as u64);
-    out.extend_from_slice(&header);
+    out.extend_from_slice(header);
     out.push(kind);
     leb128(&mut out, body.len() as u64);
-    out.extend_from_slice(&body);
+    out.extend_from_slice(body);
     out.extend_from_slice(trailing);
     out
 }
 
+/// An independent encoder of `m` as a v1.0 sender wrote it (minor 0): drops the v1.1 fields.
+fn encode_v1_0(m: &Message) -> Vec<u8> {
+    let (header, kind, body) = sections(m, Layout::V1_0);
+    frame(0, &header, kind, &body, &[])
+}
+
+/// An independent encoder of format 1.x, minor >= 1: the v1.1 layout, then the fields a newer
+/// minor would append.
+fn encode_future(
+    m: &Message,
+    minor: u8,
+    extra_header: &[u8],
+    extra_body: &[u8],
+    trailing: &[u8],
+) -> Vec<u8> {
+    assert!(
+        extra_body.is_empty() || !matches!(m.body, Body::Heartbeat { details: None, .. }),
+        "a minor after v1.1 writes heartbeat details before its own fields (see as_future_sender)"
+    );
+    let (mut header, kind, mut body) = sections(m, Layout::V1_1);
+    header.extend_from_slice(extra_header);
+    body.extend_from_slice(extra_body);
+    frame(minor, &header, kind, &body, trailing)
+}
+
+/// `m` as a sender of a minor after v1.1 appending to the body would send it: such a sender
+/// writes every v1.1 field before its own, so its heartbeats always carry details.
+fn as_future_sender(mut m: Message, appends_to_body: bool) -> Message {
+    if let Body::Heartbeat { details, .. } = &mut m.body {
+        if appends_to_body && details.is_none() {
+            *details = Some(HeartbeatDetails::default());
+        }
+    }
+    m
+}
+
+/// What the frozen v1.0 decoder should make of `m`: the same message without the v1.1 fields.
+fn as_v1_0(m: &Message) -> v1_0::Message {
+    let body = match &m.body {
+        Body::Keys(keys) => v1_0::Body::Keys(
+            keys.iter()
+                .map(|k| v1_0::KeyRef {
+                    namespace: k.namespace.clone(),
+                    key: k.key.clone(),
+                })
+                .collect(),
+        ),
+        Body::Tags(items) => v1_0::Body::Tags(items.clone()),
+        Body::Flush(items) => v1_0::Body::Flush(items.clone()),
+        Body::Heartbeat { last_data_seq, .. } => v1_0::Body::Heartbeat {
+            last_data_seq: *last_data_seq,
+        },
+        other => panic!("unknown body {other:?}"),
+    };
+    v1_0::Message {
+        epoch: m.epoch,
+        seq: m.seq,
+        lsn: m.lsn,
+        commit_time_micros: m.commit_time_micros,
+        body,
+    }
+}
+
+/// What this decoder should make of `m` sent by a v1.0 sender: the v1.1 fields at their defaults.
+fn without_v1_1_fields(mut m: Message) -> Message {
+    m.sent_at_micros = 0;
+    if let Body::Heartbeat { details, .. } = &mut m.body {
+        *details = None;
+    }
+    m
+}
+
+fn arb_string() -> impl Strategy<Value = String> {
+    ".{0,12}"
+}
+
+fn arb_details() -> impl Strategy<Value = HeartbeatDetails> {
+    (
+        prop_oneof![Just(0u64), any::<u64>()],
+        prop_oneof![Just(0u64), Just(3_600_000), any::<u64>()],
+        prop::collection::vec(arb_string(), 0..6),
+    )
+        .prop_map(
+            |(lag_bytes, refresh_interval_ms, namespaces)| HeartbeatDetails {
+                lag_bytes,
+                refresh_interval_ms,
+                namespaces,
+            },
+        )
+}
+
 fn arb_body() -> impl Strategy<Value = Body> {
-    let s = || ".{0,12}";
+    let s = arb_string;
     prop_oneof![
         prop::collection::vec((s(), s()), 0..6)
             .prop_map(|v| Body::Keys(v.into_iter().map(|(n, k)| KeyRef::new(n, k)).collect())),
         prop::collection::vec(s(), 0..6).prop_map(Body::Tags),
         prop::collection::vec(s(), 0..6).prop_map(Body::Flush),
-        any::<u64>().prop_map(|last_data_seq| Body::Heartbeat { last_data_seq }),
+        (any::<u64>(), prop::option::of(arb_details())).prop_map(|(last_data_seq, details)| {
+            Body::Heartbeat {
+                last_data_seq,
+                details,
+            }
+        }),
     ]
 }
 
@@ -119,22 +240,28 @@ fn arb_message() -> impl Strategy<Value = Message> {
         prop_oneof![Just(0u64), Just(1), any::<u64>()],
         any::<u64>(),
         any::<i64>(),
+        prop_oneof![Just(0i64), Just(1_700_000_000_000_000), any::<i64>()],
         arb_body(),
     )
-        .prop_map(|(epoch, seq, lsn, commit_time_micros, body)| Message {
-            epoch,
-            seq,
-            lsn,
-            commit_time_micros,
-            body,
-        })
+        .prop_map(
+            |(epoch, seq, lsn, commit_time_micros, sent_at_micros, body)| Message {
+                epoch,
+                seq,
+                lsn,
+                commit_time_micros,
+                sent_at_micros,
+                body,
+            },
+        )
 }
 
 // ---------------------------------------------------------------------------------------------
 // Wire format: golden fixtures.
 // ---------------------------------------------------------------------------------------------
 
-fn golden() -> Vec<(Message, Vec<u8>)> {
+/// Fixtures written by the v1.0 encoder (minor 0). Frozen: never change these bytes; they decode
+/// with `sent_at_micros == 0` and heartbeat `details: None`.
+fn golden_v1_0() -> Vec<(Message, Vec<u8>)> {
     vec![
         (
             Message {
@@ -142,6 +269,7 @@ fn golden() -> Vec<(Message, Vec<u8>)> {
                 seq: 1,
                 lsn: 300,
                 commit_time_micros: -2,
+                sent_at_micros: 0,
                 body: Body::Keys(vec![KeyRef::new("users", "7")]),
             },
             hex("5743 0100 0c efcdab8967452301 01 ac02 03  01 09 01 05 7573657273 01 37"),
@@ -156,6 +284,7 @@ fn golden() -> Vec<(Message, Vec<u8>)> {
                 seq: 3,
                 lsn: 1,
                 commit_time_micros: 64,
+                sent_at_micros: 0,
                 body: Body::Flush(vec!["users".into()]),
             },
             hex("5743 0100 0c ffffffffffffffff 03 01 8001  03 07 01 05 7573657273"),
@@ -166,6 +295,7 @@ fn golden() -> Vec<(Message, Vec<u8>)> {
                 5,
                 Body::Heartbeat {
                     last_data_seq: u64::MAX,
+                    details: None,
                 },
             ),
             hex("5743 0100 0b 0000000000000000 05 00 00  04 0a ffffffffffffffffff01"),
@@ -177,35 +307,166 @@ fn golden() -> Vec<(Message, Vec<u8>)> {
     ]
 }
 
+/// 2023-11-14 22:13:20 UTC, as microseconds since the Unix epoch.
+const SENT_AT: i64 = 1_700_000_000_000_000;
+
+/// Fixtures of the v1.1 encoder (minor 1), byte for byte what it writes.
+fn golden_v1_1() -> Vec<(Message, Vec<u8>)> {
+    vec![
+        // A heartbeat with details: lag 300 bytes, a refresh every hour, two namespaces.
+        // sent_at: zigzag 3_400_000_000_000_000 = 80 80 f2 81 83 89 85 06.
+        (
+            Message {
+                epoch: 0x0123_4567_89ab_cdef,
+                seq: 9,
+                lsn: 0,
+                commit_time_micros: 0,
+                sent_at_micros: SENT_AT,
+                body: Body::Heartbeat {
+                    last_data_seq: 8,
+                    details: Some(HeartbeatDetails {
+                        lag_bytes: 300,
+                        refresh_interval_ms: 3_600_000,
+                        namespaces: vec!["users".into(), "orgs".into()],
+                    }),
+                },
+            },
+            hex("5743 0101 13 efcdab8967452301 09 00 00 8080f28183898506 \
+                 04 13 08 ac02 80dddb01 02 05 7573657273 04 6f726773"),
+        ),
+        // The first v1.0 fixture with a send time: one more header field, nothing else.
+        (
+            Message {
+                epoch: 0x0123_4567_89ab_cdef,
+                seq: 1,
+                lsn: 300,
+                commit_time_micros: -2,
+                sent_at_micros: SENT_AT + 123,
+                body: Body::Keys(vec![KeyRef::new("users", "7")]),
+            },
+            hex("5743 0101 14 efcdab8967452301 01 ac02 03 f681f28183898506  01 09 01 05 7573657273 01 37"),
+        ),
+        // A heartbeat without details is the v1.0 heartbeat body, under minor 1; a negative
+        // send time zigzags to 01.
+        (
+            Message {
+                sent_at_micros: -1,
+                ..Message::new(
+                    0,
+                    5,
+                    Body::Heartbeat {
+                        last_data_seq: u64::MAX,
+                        details: None,
+                    },
+                )
+            },
+            hex("5743 0101 0c 0000000000000000 05 00 00 01  04 0a ffffffffffffffffff01"),
+        ),
+        // Empty details are still details: three zero bytes, and they decode as Some.
+        (
+            Message::new(
+                42,
+                6,
+                Body::Heartbeat {
+                    last_data_seq: 5,
+                    details: Some(HeartbeatDetails::default()),
+                },
+            ),
+            hex("5743 0101 0c 2a00000000000000 06 00 00 00  04 04 05 000000"),
+        ),
+    ]
+}
+
 #[test]
 fn golden_fixtures_encode_and_decode() {
-    for (msg, bytes) in golden() {
+    assert_eq!(FORMAT_MINOR, 1);
+    for (msg, bytes) in golden_v1_1() {
         assert_eq!(msg.encode(), bytes, "encoding of {msg:?}");
         assert_eq!(msg.encoded_len(), bytes.len());
+        let mut appended = b"prefix".to_vec();
+        msg.encode_into(&mut appended);
+        assert_eq!(appended[6..], bytes[..]);
         assert_eq!(Message::decode(&bytes), Ok(msg));
     }
 }
 
 #[test]
+fn v1_0_golden_fixtures_still_decode() {
+    for (msg, bytes) in golden_v1_0() {
+        assert_eq!(msg.sent_at_micros, 0);
+        assert_eq!(Message::decode(&bytes), Ok(msg), "{bytes:02x?}");
+    }
+}
+
+#[test]
+fn v1_0_fixtures_reencode_with_a_zero_send_time_under_minor_1() {
+    for (msg, v1_0_bytes) in golden_v1_0() {
+        // Same bytes, but minor 1, a header one byte longer, and sent_at 0 ending the header.
+        let header_len = usize::from(v1_0_bytes[4]);
+        let mut want = v1_0_bytes[..5 + header_len].to_vec();
+        want[3] = 1;
+        want[4] += 1;
+        want.push(0);
+        want.extend_from_slice(&v1_0_bytes[5 + header_len..]);
+        assert_eq!(msg.encode(), want, "{msg:?}");
+        assert_eq!(msg.encoded_len(), v1_0_bytes.len() + 1);
+    }
+}
+
+#[test]
 fn golden_fixture_of_a_future_minor_still_decodes() {
-    // Minor 7: the header grew by two bytes, the Keys body by one, and three bytes follow.
+    // Minor 7: after the v1.1 fields, the header grew by two bytes, the Keys body by one, and
+    // three bytes follow.
     let bytes = hex(
-        "5743 0107 0e efcdab8967452301 01 ac02 03 beef  01 0a 01 05 7573657273 01 37 ff  010203",
+        "5743 0107 16 efcdab8967452301 01 ac02 03 f681f28183898506 beef \
+                     01 0a 01 05 7573657273 01 37 ff  010203",
     );
-    let (want, _) = golden().remove(0);
+    let (want, _) = golden_v1_1().remove(1);
+    assert_eq!(Message::decode(&bytes), Ok(want));
+
+    // A minor-7 heartbeat: one more header byte, two more body bytes after the details.
+    let bytes = hex(
+        "5743 0107 14 efcdab8967452301 09 00 00 8080f28183898506 00 \
+                     04 15 08 ac02 80dddb01 02 05 7573657273 04 6f726773 0102",
+    );
+    let (want, _) = golden_v1_1().remove(0);
     assert_eq!(Message::decode(&bytes), Ok(want));
 }
 
 #[test]
+fn a_later_minor_must_write_the_send_time_before_its_own_header_fields() {
+    // Before v1.1 this decoded (the two bytes were a newer minor's, and skipped); since v1.1
+    // they are the start of sent_at_micros, a varint the header's end cuts short.
+    let bytes = hex(
+        "5743 0107 0e efcdab8967452301 01 ac02 03 beef  01 0a 01 05 7573657273 01 37 ff  010203",
+    );
+    assert_eq!(
+        Message::decode(&bytes),
+        Err(DecodeError::Truncated {
+            what: "sent_at_micros"
+        })
+    );
+}
+
+#[test]
 fn heartbeat_predicate() {
-    let hb = Message::new(1, 2, Body::Heartbeat { last_data_seq: 1 });
-    assert!(hb.is_heartbeat());
+    for details in [None, Some(HeartbeatDetails::default())] {
+        let hb = Message::new(
+            1,
+            2,
+            Body::Heartbeat {
+                last_data_seq: 1,
+                details,
+            },
+        );
+        assert!(hb.is_heartbeat());
+    }
     assert!(!Message::new(1, 2, Body::Tags(vec![])).is_heartbeat());
 }
 
 #[test]
 fn decode_errors() {
-    let good = golden().remove(0).1;
+    let good = golden_v1_0().remove(0).1;
     assert_eq!(
         Message::decode(&vec![0; MAX_MESSAGE_BYTES + 1]),
         Err(DecodeError::TooLarge {
@@ -230,16 +491,19 @@ fn decode_errors() {
     bad_utf8[last] = 0xff;
     assert_eq!(Message::decode(&bad_utf8), Err(DecodeError::InvalidUtf8));
 
-    // Every strict prefix fails with Truncated (or, for the empty prefix of the magic, too).
-    for n in 0..good.len() {
-        assert!(
-            matches!(
-                Message::decode(&good[..n]),
-                Err(DecodeError::Truncated { .. })
-            ),
-            "prefix of {n} bytes: {:?}",
-            Message::decode(&good[..n])
-        );
+    // Every strict prefix fails with Truncated (or, for the empty prefix of the magic, too), in
+    // either version.
+    for good in [good, golden_v1_1().remove(0).1] {
+        for n in 0..good.len() {
+            assert!(
+                matches!(
+                    Message::decode(&good[..n]),
+                    Err(DecodeError::Truncated { .. })
+                ),
+                "prefix of {n} bytes: {:?}",
+                Message::decode(&good[..n])
+            );
+        }
     }
 
     // A header too short for its fixed fields.
@@ -254,11 +518,167 @@ fn decode_errors() {
 }
 
 #[test]
+fn malformed_send_times_are_errors() {
+    let header = |sent_at: &str| {
+        let mut h = hex("2a00000000000000 01 00 00");
+        h.extend_from_slice(&hex(sent_at));
+        frame(1, &h, 1, &[0], &[])
+    };
+    assert_eq!(
+        Message::decode(&header("80")),
+        Err(DecodeError::Truncated {
+            what: "sent_at_micros"
+        })
+    );
+    assert_eq!(
+        Message::decode(&header("ffffffffffffffffff02")),
+        Err(DecodeError::VarintOverflow)
+    );
+    assert_eq!(
+        Message::decode(&header("8080808080808080808000")),
+        Err(DecodeError::VarintOverflow)
+    );
+    // Extremes, and a non-minimal varint, are fine.
+    let extreme = Message::decode(&header("ffffffffffffffffff01")).map(|m| m.sent_at_micros);
+    assert_eq!(extreme, Ok(i64::MIN));
+    let extreme = Message::decode(&header("feffffffffffffffff01")).map(|m| m.sent_at_micros);
+    assert_eq!(extreme, Ok(i64::MAX));
+    let padded = Message::decode(&header("8100")).map(|m| m.sent_at_micros);
+    assert_eq!(padded, Ok(-1));
+}
+
+#[test]
+fn partial_heartbeat_details_are_truncated_errors() {
+    let (msg, _) = golden_v1_1().remove(0);
+    let (header, kind, body) = sections(&msg, Layout::V1_1);
+    let details_start = 1; // last_data_seq 8 takes one byte
+                           // A body ending anywhere inside the details (with its length saying so, and bytes after
+                           // the body to show they are not borrowed) is Truncated, naming the field it ends in.
+    for end in details_start + 1..body.len() {
+        let bytes = frame(1, &header, kind, &body[..end], b"\x05users");
+        let what = match end {
+            2 => "lag_bytes",
+            3..=6 => "refresh_interval_ms",
+            // From 8 on the count is there, but the bytes left cannot hold 2 strings until 10.
+            7..=9 => "certified namespace count",
+            _ => "certified namespace",
+        };
+        assert_eq!(
+            Message::decode(&bytes),
+            Err(DecodeError::Truncated { what }),
+            "body cut at {end} of {}",
+            body.len()
+        );
+    }
+    // Lag and interval present, the namespace count's varint cut short.
+    let bytes = frame(1, &header, kind, &hex("08 ac02 80dddb01 80"), &[]);
+    assert_eq!(
+        Message::decode(&bytes),
+        Err(DecodeError::Truncated {
+            what: "certified namespace count"
+        })
+    );
+    // A count the body could never hold is refused before allocating.
+    let bytes = frame(
+        1,
+        &header,
+        kind,
+        &hex("08 00 00 ffffffffffffffffff01 00"),
+        &[],
+    );
+    assert_eq!(
+        Message::decode(&bytes),
+        Err(DecodeError::Truncated {
+            what: "certified namespace count"
+        })
+    );
+    // Malformed varints and strings inside the details.
+    let bytes = frame(1, &header, kind, &hex("08 ffffffffffffffffff02 00 00"), &[]);
+    assert_eq!(Message::decode(&bytes), Err(DecodeError::VarintOverflow));
+    let bytes = frame(1, &header, kind, &hex("08 00 00 01 02 c328"), &[]);
+    assert_eq!(Message::decode(&bytes), Err(DecodeError::InvalidUtf8));
+}
+
+#[test]
+fn encoded_len_is_exact_at_varint_boundaries() {
+    let edges_u64 = [0, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX];
+    let edges_i64 = [
+        0,
+        -1,
+        63,
+        -64,
+        64,
+        -65,
+        8191,
+        -8192,
+        8192,
+        i64::MAX,
+        i64::MIN,
+    ];
+    for &sent_at_micros in &edges_i64 {
+        for &v in &edges_u64 {
+            let namespaces =
+                vec!["n".repeat(usize::try_from(v % 300).unwrap()); (v % 130) as usize];
+            for details in [
+                None,
+                Some(HeartbeatDetails {
+                    lag_bytes: v,
+                    refresh_interval_ms: v.rotate_left(7),
+                    namespaces,
+                }),
+            ] {
+                let msg = Message {
+                    sent_at_micros,
+                    ..Message::new(
+                        v,
+                        v,
+                        Body::Heartbeat {
+                            last_data_seq: v,
+                            details,
+                        },
+                    )
+                };
+                let bytes = msg.encode();
+                assert_eq!(msg.encoded_len(), bytes.len(), "{msg:?}");
+                assert_eq!(Message::decode(&bytes).as_ref(), Ok(&msg));
+            }
+        }
+    }
+}
+
+#[test]
 fn a_message_at_the_size_limit_decodes() {
     let mut msg = Message::new(1, 1, Body::Tags(vec![String::new()]));
+    msg.sent_at_micros = SENT_AT;
     let overhead = msg.encoded_len();
     // The string's length varint grows from 1 to 3 bytes.
     msg.body = Body::Tags(vec!["x".repeat(MAX_MESSAGE_BYTES - overhead - 2 - 2)]);
+    let bytes = msg.encode();
+    assert_eq!(bytes.len(), MAX_MESSAGE_BYTES);
+    assert_eq!(Message::decode(&bytes), Ok(msg));
+
+    // The same for a heartbeat whose certified namespaces fill it.
+    let details = |namespaces| HeartbeatDetails {
+        lag_bytes: 1 << 40,
+        refresh_interval_ms: 3_600_000,
+        namespaces,
+    };
+    let mut msg = Message::new(
+        1,
+        1,
+        Body::Heartbeat {
+            last_data_seq: 1,
+            details: Some(details(vec![String::new()])),
+        },
+    );
+    msg.sent_at_micros = SENT_AT;
+    let overhead = msg.encoded_len();
+    msg.body = Body::Heartbeat {
+        last_data_seq: 1,
+        details: Some(details(vec![
+            "x".repeat(MAX_MESSAGE_BYTES - overhead - 2 - 2)
+        ])),
+    };
     let bytes = msg.encode();
     assert_eq!(bytes.len(), MAX_MESSAGE_BYTES);
     assert_eq!(Message::decode(&bytes), Ok(msg));
@@ -272,6 +692,73 @@ fn error_messages_are_helpful() {
     assert!(msg.contains("header"), "{msg}");
 }
 
+// ---------------------------------------------------------------------------------------------
+// Wire format: across minor versions, with the frozen v1.0 decoder.
+// ---------------------------------------------------------------------------------------------
+
+/// One v1.1 message of every kind, each with a send time, and heartbeats with and without details.
+fn every_v1_1_kind() -> Vec<Message> {
+    let with = |body| Message {
+        lsn: 0x16_b374_d848,
+        commit_time_micros: SENT_AT - 2_500,
+        sent_at_micros: SENT_AT,
+        ..Message::new(0x5eed, 17, body)
+    };
+    let mut all: Vec<Message> = golden_v1_1().into_iter().map(|(m, _)| m).collect();
+    all.extend([
+        with(Body::Keys(vec![
+            KeyRef::new("users", "7"),
+            KeyRef::new("orgs", "by_name:a%3Ab"),
+        ])),
+        with(Body::Tags(vec!["users".into(), "orgs:7".into()])),
+        with(Body::Flush(vec!["users".into()])),
+        with(Body::Heartbeat {
+            last_data_seq: 16,
+            details: None,
+        }),
+        with(Body::Heartbeat {
+            last_data_seq: 16,
+            details: Some(HeartbeatDetails {
+                lag_bytes: u64::MAX,
+                refresh_interval_ms: 0,
+                namespaces: vec!["users".into(), "orgs".into(), "é".into()],
+            }),
+        }),
+        Message {
+            sent_at_micros: i64::MIN,
+            ..with(Body::Keys(vec![]))
+        },
+    ]);
+    all
+}
+
+#[test]
+fn the_v1_0_decoder_reads_every_v1_1_kind() {
+    for msg in every_v1_1_kind() {
+        let bytes = msg.encode();
+        assert_eq!(bytes[3], 1);
+        assert_eq!(v1_0::Message::decode(&bytes), Ok(as_v1_0(&msg)), "{msg:?}");
+    }
+}
+
+#[test]
+fn the_v1_1_decoder_reads_every_v1_0_fixture_with_defaults() {
+    for (msg, bytes) in golden_v1_0() {
+        assert_eq!(v1_0::Message::decode(&bytes), Ok(as_v1_0(&msg)));
+        let decoded = Message::decode(&bytes).expect("a v1.0 fixture");
+        assert_eq!(decoded.sent_at_micros, 0);
+        if let Body::Heartbeat { details, .. } = &decoded.body {
+            assert_eq!(details, &None);
+        }
+        assert_eq!(decoded, msg);
+    }
+    // And v1.0 encodings of the v1.1 messages lose exactly the v1.1 fields.
+    for msg in every_v1_1_kind() {
+        let bytes = encode_v1_0(&msg);
+        assert_eq!(Message::decode(&bytes), Ok(without_v1_1_fields(msg)));
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -279,24 +766,39 @@ proptest! {
     fn round_trip(msg in arb_message()) {
         let bytes = msg.encode();
         prop_assert_eq!(bytes.len(), msg.encoded_len());
-        prop_assert_eq!(&bytes, &encode_future(&msg, 0, &[], &[], &[]));
+        prop_assert_eq!(&bytes, &encode_future(&msg, 1, &[], &[], &[]));
         prop_assert_eq!(Message::decode(&bytes), Ok(msg));
+    }
+
+    #[test]
+    fn the_v1_0_decoder_reads_v1_1_encodings(msg in arb_message()) {
+        prop_assert_eq!(v1_0::Message::decode(&msg.encode()), Ok(as_v1_0(&msg)));
+    }
+
+    #[test]
+    fn v1_0_encodings_decode_with_defaults(msg in arb_message()) {
+        let bytes = encode_v1_0(&msg);
+        prop_assert_eq!(v1_0::Message::decode(&bytes), Ok(as_v1_0(&msg)));
+        prop_assert_eq!(Message::decode(&bytes), Ok(without_v1_1_fields(msg)));
     }
 
     #[test]
     fn future_minor_fields_are_ignored(
         msg in arb_message(),
-        minor in any::<u8>(),
+        minor in 1..=u8::MAX,
         extra_header in prop::collection::vec(any::<u8>(), 0..24),
         extra_body in prop::collection::vec(any::<u8>(), 0..24),
         trailing in prop::collection::vec(any::<u8>(), 0..24),
     ) {
+        let msg = as_future_sender(msg, !extra_body.is_empty());
         let bytes = encode_future(&msg, minor, &extra_header, &extra_body, &trailing);
+        prop_assert_eq!(v1_0::Message::decode(&bytes), Ok(as_v1_0(&msg)));
         prop_assert_eq!(Message::decode(&bytes), Ok(msg));
     }
 
     #[test]
     fn minor_7_with_everything_extra(msg in arb_message()) {
+        let msg = as_future_sender(msg, true);
         let bytes = encode_future(&msg, 7, &[7, 7, 7], &[0x80, 0x01], b"tail");
         prop_assert_eq!(Message::decode(&bytes), Ok(msg));
     }
@@ -312,9 +814,22 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = Message::decode(&bytes);
+        let _ = v1_0::Message::decode(&bytes);
         let mut prefixed = b"WC\x01".to_vec();
         prefixed.extend_from_slice(&bytes);
         let _ = Message::decode(&prefixed);
+        let _ = v1_0::Message::decode(&prefixed);
+    }
+
+    #[test]
+    fn arbitrary_heartbeat_bodies_never_panic(
+        header in prop::collection::vec(any::<u8>(), 8..24),
+        body in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let bytes = frame(1, &header, 4, &body, &[]);
+        if let Ok(decoded) = Message::decode(&bytes) {
+            prop_assert_eq!(Message::decode(&decoded.encode()), Ok(decoded));
+        }
     }
 
     #[test]
@@ -332,6 +847,7 @@ proptest! {
         if truncate {
             bytes.truncate(cut.index(bytes.len() + 1));
         }
+        let _ = v1_0::Message::decode(&bytes);
         if let Ok(decoded) = Message::decode(&bytes) {
             // Whatever decodes re-encodes and decodes to itself.
             prop_assert_eq!(Message::decode(&decoded.encode()), Ok(decoded));

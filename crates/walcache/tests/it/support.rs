@@ -126,6 +126,7 @@ impl Publisher {
             self.seq,
             Body::Heartbeat {
                 last_data_seq: self.seq,
+                details: None,
             },
         );
         self.publish_raw(&m.encode()).await;
