@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use walcache_protocol::{Body, KeyRef, Message, Naming};
+use walcache_protocol::{Body, HeartbeatDetails, KeyRef, Message, Naming};
 
 use crate::mapping::Invalidation;
 use crate::metrics as m;
@@ -244,6 +244,7 @@ impl Publisher {
                 let chunk = &refs[start..end];
                 self.seq += 1;
                 let mut message = Message::new(self.epoch, self.seq, Body::Keys(chunk.to_vec()));
+                message.sent_at_micros = now_micros();
                 message.lsn = batch.lsn;
                 message.commit_time_micros = batch.commit_time_micros;
                 let mut inv = self.script.prepare_invoke();
@@ -272,6 +273,7 @@ impl Publisher {
         for chunk in items.chunks(per) {
             self.seq += 1;
             let mut message = Message::new(self.epoch, self.seq, body(chunk));
+            message.sent_at_micros = now_micros();
             message.lsn = batch.lsn;
             message.commit_time_micros = batch.commit_time_micros;
             let mut inv = self.script.prepare_invoke();
@@ -294,20 +296,23 @@ impl Publisher {
             .arg(kind);
     }
 
-    /// Announce liveness: carries the last data sequence number, takes none of its own.
+    /// Announce liveness: carries the last data sequence number, takes none of its own, and
+    /// (wire format v1.1) `details`: the lag, the refresh interval and the namespaces this
+    /// heartbeat certifies.
     ///
     /// # Errors
     ///
     /// Redis errors.
-    pub async fn heartbeat(&mut self) -> Result<(), redis::RedisError> {
-        let message = Message::new(
+    pub async fn heartbeat(&mut self, details: HeartbeatDetails) -> Result<(), redis::RedisError> {
+        let mut message = Message::new(
             self.epoch,
             self.seq,
             Body::Heartbeat {
                 last_data_seq: self.seq,
-                details: None,
+                details: Some(details),
             },
         );
+        message.sent_at_micros = now_micros();
         let mut conn = self.conn.clone();
         let _: i64 = self
             .timed(
@@ -320,6 +325,13 @@ impl Publisher {
         metrics::counter!(m::MESSAGES_PUBLISHED_TOTAL, "kind" => "heartbeat").increment(1);
         Ok(())
     }
+}
+
+/// Microseconds since the Unix epoch on this machine's clock (0 if the clock is before it).
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 fn timeout_error() -> redis::RedisError {

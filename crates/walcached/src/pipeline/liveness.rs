@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use walcache_cdc::Lsn;
 
 use walcache_cdc::client::ReplicationStream;
+use walcache_protocol::HeartbeatDetails;
 
 use super::{SessionError, Streamer};
 use crate::metrics as m;
@@ -236,8 +237,12 @@ impl Streamer<'_> {
 
     /// Publish a heartbeat; `/readyz` follows whether it went out.
     pub(super) async fn heartbeat(&mut self, lag_bytes: u64) {
-        let _ = lag_bytes;
-        match self.publisher.heartbeat().await {
+        let details = HeartbeatDetails {
+            lag_bytes,
+            refresh_interval_ms: self.config.refresh.interval_secs.saturating_mul(1000),
+            namespaces: self.mapper.namespaces(),
+        };
+        match self.publisher.heartbeat(details).await {
             Ok(()) => self.status.set_caught_up(true),
             Err(e) => {
                 self.status.set_caught_up(false);

@@ -86,6 +86,22 @@ async fn a_restart_over_a_backlog_stays_silent_until_the_backlog_is_published() 
         "/readyz was ready at seq {ready_at_seq}, before the backlog's last change (seq {})",
         last.seq
     );
+    // Wire format v1.1: the heartbeat says what it certifies, and every message its send time.
+    match &first_hb.body {
+        Body::Heartbeat {
+            details: Some(details),
+            ..
+        } => {
+            assert_eq!(details.namespaces, vec!["users".to_owned()]);
+            assert_eq!(
+                details.refresh_interval_ms, 3_600_000,
+                "the default schedule"
+            );
+            assert_eq!(details.lag_bytes, 0, "caught up");
+        }
+        other => panic!("a v1.1 heartbeat, got {other:?}"),
+    }
+    assert!(last.sent_at_micros > 0 && first_hb.sent_at_micros >= last.sent_at_micros);
     let gap = first_hb_at.duration_since(*last_at);
     assert!(
         gap <= 2 * INTERVAL,
