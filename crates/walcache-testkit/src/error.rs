@@ -61,6 +61,12 @@ pub enum Error {
         /// Why the user could not be found or created.
         reason: String,
     },
+    /// A [`PgOptions`](crate::PgOptions) value the server cannot start with.
+    #[error("invalid PostgreSQL server option: {reason}")]
+    InvalidOption {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Another process held the template lock for too long.
     #[error("timed out waiting for the initdb template lock {}", path.display())]
     TemplateLock {

@@ -7,6 +7,9 @@
 //!   test.
 //! - [`PgServer::start_with_tls`] and [`RedisServer::start_with_tls`]: the same with TLS, with
 //!   certificates made by `openssl` ([`TestCerts`]).
+//! - [`PgServer::start_with`] and [`PgOptions`]: a cluster in a chosen transaction-id epoch or
+//!   just before an xid wrap (`pg_resetwal -e`/`-x`), and [`PgServer::consume_xids`] to get
+//!   there.
 //! - [`wait_until`] and [`wait_until_blocking`]: poll a condition with a deadline instead of
 //!   sleeping.
 //! - [`TcpProxy`]: a TCP proxy on a free loopback port that injects faults between a client
@@ -65,7 +68,7 @@ mod zipf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use crate::error::{Error, Result};
-pub use crate::pg_server::PgServer;
+pub use crate::pg_server::{PgOptions, PgServer};
 pub use crate::proxy::{ProxyStats, TcpProxy};
 pub use crate::redis_server::RedisServer;
 pub use crate::tls::TestCerts;

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::privilege::{effective_uid, RunAs};
 use crate::process::{
     create_server_dir, file_len, find_program, free_port, log_tail, mentions_address_in_use,
-    process_alive, run, signal, PG_DIR_PREFIX,
+    output_text, process_alive, program_name, run, signal, PG_DIR_PREFIX,
 };
 use crate::tls::TestCerts;
 
@@ -34,7 +34,23 @@ const BINDIR_ENV: &str = "WALCACHE_TESTKIT_PG_BINDIR";
 /// Overrides where the initdb template is cached (default: `$TMPDIR/walcache-testkit-UID`).
 const CACHE_DIR_ENV: &str = "WALCACHE_TESTKIT_DIR";
 /// Bump to invalidate existing templates when [`initdb_template`] changes what it writes.
-const TEMPLATE_FORMAT: &str = "walcache-testkit pg template v1";
+/// (v2: every row frozen, so that [`PgOptions::next_xid`] may move to any xid.)
+const TEMPLATE_FORMAT: &str = "walcache-testkit pg template v2";
+/// The databases [`initdb_template`] runs `VACUUM FREEZE` in. Each run also freezes the shared
+/// catalogs (`pg_database`, `pg_authid`, ...), the only ones `initdb` writes after its own
+/// `VACUUM FREEZE` of `template1`; `template0` and `postgres` are copies of the frozen
+/// `template1`.
+const FREEZE_DATABASES: &[&str] = &["template1", "postgres"];
+/// Transaction ids per `pg_xact` (commit log) segment: 2 status bits per xid, so 4 xids a byte,
+/// 8192-byte pages, 32 pages a segment (`CLOG_XACTS_PER_PAGE * SLRU_PAGES_PER_SEGMENT` in
+/// PostgreSQL's `clog.c` and `slru.h`); `pg_resetwal`'s documentation gives the same figure
+/// (a safe `-x` is a multiple of 1048576, 0x100000).
+const XIDS_PER_CLOG_SEGMENT: u32 = 8192 * 4 * 32;
+/// Bytes in a `pg_xact` segment: 32 pages of 8192 bytes.
+const CLOG_SEGMENT_BYTES: usize = 8192 * 32;
+/// The first xid PostgreSQL assigns to a transaction (`FirstNormalTransactionId`); 0 to 2 are
+/// special.
+const FIRST_NORMAL_XID: u32 = 3;
 /// `initdb`'s arguments besides `-D`; part of the template's cache key.
 const INITDB_ARGS: &[&str] = &[
     "--no-sync",
@@ -80,6 +96,9 @@ hostssl replication     all             127.0.0.1/32            trust
 /// `on`: with `fsync = off` a commit costs only a `write`, whereas `off` would delay logical
 /// decoding of each commit by up to `wal_writer_delay` and let [`stop`](Self::stop) lose commits.
 ///
+/// Every row of the template is frozen, and [`start_with`](Self::start_with) can start the
+/// cluster in another transaction-id epoch or just before an xid wrap ([`PgOptions`]).
+///
 /// # Example
 ///
 /// ```no_run
@@ -103,6 +122,89 @@ pub struct PgServer {
     dir: TempDir,
 }
 
+/// How to start a [`PgServer`], for [`PgServer::start_with`]: `PgOptions::new()` (or
+/// `default()`) is what [`PgServer::start`] does.
+///
+/// The transaction-id options apply `pg_resetwal` (`-e`, `-x`) to the server's copy of the
+/// template before its first start, so they cost a few milliseconds. Every row of the template
+/// is frozen, so any starting xid is safe: nothing in the cluster refers to an xid that could
+/// look "in the future" from there. `pg_resetwal -x` also sets the cluster's oldest xid
+/// 2,000,000,000 below the new one, which puts the wraparound warnings over 100 million xids
+/// ahead (the hard limit is 2^31 past the oldest xid): a test may cross the 2^32 boundary
+/// into the next epoch freely.
+///
+/// # Example
+///
+/// ```no_run
+/// # fn example() -> walcache_testkit::Result<()> {
+/// use walcache_testkit::{PgOptions, PgServer};
+///
+/// // Every xid8 in epoch 1: pg_current_xact_id() returns 2^32 + the 32-bit xid.
+/// let in_epoch_1 = PgServer::start_with(PgOptions::new().xid_epoch(1))?;
+/// // 500 xids before the wrap from epoch 0 to epoch 1.
+/// let near_the_wrap = PgServer::start_with(PgOptions::new().next_xid(u32::MAX - 500))?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct PgOptions {
+    tls: bool,
+    xid_epoch: Option<u32>,
+    next_xid: Option<u32>,
+}
+
+impl PgOptions {
+    /// The defaults: no TLS, the template's xid epoch (0) and next xid (a few hundred).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// TLS as with [`PgServer::start_with_tls`].
+    pub fn tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// The epoch of the next transaction id (`pg_resetwal -e`): the high 32 bits of every
+    /// xid8 (`pg_current_xact_id()`, `pg_current_snapshot()`) the cluster hands out, until the
+    /// 32-bit xid wraps and the epoch goes up by one. 0 to `u32::MAX - 1`.
+    pub fn xid_epoch(mut self, epoch: u32) -> Self {
+        self.xid_epoch = Some(epoch);
+        self
+    }
+
+    /// The next 32-bit transaction id to assign (`pg_resetwal -x`), within the epoch (the
+    /// template's, 0, or [`xid_epoch`](Self::xid_epoch)'s). 3 (`FirstNormalTransactionId`) to
+    /// `u32::MAX`; `u32::MAX - n` leaves `n + 1` xids before the wrap to the next epoch (after
+    /// `u32::MAX` comes 3 of the next epoch: 0 to 2 are special and skipped).
+    pub fn next_xid(mut self, xid: u32) -> Self {
+        self.next_xid = Some(xid);
+        self
+    }
+
+    /// Whether `pg_resetwal` has anything to do.
+    fn resets_xids(&self) -> bool {
+        self.xid_epoch.is_some() || self.next_xid.is_some()
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.xid_epoch == Some(u32::MAX) {
+            return Err(Error::InvalidOption {
+                reason: "xid_epoch must be below u32::MAX (pg_resetwal -e rejects -1)".to_owned(),
+            });
+        }
+        if let Some(xid) = self.next_xid {
+            if xid < FIRST_NORMAL_XID {
+                return Err(Error::InvalidOption {
+                    reason: format!(
+                        "next_xid {xid} is a special xid: it must be at least {FIRST_NORMAL_XID}"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Why one attempt to start failed.
 enum Attempt {
     /// The port was taken: try again.
@@ -124,7 +226,7 @@ impl PgServer {
     /// end of the server log, [`Error::Command`] when `initdb` or `cp` fails,
     /// [`Error::NoUnprivilegedUser`] when running as root without a usable user.
     pub fn start() -> Result<PgServer> {
-        Self::start_with(false)
+        Self::start_with(PgOptions::new())
     }
 
     /// As [`start`](Self::start), with TLS: a CA and a server certificate for
@@ -138,10 +240,20 @@ impl PgServer {
     /// As [`start`](Self::start); [`Error::MissingBinary`] or [`Error::Command`] when
     /// `openssl` is missing or fails.
     pub fn start_with_tls() -> Result<PgServer> {
-        Self::start_with(true)
+        Self::start_with(PgOptions::new().tls(true))
     }
 
-    fn start_with(tls: bool) -> Result<PgServer> {
+    /// As [`start`](Self::start), with [`PgOptions`]: TLS, or a chosen xid epoch and next
+    /// xid (applied with `pg_resetwal` before the first start).
+    ///
+    /// # Errors
+    ///
+    /// As [`start_with_tls`](Self::start_with_tls); [`Error::InvalidOption`] for an xid the
+    /// cluster cannot start at; [`Error::MissingBinary`] or [`Error::Command`] when
+    /// `pg_resetwal` is missing or fails.
+    pub fn start_with(options: PgOptions) -> Result<PgServer> {
+        options.validate()?;
+        let tls = options.tls;
         let bin_dir = bin_dir()?;
         let run_as = RunAs::get()?;
         let template = template(&bin_dir, run_as)?;
@@ -168,8 +280,14 @@ impl PgServer {
             None
         };
         write_settings(&data_dir, &socket_dir, certs.as_ref())?;
+        if let Some(xid) = options.next_xid {
+            create_clog_segment(&data_dir, xid)?;
+        }
         // The key must belong to the server's user (mode 0600), like the rest of the directory.
         run_as.chown_recursive(dir.path())?;
+        if options.resets_xids() {
+            reset_xids(&bin_dir, run_as, &data_dir, &options)?;
+        }
 
         let mut server = PgServer {
             port: 0,
@@ -284,6 +402,35 @@ impl PgServer {
         Ok(name)
     }
 
+    /// Consumes `count` transaction ids, in as many committed transactions (one `DO` block
+    /// that assigns an xid and commits, `count` times), and returns the xmax of a snapshot
+    /// taken afterwards (`pg_snapshot_xmax(pg_current_snapshot())`, an xid8: epoch × 2^32 +
+    /// xid). That is the next xid the cluster will assign, provided no other session is
+    /// assigning xids or holding one. About 30 µs per xid.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Postgres`] when connecting or the statements fail.
+    pub async fn consume_xids(&self, count: u32) -> Result<u64> {
+        let client = self.connect("postgres").await?;
+        if count > 0 {
+            // A DO block may COMMIT when it is the only statement of an autocommit query.
+            client
+                .batch_execute(&format!(
+                    "DO $$ BEGIN FOR i IN 1..{count} LOOP \
+                     PERFORM pg_current_xact_id(); COMMIT; END LOOP; END $$"
+                ))
+                .await?;
+        }
+        let row = client
+            .query_one(
+                "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8",
+                &[],
+            )
+            .await?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
     /// Stops the server at once (immediate shutdown mode, a simulated crash: the next
     /// start runs crash recovery; committed data survives). Stopping a stopped server does
     /// nothing.
@@ -385,7 +532,7 @@ impl PgServer {
             .stderr(log_err);
         let child = command.spawn().map_err(|source| {
             Attempt::Fatal(Error::Spawn {
-                program: crate::process::program_name(&command),
+                program: program_name(&command),
                 source,
             })
         })?;
@@ -522,6 +669,51 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
         .map_err(|e| Error::io("setting the permissions of", path, e))
 }
 
+/// Creates the zero-filled `pg_xact` segment holding `xid`'s commit status, unless it exists.
+///
+/// PostgreSQL reads the commit-log page of its next xid at start-up and fails ("could not
+/// access status of transaction") if the segment is missing; `initdb` makes only segment
+/// `0000`. Segments are named by their number in (at least) 4 upper-case hex digits:
+/// xid 4294966000 is in segment 4294966000 / 1048576 = 4095, file `0FFF`. A zero status means
+/// "in progress", which is right for xids not assigned yet. The caller gives the file to the
+/// server's user (mode 0600 like the rest of the data directory).
+fn create_clog_segment(data_dir: &Path, xid: u32) -> Result<()> {
+    let path = data_dir
+        .join("pg_xact")
+        .join(format!("{:04X}", xid / XIDS_PER_CLOG_SEGMENT));
+    if path.exists() {
+        return Ok(());
+    }
+    fs::write(&path, vec![0u8; CLOG_SEGMENT_BYTES]).map_err(|e| Error::io("writing", &path, e))?;
+    set_mode(&path, 0o600)
+}
+
+/// Runs `pg_resetwal` on a copied, never-started data directory (the template was shut down
+/// cleanly, as `pg_resetwal` requires) to set the next xid's epoch and value.
+fn reset_xids(bin_dir: &Path, run_as: &RunAs, data_dir: &Path, options: &PgOptions) -> Result<()> {
+    let pg_resetwal = bin_dir.join("pg_resetwal");
+    if !pg_resetwal.is_file() {
+        return Err(Error::MissingBinary {
+            binary: "pg_resetwal".to_owned(),
+            package: "postgresql".to_owned(),
+        });
+    }
+    let mut command = run_as.command(pg_resetwal);
+    // pg_resetwal applies -e before -x, so -x sets the xid within the new epoch.
+    if let Some(epoch) = options.xid_epoch {
+        command.arg("-e").arg(epoch.to_string());
+    }
+    if let Some(xid) = options.next_xid {
+        command.arg("-x").arg(xid.to_string());
+    }
+    run(command
+        .arg("-D")
+        .arg(data_dir)
+        .current_dir(data_dir)
+        .stdin(Stdio::null()))
+    .map(drop)
+}
+
 /// PostgreSQL's binary directory: `$WALCACHE_TESTKIT_PG_BINDIR`, `pg_config --bindir`, or the
 /// newest `/usr/lib/postgresql/*/bin`.
 fn bin_dir() -> Result<PathBuf> {
@@ -625,7 +817,8 @@ fn template(bin_dir: &Path, run_as: &RunAs) -> Result<PathBuf> {
     result.map(|()| template)
 }
 
-/// Runs `initdb` into `staging` and writes the shared `pg_hba.conf`.
+/// Runs `initdb` into `staging`, freezes every row ([`freeze`]) and writes the shared
+/// `pg_hba.conf`.
 fn initdb_template(bin_dir: &Path, run_as: &RunAs, staging: &Path) -> Result<()> {
     fs::create_dir(staging).map_err(|e| Error::io("creating", staging, e))?;
     set_mode(staging, 0o700)?;
@@ -637,9 +830,57 @@ fn initdb_template(bin_dir: &Path, run_as: &RunAs, staging: &Path) -> Result<()>
         .arg(staging)
         .current_dir(staging)
         .stdin(Stdio::null()))?;
+    for database in FREEZE_DATABASES {
+        freeze(bin_dir, run_as, staging, database)?;
+    }
     let hba = staging.join("pg_hba.conf");
     fs::write(&hba, PG_HBA).map_err(|e| Error::io("writing", &hba, e))?;
     run_as.chown_recursive(&hba)
+}
+
+/// Runs `VACUUM FREEZE` in `database` of the stopped cluster in `data_dir`, in single-user
+/// mode (no postmaster, no port; it ends with a shutdown checkpoint, so the cluster stays
+/// cleanly shut down for `pg_resetwal`).
+///
+/// `initdb` leaves rows written after its own `VACUUM FREEZE` (those of `pg_database`, for
+/// one) with plain xmins in the 700s. Started 2^31 or more xids later, or with the next xid
+/// just below 2^32 (`pg_resetwal -x`), those xids look "in the future" and the rows vanish:
+/// the `postgres` database "does not exist". Frozen rows are visible from any xid.
+fn freeze(bin_dir: &Path, run_as: &RunAs, data_dir: &Path, database: &str) -> Result<()> {
+    let mut command = run_as.command(bin_dir.join("postgres"));
+    command
+        .arg("--single")
+        .arg("-D")
+        .arg(data_dir)
+        // Stop at the first error (exit code 1) instead of reading on.
+        .args(["-c", "exit_on_error=on", database])
+        .current_dir(data_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let program = program_name(&command);
+    let mut child = command.spawn().map_err(|source| Error::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // Dropping stdin sends EOF: the backend then exits.
+        stdin
+            .write_all(b"VACUUM FREEZE;\n")
+            .map_err(|e| Error::io("writing to single-user postgres in", data_dir, e))?;
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(|e| Error::io("waiting for single-user postgres in", data_dir, e))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Command {
+            program,
+            status: output.status.to_string(),
+            output: output_text(&output),
+        })
+    }
 }
 
 /// A lock file held by this process; removed on drop.

@@ -4,7 +4,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use walcache_testkit::{
-    unique_prefix, wait_until, wait_until_blocking, Error, PgServer, RedisServer, WaitError,
+    unique_prefix, wait_until, wait_until_blocking, Error, PgOptions, PgServer, RedisServer,
+    WaitError,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -346,4 +347,90 @@ async fn tls_pg_serves_tls_with_its_ca_and_plain_connections() -> TestResult {
         assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "t");
     }
     Ok(())
+}
+
+/// The current transaction's xid8 (epoch × 2^32 + xid), in a transaction of its own.
+async fn current_xid8(client: &tokio_postgres::Client) -> Result<u64, tokio_postgres::Error> {
+    let row = client
+        .query_one("SELECT pg_current_xact_id()::text::int8", &[])
+        .await?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+#[tokio::test]
+async fn pg_starts_in_the_chosen_xid_epoch() -> TestResult {
+    let pg = PgServer::start_with(PgOptions::new().xid_epoch(1))?;
+    let client = pg.connect("postgres").await?;
+    let xid8 = current_xid8(&client).await?;
+    assert_eq!(xid8 >> 32, 1, "xid8 {xid8} is in epoch 1");
+    let snapshot: String = client
+        .query_one("SELECT pg_current_snapshot()::text", &[])
+        .await?
+        .get(0);
+    let xmax: u64 = snapshot.split(':').nth(1).unwrap().parse()?;
+    assert_eq!(xmax >> 32, 1, "snapshot {snapshot}");
+
+    // The cluster works as usual: a new database (a copy of template1), writes, reads.
+    let db = pg.create_database("epoch").await?;
+    let client = pg.connect(&db).await?;
+    client
+        .batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1);")
+        .await?;
+    let row = client.query_one("SELECT count(*) FROM t", &[]).await?;
+    assert_eq!(row.get::<_, i64>(0), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn pg_started_near_the_wrap_crosses_into_the_next_epoch() -> TestResult {
+    let start = u32::MAX - 1000;
+    let pg = PgServer::start_with(PgOptions::new().next_xid(start))?;
+    let db = pg.create_database("wrap").await?;
+    let client = pg.connect(&db).await?;
+    let first = current_xid8(&client).await?;
+    assert!(
+        (u64::from(start)..u64::from(start) + 100).contains(&first),
+        "the first xids are the chosen ones: {first}"
+    );
+    client
+        .batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1);")
+        .await?;
+
+    let next = pg.consume_xids(2000).await?;
+    assert_eq!(
+        next >> 32,
+        1,
+        "2000 xids later the epoch is 1: next xid8 {next}"
+    );
+    let after = current_xid8(&client).await?;
+    assert!(after >= next && after >> 32 == 1, "xid8 {after}");
+    // Rows written before the wrap are still visible after it, and new ones too; new
+    // databases still copy template1 (whose rows predate the reset).
+    client.batch_execute("INSERT INTO t VALUES (2)").await?;
+    let row = client.query_one("SELECT sum(v)::int FROM t", &[]).await?;
+    assert_eq!(row.get::<_, i32>(0), 3);
+    let other = pg.create_database("wrap").await?;
+    let other = pg.connect(&other).await?;
+    let row = other
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname = 'pg_class'",
+            &[],
+        )
+        .await?;
+    assert_eq!(row.get::<_, i64>(0), 1);
+    Ok(())
+}
+
+#[test]
+fn pg_rejects_xids_a_cluster_cannot_start_at() {
+    for options in [
+        PgOptions::new().next_xid(2),
+        PgOptions::new().xid_epoch(u32::MAX),
+    ] {
+        let result = PgServer::start_with(options.clone());
+        assert!(
+            matches!(result, Err(Error::InvalidOption { .. })),
+            "{options:?}: {result:?}"
+        );
+    }
 }
