@@ -629,9 +629,13 @@ fn postmaster_ready(pid_file: &Path, pid: u32) -> bool {
         return false;
     };
     let lines: Vec<&str> = contents.lines().collect();
-    // Line 1: the postmaster's pid; line 8: its status (PostgreSQL 10 and later).
+    // Line 1: the postmaster's pid; line 8: its status (PostgreSQL 10 and later): `ready`, or
+    // `standby` for a hot standby (a data directory with `standby.signal`), which accepts
+    // read-only connections.
     lines.first().and_then(|l| l.trim().parse::<u32>().ok()) == Some(pid)
-        && lines.get(7).is_some_and(|status| status.trim() == "ready")
+        && lines
+            .get(7)
+            .is_some_and(|status| matches!(status.trim(), "ready" | "standby"))
 }
 
 /// Writes the per-server settings into `postgresql.auto.conf`, which PostgreSQL reads last.

@@ -3,6 +3,7 @@
 
 mod cli;
 mod faults;
+mod identity;
 mod liveness;
 mod pipeline;
 mod refresh;
