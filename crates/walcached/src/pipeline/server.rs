@@ -89,15 +89,17 @@ pub(super) async fn slot_state(
 }
 
 /// SQLSTATE object_not_in_prerequisite_state: START_REPLICATION on a slot PostgreSQL
-/// invalidated ("can no longer get changes from replication slot").
+/// invalidated ("can no longer get changes from replication slot" up to 17, "can no longer
+/// access replication slot" from 18).
 const SLOT_INVALIDATED: &str = "55000";
 
 /// Whether START_REPLICATION refused because the slot was invalidated (a reason the catalog
 /// check did not know, or an invalidation between the check and the start).
 pub(super) fn is_invalidated_slot_error(e: &walcache_cdc::Error) -> bool {
     e.code() == Some(SLOT_INVALIDATED)
-        && e.as_db_error()
-            .is_some_and(|db| db.message.contains("can no longer get changes"))
+        && e.as_db_error().is_some_and(|db| {
+            db.message.starts_with("can no longer") && db.message.contains("replication slot")
+        })
 }
 
 /// How long a walsender of ours may go without a status update from its daemon before a

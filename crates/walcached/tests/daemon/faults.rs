@@ -510,3 +510,61 @@ keys = [\"{{id}}\"]
     listener.wait_keys(&["accounts/7", "users/8"]).await;
     daemon.stop().await;
 }
+
+/// PostgreSQL 18 invalidates a slot nobody used for `idle_replication_slot_timeout` (at a
+/// checkpoint): `invalidation_reason = 'idle_timeout'`, while `wal_status` stays as it was.
+/// The daemon must recreate such a slot and flush, not retry a slot that can never stream.
+/// Needs PostgreSQL 18 binaries: `WALCACHE_TESTKIT_PG_BINDIR=/path/to/pg18/bin cargo nextest
+/// run -p walcached --run-ignored only idle_timeout` (the machine's own server is 15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL 18 (WALCACHE_TESTKIT_PG_BINDIR)"]
+async fn a_slot_invalidated_for_idle_timeout_is_recreated_and_every_namespace_flushed() {
+    let (pg, redis, dbname, db) = users_stack().await;
+    let version: i32 = db
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        version >= 180_000,
+        "this test needs PostgreSQL 18, the server is {version}"
+    );
+    let toml = config(&pg, &dbname, &redis, USERS_RULE);
+    let listener = Listener::start(&redis).await;
+    Daemon::start(&toml).await.stop().await;
+    db.batch_execute("ALTER SYSTEM SET idle_replication_slot_timeout = '1s'")
+        .await
+        .unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    wait_until("the slot invalidated for idle_timeout", DEADLINE, || async {
+        db.batch_execute("CHECKPOINT").await.expect("checkpoint");
+        let reason: Option<String> = db
+            .query_one(
+                "SELECT invalidation_reason FROM pg_replication_slots WHERE slot_name = 'walcached'",
+                &[],
+            )
+            .await
+            .expect("the slot exists")
+            .get(0);
+        reason.as_deref() == Some("idle_timeout")
+    })
+    .await
+    .expect("invalidation_reason = 'idle_timeout'");
+    db.batch_execute("ALTER SYSTEM RESET idle_replication_slot_timeout")
+        .await
+        .unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    listener.clear();
+
+    let daemon = Daemon::start(&toml).await;
+    wait_until("the namespace flushed", DEADLINE, || async {
+        listener.flushes().iter().any(|n| n == "users")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: saw {:?}", listener.data()));
+    db.execute("INSERT INTO users VALUES (8, 'h@x.org', NULL)", &[])
+        .await
+        .unwrap();
+    listener.wait_keys(&["users/8"]).await;
+    daemon.stop().await;
+}
