@@ -95,7 +95,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
     } else if !state.status.is_caught_up() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "streaming but not caught up: heartbeats paused\n",
+            "streaming but not caught up with the server's WAL position: heartbeats paused\n",
         )
     } else {
         (StatusCode::OK, "ready\n")
