@@ -15,4 +15,5 @@ pub mod metrics;
 pub mod pipeline;
 pub mod publisher;
 pub mod refresh;
+pub mod slot;
 pub mod status;
