@@ -492,7 +492,8 @@ async fn check_slot(
     let name = &config.postgres.slot;
     let Some(row) = client
         .query_opt(
-            "SELECT slot_type::text, plugin::text, wal_status::text, database::text \
+            "SELECT slot_type::text, plugin::text, wal_status::text, database::text, \
+                    slot_type = 'logical' AND confirmed_flush_lsn IS NULL, active_pid \
              FROM pg_replication_slots WHERE slot_name = $1",
             &[name],
         )
@@ -502,12 +503,28 @@ async fn check_slot(
             "postgres.slot",
             format!("{name} does not exist yet; it will be created at start-up"),
         );
+        check_slot_blockers(name, client, None, report).await?;
         return Ok(());
     };
     let slot_type: Option<String> = row.try_get(0)?;
     let plugin: Option<String> = row.try_get(1)?;
     let wal_status: Option<String> = row.try_get(2)?;
     let slot_db: Option<String> = row.try_get(3)?;
+    let creating: Option<bool> = row.try_get(4)?;
+    let creator: Option<i32> = row.try_get(5)?;
+    if creating == Some(true) {
+        // A logical slot without a confirmed position is still being created (a daemon's
+        // CREATE_REPLICATION_SLOT waiting for running transactions): it does not exist yet.
+        report.ok(
+            "postgres.slot",
+            format!(
+                "{name} is being created (by server process {})",
+                creator.map_or_else(|| "?".to_owned(), |p| p.to_string())
+            ),
+        );
+        check_slot_blockers(name, client, creator, report).await?;
+        return Ok(());
+    }
     let drop = format!(
         "SELECT pg_drop_replication_slot({}); (the daemon creates a new one and flushes the \
          namespaces it serves), or set postgres.slot to another name",
@@ -554,6 +571,29 @@ async fn check_slot(
                 "{name} is a pgoutput slot (wal_status = {})",
                 wal_status.as_deref().unwrap_or("?")
             ),
+        );
+    }
+    Ok(())
+}
+
+/// One warning per transaction that creating the slot waits for (none when nothing would
+/// hold it up). `creator` is the walsender creating it, if one is.
+async fn check_slot_blockers(
+    name: &str,
+    client: &tokio_postgres::Client,
+    creator: Option<i32>,
+    report: &mut Report,
+) -> Result<(), tokio_postgres::Error> {
+    let exclude: Vec<i32> = creator.into_iter().collect();
+    for blocker in crate::slot::blockers(client, &exclude).await? {
+        report.warn(
+            "postgres.slot",
+            format!(
+                "creating {name} will wait for {blocker} to end (the daemon gives up after {} s \
+                 and exits 1)",
+                crate::slot::MAX_WAIT.as_secs()
+            ),
+            blocker.fix(),
         );
     }
     Ok(())

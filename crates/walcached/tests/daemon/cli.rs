@@ -48,7 +48,7 @@ fn command(args: &[&str]) -> tokio::process::Command {
 }
 
 /// Run `walcached SUBCOMMAND --config FILE` to completion.
-async fn walcached(subcommand: &str, config: &str) -> Output {
+pub(crate) async fn walcached(subcommand: &str, config: &str) -> Output {
     let file = ConfigFile::new(config);
     let run = command(&[subcommand, "--config", file.path()]).output();
     tokio::time::timeout(DEADLINE, run)
@@ -58,7 +58,7 @@ async fn walcached(subcommand: &str, config: &str) -> Output {
 }
 
 /// Exit code, stdout and stderr, for assertions and their messages.
-fn outcome(out: &Output) -> (i32, String, String) {
+pub(crate) fn outcome(out: &Output) -> (i32, String, String) {
     (
         out.status.code().expect("exited, not killed by a signal"),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -344,6 +344,97 @@ async fn check_rejects_an_allkeys_eviction_policy() {
     );
     assert!(
         problem_lines(&stdout).any(|l| l.contains("maxmemory-policy") && l.contains("allkeys-lru")),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn check_warns_about_each_transaction_slot_creation_would_wait_for() {
+    let mut setup = Setup::start().await;
+    // Prepared transactions are off by default; the setting needs a restart.
+    setup
+        .pg
+        .connect("postgres")
+        .await
+        .expect("connect")
+        .batch_execute("ALTER SYSTEM SET max_prepared_transactions = 4")
+        .await
+        .expect("ALTER SYSTEM");
+    setup.pg.restart().expect("restart");
+    let config = setup.config(USERS_RULE);
+    let slot_lines = |stdout: &str| -> Vec<String> {
+        stdout
+            .lines()
+            .filter(|l| l.contains("postgres.slot") && l.contains("will wait"))
+            .map(str::to_owned)
+            .collect()
+    };
+
+    // An open transaction with an xid, and a prepared transaction (pg_blocking_pids would not
+    // show the latter).
+    let open = setup.pg.connect(&setup.db).await.expect("connect");
+    open.batch_execute("BEGIN").await.expect("BEGIN");
+    let row = open
+        .query_one("SELECT pg_backend_pid(), txid_current()", &[])
+        .await
+        .expect("txid_current");
+    let (pid, xid): (i32, i64) = (row.get(0), row.get(1));
+    let preparer = setup.pg.connect(&setup.db).await.expect("connect");
+    preparer.batch_execute("BEGIN").await.expect("BEGIN");
+    let prepared_xid: i64 = preparer
+        .query_one("SELECT txid_current()", &[])
+        .await
+        .expect("txid_current")
+        .get(0);
+    preparer
+        .batch_execute("PREPARE TRANSACTION 'walcache-orphan'")
+        .await
+        .expect("PREPARE TRANSACTION");
+
+    let (code, stdout, stderr) = outcome(&walcached("check", &config).await);
+    assert_eq!(code, EXIT_OK, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let lines = slot_lines(&stdout);
+    assert_eq!(lines.len(), 2, "one line per blocker:\n{stdout}");
+    assert!(lines.iter().all(|l| l.starts_with("warning")), "{stdout}");
+    assert!(
+        lines[0].contains(&format!("pid {pid} "))
+            && lines[0].contains(&format!("xid {xid},"))
+            && lines[0].contains(&format!("pg_terminate_backend({pid})")),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].contains("prepared transaction 'walcache-orphan'")
+            && lines[1].contains(&format!("xid {prepared_xid},"))
+            && lines[1].contains("ROLLBACK PREPARED 'walcache-orphan'"),
+        "{stdout}"
+    );
+
+    // Nothing to wait for: nothing said.
+    open.batch_execute("COMMIT").await.expect("COMMIT");
+    preparer
+        .batch_execute("ROLLBACK PREPARED 'walcache-orphan'")
+        .await
+        .expect("ROLLBACK PREPARED");
+    let (code, stdout, _) = outcome(&walcached("check", &config).await);
+    assert_eq!(code, EXIT_OK, "{stdout}");
+    assert!(slot_lines(&stdout).is_empty(), "{stdout}");
+
+    // The slot exists: a running transaction does not matter to it.
+    preparer
+        .batch_execute("SELECT pg_create_logical_replication_slot('walcached', 'pgoutput')")
+        .await
+        .expect("slot");
+    preparer
+        .batch_execute("BEGIN; SELECT txid_current();")
+        .await
+        .expect("an open transaction");
+    let (code, stdout, _) = outcome(&walcached("check", &config).await);
+    assert_eq!(code, EXIT_OK, "{stdout}");
+    assert!(slot_lines(&stdout).is_empty(), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("ok")
+            && l.contains("postgres.slot")
+            && l.contains("pgoutput slot")),
         "{stdout}"
     );
 }
