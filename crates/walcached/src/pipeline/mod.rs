@@ -36,6 +36,7 @@ use crate::connect::Postgres;
 use crate::mapping::{Invalidation, Mapper};
 use crate::metrics as m;
 use crate::publisher::{Batch, Publisher};
+use crate::slot::{self, SlotError};
 use crate::status::Status;
 
 /// Why the daemon stopped.
@@ -63,6 +64,12 @@ pub enum RunError {
         #[source]
         source: redis::RedisError,
     },
+    /// Creating the replication slot waited longer than [`RunOptions::slot_max_wait`] for
+    /// running transactions, which the error names ([`SlotError::TimedOut`]). A runtime
+    /// error (exit code 1): a supervisor restarts the daemon with backoff until they have
+    /// ended.
+    #[error("postgres: {0}")]
+    SlotCreation(#[source] SlotError),
 }
 
 impl RunError {
@@ -82,16 +89,51 @@ impl RunError {
     }
 }
 
+/// What [`run_with`] takes besides the configuration.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RunOptions {
+    /// How long creating the replication slot may wait for the transactions running when it
+    /// starts before [`run_with`] gives up with [`RunError::SlotCreation`]. Default:
+    /// [`slot::MAX_WAIT`], 60 s.
+    pub slot_max_wait: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            slot_max_wait: slot::MAX_WAIT,
+        }
+    }
+}
+
+/// Run the daemon until `shutdown` is cancelled, with the default [`RunOptions`].
+///
+/// # Errors
+///
+/// As [`run_with`].
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    status: Arc<Status>,
+) -> Result<(), RunError> {
+    run_with(config, shutdown, status, RunOptions::default()).await
+}
+
 /// Run the daemon until `shutdown` is cancelled.
 ///
 /// # Errors
 ///
 /// Start-up failures: configuration that does not fit the database, PostgreSQL or Redis
 /// unreachable at start (fail fast). Once running, lost connections are retried with backoff.
-pub async fn run(
+/// Creating the slot is bounded: transactions that keep it waiting longer than
+/// [`RunOptions::slot_max_wait`] end the run with [`RunError::SlotCreation`] (a shutdown
+/// during that wait returns `Ok`).
+pub async fn run_with(
     config: Config,
     shutdown: CancellationToken,
     status: Arc<Status>,
+    options: RunOptions,
 ) -> Result<(), RunError> {
     let postgres = Postgres::from_config(&config)?;
     let control = sql_client(&postgres, &config).await?;
@@ -122,6 +164,7 @@ pub async fn run(
 
     let mut stream = Streamer {
         config: &config,
+        slot_max_wait: options.slot_max_wait,
         status: &status,
         mapper,
         publisher,
@@ -146,6 +189,12 @@ pub async fn run(
         }
         match stream.session(&replication, &shutdown, &mut backoff).await {
             Ok(()) => break, // clean shutdown
+            Err(SessionError::SlotCreation(e @ SlotError::TimedOut { .. })) => {
+                // Retrying at once would wait on the same transactions: exit 1 and let the
+                // supervisor's backoff pace the attempts (the error names what to end).
+                status.set_streaming(false);
+                return Err(RunError::SlotCreation(e));
+            }
             Err(SessionError::Replication(e)) if e.code() == Some(SLOT_IN_USE) => {
                 // A walsender of ours whose daemon froze or was cut off holds the slot until
                 // wal_sender_timeout: take over sooner.
@@ -204,6 +253,10 @@ const SLOT_IN_USE: &str = "55006";
 enum SessionError {
     #[error("replication: {0}")]
     Replication(#[from] walcache_cdc::Error),
+    /// Creating the slot failed; when it timed out waiting for running transactions, the run
+    /// ends.
+    #[error(transparent)]
+    SlotCreation(SlotError),
     #[error("decoding the stream: {0}")]
     Decode(#[from] walcache_cdc::DecodeError),
     #[error(transparent)]
@@ -241,6 +294,8 @@ impl SessionError {
 /// The state that outlives one replication connection.
 struct Streamer<'a> {
     config: &'a Config,
+    /// How long creating the slot may wait for running transactions.
+    slot_max_wait: Duration,
     status: &'a Status,
     mapper: Mapper,
     publisher: Publisher,
@@ -279,7 +334,9 @@ impl Streamer<'_> {
         }
         match state {
             SlotState::Missing => {
-                client.create_logical_slot(slot, false).await?;
+                if !self.create_slot(&mut client, shutdown).await? {
+                    return Ok(()); // shutdown during the wait
+                }
                 tracing::warn!(slot = %slot, "created the replication slot: changes before it are unknown, flushing every namespace");
                 self.flush_all_on_start = true;
             }
@@ -287,7 +344,9 @@ impl Streamer<'_> {
                 tracing::error!(slot = %slot, %reason, "PostgreSQL invalidated the replication slot: recreating it and flushing every namespace");
                 metrics::counter!(m::SLOT_RECREATIONS_TOTAL, "reason" => reason).increment(1);
                 client.drop_slot(slot).await?;
-                client.create_logical_slot(slot, false).await?;
+                if !self.create_slot(&mut client, shutdown).await? {
+                    return Ok(()); // shutdown during the wait
+                }
                 self.flush_all_on_start = true;
             }
             SlotState::Usable => {}
@@ -318,6 +377,21 @@ impl Streamer<'_> {
         backoff.reset();
         tracing::info!(slot = %slot, "streaming");
         self.stream_loop(&mut stream, shutdown).await
+    }
+
+    /// Create the slot, waiting at most `slot_max_wait` for running transactions. `false` if
+    /// `shutdown` interrupted the wait (nothing was created).
+    async fn create_slot(
+        &self,
+        client: &mut ReplicationClient,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, SessionError> {
+        let slot = &self.config.postgres.slot;
+        match slot::create_slot(client, &self.control, slot, self.slot_max_wait, shutdown).await {
+            Ok(_) => Ok(true),
+            Err(SlotError::Shutdown { .. }) => Ok(false),
+            Err(e) => Err(SessionError::SlotCreation(e)),
+        }
     }
 
     /// WAL the slot holds back: without a consumer it grows without limit (set

@@ -7,4 +7,5 @@ mod identity;
 mod liveness;
 mod pipeline;
 mod refresh;
+mod slot;
 mod support;

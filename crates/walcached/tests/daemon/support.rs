@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use walcache_protocol::{Body, Message, Naming};
 use walcache_testkit::{wait_until, PgServer, RedisServer};
 use walcached::config::Config;
+use walcached::pipeline::RunOptions;
 use walcached::status::Status;
 
 pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
@@ -36,19 +37,42 @@ impl Daemon {
     /// Start a daemon without waiting for it to stream (it may never: a standby waiting for
     /// another daemon's slot).
     pub(crate) fn spawn(config_toml: &str) -> Daemon {
+        Daemon::spawn_with(config_toml, RunOptions::default())
+    }
+
+    /// As [`spawn`](Self::spawn), with options the configuration file does not carry.
+    pub(crate) fn spawn_with(config_toml: &str, options: RunOptions) -> Daemon {
         let config = Config::parse(config_toml, &HashMap::<String, String>::new()).expect("config");
         let status = Arc::new(Status::default());
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(walcached::pipeline::run(
+        let task = tokio::spawn(walcached::pipeline::run_with(
             config,
             shutdown.clone(),
             Arc::clone(&status),
+            options,
         ));
         Daemon {
             status,
             shutdown,
             task: Some(task),
         }
+    }
+
+    /// SIGTERM's path without waiting for the result: cancel the shutdown token.
+    pub(crate) fn signal_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Wait (at most `deadline`) for `run` to return, and return its result.
+    pub(crate) async fn join(
+        mut self,
+        deadline: Duration,
+    ) -> Result<(), walcached::pipeline::RunError> {
+        let task = self.task.take().expect("not joined yet");
+        tokio::time::timeout(deadline, task)
+            .await
+            .unwrap_or_else(|_| panic!("the daemon did not return within {deadline:?}"))
+            .expect("daemon task")
     }
 
     /// SIGTERM's path: stop reading, publish in-flight, confirm, return.
