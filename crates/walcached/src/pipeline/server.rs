@@ -158,8 +158,11 @@ impl Streamer<'_> {
         Ok(())
     }
 
-    /// The slot is in use. If the walsender holding it is one of ours whose daemon has sent
-    /// no status update for [`orphan_after`], terminate it so this daemon can take over.
+    /// The slot is in use. If the walsender holding it is one of ours, streaming, whose
+    /// daemon has sent no status update for [`orphan_after`], terminate it so this daemon can
+    /// take over. A walsender still creating the slot (no `confirmed_flush_lsn` yet, state
+    /// `startup`) sends no status updates by design and is never taken for an orphan: two
+    /// daemons would otherwise cancel each other's slot creation.
     /// Returns whether it did.
     pub(super) async fn take_over_orphan(&self) -> bool {
         let threshold = orphan_after(self.config.stream.status_interval());
@@ -168,7 +171,8 @@ impl Streamer<'_> {
             .query_opt(
                 "SELECT r.pid, extract(epoch FROM now() - coalesce(r.reply_time, r.backend_start))::float8 \
                  FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid \
-                 WHERE s.slot_name = $1 AND r.application_name = $2",
+                 WHERE s.slot_name = $1 AND r.application_name = $2 \
+                   AND r.state IN ('streaming', 'catchup') AND s.confirmed_flush_lsn IS NOT NULL",
                 &[&self.config.postgres.slot, &walcache_cdc::client::APPLICATION_NAME],
             )
             .await;
