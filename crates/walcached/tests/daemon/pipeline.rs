@@ -1,15 +1,14 @@
 //! The replication pipeline end to end: row changes in PostgreSQL → keys deleted in Redis and
 //! announced → a library `Cache` follows.
 
-use std::time::Duration;
-
 use walcache::KeyPart;
 use walcache_protocol::{key_of, ColumnType};
 use walcache_testkit::{wait_until, PgServer, RedisServer};
 
 use crate::support::{
-    config, confirmed_and_current, live_library, load_name, users_db, users_stack, Daemon,
-    Listener, DEADLINE, USERS_RULE,
+    commit_waiting_for_the_ghost, config, confirmed_and_current, live_library, load_name,
+    make_commits_wait_for_a_ghost_standby, users_db, users_stack, Daemon, Listener, DEADLINE,
+    USERS_RULE,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,65 +364,16 @@ async fn a_fill_during_the_visibility_window_does_not_survive() {
         "old"
     );
 
-    db.batch_execute("CREATE TABLE probe (n int)")
-        .await
-        .unwrap();
-    db.execute("ALTER SYSTEM SET synchronous_standby_names = 'ghost'", &[])
-        .await
-        .unwrap();
-    db.execute("SELECT pg_reload_conf()", &[]).await.unwrap();
-    // Backends see the reload at once, but commits only wait once the checkpointer has
-    // processed it too: probe with a throwaway commit until one waits.
-    wait_until("commits wait for the ghost standby", DEADLINE, || async {
-        let prober = pg.connect(&dbname).await.unwrap();
-        let pid: i32 = prober
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await
-            .unwrap()
-            .get(0);
-        let probe = tokio::spawn(async move {
-            prober
-                .execute("INSERT INTO probe VALUES (1)", &[])
-                .await
-                .map(|_| ())
-        });
-        let waited = wait_until(
-            "probe waits or finishes",
-            Duration::from_secs(5),
-            || async { probe.is_finished() || syncrep_waiting(&db, pid).await },
-        )
-        .await
-        .is_ok()
-            && syncrep_waiting(&db, pid).await;
-        if waited {
-            db.execute("SELECT pg_cancel_backend($1)", &[&pid])
-                .await
-                .unwrap();
-        }
-        let _ = probe.await;
-        waited
-    })
-    .await
-    .expect("synchronous replication in force");
+    make_commits_wait_for_a_ghost_standby(&pg, &dbname, &db).await;
 
     // The writer's autocommit UPDATE hangs in SyncRep.
-    let writer = pg.connect(&dbname).await.unwrap();
-    let writer_pid: i32 = writer
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let update = tokio::spawn(async move {
-        writer
-            .execute("UPDATE users SET name = 'new' WHERE id = 1", &[])
-            .await
-            .map(|_| ())
-    });
-    wait_until("writer waits for the ghost standby", DEADLINE, || async {
-        syncrep_waiting(&db, writer_pid).await
-    })
-    .await
-    .expect("the commit waits");
+    let (writer_pid, update) = commit_waiting_for_the_ghost(
+        &pg,
+        &dbname,
+        &db,
+        "UPDATE users SET name = 'new' WHERE id = 1",
+    )
+    .await;
     // The stream already carried the commit: the first invalidation evicts the entry...
     wait_until("first invalidation", DEADLINE, || async {
         !cache.contains_in_l1(&1)
@@ -581,16 +531,6 @@ async fn a_large_transaction_becomes_a_namespace_flush() {
         assert!(m.encoded_len() < 64 * 1024, "messages stay small");
     }
     daemon.stop().await;
-}
-
-async fn syncrep_waiting(db: &tokio_postgres::Client, pid: i32) -> bool {
-    db.query_opt(
-        "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'SyncRep'",
-        &[&pid],
-    )
-    .await
-    .unwrap()
-    .is_some()
 }
 
 /// TLS end to end: `sslmode=verify-full` to PostgreSQL (replication and SQL sessions alike)

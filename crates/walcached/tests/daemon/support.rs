@@ -314,3 +314,95 @@ pub(crate) async fn load_name(
         .await
         .map(|r| r.get::<_, String>(0))
 }
+
+/// Whether backend `pid` is waiting for a synchronous standby (wait event `SyncRep`): its
+/// commit is in the WAL, and so in the logical stream, but not yet visible to other sessions.
+pub(crate) async fn syncrep_waiting(db: &tokio_postgres::Client, pid: i32) -> bool {
+    db.query_opt(
+        "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'SyncRep'",
+        &[&pid],
+    )
+    .await
+    .unwrap()
+    .is_some()
+}
+
+/// Makes every commit in `pg` wait for a synchronous standby that never answers
+/// (`synchronous_standby_names = 'ghost'`, cluster-wide: give the test a cluster of its own),
+/// and returns once a throwaway commit (into a new table `probe` of `dbname`) did wait. A
+/// waiting commit stays invisible until its wait is cancelled (`pg_cancel_backend`), and then
+/// stands. Consumes a few xids (the table and the probes).
+pub(crate) async fn make_commits_wait_for_a_ghost_standby(
+    pg: &PgServer,
+    dbname: &str,
+    db: &tokio_postgres::Client,
+) {
+    db.batch_execute("CREATE TABLE probe (n int)")
+        .await
+        .unwrap();
+    db.execute("ALTER SYSTEM SET synchronous_standby_names = 'ghost'", &[])
+        .await
+        .unwrap();
+    db.execute("SELECT pg_reload_conf()", &[]).await.unwrap();
+    // Backends see the reload at once, but commits only wait once the checkpointer has
+    // processed it too: probe with a throwaway commit until one waits.
+    wait_until("commits wait for the ghost standby", DEADLINE, || async {
+        let prober = pg.connect(dbname).await.unwrap();
+        let pid: i32 = prober
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let probe = tokio::spawn(async move {
+            prober
+                .execute("INSERT INTO probe VALUES (1)", &[])
+                .await
+                .map(|_| ())
+        });
+        let waited = wait_until(
+            "probe waits or finishes",
+            Duration::from_secs(5),
+            || async { probe.is_finished() || syncrep_waiting(db, pid).await },
+        )
+        .await
+        .is_ok()
+            && syncrep_waiting(db, pid).await;
+        if waited {
+            db.execute("SELECT pg_cancel_backend($1)", &[&pid])
+                .await
+                .unwrap();
+        }
+        let _ = probe.await;
+        waited
+    })
+    .await
+    .expect("synchronous replication in force");
+}
+
+/// Runs `sql` in autocommit on a new connection to `dbname` and returns once its commit
+/// waits for the ghost standby ([`make_commits_wait_for_a_ghost_standby`]): the writer's
+/// backend pid, for `pg_cancel_backend`, and the task, which ends once the wait is cancelled
+/// (with a warning; the commit stands).
+pub(crate) async fn commit_waiting_for_the_ghost(
+    pg: &PgServer,
+    dbname: &str,
+    db: &tokio_postgres::Client,
+    sql: &'static str,
+) -> (
+    i32,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let writer = pg.connect(dbname).await.unwrap();
+    let writer_pid: i32 = writer
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let commit = tokio::spawn(async move { writer.execute(sql, &[]).await.map(|_| ()) });
+    wait_until("writer waits for the ghost standby", DEADLINE, || async {
+        syncrep_waiting(db, writer_pid).await
+    })
+    .await
+    .expect("the commit waits");
+    (writer_pid, commit)
+}
