@@ -17,3 +17,4 @@ pub mod publisher;
 pub mod refresh;
 pub mod slot;
 pub mod status;
+pub mod xid;
