@@ -41,18 +41,37 @@ impl Streamer<'_> {
         if xids.is_empty() {
             return Ok(Vec::new());
         }
-        // Widen each 32-bit xid to xid8 with the epoch of the snapshot's xmax: a committed
-        // transaction's xid is below xmax, so a larger low half belongs to the previous epoch.
-        // (Checking only the in-progress list is wrong: a transaction waiting for a
-        // synchronous standby often sits at or above xmax.)
-        let xs: Vec<i64> = xids.iter().map(|x| i64::from(*x)).collect();
-        let rows = self
-            .control
-            .query(
-                "WITH s AS (SELECT pg_current_snapshot() AS snap),                       e AS (SELECT snap, pg_snapshot_xmax(snap)::text::int8 AS xmax FROM s)                  SELECT x FROM e, unnest($1::int8[]) AS x                  WHERE NOT pg_visible_in_snapshot(                      (CASE WHEN x <= (xmax & 4294967295)                            THEN ((xmax >> 32) << 32) | x                            ELSE (((xmax >> 32) - 1) << 32) | x END)::text::xid8, snap)",
-                &[&xs],
-            )
-            .await;
+        // One snapshot, and its xmax (an xid8), to widen each 32-bit xid against: the xid8
+        // within 2^31 of xmax, on either side (a transaction waiting for a synchronous
+        // standby is in the stream while its xid is still at or above xmax). Then
+        // `pg_visible_in_snapshot` for the widened xids (as text: xid8 is unsigned) in that
+        // same snapshot, passed back as text.
+        let rows = async {
+            let row = self
+                .control
+                .query_one(
+                    "SELECT s::text, pg_snapshot_xmax(s)::text::int8 \
+                     FROM pg_current_snapshot() AS t(s)",
+                    &[],
+                )
+                .await?;
+            let snapshot: String = row.get(0);
+            // Non-negative: int8 holds xid8s up to 2^63 - 1, which no cluster reaches.
+            let xmax = row.get::<_, i64>(1) as u64;
+            let xs: Vec<i64> = xids.iter().map(|x| i64::from(*x)).collect();
+            let widened: Vec<String> = xids
+                .iter()
+                .map(|x| crate::xid::widen(*x, xmax).to_string())
+                .collect();
+            self.control
+                .query(
+                    "SELECT x FROM unnest($1::int8[], $2::text[]) AS u(x, wide) \
+                     WHERE NOT pg_visible_in_snapshot(wide::xid8, $3::text::pg_snapshot)",
+                    &[&xs, &widened, &snapshot],
+                )
+                .await
+        }
+        .await;
         match rows {
             Ok(rows) => Ok(rows
                 .iter()

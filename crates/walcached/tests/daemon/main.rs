@@ -9,3 +9,4 @@ mod pipeline;
 mod refresh;
 mod slot;
 mod support;
+mod visibility;
