@@ -15,6 +15,17 @@
 //! `bytea_output=hex`) so that the text values pgoutput sends are in the canonical forms the
 //! key builder expects, and sets `application_name` to [`APPLICATION_NAME`].
 //!
+//! # Dead peers
+//!
+//! A server that vanishes without a FIN or RST (a pulled cable, a firewall that drops packets,
+//! a frozen VM) must not leave the socket waiting forever. Every connection gets TCP keepalives
+//! and, on Linux and Android, `TCP_USER_TIMEOUT` ([`ReplicationConfig::keepalives_idle`] and
+//! the settings after it; defaults [`DEFAULT_KEEPALIVES_IDLE`], [`DEFAULT_KEEPALIVES_INTERVAL`],
+//! [`DEFAULT_KEEPALIVES_RETRIES`], [`DEFAULT_TCP_USER_TIMEOUT`]), so a dead peer is detected
+//! within about 25 s whether the connection is idle or has data in flight.
+//! [`parse_connection_string`] puts the same defaults into the tokio-postgres configuration it
+//! returns, so SQL sessions opened from it get them too.
+//!
 //! # Limits
 //!
 //! - Frames longer than the configured maximum ([`DEFAULT_MAX_FRAME_LEN`] by default) end the
@@ -39,6 +50,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -82,6 +94,40 @@ pub const DEFAULT_MAX_FRAME_LEN: usize = (1 << 30) + 1024;
 /// The default connect timeout, covering TCP connect, authentication and startup.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The default idle time before the first TCP keepalive probe (libpq's `keepalives_idle`):
+/// 10 s.
+///
+/// With [`DEFAULT_KEEPALIVES_INTERVAL`] and [`DEFAULT_KEEPALIVES_RETRIES`], an idle connection
+/// to a peer that vanished without a word is dropped within 10 + 3 × 5 = 25 s (sooner on Linux,
+/// where [`DEFAULT_TCP_USER_TIMEOUT`] also ends unanswered probes after 20 s), instead of the
+/// 2 h 11 min of the usual system defaults. Probes are answered by the peer's kernel, so a busy
+/// but healthy server, a long query or a quiet stream never trips them; their cost is one
+/// small packet per idle connection every 10 s.
+pub const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(10);
+
+/// The default interval between unanswered TCP keepalive probes (libpq's
+/// `keepalives_interval`): 5 s. See [`DEFAULT_KEEPALIVES_IDLE`].
+pub const DEFAULT_KEEPALIVES_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The default number of unanswered TCP keepalive probes before the connection is dropped
+/// (libpq's `keepalives_count`): 3, so one or two lost probes do not end a healthy
+/// connection. See [`DEFAULT_KEEPALIVES_IDLE`].
+pub const DEFAULT_KEEPALIVES_RETRIES: u32 = 3;
+
+/// The default `TCP_USER_TIMEOUT` (libpq's `tcp_user_timeout`; Linux and Android only): 20 s.
+///
+/// Keepalives only probe idle connections. When data is in flight (a status update, a query)
+/// and the peer is gone, the kernel retransmits instead, with exponential backoff, for about
+/// 15 minutes by default (`tcp_retries2`). This timeout drops the connection once sent data has
+/// stayed unacknowledged for 20 s, which still leaves room for several retransmissions over a
+/// lossy link; with keepalives on, it also ends unanswered probes after 20 s. Together with the
+/// keepalive defaults, a dead peer is detected within about 25 s, data in flight or not.
+pub const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// tokio-postgres's own `keepalives_idle` default (2 h), which it cannot tell from an explicit
+/// `keepalives_idle=7200`: both are taken as "not set".
+const TOKIO_POSTGRES_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+
 /// The most the read buffer grows by at once while a long frame arrives.
 const READ_RESERVE_CHUNK: usize = 1 << 20;
 
@@ -100,6 +146,11 @@ pub struct ReplicationConfig {
     max_frame_len: usize,
     ssl_mode: SslMode,
     root_cert: Option<PathBuf>,
+    keepalives: bool,
+    keepalives_idle: Duration,
+    keepalives_interval: Duration,
+    keepalives_retries: u32,
+    tcp_user_timeout: Duration,
 }
 
 impl fmt::Debug for ReplicationConfig {
@@ -115,6 +166,11 @@ impl fmt::Debug for ReplicationConfig {
             .field("max_frame_len", &self.max_frame_len)
             .field("ssl_mode", &self.ssl_mode)
             .field("root_cert", &self.root_cert)
+            .field("keepalives", &self.keepalives)
+            .field("keepalives_idle", &self.keepalives_idle)
+            .field("keepalives_interval", &self.keepalives_interval)
+            .field("keepalives_retries", &self.keepalives_retries)
+            .field("tcp_user_timeout", &self.tcp_user_timeout)
             .finish()
     }
 }
@@ -138,6 +194,11 @@ impl ReplicationConfig {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             ssl_mode: SslMode::default(),
             root_cert: None,
+            keepalives: true,
+            keepalives_idle: DEFAULT_KEEPALIVES_IDLE,
+            keepalives_interval: DEFAULT_KEEPALIVES_INTERVAL,
+            keepalives_retries: DEFAULT_KEEPALIVES_RETRIES,
+            tcp_user_timeout: DEFAULT_TCP_USER_TIMEOUT,
         }
     }
 
@@ -183,6 +244,69 @@ impl ReplicationConfig {
         self
     }
 
+    /// Whether to send TCP keepalive probes on an idle connection (libpq's `keepalives`).
+    /// Default: `true`. See [`DEFAULT_KEEPALIVES_IDLE`] for why.
+    pub fn keepalives(mut self, on: bool) -> Self {
+        self.keepalives = on;
+        self
+    }
+
+    /// Idle time before the first keepalive probe (libpq's `keepalives_idle`); zero leaves the
+    /// system default. Default: [`DEFAULT_KEEPALIVES_IDLE`] (10 s).
+    pub fn keepalives_idle(mut self, idle: Duration) -> Self {
+        self.keepalives_idle = idle;
+        self
+    }
+
+    /// Time between unanswered keepalive probes (libpq's `keepalives_interval`); zero leaves
+    /// the system default. Default: [`DEFAULT_KEEPALIVES_INTERVAL`] (5 s). Not set on systems
+    /// without `TCP_KEEPINTVL`.
+    pub fn keepalives_interval(mut self, interval: Duration) -> Self {
+        self.keepalives_interval = interval;
+        self
+    }
+
+    /// Unanswered keepalive probes before the connection is dropped (libpq's
+    /// `keepalives_count`); zero leaves the system default. Default:
+    /// [`DEFAULT_KEEPALIVES_RETRIES`] (3). Not set on systems without `TCP_KEEPCNT`.
+    pub fn keepalives_retries(mut self, retries: u32) -> Self {
+        self.keepalives_retries = retries;
+        self
+    }
+
+    /// How long sent data may stay unacknowledged before the connection is dropped
+    /// (`TCP_USER_TIMEOUT`, libpq's `tcp_user_timeout`; Linux and Android only, ignored
+    /// elsewhere); zero leaves the system default. Default: [`DEFAULT_TCP_USER_TIMEOUT`] (20 s).
+    pub fn tcp_user_timeout(mut self, timeout: Duration) -> Self {
+        self.tcp_user_timeout = timeout;
+        self
+    }
+
+    /// Whether TCP keepalives are on.
+    pub fn get_keepalives(&self) -> bool {
+        self.keepalives
+    }
+
+    /// The keepalive idle time (zero: the system default).
+    pub fn get_keepalives_idle(&self) -> Duration {
+        self.keepalives_idle
+    }
+
+    /// The keepalive probe interval (zero: the system default).
+    pub fn get_keepalives_interval(&self) -> Duration {
+        self.keepalives_interval
+    }
+
+    /// The keepalive probe count (zero: the system default).
+    pub fn get_keepalives_retries(&self) -> u32 {
+        self.keepalives_retries
+    }
+
+    /// The `TCP_USER_TIMEOUT` (zero: the system default).
+    pub fn get_tcp_user_timeout(&self) -> Duration {
+        self.tcp_user_timeout
+    }
+
     /// The configured ssl mode.
     pub fn get_ssl_mode(&self) -> SslMode {
         self.ssl_mode
@@ -203,9 +327,13 @@ impl ReplicationConfig {
         self.port
     }
 
-    /// Takes host, hostaddr, port, user, password, database name, connect timeout and ssl mode
-    /// (`disable`, `prefer` or `require`, all tokio-postgres knows) from a tokio-postgres
-    /// configuration (parsed from a URL or a `key=value` string). The first host is used; the
+    /// Takes host, hostaddr, port, user, password, database name, connect timeout, ssl mode
+    /// (`disable`, `prefer` or `require`, all tokio-postgres knows), TCP keepalive settings and
+    /// TCP user timeout from a tokio-postgres configuration (parsed from a URL or a `key=value`
+    /// string). Keepalive and user-timeout settings the configuration leaves unset (or zero)
+    /// keep this crate's defaults, as in [`apply_tcp_defaults`]; `keepalives=0` turns
+    /// keepalives off. `options` are not taken: no session setting of the SQL sessions (a
+    /// `statement_timeout`, say) reaches the replication connection. The first host is used; the
     /// port defaults to 5432 and the database to the user's name; the first `hostaddr`, if
     /// any, is where to connect (without a host, it is the host too). For `verify-ca`,
     /// `verify-full` and `sslrootcert`, which tokio-postgres's parser rejects, parse with
@@ -254,8 +382,48 @@ impl ReplicationConfig {
         if let Some(timeout) = config.get_connect_timeout() {
             out = out.connect_timeout(*timeout);
         }
+        let mut tcp = config.clone();
+        apply_tcp_defaults(&mut tcp);
+        out.keepalives = tcp.get_keepalives();
+        out.keepalives_idle = tcp.get_keepalives_idle();
+        out.keepalives_interval = tcp
+            .get_keepalives_interval()
+            .unwrap_or(DEFAULT_KEEPALIVES_INTERVAL);
+        out.keepalives_retries = tcp
+            .get_keepalives_retries()
+            .unwrap_or(DEFAULT_KEEPALIVES_RETRIES);
+        out.tcp_user_timeout = tcp
+            .get_tcp_user_timeout()
+            .copied()
+            .unwrap_or(DEFAULT_TCP_USER_TIMEOUT);
         out.hostaddr = hostaddr;
         Ok(out.ssl_mode(ssl_mode))
+    }
+}
+
+/// Fills this crate's dead-peer defaults into a tokio-postgres configuration wherever it has
+/// none: `keepalives_idle` [`DEFAULT_KEEPALIVES_IDLE`], `keepalives_interval`
+/// [`DEFAULT_KEEPALIVES_INTERVAL`], `keepalives_retries` [`DEFAULT_KEEPALIVES_RETRIES`] and
+/// `tcp_user_timeout` [`DEFAULT_TCP_USER_TIMEOUT`]. Settings already there are kept, and so is
+/// `keepalives=0` (keepalives off).
+///
+/// "None" includes zero, which tokio-postgres's parser drops (libpq reads it as "the system
+/// default"), and a `keepalives_idle` of exactly 2 h, which tokio-postgres cannot tell from
+/// its own default.
+pub fn apply_tcp_defaults(pg: &mut tokio_postgres::Config) {
+    if pg.get_keepalives_idle() == TOKIO_POSTGRES_KEEPALIVES_IDLE
+        || pg.get_keepalives_idle().is_zero()
+    {
+        pg.keepalives_idle(DEFAULT_KEEPALIVES_IDLE);
+    }
+    if pg.get_keepalives_interval().is_none_or(|d| d.is_zero()) {
+        pg.keepalives_interval(DEFAULT_KEEPALIVES_INTERVAL);
+    }
+    if pg.get_keepalives_retries().is_none_or(|n| n == 0) {
+        pg.keepalives_retries(DEFAULT_KEEPALIVES_RETRIES);
+    }
+    if pg.get_tcp_user_timeout().is_none_or(|d| d.is_zero()) {
+        pg.tcp_user_timeout(DEFAULT_TCP_USER_TIMEOUT);
     }
 }
 
@@ -265,7 +433,9 @@ impl ReplicationConfig {
 pub struct ParsedConnectionString {
     /// Everything but `sslmode` and `sslrootcert` (its own ssl mode is `require` when
     /// [`ssl_mode`](Self::ssl_mode) needs TLS, `prefer` or `disable` otherwise, so that a
-    /// tokio-postgres connection made from it with a TLS connector insists on TLS too).
+    /// tokio-postgres connection made from it with a TLS connector insists on TLS too), with
+    /// this crate's TCP keepalive and user-timeout defaults wherever the string sets none
+    /// ([`apply_tcp_defaults`]).
     pub pg: tokio_postgres::Config,
     /// `sslmode`; [`SslMode::Prefer`] when absent.
     pub ssl_mode: SslMode,
@@ -275,7 +445,8 @@ pub struct ParsedConnectionString {
 
 /// Parses a libpq-style URL (`postgres://...?sslmode=verify-full&sslrootcert=/ca.pem`) or
 /// `key=value` string (`host=h sslmode=verify-ca sslrootcert='/ca.pem'`), accepting all of
-/// [`SslMode`] and `sslrootcert`, which tokio-postgres's own parser rejects.
+/// [`SslMode`] and `sslrootcert`, which tokio-postgres's own parser rejects, and filling in
+/// the TCP keepalive and user-timeout defaults ([`apply_tcp_defaults`]).
 ///
 /// # Errors
 ///
@@ -296,6 +467,7 @@ pub fn parse_connection_string(s: &str) -> Result<ParsedConnectionString, Error>
         SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
         _ => tokio_postgres::config::SslMode::Require,
     });
+    apply_tcp_defaults(&mut pg);
     let root_cert = match extracted.sslrootcert {
         Some(path) if path == "system" => return Err(Error::Unsupported("sslrootcert=system")),
         Some(path) => Some(PathBuf::from(path)),
@@ -457,6 +629,7 @@ impl ReplicationClient {
             None => TcpStream::connect((config.host.as_str(), config.port)).await?,
         };
         tcp.set_nodelay(true)?;
+        configure_dead_peer_detection(&tcp, config)?;
         let stream = match tls {
             None => Stream::Plain(tcp),
             Some(tls) => negotiate_tls(tcp, tls, config).await?,
@@ -758,6 +931,42 @@ impl ReplicationStream {
             }
         }
     }
+}
+
+/// Sets TCP keepalives and `TCP_USER_TIMEOUT` on a fresh connection, as configured (zero
+/// values leave the system defaults).
+fn configure_dead_peer_detection(tcp: &TcpStream, config: &ReplicationConfig) -> io::Result<()> {
+    let socket = socket2::SockRef::from(tcp);
+    if config.keepalives {
+        let mut keepalive = socket2::TcpKeepalive::new();
+        if !config.keepalives_idle.is_zero() {
+            keepalive = keepalive.with_time(config.keepalives_idle);
+        }
+        // The systems where socket2 can set both TCP_KEEPINTVL and TCP_KEEPCNT.
+        #[cfg(any(
+            target_os = "android",
+            target_os = "freebsd",
+            target_os = "ios",
+            target_os = "linux",
+            target_os = "macos",
+            target_os = "netbsd",
+            target_os = "windows",
+        ))]
+        {
+            if !config.keepalives_interval.is_zero() {
+                keepalive = keepalive.with_interval(config.keepalives_interval);
+            }
+            if config.keepalives_retries > 0 {
+                keepalive = keepalive.with_retries(config.keepalives_retries);
+            }
+        }
+        socket.set_tcp_keepalive(&keepalive)?;
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if !config.tcp_user_timeout.is_zero() {
+        socket.set_tcp_user_timeout(Some(config.tcp_user_timeout))?;
+    }
+    Ok(())
 }
 
 /// One complete frame from the server.
@@ -1212,5 +1421,163 @@ mod tests {
             "host=h".parse::<ReplicationConfig>(),
             Err(Error::Config { .. })
         ));
+    }
+
+    #[test]
+    fn dead_peer_settings_default_and_carry_over() {
+        let defaults = |c: &ReplicationConfig| {
+            (
+                c.keepalives,
+                c.keepalives_idle,
+                c.keepalives_interval,
+                c.keepalives_retries,
+                c.tcp_user_timeout,
+            )
+        };
+        let walcache_defaults = (
+            true,
+            Duration::from_secs(10),
+            Duration::from_secs(5),
+            3,
+            Duration::from_secs(20),
+        );
+        assert_eq!(
+            defaults(&ReplicationConfig::new("h", 5432, "u", "d")),
+            walcache_defaults
+        );
+        let config: ReplicationConfig = "host=h user=u".parse().unwrap();
+        assert_eq!(defaults(&config), walcache_defaults);
+        // A bare tokio-postgres configuration (2 h idle, nothing else) gets them too.
+        let mut pg = tokio_postgres::Config::new();
+        pg.user("u");
+        let config = ReplicationConfig::from_pg_config(&pg).unwrap();
+        assert_eq!(defaults(&config), walcache_defaults);
+
+        // What the string sets wins (tokio-postgres reads tcp_user_timeout in seconds).
+        let parsed = parse_connection_string(
+            "host=h user=u keepalives_idle=30 keepalives_interval=7 keepalives_retries=9 \
+             tcp_user_timeout=40",
+        )
+        .unwrap();
+        assert_eq!(parsed.pg.get_keepalives_idle(), Duration::from_secs(30));
+        assert_eq!(
+            parsed.pg.get_keepalives_interval(),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(parsed.pg.get_keepalives_retries(), Some(9));
+        assert_eq!(
+            parsed.pg.get_tcp_user_timeout(),
+            Some(&Duration::from_secs(40))
+        );
+        let config = ReplicationConfig::from_pg_config(&parsed.pg).unwrap();
+        assert_eq!(
+            defaults(&config),
+            (
+                true,
+                Duration::from_secs(30),
+                Duration::from_secs(7),
+                9,
+                Duration::from_secs(40)
+            )
+        );
+        // Zero (which tokio-postgres drops, or keeps for the count) means "not set".
+        let parsed =
+            parse_connection_string("host=h user=u keepalives_retries=0 tcp_user_timeout=0")
+                .unwrap();
+        assert_eq!(parsed.pg.get_keepalives_retries(), Some(3));
+        assert_eq!(
+            parsed.pg.get_tcp_user_timeout(),
+            Some(&Duration::from_secs(20))
+        );
+        // keepalives=0 turns them off, everywhere.
+        let parsed = parse_connection_string("postgres://u@h/db?keepalives=0").unwrap();
+        assert!(!parsed.pg.get_keepalives());
+        let config: ReplicationConfig = "postgres://u@h/db?keepalives=0".parse().unwrap();
+        assert!(!config.keepalives);
+    }
+
+    /// The socket options a connected socket carries: keepalive on, idle, interval, count,
+    /// and the user timeout.
+    fn dead_peer_options(tcp: &TcpStream) -> (bool, Duration, Duration, u32, Option<Duration>) {
+        let socket = socket2::SockRef::from(tcp);
+        (
+            socket.keepalive().unwrap(),
+            socket.tcp_keepalive_time().unwrap(),
+            socket.tcp_keepalive_interval().unwrap(),
+            socket.tcp_keepalive_retries().unwrap(),
+            socket.tcp_user_timeout().unwrap(),
+        )
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[tokio::test]
+    async fn sockets_are_configured_for_dead_peer_detection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let config = ReplicationConfig::new("127.0.0.1", addr.port(), "u", "d");
+        configure_dead_peer_detection(&tcp, &config).unwrap();
+        assert_eq!(
+            dead_peer_options(&tcp),
+            (
+                true,
+                Duration::from_secs(10),
+                Duration::from_secs(5),
+                3,
+                Some(Duration::from_secs(20))
+            )
+        );
+
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let config = config
+            .keepalives_idle(Duration::from_secs(31))
+            .keepalives_interval(Duration::from_secs(7))
+            .keepalives_retries(4)
+            .tcp_user_timeout(Duration::from_millis(1500));
+        configure_dead_peer_detection(&tcp, &config).unwrap();
+        assert_eq!(
+            dead_peer_options(&tcp),
+            (
+                true,
+                Duration::from_secs(31),
+                Duration::from_secs(7),
+                4,
+                Some(Duration::from_millis(1500))
+            )
+        );
+
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let config = config.keepalives(false).tcp_user_timeout(Duration::ZERO);
+        configure_dead_peer_detection(&tcp, &config).unwrap();
+        let socket = socket2::SockRef::from(&tcp);
+        assert!(!socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_user_timeout().unwrap(), None);
+    }
+
+    /// The replication connection's own socket, plain and over TLS, against a real server.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[tokio::test]
+    async fn replication_connections_detect_dead_peers() {
+        let pg = walcache_testkit::PgServer::start_with_tls().unwrap();
+        let expected = (
+            true,
+            Duration::from_secs(10),
+            Duration::from_secs(5),
+            3,
+            Some(Duration::from_secs(20)),
+        );
+        for mode in [SslMode::Disable, SslMode::Require] {
+            let config = ReplicationConfig::new("127.0.0.1", pg.port(), pg.superuser(), "postgres")
+                .ssl_mode(mode);
+            let client = ReplicationClient::connect(&config).await.unwrap();
+            assert_eq!(client.is_tls(), mode == SslMode::Require);
+            assert_eq!(
+                dead_peer_options(client.conn.stream.tcp()),
+                expected,
+                "{mode}"
+            );
+            client.close().await.unwrap();
+        }
     }
 }

@@ -6,8 +6,9 @@
 //!   and standby status updates.
 //! - [`client`]: the replication connection on postgres-protocol: startup in
 //!   `replication=database` mode with pinned session formats, trust/password/md5/SCRAM-SHA-256
-//!   authentication, TLS (libpq's `sslmode`s, on rustls), simple queries and replication
-//!   commands, and the streaming loop.
+//!   authentication, TLS (libpq's `sslmode`s, on rustls), TCP keepalives and
+//!   `TCP_USER_TIMEOUT` against dead peers, simple queries and replication commands, and the
+//!   streaming loop.
 //! - [`Lsn`] and [`PgTimestamp`]: WAL positions and the protocol's timestamps.
 //!
 //! Everything read from the server is decoded with bounds checks: hostile or corrupt bytes give
