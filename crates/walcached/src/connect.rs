@@ -2,15 +2,51 @@
 //! for it: `sslmode`/`sslrootcert` in `postgres.url` (libpq's meanings, up to `verify-full`)
 //! for both the replication connection and the SQL sessions, and `rediss://` (with
 //! `redis.ca_file` for a private CA) for Redis.
+//!
+//! # No silent sockets
+//!
+//! A peer that vanishes without a FIN or RST must not leave a socket waiting forever. Every
+//! socket, PostgreSQL's and Redis's, gets TCP keepalives after 10 s idle, every 5 s, 3 probes,
+//! and a 20 s `TCP_USER_TIMEOUT` on Linux (walcache-cdc's `DEFAULT_KEEPALIVES_*` and
+//! `DEFAULT_TCP_USER_TIMEOUT`, where the reasons are): a dead peer is noticed within about
+//! 25 s. `postgres.url` may set `keepalives`, `keepalives_idle`, `keepalives_interval`,
+//! `keepalives_retries` and `tcp_user_timeout` (in seconds, as tokio-postgres reads it) for
+//! both kinds of PostgreSQL connection. The SQL sessions also run every statement under
+//! [`STATEMENT_TIMEOUT`].
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use redis::io::tcp::socket2::TcpKeepalive;
+use redis::IntoConnectionInfo;
 use walcache_cdc::client::{
     parse_connection_string, tls_client_config, ReplicationConfig, SslMode,
+    DEFAULT_KEEPALIVES_IDLE, DEFAULT_KEEPALIVES_INTERVAL, DEFAULT_KEEPALIVES_RETRIES,
+    DEFAULT_TCP_USER_TIMEOUT,
 };
 
 use crate::config::{redact_url, Config, ConfigError};
+
+/// The `statement_timeout` of the SQL sessions opened by [`Postgres::connect`] (the daemon's
+/// control session, `walcached check`'s): 5 s. It is not set on the replication connection.
+///
+/// Everything they run is a catalog read or a cheap function call that answers in
+/// milliseconds: the rules' tables and the publication, `SHOW`, the replication slot's row,
+/// the visibility check of a few transaction ids, the sampled WAL position. Some of these sit
+/// on the invalidation path (heartbeats wait for the sampler, confirmations for the
+/// visibility check), so a statement stuck on a server in trouble would stall it without an
+/// error to act on; under this timeout it fails with SQLSTATE 57014, is reported, and is
+/// retried. The exception that can wait longer is DDL at start-up (`CREATE PUBLICATION`,
+/// `ALTER PUBLICATION ... ADD TABLE`), which queues behind a conflicting lock (a running
+/// `VACUUM`, `CREATE INDEX CONCURRENTLY` or `ALTER TABLE` on a rule's table): it then fails
+/// after 5 s and the daemon exits rather than hanging; create the publication beforehand to
+/// avoid it.
+///
+/// The server enforces it, so it covers a slow or blocked server, not one that has vanished
+/// (the server never hears the query): that is what the TCP keepalives and user timeout are
+/// for. It is appended to the `options` of `postgres.url`, so it overrides a
+/// `statement_timeout` set there.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `postgres.url`, parsed, with the password from the environment or file applied.
 #[derive(Debug, Clone)]
@@ -55,6 +91,14 @@ impl Postgres {
             pg.password(p.expose());
         }
         pg.connect_timeout(Duration::from_secs(10));
+        let statement_timeout = format!("-c statement_timeout={}", STATEMENT_TIMEOUT.as_millis());
+        let options = match pg.get_options() {
+            Some(options) if !options.trim().is_empty() => {
+                format!("{options} {statement_timeout}")
+            }
+            _ => statement_timeout,
+        };
+        pg.options(options);
         Ok(Postgres {
             pg,
             ssl_mode: parsed.ssl_mode,
@@ -67,8 +111,8 @@ impl Postgres {
         &self.pg
     }
 
-    /// Open an SQL session named `application_name`; its connection task runs on the current
-    /// runtime.
+    /// Open an SQL session named `application_name`, with [`STATEMENT_TIMEOUT`] and the TCP
+    /// keepalive and user-timeout settings; its connection task runs on the current runtime.
     ///
     /// # Errors
     ///
@@ -97,7 +141,8 @@ impl Postgres {
         Ok(client)
     }
 
-    /// The replication connection's settings (same host, user, password and TLS).
+    /// The replication connection's settings (same host, user, password, TLS, TCP keepalive
+    /// and user timeout; not the `options`, so no [`STATEMENT_TIMEOUT`]).
     ///
     /// # Errors
     ///
@@ -131,8 +176,32 @@ where
     });
 }
 
+/// `info` with TCP keepalives and `TCP_USER_TIMEOUT` (Linux and Android) on every connection
+/// made from it: the same values as PostgreSQL's connections (see the module docs).
+fn with_dead_peer_detection(info: redis::ConnectionInfo) -> redis::ConnectionInfo {
+    let keepalive = TcpKeepalive::new().with_time(DEFAULT_KEEPALIVES_IDLE);
+    // The systems where socket2 can set both TCP_KEEPINTVL and TCP_KEEPCNT.
+    #[cfg(any(
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "ios",
+        target_os = "linux",
+        target_os = "macos",
+        target_os = "netbsd",
+        target_os = "windows",
+    ))]
+    let keepalive = keepalive
+        .with_interval(DEFAULT_KEEPALIVES_INTERVAL)
+        .with_retries(DEFAULT_KEEPALIVES_RETRIES);
+    let tcp = info.tcp_settings().clone().set_keepalive(keepalive);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let tcp = tcp.set_user_timeout(DEFAULT_TCP_USER_TIMEOUT);
+    info.set_tcp_settings(tcp)
+}
+
 /// The Redis client for `redis.url`: `rediss://` verifies against the system roots, or only
-/// against `redis.ca_file` when set.
+/// against `redis.ca_file` when set. Its connections have TCP keepalives and
+/// `TCP_USER_TIMEOUT`, as PostgreSQL's do.
 ///
 /// # Errors
 ///
@@ -152,8 +221,9 @@ pub fn redis_client(config: &Config) -> Result<redis::Client, ConfigError> {
         // redis-rs builds its TLS configuration with the process-wide rustls provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
+    let info = with_dead_peer_detection(url.into_connection_info().map_err(bad_url)?);
     match &config.redis.ca_file {
-        None => redis::Client::open(url).map_err(bad_url),
+        None => redis::Client::open(info).map_err(bad_url),
         Some(path) => {
             if !url.starts_with("rediss://") {
                 return Err(ConfigError::new(
@@ -168,13 +238,82 @@ pub fn redis_client(config: &Config) -> Result<redis::Client, ConfigError> {
                 )
             })?;
             redis::Client::build_with_tls(
-                url,
+                info,
                 redis::TlsCertificates {
                     client_tls: None,
                     root_cert: Some(pem),
                 },
             )
             .map_err(bad_url)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(pg_url: &str, redis_url: &str) -> Config {
+        let text = format!(
+            r#"
+[postgres]
+url = "{pg_url}"
+
+[redis]
+url = "{redis_url}"
+
+[[rules]]
+table = "public.users"
+namespace = "users"
+keys = ["{{id}}"]
+"#
+        );
+        Config::parse(&text, &HashMap::new()).expect("valid")
+    }
+
+    #[test]
+    fn sql_sessions_get_the_statement_timeout_and_keepalives() {
+        let pg = Postgres::from_config(&config(
+            "postgres://walcached@127.0.0.1:5432/app",
+            "redis://127.0.0.1:6379/",
+        ))
+        .unwrap();
+        let c = pg.config();
+        assert_eq!(c.get_options(), Some("-c statement_timeout=5000"));
+        assert!(c.get_keepalives());
+        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(10));
+        assert_eq!(c.get_keepalives_interval(), Some(Duration::from_secs(5)));
+        assert_eq!(c.get_keepalives_retries(), Some(3));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(20)));
+
+        // The URL's own options are kept, the timeout appended (so it wins); its TCP settings
+        // are kept too, and reach the replication connection, which gets no options.
+        let pg = Postgres::from_config(&config(
+            "postgres://walcached@127.0.0.1:5432/app?options=-c%20work_mem%3D8MB&keepalives_idle=30&tcp_user_timeout=40",
+            "redis://127.0.0.1:6379/",
+        ))
+        .unwrap();
+        assert_eq!(
+            pg.config().get_options(),
+            Some("-c work_mem=8MB -c statement_timeout=5000")
+        );
+        let r = pg.replication().unwrap();
+        assert_eq!(r.get_keepalives_idle(), Duration::from_secs(30));
+        assert_eq!(r.get_keepalives_interval(), Duration::from_secs(5));
+        assert_eq!(r.get_keepalives_retries(), 3);
+        assert_eq!(r.get_tcp_user_timeout(), Duration::from_secs(40));
+    }
+
+    #[test]
+    fn redis_connections_get_keepalives_and_a_user_timeout() {
+        for url in ["redis://127.0.0.1:6379/", "rediss://127.0.0.1:6379/"] {
+            let client = redis_client(&config("postgres://w@127.0.0.1/app", url)).unwrap();
+            let tcp = client.get_connection_info().tcp_settings();
+            assert!(tcp.keepalive().is_some(), "{url}");
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            assert_eq!(tcp.user_timeout(), Some(Duration::from_secs(20)), "{url}");
         }
     }
 }
