@@ -15,6 +15,18 @@ use crate::metrics as m;
 /// How long tag versions live: far longer than any fill lease, refreshed on every bump.
 const TAG_VERSION_TTL_MS: u64 = 24 * 3600 * 1000;
 
+/// How long one Redis call of the daemon may take, and connecting too: 5 s. Used by the
+/// publisher and the full refresh.
+///
+/// Every call is a single command or one bounded script (a chunk of keys, a page of a SCAN)
+/// that Redis answers in milliseconds; a reply that has not come in 5 s means a Redis that is
+/// blocked or a network that drops packets, and waiting longer would only stall the stream
+/// (the library's subscribers stop trusting L1 after 3 s without a heartbeat anyway). The call
+/// then fails, is retried on a new connection, and a batch is published again: duplicates are
+/// harmless, gaps are not. The TCP keepalives and user timeout of
+/// [`redis_client`](crate::connect::redis_client) then close the abandoned socket.
+pub const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+
 const SCRIPT: &str = r"
 -- ARGV[1] channel, ARGV[2] message, ARGV[3] key prefix, ARGV[4] tag version ttl (ms),
 -- ARGV[5] kind: 'keys' | 'tags' | 'flush', then the items:
@@ -127,6 +139,7 @@ impl std::fmt::Debug for Publisher {
 
 impl Publisher {
     /// Connect. `epoch` is random per daemon run; `seq` starts at 0 (the first message is 1).
+    /// `timeout` bounds connecting and every call ([`REDIS_TIMEOUT`] in the daemon).
     ///
     /// # Errors
     ///
@@ -138,9 +151,7 @@ impl Publisher {
         max_message_bytes: usize,
         timeout: Duration,
     ) -> Result<Self, redis::RedisError> {
-        let conn = tokio::time::timeout(timeout, client.get_multiplexed_async_connection())
-            .await
-            .map_err(|_| timeout_error())??;
+        let conn = connect(client, timeout).await?;
         Ok(Publisher {
             conn,
             naming,
@@ -158,9 +169,7 @@ impl Publisher {
     ///
     /// Redis connection errors.
     pub async fn reconnect(&mut self, client: &redis::Client) -> Result<(), redis::RedisError> {
-        self.conn = tokio::time::timeout(self.timeout, client.get_multiplexed_async_connection())
-            .await
-            .map_err(|_| timeout_error())??;
+        self.conn = connect(client, self.timeout).await?;
         Ok(())
     }
 
@@ -332,6 +341,24 @@ fn now_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// A multiplexed connection whose connecting and calls time out after `timeout`: set on
+/// redis-rs's side too, whose own defaults (1 s to connect, 500 ms per reply) would otherwise
+/// cut every call shorter than stated.
+async fn connect(
+    client: &redis::Client,
+    timeout: Duration,
+) -> Result<MultiplexedConnection, redis::RedisError> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    tokio::time::timeout(
+        timeout,
+        client.get_multiplexed_async_connection_with_config(&config),
+    )
+    .await
+    .map_err(|_| timeout_error())?
 }
 
 fn timeout_error() -> redis::RedisError {

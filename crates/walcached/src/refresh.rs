@@ -41,9 +41,9 @@ const MAX_FUTURE_FILL: Duration = Duration::from_secs(300);
 const RETRY_AFTER: Duration = Duration::from_secs(60);
 /// How often a long cycle logs its progress.
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(30);
-/// Connecting to Redis and each command's reply.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connecting to Redis and each command's reply: the daemon's one Redis timeout (a SCAN page
+/// or one script over a chunk of keys answers in milliseconds; see its reasons).
+const REDIS_TIMEOUT: Duration = crate::publisher::REDIS_TIMEOUT;
 
 /// Check and delete, atomically per key list (one namespace, so one Cluster slot).
 const SCRIPT: &str = r"
@@ -480,8 +480,8 @@ async fn last_completed(
 
 async fn connect(redis: &redis::Client) -> Result<MultiplexedConnection, redis::RedisError> {
     let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        .set_connection_timeout(Some(REDIS_TIMEOUT))
+        .set_response_timeout(Some(REDIS_TIMEOUT));
     redis
         .get_multiplexed_async_connection_with_config(&config)
         .await
