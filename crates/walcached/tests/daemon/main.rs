@@ -8,5 +8,6 @@ mod liveness;
 mod pipeline;
 mod refresh;
 mod slot;
+mod sockets;
 mod support;
 mod visibility;
