@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
+use redis::io::tcp::socket2::TcpKeepalive;
+use redis::IntoConnectionInfo;
 use tokio::sync::Semaphore;
 use walcache_protocol::{Naming, ToKey};
 
@@ -18,6 +20,29 @@ use crate::generation::{key_hash, NamespaceGenerations};
 use crate::l2::L2;
 use crate::metrics as m;
 use crate::subscriber::{self, FlushReason};
+
+/// Idle time before the first TCP keepalive probe on every Redis connection: 10 s.
+///
+/// A Redis that vanishes without a FIN or RST (a pulled cable, a firewall that drops packets, a
+/// frozen VM) must not leave a socket waiting forever: the pub/sub subscription in particular
+/// only ever reads, and would otherwise wait for the system's keepalive defaults (2 h 11 min)
+/// before reconnecting. With [`TCP_KEEPALIVE_INTERVAL`] and [`TCP_KEEPALIVE_RETRIES`], an idle
+/// connection to a vanished peer is dropped within 10 + 3 × 5 = 25 s; probes are answered by the
+/// peer's kernel, so a busy but healthy Redis never trips them. The same values as the daemon's.
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// Interval between unanswered keepalive probes: 5 s. See [`TCP_KEEPALIVE_IDLE`].
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Unanswered keepalive probes before the connection is dropped: 3, so one or two lost probes
+/// do not end a healthy connection. See [`TCP_KEEPALIVE_IDLE`].
+const TCP_KEEPALIVE_RETRIES: u32 = 3;
+/// `TCP_USER_TIMEOUT` of every Redis connection (Linux and Android): 20 s. Keepalives only probe
+/// idle connections; with a command in flight to a vanished peer the kernel retransmits for
+/// about 15 minutes by default. This drops the connection once sent data has stayed
+/// unacknowledged for 20 s (several retransmissions over a lossy link), so a dead peer is
+/// noticed within about 25 s, data in flight or not. Calls time out much sooner
+/// ([`redis_timeout`](WalcacheBuilder::redis_timeout)); this is what then replaces the
+/// connection the calls gave up on.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What the cache does while the invalidation stream is not live (DESIGN contract 7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -307,6 +332,11 @@ impl WalcacheBuilder {
     /// With `rediss://`, TLS needs a process-wide rustls crypto provider: `build()` installs
     /// ring's unless the application installed one first (an application that wants another
     /// provider installs it before building the handle).
+    ///
+    /// Every connection (commands and the pub/sub subscription) sends TCP keepalives after 10 s
+    /// idle, every 5 s, 3 probes, and on Linux sets a 20 s `TCP_USER_TIMEOUT`: a Redis that
+    /// vanishes without closing its connections is noticed within about 25 s, then the
+    /// connections are replaced.
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.redis_url = Some(url.into());
         self
@@ -528,8 +558,31 @@ impl WalcacheBuilder {
     }
 }
 
-/// A Redis client for `url`; `rediss://` verifies the server against the system roots, or
-/// only against the CA in `ca_file`.
+/// `info` with TCP keepalives and `TCP_USER_TIMEOUT` (Linux and Android) on every connection
+/// made from it ([`TCP_KEEPALIVE_IDLE`], [`TCP_USER_TIMEOUT`]).
+fn with_dead_peer_detection(info: redis::ConnectionInfo) -> redis::ConnectionInfo {
+    let keepalive = TcpKeepalive::new().with_time(TCP_KEEPALIVE_IDLE);
+    // The systems where socket2 can set both TCP_KEEPINTVL and TCP_KEEPCNT.
+    #[cfg(any(
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "ios",
+        target_os = "linux",
+        target_os = "macos",
+        target_os = "netbsd",
+        target_os = "windows",
+    ))]
+    let keepalive = keepalive
+        .with_interval(TCP_KEEPALIVE_INTERVAL)
+        .with_retries(TCP_KEEPALIVE_RETRIES);
+    let tcp = info.tcp_settings().clone().set_keepalive(keepalive);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let tcp = tcp.set_user_timeout(TCP_USER_TIMEOUT);
+    info.set_tcp_settings(tcp)
+}
+
+/// A Redis client for `url`, with TCP dead-peer detection; `rediss://` verifies the server
+/// against the system roots, or only against the CA in `ca_file`.
 fn redis_client(url: &str, ca_file: Option<&std::path::Path>) -> Result<redis::Client, Error> {
     let bad_url = |e: redis::RedisError| {
         Error::config(format!(
@@ -542,8 +595,9 @@ fn redis_client(url: &str, ca_file: Option<&std::path::Path>) -> Result<redis::C
         // ring's unless the application installed one (then this is a no-op).
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
+    let info = with_dead_peer_detection(url.into_connection_info().map_err(bad_url)?);
     match ca_file {
-        None => redis::Client::open(url).map_err(bad_url),
+        None => redis::Client::open(info).map_err(bad_url),
         Some(path) => {
             if !url.starts_with("rediss://") {
                 return Err(Error::config(format!(
@@ -560,7 +614,7 @@ fn redis_client(url: &str, ca_file: Option<&std::path::Path>) -> Result<redis::C
                 ))
             })?;
             redis::Client::build_with_tls(
-                url,
+                info,
                 redis::TlsCertificates {
                     client_tls: None,
                     root_cert: Some(pem),
@@ -573,3 +627,19 @@ fn redis_client(url: &str, ca_file: Option<&std::path::Path>) -> Result<redis::C
 
 /// Marker so `PhantomData` of unsized keys is Send + Sync regardless of `K`.
 pub(crate) type KeyMarker<K> = PhantomData<fn(&K)>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_connections_get_keepalives_and_a_user_timeout() {
+        for url in ["redis://127.0.0.1:6379/0", "rediss://127.0.0.1:6379/0"] {
+            let client = redis_client(url, None).unwrap();
+            let tcp = client.get_connection_info().tcp_settings();
+            assert!(tcp.keepalive().is_some(), "{url}");
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            assert_eq!(tcp.user_timeout(), Some(Duration::from_secs(20)), "{url}");
+        }
+    }
+}
