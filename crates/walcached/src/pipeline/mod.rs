@@ -147,7 +147,7 @@ pub async fn run_with(
         config.naming(),
         epoch,
         config.stream.max_message_bytes,
-        Duration::from_secs(5),
+        crate::publisher::REDIS_TIMEOUT,
     )
     .await
     .map_err(|e| RunError::Redis {

@@ -60,9 +60,11 @@ async fn a_restart_over_a_backlog_stays_silent_until_the_backlog_is_published() 
             tokio::task::yield_now().await;
         }
     });
-    wait_until("the backlog's last row announced", CATCH_UP_DEADLINE, || async {
-        listener.data().iter().any(|m| announces(m, last_id))
-    })
+    wait_until(
+        "the backlog's last row announced",
+        CATCH_UP_DEADLINE,
+        || async { listener.data().iter().any(|m| announces(m, last_id)) },
+    )
     .await
     .expect("the daemon drains the backlog");
     wait_until("a heartbeat after the backlog", DEADLINE, || async {
