@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use walcache_protocol::Naming;
+use walcache_protocol::{HeartbeatDetails, Naming};
 use walcache_testkit::{PgServer, RedisServer, TcpProxy};
 use walcached::config::Config;
 use walcached::connect::{redis_client, Postgres, STATEMENT_TIMEOUT};
@@ -101,12 +101,15 @@ async fn publisher_calls_into_a_blackhole_time_out() {
     let redis = RedisServer::start().expect("redis");
     let proxy = TcpProxy::start(([127, 0, 0, 1], redis.port()).into()).expect("proxy");
     let (_client, mut publisher) = publisher_through(&proxy).await;
-    publisher.heartbeat().await.expect("healthy");
+    publisher
+        .heartbeat(HeartbeatDetails::default())
+        .await
+        .expect("healthy");
 
     proxy.set_blackhole(true);
     let started = Instant::now();
     let err = publisher
-        .heartbeat()
+        .heartbeat(HeartbeatDetails::default())
         .await
         .expect_err("no reply through a blackhole");
     assert!(err.is_timeout(), "{err}");
