@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use walcache_protocol::Naming;
 use walcache_testkit::{wait_until, PgServer, RedisServer};
 
+use walcached::pipeline::RunOptions;
+
 use crate::support::{config, users_stack, Daemon, Listener, DEADLINE, USERS_RULE};
 
 async fn generation(redis: &RedisServer, namespace: &str) -> u64 {
@@ -331,11 +333,21 @@ fn log_mark() -> usize {
     captured_logs().lock().unwrap().len()
 }
 
-/// Captured log lines of `walcached`, from `since` on, at `level` containing `needle`.
+/// The span the standby daemon under test logs in (see [`Daemon::spawn_in`]).
+const STANDBY_SPAN: &str = "standby_under_test";
+
+/// Captured log lines of the standby daemon under test, from `since` on, at `level`
+/// containing `needle`. Lines of other tests' daemons (one process under `cargo test`) are
+/// not its own: they lack its span.
 fn log_lines(since: usize, level: &str, needle: &str) -> Vec<String> {
     let text = String::from_utf8_lossy(&captured_logs().lock().unwrap()[since..]).into_owned();
     text.lines()
-        .filter(|l| l.contains(level) && l.contains("walcached") && l.contains(needle))
+        .filter(|l| {
+            l.contains(level)
+                && l.contains(STANDBY_SPAN)
+                && l.contains("walcached")
+                && l.contains(needle)
+        })
         .map(str::to_owned)
         .collect()
 }
@@ -356,7 +368,11 @@ async fn a_second_daemon_on_the_same_slot_waits_then_takes_over() {
     let epoch_a = epochs[0];
 
     let mark = log_mark();
-    let b = Daemon::spawn(&toml);
+    let b = Daemon::spawn_in(
+        &toml,
+        RunOptions::default(),
+        tracing::info_span!("standby_under_test"),
+    );
     // B reached START_REPLICATION and found the slot active (SQLSTATE 55006).
     wait_until("B waits as a standby", DEADLINE, || async {
         !log_lines(mark, "INFO", "waiting as a standby").is_empty()

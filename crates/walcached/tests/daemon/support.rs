@@ -42,15 +42,21 @@ impl Daemon {
 
     /// As [`spawn`](Self::spawn), with options the configuration file does not carry.
     pub(crate) fn spawn_with(config_toml: &str, options: RunOptions) -> Daemon {
+        Daemon::spawn_in(config_toml, options, tracing::Span::none())
+    }
+
+    /// As [`spawn_with`](Self::spawn_with), with the daemon's own log lines inside `span`: a
+    /// test that reads captured logs can tell its daemon's lines from those of other tests
+    /// running in the same process (plain `cargo test`).
+    pub(crate) fn spawn_in(config_toml: &str, options: RunOptions, span: tracing::Span) -> Daemon {
+        use tracing::Instrument;
         let config = Config::parse(config_toml, &HashMap::<String, String>::new()).expect("config");
         let status = Arc::new(Status::default());
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(walcached::pipeline::run_with(
-            config,
-            shutdown.clone(),
-            Arc::clone(&status),
-            options,
-        ));
+        let task = tokio::spawn(
+            walcached::pipeline::run_with(config, shutdown.clone(), Arc::clone(&status), options)
+                .instrument(span),
+        );
         Daemon {
             status,
             shutdown,
