@@ -16,7 +16,8 @@ impl Status {
     pub fn is_streaming(&self) -> bool {
         self.streaming.load(Ordering::Acquire)
     }
-    /// Streaming with nothing waiting to be published (heartbeats flowing).
+    /// Streaming and caught up with the server: everything up to a sample of its WAL flush
+    /// position at most one heartbeat interval old is published (heartbeats flowing).
     pub fn is_caught_up(&self) -> bool {
         self.caught_up.load(Ordering::Acquire)
     }
