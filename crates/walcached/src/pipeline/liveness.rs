@@ -231,7 +231,15 @@ impl Streamer<'_> {
             .await;
         match result {
             Ok(()) => tracing::debug!("asked the server to flush a partially written WAL record"),
-            Err(e) => tracing::debug!(error = %e, "asking the server to flush its WAL failed"),
+            Err(e) => {
+                // A failed statement skips the rest of the query string, COMMIT included: end
+                // the transaction, or every later query on the shared control session fails
+                // ("current transaction is aborted") and heartbeats never come back.
+                tracing::warn!(error = %e, "asking the server to flush its WAL failed");
+                if let Err(e) = self.control.batch_execute("ROLLBACK").await {
+                    tracing::warn!(error = %e, "ending the failed WAL flush transaction failed");
+                }
+            }
         }
     }
 

@@ -317,3 +317,54 @@ async fn an_open_transaction_with_a_half_flushed_record_does_not_stop_heartbeats
     open.batch_execute("ROLLBACK").await.expect("rollback");
     daemon.stop().await;
 }
+
+/// The WAL flush request fails (here an injected error; in production the xid wraparound stop
+/// limit, for one): the control session must not stay in an aborted transaction, or every
+/// later sample fails and heartbeats never come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_wal_flush_request_does_not_wedge_the_control_session() {
+    let (pg, redis, dbname, db) = users_stack().await;
+    // pg_current_xact_id() fails for the daemon's sessions, counting its calls in a sequence
+    // (not rolled back with the failing statement).
+    db.batch_execute(&format!(
+        "CREATE SEQUENCE flush_attempts;
+         CREATE FUNCTION public.pg_current_xact_id() RETURNS xid8 LANGUAGE plpgsql AS
+         $$BEGIN PERFORM nextval('public.flush_attempts');
+                 RAISE EXCEPTION 'cannot assign TransactionIds (injected)'; END$$;
+         ALTER DATABASE \"{dbname}\" SET search_path = public, pg_catalog;"
+    ))
+    .await
+    .expect("fault injection");
+    let listener = Listener::start(&redis).await;
+    let daemon = Daemon::start(&config(&pg, &dbname, &redis, USERS_RULE)).await;
+    listener.wait_heartbeat().await;
+
+    let open = pg.connect(&dbname).await.expect("connect");
+    open.batch_execute("BEGIN; SELECT pg_logical_emit_message(true, 'test', repeat('x', 200000));")
+        .await
+        .expect("a large record in an open transaction");
+    wait_until("the daemon asked for a WAL flush", DEADLINE, || async {
+        let called: bool = db
+            .query_one("SELECT is_called FROM flush_attempts", &[])
+            .await
+            .expect("sequence")
+            .get(0);
+        called
+    })
+    .await
+    .expect("the half-flushed record makes the daemon ask");
+    open.batch_execute("ROLLBACK").await.expect("rollback");
+
+    // The record is complete now: heartbeats come back and changes flow.
+    let seen = listener.heartbeats();
+    db.execute("INSERT INTO users VALUES (2, 'b@x.org', NULL)", &[])
+        .await
+        .expect("insert");
+    listener.wait_keys(&["users/2"]).await;
+    wait_until("heartbeats again", DEADLINE, || async {
+        listener.heartbeats() > seen + 5
+    })
+    .await
+    .expect("the control session recovered from the failed flush request");
+    daemon.stop().await;
+}
