@@ -19,7 +19,7 @@ mod visibility;
 use backoff::Backoff;
 pub use catalog::compile_rules;
 use catalog::{ensure_publication, refuse_synchronous_standby, sql_client};
-use server::{is_invalidated_slot_error, slot_state, ServerIdentity, SlotState};
+use server::{is_invalidated_slot_error, slot_confirmed, slot_state, ServerIdentity, SlotState};
 use visibility::TxnRecord;
 
 use std::sync::Arc;
@@ -359,9 +359,16 @@ impl Streamer<'_> {
                     .into_iter()
                     .map(Invalidation::Flush),
             );
-            self.publish_with_retry(&batch, None, shutdown).await;
-            self.flush_all_on_start = false;
+            if self.publish_with_retry(&batch, None, shutdown).await {
+                self.flush_all_on_start = false;
+            }
         }
+        // Every session starts from what this server's slot has confirmed, never from what an
+        // earlier session believed: after a failover or a restore the new server's positions
+        // can be lower, and confirming or certifying an old, higher one would skip changes.
+        let start_at = slot_confirmed(&self.control, slot).await?;
+        self.confirmed = start_at;
+        self.published = start_at;
         let start = StartReplication::new(slot.clone(), [self.config.postgres.publication.clone()])
             .messages(true);
         let mut stream = match client.start_replication(&start).await {

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use walcache_cdc::client::ReplicationClient;
+use walcache_cdc::Lsn;
 
 use super::{RunError, SessionError, Streamer};
 use crate::metrics as m;
@@ -88,6 +89,23 @@ pub(super) async fn slot_state(
     })
 }
 
+/// The slot's `confirmed_flush_lsn`: where streaming resumes (0 if the slot has none yet).
+pub(super) async fn slot_confirmed(
+    client: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<Lsn, RunError> {
+    let row = client
+        .query_opt(
+            "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::int8 \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| RunError::postgres("reading the slot's confirmed position", e))?;
+    let lsn: Option<i64> = row.and_then(|r| r.get(0));
+    Ok(Lsn(lsn.and_then(|l| u64::try_from(l).ok()).unwrap_or(0)))
+}
+
 /// SQLSTATE object_not_in_prerequisite_state: START_REPLICATION on a slot PostgreSQL
 /// invalidated ("can no longer get changes from replication slot" up to 17, "can no longer
 /// access replication slot" from 18).
@@ -151,6 +169,8 @@ impl Streamer<'_> {
                 metrics::counter!(m::NAMESPACE_FLUSHES_TOTAL, "reason" => "server_changed")
                     .increment(self.mapper.namespaces().len() as u64);
                 self.flush_all_on_start = true;
+                // Transactions awaiting their visibility re-check belong to the old server.
+                self.pending.clear();
             }
             _ => {}
         }
