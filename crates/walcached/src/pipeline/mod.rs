@@ -174,6 +174,7 @@ pub async fn run_with(
         published: Lsn(0),
         server: None,
         slot_invalidated: None,
+        orphan_watch: None,
         confirmed: Lsn(0),
         flush_all_on_start: false,
         redis_reconnected: false,
@@ -308,6 +309,9 @@ struct Streamer<'a> {
     server: Option<ServerIdentity>,
     /// START_REPLICATION said the slot is invalidated (why): recreate it next session.
     slot_invalidated: Option<String>,
+    /// The walsender holding the slot (pid, last `reply_time` as text) and when this daemon
+    /// first saw it so: see `take_over_orphan`.
+    orphan_watch: Option<((i32, Option<String>), std::time::Instant)>,
     confirmed: Lsn,
     flush_all_on_start: bool,
     /// Redis was reconnected since its run_id was last checked.

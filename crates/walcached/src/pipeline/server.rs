@@ -2,7 +2,7 @@
 //! timeline, and that cluster is the one the previous session streamed from; the slot is
 //! usable; a slot held by a walsender whose daemon is gone is taken over.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use walcache_cdc::client::ReplicationClient;
 use walcache_cdc::Lsn;
@@ -129,6 +129,33 @@ pub(super) fn orphan_after(status_interval: Duration) -> Duration {
     (status_interval * 5).max(super::stream::RECEIVE_TIMEOUT)
 }
 
+/// How long a terminated walsender may take to let go of the slot before the takeover is
+/// retried with the standby's backoff.
+const RELEASE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Wait until walsender `pid` no longer holds `slot` (at most [`RELEASE_DEADLINE`]).
+async fn released(control: &tokio_postgres::Client, slot: &str, pid: i32) -> bool {
+    let deadline = Instant::now() + RELEASE_DEADLINE;
+    loop {
+        let holder = control
+            .query_opt(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.get::<_, Option<i32>>(0));
+        if holder != Some(pid) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await; // a catalog poll, not a handshake
+    }
+}
+
 impl Streamer<'_> {
     /// Both connections reach the same cluster and timeline, and it is the one the previous
     /// session streamed from. A different one (a failover, a restore, a DNS change) is an
@@ -178,44 +205,65 @@ impl Streamer<'_> {
         Ok(())
     }
 
-    /// The slot is in use. If the walsender holding it is one of ours, streaming, whose
-    /// daemon has sent no status update for [`orphan_after`], terminate it so this daemon can
-    /// take over. A walsender still creating the slot (no `confirmed_flush_lsn` yet, state
-    /// `startup`) sends no status updates by design and is never taken for an orphan: two
-    /// daemons would otherwise cancel each other's slot creation.
-    /// Returns whether it did.
-    pub(super) async fn take_over_orphan(&self) -> bool {
+    /// The slot is in use. If the walsender holding it is one of ours, streaming, and this
+    /// daemon has seen no new status update from its client for [`orphan_after`], terminate
+    /// it and wait (at most 5 s) for it to let go of the slot. Returns whether the slot was
+    /// freed.
+    ///
+    /// "No new status update" is judged on this daemon's clock: the walsender's `reply_time`
+    /// is the *other* daemon's clock, so it is compared only with itself (unchanged since
+    /// first seen), never with `now()`: a skewed clock can neither make a live daemon look
+    /// gone nor a frozen one look alive. A walsender still creating the slot (no
+    /// `confirmed_flush_lsn` yet, state `startup`) sends no status updates by design and is
+    /// never taken for an orphan: two daemons would otherwise cancel each other's creation.
+    pub(super) async fn take_over_orphan(&mut self) -> bool {
         let threshold = orphan_after(self.config.stream.status_interval());
         let row = self
             .control
             .query_opt(
-                "SELECT r.pid, extract(epoch FROM now() - coalesce(r.reply_time, r.backend_start))::float8 \
-                 FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid \
+                "SELECT r.pid, r.reply_time::text FROM pg_replication_slots s \
+                 JOIN pg_stat_replication r ON r.pid = s.active_pid \
                  WHERE s.slot_name = $1 AND r.application_name = $2 \
                    AND r.state IN ('streaming', 'catchup') AND s.confirmed_flush_lsn IS NOT NULL",
-                &[&self.config.postgres.slot, &walcache_cdc::client::APPLICATION_NAME],
+                &[
+                    &self.config.postgres.slot,
+                    &walcache_cdc::client::APPLICATION_NAME,
+                ],
             )
             .await;
         let Ok(Some(row)) = row else {
+            self.orphan_watch = None;
             return false;
         };
-        let (pid, silent_secs): (i32, f64) = (row.get(0), row.get(1));
-        if silent_secs < threshold.as_secs_f64() {
+        let seen = (row.get::<_, i32>(0), row.get::<_, Option<String>>(1));
+        let silent_for = match &self.orphan_watch {
+            Some((watched, since)) if *watched == seen => since.elapsed(),
+            _ => {
+                self.orphan_watch = Some((seen, Instant::now()));
+                return false;
+            }
+        };
+        if silent_for < threshold {
             return false;
         }
-        let terminated = self
+        self.orphan_watch = None;
+        let pid = seen.0;
+        let signalled = self
             .control
             .query_one("SELECT pg_terminate_backend($1)", &[&pid])
             .await
             .is_ok_and(|r| r.get::<_, bool>(0));
-        if terminated {
-            tracing::warn!(
-                pid,
-                silent_secs,
-                "the walsender holding the slot has heard nothing from its daemon: terminated it to take over"
-            );
-            metrics::counter!(m::SLOT_TAKEOVERS_TOTAL).increment(1);
+        if !signalled {
+            return false;
         }
-        terminated
+        tracing::warn!(
+            pid,
+            silent_secs = silent_for.as_secs_f64(),
+            "the walsender holding the slot has heard nothing from its daemon: terminated it to take over"
+        );
+        metrics::counter!(m::SLOT_TAKEOVERS_TOTAL).increment(1);
+        // The signal is sent, not obeyed yet (a stopped or stuck backend holds on): retry
+        // with the usual backoff rather than at once until it lets go.
+        released(&self.control, &self.config.postgres.slot, pid).await
     }
 }
