@@ -2,6 +2,9 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::time::Duration;
+
+use rustix::process::{kill_process, Pid, Signal};
 
 use crate::BoxError;
 
@@ -26,7 +29,7 @@ pub fn walcached_bin() -> Result<PathBuf, BoxError> {
     .into())
 }
 
-/// A `walcached` process the auditor can start, SIGKILL and restart.
+/// A `walcached` process the auditor can start, stop (SIGTERM or SIGKILL) and restart.
 pub struct Daemon {
     /// The `walcached` binary.
     pub bin: PathBuf,
@@ -69,6 +72,35 @@ impl Daemon {
             c.wait().await?;
         }
         Ok(())
+    }
+
+    /// Stop it cleanly with SIGTERM (it publishes what is in flight, confirms it and exits)
+    /// and reap it. If it has not exited within `deadline` it is SIGKILLed and this is an
+    /// error: a clean stop that hangs is a daemon bug.
+    pub async fn sigterm(&mut self, deadline: Duration) -> Result<(), BoxError> {
+        let Some(mut c) = self.child.take() else {
+            return Ok(());
+        };
+        let pid = c
+            .id()
+            .and_then(|id| Pid::from_raw(i32::try_from(id).ok()?))
+            .ok_or("walcached has already exited")?;
+        kill_process(pid, Signal::TERM)?;
+        match tokio::time::timeout(deadline, c.wait()).await {
+            Ok(status) => {
+                let status = status?;
+                if status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("walcached exited with {status} after SIGTERM").into())
+                }
+            }
+            Err(_) => {
+                c.start_kill()?;
+                c.wait().await?;
+                Err(format!("walcached did not exit within {deadline:?} of SIGTERM").into())
+            }
+        }
     }
 
     /// The last 20 lines of its log.
