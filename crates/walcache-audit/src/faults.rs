@@ -1,5 +1,6 @@
 //! The faults the auditor injects, and what each one's staleness bound is.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -8,8 +9,8 @@ use walcache_audit::daemon::Daemon;
 use walcache_audit::now_ns;
 use walcache_testkit::{wait_until, PgServer, RedisServer, TcpProxy};
 
-use crate::workload::Db;
-use crate::BoxError;
+use crate::workload::{burst_writer, Db};
+use crate::{next_xid8, BoxError};
 
 /// How long Redis stays down in a `redis-restart`.
 pub(crate) const REDIS_DOWN: Duration = Duration::from_millis(250);
@@ -20,6 +21,13 @@ pub(crate) const PROXY_LATENCY_FOR: Duration = Duration::from_secs(3);
 pub(crate) const PARTITION_FOR: Duration = Duration::from_millis(1500);
 /// How long `pubsub-loss` drops pub/sub messages.
 pub(crate) const PUBSUB_LOSS_FOR: Duration = Duration::from_millis(600);
+/// How long `daemon-backlog` keeps walcached stopped (from its exit to its restart).
+pub(crate) const BACKLOG_STOP: Duration = Duration::from_secs(5);
+/// The burst writers `daemon-backlog` adds while walcached is stopped: connections, commits
+/// per second over all of them, rows (keys to invalidate) per commit.
+pub(crate) const BURST_WRITERS: i64 = 4;
+pub(crate) const BURST_RATE: f64 = 1_000.0;
+pub(crate) const BURST_ROWS_PER_COMMIT: i64 = 8;
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// A kind of fault.
@@ -44,11 +52,14 @@ pub(crate) enum FaultKind {
     /// Pub/sub messages to the library dropped for 600 ms (heartbeats too), other traffic
     /// untouched.
     PubsubLoss,
+    /// `walcached` stopped cleanly (SIGTERM) for 5 s while burst writers add 1,000 commits/s
+    /// to a mapped table, then started again over the backlog.
+    DaemonBacklog,
 }
 
 impl FaultKind {
     /// Every kind, in the order the schedule injects them.
-    pub(crate) const ALL: [FaultKind; 8] = [
+    pub(crate) const ALL: [FaultKind; 9] = [
         FaultKind::RedisRestart,
         FaultKind::PubsubKill,
         FaultKind::DaemonKill,
@@ -57,6 +68,7 @@ impl FaultKind {
         FaultKind::ProxyPartition,
         FaultKind::ProxyReset,
         FaultKind::PubsubLoss,
+        FaultKind::DaemonBacklog,
     ];
 
     /// The name in reports and on the command line.
@@ -70,6 +82,7 @@ impl FaultKind {
             FaultKind::ProxyPartition => "proxy-partition",
             FaultKind::ProxyReset => "proxy-reset",
             FaultKind::PubsubLoss => "pubsub-loss",
+            FaultKind::DaemonBacklog => "daemon-backlog",
         }
     }
 
@@ -100,8 +113,10 @@ pub(crate) struct BoundSet {
 }
 
 impl BoundSet {
-    /// The bound of reads in `kind`'s window.
-    pub(crate) fn of(&self, kind: FaultKind) -> Duration {
+    /// The bound of reads in the window of one injection of `kind`. `outage` is how long that
+    /// injection kept invalidations from being published, as measured (see
+    /// [`Injected::outage`]); the kinds whose bound depends on it use it in `available` mode.
+    pub(crate) fn of(&self, kind: FaultKind, outage: Option<Duration>) -> Duration {
         if let Some(strict) = self.strict {
             return strict;
         }
@@ -113,6 +128,42 @@ impl BoundSet {
             | FaultKind::ProxyPartition
             | FaultKind::PubsubLoss => self.stream,
             FaultKind::PgRestart => self.pg,
+            // L2 is stale for as long as nothing is published, whatever that was.
+            FaultKind::DaemonBacklog => self.base + outage.unwrap_or(self.stream),
+        }
+    }
+
+    /// The bound of `kind` as the report states it: milliseconds, or for the kinds measured
+    /// per injection, the formula.
+    pub(crate) fn describe(&self, kind: FaultKind) -> serde_json::Value {
+        let ms = |d: Duration| serde_json::json!(d.as_secs_f64() * 1e3);
+        match kind {
+            _ if self.strict.is_some() => ms(self.of(kind, None)),
+            FaultKind::DaemonBacklog => serde_json::json!(format!(
+                "stop + catch-up (measured per injection) + {} ms",
+                self.base.as_millis()
+            )),
+            _ => ms(self.of(kind, None)),
+        }
+    }
+}
+
+/// What one injection did.
+#[derive(Debug)]
+pub(crate) struct Injected {
+    /// A description for the report.
+    pub(crate) detail: String,
+    /// For the kinds that stop invalidations at the source: how long they were stopped, from
+    /// the injection until the daemon published again (`daemon-backlog`: SIGTERM to the first
+    /// heartbeat of the new daemon).
+    pub(crate) outage: Option<Duration>,
+}
+
+impl From<String> for Injected {
+    fn from(detail: String) -> Self {
+        Injected {
+            detail,
+            outage: None,
         }
     }
 }
@@ -129,6 +180,8 @@ pub(crate) struct Injector<'a> {
     pub(crate) heartbeat_timeout: Duration,
     /// PostgreSQL restarts so far (they alternate between fast and immediate shutdowns).
     pub(crate) pg_restarts: u32,
+    /// The audited database, for the burst writers' connections.
+    pub(crate) pg_conn: &'a str,
 }
 
 /// Wait until `h` has noticed the fault (not live, for up to `notice`), then until it is live
@@ -144,6 +197,23 @@ pub(crate) async fn wait_relive(h: &Walcache, notice: Duration) -> Result<(), Bo
     })
     .await?;
     Ok(())
+}
+
+/// Hold for `d` (the schedule), watching `h`: returns when, if at all, it was first seen not
+/// live, in nanoseconds on [`now_ns`].
+async fn hold_watching(h: &Walcache, d: Duration) -> Option<u64> {
+    let until = now_ns() + d.as_nanos() as u64;
+    let mut not_live = None;
+    loop {
+        let now = now_ns();
+        if not_live.is_none() && !h.is_live() {
+            not_live = Some(now);
+        }
+        if now >= until {
+            return not_live;
+        }
+        tokio::time::sleep(Duration::from_nanos(until - now).min(Duration::from_millis(2))).await;
+    }
 }
 
 /// The pid of the walsender streaming to walcached, if any.
@@ -181,10 +251,11 @@ async fn hold(d: Duration) {
 }
 
 impl Injector<'_> {
-    /// Inject `kind` and wait until the system has recovered from it. Returns a description.
-    pub(crate) async fn inject(&mut self, kind: FaultKind) -> Result<String, BoxError> {
+    /// Inject `kind` and wait until the system has recovered from it.
+    pub(crate) async fn inject(&mut self, kind: FaultKind) -> Result<Injected, BoxError> {
         let hb = self.heartbeat_timeout;
         let detail = match kind {
+            FaultKind::DaemonBacklog => return self.daemon_backlog().await,
             FaultKind::RedisRestart => {
                 let redis = Arc::clone(self.redis);
                 tokio::task::spawn_blocking(move || {
@@ -291,6 +362,116 @@ impl Injector<'_> {
                 )
             }
         };
-        Ok(detail)
+        Ok(detail.into())
+    }
+
+    /// `daemon-backlog`: SIGTERM, burst writers for [`BACKLOG_STOP`] after the exit, restart,
+    /// and the catch-up timed until the probe is live again: its first heartbeat certifies
+    /// everything committed before it as published.
+    async fn daemon_backlog(&mut self) -> Result<Injected, BoxError> {
+        // The burst's connections first, so connecting is not part of the fault.
+        let mut burst_dbs = Vec::new();
+        for _ in 0..BURST_WRITERS {
+            burst_dbs.push(Db::connect(self.pg_conn).await?);
+        }
+        let xid_before = next_xid8(self.admin.client_within(DEADLINE).await?).await?;
+        let t0 = now_ns();
+        let stop_burst = Arc::new(AtomicBool::new(false));
+        let burst: Vec<_> = burst_dbs
+            .into_iter()
+            .enumerate()
+            .map(|(part, db)| {
+                tokio::spawn(burst_writer(
+                    db,
+                    part as i64,
+                    BURST_WRITERS,
+                    BURST_ROWS_PER_COMMIT,
+                    BURST_RATE / BURST_WRITERS as f64,
+                    Arc::clone(&stop_burst),
+                ))
+            })
+            .collect();
+        let stopped = self.daemon.sigterm(DEADLINE).await;
+        let t_exit = now_ns();
+        // Held in full even if the stop failed: the burst writers must be stopped and joined.
+        let not_live = hold_watching(self.probe, BACKLOG_STOP).await;
+        stop_burst.store(true, Ordering::Relaxed);
+        let mut burst_commits = 0;
+        for task in burst {
+            burst_commits += task.await??;
+        }
+        stopped?;
+        let xid_after = next_xid8(self.admin.client_within(DEADLINE).await?).await?;
+        let before = walsender_pid(self.admin).await?;
+        let t_restart = now_ns();
+        self.daemon.spawn()?;
+        wait_new_walsender(self.admin, before).await?;
+        wait_relive(self.probe, Duration::ZERO).await?;
+        let t_live = now_ns();
+        let stopped_s = (t_restart - t0) as f64 / 1e9;
+        let commits = xid_after - xid_before;
+        let ms = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / 1e6;
+        Ok(Injected {
+            detail: format!(
+                "SIGTERM, exited after {:.0} ms, stopped {stopped_s:.2} s; {commits} commits \
+                 while stopped ({:.0}/s, {burst_commits} of them the burst's); catch-up {:.0} ms \
+                 (restart to the probe live again); probe not live {}",
+                ms(t0, t_exit),
+                commits as f64 / stopped_s,
+                ms(t_restart, t_live),
+                not_live.map_or("never (!)".to_owned(), |t| format!(
+                    "{:.0} ms after SIGTERM",
+                    ms(t0, t)
+                )),
+            ),
+            outage: Some(Duration::from_nanos(t_live - t0)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bounds(strict: bool) -> BoundSet {
+        BoundSet {
+            base: Duration::from_millis(100),
+            stream: Duration::from_secs(2),
+            pg: Duration::from_secs(4),
+            strict: strict.then(|| Duration::from_millis(1100)),
+        }
+    }
+
+    #[test]
+    fn every_kind_parses_back_from_its_name() {
+        for kind in FaultKind::ALL {
+            assert_eq!(FaultKind::parse(kind.name()), Ok(kind));
+        }
+        assert!(FaultKind::parse("daemon-stop").is_err());
+    }
+
+    #[test]
+    fn measured_kinds_are_bounded_by_their_outage_in_available_mode() {
+        let b = bounds(false);
+        let outage = Some(Duration::from_millis(7_300));
+        assert_eq!(
+            b.of(FaultKind::DaemonBacklog, outage),
+            Duration::from_millis(7_400)
+        );
+        assert!(b.describe(FaultKind::DaemonBacklog).is_string());
+        // The others ignore it.
+        assert_eq!(b.of(FaultKind::DaemonKill, outage), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn strict_mode_has_one_bound_whatever_the_outage() {
+        let b = bounds(true);
+        for kind in FaultKind::ALL {
+            assert_eq!(
+                b.of(kind, Some(Duration::from_secs(30))),
+                Duration::from_millis(1100)
+            );
+            assert_eq!(b.describe(kind), serde_json::json!(1100.0));
+        }
     }
 }

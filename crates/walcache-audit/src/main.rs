@@ -124,7 +124,7 @@ struct Args {
     heartbeat_timeout: Duration,
     /// Faults to inject in turn: `all`, `none`, or a comma-separated list of redis-restart,
     /// pubsub-kill, daemon-kill, pg-restart, proxy-latency, proxy-partition, proxy-reset,
-    /// pubsub-loss.
+    /// pubsub-loss, daemon-backlog.
     #[arg(long, default_value = "all", value_parser = faults_arg)]
     faults: FaultList,
     /// Time between faults. Default 6s with --ci, else 20s.
@@ -368,6 +368,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
             admin: &mut admin,
             heartbeat_timeout: args.heartbeat_timeout,
             pg_restarts: 0,
+            pg_conn: &setup.pg_conn,
         };
         let mut at = origin + args.first_fault.as_nanos() as u64;
         let mut i = 0;
@@ -376,8 +377,8 @@ async fn run(args: Args) -> Result<bool, BoxError> {
             let kind = args.faults.0[i % args.faults.0.len()];
             tokio::time::sleep(Duration::from_nanos(at.saturating_sub(now_ns()))).await;
             let start_ns = now_ns();
-            let detail = match injector.inject(kind).await {
-                Ok(d) => d,
+            let injected = match injector.inject(kind).await {
+                Ok(i) => i,
                 Err(e) => {
                     return Err(format!(
                         "{}: {e}; walcached log:\n{}",
@@ -388,18 +389,26 @@ async fn run(args: Args) -> Result<bool, BoxError> {
                 }
             };
             let end_ns = now_ns();
+            let bound = bounds.of(kind, injected.outage);
             eprintln!(
-                "walcache-audit: {:>7.2} s {} ({detail}), recovered after {:.1} ms",
+                "walcache-audit: {:>7.2} s {} ({}), recovered after {:.1} ms, bound {} ms",
                 (start_ns - origin) as f64 / 1e9,
                 kind.name(),
-                (end_ns - start_ns) as f64 / 1e6
+                injected.detail,
+                (end_ns - start_ns) as f64 / 1e6,
+                bound.as_millis()
             );
-            fault_log.push(serde_json::json!({"kind": kind.name(), "detail": detail}));
+            fault_log.push(serde_json::json!({
+                "kind": kind.name(),
+                "at_s": (start_ns - origin) as f64 / 1e9,
+                "detail": injected.detail,
+                "bound_ms": bound.as_secs_f64() * 1e3,
+            }));
             faults.push(Fault {
                 kind: kind.name().to_owned(),
                 start_ns,
                 end_ns,
-                bound_ns: bounds.of(kind).as_nanos() as u64,
+                bound_ns: bound.as_nanos() as u64,
             });
             i += 1;
             at = (at + fault_interval.as_nanos() as u64).max(now_ns());
@@ -455,19 +464,14 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         .faults
         .0
         .iter()
-        .map(|k| {
-            (
-                k.name().to_owned(),
-                serde_json::json!(bounds.of(*k).as_secs_f64() * 1e3),
-            )
-        })
+        .map(|k| (k.name().to_owned(), bounds.describe(*k)))
         .collect();
     let mut meta = serde_json::json!({
         "mode": if args.ci { "ci" } else { "long" },
         "freshness": if strict { "strict" } else { "available" },
         "workload_s": duration.as_secs_f64(),
         "rows": args.rows,
-        "tables": ["audit_rows (UPDATE)", "audit_items (INSERT/UPDATE/DELETE, cached not-found)", "sum(audit_counters) (tagged)"],
+        "tables": ["audit_rows (UPDATE)", "audit_items (INSERT/UPDATE/DELETE, cached not-found)", "sum(audit_counters) (tagged)", "audit_filler (daemon-backlog's burst, not read)"],
         "zipf": args.zipf,
         "write_rate": args.write_rate,
         "writers": writers + 1,
@@ -650,6 +654,18 @@ fn print_summary(s: &Summary, meta: &serde_json::Value) {
             v.last_fault.as_deref().unwrap_or("none")
         );
     }
+}
+
+/// The next transaction id the server will assign, as an xid8 (its epoch in the high 32 bits).
+/// Assigns none.
+pub(crate) async fn next_xid8(client: &tokio_postgres::Client) -> Result<u64, BoxError> {
+    let row = client
+        .query_one(
+            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8",
+            &[],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) as u64)
 }
 
 fn write_report(path: &Path, report: &serde_json::Value) -> Result<(), BoxError> {

@@ -5,6 +5,7 @@
 //! | `audit_rows(id, version)` | UPDATE | `get_or_load`, namespace `audit_rows`, rule keys `["{id}"]` | `row_key(ROWS, id)` |
 //! | `audit_items(id, version)` | INSERT, UPDATE, DELETE | `try_get_optional_with` (cached "not found"), namespace `audit_items`, rule keys `["{id}"]` | `row_key(ITEMS, id)` |
 //! | `audit_counters(id, version)` (16 rows) | UPDATE | `try_get_tagged_with` of `sum(version)` under the tag `audit_counters`, namespace `audit_sums`; the rule has no keys, only the tag | `row_key(SUM, 0)`, version = the sum |
+//! | `audit_filler(id, version)` (10,000 rows) | UPDATE, by `daemon-backlog`'s burst writers only | nobody; the rule keys `["{id}"]` make every change an invalidation the daemon must publish | — |
 //!
 //! Every write sets a version one above the row's last committed one, so each writer must know
 //! its rows' state: writer `w` of `n` owns the rows whose `(id - 1) % n == w`, and one more
@@ -36,6 +37,12 @@ pub(crate) const COUNTERS_TAG: &str = "audit_counters";
 pub(crate) const NS_ROWS: &str = "audit_rows";
 pub(crate) const NS_ITEMS: &str = "audit_items";
 pub(crate) const NS_SUMS: &str = "audit_sums";
+/// The table `daemon-backlog`'s burst writes: mapped by the daemon (one key per row, so every
+/// change is an invalidation it must publish) and read by nobody, so the checked tables keep
+/// their writers' version model.
+pub(crate) const FILLER: &str = "audit_filler";
+/// Rows of `audit_filler`.
+pub(crate) const FILLER_ROWS: i64 = 10_000;
 
 /// The table names in reports.
 pub(crate) fn table_name(table: u16) -> &'static str {
@@ -61,7 +68,9 @@ pub(crate) async fn create_tables(
              CREATE TABLE audit_items (id bigint PRIMARY KEY, version bigint NOT NULL);
              INSERT INTO audit_items SELECT g, 0 FROM generate_series(1, {rows}, 2) g;
              CREATE TABLE audit_counters (id bigint PRIMARY KEY, version bigint NOT NULL);
-             INSERT INTO audit_counters SELECT g, 0 FROM generate_series(1, {COUNTERS}) g;"
+             INSERT INTO audit_counters SELECT g, 0 FROM generate_series(1, {COUNTERS}) g;
+             CREATE TABLE {FILLER} (id bigint PRIMARY KEY, version bigint NOT NULL);
+             INSERT INTO {FILLER} SELECT g, 0 FROM generate_series(1, {FILLER_ROWS}) g;"
         ))
         .await?;
     let mut history = Vec::with_capacity(2 * rows + 1);
@@ -76,7 +85,7 @@ pub(crate) async fn create_tables(
     Ok(history)
 }
 
-/// The daemon's rules for the three tables.
+/// The daemon's rules for the three audited tables and the filler.
 pub(crate) fn rules() -> Vec<walcache_audit::daemon::RuleSpec> {
     use walcache_audit::daemon::RuleSpec;
     vec![
@@ -97,6 +106,12 @@ pub(crate) fn rules() -> Vec<walcache_audit::daemon::RuleSpec> {
             namespace: "audit_counters".into(),
             keys: vec![],
             tags: vec![COUNTERS_TAG.into()],
+        },
+        RuleSpec {
+            table: format!("public.{FILLER}"),
+            namespace: FILLER.into(),
+            keys: vec!["{id}".into()],
+            tags: vec![],
         },
     ]
 }
@@ -576,4 +591,39 @@ pub(crate) async fn counter_writer(
         }
     }
     Ok(result)
+}
+
+/// One of `parts` burst writers for `daemon-backlog`: at `rate` commits per second until
+/// `stop`, each an autocommit UPDATE of `rows_per_commit` consecutive rows of `audit_filler`
+/// in this writer's share of the ids (no two writers touch the same row, so none waits on
+/// another's lock). Returns the commits made. Behind schedule, it catches up (the point is the
+/// volume the daemon finds when it comes back).
+pub(crate) async fn burst_writer(
+    mut db: Db,
+    part: i64,
+    parts: i64,
+    rows_per_commit: i64,
+    rate: f64,
+    stop: Arc<AtomicBool>,
+) -> Result<u64, BoxError> {
+    let share = FILLER_ROWS / parts;
+    let first = part * share + 1;
+    let blocks = (share / rows_per_commit).max(1);
+    let sql = format!(
+        "UPDATE {FILLER} SET version = version + 1 WHERE id >= $1 AND id < $1 + {rows_per_commit}"
+    );
+    let client = db.client_within(Duration::from_secs(10)).await?;
+    let statement = client.prepare(&sql).await?;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut commits = 0u64;
+    let mut block = 0i64;
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let start = first + (block % blocks) * rows_per_commit;
+        block += 1;
+        client.execute(&statement, &[&start]).await?;
+        commits += 1;
+    }
+    Ok(commits)
 }
