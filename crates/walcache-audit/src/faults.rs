@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rustix::process::{kill_process, Pid, Signal};
 use walcache::Walcache;
 use walcache_audit::daemon::Daemon;
 use walcache_audit::now_ns;
@@ -28,6 +29,15 @@ pub(crate) const BACKLOG_STOP: Duration = Duration::from_secs(5);
 pub(crate) const BURST_WRITERS: i64 = 4;
 pub(crate) const BURST_RATE: f64 = 1_000.0;
 pub(crate) const BURST_ROWS_PER_COMMIT: i64 = 8;
+/// How long `replication-silent` keeps the walsender stopped: within the daemon's 10 s receive
+/// deadline, so the session survives and resumes.
+pub(crate) const SILENT_HOLD: Duration = Duration::from_secs(3);
+/// In long mode every second `replication-silent` holds this long instead: past the receive
+/// deadline (the daemon ends the session and reconnects) and past the 10 s after which it
+/// terminates the orphaned walsender still holding its slot, which cannot die until continued.
+pub(crate) const SILENT_HOLD_LONG: Duration = Duration::from_secs(13);
+/// The daemon's heartbeat interval (see `main.rs`).
+const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(crate::DAEMON_HEARTBEAT_MS);
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// A kind of fault.
@@ -55,11 +65,15 @@ pub(crate) enum FaultKind {
     /// `walcached` stopped cleanly (SIGTERM) for 5 s while burst writers add 1,000 commits/s
     /// to a mapped table, then started again over the backlog.
     DaemonBacklog,
+    /// The walsender streaming to `walcached` stopped (SIGSTOP) for 3 s while writers commit,
+    /// then continued (SIGCONT): a replication link silent without a word. In long mode every
+    /// second one lasts 13 s, past the daemon's receive deadline.
+    ReplicationSilent,
 }
 
 impl FaultKind {
     /// Every kind, in the order the schedule injects them.
-    pub(crate) const ALL: [FaultKind; 9] = [
+    pub(crate) const ALL: [FaultKind; 10] = [
         FaultKind::RedisRestart,
         FaultKind::PubsubKill,
         FaultKind::DaemonKill,
@@ -69,6 +83,7 @@ impl FaultKind {
         FaultKind::ProxyReset,
         FaultKind::PubsubLoss,
         FaultKind::DaemonBacklog,
+        FaultKind::ReplicationSilent,
     ];
 
     /// The name in reports and on the command line.
@@ -83,6 +98,7 @@ impl FaultKind {
             FaultKind::ProxyReset => "proxy-reset",
             FaultKind::PubsubLoss => "pubsub-loss",
             FaultKind::DaemonBacklog => "daemon-backlog",
+            FaultKind::ReplicationSilent => "replication-silent",
         }
     }
 
@@ -129,7 +145,9 @@ impl BoundSet {
             | FaultKind::PubsubLoss => self.stream,
             FaultKind::PgRestart => self.pg,
             // L2 is stale for as long as nothing is published, whatever that was.
-            FaultKind::DaemonBacklog => self.base + outage.unwrap_or(self.stream),
+            FaultKind::DaemonBacklog | FaultKind::ReplicationSilent => {
+                self.base + outage.unwrap_or(self.stream)
+            }
         }
     }
 
@@ -141,6 +159,11 @@ impl BoundSet {
             _ if self.strict.is_some() => ms(self.of(kind, None)),
             FaultKind::DaemonBacklog => serde_json::json!(format!(
                 "stop + catch-up (measured per injection) + {} ms",
+                self.base.as_millis()
+            )),
+            FaultKind::ReplicationSilent => serde_json::json!(format!(
+                "3 s hold: the hold + {0} ms; 13 s hold (long mode): until the probe is live \
+                 again + {0} ms (measured per injection)",
                 self.base.as_millis()
             )),
             _ => ms(self.of(kind, None)),
@@ -155,7 +178,8 @@ pub(crate) struct Injected {
     pub(crate) detail: String,
     /// For the kinds that stop invalidations at the source: how long they were stopped, from
     /// the injection until the daemon published again (`daemon-backlog`: SIGTERM to the first
-    /// heartbeat of the new daemon).
+    /// heartbeat of the new daemon; `replication-silent`: SIGSTOP to SIGCONT, or for a hold
+    /// past the receive deadline, SIGSTOP to the first heartbeat after the reconnection).
     pub(crate) outage: Option<Duration>,
 }
 
@@ -182,6 +206,10 @@ pub(crate) struct Injector<'a> {
     pub(crate) pg_restarts: u32,
     /// The audited database, for the burst writers' connections.
     pub(crate) pg_conn: &'a str,
+    /// Long mode: every second `replication-silent` holds [`SILENT_HOLD_LONG`].
+    pub(crate) long_silences: bool,
+    /// `replication-silent` injections so far.
+    pub(crate) silences: u32,
 }
 
 /// Wait until `h` has noticed the fault (not live, for up to `notice`), then until it is live
@@ -213,6 +241,30 @@ async fn hold_watching(h: &Walcache, d: Duration) -> Option<u64> {
             return not_live;
         }
         tokio::time::sleep(Duration::from_nanos(until - now).min(Duration::from_millis(2))).await;
+    }
+}
+
+/// A process stopped with SIGSTOP: continued (SIGCONT) when dropped, so no path out of the
+/// fault — an error, a panic — leaves it stopped.
+struct Stopped(Pid);
+
+impl Stopped {
+    fn stop(pid: i32) -> Result<Stopped, BoxError> {
+        let pid = Pid::from_raw(pid).ok_or("not a process id")?;
+        kill_process(pid, Signal::STOP)
+            .map_err(|e| format!("SIGSTOP to walsender {}: {e}", pid.as_raw_pid()))?;
+        Ok(Stopped(pid))
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Err(e) = kill_process(self.0, Signal::CONT) {
+            eprintln!(
+                "walcache-audit: SIGCONT to walsender {}: {e}",
+                self.0.as_raw_pid()
+            );
+        }
     }
 }
 
@@ -256,6 +308,7 @@ impl Injector<'_> {
         let hb = self.heartbeat_timeout;
         let detail = match kind {
             FaultKind::DaemonBacklog => return self.daemon_backlog().await,
+            FaultKind::ReplicationSilent => return self.replication_silent().await,
             FaultKind::RedisRestart => {
                 let redis = Arc::clone(self.redis);
                 tokio::task::spawn_blocking(move || {
@@ -427,6 +480,59 @@ impl Injector<'_> {
             outage: Some(Duration::from_nanos(t_live - t0)),
         })
     }
+
+    /// `replication-silent`: the walsender serving walcached stopped for [`SILENT_HOLD`]: the
+    /// daemon receives nothing and sends no error, so only its liveness rule (no heartbeat
+    /// unless a recent sample of the server's flush position is reached) ends the caches'
+    /// liveness. A [`SILENT_HOLD_LONG`] also crosses the receive deadline and the orphan
+    /// take-over: the daemon terminates the stopped walsender, which dies once continued.
+    async fn replication_silent(&mut self) -> Result<Injected, BoxError> {
+        self.silences += 1;
+        let long = self.long_silences && self.silences % 2 == 0;
+        let hold = if long { SILENT_HOLD_LONG } else { SILENT_HOLD };
+        let until = now_ns() + DEADLINE.as_nanos() as u64;
+        let pid = loop {
+            // A previous fault may have left the daemon reconnecting: wait for its walsender.
+            if let Some(pid) = walsender_pid(self.admin).await? {
+                break pid;
+            }
+            if now_ns() > until {
+                return Err("no walsender streams to walcached".into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let t0 = now_ns();
+        let stopped = Stopped::stop(pid)?;
+        let not_live = hold_watching(self.probe, hold).await;
+        drop(stopped);
+        let t1 = now_ns();
+        if long {
+            // The daemon ended the session: recovered once a new walsender streams.
+            wait_new_walsender(self.admin, Some(pid)).await?;
+        }
+        wait_relive(self.probe, Duration::ZERO).await?;
+        let t_live = now_ns();
+        let ms = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / 1e6;
+        // Heartbeats stop within two intervals of the silence; the caches then wait out their
+        // timeout.
+        let expected = self.heartbeat_timeout + 2 * HEARTBEAT_INTERVAL;
+        Ok(Injected {
+            detail: format!(
+                "walsender {pid} stopped {:.0} ms; probe not live {}; live again {:.0} ms after \
+                 SIGCONT",
+                ms(t0, t1),
+                not_live.map_or("never (!)".to_owned(), |t| format!(
+                    "{:.0} ms after SIGSTOP (expected within {} ms)",
+                    ms(t0, t),
+                    expected.as_millis()
+                )),
+                ms(t1, t_live),
+            ),
+            // Within the receive deadline the session resumes where it stopped: L2 is stale
+            // for the hold. Past it, the daemon reconnects after SIGCONT and replays.
+            outage: Some(Duration::from_nanos(if long { t_live } else { t1 } - t0)),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -454,11 +560,10 @@ mod tests {
     fn measured_kinds_are_bounded_by_their_outage_in_available_mode() {
         let b = bounds(false);
         let outage = Some(Duration::from_millis(7_300));
-        assert_eq!(
-            b.of(FaultKind::DaemonBacklog, outage),
-            Duration::from_millis(7_400)
-        );
-        assert!(b.describe(FaultKind::DaemonBacklog).is_string());
+        for kind in [FaultKind::DaemonBacklog, FaultKind::ReplicationSilent] {
+            assert_eq!(b.of(kind, outage), Duration::from_millis(7_400));
+            assert!(b.describe(kind).is_string());
+        }
         // The others ignore it.
         assert_eq!(b.of(FaultKind::DaemonKill, outage), Duration::from_secs(2));
     }

@@ -44,7 +44,7 @@ use crate::workload::{Db, Reader, ReaderConfig, KEY_PREFIX};
 const FAULT_WINDOW: Duration = Duration::from_secs(5);
 const SETUP_DEADLINE: Duration = Duration::from_secs(30);
 /// The daemon's heartbeat interval: well below the library's heartbeat timeout.
-const DAEMON_HEARTBEAT_MS: u64 = 100;
+pub(crate) const DAEMON_HEARTBEAT_MS: u64 = 100;
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s)
@@ -124,7 +124,7 @@ struct Args {
     heartbeat_timeout: Duration,
     /// Faults to inject in turn: `all`, `none`, or a comma-separated list of redis-restart,
     /// pubsub-kill, daemon-kill, pg-restart, proxy-latency, proxy-partition, proxy-reset,
-    /// pubsub-loss, daemon-backlog.
+    /// pubsub-loss, daemon-backlog, replication-silent.
     #[arg(long, default_value = "all", value_parser = faults_arg)]
     faults: FaultList,
     /// Time between faults. Default 6s with --ci, else 20s.
@@ -369,6 +369,8 @@ async fn run(args: Args) -> Result<bool, BoxError> {
             heartbeat_timeout: args.heartbeat_timeout,
             pg_restarts: 0,
             pg_conn: &setup.pg_conn,
+            long_silences: !args.ci,
+            silences: 0,
         };
         let mut at = origin + args.first_fault.as_nanos() as u64;
         let mut i = 0;
