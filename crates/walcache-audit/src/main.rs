@@ -33,7 +33,7 @@ use walcache_audit::daemon::{daemon_config, walcached_bin, Daemon};
 use walcache_audit::refresh_proof::{self, ProofSetup};
 use walcache_audit::BoxError;
 use walcache_audit::{check, now_ns, parse_duration, Bounds, Fault, Summary, Zipf};
-use walcache_testkit::{PgServer, RedisServer, TcpProxy};
+use walcache_testkit::{PgOptions, PgServer, RedisServer, TcpProxy};
 
 use crate::child::{ChildArgs, ChildReader, ChildSpec, ReaderResult};
 use crate::faults::{BoundSet, FaultKind, Injector};
@@ -137,6 +137,10 @@ struct Args {
     /// cycle, and show nothing stale survives (about 15 s).
     #[arg(long)]
     refresh_proof: bool,
+    /// Start PostgreSQL in this transaction-id epoch (`pg_resetwal -e`): every xid8 the daemon
+    /// widens a 32-bit xid to is then at least 2^32 × N.
+    #[arg(long, default_value_t = 0)]
+    xid_epoch: u32,
     /// Where to write the JSON report.
     #[arg(long, default_value = "target/audit-report.json")]
     report: PathBuf,
@@ -227,7 +231,12 @@ async fn run(args: Args) -> Result<bool, BoxError> {
 
     // Servers, schema, daemon, proxy.
     eprintln!("walcache-audit: starting PostgreSQL and Redis");
-    let pg = tokio::task::spawn_blocking(PgServer::start).await??;
+    let xid_epoch = args.xid_epoch;
+    let pg = tokio::task::spawn_blocking(move || match xid_epoch {
+        0 => PgServer::start(),
+        n => PgServer::start_with(PgOptions::new().xid_epoch(n)),
+    })
+    .await??;
     let redis_server = tokio::task::spawn_blocking(RedisServer::start).await??;
     let redis_url = redis_server.url();
     let proxy = TcpProxy::start(std::net::SocketAddr::from((
@@ -238,6 +247,15 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     let pg_conn = pg.conn_string(&dbname);
     let pg_url = pg.url(&dbname);
     let mut admin = Db::connect(&pg_conn).await?;
+    let first_xid8 = next_xid8(admin.client_within(SETUP_DEADLINE).await?).await?;
+    if first_xid8 >> 32 != u64::from(args.xid_epoch) {
+        return Err(format!(
+            "PostgreSQL's next xid8 is {first_xid8} (epoch {}), not in epoch {}",
+            first_xid8 >> 32,
+            args.xid_epoch
+        )
+        .into());
+    }
     let initial_ns = now_ns();
     let mut initial = workload::create_tables(
         admin.client_within(SETUP_DEADLINE).await?,
@@ -471,6 +489,8 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     let mut meta = serde_json::json!({
         "mode": if args.ci { "ci" } else { "long" },
         "freshness": if strict { "strict" } else { "available" },
+        "xid_epoch": args.xid_epoch,
+        "first_xid8": first_xid8,
         "workload_s": duration.as_secs_f64(),
         "rows": args.rows,
         "tables": ["audit_rows (UPDATE)", "audit_items (INSERT/UPDATE/DELETE, cached not-found)", "sum(audit_counters) (tagged)", "audit_filler (daemon-backlog's burst, not read)"],
