@@ -13,7 +13,7 @@
 //!
 //! ```text
 //! cargo build -p walcached
-//! cargo run -p walcache-audit -- --ci --report target/audit-ci.json   # ~70 s
+//! cargo run -p walcache-audit -- --ci --report target/audit-ci.json   # ~65 s
 //! cargo run --release -p walcache-audit -- --duration 10m               # long mode
 //! ```
 
@@ -77,11 +77,12 @@ enum Mode {
 #[derive(Parser, Debug)]
 #[command(name = "walcache-audit", version)]
 struct Args {
-    /// CI mode: a 55 s workload with every fault kind once (about 70 s in all). Explicit
-    /// flags still override its values.
+    /// CI mode: a 60 s workload, a fault every 5 s, every fault kind at least once (the
+    /// workload runs longer if the schedule leaves a kind out). Explicit flags still override
+    /// its values.
     #[arg(long)]
     ci: bool,
-    /// How long the workload runs (e.g. 55s, 10m). Default 55s with --ci, else 10m.
+    /// How long the workload runs (e.g. 60s, 10m). Default 60s with --ci, else 10m.
     #[arg(long, value_parser = duration_arg)]
     duration: Option<Duration>,
     /// The library's freshness mode while the stream is not live.
@@ -127,7 +128,8 @@ struct Args {
     /// pubsub-loss, daemon-backlog, replication-silent.
     #[arg(long, default_value = "all", value_parser = faults_arg)]
     faults: FaultList,
-    /// Time between faults. Default 6s with --ci, else 20s.
+    /// Time between faults (a fault that lasts longer delays the next). Default 5s with --ci,
+    /// else 20s.
     #[arg(long, value_parser = duration_arg)]
     fault_interval: Option<Duration>,
     /// When the first fault is injected, after the workload starts.
@@ -184,6 +186,41 @@ fn main() {
 // ---------------------------------------------------------------------------------------------
 // The run
 
+/// When faults are injected: every `interval` from the first, each delayed until the one
+/// before has recovered, as long as a fault's observation window fits before `end` — or, for
+/// the first `cover` injections (CI mode: one per kind listed), regardless, `end` moving out
+/// to fit their windows. Times in nanoseconds on [`now_ns`].
+#[derive(Debug)]
+struct Schedule {
+    /// When the next fault is due.
+    at: u64,
+    /// When the workload ends.
+    end: u64,
+    interval: u64,
+    window: u64,
+    /// Injections owed whatever the duration.
+    cover: usize,
+    /// Injections so far.
+    injected: usize,
+}
+
+impl Schedule {
+    /// When to inject the next fault, or `None` if the schedule is over.
+    fn next(&mut self) -> Option<u64> {
+        if self.at + self.window > self.end && self.injected >= self.cover {
+            return None;
+        }
+        self.end = self.end.max(self.at + self.window);
+        Some(self.at)
+    }
+
+    /// The fault `next` returned has recovered at `now`.
+    fn done(&mut self, now: u64) {
+        self.injected += 1;
+        self.at = (self.at + self.interval).max(now);
+    }
+}
+
 /// Everything the workload set up.
 struct Setup {
     pg: Arc<Mutex<PgServer>>,
@@ -198,7 +235,7 @@ struct Setup {
 async fn run(args: Args) -> Result<bool, BoxError> {
     let started = now_ns();
     let duration = args.duration.unwrap_or(if args.ci {
-        Duration::from_secs(55)
+        Duration::from_secs(60)
     } else {
         Duration::from_secs(600)
     });
@@ -206,7 +243,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         .read_rate
         .unwrap_or(if args.ci { 2000.0 } else { 4500.0 });
     let fault_interval = args.fault_interval.unwrap_or(if args.ci {
-        Duration::from_secs(6)
+        Duration::from_secs(5)
     } else {
         Duration::from_secs(20)
     });
@@ -375,7 +412,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     // Faults on schedule, while the workload runs.
     let mut faults = Vec::new();
     let mut fault_log = Vec::new();
-    let end = origin + duration.as_nanos() as u64;
+    let mut end = origin + duration.as_nanos() as u64;
     if !args.faults.0.is_empty() {
         let mut injector = Injector {
             redis: &setup.redis,
@@ -390,11 +427,16 @@ async fn run(args: Args) -> Result<bool, BoxError> {
             long_silences: !args.ci,
             silences: 0,
         };
-        let mut at = origin + args.first_fault.as_nanos() as u64;
-        let mut i = 0;
-        // Leave each fault its observation window before the end.
-        while at + FAULT_WINDOW.as_nanos() as u64 <= end {
-            let kind = args.faults.0[i % args.faults.0.len()];
+        let mut schedule = Schedule {
+            at: origin + args.first_fault.as_nanos() as u64,
+            end,
+            interval: fault_interval.as_nanos() as u64,
+            window: FAULT_WINDOW.as_nanos() as u64,
+            cover: if args.ci { args.faults.0.len() } else { 0 },
+            injected: 0,
+        };
+        while let Some(at) = schedule.next() {
+            let kind = args.faults.0[schedule.injected % args.faults.0.len()];
             tokio::time::sleep(Duration::from_nanos(at.saturating_sub(now_ns()))).await;
             let start_ns = now_ns();
             let injected = match injector.inject(kind).await {
@@ -430,9 +472,9 @@ async fn run(args: Args) -> Result<bool, BoxError> {
                 end_ns,
                 bound_ns: bound.as_nanos() as u64,
             });
-            i += 1;
-            at = (at + fault_interval.as_nanos() as u64).max(now_ns());
+            schedule.done(now_ns());
         }
+        end = schedule.end;
     }
     tokio::time::sleep(Duration::from_nanos(end.saturating_sub(now_ns()))).await;
     stop.store(true, Ordering::Relaxed);
@@ -486,12 +528,14 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         .iter()
         .map(|k| (k.name().to_owned(), bounds.describe(*k)))
         .collect();
+    let workload = Duration::from_nanos(end - origin);
     let mut meta = serde_json::json!({
         "mode": if args.ci { "ci" } else { "long" },
         "freshness": if strict { "strict" } else { "available" },
         "xid_epoch": args.xid_epoch,
         "first_xid8": first_xid8,
-        "workload_s": duration.as_secs_f64(),
+        "workload_s": workload.as_secs_f64(),
+        "workload_extended_s": workload.saturating_sub(duration).as_secs_f64(),
         "rows": args.rows,
         "tables": ["audit_rows (UPDATE)", "audit_items (INSERT/UPDATE/DELETE, cached not-found)", "sum(audit_counters) (tagged)", "audit_filler (daemon-backlog's burst, not read)"],
         "zipf": args.zipf,
@@ -698,4 +742,63 @@ fn write_report(path: &Path, report: &serde_json::Value) -> Result<(), BoxError>
     serde_json::to_writer_pretty(&mut f, report)?;
     writeln!(f)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Schedule;
+
+    const S: u64 = 1_000_000_000;
+
+    /// Runs a schedule whose faults take `took` seconds each, in turn; returns the injection
+    /// times and the end, in seconds.
+    fn simulate(duration: u64, interval: u64, cover: usize, took: &[f64]) -> (Vec<f64>, f64) {
+        let mut s = Schedule {
+            at: 3 * S,
+            end: duration * S,
+            interval: interval * S,
+            window: 5 * S,
+            cover,
+            injected: 0,
+        };
+        let mut at = Vec::new();
+        while let Some(t) = s.next() {
+            at.push(t as f64 / S as f64);
+            let d = took[s.injected % took.len()];
+            s.done(t + (d * S as f64) as u64);
+        }
+        (at, s.end as f64 / S as f64)
+    }
+
+    /// Recovery times of the ten kinds in CI (debug build), in the order of `FaultKind::ALL`,
+    /// rounded up: daemon-backlog is a 5 s stop plus a catch-up of several seconds.
+    const CI_TOOK: [f64; 10] = [1.0, 0.2, 0.5, 1.0, 3.0, 2.0, 0.2, 0.7, 12.0, 3.3];
+
+    #[test]
+    fn without_cover_a_short_run_leaves_kinds_out() {
+        // The strict CI run's old shape, 40 s with a fault every 4 s: daemon-backlog is the
+        // ninth, at 35 s, and replication-silent does not fit after it.
+        let (at, end) = simulate(40, 4, 0, &CI_TOOK);
+        assert_eq!(at.len(), 9, "{at:?}");
+        assert_eq!(end, 40.0);
+    }
+
+    #[test]
+    fn cover_injects_every_kind_and_extends_the_run() {
+        let (at, end) = simulate(40, 4, 10, &CI_TOOK);
+        assert_eq!(at.len(), 10, "{at:?}");
+        // The tenth waits for daemon-backlog to recover, then gets its 5 s window.
+        assert!((at[9] - (35.0 + 12.0)).abs() < 1e-6, "{at:?}");
+        assert!((end - (at[9] + 5.0)).abs() < 1e-6, "{end}");
+    }
+
+    #[test]
+    fn cover_does_not_shorten_a_long_run() {
+        let (at, end) = simulate(60, 5, 10, &CI_TOOK);
+        assert!(at.len() >= 10, "{at:?}");
+        assert!(end >= 60.0);
+        for w in at.windows(2) {
+            assert!(w[1] - w[0] >= 5.0 - 1e-9, "{at:?}");
+        }
+    }
 }
