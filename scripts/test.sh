@@ -72,20 +72,23 @@ cargo build --locked -p walcached
 mkdir -p target/suite-smoke
 WALCACHE_SUITE_OUT=target/suite-smoke cargo run --locked -p walcache-benches --bin suite -- --quick
 
-# The staleness auditor's CI mode (about 70 s, then about 40 s in strict mode): real PostgreSQL,
+# The staleness auditor's CI mode (about 70 s, then about 50 s in strict mode): real PostgreSQL,
 # Redis and walcached; three tables (UPDATE, INSERT/DELETE with cached "not found", a tagged
 # aggregate); readers in several handles (one in a child process) whose Redis link runs through
-# the test kit's fault proxy; every fault kind injected (Redis restart, pub/sub kill, daemon
-# SIGKILL, PostgreSQL restart, latency, partition, reset, lost pub/sub messages); fails on any
-# read stale beyond its bound. The first run ends with the full-refresh proof.
+# the test kit's fault proxy; every fault kind injected at least once (Redis restart, pub/sub
+# kill, daemon SIGKILL, PostgreSQL restart, latency, partition, reset, lost pub/sub messages, the
+# daemon stopped with SIGTERM for 5 s under a 1,000 commits/s burst then restarted over the
+# backlog, the walsender SIGSTOPped for 3 s); fails on any read stale beyond its bound. The first
+# run ends with the full-refresh proof; the strict run's PostgreSQL starts in xid epoch 1.
 section "walcache-audit --ci (staleness under faults)"
 cargo build --locked -p walcached
 # The bounds here are the gate against unbounded staleness (a lost invalidation, a stuck
 # daemon), set loose enough for a busy 2-core CI machine: measured staleness on such a machine
 # is p99.9 ~60-90 ms in steady state (see crates/walcache-audit/README.md for the distributions).
 cargo run --locked -p walcache-audit -- --ci --bound 500ms --refresh-proof --report target/audit-ci.json
-# Strict mode: one bound (heartbeat timeout + 500 ms) through every fault.
-cargo run --locked -p walcache-audit -- --ci --freshness strict --bound 500ms --duration 40s \
-  --fault-interval 4s --report target/audit-ci-strict.json
+# Strict mode: one bound (heartbeat timeout + 500 ms) through every fault; PostgreSQL in xid
+# epoch 1, so the daemon's xid8 widening is exercised above 2^32.
+cargo run --locked -p walcache-audit -- --ci --freshness strict --bound 500ms --duration 50s \
+  --fault-interval 4s --xid-epoch 1 --report target/audit-ci-strict.json
 
 section "All checks passed"
