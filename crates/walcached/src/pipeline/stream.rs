@@ -90,6 +90,10 @@ impl Streamer<'_> {
         let _sampler = AbortOnDrop(sampler);
         let mut liveness = Liveness::new(cfg.heartbeat_interval());
         let mut last_received = Instant::now();
+        // Its own timer, not the status updates' (up to 10 s apart): a keepalive is asked for
+        // after 2.5 s of silence whatever the status interval.
+        let mut silence_tick = tokio::time::interval(RECEIVE_TIMEOUT / 8);
+        silence_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut run_id_tick = tokio::time::interval(Duration::from_secs(5));
         run_id_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut visibility_tick = tokio::time::interval(VISIBILITY_POLL);
@@ -135,19 +139,25 @@ impl Streamer<'_> {
                     self.recheck_pending(stream, shutdown).await?;
                 }
                 _ = status_tick.tick() => {
-                    let silent = last_received.elapsed();
-                    if silent >= RECEIVE_TIMEOUT {
-                        return Err(SessionError::Silent(silent));
-                    }
-                    // Ask for a reply while the server is ahead of what we received, and
-                    // whenever the stream has been quiet for a while: an idle walsender
-                    // sends keepalives only every wal_sender_timeout / 2.
-                    if liveness.lag_bytes() > 0 || silent >= RECEIVE_TIMEOUT / 4 {
+                    // Ask for a reply while the server is ahead of what we received.
+                    if liveness.lag_bytes() > 0 {
                         self.request_reply(stream).await?;
                     } else {
                         self.send_status(stream).await?;
                     }
                     liveness.report(self.confirmed);
+                }
+                _ = silence_tick.tick() => {
+                    // An idle walsender sends keepalives only every wal_sender_timeout / 2:
+                    // ask for one after a quarter of the receive deadline, and end the session
+                    // once the deadline passes without a byte.
+                    let silent = last_received.elapsed();
+                    if silent >= RECEIVE_TIMEOUT {
+                        return Err(SessionError::Silent(silent));
+                    }
+                    if silent >= RECEIVE_TIMEOUT / 4 {
+                        self.request_reply(stream).await?;
+                    }
                 }
                 sample = samples.recv() => {
                     match sample {

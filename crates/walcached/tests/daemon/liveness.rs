@@ -368,3 +368,45 @@ async fn a_failed_wal_flush_request_does_not_wedge_the_control_session() {
     .expect("the control session recovered from the failed flush request");
     daemon.stop().await;
 }
+
+/// An idle database with the longest status interval (10 s, equal to the receive deadline):
+/// the daemon asks for keepalives on its own timer, so the quiet but healthy stream is never
+/// taken for a dead one (the session, and its walsender, stay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stream_with_the_longest_status_interval_is_not_taken_for_dead() {
+    let (pg, redis, dbname, db) = users_stack().await;
+    let toml = config(&pg, &dbname, &redis, USERS_RULE)
+        .replace("status_interval_ms = 200", "status_interval_ms = 10000");
+    assert!(toml.contains("status_interval_ms = 10000"));
+    let listener = Listener::start(&redis).await;
+    let daemon = Daemon::start(&toml).await;
+    let first = walsender_pid(&db).await.expect("streaming");
+    let started = Instant::now();
+    // Past the 10 s receive deadline with nothing written.
+    let mut seen = listener.heartbeats();
+    while started.elapsed() < Duration::from_secs(12) {
+        wait_until("heartbeats while idle", Duration::from_secs(2), || async {
+            listener.heartbeats() > seen
+        })
+        .await
+        .expect("heartbeats continue on an idle database");
+        seen = listener.heartbeats();
+    }
+    assert_eq!(
+        walsender_pid(&db).await,
+        Some(first),
+        "the idle session was ended and reconnected"
+    );
+    daemon.stop().await;
+}
+
+/// The pid of the walsender serving walcached, if one is streaming.
+async fn walsender_pid(db: &tokio_postgres::Client) -> Option<i32> {
+    db.query_opt(
+        "SELECT pid FROM pg_stat_replication WHERE application_name = 'walcached'",
+        &[],
+    )
+    .await
+    .expect("pg_stat_replication")
+    .map(|r| r.get(0))
+}
