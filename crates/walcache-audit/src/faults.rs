@@ -25,10 +25,9 @@ pub(crate) const PUBSUB_LOSS_FOR: Duration = Duration::from_millis(600);
 /// How long `daemon-backlog` keeps walcached stopped (from its exit to its restart).
 pub(crate) const BACKLOG_STOP: Duration = Duration::from_secs(5);
 /// The burst writers `daemon-backlog` adds while walcached is stopped: connections, commits
-/// per second over all of them, rows (keys to invalidate) per commit.
+/// per second over all of them (rows per commit: `--backlog-rows-per-commit`).
 pub(crate) const BURST_WRITERS: i64 = 4;
 pub(crate) const BURST_RATE: f64 = 1_000.0;
-pub(crate) const BURST_ROWS_PER_COMMIT: i64 = 8;
 /// How long `replication-silent` keeps the walsender stopped: within the daemon's 10 s receive
 /// deadline, so the session survives and resumes.
 pub(crate) const SILENT_HOLD: Duration = Duration::from_secs(3);
@@ -208,6 +207,8 @@ pub(crate) struct Injector<'a> {
     pub(crate) pg_conn: &'a str,
     /// Long mode: every second `replication-silent` holds [`SILENT_HOLD_LONG`].
     pub(crate) long_silences: bool,
+    /// Rows per burst commit of `daemon-backlog` (`--backlog-rows-per-commit`).
+    pub(crate) backlog_rows_per_commit: i64,
     /// `replication-silent` injections so far.
     pub(crate) silences: u32,
 }
@@ -438,7 +439,7 @@ impl Injector<'_> {
                     db,
                     part as i64,
                     BURST_WRITERS,
-                    BURST_ROWS_PER_COMMIT,
+                    self.backlog_rows_per_commit,
                     BURST_RATE / BURST_WRITERS as f64,
                     Arc::clone(&stop_burst),
                 ))
