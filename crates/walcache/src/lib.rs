@@ -107,7 +107,8 @@
 //!
 //! How long a read can return a value older than an acknowledged commit, and what the
 //! staleness auditor (`crates/walcache-audit`) measured in four runs of 11 M reads (two per
-//! mode) with every fault injected four or five times per run (worst staleness seen;
+//! mode) with every fault injected four or five times per run, and two more of the final code
+//! with two more fault kinds (worst staleness seen;
 //! `BENCHMARKS.md`, "Staleness under faults"). The bounds are stated for the defaults:
 //! `heartbeat_timeout` 3 s ([`WalcacheBuilder::heartbeat_timeout`]), the daemon's
 //! `heartbeat_interval_ms` 250. The auditor's runs used a `heartbeat_timeout` of 1 s, so the
@@ -120,10 +121,10 @@
 //! | pub/sub connection killed or reset | the publish path: L1 is flushed at once, L2 stays fresh | 6.4 / 5.4 ms |
 //! | Redis restart | the daemon's publish retry (at most 100 ms apart) | 26 / 88 ms |
 //! | daemon killed | its downtime: L2 is not deleted until it replays from its slot | 271 / 218 ms (restarted at once) |
-//! | daemon restarted over a backlog, or falling behind under load | L1: off from `heartbeat_timeout` after the daemon fell more than one heartbeat interval behind until it has caught up (no heartbeat certifies a position it has not published). L2: fresh only as the backlog is published, so its staleness is the daemon's lag (`walcached_replication_lag_seconds`) | not yet measured |
+//! | daemon restarted over a backlog, or falling behind under load | L1: off from `heartbeat_timeout` after the daemon fell more than one heartbeat interval behind until it has caught up (no heartbeat certifies a position it has not published). L2: fresh only as the backlog is published, so its staleness is the daemon's lag (`walcached_replication_lag_seconds`) | 4,971 / 977 ms (5 s stop, 2.5–10 s catch-up of 320,000 keys) |
 //! | PostgreSQL restart | the daemon's reconnect backoff once PostgreSQL is back (100 ms doubling to 2 s) | 965 / 466 ms |
-//! | replication link silent (a frozen walsender, a blackholed network) | L1: heartbeats stop within two heartbeat intervals once the server writes, so `heartbeat_timeout`. L2: the daemon's receive deadline (10 s) plus its reconnect | not yet measured |
-//! | PostgreSQL failover or restore (another system or timeline) | every namespace is flushed when the daemon reconnects | not yet measured |
+//! | replication link silent (a frozen walsender, a blackholed network) | L1: heartbeats stop within two heartbeat intervals once the server writes, so `heartbeat_timeout`. L2: the hold; past the daemon's receive deadline (10 s), until it reconnects and takes over its orphaned walsender | 13.7 s / 977 ms (3 s and 13 s holds) |
+//! | PostgreSQL failover or restore (another system or timeline) | every namespace is flushed when the daemon reconnects | (deterministic tests: a promoted copy, an older restore) |
 //! | a commit waiting for a synchronous standby | a second invalidation once the commit becomes visible: the wait, plus the publish path | (deterministic test) |
 //! | latency `d` on the Redis link | the publish path + `d` | 27 / 31 ms (`d` = 30 ms) |
 //! | network partition to Redis (silent) | `heartbeat_timeout`: L1 serves until silence ends liveness | 812 / 781 ms |
