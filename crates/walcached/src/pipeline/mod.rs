@@ -33,9 +33,9 @@ use walcache_cdc::Lsn;
 
 use crate::config::{redact_url, Config, ConfigError};
 use crate::connect::Postgres;
-use crate::mapping::{Invalidation, Mapper};
+use crate::mapping::Mapper;
 use crate::metrics as m;
-use crate::publisher::{Batch, Publisher};
+use crate::publisher::Publisher;
 use crate::slot::{self, SlotError};
 use crate::status::Status;
 
@@ -356,13 +356,7 @@ impl Streamer<'_> {
             SlotState::Usable => {}
         }
         if self.flush_all_on_start {
-            let mut batch = Batch::default();
-            batch.extend(
-                self.mapper
-                    .namespaces()
-                    .into_iter()
-                    .map(Invalidation::Flush),
-            );
+            let batch = self.flush_all_batch();
             if self.publish_with_retry(&batch, None, shutdown).await {
                 self.flush_all_on_start = false;
             }

@@ -112,13 +112,7 @@ impl Streamer<'_> {
         if run_id != self.run_id {
             tracing::error!("redis run_id changed (restart or failover): flushing every namespace");
             metrics::counter!(m::NAMESPACE_FLUSHES_TOTAL, "reason" => "unknown_gap").increment(1);
-            let mut batch = Batch::default();
-            batch.extend(
-                self.mapper
-                    .namespaces()
-                    .into_iter()
-                    .map(Invalidation::Flush),
-            );
+            let mut batch = self.flush_all_batch();
             batch.lsn = self.confirmed.0;
             if self
                 .publish_with_retry(&batch, Some(stream), shutdown)
@@ -127,5 +121,17 @@ impl Streamer<'_> {
                 self.run_id = run_id;
             }
         }
+    }
+
+    /// A batch that flushes every namespace the rules serve: what an unknown gap costs.
+    pub(super) fn flush_all_batch(&self) -> Batch {
+        let mut batch = Batch::default();
+        batch.extend(
+            self.mapper
+                .namespaces()
+                .into_iter()
+                .map(Invalidation::Flush),
+        );
+        batch
     }
 }

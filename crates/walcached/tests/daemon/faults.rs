@@ -10,7 +10,7 @@ use walcache_testkit::{wait_until, PgServer, RedisServer};
 
 use walcached::pipeline::RunOptions;
 
-use crate::support::{config, users_stack, Daemon, Listener, DEADLINE, USERS_RULE};
+use crate::support::{config, users_stack, walsender_pid, Daemon, Listener, DEADLINE, USERS_RULE};
 
 async fn generation(redis: &RedisServer, namespace: &str) -> u64 {
     let mut conn = redis
@@ -24,17 +24,6 @@ async fn generation(redis: &RedisServer, namespace: &str) -> u64 {
         .await
         .expect("GET generation");
     g.unwrap_or(0)
-}
-
-/// The pid of the walsender serving the daemon, if one is streaming.
-async fn walsender_pid(db: &tokio_postgres::Client) -> Option<i32> {
-    db.query_opt(
-        "SELECT pid FROM pg_stat_replication WHERE application_name = 'walcached'",
-        &[],
-    )
-    .await
-    .expect("pg_stat_replication")
-    .map(|r| r.get(0))
 }
 
 /// Wait until the daemon has confirmed everything committed so far. Confirmation never passes

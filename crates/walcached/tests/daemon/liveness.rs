@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use walcache_protocol::{Body, Message};
 use walcache_testkit::wait_until;
 
-use crate::support::{config, users_stack, Daemon, Listener, DEADLINE, USERS_RULE};
+use crate::support::{config, users_stack, walsender_pid, Daemon, Listener, DEADLINE, USERS_RULE};
 
 /// The tests' heartbeat interval (`support::config`).
 const INTERVAL: Duration = Duration::from_millis(50);
@@ -131,14 +131,7 @@ async fn a_silent_replication_link_under_writes_stops_heartbeats() {
     let listener = Listener::start(&redis).await;
     let daemon = Daemon::start(&config(&pg, &dbname, &redis, USERS_RULE)).await;
     listener.wait_heartbeat().await;
-    let walsender: i32 = db
-        .query_one(
-            "SELECT pid FROM pg_stat_replication WHERE application_name = 'walcached'",
-            &[],
-        )
-        .await
-        .expect("the daemon's walsender")
-        .get(0);
+    let walsender = walsender_pid(&db).await.expect("the daemon's walsender");
 
     // A writer commits every few milliseconds throughout.
     let writer_db = pg.connect(&dbname).await.expect("writer");
@@ -227,14 +220,9 @@ async fn a_standby_takes_over_from_a_frozen_daemon_before_wal_sender_timeout() {
         .spawn()
         .expect("walcached");
     listener.wait_heartbeat().await;
-    let old_walsender: i32 = db
-        .query_one(
-            "SELECT pid FROM pg_stat_replication WHERE application_name = 'walcached'",
-            &[],
-        )
+    let old_walsender = walsender_pid(&db)
         .await
-        .expect("the first daemon's walsender")
-        .get(0);
+        .expect("the first daemon's walsender");
     let frozen_pid = i32::try_from(frozen.id().expect("pid")).expect("pid");
     signal(frozen_pid, "STOP");
     let frozen_at = Instant::now();
@@ -246,14 +234,7 @@ async fn a_standby_takes_over_from_a_frozen_daemon_before_wal_sender_timeout() {
     .await
     .expect("the standby takes over before wal_sender_timeout");
     let took = frozen_at.elapsed();
-    let walsender: i32 = db
-        .query_one(
-            "SELECT pid FROM pg_stat_replication WHERE application_name = 'walcached'",
-            &[],
-        )
-        .await
-        .expect("the standby's walsender")
-        .get(0);
+    let walsender = walsender_pid(&db).await.expect("the standby's walsender");
     assert_ne!(
         walsender, old_walsender,
         "the frozen daemon's walsender was replaced"
@@ -398,15 +379,4 @@ async fn an_idle_stream_with_the_longest_status_interval_is_not_taken_for_dead()
         "the idle session was ended and reconnected"
     );
     daemon.stop().await;
-}
-
-/// The pid of the walsender serving walcached, if one is streaming.
-async fn walsender_pid(db: &tokio_postgres::Client) -> Option<i32> {
-    db.query_opt(
-        "SELECT pid FROM pg_stat_replication WHERE application_name = 'walcached'",
-        &[],
-    )
-    .await
-    .expect("pg_stat_replication")
-    .map(|r| r.get(0))
 }

@@ -412,3 +412,14 @@ pub(crate) async fn commit_waiting_for_the_ghost(
     .expect("the commit waits");
     (writer_pid, commit)
 }
+
+/// The pid of the walsender serving walcached, if one is streaming.
+pub(crate) async fn walsender_pid(db: &tokio_postgres::Client) -> Option<i32> {
+    db.query_opt(
+        "SELECT pid FROM pg_stat_replication WHERE application_name = 'walcached'",
+        &[],
+    )
+    .await
+    .expect("pg_stat_replication")
+    .map(|r| r.get(0))
+}
