@@ -90,6 +90,8 @@ impl Streamer<'_> {
         let _sampler = AbortOnDrop(sampler);
         let mut liveness = Liveness::new(cfg.heartbeat_interval());
         let mut last_received = Instant::now();
+        // A sample arrived: whether the daemon is still caught up is judged at the loop's top.
+        let mut judge_readiness = false;
         // Its own timer, not the status updates' (up to 10 s apart): a keepalive is asked for
         // after 2.5 s of silence whatever the status interval.
         let mut silence_tick = tokio::time::interval(RECEIVE_TIMEOUT / 8);
@@ -108,9 +110,12 @@ impl Streamer<'_> {
                 self.published
             };
             liveness.reach(covered);
+            let judge = std::mem::take(&mut judge_readiness);
             if liveness.heartbeat_due() {
                 liveness.heartbeat_sent();
                 self.heartbeat(liveness.lag_bytes()).await;
+            } else if judge && !liveness.is_fresh() {
+                self.status.set_caught_up(false);
             }
             let deadline =
                 batch_started.map(|s| tokio::time::Instant::from_std(s + cfg.batch_max_delay()));
@@ -169,9 +174,10 @@ impl Streamer<'_> {
                                 self.request_wal_flush().await;
                             }
                             liveness.report(self.confirmed);
-                            if !liveness.is_fresh() {
-                                self.status.set_caught_up(false);
-                            }
+                            // Judged at the top of the loop, once the new sample had its chance
+                            // to be reached: judged here, `/readyz` would read "not caught up"
+                            // between every sample's arrival and its heartbeat.
+                            judge_readiness = true;
                         }
                         Some(Err(e)) if self.control.is_closed() => return Err(SessionError::ControlLost(e.into())),
                         Some(Err(e)) => {

@@ -380,3 +380,34 @@ async fn an_idle_stream_with_the_longest_status_interval_is_not_taken_for_dead()
     );
     daemon.stop().await;
 }
+
+/// An idle, healthy daemon is ready all the time: `/readyz` never reads "not caught up" between
+/// a new sample's arrival and its heartbeat. (Polled every 100 µs, not in a busy loop: a
+/// core spinning on two would delay the daemon's samples past their interval, and then it is
+/// rightly not ready.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_does_not_flap_while_idle() {
+    let (pg, redis, dbname, _db) = users_stack().await;
+    let daemon = Daemon::start(&config(&pg, &dbname, &redis, USERS_RULE)).await;
+    let status = std::sync::Arc::clone(&daemon.status);
+    let watched = tokio::task::spawn_blocking(move || {
+        let until = Instant::now() + Duration::from_secs(3);
+        let (mut polls, mut not_ready) = (0_u64, 0_u64);
+        while Instant::now() < until {
+            polls += 1;
+            if !status.is_caught_up() {
+                not_ready += 1;
+            }
+            std::thread::sleep(Duration::from_micros(100)); // the polling rate, not a wait
+        }
+        (polls, not_ready)
+    })
+    .await
+    .expect("watcher");
+    assert_eq!(
+        watched.1, 0,
+        "{} of {} polls over 3 s saw an idle daemon not ready",
+        watched.1, watched.0
+    );
+    daemon.stop().await;
+}
