@@ -672,6 +672,39 @@ async fn check_redis(config: &Config, report: &mut Report) {
             return;
         }
     }
+    let info = tokio::time::timeout(
+        TIMEOUT,
+        redis::cmd("INFO")
+            .arg("server")
+            .query_async::<String>(&mut conn),
+    )
+    .await;
+    let (major, minor) = crate::publisher::MIN_REDIS_VERSION;
+    match info
+        .ok()
+        .and_then(Result::ok)
+        .as_deref()
+        .and_then(crate::publisher::parse_redis_version)
+    {
+        Some(v) if v >= crate::publisher::MIN_REDIS_VERSION => {
+            report.ok("redis version", format!("{}.{}", v.0, v.1));
+        }
+        Some(v) => report.problem(
+            "redis version",
+            format!(
+                "is {}.{}: walcached needs {major}.{minor} or later (its invalidation scripts \
+                 declare flags such as allow-oom, so that deletes still run when Redis is at \
+                 maxmemory)",
+                v.0, v.1
+            ),
+            Some(format!("upgrade Redis to {major}.{minor} or later")),
+        ),
+        None => report.warn(
+            "redis version",
+            "cannot read redis_version from INFO server",
+            format!("make sure Redis is {major}.{minor} or later"),
+        ),
+    }
     let policy = tokio::time::timeout(
         TIMEOUT,
         redis::cmd("CONFIG")

@@ -12,6 +12,10 @@ use walcache_protocol::{Body, HeartbeatDetails, KeyRef, Message, Naming};
 use crate::mapping::Invalidation;
 use crate::metrics as m;
 
+/// The oldest Redis the daemon runs against: its scripts declare flags (`#!lua
+/// flags=allow-oom`), which Redis 7.0 introduced.
+pub const MIN_REDIS_VERSION: (u32, u32) = (7, 0);
+
 /// How long tag versions live: far longer than any fill lease, refreshed on every bump.
 const TAG_VERSION_TTL_MS: u64 = 24 * 3600 * 1000;
 
@@ -27,7 +31,11 @@ const TAG_VERSION_TTL_MS: u64 = 24 * 3600 * 1000;
 /// [`redis_client`](crate::connect::redis_client) then close the abandoned socket.
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 
-const SCRIPT: &str = r"
+/// The invalidation script. `allow-oom`: a Redis at `maxmemory` under `noeviction` refuses
+/// scripts that write unless they carry this flag, and the stream would stall on the first
+/// tag or namespace flush (`INCR`) — the deletes that free memory must always run. Script
+/// flags need Redis 7.0 or later ([`MIN_REDIS_VERSION`]).
+const SCRIPT: &str = r"#!lua flags=allow-oom
 -- ARGV[1] channel, ARGV[2] message, ARGV[3] key prefix, ARGV[4] tag version ttl (ms),
 -- ARGV[5] kind: 'keys' | 'tags' | 'flush', then the items:
 --   keys:  namespace, key, namespace, key, ...
@@ -183,6 +191,27 @@ impl Publisher {
         self.epoch
     }
 
+    /// Redis's version (`redis_version` of `INFO server`), as (major, minor).
+    ///
+    /// # Errors
+    ///
+    /// Redis errors, or an INFO reply without a parsable version.
+    pub async fn version(&mut self) -> Result<(u32, u32), redis::RedisError> {
+        let info: String = self
+            .timed(
+                redis::cmd("INFO")
+                    .arg("server")
+                    .query_async(&mut self.conn.clone()),
+            )
+            .await?;
+        parse_redis_version(&info).ok_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "INFO server has no parsable redis_version",
+            ))
+        })
+    }
+
     /// Redis's `run_id`: it changes when Redis restarts (and loses recent deletes).
     ///
     /// # Errors
@@ -336,6 +365,18 @@ impl Publisher {
     }
 }
 
+/// `redis_version:7.0.15` in an `INFO server` reply → `(7, 0)`.
+pub fn parse_redis_version(info: &str) -> Option<(u32, u32)> {
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))?
+        .trim();
+    let mut parts = version.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
 /// Microseconds since the Unix epoch on this machine's clock (0 if the clock is before it).
 fn now_micros() -> i64 {
     std::time::SystemTime::now()
@@ -370,6 +411,18 @@ fn timeout_error() -> redis::RedisError {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn redis_versions_parse_from_info_and_compare_with_the_minimum() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nredis_git_sha1:00000000\r\n";
+        assert_eq!(super::parse_redis_version(info), Some((7, 0)));
+        assert!(super::parse_redis_version(info).unwrap() >= super::MIN_REDIS_VERSION);
+        let old = "redis_version:6.2.14\n";
+        assert!(super::parse_redis_version(old).unwrap() < super::MIN_REDIS_VERSION);
+        assert_eq!(super::parse_redis_version("redis_version:\n"), None);
+        assert_eq!(super::parse_redis_version("run_id:abc\n"), None);
+        assert_eq!(super::parse_redis_version("redis_version:x.y\n"), None);
+    }
+
     use super::*;
 
     #[test]

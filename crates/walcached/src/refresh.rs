@@ -46,7 +46,8 @@ const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(30);
 const REDIS_TIMEOUT: Duration = crate::publisher::REDIS_TIMEOUT;
 
 /// Check and delete, atomically per key list (one namespace, so one Cluster slot).
-const SCRIPT: &str = r"
+/// `allow-oom`: the deletes must run on a Redis at `maxmemory` (see the publisher's script).
+const SCRIPT: &str = r"#!lua flags=allow-oom
 -- KEYS: value keys of one namespace.
 -- ARGV[1]: delete envelopes filled at or before this time (ms since the Unix epoch);
 -- ARGV[2]: ...and those filled after this time (corrupt: implausibly far in the future).

@@ -154,6 +154,24 @@ pub async fn run_with(
         context: format!("connecting to {}", redact_url(config.redis.url.expose())),
         source: e,
     })?;
+    let version = publisher.version().await.map_err(|e| RunError::Redis {
+        context: "reading INFO server".to_owned(),
+        source: e,
+    })?;
+    if version < crate::publisher::MIN_REDIS_VERSION {
+        let (major, minor) = crate::publisher::MIN_REDIS_VERSION;
+        return Err(RunError::Config(ConfigError::new(
+            "redis.url",
+            format!(
+                "the Redis at {} is version {}.{}; walcached needs {major}.{minor} or later \
+                 (its invalidation scripts declare flags such as allow-oom, so that deletes \
+                 still run when Redis is at maxmemory): upgrade Redis",
+                redact_url(config.redis.url.expose()),
+                version.0,
+                version.1
+            ),
+        )));
+    }
     let run_id = publisher.run_id().await.map_err(|e| RunError::Redis {
         context: "reading INFO server".to_owned(),
         source: e,

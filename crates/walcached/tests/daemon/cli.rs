@@ -159,6 +159,7 @@ async fn check_passes_on_a_good_setup() {
         "postgres.publication",
         "postgres.slot",
         "redis.url",
+        "redis version",
         "redis maxmemory-policy",
     ] {
         assert!(

@@ -573,3 +573,58 @@ async fn a_slot_invalidated_for_idle_timeout_is_recreated_and_every_namespace_fl
     listener.wait_keys(&["users/8"]).await;
     daemon.stop().await;
 }
+
+/// Redis at `maxmemory` under `noeviction` refuses writes (`OOM command not allowed`): the
+/// invalidation scripts, flagged `allow-oom`, must still run — a refused `INCR` of a tag
+/// version used to fail every publish, and the stream stalled with nothing announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_still_run_on_a_redis_at_maxmemory() {
+    let (pg, redis, dbname, db) = users_stack().await;
+    let listener = Listener::start(&redis).await;
+    let daemon = Daemon::start(&config(&pg, &dbname, &redis, USERS_RULE)).await;
+    listener.wait_heartbeat().await;
+
+    // Data, then a maxmemory below what Redis uses: every write that needs memory is refused.
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let filler = vec![b'x'; 64 * 1024];
+    for i in 0..64 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("filler:{i}"))
+            .arg(&filler)
+            .query_async(&mut conn)
+            .await
+            .expect("filler");
+    }
+    for (setting, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "1mb")] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(setting)
+            .arg(value)
+            .query_async(&mut conn)
+            .await
+            .expect("CONFIG SET");
+    }
+    let refused: redis::RedisResult<i64> =
+        redis::cmd("INCR").arg("probe").query_async(&mut conn).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("OOM")),
+        "a plain INCR is refused at maxmemory: {refused:?}"
+    );
+
+    // A change: its tag version INCR and key deletes run, the message goes out.
+    db.execute("INSERT INTO users VALUES (1, 'a@x.org', NULL)", &[])
+        .await
+        .unwrap();
+    listener
+        .wait_keys(&["users/1", "users/by_email:a@x.org"])
+        .await;
+    assert!(listener.tags().iter().any(|t| t == "users"));
+    listener.wait_heartbeat().await;
+    daemon.stop().await;
+}
