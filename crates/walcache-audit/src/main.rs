@@ -729,16 +729,9 @@ fn print_summary(s: &Summary, meta: &serde_json::Value) {
     }
 }
 
-/// The next transaction id the server will assign, as an xid8 (its epoch in the high 32 bits).
-/// Assigns none.
+/// The next transaction id the server will assign, as an xid8. Assigns none.
 pub(crate) async fn next_xid8(client: &tokio_postgres::Client) -> Result<u64, BoxError> {
-    let row = client
-        .query_one(
-            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8",
-            &[],
-        )
-        .await?;
-    Ok(row.get::<_, i64>(0) as u64)
+    Ok(walcache_testkit::next_xid8(client).await?)
 }
 
 fn write_report(path: &Path, report: &serde_json::Value) -> Result<(), BoxError> {

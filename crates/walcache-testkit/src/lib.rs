@@ -68,7 +68,7 @@ mod zipf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use crate::error::{Error, Result};
-pub use crate::pg_server::{PgOptions, PgServer};
+pub use crate::pg_server::{next_xid8, PgOptions, PgServer};
 pub use crate::proxy::{ProxyStats, TcpProxy};
 pub use crate::redis_server::RedisServer;
 pub use crate::tls::TestCerts;

@@ -422,13 +422,7 @@ impl PgServer {
                 ))
                 .await?;
         }
-        let row = client
-            .query_one(
-                "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8",
-                &[],
-            )
-            .await?;
-        Ok(row.get::<_, i64>(0) as u64)
+        next_xid8(&client).await
     }
 
     /// Stops the server at once (immediate shutdown mode, a simulated crash: the next
@@ -962,4 +956,20 @@ fn fnv1a(parts: &[&str]) -> u64 {
         }
     }
     hash
+}
+
+/// The next transaction id `client`'s server will assign, as an xid8 (its epoch in the high
+/// 32 bits): the xmax of a fresh snapshot. Assigns none.
+///
+/// # Errors
+///
+/// The query failing.
+pub async fn next_xid8(client: &tokio_postgres::Client) -> Result<u64> {
+    let row = client
+        .query_one(
+            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8",
+            &[],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) as u64)
 }

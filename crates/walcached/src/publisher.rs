@@ -191,12 +191,13 @@ impl Publisher {
         self.epoch
     }
 
-    /// Redis's version (`redis_version` of `INFO server`), as (major, minor).
+    /// Redis's version (`redis_version`, as (major, minor)) and `run_id`, from one
+    /// `INFO server`. The `run_id` changes when Redis restarts (and loses recent deletes).
     ///
     /// # Errors
     ///
-    /// Redis errors, or an INFO reply without a parsable version.
-    pub async fn version(&mut self) -> Result<(u32, u32), redis::RedisError> {
+    /// Redis errors, or an INFO reply without a parsable version or a run_id.
+    pub async fn server_info(&mut self) -> Result<((u32, u32), String), redis::RedisError> {
         let info: String = self
             .timed(
                 redis::cmd("INFO")
@@ -204,33 +205,24 @@ impl Publisher {
                     .query_async(&mut self.conn.clone()),
             )
             .await?;
-        parse_redis_version(&info).ok_or_else(|| {
-            redis::RedisError::from((
-                redis::ErrorKind::Parse,
-                "INFO server has no parsable redis_version",
-            ))
-        })
-    }
-
-    /// Redis's `run_id`: it changes when Redis restarts (and loses recent deletes).
-    ///
-    /// # Errors
-    ///
-    /// Redis errors, or an INFO reply without a run_id.
-    pub async fn run_id(&mut self) -> Result<String, redis::RedisError> {
-        let info: String = self
-            .timed(
-                redis::cmd("INFO")
-                    .arg("server")
-                    .query_async(&mut self.conn.clone()),
-            )
-            .await?;
-        info.lines()
+        let parse_error = |what| redis::RedisError::from((redis::ErrorKind::Parse, what));
+        let version = parse_redis_version(&info)
+            .ok_or_else(|| parse_error("INFO server has no parsable redis_version"))?;
+        let run_id = info
+            .lines()
             .find_map(|l| l.strip_prefix("run_id:"))
             .map(|s| s.trim().to_owned())
-            .ok_or_else(|| {
-                redis::RedisError::from((redis::ErrorKind::Parse, "INFO server has no run_id"))
-            })
+            .ok_or_else(|| parse_error("INFO server has no run_id"))?;
+        Ok((version, run_id))
+    }
+
+    /// Redis's `run_id` (see [`server_info`](Self::server_info)).
+    ///
+    /// # Errors
+    ///
+    /// As [`server_info`](Self::server_info).
+    pub async fn run_id(&mut self) -> Result<String, redis::RedisError> {
+        Ok(self.server_info().await?.1)
     }
 
     async fn timed<T>(

@@ -154,7 +154,7 @@ pub async fn run_with(
         context: format!("connecting to {}", redact_url(config.redis.url.expose())),
         source: e,
     })?;
-    let version = publisher.version().await.map_err(|e| RunError::Redis {
+    let (version, run_id) = publisher.server_info().await.map_err(|e| RunError::Redis {
         context: "reading INFO server".to_owned(),
         source: e,
     })?;
@@ -172,10 +172,6 @@ pub async fn run_with(
             ),
         )));
     }
-    let run_id = publisher.run_id().await.map_err(|e| RunError::Redis {
-        context: "reading INFO server".to_owned(),
-        source: e,
-    })?;
     ensure_publication(&control, &config, &rules).await?;
     let replication = postgres.replication()?;
     tracing::info!(epoch, rules = rules.len(), "walcached starting");
