@@ -35,6 +35,9 @@ pub(crate) const SILENT_HOLD: Duration = Duration::from_secs(3);
 /// deadline (the daemon ends the session and reconnects) and past the 10 s after which it
 /// terminates the orphaned walsender still holding its slot, which cannot die until continued.
 pub(crate) const SILENT_HOLD_LONG: Duration = Duration::from_secs(13);
+/// How old the snapshot `redis-snapshot` restarts Redis from: the workload's commits (and the
+/// daemon's deletes) go on this long after the `SAVE`.
+pub(crate) const SNAPSHOT_AGE: Duration = Duration::from_secs(1);
 /// The daemon's heartbeat interval (see `main.rs`).
 const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(crate::DAEMON_HEARTBEAT_MS);
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -68,11 +71,17 @@ pub(crate) enum FaultKind {
     /// then continued (SIGCONT): a replication link silent without a word. In long mode every
     /// second one lasts 13 s, past the daemon's receive deadline.
     ReplicationSilent,
+    /// Redis `SAVE`d, then restarted 1 s later from that snapshot while the workload commits:
+    /// values the daemon deleted since come back, with the namespace's older marker.
+    RedisSnapshot,
+    /// As `redis-snapshot`, with `walcached` stopped (SIGTERM) before the restart and started
+    /// after it.
+    RedisSnapshotDaemonDown,
 }
 
 impl FaultKind {
     /// Every kind, in the order the schedule injects them.
-    pub(crate) const ALL: [FaultKind; 10] = [
+    pub(crate) const ALL: [FaultKind; 12] = [
         FaultKind::RedisRestart,
         FaultKind::PubsubKill,
         FaultKind::DaemonKill,
@@ -83,6 +92,8 @@ impl FaultKind {
         FaultKind::PubsubLoss,
         FaultKind::DaemonBacklog,
         FaultKind::ReplicationSilent,
+        FaultKind::RedisSnapshot,
+        FaultKind::RedisSnapshotDaemonDown,
     ];
 
     /// The name in reports and on the command line.
@@ -98,6 +109,8 @@ impl FaultKind {
             FaultKind::PubsubLoss => "pubsub-loss",
             FaultKind::DaemonBacklog => "daemon-backlog",
             FaultKind::ReplicationSilent => "replication-silent",
+            FaultKind::RedisSnapshot => "redis-snapshot",
+            FaultKind::RedisSnapshotDaemonDown => "redis-snapshot-daemon-down",
         }
     }
 
@@ -143,10 +156,12 @@ impl BoundSet {
             | FaultKind::ProxyPartition
             | FaultKind::PubsubLoss => self.stream,
             FaultKind::PgRestart => self.pg,
-            // L2 is stale for as long as nothing is published, whatever that was.
-            FaultKind::DaemonBacklog | FaultKind::ReplicationSilent => {
-                self.base + outage.unwrap_or(self.stream)
-            }
+            // L2 is stale for as long as nothing is published, whatever that was; after a
+            // restart from a snapshot, from the SAVE until the lost namespaces are flushed.
+            FaultKind::DaemonBacklog
+            | FaultKind::ReplicationSilent
+            | FaultKind::RedisSnapshot
+            | FaultKind::RedisSnapshotDaemonDown => self.base + outage.unwrap_or(self.stream),
         }
     }
 
@@ -165,6 +180,12 @@ impl BoundSet {
                  again + {0} ms (measured per injection)",
                 self.base.as_millis()
             )),
+            FaultKind::RedisSnapshot | FaultKind::RedisSnapshotDaemonDown => {
+                serde_json::json!(format!(
+                    "from the SAVE until the probe is live again (measured per injection) + {} ms",
+                    self.base.as_millis()
+                ))
+            }
             _ => ms(self.of(kind, None)),
         }
     }
@@ -310,15 +331,10 @@ impl Injector<'_> {
         let detail = match kind {
             FaultKind::DaemonBacklog => return self.daemon_backlog().await,
             FaultKind::ReplicationSilent => return self.replication_silent().await,
+            FaultKind::RedisSnapshot => return self.redis_snapshot(false).await,
+            FaultKind::RedisSnapshotDaemonDown => return self.redis_snapshot(true).await,
             FaultKind::RedisRestart => {
-                let redis = Arc::clone(self.redis);
-                tokio::task::spawn_blocking(move || {
-                    let mut r = redis.lock().map_err(|_| "redis lock poisoned")?;
-                    r.stop();
-                    std::thread::sleep(REDIS_DOWN);
-                    r.start_again().map_err(|e| e.to_string())
-                })
-                .await??;
+                self.restart_redis(REDIS_DOWN, false).await?;
                 wait_relive(self.probe, hb * 2).await?;
                 format!("down {} ms", REDIS_DOWN.as_millis())
             }
@@ -477,6 +493,68 @@ impl Injector<'_> {
                     "{:.0} ms after SIGTERM",
                     ms(t0, t)
                 )),
+            ),
+            outage: Some(Duration::from_nanos(t_live - t0)),
+        })
+    }
+
+    /// Kill Redis, keep it down for `down`, start it again (from its snapshot, if a `SAVE`
+    /// wrote one), and remove the snapshot if `forget_snapshot`.
+    async fn restart_redis(&self, down: Duration, forget_snapshot: bool) -> Result<(), BoxError> {
+        let redis = Arc::clone(self.redis);
+        tokio::task::spawn_blocking(move || {
+            let mut r = redis.lock().map_err(|_| "redis lock poisoned")?;
+            r.stop();
+            std::thread::sleep(down); // the outage's length, not a wait
+            r.start_again().map_err(|e| e.to_string())?;
+            if forget_snapshot {
+                std::fs::remove_file(r.dir().join("dump.rdb")).map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(())
+        })
+        .await??;
+        Ok(())
+    }
+
+    /// `redis-snapshot`: `SAVE`, [`SNAPSHOT_AGE`] of commits, then Redis killed and started
+    /// from the snapshot (with the daemon stopped around the restart if `daemon_down`).
+    /// Values deleted after the `SAVE` come back; the daemon must find the loss through the
+    /// markers and flush before certifying anything. The outage runs from the `SAVE` until
+    /// the probe is live again.
+    async fn redis_snapshot(&mut self, daemon_down: bool) -> Result<Injected, BoxError> {
+        let client = self
+            .redis
+            .lock()
+            .map_err(|_| "redis lock poisoned")?
+            .client();
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let t0 = now_ns();
+        redis::cmd("SAVE").query_async::<()>(&mut conn).await?;
+        hold(SNAPSHOT_AGE).await;
+        let before = walsender_pid(self.admin).await?;
+        if daemon_down {
+            self.daemon.sigterm(DEADLINE).await?;
+        }
+        // Loaded, the snapshot is removed: later `redis-restart`s start empty, as they say.
+        self.restart_redis(Duration::ZERO, true).await?;
+        let t_restarted = now_ns();
+        if daemon_down {
+            self.daemon.spawn()?;
+            wait_new_walsender(self.admin, before).await?;
+        }
+        wait_relive(self.probe, self.heartbeat_timeout * 2).await?;
+        let t_live = now_ns();
+        let ms = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / 1e6;
+        Ok(Injected {
+            detail: format!(
+                "restarted from a snapshot {:.0} ms old{}; live again {:.0} ms after the restart",
+                ms(t0, t_restarted),
+                if daemon_down {
+                    ", walcached stopped around it"
+                } else {
+                    ""
+                },
+                ms(t_restarted, t_live)
             ),
             outage: Some(Duration::from_nanos(t_live - t0)),
         })

@@ -21,7 +21,10 @@
 //! 2. **Dropped invalidations.** The daemon is SIGKILLed; rows of the kind
 //!    [`Kind::DroppedInvalidation`] get `version = version + 1000` committed; once the
 //!    walsender is gone, the slot skips them (`pg_replication_slot_advance(slot,
-//!    pg_current_wal_lsn())`). Every handle is seen not live (L1 flushed), the daemon restarted,
+//!    pg_current_wal_lsn())`), and every marker of the daemon's is moved to the same position,
+//!    so that the daemon cannot tell (on its own, a slot advanced past its markers is a loss it
+//!    finds and flushes; moved together, they stand for a loss no check can see, which is what
+//!    the refresh is for). Every handle is seen not live (L1 flushed), the daemon restarted,
 //!    every handle live again (new epoch). L2 still holds the old versions and the daemon will
 //!    never delete them.
 //! 3. **Corruption**, after the restart (a new epoch flushes L1):
@@ -440,6 +443,7 @@ pub async fn prove(setup: ProofSetup<'_>) -> Result<RefreshProof, BoxError> {
     // Whatever fails in between, the daemon is started again before the error is returned.
     let skipped = async {
         let (n, lsn) = skip_updates(admin, table, slot, &dropped).await?;
+        advance_markers(&mut redis, &naming, &lsn).await?;
         // Every handle not live (its L1 flushed), then live under the new daemon's epoch: the
         // L1 corruption below cannot be undone by that flush.
         wait_all_live(&readers, false, heartbeat_timeout + STEP_DEADLINE).await?;
@@ -999,6 +1003,29 @@ async fn skip_updates(
         .await
         .map_err(|e| format!("advancing the replication slot {slot:?}: {e}"))?;
     Ok((n, row.try_get(0)?))
+}
+
+/// Move every marker of the daemon's ([`Naming::marker_key`], [`Naming::tag_marker_key`]) to
+/// `lsn`, as if the daemon had published up to there.
+async fn advance_markers(
+    redis: &mut MultiplexedConnection,
+    naming: &Naming,
+    lsn: &str,
+) -> Result<(), BoxError> {
+    let pattern = format!("{}:*:mark", naming.prefix());
+    let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(redis).await?;
+    if keys.is_empty() {
+        return Err(format!("no marker matches {pattern:?}: the daemon never ran").into());
+    }
+    for key in keys {
+        redis::cmd("HSET")
+            .arg(&key)
+            .arg("lsn")
+            .arg(lsn)
+            .query_async::<()>(redis)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Wait until the slot has no walsender (the SIGKILLed daemon's is gone).

@@ -14,6 +14,8 @@
 //! | value SCAN prefix | `wc:{users}:g` |
 //! | tag version | `wc:tag:{users}:v` |
 //! | tag members | `wc:tag:{users}:m` |
+//! | the daemon's durable marker of a namespace | `wc:{users}:mark` |
+//! | the daemon's durable marker of a tag | `wc:tag:{users}:mark` |
 //! | start of the daemon's last completed full refresh | `wc:refresh:last` |
 //!
 //! Namespace keys start with `wc:{` and tag keys with `wc:tag:`, so the two families never collide.
@@ -219,6 +221,20 @@ impl Naming {
         format!("{}:tag:{{{tag}}}:m", self.prefix)
     }
 
+    /// `{prefix}:{ns}:mark`, e.g. `wc:{users}:mark`: the daemon's durable marker of the
+    /// namespace (a hash: the last LSN published for it, the writer's token, a hash of its
+    /// rules, the PostgreSQL server, and whether a flush is owed). In the namespace's hash
+    /// slot, with no time-to-live: a Redis that lost the marker lost the deletes before it.
+    pub fn marker_key(&self, ns: &str) -> String {
+        format!("{}:{{{ns}}}:mark", self.prefix)
+    }
+
+    /// `{prefix}:tag:{tag}:mark`, e.g. `wc:tag:{users}:mark`: the daemon's durable marker of a
+    /// tag its rules bump, as [`marker_key`](Self::marker_key) is for a namespace.
+    pub fn tag_marker_key(&self, tag: &str) -> String {
+        format!("{}:tag:{{{tag}}}:mark", self.prefix)
+    }
+
     /// `{prefix}:refresh:last`, e.g. `wc:refresh:last`: when the daemon's last completed full
     /// refresh started (ms since the Unix epoch). Outside the namespace (`wc:{`) and tag
     /// (`wc:tag:`) families, so no SCAN of either meets it.
@@ -247,6 +263,12 @@ mod tests {
         assert_eq!(n.tag_version_key("users"), "wc:tag:{users}:v");
         assert_eq!(n.tag_members_key("users"), "wc:tag:{users}:m");
         assert_eq!(n.refresh_last_key(), "wc:refresh:last");
+        assert_eq!(n.marker_key("users"), "wc:{users}:mark");
+        assert_eq!(n.tag_marker_key("users"), "wc:tag:{users}:mark");
+        // A marker is never mistaken for a value (SCAN of `wc:{users}:g*`).
+        assert!(!n
+            .marker_key("users")
+            .starts_with(&n.value_key_prefix("users")));
         assert!(!n
             .refresh_last_key()
             .starts_with(&n.value_key_prefix("refresh")));

@@ -108,7 +108,10 @@ impl TcpProxy {
             let _context = runtime.enter();
             TcpListener::from_std(listener).map_err(bind_error)?
         };
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            upstream: Mutex::new(Some(upstream)),
+            ..Shared::default()
+        });
         let (stop, stopped) = oneshot::channel();
         let state = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -117,7 +120,7 @@ impl TcpProxy {
                 runtime.block_on(async move {
                     tokio::select! {
                         _ = stopped => {}
-                        () = accept_loop(listener, upstream, state) => {}
+                        () = accept_loop(listener, state) => {}
                     }
                 });
                 // Dropping the runtime drops every connection task, closing its sockets.
@@ -145,6 +148,13 @@ impl TcpProxy {
     /// `redis://127.0.0.1:{port}/`, for a proxy in front of a Redis server.
     pub fn redis_url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port())
+    }
+
+    /// Forwards connections accepted from now on to `upstream` (a failover behind a fixed
+    /// address); open connections keep their upstream until they close or
+    /// [`reset_all`](Self::reset_all).
+    pub fn set_upstream(&self, upstream: SocketAddr) {
+        *lock(&self.shared.upstream) = Some(upstream);
     }
 
     /// Delays every chunk of data, in both directions, by `latency` (`Duration::ZERO` for none;
@@ -243,6 +253,8 @@ impl Drop for TcpProxy {
 /// State shared by the handle and the proxy's thread.
 #[derive(Default)]
 struct Shared {
+    /// Where accepted connections go (always set by `start`).
+    upstream: Mutex<Option<SocketAddr>>,
     latency_nanos: AtomicU64,
     blackhole: AtomicBool,
     drop_pubsub: AtomicBool,
@@ -307,11 +319,14 @@ impl Drop for Registration {
     }
 }
 
-async fn accept_loop(listener: TcpListener, upstream: SocketAddr, shared: Arc<Shared>) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((client, _)) => {
                 shared.accepted.fetch_add(1, Ordering::Relaxed);
+                let Some(upstream) = *lock(&shared.upstream) else {
+                    continue;
+                };
                 tokio::spawn(connection(client, upstream, Arc::clone(&shared)));
             }
             // Out of descriptors, say: retry shortly rather than spin.

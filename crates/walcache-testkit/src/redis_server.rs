@@ -21,7 +21,8 @@ const READY_DEADLINE: Duration = Duration::from_secs(10);
 /// Overrides where `redis-server` is looked for.
 const BINARY_ENV: &str = "WALCACHE_TESTKIT_REDIS_SERVER";
 
-/// A private `redis-server` on a free loopback port, with no persistence and its working
+/// A private `redis-server` on a free loopback port, with no automatic persistence (an explicit
+/// `SAVE` writes a snapshot that the next start loads) and its working
 /// directory and log in a temporary directory.
 ///
 /// The server is stopped (killed and waited for) on drop; [`stop`](Self::stop) and
@@ -193,7 +194,9 @@ impl RedisServer {
     /// Starts a stopped server again on the same port, retrying for up to 10 s while the port
     /// is still taken, and waits until it answers `PING`. Does nothing if it is running.
     ///
-    /// The server starts empty: it has no persistence.
+    /// The server starts empty — it has no persistence — unless a `SAVE` wrote a snapshot into
+    /// its directory: then it starts from that snapshot, as a Redis with RDB persistence does
+    /// after a crash (what was written since is gone).
     ///
     /// # Errors
     ///

@@ -11,6 +11,7 @@ pub mod config;
 pub mod connect;
 pub mod http;
 pub mod mapping;
+pub mod marker;
 pub mod metrics;
 pub mod pipeline;
 pub mod publisher;

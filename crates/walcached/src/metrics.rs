@@ -20,8 +20,10 @@ pub const TRANSACTIONS_TOTAL: &str = "walcached_transactions_total";
 pub const MESSAGES_PUBLISHED_TOTAL: &str = "walcached_messages_published_total";
 /// Counter: keys invalidated.
 pub const KEYS_INVALIDATED_TOTAL: &str = "walcached_keys_invalidated_total";
-/// Counter: namespace flushes. Labels: `reason` (`truncate`, `large_transaction`,
-/// `unrenderable`, `relation_mismatch`, `unknown_gap`, `manual`).
+/// Counter: namespace flushes. Labels: `reason` (`stream`: a TRUNCATE or a transaction too
+/// large to list, `large_transaction`, `relation_mismatch`, `server_changed`, and the
+/// marker reasons of [`crate::marker::Loss`]: `marker_missing`, `marker_behind`,
+/// `marker_mismatch`, `flush_owed`, `rule_changed`, `slot_created`, `item_failed`).
 pub const NAMESPACE_FLUSHES_TOTAL: &str = "walcached_namespace_flushes_total";
 /// Histogram: seconds from a batch's first commit being received to its publication.
 pub const PUBLISH_LATENCY_SECONDS: &str = "walcached_publish_latency_seconds";
@@ -29,6 +31,14 @@ pub const PUBLISH_LATENCY_SECONDS: &str = "walcached_publish_latency_seconds";
 pub const ERRORS_TOTAL: &str = "walcached_errors_total";
 /// Counter: reconnects. Labels: `to` (`postgres`, `redis`).
 pub const RECONNECTS_TOTAL: &str = "walcached_reconnects_total";
+/// Counter: losses of writes Redis suffered, found through the markers (a restart from an
+/// older snapshot, a failover to a replica that missed writes, `FLUSHALL`, a resync, an
+/// eviction); each lost namespace or tag was flushed. Labels: `reason` (`marker_missing`,
+/// `marker_behind`, `marker_mismatch`).
+pub const REDIS_LOSSES_TOTAL: &str = "walcached_redis_losses_total";
+/// Counter: namespaces whose keys could not be deleted one by one (an unreadable generation or
+/// schema set) and were flushed instead. Labels: `namespace`.
+pub const ITEM_FALLBACKS_TOTAL: &str = "walcached_item_fallbacks_total";
 /// Counter: the PostgreSQL server changed between sessions (another system identifier or
 /// timeline: a failover or a restore); every namespace was flushed.
 pub const SERVER_CHANGES_TOTAL: &str = "walcached_server_changes_total";

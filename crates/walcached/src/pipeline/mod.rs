@@ -11,6 +11,7 @@
 mod backoff;
 mod catalog;
 mod liveness;
+mod markers;
 mod publish;
 mod server;
 mod stream;
@@ -19,6 +20,7 @@ mod visibility;
 use backoff::Backoff;
 pub use catalog::compile_rules;
 use catalog::{ensure_publication, refuse_synchronous_standby, sql_client};
+pub(crate) use server::control_identity;
 use server::{is_invalidated_slot_error, slot_confirmed, slot_state, ServerIdentity, SlotState};
 use visibility::TxnRecord;
 
@@ -34,6 +36,7 @@ use walcache_cdc::Lsn;
 use crate::config::{redact_url, Config, ConfigError};
 use crate::connect::Postgres;
 use crate::mapping::Mapper;
+use crate::marker::Loss;
 use crate::metrics as m;
 use crate::publisher::Publisher;
 use crate::slot::{self, SlotError};
@@ -148,6 +151,7 @@ pub async fn run_with(
         epoch,
         config.stream.max_message_bytes,
         crate::publisher::REDIS_TIMEOUT,
+        &config.rules,
     )
     .await
     .map_err(|e| RunError::Redis {
@@ -190,7 +194,7 @@ pub async fn run_with(
         slot_invalidated: None,
         orphan_watch: None,
         confirmed: Lsn(0),
-        flush_all_on_start: false,
+        owed_reason: None,
         redis_reconnected: false,
         batch_txns: Vec::new(),
         pending: Vec::new(),
@@ -327,7 +331,9 @@ struct Streamer<'a> {
     /// first saw it so: see `take_over_orphan`.
     orphan_watch: Option<((i32, Option<String>), std::time::Instant)>,
     confirmed: Lsn,
-    flush_all_on_start: bool,
+    /// Why every target was recorded as owing a flush (a new slot, a changed server), until
+    /// the flushes are published.
+    owed_reason: Option<crate::marker::Loss>,
     /// Redis was reconnected since its run_id was last checked.
     redis_reconnected: bool,
     /// The transactions of the batch being built, for the visibility check.
@@ -352,28 +358,25 @@ impl Streamer<'_> {
         }
         match state {
             SlotState::Missing => {
-                if !self.create_slot(&mut client, shutdown).await? {
+                if !self.owe_every_flush(Loss::SlotCreated, shutdown).await
+                    || !self.create_slot(&mut client, shutdown).await?
+                {
                     return Ok(()); // shutdown during the wait
                 }
                 tracing::warn!(slot = %slot, "created the replication slot: changes before it are unknown, flushing every namespace");
-                self.flush_all_on_start = true;
             }
             SlotState::Invalidated(reason) => {
                 tracing::error!(slot = %slot, %reason, "PostgreSQL invalidated the replication slot: recreating it and flushing every namespace");
                 metrics::counter!(m::SLOT_RECREATIONS_TOTAL, "reason" => reason).increment(1);
+                if !self.owe_every_flush(Loss::SlotCreated, shutdown).await {
+                    return Ok(());
+                }
                 client.drop_slot(slot).await?;
                 if !self.create_slot(&mut client, shutdown).await? {
                     return Ok(()); // shutdown during the wait
                 }
-                self.flush_all_on_start = true;
             }
             SlotState::Usable => {}
-        }
-        if self.flush_all_on_start {
-            let batch = self.flush_all_batch();
-            if self.publish_with_retry(&batch, None, shutdown).await {
-                self.flush_all_on_start = false;
-            }
         }
         // Every session starts from what this server's slot has confirmed, never from what an
         // earlier session believed: after a failover or a restore the new server's positions
@@ -381,6 +384,11 @@ impl Streamer<'_> {
         let start_at = slot_confirmed(&self.control, slot).await?;
         self.confirmed = start_at;
         self.published = start_at;
+        // What Redis lost (and every flush owed) is flushed before streaming, so before any
+        // heartbeat certifies it.
+        if !self.audit_markers(start_at, shutdown).await {
+            return Ok(());
+        }
         let start = StartReplication::new(slot.clone(), [self.config.postgres.publication.clone()])
             .messages(true);
         let mut stream = match client.start_replication(&start).await {
@@ -447,16 +455,17 @@ impl Streamer<'_> {
         stream: &mut ReplicationStream,
         reply_requested: bool,
     ) -> Result<(), SessionError> {
-        stream
-            .send_status(
-                self.confirmed,
-                self.confirmed,
-                self.confirmed,
-                reply_requested,
-            )
-            .await?;
-        self.status.set_confirmed_lsn(self.confirmed.0);
-        metrics::gauge!(m::CONFIRMED_LSN).set(self.confirmed.0 as f64);
+        let lsn = self.reportable();
+        stream.send_status(lsn, lsn, lsn, reply_requested).await?;
+        self.status.set_confirmed_lsn(lsn.0);
+        metrics::gauge!(m::CONFIRMED_LSN).set(lsn.0 as f64);
         Ok(())
+    }
+
+    /// The position to report to PostgreSQL: what is confirmed, but no further than every
+    /// marker has been written (so that at start a marker behind the slot proves that Redis
+    /// lost writes).
+    fn reportable(&self) -> Lsn {
+        self.confirmed.min(self.publisher.marked_through())
     }
 }

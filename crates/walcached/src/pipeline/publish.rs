@@ -8,7 +8,6 @@ use walcache_cdc::client::ReplicationStream;
 use walcache_cdc::Lsn;
 
 use super::{Backoff, SessionError, Streamer};
-use crate::mapping::Invalidation;
 use crate::metrics as m;
 use crate::publisher::Batch;
 
@@ -45,7 +44,7 @@ impl Streamer<'_> {
         self.published = self.published.max(Lsn(batch.lsn));
         self.status.set_published_seq(self.publisher.seq());
         if std::mem::take(&mut self.redis_reconnected) {
-            self.check_redis_identity(stream, shutdown).await;
+            self.check_redis_identity().await;
         }
         // Only now is the position safe to confirm (held at the oldest pending recheck).
         self.advance_confirmed(Lsn(batch.lsn));
@@ -72,10 +71,8 @@ impl Streamer<'_> {
                     let pause = backoff.next();
                     tracing::warn!(error = %e, retry_in = ?pause, "publishing failed; nothing is confirmed until it succeeds");
                     if let Some(s) = stream.as_deref_mut() {
-                        if let Err(e) = s
-                            .send_status(self.confirmed, self.confirmed, self.confirmed, false)
-                            .await
-                        {
+                        let lsn = self.reportable();
+                        if let Err(e) = s.send_status(lsn, lsn, lsn, false).await {
                             tracing::debug!(error = %e, "status update during redis outage failed");
                         }
                     }
@@ -99,39 +96,32 @@ impl Streamer<'_> {
         }
     }
 
-    /// A Redis whose run_id changed restarted or failed over and may have lost recent deletes:
-    /// the gap is unknown, so every namespace served is flushed.
-    pub(super) async fn check_redis_identity(
-        &mut self,
-        stream: &mut ReplicationStream,
-        shutdown: &CancellationToken,
-    ) {
+    /// A Redis whose run_id changed restarted or failed over and may have lost recent
+    /// deletes: every marker is checked at once (rather than at the next heartbeat), and what
+    /// was lost is flushed.
+    pub(super) async fn check_redis_identity(&mut self) {
         let Ok(run_id) = self.publisher.run_id().await else {
             return;
         };
         if run_id != self.run_id {
-            tracing::error!("redis run_id changed (restart or failover): flushing every namespace");
-            metrics::counter!(m::NAMESPACE_FLUSHES_TOTAL, "reason" => "unknown_gap").increment(1);
-            let mut batch = self.flush_all_batch();
-            batch.lsn = self.confirmed.0;
-            if self
-                .publish_with_retry(&batch, Some(stream), shutdown)
-                .await
-            {
+            tracing::warn!("redis run_id changed (restart or failover): checking every marker");
+            if self.verify_markers().await {
                 self.run_id = run_id;
             }
         }
     }
 
-    /// A batch that flushes every namespace the rules serve: what an unknown gap costs.
-    pub(super) fn flush_all_batch(&self) -> Batch {
-        let mut batch = Batch::default();
-        batch.extend(
-            self.mapper
-                .namespaces()
-                .into_iter()
-                .map(Invalidation::Flush),
-        );
-        batch
+    /// Compare every marker with what this daemon wrote (flushing what was lost), advancing
+    /// them to the confirmed position. False if Redis could not be reached.
+    pub(super) async fn verify_markers(&mut self) -> bool {
+        match self.publisher.verify(self.confirmed).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "checking the markers failed");
+                metrics::counter!(m::ERRORS_TOTAL, "kind" => "redis").increment(1);
+                self.reconnect_redis().await;
+                false
+            }
+        }
     }
 }

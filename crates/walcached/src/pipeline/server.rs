@@ -12,12 +12,12 @@ use crate::metrics as m;
 
 /// Which cluster, and which history of it, a connection reaches.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct ServerIdentity {
+pub(crate) struct ServerIdentity {
     /// `pg_control_system().system_identifier`: set by initdb, kept by physical replicas and
     /// restores of a base backup.
-    pub(super) system_id: String,
+    pub(crate) system_id: String,
     /// The WAL timeline: a promotion or a point-in-time restore starts a new one.
-    pub(super) timeline: u32,
+    pub(crate) timeline: u32,
 }
 
 impl std::fmt::Display for ServerIdentity {
@@ -29,7 +29,7 @@ impl std::fmt::Display for ServerIdentity {
 /// The identity as the control session sees it. The timeline is read from the name of the WAL
 /// file being written (`pg_walfile_name` uses the insertion timeline), not from
 /// `pg_control_checkpoint()`, whose timeline lags a promotion until the next checkpoint.
-async fn control_identity(
+pub(crate) async fn control_identity(
     control: &tokio_postgres::Client,
 ) -> Result<ServerIdentity, tokio_postgres::Error> {
     let row = control
@@ -193,14 +193,14 @@ impl Streamer<'_> {
                     "the PostgreSQL server changed (failover or restore): changes in between are unknown, flushing every namespace"
                 );
                 metrics::counter!(m::SERVER_CHANGES_TOTAL).increment(1);
-                metrics::counter!(m::NAMESPACE_FLUSHES_TOTAL, "reason" => "server_changed")
-                    .increment(self.mapper.namespaces().len() as u64);
-                self.flush_all_on_start = true;
+                // Every marker was written against the old server: the audit at the start of
+                // the session flushes every target (reason `server_changed`).
                 // Transactions awaiting their visibility re-check belong to the old server.
                 self.pending.clear();
             }
             _ => {}
         }
+        self.publisher.set_server(replication.to_string());
         self.server = Some(replication);
         Ok(())
     }

@@ -113,7 +113,7 @@ impl Streamer<'_> {
             let judge = std::mem::take(&mut judge_readiness);
             if liveness.heartbeat_due() {
                 liveness.heartbeat_sent();
-                self.heartbeat(liveness.lag_bytes()).await;
+                self.heartbeat(liveness.lag_bytes(), covered).await;
             } else if judge && !liveness.is_fresh() {
                 self.status.set_caught_up(false);
             }
@@ -133,8 +133,9 @@ impl Streamer<'_> {
                     {
                         self.advance_confirmed(Lsn(batch.lsn));
                     }
-                    stream.send_status(self.confirmed, self.confirmed, self.confirmed, false).await?;
-                    self.status.set_confirmed_lsn(self.confirmed.0);
+                    // Markers first: the position reported may not pass them.
+                    self.verify_markers().await;
+                    self.send_status(stream).await?;
                     return Ok(());
                 }
                 () = sleep_until_opt(deadline) => {
@@ -189,7 +190,10 @@ impl Streamer<'_> {
                     }
                 }
                 _ = run_id_tick.tick() => {
-                    self.check_redis_identity(stream, shutdown).await;
+                    self.check_redis_identity().await;
+                    // Also while no heartbeat goes out (catching up): losses are found, and
+                    // the markers advance so that the confirmed position can.
+                    self.verify_markers().await;
                     self.export_slot_metrics().await;
                 }
                 event = stream.next_event() => {

@@ -161,6 +161,9 @@ async fn check_passes_on_a_good_setup() {
         "redis.url",
         "redis version",
         "redis maxmemory-policy",
+        "redis persistence",
+        "marker of namespace users",
+        "marker of tag users",
     ] {
         assert!(
             stdout

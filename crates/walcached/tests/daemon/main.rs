@@ -6,6 +6,7 @@ mod faults;
 mod identity;
 mod liveness;
 mod pipeline;
+mod redis_loss;
 mod refresh;
 mod slot;
 mod sockets;

@@ -90,6 +90,7 @@ async fn publisher_through(proxy: &TcpProxy) -> (redis::Client, Publisher) {
         rand::random(),
         256 * 1024,
         REDIS_TIMEOUT,
+        &[],
     )
     .await
     .expect("connect");
@@ -102,14 +103,14 @@ async fn publisher_calls_into_a_blackhole_time_out() {
     let proxy = TcpProxy::start(([127, 0, 0, 1], redis.port()).into()).expect("proxy");
     let (_client, mut publisher) = publisher_through(&proxy).await;
     publisher
-        .heartbeat(HeartbeatDetails::default())
+        .heartbeat(HeartbeatDetails::default(), walcache_cdc::Lsn(0))
         .await
         .expect("healthy");
 
     proxy.set_blackhole(true);
     let started = Instant::now();
     let err = publisher
-        .heartbeat(HeartbeatDetails::default())
+        .heartbeat(HeartbeatDetails::default(), walcache_cdc::Lsn(0))
         .await
         .expect_err("no reply through a blackhole");
     assert!(err.is_timeout(), "{err}");

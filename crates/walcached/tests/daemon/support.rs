@@ -81,6 +81,14 @@ impl Daemon {
             .expect("daemon task")
     }
 
+    /// A crash: the daemon's task is dropped wherever it stands; no shutdown path runs.
+    pub(crate) async fn crash(mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
     /// SIGTERM's path: stop reading, publish in-flight, confirm, return.
     pub(crate) async fn stop(mut self) {
         self.shutdown.cancel();
@@ -422,4 +430,12 @@ pub(crate) async fn walsender_pid(db: &tokio_postgres::Client) -> Option<i32> {
     .await
     .expect("pg_stat_replication")
     .map(|r| r.get(0))
+}
+
+/// Microseconds since the Unix epoch, now: the least generation a daemon's flush moves to.
+pub(crate) fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_micros() as u64
 }

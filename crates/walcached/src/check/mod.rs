@@ -5,6 +5,8 @@
 //! write to Redis. A check that cannot run because an earlier one failed (no connection) is
 //! left out rather than reported as a second problem.
 
+mod markers;
+
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
@@ -129,6 +131,7 @@ pub async fn check(config: &Config) -> Report {
     let mut report = Report::default();
     check_postgres(config, &mut report).await;
     check_redis(config, &mut report).await;
+    markers::check_redis_memory(config, &mut report).await;
     report
 }
 

@@ -3,13 +3,18 @@
 //! generations, and PUBLISHes the message — so no subscriber can hear of a key before L2 has
 //! dropped it.
 
-use std::collections::BTreeSet;
+mod markers;
+
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
+use walcache_cdc::Lsn;
 use walcache_protocol::{Body, HeartbeatDetails, KeyRef, Message, Naming};
 
+use crate::config::Rule;
 use crate::mapping::Invalidation;
+use crate::marker::{self, Loss, Target};
 use crate::metrics as m;
 
 /// The oldest Redis the daemon runs against: its scripts declare flags (`#!lua
@@ -31,48 +36,12 @@ const TAG_VERSION_TTL_MS: u64 = 24 * 3600 * 1000;
 /// [`redis_client`](crate::connect::redis_client) then close the abandoned socket.
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The invalidation script. `allow-oom`: a Redis at `maxmemory` under `noeviction` refuses
-/// scripts that write unless they carry this flag, and the stream would stall on the first
-/// tag or namespace flush (`INCR`) — the deletes that free memory must always run. Script
-/// flags need Redis 7.0 or later ([`MIN_REDIS_VERSION`]).
-const SCRIPT: &str = r"#!lua flags=allow-oom
--- ARGV[1] channel, ARGV[2] message, ARGV[3] key prefix, ARGV[4] tag version ttl (ms),
--- ARGV[5] kind: 'keys' | 'tags' | 'flush', then the items:
---   keys:  namespace, key, namespace, key, ...
---   tags:  tag, tag, ...
---   flush: namespace, namespace, ...
-local prefix, kind = ARGV[3], ARGV[5]
-if kind == 'keys' then
-  local gens, schemas = {}, {}
-  for i = 6, #ARGV, 2 do
-    local ns, key = ARGV[i], ARGV[i + 1]
-    if gens[ns] == nil then
-      gens[ns] = redis.call('GET', prefix .. ':{' .. ns .. '}:gen') or '0'
-      schemas[ns] = redis.call('SMEMBERS', prefix .. ':{' .. ns .. '}:schemas')
-    end
-    for _, s in ipairs(schemas[ns]) do
-      redis.call('DEL', prefix .. ':{' .. ns .. '}:g' .. gens[ns] .. ':s' .. s .. ':' .. key)
-    end
-  end
-elseif kind == 'tags' then
-  for i = 6, #ARGV do
-    local vk = prefix .. ':tag:{' .. ARGV[i] .. '}:v'
-    local mk = prefix .. ':tag:{' .. ARGV[i] .. '}:m'
-    redis.call('INCR', vk)
-    redis.call('PEXPIRE', vk, ARGV[4])
-    local members = redis.call('SMEMBERS', mk)
-    for j = 1, #members, 500 do
-      redis.call('DEL', unpack(members, j, math.min(j + 499, #members)))
-    end
-    redis.call('DEL', mk)
-  end
-elseif kind == 'flush' then
-  for i = 6, #ARGV do
-    redis.call('INCR', prefix .. ':{' .. ARGV[i] .. '}:gen')
-  end
-end
-return redis.call('PUBLISH', ARGV[1], ARGV[2])
-";
+/// The invalidation script (`invalidate.lua`, beside this file): deletes
+/// and bumps, the markers ([`crate::marker`]) and the announcement in one atomic call.
+/// `allow-oom`: a Redis at `maxmemory` under `noeviction` refuses scripts that write unless
+/// they carry this flag, and the stream would stall on the first flush — the deletes that free
+/// memory must always run. Script flags need Redis 7.0 or later ([`MIN_REDIS_VERSION`]).
+const SCRIPT: &str = include_str!("invalidate.lua");
 
 /// A set of invalidations to publish together, with the position they cover.
 #[derive(Debug, Default, Clone)]
@@ -125,7 +94,8 @@ impl Batch {
     }
 }
 
-/// The Redis side of the daemon: one connection, the epoch and the sequence.
+/// The Redis side of the daemon: one connection, the epoch and the sequence, and the markers
+/// this daemon last wrote ([`crate::marker`]).
 pub struct Publisher {
     conn: MultiplexedConnection,
     naming: Naming,
@@ -134,6 +104,41 @@ pub struct Publisher {
     seq: u64,
     max_message_bytes: usize,
     timeout: Duration,
+    /// Every target of the rules, namespaces first.
+    targets: Vec<Target>,
+    /// The rule hash of each namespace.
+    rule_hashes: HashMap<String, String>,
+    /// The PostgreSQL server markers are written against.
+    server: String,
+    /// What this daemon last wrote to (or accepted from) each target's marker.
+    held: HashMap<Target, Held>,
+    /// Script calls that wrote markers, for their tokens.
+    writes: u64,
+}
+
+/// What a marker held when this daemon last wrote or accepted it.
+#[derive(Debug, Clone, Default)]
+struct Held {
+    token: String,
+    /// A token of a call whose reply was lost (it may or may not have landed).
+    alt: Option<String>,
+    lsn: Lsn,
+}
+
+/// One marker entry of a script call.
+struct Entry {
+    target: Target,
+    key: String,
+    rule: String,
+    lsn: Lsn,
+}
+
+/// What one script call reported.
+#[derive(Debug, Default)]
+struct Reply {
+    published: bool,
+    lost: Vec<Target>,
+    failed: Vec<String>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -147,7 +152,8 @@ impl std::fmt::Debug for Publisher {
 
 impl Publisher {
     /// Connect. `epoch` is random per daemon run; `seq` starts at 0 (the first message is 1).
-    /// `timeout` bounds connecting and every call ([`REDIS_TIMEOUT`] in the daemon).
+    /// `timeout` bounds connecting and every call ([`REDIS_TIMEOUT`] in the daemon). Markers
+    /// are kept for the targets of `rules`.
     ///
     /// # Errors
     ///
@@ -158,8 +164,17 @@ impl Publisher {
         epoch: u64,
         max_message_bytes: usize,
         timeout: Duration,
+        rules: &[Rule],
     ) -> Result<Self, redis::RedisError> {
         let conn = connect(client, timeout).await?;
+        let targets = marker::targets(rules);
+        let rule_hashes = targets
+            .iter()
+            .filter_map(|t| match t {
+                Target::Namespace(ns) => Some((ns.clone(), marker::rule_hash(rules, ns))),
+                Target::Tag(_) => None,
+            })
+            .collect();
         Ok(Publisher {
             conn,
             naming,
@@ -168,10 +183,15 @@ impl Publisher {
             seq: 0,
             max_message_bytes,
             timeout,
+            targets,
+            rule_hashes,
+            server: String::new(),
+            held: HashMap::new(),
+            writes: 0,
         })
     }
 
-    /// Replace a broken connection, keeping epoch and sequence.
+    /// Replace a broken connection, keeping epoch, sequence and markers.
     ///
     /// # Errors
     ///
@@ -238,10 +258,17 @@ impl Publisher {
     /// size limit. On error, the sequence numbers of the messages already sent stay used: the
     /// retry republishes everything (duplicates are harmless, gaps are not).
     ///
+    /// A namespace whose marker no longer holds what this daemon wrote (Redis lost writes), or
+    /// whose keys could not be deleted one by one (its generation or schema set is
+    /// unreadable), is then flushed, before this returns.
+    ///
     /// # Errors
     ///
     /// Redis errors.
     pub async fn publish(&mut self, batch: &Batch) -> Result<(), redis::RedisError> {
+        let lsn = Lsn(batch.lsn);
+        let mut lost = Vec::new();
+        let mut failed = Vec::new();
         if !batch.flushes.is_empty() {
             let items: Vec<String> = batch.flushes.iter().cloned().collect();
             self.send_chunks("flush", &items, |v| Body::Flush(v.to_vec()), batch)
@@ -272,24 +299,51 @@ impl Publisher {
                     end += 1;
                 }
                 let chunk = &refs[start..end];
-                self.seq += 1;
-                let mut message = Message::new(self.epoch, self.seq, Body::Keys(chunk.to_vec()));
-                message.sent_at_micros = now_micros();
-                message.lsn = batch.lsn;
-                message.commit_time_micros = batch.commit_time_micros;
-                let mut inv = self.script.prepare_invoke();
-                self.common_args(&mut inv, &message.encode(), "keys");
-                for r in chunk {
-                    inv.arg(&r.namespace).arg(&r.key);
-                }
-                let mut conn = self.conn.clone();
-                let _: i64 = self.timed(inv.invoke_async(&mut conn)).await?;
+                let message = self.data_message(Body::Keys(chunk.to_vec()), batch);
+                let mut namespaces: Vec<&str> =
+                    chunk.iter().map(|r| r.namespace.as_str()).collect();
+                namespaces.dedup();
+                let entries = self.entries(
+                    namespaces
+                        .into_iter()
+                        .map(|ns| Target::Namespace(ns.to_owned())),
+                    lsn,
+                );
+                let items: Vec<&str> = chunk
+                    .iter()
+                    .flat_map(|r| [r.namespace.as_str(), r.key.as_str()])
+                    .collect();
+                let reply = self.call("keys", &message, &entries, &items).await?;
+                lost.extend(reply.lost);
+                failed.extend(reply.failed);
                 metrics::counter!(m::MESSAGES_PUBLISHED_TOTAL, "kind" => "keys").increment(1);
                 metrics::counter!(m::KEYS_INVALIDATED_TOTAL).increment(chunk.len() as u64);
                 start = end;
             }
         }
+        for ns in &failed {
+            tracing::error!(namespace = %ns, "the namespace's generation or schema set in Redis is unreadable: its keys cannot be deleted one by one, so the namespace is flushed");
+            metrics::counter!(m::ITEM_FALLBACKS_TOTAL, "namespace" => ns.clone()).increment(1);
+        }
+        let mut repair: Vec<(Target, Loss)> =
+            lost.into_iter().map(|t| (t, Loss::Mismatch)).collect();
+        repair.extend(
+            failed
+                .into_iter()
+                .map(|ns| (Target::Namespace(ns), Loss::ItemFailed)),
+        );
+        self.repair(repair, lsn).await?;
         Ok(())
+    }
+
+    /// A data message (the next sequence number) for `body`, covering `batch`'s position.
+    fn data_message(&mut self, body: Body, batch: &Batch) -> Vec<u8> {
+        self.seq += 1;
+        let mut message = Message::new(self.epoch, self.seq, body);
+        message.sent_at_micros = now_micros();
+        message.lsn = batch.lsn;
+        message.commit_time_micros = batch.commit_time_micros;
+        message.encode()
     }
 
     async fn send_chunks(
@@ -301,39 +355,121 @@ impl Publisher {
     ) -> Result<(), redis::RedisError> {
         let per = (self.max_message_bytes / 300).max(1);
         for chunk in items.chunks(per) {
-            self.seq += 1;
-            let mut message = Message::new(self.epoch, self.seq, body(chunk));
-            message.sent_at_micros = now_micros();
-            message.lsn = batch.lsn;
-            message.commit_time_micros = batch.commit_time_micros;
-            let mut inv = self.script.prepare_invoke();
-            self.common_args(&mut inv, &message.encode(), kind);
-            for item in chunk {
-                inv.arg(item);
-            }
-            let mut conn = self.conn.clone();
-            let _: i64 = self.timed(inv.invoke_async(&mut conn)).await?;
+            let message = self.data_message(body(chunk), batch);
+            let targets = chunk.iter().map(|item| match kind {
+                "tags" => Target::Tag(item.clone()),
+                _ => Target::Namespace(item.clone()),
+            });
+            let entries = self.entries(targets, Lsn(batch.lsn));
+            let items: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            self.call(kind, &message, &entries, &items).await?;
             metrics::counter!(m::MESSAGES_PUBLISHED_TOTAL, "kind" => kind).increment(1);
         }
         Ok(())
     }
 
-    fn common_args(&self, inv: &mut redis::ScriptInvocation<'_>, message: &[u8], kind: &str) {
+    /// Marker entries for `targets`, each at the later of `lsn` and what it already holds (a
+    /// marker's position never goes back).
+    fn entries(&self, targets: impl Iterator<Item = Target>, lsn: Lsn) -> Vec<Entry> {
+        targets
+            .map(|target| {
+                let held = self.held.get(&target).map_or(Lsn(0), |h| h.lsn);
+                let rule = match &target {
+                    Target::Namespace(ns) => self.rule_hashes.get(ns).cloned().unwrap_or_default(),
+                    Target::Tag(_) => String::new(),
+                };
+                Entry {
+                    key: target.marker_key(&self.naming),
+                    target,
+                    rule,
+                    lsn: lsn.max(held),
+                }
+            })
+            .collect()
+    }
+
+    /// One call of the script. Markers that held (or were repaired) now hold this call's
+    /// token; when the reply is lost, the token is remembered as one the marker may hold.
+    async fn call(
+        &mut self,
+        kind: &str,
+        message: &[u8],
+        entries: &[Entry],
+        items: &[&str],
+    ) -> Result<Reply, redis::RedisError> {
+        self.writes += 1;
+        let token = format!("{:016x}-{}", self.epoch, self.writes);
+        let mut inv = self.script.prepare_invoke();
         inv.arg(self.naming.invalidation_channel())
             .arg(message)
             .arg(self.naming.prefix())
             .arg(TAG_VERSION_TTL_MS)
-            .arg(kind);
+            .arg(kind)
+            .arg(now_micros())
+            .arg(&token)
+            .arg(&self.server)
+            .arg(now_micros() / 1000)
+            .arg(entries.len());
+        for e in entries {
+            let held = self.held.get(&e.target);
+            inv.arg(&e.key)
+                .arg(held.map_or("", |h| h.token.as_str()))
+                .arg(held.and_then(|h| h.alt.as_deref()).unwrap_or(""))
+                .arg(&e.rule)
+                .arg(e.lsn.to_string());
+        }
+        for item in items {
+            inv.arg(*item);
+        }
+        let mut conn = self.conn.clone();
+        let result: Result<(i64, Vec<String>, Vec<String>), _> =
+            self.timed(inv.invoke_async(&mut conn)).await;
+        let (published, lost_keys, failed) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                for entry in entries {
+                    let held = self.held.entry(entry.target.clone()).or_default();
+                    held.alt.get_or_insert_with(|| token.clone());
+                }
+                return Err(e);
+            }
+        };
+        let mut lost = Vec::new();
+        for entry in entries {
+            if lost_keys.contains(&entry.key) {
+                lost.push(entry.target.clone());
+            } else {
+                self.held.insert(
+                    entry.target.clone(),
+                    Held {
+                        token: token.clone(),
+                        alt: None,
+                        lsn: entry.lsn,
+                    },
+                );
+            }
+        }
+        Ok(Reply {
+            published: published >= 0,
+            lost,
+            failed,
+        })
     }
 
-    /// Announce liveness: carries the last data sequence number, takes none of its own, and
-    /// (wire format v1.1) `details`: the lag, the refresh interval and the namespaces this
-    /// heartbeat certifies.
+    /// Announce liveness at `lsn` (everything received up to it is published), if every
+    /// marker still holds what this daemon wrote: carries the last data sequence number, takes
+    /// none of its own, and (wire format v1.1) `details`: the lag, the refresh interval and the
+    /// namespaces this heartbeat certifies. Markers that do not hold are flushed first, and
+    /// the heartbeat follows them. Returns whether a heartbeat was published.
     ///
     /// # Errors
     ///
     /// Redis errors.
-    pub async fn heartbeat(&mut self, details: HeartbeatDetails) -> Result<(), redis::RedisError> {
+    pub async fn heartbeat(
+        &mut self,
+        details: HeartbeatDetails,
+        lsn: Lsn,
+    ) -> Result<bool, redis::RedisError> {
         let mut message = Message::new(
             self.epoch,
             self.seq,
@@ -343,17 +479,57 @@ impl Publisher {
             },
         );
         message.sent_at_micros = now_micros();
-        let mut conn = self.conn.clone();
-        let _: i64 = self
-            .timed(
-                redis::cmd("PUBLISH")
-                    .arg(self.naming.invalidation_channel())
-                    .arg(message.encode())
-                    .query_async(&mut conn),
-            )
+        let mut published = self.check(&message.encode(), lsn).await?.0;
+        if !published {
+            // Flushed what was lost: the heartbeat (a new one, the flush took sequence numbers)
+            // may certify now.
+            if let Message {
+                body: Body::Heartbeat { details, .. },
+                ..
+            } = message
+            {
+                let mut again = Message::new(
+                    self.epoch,
+                    self.seq,
+                    Body::Heartbeat {
+                        last_data_seq: self.seq,
+                        details,
+                    },
+                );
+                again.sent_at_micros = now_micros();
+                published = self.check(&again.encode(), lsn).await?.0;
+            }
+        }
+        if published {
+            metrics::counter!(m::MESSAGES_PUBLISHED_TOTAL, "kind" => "heartbeat").increment(1);
+        }
+        Ok(published)
+    }
+
+    /// Compare every marker with what this daemon wrote, advancing them to `lsn`; flush the
+    /// targets whose markers do not hold. Nothing is announced. Returns how many were lost.
+    ///
+    /// # Errors
+    ///
+    /// Redis errors.
+    pub async fn verify(&mut self, lsn: Lsn) -> Result<usize, redis::RedisError> {
+        Ok(self.check(&[], lsn).await?.1)
+    }
+
+    /// The `check` call with `message` (empty: none): whether it was published, and how many
+    /// targets were lost (and flushed).
+    async fn check(
+        &mut self,
+        message: &[u8],
+        lsn: Lsn,
+    ) -> Result<(bool, usize), redis::RedisError> {
+        let entries = self.entries(self.targets.clone().into_iter(), lsn);
+        let reply = self.call("check", message, &entries, &[]).await?;
+        let lost = reply.lost;
+        let flushed = self
+            .repair(lost.into_iter().map(|t| (t, Loss::Mismatch)).collect(), lsn)
             .await?;
-        metrics::counter!(m::MESSAGES_PUBLISHED_TOTAL, "kind" => "heartbeat").increment(1);
-        Ok(())
+        Ok((reply.published, flushed))
     }
 }
 

@@ -1,0 +1,172 @@
+//! What Redis remembers: its persistence settings, and the state of every marker
+//! ([`crate::marker`]) against the slot — what the daemon will flush at its next start, and
+//! why.
+
+use std::collections::{BTreeMap, HashMap};
+
+use walcache_cdc::client::APPLICATION_NAME;
+use walcache_cdc::Lsn;
+
+use super::{chain, Report, TIMEOUT};
+use crate::config::Config;
+use crate::marker::{self, Loss, Mark};
+
+/// Report Redis's persistence and the markers. Connection failures were reported by the
+/// checks before; this one then says nothing more.
+pub(super) async fn check_redis_memory(config: &Config, report: &mut Report) {
+    let Ok(client) = crate::connect::redis_client(config) else {
+        return;
+    };
+    let Ok(Ok(mut conn)) =
+        tokio::time::timeout(TIMEOUT, client.get_multiplexed_async_connection()).await
+    else {
+        return;
+    };
+    check_persistence(&mut conn, report).await;
+    check_markers(config, &mut conn, report).await;
+}
+
+async fn check_persistence(conn: &mut redis::aio::MultiplexedConnection, report: &mut Report) {
+    let subject = "redis persistence";
+    let mut pipe = redis::pipe();
+    for setting in ["save", "appendonly", "appendfsync"] {
+        pipe.cmd("CONFIG").arg("GET").arg(setting);
+    }
+    let reply = tokio::time::timeout(
+        TIMEOUT,
+        pipe.query_async::<Vec<HashMap<String, String>>>(conn),
+    )
+    .await;
+    let settings: HashMap<String, String> = match reply {
+        Ok(Ok(maps)) => maps.into_iter().flatten().collect(),
+        Ok(Err(e)) => {
+            report.ok(
+                subject,
+                format!(
+                    "cannot read it (CONFIG GET failed: {}); whatever a restart loses, the \
+                     daemon finds through its markers and flushes",
+                    chain(&e)
+                ),
+            );
+            return;
+        }
+        Err(_) => return,
+    };
+    let get = |k: &str| settings.get(k).map_or("", String::as_str);
+    let message = match (get("appendonly"), get("appendfsync"), get("save")) {
+        ("yes", "always", _) => "AOF with appendfsync always: a restart loses no write".to_owned(),
+        ("yes", fsync, _) => format!(
+            "AOF with appendfsync {fsync}: a restart can lose the last second or so of writes; \
+             the daemon finds the loss through its markers and flushes what it touched"
+        ),
+        (_, _, "") => "none (no AOF, no RDB snapshots): a restart empties Redis; the daemon \
+                       finds the loss through its markers and flushes every namespace"
+            .to_owned(),
+        (_, _, save) => format!(
+            "RDB snapshots only (save {save}): a restart goes back to the last snapshot, \
+             bringing back values deleted since; the daemon finds the loss through its markers \
+             and flushes every namespace it touched"
+        ),
+    };
+    report.ok(subject, message);
+}
+
+/// The slot's confirmed position and the server identity markers are written against, or
+/// `None` when PostgreSQL cannot say (reported elsewhere).
+async fn slot_and_server(config: &Config) -> Option<(Option<Lsn>, String)> {
+    let postgres = crate::connect::Postgres::from_config(config).ok()?;
+    let client = postgres
+        .connect(&format!("{APPLICATION_NAME}-check"))
+        .await
+        .ok()?;
+    let server = crate::pipeline::control_identity(&client).await.ok()?;
+    let row = client
+        .query_opt(
+            "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::int8 \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&config.postgres.slot],
+        )
+        .await
+        .ok()?;
+    let slot = row
+        .and_then(|r| r.get::<_, Option<i64>>(0))
+        .and_then(|l| u64::try_from(l).ok())
+        .map(Lsn);
+    Some((slot, server.to_string()))
+}
+
+async fn check_markers(
+    config: &Config,
+    conn: &mut redis::aio::MultiplexedConnection,
+    report: &mut Report,
+) {
+    let Some((slot, server)) = slot_and_server(config).await else {
+        return;
+    };
+    let naming = config.naming();
+    for target in marker::targets(&config.rules) {
+        let subject = format!("marker of {target}");
+        let fields = tokio::time::timeout(
+            TIMEOUT,
+            redis::cmd("HGETALL")
+                .arg(target.marker_key(&naming))
+                .query_async::<BTreeMap<String, String>>(conn),
+        )
+        .await;
+        let Ok(Ok(fields)) = fields else {
+            report.warn(
+                subject,
+                "cannot read it",
+                "make sure the Redis user may run HGETALL on walcached's keys",
+            );
+            continue;
+        };
+        let mark = Mark::from_fields(&fields);
+        let Some(slot) = slot else {
+            report.ok(
+                subject,
+                "no slot yet: the daemon creates it and flushes every namespace at its first start",
+            );
+            continue;
+        };
+        let rule = match &target {
+            marker::Target::Namespace(ns) => marker::rule_hash(&config.rules, ns),
+            marker::Target::Tag(_) => String::new(),
+        };
+        let at = mark
+            .as_ref()
+            .and_then(|m| m.lsn)
+            .map_or_else(|| "(none)".to_owned(), |l| l.to_string());
+        match marker::judge(mark.as_ref(), slot, &server, &rule) {
+            None => report.ok(
+                subject,
+                format!("at {at}, the slot at {slot}: nothing lost"),
+            ),
+            Some(loss) => {
+                let why = match loss {
+                    Loss::Missing => {
+                        "there is no marker: Redis lost it (FLUSHALL, a restart \
+                                      without persistence, an eviction) or the daemon never ran \
+                                      against this Redis"
+                    }
+                    Loss::Behind => {
+                        "the marker is behind the slot: Redis came back from before \
+                                     deletes the daemon made (an older snapshot, a failover)"
+                    }
+                    Loss::Owed => "a flush is owed and was never published",
+                    Loss::RuleChanged => "the rules of the namespace changed",
+                    Loss::ServerChanged => {
+                        "the marker was written against another PostgreSQL \
+                                            server or timeline"
+                    }
+                    _ => "it does not hold what the daemon wrote",
+                };
+                report.warn(
+                    subject,
+                    format!("at {at}, the slot at {slot}: {why}"),
+                    "nothing to do: the daemon flushes it at start, before certifying it",
+                );
+            }
+        }
+    }
+}
