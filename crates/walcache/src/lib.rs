@@ -51,7 +51,9 @@
 //!    daemon's decode → Redis → pub/sub path (measured on 2 shared cores at 1,000 commits/s:
 //!    p50 0.53 ms, p99 1.2 ms from the writer's COMMIT returning to the entry leaving another
 //!    process's L1; see `BENCHMARKS.md`). Where the daemon cannot know what it missed (a lost
-//!    slot, a Redis restart), it flushes the namespaces instead. Faults stretch the bound as
+//!    slot, another PostgreSQL server, a Redis that came back without some of its deletes —
+//!    found through a durable marker per namespace), it flushes the namespaces instead, to a
+//!    generation above any a process may hold. Faults stretch the bound as
 //!    the table below says.
 //! 2. **No stale fill.** A value your loader read before a commit is never stored in L2 or L1
 //!    after that commit's invalidation was applied. L2 is written only by a compare-and-set on
@@ -119,7 +121,8 @@
 //! |---|---|---|
 //! | none | the publish path (about a millisecond) | 42 ms of 8.4 M steady-state reads (p99 2.5–3.6 ms) |
 //! | pub/sub connection killed or reset | the publish path: L1 is flushed at once, L2 stays fresh | 6.4 / 5.4 ms |
-//! | Redis restart | the daemon's publish retry (at most 100 ms apart) | 26 / 88 ms |
+//! | Redis restart (empty) | the daemon's publish retry (at most 100 ms apart) | 26 / 88 ms |
+//! | Redis back from an older snapshot or AOF, a failover to a replica that missed writes, `FLUSHALL` (daemon up or down) | L1: off until a heartbeat, and no heartbeat certifies a namespace until the daemon, finding its durable marker missing, behind the slot or not holding its last write, has flushed it. L2: the age of the state Redis came back with, plus until that flush (the next heartbeat interval; the daemon's start when it was down) | (two new fault kinds, `redis-snapshot` with the daemon up and down, and deterministic tests; see `BENCHMARKS.md`) |
 //! | daemon killed | its downtime: L2 is not deleted until it replays from its slot | 271 / 218 ms (restarted at once) |
 //! | daemon restarted over a backlog, or falling behind under load | L1: off from `heartbeat_timeout` after the daemon fell more than one heartbeat interval behind until it has caught up (no heartbeat certifies a position it has not published). L2: fresh only as the backlog is published, so its staleness is the daemon's lag (`walcached_replication_lag_seconds`) | 4,971 / 977 ms (5 s stop, 2.5–10 s catch-up of 320,000 keys) |
 //! | PostgreSQL restart | the daemon's reconnect backoff once PostgreSQL is back (100 ms doubling to 2 s) | 965 / 466 ms |

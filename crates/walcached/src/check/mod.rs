@@ -5,9 +5,9 @@
 //! write to Redis. A check that cannot run because an earlier one failed (no connection) is
 //! left out rather than reported as a second problem.
 
-mod markers;
+mod redis;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
 
@@ -130,8 +130,8 @@ impl fmt::Display for Report {
 pub async fn check(config: &Config) -> Report {
     let mut report = Report::default();
     check_postgres(config, &mut report).await;
-    check_redis(config, &mut report).await;
-    markers::check_redis_memory(config, &mut report).await;
+    redis::check_redis(config, &mut report).await;
+    redis::check_redis_memory(config, &mut report).await;
     report
 }
 
@@ -623,142 +623,6 @@ pub fn standby_names_match(setting: &str, application_name: &str) -> bool {
             name.eq_ignore_ascii_case(application_name)
         }
     })
-}
-
-async fn check_redis(config: &Config, report: &mut Report) {
-    let url = redact_url(config.redis.url.expose());
-    let client = match crate::connect::redis_client(config) {
-        Ok(c) => c,
-        Err(e) => {
-            report.problem(&e.field, format!("{url:?}: {}", e.problem), None);
-            return;
-        }
-    };
-    let connected = tokio::time::timeout(TIMEOUT, client.get_multiplexed_async_connection()).await;
-    let mut conn = match connected {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
-            report.problem(
-                "redis.url",
-                format!("cannot connect to {url}: {}", chain(&e)),
-                Some("check the host, port, database and credentials".to_owned()),
-            );
-            return;
-        }
-        Err(_) => {
-            report.problem(
-                "redis.url",
-                format!("no connection to {url} within {TIMEOUT:?}"),
-                Some("check the host, port and firewall".to_owned()),
-            );
-            return;
-        }
-    };
-    let ping =
-        tokio::time::timeout(TIMEOUT, redis::cmd("PING").query_async::<String>(&mut conn)).await;
-    match ping {
-        Ok(Ok(_)) => report.ok("redis.url", format!("connected to {url} (PING answered)")),
-        Ok(Err(e)) => {
-            report.problem(
-                "redis.url",
-                format!("PING to {url} failed: {}", chain(&e)),
-                Some("check the credentials and that the user may run PING".to_owned()),
-            );
-            return;
-        }
-        Err(_) => {
-            report.problem(
-                "redis.url",
-                format!("PING to {url} got no answer within {TIMEOUT:?}"),
-                None,
-            );
-            return;
-        }
-    }
-    let info = tokio::time::timeout(
-        TIMEOUT,
-        redis::cmd("INFO")
-            .arg("server")
-            .query_async::<String>(&mut conn),
-    )
-    .await;
-    let (major, minor) = crate::publisher::MIN_REDIS_VERSION;
-    match info
-        .ok()
-        .and_then(Result::ok)
-        .as_deref()
-        .and_then(crate::publisher::parse_redis_version)
-    {
-        Some(v) if v >= crate::publisher::MIN_REDIS_VERSION => {
-            report.ok("redis version", format!("{}.{}", v.0, v.1));
-        }
-        Some(v) => report.problem(
-            "redis version",
-            format!(
-                "is {}.{}: walcached needs {major}.{minor} or later (its invalidation scripts \
-                 declare flags such as allow-oom, so that deletes still run when Redis is at \
-                 maxmemory)",
-                v.0, v.1
-            ),
-            Some(format!("upgrade Redis to {major}.{minor} or later")),
-        ),
-        None => report.warn(
-            "redis version",
-            "cannot read redis_version from INFO server",
-            format!("make sure Redis is {major}.{minor} or later"),
-        ),
-    }
-    let policy = tokio::time::timeout(
-        TIMEOUT,
-        redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("maxmemory-policy")
-            .query_async::<HashMap<String, String>>(&mut conn),
-    )
-    .await;
-    let subject = "redis maxmemory-policy";
-    let policy = match policy {
-        Ok(Ok(map)) => map.get("maxmemory-policy").cloned(),
-        Ok(Err(e)) => {
-            report.warn(
-                subject,
-                format!("cannot read it (CONFIG GET failed: {})", chain(&e)),
-                "make sure it is noeviction or volatile-*: an allkeys-* policy evicts \
-                 generation counters and tag versions",
-            );
-            return;
-        }
-        Err(_) => {
-            report.warn(
-                subject,
-                "CONFIG GET got no answer",
-                "make sure it is noeviction or volatile-*",
-            );
-            return;
-        }
-    };
-    match policy.as_deref() {
-        Some(p) if p == "noeviction" || p.starts_with("volatile-") => {
-            report.ok(subject, p);
-        }
-        Some(p) => report.problem(
-            subject,
-            format!(
-                "is {p}: under memory pressure Redis would evict keys without a TTL too, \
-                 including namespace generation counters and tag versions, and a cache could \
-                 then serve values an invalidation already removed"
-            ),
-            Some(
-                "CONFIG SET maxmemory-policy volatile-lru (and in redis.conf), or noeviction"
-                    .to_owned(),
-            ),
-        ),
-        None => report.warn(
-            subject,
-            "CONFIG GET returned nothing",
-            "make sure it is noeviction or volatile-*",
-        ),
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! What Redis remembers: its persistence settings, and the state of every marker
-//! ([`crate::marker`]) against the slot — what the daemon will flush at its next start, and
+//! The Redis checks: reachable, recent enough, an eviction policy that keeps control keys;
+//! and what Redis remembers — its persistence settings, and the state of every marker
+//! ([`crate::marker`]) against the slot: what the daemon will flush at its next start, and
 //! why.
 
 use std::collections::{BTreeMap, HashMap};
@@ -8,8 +9,145 @@ use walcache_cdc::client::APPLICATION_NAME;
 use walcache_cdc::Lsn;
 
 use super::{chain, Report, TIMEOUT};
+use crate::config::redact_url;
 use crate::config::Config;
 use crate::marker::{self, Loss, Mark};
+
+pub(super) async fn check_redis(config: &Config, report: &mut Report) {
+    let url = redact_url(config.redis.url.expose());
+    let client = match crate::connect::redis_client(config) {
+        Ok(c) => c,
+        Err(e) => {
+            report.problem(&e.field, format!("{url:?}: {}", e.problem), None);
+            return;
+        }
+    };
+    let connected = tokio::time::timeout(TIMEOUT, client.get_multiplexed_async_connection()).await;
+    let mut conn = match connected {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            report.problem(
+                "redis.url",
+                format!("cannot connect to {url}: {}", chain(&e)),
+                Some("check the host, port, database and credentials".to_owned()),
+            );
+            return;
+        }
+        Err(_) => {
+            report.problem(
+                "redis.url",
+                format!("no connection to {url} within {TIMEOUT:?}"),
+                Some("check the host, port and firewall".to_owned()),
+            );
+            return;
+        }
+    };
+    let ping =
+        tokio::time::timeout(TIMEOUT, redis::cmd("PING").query_async::<String>(&mut conn)).await;
+    match ping {
+        Ok(Ok(_)) => report.ok("redis.url", format!("connected to {url} (PING answered)")),
+        Ok(Err(e)) => {
+            report.problem(
+                "redis.url",
+                format!("PING to {url} failed: {}", chain(&e)),
+                Some("check the credentials and that the user may run PING".to_owned()),
+            );
+            return;
+        }
+        Err(_) => {
+            report.problem(
+                "redis.url",
+                format!("PING to {url} got no answer within {TIMEOUT:?}"),
+                None,
+            );
+            return;
+        }
+    }
+    let info = tokio::time::timeout(
+        TIMEOUT,
+        redis::cmd("INFO")
+            .arg("server")
+            .query_async::<String>(&mut conn),
+    )
+    .await;
+    let (major, minor) = crate::publisher::MIN_REDIS_VERSION;
+    match info
+        .ok()
+        .and_then(Result::ok)
+        .as_deref()
+        .and_then(crate::publisher::parse_redis_version)
+    {
+        Some(v) if v >= crate::publisher::MIN_REDIS_VERSION => {
+            report.ok("redis version", format!("{}.{}", v.0, v.1));
+        }
+        Some(v) => report.problem(
+            "redis version",
+            format!(
+                "is {}.{}: walcached needs {major}.{minor} or later (its invalidation scripts \
+                 declare flags such as allow-oom, so that deletes still run when Redis is at \
+                 maxmemory)",
+                v.0, v.1
+            ),
+            Some(format!("upgrade Redis to {major}.{minor} or later")),
+        ),
+        None => report.warn(
+            "redis version",
+            "cannot read redis_version from INFO server",
+            format!("make sure Redis is {major}.{minor} or later"),
+        ),
+    }
+    let policy = tokio::time::timeout(
+        TIMEOUT,
+        redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async::<HashMap<String, String>>(&mut conn),
+    )
+    .await;
+    let subject = "redis maxmemory-policy";
+    let policy = match policy {
+        Ok(Ok(map)) => map.get("maxmemory-policy").cloned(),
+        Ok(Err(e)) => {
+            report.warn(
+                subject,
+                format!("cannot read it (CONFIG GET failed: {})", chain(&e)),
+                "make sure it is noeviction or volatile-*: an allkeys-* policy evicts \
+                 generation counters and tag versions",
+            );
+            return;
+        }
+        Err(_) => {
+            report.warn(
+                subject,
+                "CONFIG GET got no answer",
+                "make sure it is noeviction or volatile-*",
+            );
+            return;
+        }
+    };
+    match policy.as_deref() {
+        Some(p) if p == "noeviction" || p.starts_with("volatile-") => {
+            report.ok(subject, p);
+        }
+        Some(p) => report.problem(
+            subject,
+            format!(
+                "is {p}: under memory pressure Redis would evict keys without a TTL too, \
+                 including namespace generation counters and tag versions, and a cache could \
+                 then serve values an invalidation already removed"
+            ),
+            Some(
+                "CONFIG SET maxmemory-policy volatile-lru (and in redis.conf), or noeviction"
+                    .to_owned(),
+            ),
+        ),
+        None => report.warn(
+            subject,
+            "CONFIG GET returned nothing",
+            "make sure it is noeviction or volatile-*",
+        ),
+    }
+}
 
 /// Report Redis's persistence and the markers. Connection failures were reported by the
 /// checks before; this one then says nothing more.
