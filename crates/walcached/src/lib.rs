@@ -14,6 +14,7 @@ pub mod mapping;
 pub mod marker;
 pub mod metrics;
 pub mod pipeline;
+pub mod publication;
 pub mod publisher;
 pub mod refresh;
 pub mod slot;

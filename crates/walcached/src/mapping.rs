@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use walcache_cdc::pgoutput::{ColumnValue, Relation, TupleData};
+use walcache_cdc::pgoutput::{Column, ColumnValue, OldTuple, Relation, ReplicaIdentity, TupleData};
 use walcache_protocol::{ColumnType, KeyPart, KeyTemplate};
 
 use crate::config::{ConfigError, Rule};
@@ -246,6 +246,10 @@ struct Bound {
     rule: usize,
     /// Position of each template column in the relation's tuples.
     positions: HashMap<String, usize>,
+    /// The template columns the Relation message flags as part of the replica identity key.
+    key_columns: HashSet<String>,
+    /// The Relation message says `REPLICA IDENTITY FULL`.
+    full_identity: bool,
     /// The relation no longer matches its rule: every change flushes the namespace.
     broken: bool,
 }
@@ -257,6 +261,30 @@ pub struct Mapper {
     by_table: HashMap<(String, String), usize>,
     by_oid: HashMap<u32, usize>,
     relations: HashMap<u32, Bound>,
+}
+
+/// The old row of a change, as pgoutput sent it.
+#[derive(Debug, Clone, Copy)]
+pub enum OldRow<'a> {
+    /// An INSERT: there is none.
+    None,
+    /// An UPDATE that sent no old row: its replica identity key did not change.
+    Unchanged,
+    /// `K`: only the replica identity key columns; the others are null.
+    Key(&'a TupleData),
+    /// `O`: the whole old row (`REPLICA IDENTITY FULL`).
+    Full(&'a TupleData),
+}
+
+impl<'a> OldRow<'a> {
+    /// The old row of an UPDATE (`None` when it sent none) or a DELETE.
+    pub fn of(old: Option<&'a OldTuple>) -> Self {
+        match old {
+            None => OldRow::Unchanged,
+            Some(OldTuple::Key(t)) => OldRow::Key(t),
+            Some(OldTuple::Full(t)) => OldRow::Full(t),
+        }
+    }
 }
 
 /// What binding a Relation message found.
@@ -341,11 +369,23 @@ impl Mapper {
             }
         }
         let broken = problem.is_some();
+        let key_columns = rule
+            .column_types
+            .keys()
+            .filter(|col| {
+                rel.columns
+                    .iter()
+                    .any(|c| &c.name == *col && c.flags & Column::FLAG_KEY != 0)
+            })
+            .cloned()
+            .collect();
         self.relations.insert(
             rel.id,
             Bound {
                 rule: rule_index,
                 positions,
+                key_columns,
+                full_identity: rel.replica_identity == ReplicaIdentity::Full,
                 broken,
             },
         );
@@ -365,13 +405,19 @@ impl Mapper {
             .map(|b| self.rules[b.rule].namespace.as_str())
     }
 
-    /// The invalidations for a row change: keys from `new` and `old` (either may be absent),
-    /// and the rule's tags. Unknown relations give nothing.
+    /// The invalidations for a row change: keys from `new` (absent for a DELETE) and from
+    /// `old`, and the rule's tags. Unknown relations give nothing.
+    ///
+    /// Each change is judged by the replica identity of its own time — what its old tuple
+    /// carries and what the relation's latest Relation message says — never by today's
+    /// catalog: a template that needs a column the old row does not carry cannot name the old
+    /// key, so the namespace is flushed instead (a table whose identity was narrowed while the
+    /// daemon runs, a partition whose identity differs from its root's).
     pub fn change(
         &self,
         relation_id: u32,
         new: Option<&TupleData>,
-        old: Option<&TupleData>,
+        old: OldRow<'_>,
         out: &mut Vec<Invalidation>,
     ) {
         let Some(bound) = self.relations.get(&relation_id) else {
@@ -381,23 +427,62 @@ impl Mapper {
         for tag in &rule.tags {
             out.push(Invalidation::Tag(tag.clone()));
         }
+        let flush = |out: &mut Vec<Invalidation>| {
+            metrics::counter!(crate::metrics::NAMESPACE_FLUSHES_TOTAL, "reason" => "unrenderable")
+                .increment(1);
+            out.push(Invalidation::Flush(rule.namespace.clone()));
+        };
         if bound.broken {
             out.push(Invalidation::Flush(rule.namespace.clone()));
             return;
         }
+        let (old_tuple, key_only) = match old {
+            OldRow::None => (None, false),
+            OldRow::Full(t) => (Some(t), false),
+            OldRow::Key(t) => (Some(t), true),
+            OldRow::Unchanged => {
+                // An UPDATE that did not change the replica identity key sends no old row: the
+                // old keys equal the new ones only for templates over key columns alone, and
+                // only if the identity is not FULL (which always sends the old row: its absence
+                // means the row's own identity, a partition's, is narrower than the Relation's).
+                let all_key = rule
+                    .templates
+                    .iter()
+                    .all(|t| t.columns().all(|c| bound.key_columns.contains(c)));
+                if bound.full_identity || !all_key {
+                    flush(out);
+                    return;
+                }
+                (None, false)
+            }
+        };
         // Old tuple first; for the new tuple an unchanged TOASTed key column means "same as
         // the old one", which the old tuple (if any) already covered.
-        for (tuple, is_new) in [(old, false), (new, true)] {
+        for (tuple, is_new) in [(old_tuple, false), (new, true)] {
             let Some(tuple) = tuple else { continue };
             for template in &rule.templates {
+                // In a key-only old row every column outside the identity key is null: a null
+                // there is "not carried", not a value.
+                let carried = !key_only
+                    || template.columns().all(|c| {
+                        bound
+                            .positions
+                            .get(c)
+                            .and_then(|&p| tuple.0.get(p))
+                            .is_some_and(|v| !matches!(v, ColumnValue::Null))
+                    });
+                if !carried {
+                    flush(out);
+                    return;
+                }
                 match render(template, rule, bound, tuple) {
                     Ok(key) => out.push(Invalidation::Key {
                         namespace: rule.namespace.clone(),
                         key,
                     }),
-                    Err(Unrenderable::UnchangedToast) if is_new && old.is_some() => {}
+                    Err(Unrenderable::UnchangedToast) if is_new && old_tuple.is_some() => {}
                     Err(_) => {
-                        out.push(Invalidation::Flush(rule.namespace.clone()));
+                        flush(out);
                         return;
                     }
                 }

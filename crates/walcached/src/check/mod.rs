@@ -7,7 +7,6 @@
 
 mod redis;
 
-use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
 
@@ -152,7 +151,7 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// A string literal for SQL.
-fn quote_literal(s: &str) -> String {
+pub(crate) fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
@@ -390,15 +389,11 @@ async fn check_publication(
 ) -> Result<(), tokio_postgres::Error> {
     let name = &config.postgres.publication;
     let quoted = quote_ident(name);
-    let via_root: Option<bool> = client
-        .query_opt(
-            "SELECT pubviaroot FROM pg_publication WHERE pubname = $1",
-            &[name],
-        )
-        .await?
-        .map(|row| row.try_get(0))
-        .transpose()?;
-    let Some(via_root) = via_root else {
+    let wanted: Vec<(String, String)> = tables
+        .iter()
+        .map(|(_, t)| (t.schema.clone(), t.name.clone()))
+        .collect();
+    let Some(drift) = crate::publication::inspect(client, name, &wanted).await? else {
         let can_create: bool = client
             .query_one(
                 "SELECT has_database_privilege(current_user, current_database(), 'CREATE')",
@@ -429,53 +424,35 @@ async fn check_publication(
         }
         return Ok(());
     };
-    if via_root {
+    if drift.is_empty() {
         report.ok(
             "postgres.publication",
-            format!("{name} publishes via the partition root"),
+            format!(
+                "{name} publishes every rule's table, every action, via the partition root, \
+                 without row filters or column lists"
+            ),
+        );
+    } else if drift.managed {
+        report.ok(
+            "postgres.publication",
+            format!(
+                "{}; walcached created it and repairs it at start-up, flushing the rules whose \
+                 changes it dropped",
+                drift.describe(name)
+            ),
         );
     } else {
         report.problem(
             "postgres.publication",
             format!(
-                "{name} has publish_via_partition_root = false, so rules on a partitioned table \
-                 would not see its partitions' changes"
+                "{}; walcached repairs only a publication it created (another consumer may \
+                 share this one), so it will not start",
+                drift.describe(name)
             ),
             Some(format!(
-                "ALTER PUBLICATION {quoted} SET (publish_via_partition_root = true);"
-            )),
-        );
-    }
-    let published: HashSet<(String, String)> = client
-        .query(
-            "SELECT schemaname::text, tablename::text FROM pg_publication_tables \
-             WHERE pubname = $1",
-            &[name],
-        )
-        .await?
-        .into_iter()
-        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-        .collect::<Result<_, tokio_postgres::Error>>()?;
-    let missing: Vec<&TableInfo> = tables
-        .iter()
-        .map(|(_, t)| t)
-        .filter(|t| !published.contains(&(t.schema.clone(), t.name.clone())))
-        .collect();
-    if missing.is_empty() {
-        report.ok(
-            "postgres.publication",
-            format!("{name} covers every rule's table"),
-        );
-    } else {
-        report.problem(
-            "postgres.publication",
-            format!(
-                "{name} does not publish {}, so their changes would never be invalidated",
-                table_list(missing.iter().copied())
-            ),
-            Some(format!(
-                "ALTER PUBLICATION {quoted} ADD TABLE {};",
-                table_list(missing.iter().copied())
+                "{} or let walcached manage it: COMMENT ON PUBLICATION {quoted} IS {};",
+                drift.repair_sql(name),
+                quote_literal(crate::publication::MANAGED_COMMENT)
             )),
         );
     }

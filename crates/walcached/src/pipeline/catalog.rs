@@ -5,6 +5,7 @@ use super::RunError;
 use crate::config::{redact_url, Config, ConfigError};
 use crate::connect::Postgres;
 use crate::mapping::{self, CompiledRule, TableInfo};
+use crate::publication;
 
 /// Connect the control session (catalog reads, slot/publication management, visibility
 /// checks), with the same TLS settings as the replication connection.
@@ -71,62 +72,96 @@ pub(super) async fn refuse_synchronous_standby(
     Ok(())
 }
 
-/// Create the publication if missing (publish_via_partition_root, so rules on a partitioned
-/// parent see its partitions' changes), and add rule tables it lacks.
-pub(super) async fn ensure_publication(
+/// What start-up does to the publication: the SQL to run (none when it is as the daemon needs
+/// it) and the rules whose changes it may have dropped until now (their namespaces and tags
+/// owe a flush, recorded before the SQL runs).
+pub(super) struct PublicationPlan {
+    sql: Option<String>,
+    /// Indexes into the rules.
+    pub(super) affected_rules: Vec<usize>,
+}
+
+impl PublicationPlan {
+    /// Run the SQL.
+    pub(super) async fn apply(
+        &self,
+        client: &tokio_postgres::Client,
+        name: &str,
+    ) -> Result<(), RunError> {
+        if let Some(sql) = &self.sql {
+            client
+                .batch_execute(sql)
+                .await
+                .map_err(|e| RunError::postgres(format!("setting up publication {name}"), e))?;
+            tracing::warn!(publication = %name, %sql, "set up the publication; the rules whose changes it may have dropped are flushed");
+        }
+        Ok(())
+    }
+}
+
+/// Decide what the publication needs ([`crate::publication`]): created if missing (marked as
+/// the daemon's, `publish_via_partition_root`); repaired if it is the daemon's; refused with
+/// the fix if another's does not fit.
+pub(super) async fn plan_publication(
     client: &tokio_postgres::Client,
     config: &Config,
     rules: &[CompiledRule],
-) -> Result<(), RunError> {
+) -> Result<PublicationPlan, RunError> {
     let name = &config.postgres.publication;
-    let tables: Vec<String> = rules
-        .iter()
-        .map(|r| {
-            format!(
-                "{}.{}",
-                mapping::quote_ident(&r.table.0),
-                mapping::quote_ident(&r.table.1)
-            )
-        })
-        .collect();
-    let exists = client
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[name])
-        .await
-        .map_err(|e| RunError::postgres("reading publications", e))?
-        .is_some();
-    if !exists {
-        client
-            .batch_execute(&format!(
-                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
-                mapping::quote_ident(name),
-                tables.join(", ")
-            ))
-            .await
-            .map_err(|e| RunError::postgres(format!("creating publication {name}"), e))?;
-        tracing::info!(publication = %name, "created the publication");
-        return Ok(());
-    }
-    for (rule, quoted) in rules.iter().zip(&tables) {
-        let covered = client
-            .query_opt(
-                "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
-                &[name, &rule.table.0, &rule.table.1],
-            )
-            .await
-            .map_err(|e| RunError::postgres("reading publication tables", e))?
-            .is_some();
-        if !covered {
-            client
-                .batch_execute(&format!(
-                    "ALTER PUBLICATION {} ADD TABLE {quoted}",
-                    mapping::quote_ident(name)
-                ))
-                .await
-                .map_err(|e| {
-                    RunError::postgres(format!("adding {quoted} to publication {name}"), e)
-                })?;
-            tracing::info!(publication = %name, table = %quoted, "added a table to the publication");
+    let mut wanted: Vec<(String, String)> = Vec::new();
+    for r in rules {
+        if !wanted.contains(&r.table) {
+            wanted.push(r.table.clone());
         }
     }
-    Ok(())
+    let drift = publication::inspect(client, name, &wanted)
+        .await
+        .map_err(|e| RunError::postgres("reading the publication", e))?;
+    let quoted = mapping::quote_ident(name);
+    let Some(drift) = drift else {
+        let list: Vec<String> = wanted
+            .iter()
+            .map(|(s, t)| format!("{}.{}", mapping::quote_ident(s), mapping::quote_ident(t)))
+            .collect();
+        return Ok(PublicationPlan {
+            sql: Some(format!(
+                "BEGIN; CREATE PUBLICATION {quoted} FOR TABLE {} WITH \
+                 (publish_via_partition_root = true); COMMENT ON PUBLICATION {quoted} IS {}; \
+                 COMMIT;",
+                list.join(", "),
+                crate::check::quote_literal(publication::MANAGED_COMMENT)
+            )),
+            // A slot that already existed streamed nothing of these tables before.
+            affected_rules: (0..rules.len()).collect(),
+        });
+    };
+    if drift.is_empty() {
+        return Ok(PublicationPlan {
+            sql: None,
+            affected_rules: Vec::new(),
+        });
+    }
+    if !drift.managed {
+        return Err(RunError::Config(ConfigError::new(
+            "postgres.publication",
+            format!(
+                "{}. walcached repairs only a publication it created (another consumer may \
+                 share this one): run {} or let walcached manage it (COMMENT ON PUBLICATION \
+                 {quoted} IS {};), or set postgres.publication to a new name",
+                drift.describe(name),
+                drift.repair_sql(name),
+                crate::check::quote_literal(publication::MANAGED_COMMENT)
+            ),
+        )));
+    }
+    let affected = drift.affected_tables();
+    Ok(PublicationPlan {
+        sql: Some(drift.repair_sql(name)),
+        affected_rules: rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| drift.affects_every_table() || affected.contains(&r.table))
+            .map(|(i, _)| i)
+            .collect(),
+    })
 }

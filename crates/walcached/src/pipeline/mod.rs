@@ -19,7 +19,7 @@ mod visibility;
 
 use backoff::Backoff;
 pub use catalog::compile_rules;
-use catalog::{ensure_publication, refuse_synchronous_standby, sql_client};
+use catalog::{plan_publication, refuse_synchronous_standby, sql_client};
 pub(crate) use server::control_identity;
 use server::{is_invalidated_slot_error, slot_confirmed, slot_state, ServerIdentity, SlotState};
 use visibility::TxnRecord;
@@ -36,7 +36,7 @@ use walcache_cdc::Lsn;
 use crate::config::{redact_url, Config, ConfigError};
 use crate::connect::Postgres;
 use crate::mapping::Mapper;
-use crate::marker::Loss;
+use crate::marker::{Loss, Target};
 use crate::metrics as m;
 use crate::publisher::Publisher;
 use crate::slot::{self, SlotError};
@@ -176,7 +176,26 @@ pub async fn run_with(
             ),
         )));
     }
-    ensure_publication(&control, &config, &rules).await?;
+    // Rules whose changes the publication may have dropped owe a flush, recorded before the
+    // publication is changed: a crash in between repeats it.
+    let plan = plan_publication(&control, &config, &rules).await?;
+    let owed: Vec<Target> = plan
+        .affected_rules
+        .iter()
+        .flat_map(|&i| {
+            let rule = &config.rules[i]; // compiled in the same order
+            std::iter::once(Target::Namespace(rule.namespace.clone()))
+                .chain(rule.tags.iter().cloned().map(Target::Tag))
+        })
+        .collect();
+    publisher
+        .mark_owed(&owed)
+        .await
+        .map_err(|e| RunError::Redis {
+            context: "recording the flushes the publication owes".to_owned(),
+            source: e,
+        })?;
+    plan.apply(&control, &config.postgres.publication).await?;
     let replication = postgres.replication()?;
     tracing::info!(epoch, rules = rules.len(), "walcached starting");
 

@@ -14,7 +14,7 @@ use walcache_cdc::Lsn;
 use super::liveness::{spawn_sampler, Liveness};
 use super::visibility::{TxnRecord, VISIBILITY_POLL};
 use super::{SessionError, Streamer};
-use crate::mapping::{Invalidation, RelationCheck};
+use crate::mapping::{Invalidation, OldRow, RelationCheck};
 use crate::metrics as m;
 use crate::publisher::Batch;
 
@@ -218,16 +218,15 @@ impl Streamer<'_> {
                                     }
                                 }
                                 LogicalMessage::Insert(i) => {
-                                    self.mapper.change(i.relation_id, Some(&i.new), None, &mut changes);
+                                    self.mapper.change(i.relation_id, Some(&i.new), OldRow::None, &mut changes);
                                     self.count_change(i.relation_id);
                                 }
                                 LogicalMessage::Update(u) => {
-                                    let old = u.old.as_ref().map(|o| o.tuple());
-                                    self.mapper.change(u.relation_id, Some(&u.new), old, &mut changes);
+                                    self.mapper.change(u.relation_id, Some(&u.new), OldRow::of(u.old.as_ref()), &mut changes);
                                     self.count_change(u.relation_id);
                                 }
                                 LogicalMessage::Delete(d) => {
-                                    self.mapper.change(d.relation_id, None, Some(d.old.tuple()), &mut changes);
+                                    self.mapper.change(d.relation_id, None, OldRow::of(Some(&d.old)), &mut changes);
                                     self.count_change(d.relation_id);
                                 }
                                 LogicalMessage::Truncate(t) => {

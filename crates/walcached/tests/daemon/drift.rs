@@ -1,0 +1,235 @@
+//! Catalog drift the change stream does not announce as row changes (issue "Schema drift"):
+//! each change is judged by the replica identity of its own time, and a namespace new to the
+//! rules is flushed at start.
+
+use walcache_protocol::Naming;
+use walcache_testkit::{wait_until, PgServer, RedisServer};
+
+use crate::support::{config, Daemon, Listener, DEADLINE};
+
+async fn stack(schema: &str) -> (PgServer, RedisServer, String, tokio_postgres::Client) {
+    let pg = PgServer::start().expect("postgres");
+    let redis = RedisServer::start().expect("redis");
+    let name = pg.create_database("drift").await.expect("database");
+    let db = pg.connect(&name).await.expect("connect");
+    db.batch_execute(schema).await.expect("schema");
+    (pg, redis, name, db)
+}
+
+/// Wait until the old email key of row 1 is invalidated: announced as a key, or its whole
+/// namespace flushed. Never a wrong key in its place.
+async fn wait_old_email_gone(listener: &Listener, namespace: &str, old_key: &str) {
+    let wanted = format!("{namespace}/{old_key}");
+    wait_until("the old email key invalidated", DEADLINE, || async {
+        listener.keys().contains(&wanted) || listener.flushes().iter().any(|n| n == namespace)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: the key {wanted} survives; announced {:?}, flushed {:?}",
+            listener.keys(),
+            listener.flushes()
+        )
+    });
+    let wrong: Vec<String> = listener
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with(&format!("{namespace}/by_email:")) && !k.ends_with("@x.io"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "keys rendered from columns the row did not carry: {wrong:?}"
+    );
+}
+
+/// Issue row 3: the identity is narrowed (FULL → DEFAULT) while the daemon runs; an UPDATE of
+/// the email then sends no old row. The old `by_email` key cannot be named, so the namespace
+/// is flushed (on the old code the key survived).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_identity_narrowed_while_running_flushes_instead_of_missing_the_old_key() {
+    let (pg, redis, dbname, db) = stack(
+        "CREATE TABLE ri (id int PRIMARY KEY, email text NOT NULL);
+         ALTER TABLE ri REPLICA IDENTITY FULL;
+         INSERT INTO ri VALUES (1, 'old@x.io');",
+    )
+    .await;
+    let rule = r#"
+[[rules]]
+table = "public.ri"
+namespace = "ri"
+keys = ["{id}", "by_email:{email}"]
+"#;
+    let daemon = Daemon::start(&config(&pg, &dbname, &redis, rule)).await;
+    let listener = Listener::start(&redis).await;
+    db.batch_execute(
+        "ALTER TABLE ri REPLICA IDENTITY DEFAULT;
+         UPDATE ri SET email = 'new@x.io' WHERE id = 1;",
+    )
+    .await
+    .unwrap();
+    wait_old_email_gone(&listener, "ri", "by_email:old@x.io").await;
+    daemon.stop().await;
+}
+
+/// Issue row 4: `ALTER TABLE … REPLICA IDENTITY FULL` on a partitioned parent does not recurse;
+/// the partition keeps DEFAULT, so its UPDATEs (published via the root, whose Relation says
+/// FULL) carry no old row. The old email key cannot be named: the namespace is flushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_with_a_narrower_identity_than_its_root_flushes_instead_of_missing_the_old_key()
+{
+    let (pg, redis, dbname, db) = stack(
+        "CREATE TABLE accounts (id int, region text, email text NOT NULL,
+                                PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+         CREATE TABLE accounts_eu PARTITION OF accounts FOR VALUES IN ('eu');
+         ALTER TABLE accounts REPLICA IDENTITY FULL;
+         INSERT INTO accounts VALUES (1, 'eu', 'old@x.io');",
+    )
+    .await;
+    let rule = r#"
+[[rules]]
+table = "public.accounts"
+namespace = "accounts"
+keys = ["{id}:{region}", "by_email:{email}"]
+"#;
+    let daemon = Daemon::start(&config(&pg, &dbname, &redis, rule)).await;
+    let listener = Listener::start(&redis).await;
+    db.execute("UPDATE accounts SET email = 'new@x.io' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    wait_old_email_gone(&listener, "accounts", "by_email:old@x.io").await;
+    daemon.stop().await;
+}
+
+/// Issue row 7: a rule is added for a table whose change was committed while the table was
+/// outside the publication (the daemon stopped). The stream never carries it; the namespace,
+/// new to the daemon (no marker), is flushed at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_added_for_a_table_changed_before_flushes_the_new_namespace() {
+    let (pg, redis, dbname, db) = stack(
+        "CREATE TABLE t1 (id int PRIMARY KEY, v int);
+         CREATE TABLE t2 (id int PRIMARY KEY, v int);
+         INSERT INTO t2 VALUES (1, 1);",
+    )
+    .await;
+    let t1 = "\n[[rules]]\ntable = \"public.t1\"\nnamespace = \"t1\"\nkeys = [\"{id}\"]\n";
+    let t2 = "\n[[rules]]\ntable = \"public.t2\"\nnamespace = \"t2\"\nkeys = [\"{id}\"]\n";
+    Daemon::start(&config(&pg, &dbname, &redis, t1))
+        .await
+        .stop()
+        .await;
+    db.execute("UPDATE t2 SET v = 2 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    // A service cached t2's row 1 before the UPDATE (generation 0: never flushed).
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let naming = Naming::default();
+    let _: () = redis::pipe()
+        .cmd("SADD")
+        .arg(naming.schemas_key("t2"))
+        .arg(1)
+        .ignore()
+        .cmd("SET")
+        .arg(naming.value_key("t2", 0, 1, "1"))
+        .arg("v = 1")
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let daemon = Daemon::start(&config(&pg, &dbname, &redis, &format!("{t1}{t2}"))).await;
+    let g: Option<u64> = redis::cmd("GET")
+        .arg(naming.generation_key("t2"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        g.unwrap_or(0) > 0,
+        "the new namespace t2 was not flushed: its stale value stays reachable"
+    );
+    daemon.stop().await;
+}
+
+const PD_RULE: &str = r#"
+[[rules]]
+table = "public.pd"
+namespace = "pd"
+keys = ["{id}"]
+"#;
+
+/// Issue row 5: the publication already exists, someone else's, without `delete`: every
+/// DELETE would go uninvalidated. Start-up refuses, naming the field and the SQL that fixes
+/// it, and `check` says the same (on the old code `check` flagged only the partition root and
+/// the daemon streamed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_publication_without_delete_is_refused_with_the_fix() {
+    let (pg, redis, dbname, _db) = stack(
+        "CREATE TABLE pd (id int PRIMARY KEY, v int);
+         CREATE PUBLICATION walcached FOR TABLE pd WITH (publish = 'insert, update');",
+    )
+    .await;
+    let cfg = config(&pg, &dbname, &redis, PD_RULE);
+    let daemon = Daemon::spawn(&cfg);
+    let err = daemon
+        .join(DEADLINE)
+        .await
+        .expect_err("the daemon must not stream a publication that drops DELETEs");
+    assert!(err.is_config(), "{err}");
+    let text = err.to_string();
+    for needle in [
+        "postgres.publication",
+        "publishes no delete, truncate",
+        "ALTER PUBLICATION \"walcached\" SET (publish = 'insert, update, delete, truncate'",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in: {text}");
+    }
+    let (_, stdout, _) = crate::cli::outcome(&crate::cli::walcached("check", &cfg).await);
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("postgres.publication") && l.starts_with("problem"))
+        .unwrap_or_else(|| panic!("no problem line for the publication:\n{stdout}"));
+    assert!(line.contains("publishes no delete"), "{line}");
+}
+
+/// A publication the daemon created, altered behind its back while it was stopped (`delete`
+/// dropped): the next start repairs it and flushes the namespace whose DELETEs it missed, and
+/// the next DELETE is invalidated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemons_own_publication_is_repaired_at_start_and_its_namespace_flushed() {
+    let (pg, redis, dbname, db) = stack(
+        "CREATE TABLE pd (id int PRIMARY KEY, v int);
+         INSERT INTO pd VALUES (1, 1), (2, 2);",
+    )
+    .await;
+    let cfg = config(&pg, &dbname, &redis, PD_RULE);
+    Daemon::start(&cfg).await.stop().await;
+    db.batch_execute(
+        "ALTER PUBLICATION walcached SET (publish = 'insert, update');
+         DELETE FROM pd WHERE id = 1;",
+    )
+    .await
+    .unwrap();
+    let listener = Listener::start(&redis).await;
+    let daemon = Daemon::start(&cfg).await;
+    wait_until("the namespace flushed", DEADLINE, || async {
+        listener.flushes().iter().any(|n| n == "pd")
+    })
+    .await
+    .expect("the DELETE missed while the publication dropped them is covered by a flush");
+    let pubdelete: bool = db
+        .query_one(
+            "SELECT pubdelete FROM pg_publication WHERE pubname = 'walcached'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(pubdelete, "the publication was repaired");
+    db.execute("DELETE FROM pd WHERE id = 2", &[])
+        .await
+        .unwrap();
+    listener.wait_keys(&["pd/2"]).await;
+    daemon.stop().await;
+}
