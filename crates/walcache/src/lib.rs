@@ -128,6 +128,8 @@
 //! | PostgreSQL restart | the daemon's reconnect backoff once PostgreSQL is back (100 ms doubling to 2 s) | 965 / 466 ms |
 //! | replication link silent (a frozen walsender, a blackholed network) | L1: heartbeats stop within two heartbeat intervals once the server writes, so `heartbeat_timeout`. L2: the hold; past the daemon's receive deadline (10 s), until it reconnects and takes over its orphaned walsender | 13.7 s / 977 ms (3 s and 13 s holds) |
 //! | PostgreSQL failover or restore (another system or timeline) | every namespace is flushed when the daemon reconnects | (deterministic tests: a promoted copy, an older restore) |
+//! | catalog drift without row events: a mapped table dropped and re-created, a partition truncated or detached, a table rewritten, the publication altered | the daemon's `stream.catalog_interval_ms` (10 s): the check finds it and flushes the namespaces (and repairs the daemon's own publication) | (deterministic tests) |
+//! | a replica identity narrowed while the daemon runs, or a partition's narrower than its root's | none: a change whose old row lacks a template's columns flushes its namespace instead of naming a wrong key | (deterministic tests) |
 //! | a commit waiting for a synchronous standby | a second invalidation once the commit becomes visible: the wait, plus the publish path | (deterministic test) |
 //! | latency `d` on the Redis link | the publish path + `d` | 27 / 31 ms (`d` = 30 ms) |
 //! | network partition to Redis (silent) | `heartbeat_timeout`: L1 serves until silence ends liveness | 812 / 781 ms |

@@ -157,6 +157,11 @@ pub struct StreamConfig {
     /// Redis's pub/sub output buffer limits. Default 256 KiB.
     #[serde(default = "default_message_bytes")]
     pub max_message_bytes: usize,
+    /// How often the catalog is checked for drift the stream does not carry (a mapped table
+    /// re-created, truncated or rewritten without a row event, a partition detached, the
+    /// publication altered): the bound of that drift. Default 10000 ms.
+    #[serde(default = "default_catalog_interval")]
+    pub catalog_interval_ms: u64,
 }
 
 impl Default for StreamConfig {
@@ -168,6 +173,7 @@ impl Default for StreamConfig {
             status_interval_ms: default_status(),
             large_transaction_keys: default_large_txn(),
             max_message_bytes: default_message_bytes(),
+            catalog_interval_ms: default_catalog_interval(),
         }
     }
 }
@@ -180,6 +186,10 @@ impl StreamConfig {
     /// [`heartbeat_interval_ms`](Self::heartbeat_interval_ms) as a duration.
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_interval_ms)
+    }
+    /// [`catalog_interval_ms`](Self::catalog_interval_ms) as a duration.
+    pub fn catalog_interval(&self) -> Duration {
+        Duration::from_millis(self.catalog_interval_ms)
     }
     /// [`status_interval_ms`](Self::status_interval_ms) as a duration.
     pub fn status_interval(&self) -> Duration {
@@ -247,6 +257,9 @@ fn default_heartbeat() -> u64 {
 }
 fn default_status() -> u64 {
     1000
+}
+fn default_catalog_interval() -> u64 {
+    10_000
 }
 fn default_large_txn() -> usize {
     10_000
@@ -395,6 +408,11 @@ impl Config {
         )?;
         num(
             env,
+            "WALCACHED_STREAM_CATALOG_INTERVAL_MS",
+            &mut s.catalog_interval_ms,
+        )?;
+        num(
+            env,
             "WALCACHED_STREAM_LARGE_TRANSACTION_KEYS",
             &mut s.large_transaction_keys,
         )?;
@@ -459,6 +477,7 @@ impl Config {
             ("stream.batch_max_keys", s.batch_max_keys as u64),
             ("stream.heartbeat_interval_ms", s.heartbeat_interval_ms),
             ("stream.status_interval_ms", s.status_interval_ms),
+            ("stream.catalog_interval_ms", s.catalog_interval_ms),
             (
                 "stream.large_transaction_keys",
                 s.large_transaction_keys as u64,

@@ -321,6 +321,11 @@ impl Mapper {
         }
     }
 
+    /// The rules, in configuration order.
+    pub fn rules(&self) -> &[CompiledRule] {
+        &self.rules
+    }
+
     /// The namespaces served.
     pub fn namespaces(&self) -> Vec<String> {
         let mut seen = HashSet::new();

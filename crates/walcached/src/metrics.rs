@@ -39,6 +39,10 @@ pub const REDIS_LOSSES_TOTAL: &str = "walcached_redis_losses_total";
 /// Counter: namespaces whose keys could not be deleted one by one (an unreadable generation or
 /// schema set) and were flushed instead. Labels: `namespace`.
 pub const ITEM_FALLBACKS_TOTAL: &str = "walcached_item_fallbacks_total";
+/// Counter: catalog drift found by the periodic check (`stream.catalog_interval_ms`): a mapped
+/// table re-created, truncated or rewritten without a row event, a partition gone, the
+/// publication altered. Labels: `reason`.
+pub const CATALOG_DRIFTS_TOTAL: &str = "walcached_catalog_drifts_total";
 /// Counter: the PostgreSQL server changed between sessions (another system identifier or
 /// timeline: a failover or a restore); every namespace was flushed.
 pub const SERVER_CHANGES_TOTAL: &str = "walcached_server_changes_total";

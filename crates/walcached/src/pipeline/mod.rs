@@ -10,6 +10,7 @@
 
 mod backoff;
 mod catalog;
+mod catalog_watch;
 mod liveness;
 mod markers;
 mod publish;
@@ -214,6 +215,7 @@ pub async fn run_with(
         orphan_watch: None,
         confirmed: Lsn(0),
         owed_reason: None,
+        watch: catalog_watch::CatalogWatch::default(),
         redis_reconnected: false,
         batch_txns: Vec::new(),
         pending: Vec::new(),
@@ -353,6 +355,8 @@ struct Streamer<'a> {
     /// Why every target was recorded as owing a flush (a new slot, a changed server), until
     /// the flushes are published.
     owed_reason: Option<crate::marker::Loss>,
+    /// What the catalog looked like at the last drift check.
+    watch: catalog_watch::CatalogWatch,
     /// Redis was reconnected since its run_id was last checked.
     redis_reconnected: bool,
     /// The transactions of the batch being built, for the visibility check.

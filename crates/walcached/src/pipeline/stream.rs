@@ -98,6 +98,8 @@ impl Streamer<'_> {
         silence_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut run_id_tick = tokio::time::interval(Duration::from_secs(5));
         run_id_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut catalog_tick = tokio::time::interval(cfg.catalog_interval());
+        catalog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut visibility_tick = tokio::time::interval(VISIBILITY_POLL);
         visibility_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut changes: Vec<Invalidation> = Vec::new();
@@ -188,6 +190,9 @@ impl Streamer<'_> {
                         }
                         None => return Err(SessionError::ControlLost(ControlClosed.into())),
                     }
+                }
+                _ = catalog_tick.tick(), if txn.is_none() => {
+                    self.check_catalog(stream, shutdown).await;
                 }
                 _ = run_id_tick.tick() => {
                     self.check_redis_identity().await;

@@ -233,3 +233,94 @@ async fn the_daemons_own_publication_is_repaired_at_start_and_its_namespace_flus
     listener.wait_keys(&["pd/2"]).await;
     daemon.stop().await;
 }
+
+/// The catalog checked every 200 ms instead of every 10 s.
+fn watched(cfg: String) -> String {
+    let out = cfg.replace(
+        "status_interval_ms = 200",
+        "status_interval_ms = 200\ncatalog_interval_ms = 200",
+    );
+    assert_ne!(out, cfg, "the test config has a [stream] section");
+    out
+}
+
+/// Issue row 1: a mapped table dropped and re-created while the daemon runs is not in the
+/// publication, so none of its changes would ever be invalidated. The catalog check finds the
+/// new table, adds it back to the daemon's publication, and flushes the namespace then and
+/// once more after the transactions open at that moment; later changes are invalidated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_dropped_and_recreated_is_published_again_and_its_namespace_flushed() {
+    let (pg, redis, dbname, db) = stack(
+        "CREATE TABLE d1 (id int PRIMARY KEY, v int);
+         INSERT INTO d1 VALUES (1, 1);",
+    )
+    .await;
+    let rule = "\n[[rules]]\ntable = \"public.d1\"\nnamespace = \"d1\"\nkeys = [\"{id}\"]\n";
+    let daemon = Daemon::start(&watched(config(&pg, &dbname, &redis, rule))).await;
+    let listener = Listener::start(&redis).await;
+    // A transaction open across the repair: its change to the new table is decoded without
+    // the table in the publication.
+    let open = pg.connect(&dbname).await.expect("connect");
+    open.batch_execute("BEGIN; SELECT pg_current_xact_id();")
+        .await
+        .unwrap();
+    db.batch_execute(
+        "DROP TABLE d1;
+         CREATE TABLE d1 (id int PRIMARY KEY, v int);
+         INSERT INTO d1 VALUES (1, 1);",
+    )
+    .await
+    .unwrap();
+    wait_until("flushed at the repair", DEADLINE, || async {
+        listener.flushes().iter().any(|n| n == "d1")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: saw {:?}", listener.data()));
+    open.batch_execute("UPDATE d1 SET v = 2 WHERE id = 1; COMMIT;")
+        .await
+        .unwrap();
+    wait_until("flushed again once it ended", DEADLINE, || async {
+        listener.flushes().iter().filter(|n| *n == "d1").count() >= 2
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: flushes {:?}", listener.flushes()));
+    let published: bool = db
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication_tables \
+                            WHERE pubname = 'walcached' AND tablename = 'd1')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(published, "the re-created table is published again");
+    db.execute("UPDATE d1 SET v = 3 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    listener.wait_keys(&["d1/1"]).await;
+    daemon.stop().await;
+}
+
+/// Issue row 2: TRUNCATE of one partition of a table published via its root sends no event
+/// at all. The partition's new file is found by the catalog check: the namespace is flushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_partition_flushes_its_namespace() {
+    let (pg, redis, dbname, db) = stack(
+        "CREATE TABLE events (id int, day date, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
+         CREATE TABLE events_2024 PARTITION OF events
+             FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+         INSERT INTO events VALUES (1, '2024-05-01');",
+    )
+    .await;
+    let rule =
+        "\n[[rules]]\ntable = \"public.events\"\nnamespace = \"events\"\nkeys = [\"{id}:{day}\"]\n";
+    let daemon = Daemon::start(&watched(config(&pg, &dbname, &redis, rule))).await;
+    let listener = Listener::start(&redis).await;
+    db.batch_execute("TRUNCATE events_2024").await.unwrap();
+    wait_until("the namespace flushed", DEADLINE, || async {
+        listener.flushes().iter().any(|n| n == "events")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: saw {:?}", listener.data()));
+    daemon.stop().await;
+}

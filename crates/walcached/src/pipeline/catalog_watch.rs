@@ -1,0 +1,265 @@
+//! Catalog drift the stream does not carry as row changes, checked every
+//! `stream.catalog_interval_ms` while streaming (the drift bound without DDL capture):
+//!
+//! - a mapped table dropped and re-created (another oid): its rows changed with no event the
+//!   daemon hears, and the new table is not in the publication;
+//! - a mapped table or one of its partitions with a new `relfilenode`: a TRUNCATE (which
+//!   pgoutput does not send for a partition under `publish_via_partition_root`) or a rewrite;
+//! - a partition gone from the tree (detached or dropped): its rows left the table;
+//! - the publication altered (actions, tables, row filters, column lists, the partition root).
+//!
+//! Each flushes the rules' namespaces and tags. The daemon's own publication is repaired (a
+//! re-created table added back once it has a usable replica identity), and because changes of
+//! transactions open at that moment were decoded without it, the namespaces are flushed again
+//! once every such transaction has ended. Another's publication is reported, once per episode.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tokio_util::sync::CancellationToken;
+use walcache_cdc::client::ReplicationStream;
+
+use super::catalog::plan_publication;
+use super::Streamer;
+use crate::mapping::{quote_ident, Invalidation};
+use crate::metrics as m;
+use crate::publisher::Batch;
+
+/// One rule's table as the catalog shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TableFiles {
+    /// The table's oid (`None`: no table by the rule's name).
+    oid: Option<u32>,
+    /// The `relfilenode` of the table and of every partition in its tree, by oid (0 for a
+    /// partitioned table, which has no storage).
+    files: BTreeMap<u32, u32>,
+}
+
+/// What the watch remembers between checks.
+#[derive(Debug, Default)]
+pub(super) struct CatalogWatch {
+    /// By rule index; `None` until the first check of the session.
+    tables: Option<HashMap<usize, TableFiles>>,
+    /// Flushes due once every transaction running when the publication was repaired has
+    /// ended: (the snapshot's xmax then, the rules).
+    after_repair: Vec<(i64, Vec<usize>)>,
+    /// The publication's drift was reported (another consumer's publication): said once.
+    reported: bool,
+}
+
+/// Why a rule's table drifted, if it did.
+fn drift(before: &TableFiles, now: &TableFiles) -> Option<&'static str> {
+    if before.oid != now.oid {
+        return Some(if now.oid.is_none() {
+            "the table was dropped or renamed"
+        } else {
+            "the table was dropped and re-created"
+        });
+    }
+    for (relid, file) in &before.files {
+        match now.files.get(relid) {
+            None => return Some("a partition was detached or dropped"),
+            Some(f) if f != file => {
+                return Some("the table or a partition was truncated or rewritten")
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
+impl Streamer<'_> {
+    /// One check of the catalog (see the module docs). Errors are logged and counted: the
+    /// next check tries again.
+    pub(super) async fn check_catalog(
+        &mut self,
+        stream: &mut ReplicationStream,
+        shutdown: &CancellationToken,
+    ) {
+        match self.try_check_catalog(stream, shutdown).await {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "checking the catalog for drift failed");
+                metrics::counter!(m::ERRORS_TOTAL, "kind" => "postgres").increment(1);
+            }
+        }
+    }
+
+    async fn try_check_catalog(
+        &mut self,
+        stream: &mut ReplicationStream,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let now = self.read_tables().await?;
+        let mut flush: BTreeMap<usize, &'static str> = BTreeMap::new();
+        if let Some(before) = &self.watch.tables {
+            for (i, b) in before {
+                if let Some(reason) = now.get(i).and_then(|n| drift(b, n)) {
+                    flush.insert(*i, reason);
+                }
+            }
+        }
+        self.watch.tables = Some(now);
+
+        // The publication: repaired if it is the daemon's, reported once if not.
+        let rules = self.mapper.rules().to_vec();
+        match plan_publication(&self.control, self.config, &rules).await {
+            Ok(plan) if plan.affected_rules.is_empty() => self.watch.reported = false,
+            Ok(plan) => {
+                // A table added back must pass the start-up checks first (it exists, its
+                // columns fit the rule, its replica identity is usable): published without
+                // one, the application's own UPDATEs and DELETEs would fail.
+                if let Err(e) = super::compile_rules(&self.control, self.config).await {
+                    if !std::mem::replace(&mut self.watch.reported, true) {
+                        tracing::error!(error = %e, "the publication lacks a rule's table, which cannot be added back yet: its changes are not invalidated");
+                        metrics::counter!(m::CATALOG_DRIFTS_TOTAL, "reason" => "unfit_table")
+                            .increment(1);
+                    }
+                    return Ok(());
+                }
+                let xmax = self.snapshot_xmax().await?;
+                plan.apply(&self.control, &self.config.postgres.publication)
+                    .await?;
+                for &i in &plan.affected_rules {
+                    flush
+                        .entry(i)
+                        .or_insert("the publication did not publish it");
+                }
+                self.watch
+                    .after_repair
+                    .push((xmax, plan.affected_rules.clone()));
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut self.watch.reported, true) {
+                    tracing::error!(error = %e, "the publication changed and walcached may not repair it: changes it drops are not invalidated");
+                    metrics::counter!(m::CATALOG_DRIFTS_TOTAL, "reason" => "publication")
+                        .increment(1);
+                }
+            }
+        }
+
+        // Transactions open at a repair have ended: flush once more.
+        if !self.watch.after_repair.is_empty() {
+            let xmin = self.snapshot_xmin().await?;
+            let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.watch.after_repair)
+                .into_iter()
+                .partition(|(xmax, _)| xmin >= *xmax);
+            self.watch.after_repair = waiting;
+            for (_, rules) in done {
+                for i in rules {
+                    flush
+                        .entry(i)
+                        .or_insert("transactions open at the publication's repair ended");
+                }
+            }
+        }
+        if flush.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        for (i, reason) in &flush {
+            let rule = &self.mapper.rules()[*i];
+            tracing::warn!(table = %format!("{}.{}", rule.table.0, rule.table.1), namespace = %rule.namespace, %reason, "catalog drift: flushing the namespace");
+            metrics::counter!(m::CATALOG_DRIFTS_TOTAL, "reason" => *reason).increment(1);
+            metrics::counter!(m::NAMESPACE_FLUSHES_TOTAL, "reason" => "catalog_drift").increment(1);
+            batch.extend([Invalidation::Flush(rule.namespace.clone())]);
+            batch.extend(rule.tags.iter().cloned().map(Invalidation::Tag));
+        }
+        batch.lsn = self.published.0;
+        self.publish_with_retry(&batch, Some(stream), shutdown)
+            .await;
+        Ok(())
+    }
+
+    /// Every rule's table: its oid and the files of its partition tree.
+    async fn read_tables(&self) -> Result<HashMap<usize, TableFiles>, tokio_postgres::Error> {
+        let names: Vec<String> = self
+            .mapper
+            .rules()
+            .iter()
+            .map(|r| format!("{}.{}", quote_ident(&r.table.0), quote_ident(&r.table.1)))
+            .collect();
+        let rows = self
+            .control
+            .query(
+                "SELECT r.i::int8, to_regclass(r.name)::oid::int8, t.relid::oid::int8, \
+                        c.relfilenode::int8 \
+                 FROM unnest($1::text[]) WITH ORDINALITY AS r(name, i) \
+                 LEFT JOIN LATERAL pg_partition_tree(to_regclass(r.name)) t ON true \
+                 LEFT JOIN pg_class c ON c.oid = t.relid",
+                &[&names],
+            )
+            .await?;
+        let mut out: HashMap<usize, TableFiles> = HashMap::new();
+        for row in rows {
+            let i = usize::try_from(row.get::<_, i64>(0) - 1).unwrap_or(usize::MAX);
+            let oid = row
+                .get::<_, Option<i64>>(1)
+                .and_then(|o| u32::try_from(o).ok());
+            let entry = out.entry(i).or_insert_with(|| TableFiles {
+                oid,
+                files: BTreeMap::new(),
+            });
+            if let (Some(relid), Some(file)) =
+                (row.get::<_, Option<i64>>(2), row.get::<_, Option<i64>>(3))
+            {
+                if let (Ok(relid), Ok(file)) = (u32::try_from(relid), u32::try_from(file)) {
+                    entry.files.insert(relid, file);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn snapshot_xmax(&self) -> Result<i64, tokio_postgres::Error> {
+        self.snapshot_bound("pg_snapshot_xmax").await
+    }
+
+    async fn snapshot_xmin(&self) -> Result<i64, tokio_postgres::Error> {
+        self.snapshot_bound("pg_snapshot_xmin").await
+    }
+
+    async fn snapshot_bound(&self, f: &str) -> Result<i64, tokio_postgres::Error> {
+        Ok(self
+            .control
+            .query_one(
+                &format!("SELECT {f}(pg_current_snapshot())::text::int8"),
+                &[],
+            )
+            .await?
+            .get(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(oid: u32, f: &[(u32, u32)]) -> TableFiles {
+        TableFiles {
+            oid: Some(oid),
+            files: f.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn drift_is_a_new_oid_a_new_file_or_a_lost_partition_never_a_new_partition() {
+        let before = files(10, &[(10, 0), (11, 111), (12, 121)]);
+        assert_eq!(drift(&before, &before), None);
+        assert_eq!(
+            drift(
+                &before,
+                &files(10, &[(10, 0), (11, 111), (12, 121), (13, 131)])
+            ),
+            None,
+            "a partition attached: its rows come through the stream"
+        );
+        assert!(drift(&before, &files(10, &[(10, 0), (11, 112), (12, 121)])).is_some());
+        assert!(drift(&before, &files(10, &[(10, 0), (11, 111)])).is_some());
+        assert!(drift(&before, &files(20, &[(20, 0)])).is_some());
+        let gone = TableFiles {
+            oid: None,
+            files: BTreeMap::new(),
+        };
+        assert!(drift(&before, &gone).is_some());
+    }
+}
