@@ -30,6 +30,10 @@ pub struct TableInfo {
     pub columns: Vec<ColumnInfo>,
     /// The columns an UPDATE's or DELETE's old tuple carries.
     pub identity_columns: Vec<String>,
+    /// For a partitioned table, each leaf partition (`"schema"."name"`, quoted) and the
+    /// columns its old tuples carry: a leaf's own replica identity decides them, whatever the
+    /// root's (`ALTER TABLE … REPLICA IDENTITY` does not recurse).
+    pub partitions: Vec<(String, Vec<String>)>,
 }
 
 /// One column of a [`TableInfo`].
@@ -92,31 +96,28 @@ impl TableInfo {
             })
             .collect::<Vec<_>>();
         let replica_identity = replica_identity.chars().next().unwrap_or('d');
-        let identity_columns = match replica_identity {
-            'f' => columns.iter().map(|c| c.name.clone()).collect(),
-            'n' => Vec::new(),
-            kind => {
-                let index_filter = if kind == 'i' {
-                    "i.indisreplident"
-                } else {
-                    "i.indisprimary"
-                };
-                client
-                    .query(
-                        &format!(
-                            "SELECT a.attname::text FROM pg_index i \
-                             JOIN pg_attribute a ON a.attrelid = i.indrelid \
-                                               AND a.attnum = ANY(i.indkey) \
-                             WHERE i.indrelid = $1::int8::oid AND {index_filter}"
-                        ),
-                        &[&i64::from(oid)],
-                    )
-                    .await?
-                    .into_iter()
-                    .map(|r| r.get(0))
-                    .collect()
-            }
-        };
+        let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
+        let identity_columns = load_identity(client, oid, replica_identity, &names).await?;
+        let mut partitions = Vec::new();
+        for leaf in client
+            .query(
+                "SELECT t.relid::oid::int8, c.relreplident::text, \
+                        format('%I.%I', n.nspname, c.relname) \
+                 FROM pg_partition_tree($1::int8::oid) t \
+                 JOIN pg_class c ON c.oid = t.relid \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE t.isleaf AND t.relid <> $1::int8::oid",
+                &[&i64::from(oid)],
+            )
+            .await?
+        {
+            let leaf_oid = u32::try_from(leaf.get::<_, i64>(0)).unwrap_or_default();
+            let kind = leaf.get::<_, String>(1).chars().next().unwrap_or('d');
+            partitions.push((
+                leaf.get(2),
+                load_identity(client, leaf_oid, kind, &names).await?,
+            ));
+        }
         Ok(Some(TableInfo {
             schema: schema.to_owned(),
             name: table.to_owned(),
@@ -124,8 +125,44 @@ impl TableInfo {
             replica_identity,
             columns,
             identity_columns,
+            partitions,
         }))
     }
+}
+
+/// The columns the old tuples of relation `oid` carry under replica identity `kind`
+/// (`columns`: its column names, all carried under FULL).
+async fn load_identity(
+    client: &tokio_postgres::Client,
+    oid: u32,
+    kind: char,
+    columns: &[String],
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(match kind {
+        'f' => columns.to_vec(),
+        'n' => Vec::new(),
+        kind => {
+            let index_filter = if kind == 'i' {
+                "i.indisreplident"
+            } else {
+                "i.indisprimary"
+            };
+            client
+                .query(
+                    &format!(
+                        "SELECT a.attname::text FROM pg_index i \
+                         JOIN pg_attribute a ON a.attrelid = i.indrelid \
+                                           AND a.attnum = ANY(i.indkey) \
+                         WHERE i.indrelid = $1::int8::oid AND {index_filter}"
+                    ),
+                    &[&i64::from(oid)],
+                )
+                .await?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect()
+        }
+    })
 }
 
 /// Quote an SQL identifier.
@@ -209,6 +246,24 @@ pub fn compile(rule: &Rule, index: usize, info: &TableInfo) -> Result<CompiledRu
                         info.identity_columns.join(", ")
                     ),
                 ));
+            }
+            for (leaf, identity) in &info.partitions {
+                if !identity.iter().any(|c| c == col) {
+                    return Err(ConfigError::new(
+                        &field,
+                        format!(
+                            "column {col:?} is not part of the replica identity of {leaf} ({}), \
+                             a partition of {table}: its UPDATEs and DELETEs do not carry the \
+                             old value (ALTER TABLE … REPLICA IDENTITY on the parent does not \
+                             recurse); run: ALTER TABLE {leaf} REPLICA IDENTITY FULL;",
+                            if identity.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                identity.join(", ")
+                            }
+                        ),
+                    ));
+                }
             }
             column_types.insert(col.to_owned(), ty);
         }

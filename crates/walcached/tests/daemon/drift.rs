@@ -72,27 +72,70 @@ keys = ["{id}", "by_email:{email}"]
 }
 
 /// Issue row 4: `ALTER TABLE … REPLICA IDENTITY FULL` on a partitioned parent does not recurse;
-/// the partition keeps DEFAULT, so its UPDATEs (published via the root, whose Relation says
-/// FULL) carry no old row. The old email key cannot be named: the namespace is flushed.
+/// the partition keeps DEFAULT, so its UPDATEs carry no old email. `check` and start-up refuse,
+/// naming the partition and the `ALTER TABLE` that fixes it (on the old code both passed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partition_with_a_narrower_identity_than_its_root_flushes_instead_of_missing_the_old_key()
-{
-    let (pg, redis, dbname, db) = stack(
+async fn a_partition_with_a_narrower_identity_than_its_root_is_refused_with_the_fix() {
+    let (pg, redis, dbname, _db) = stack(
         "CREATE TABLE accounts (id int, region text, email text NOT NULL,
                                 PRIMARY KEY (id, region)) PARTITION BY LIST (region);
          CREATE TABLE accounts_eu PARTITION OF accounts FOR VALUES IN ('eu');
-         ALTER TABLE accounts REPLICA IDENTITY FULL;
-         INSERT INTO accounts VALUES (1, 'eu', 'old@x.io');",
+         ALTER TABLE accounts REPLICA IDENTITY FULL;",
     )
     .await;
-    let rule = r#"
+    let cfg = config(&pg, &dbname, &redis, ACCOUNTS_RULE);
+    let err = Daemon::spawn(&cfg)
+        .join(DEADLINE)
+        .await
+        .expect_err("a partition whose UPDATEs do not carry the old email");
+    assert!(err.is_config(), "{err}");
+    let text = err.to_string();
+    for needle in [
+        "rules[0].keys[1]",
+        "public.accounts_eu",
+        "ALTER TABLE public.accounts_eu REPLICA IDENTITY FULL;",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in: {text}");
+    }
+    let (_, stdout, _) = crate::cli::outcome(&crate::cli::walcached("check", &cfg).await);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("problem") && l.contains("public.accounts_eu")),
+        "{stdout}"
+    );
+}
+
+const ACCOUNTS_RULE: &str = r#"
 [[rules]]
 table = "public.accounts"
 namespace = "accounts"
 keys = ["{id}:{region}", "by_email:{email}"]
 "#;
-    let daemon = Daemon::start(&config(&pg, &dbname, &redis, rule)).await;
+
+/// The same drift arriving while the daemon runs: a partition attached with the default
+/// identity. Its UPDATEs come under the root's Relation (FULL) with no old row: the old email
+/// key cannot be named, so the namespace is flushed instead (on the old code it survived).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_attached_with_a_narrower_identity_flushes_instead_of_missing_the_old_key() {
+    let (pg, redis, dbname, db) = stack(
+        "CREATE TABLE accounts (id int, region text, email text NOT NULL,
+                                PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+         CREATE TABLE accounts_eu PARTITION OF accounts FOR VALUES IN ('eu');
+         ALTER TABLE accounts REPLICA IDENTITY FULL;
+         ALTER TABLE accounts_eu REPLICA IDENTITY FULL;",
+    )
+    .await;
+    let daemon = Daemon::start(&config(&pg, &dbname, &redis, ACCOUNTS_RULE)).await;
     let listener = Listener::start(&redis).await;
+    db.batch_execute(
+        "CREATE TABLE accounts_us PARTITION OF accounts FOR VALUES IN ('us');
+         INSERT INTO accounts VALUES (1, 'us', 'old@x.io');",
+    )
+    .await
+    .unwrap();
+    listener.wait_keys(&["accounts/by_email:old@x.io"]).await;
+    listener.clear();
     db.execute("UPDATE accounts SET email = 'new@x.io' WHERE id = 1", &[])
         .await
         .unwrap();
