@@ -16,6 +16,7 @@
 //! | tag members | `wc:tag:{users}:m` |
 //! | the daemon's durable marker of a namespace | `wc:{users}:mark` |
 //! | the daemon's durable marker of a tag | `wc:tag:{users}:mark` |
+//! | the daemon's last view of the namespace's tables in the catalog | `wc:{users}:catalog` |
 //! | start of the daemon's last completed full refresh | `wc:refresh:last` |
 //!
 //! Namespace keys start with `wc:{` and tag keys with `wc:tag:`, so the two families never collide.
@@ -229,6 +230,13 @@ impl Naming {
         format!("{}:{{{ns}}}:mark", self.prefix)
     }
 
+    /// `{prefix}:{ns}:catalog`, e.g. `wc:{users}:catalog`: the daemon's last view of the
+    /// namespace's tables in PostgreSQL's catalog (a hash: per table, its oid and the files of
+    /// its partition tree), so drift while the daemon was down is found at its next start.
+    pub fn catalog_key(&self, ns: &str) -> String {
+        format!("{}:{{{ns}}}:catalog", self.prefix)
+    }
+
     /// `{prefix}:tag:{tag}:mark`, e.g. `wc:tag:{users}:mark`: the daemon's durable marker of a
     /// tag its rules bump, as [`marker_key`](Self::marker_key) is for a namespace.
     pub fn tag_marker_key(&self, tag: &str) -> String {
@@ -265,6 +273,7 @@ mod tests {
         assert_eq!(n.refresh_last_key(), "wc:refresh:last");
         assert_eq!(n.marker_key("users"), "wc:{users}:mark");
         assert_eq!(n.tag_marker_key("users"), "wc:tag:{users}:mark");
+        assert_eq!(n.catalog_key("users"), "wc:{users}:catalog");
         // A marker is never mistaken for a value (SCAN of `wc:{users}:g*`).
         assert!(!n
             .marker_key("users")

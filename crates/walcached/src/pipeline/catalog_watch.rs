@@ -8,7 +8,9 @@
 //! - a partition gone from the tree (detached or dropped): its rows left the table;
 //! - the publication altered (actions, tables, row filters, column lists, the partition root).
 //!
-//! Each flushes the rules' namespaces and tags. The daemon's own publication is repaired (a
+//! The daemon's view is stored in Redis (`wc:{ns}:catalog`) after each change, so drift while
+//! it was down is found by the first check of its next run. Each flushes the rules'
+//! namespaces and tags. The daemon's own publication is repaired (a
 //! re-created table added back once it has a usable replica identity), and because changes of
 //! transactions open at that moment were decoded without it, the namespaces are flushed again
 //! once every such transaction has ended. Another's publication is reported, once per episode.
@@ -34,16 +36,50 @@ struct TableFiles {
     files: BTreeMap<u32, u32>,
 }
 
+impl TableFiles {
+    /// As stored in Redis: `oid|relid:file,relid:file` (`-` for no table).
+    fn to_text(&self) -> String {
+        let files: Vec<String> = self.files.iter().map(|(r, f)| format!("{r}:{f}")).collect();
+        format!(
+            "{}|{}",
+            self.oid.map_or_else(|| "-".to_owned(), |o| o.to_string()),
+            files.join(",")
+        )
+    }
+
+    /// From [`to_text`](Self::to_text); `None` for anything else.
+    fn from_text(text: &str) -> Option<TableFiles> {
+        let (oid, files) = text.split_once('|')?;
+        let oid = if oid == "-" {
+            None
+        } else {
+            Some(oid.parse().ok()?)
+        };
+        let mut map = BTreeMap::new();
+        for pair in files.split(',').filter(|p| !p.is_empty()) {
+            let (r, f) = pair.split_once(':')?;
+            map.insert(r.parse().ok()?, f.parse().ok()?);
+        }
+        Some(TableFiles { oid, files: map })
+    }
+}
+
 /// What the watch remembers between checks.
 #[derive(Debug, Default)]
 pub(super) struct CatalogWatch {
-    /// By rule index; `None` until the first check of the session.
+    /// By rule index; `None` until the first check of the run, which compares with the view
+    /// stored in Redis by the run before (drift while the daemon was down).
     tables: Option<HashMap<usize, TableFiles>>,
     /// Flushes due once every transaction running when the publication was repaired has
     /// ended: (the snapshot's xmax then, the rules).
     after_repair: Vec<(i64, Vec<usize>)>,
     /// The publication's drift was reported (another consumer's publication): said once.
     reported: bool,
+}
+
+/// The field of a table in the namespace's catalog hash: `schema.table`.
+fn table_field((schema, table): &(String, String)) -> String {
+    format!("{schema}.{table}")
 }
 
 /// Why a rule's table drifted, if it did.
@@ -90,14 +126,30 @@ impl Streamer<'_> {
         shutdown: &CancellationToken,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let now = self.read_tables().await?;
+        let before = match self.watch.tables.take() {
+            Some(before) => before,
+            None => self.stored_tables().await?,
+        };
         let mut flush: BTreeMap<usize, &'static str> = BTreeMap::new();
-        if let Some(before) = &self.watch.tables {
-            for (i, b) in before {
-                if let Some(reason) = now.get(i).and_then(|n| drift(b, n)) {
-                    flush.insert(*i, reason);
-                }
+        for (i, b) in &before {
+            if let Some(reason) = now.get(i).and_then(|n| drift(b, n)) {
+                flush.insert(*i, reason);
             }
         }
+        // Stored once the flushes below are published: a crash before that finds the drift
+        // again at the next start.
+        let changed: Vec<(String, String, String)> = now
+            .iter()
+            .filter(|(i, n)| before.get(i) != Some(n))
+            .map(|(i, n)| {
+                let rule = &self.mapper.rules()[*i];
+                (
+                    rule.namespace.clone(),
+                    table_field(&rule.table),
+                    n.to_text(),
+                )
+            })
+            .collect();
         self.watch.tables = Some(now);
 
         // The publication: repaired if it is the daemon's, reported once if not.
@@ -152,11 +204,22 @@ impl Streamer<'_> {
                 }
             }
         }
-        if flush.is_empty() {
-            return Ok(());
+        if !flush.is_empty() {
+            self.flush_drifted(&flush, stream, shutdown).await;
         }
+        self.publisher.write_catalog(&changed).await?;
+        Ok(())
+    }
+
+    /// Flush the rules in `flush` (their namespaces and tags), saying why.
+    async fn flush_drifted(
+        &mut self,
+        flush: &BTreeMap<usize, &'static str>,
+        stream: &mut ReplicationStream,
+        shutdown: &CancellationToken,
+    ) {
         let mut batch = Batch::default();
-        for (i, reason) in &flush {
+        for (i, reason) in flush {
             let rule = &self.mapper.rules()[*i];
             tracing::warn!(table = %format!("{}.{}", rule.table.0, rule.table.1), namespace = %rule.namespace, %reason, "catalog drift: flushing the namespace");
             metrics::counter!(m::CATALOG_DRIFTS_TOTAL, "reason" => *reason).increment(1);
@@ -167,7 +230,25 @@ impl Streamer<'_> {
         batch.lsn = self.published.0;
         self.publish_with_retry(&batch, Some(stream), shutdown)
             .await;
-        Ok(())
+    }
+
+    /// The view of every rule's table stored by an earlier run (rules with none are left
+    /// out: nothing to compare with).
+    async fn stored_tables(
+        &mut self,
+    ) -> Result<HashMap<usize, TableFiles>, Box<dyn std::error::Error + Send + Sync>> {
+        let keys: Vec<(String, String)> = self
+            .mapper
+            .rules()
+            .iter()
+            .map(|r| (r.namespace.clone(), table_field(&r.table)))
+            .collect();
+        let stored = self.publisher.read_catalog(&keys).await?;
+        Ok(stored
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, v)| Some((i, TableFiles::from_text(&v?)?)))
+            .collect())
     }
 
     /// Every rule's table: its oid and the files of its partition tree.
@@ -261,5 +342,9 @@ mod tests {
             files: BTreeMap::new(),
         };
         assert!(drift(&before, &gone).is_some());
+        for t in [before, gone] {
+            assert_eq!(TableFiles::from_text(&t.to_text()), Some(t));
+        }
+        assert_eq!(TableFiles::from_text("garbage"), None);
     }
 }

@@ -146,6 +146,49 @@ impl Publisher {
         Ok(flushes.len())
     }
 
+    /// The daemon's last view of each `(namespace, table)` in the catalog
+    /// ([`Naming::catalog_key`](walcache_protocol::Naming::catalog_key)), `None` where none
+    /// was stored.
+    ///
+    /// # Errors
+    ///
+    /// Redis errors.
+    pub async fn read_catalog(
+        &mut self,
+        tables: &[(String, String)],
+    ) -> Result<Vec<Option<String>>, redis::RedisError> {
+        let mut pipe = redis::pipe();
+        for (ns, table) in tables {
+            pipe.cmd("HGET").arg(self.naming.catalog_key(ns)).arg(table);
+        }
+        let mut conn = self.conn.clone();
+        self.timed(pipe.query_async(&mut conn)).await
+    }
+
+    /// Store the daemon's view of each `(namespace, table, view)`.
+    ///
+    /// # Errors
+    ///
+    /// Redis errors.
+    pub async fn write_catalog(
+        &mut self,
+        views: &[(String, String, String)],
+    ) -> Result<(), redis::RedisError> {
+        if views.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (ns, table, view) in views {
+            pipe.cmd("HSET")
+                .arg(self.naming.catalog_key(ns))
+                .arg(table)
+                .arg(view)
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        self.timed(pipe.query_async::<()>(&mut conn)).await
+    }
+
     /// The position every marker has been written to: the daemon confirms no more than this
     /// to PostgreSQL, so at start a marker behind the slot proves lost writes.
     pub fn marked_through(&self) -> Lsn {

@@ -367,3 +367,51 @@ async fn a_truncated_partition_flushes_its_namespace() {
     .unwrap_or_else(|e| panic!("{e}: saw {:?}", listener.data()));
     daemon.stop().await;
 }
+
+/// Drift while the daemon is down: the daemon's view of the catalog is stored in Redis, so a
+/// partition truncated in between (which the stream never carries) is found by the first
+/// check of the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_truncated_while_the_daemon_was_down_is_found_at_its_next_start() {
+    let (pg, redis, dbname, db) = stack(
+        "CREATE TABLE events (id int, day date, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
+         CREATE TABLE events_2024 PARTITION OF events
+             FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+         INSERT INTO events VALUES (1, '2024-05-01');",
+    )
+    .await;
+    let rule =
+        "\n[[rules]]\ntable = \"public.events\"\nnamespace = \"events\"\nkeys = [\"{id}:{day}\"]\n";
+    let cfg = watched(config(&pg, &dbname, &redis, rule));
+    let daemon = Daemon::start(&cfg).await;
+    let conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let catalog_key = Naming::default().catalog_key("events");
+    wait_until(
+        "the daemon stored its view of the catalog",
+        DEADLINE,
+        || async {
+            redis::cmd("HEXISTS")
+                .arg(&catalog_key)
+                .arg("public.events")
+                .query_async::<bool>(&mut conn.clone())
+                .await
+                .unwrap_or(false)
+        },
+    )
+    .await
+    .expect("stored after the first check");
+    daemon.stop().await;
+    db.batch_execute("TRUNCATE events_2024").await.unwrap();
+    let listener = Listener::start(&redis).await;
+    let daemon = Daemon::start(&cfg).await;
+    wait_until("the namespace flushed", DEADLINE, || async {
+        listener.flushes().iter().any(|n| n == "events")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: saw {:?}", listener.data()));
+    daemon.stop().await;
+}
