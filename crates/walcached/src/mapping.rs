@@ -45,6 +45,9 @@ pub struct ColumnInfo {
     pub base_type_oid: u32,
     /// The declared type, for messages.
     pub type_name: String,
+    /// `pg_attribute.attgenerated`: empty for an ordinary column, `s` for a stored generated
+    /// column, `v` for a virtual one (PostgreSQL 18; never published).
+    pub generated: String,
 }
 
 impl TableInfo {
@@ -81,7 +84,7 @@ impl TableInfo {
             .query(
                 "SELECT a.attname::text, \
                         (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END)::int8, \
-                        format_type(a.atttypid, a.atttypmod) \
+                        format_type(a.atttypid, a.atttypmod), a.attgenerated::text \
                  FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
                  WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped \
                  ORDER BY a.attnum",
@@ -93,6 +96,7 @@ impl TableInfo {
                 name: r.get(0),
                 base_type_oid: u32::try_from(r.get::<_, i64>(1)).unwrap_or_default(),
                 type_name: r.get(2),
+                generated: r.get(3),
             })
             .collect::<Vec<_>>();
         let replica_identity = replica_identity.chars().next().unwrap_or('d');
@@ -225,6 +229,17 @@ pub fn compile(rule: &Rule, index: usize, info: &TableInfo) -> Result<CompiledRu
                     ),
                 ));
             };
+            if info_col.generated == "v" {
+                return Err(ConfigError::new(
+                    &field,
+                    format!(
+                        "column {col:?} of {table} is a virtual generated column, which logical \
+                         replication never publishes, so walcached never sees its value; key on \
+                         the columns it is computed from, or drop it and add it back as \
+                         GENERATED ALWAYS AS (...) STORED"
+                    ),
+                ));
+            }
             let ty = ColumnType::from_oid(info_col.base_type_oid).ok_or_else(|| {
                 ConfigError::new(
                     &field,

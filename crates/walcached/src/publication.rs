@@ -27,6 +27,10 @@ pub struct Drift {
     pub missing_tables: Vec<(String, String)>,
     /// Rule tables published with a row filter or a column list.
     pub filtered_tables: Vec<(String, String)>,
+    /// PostgreSQL 18 and later: a rule table has stored generated columns the publication does
+    /// not publish (`publish_generated_columns = none`); under `REPLICA IDENTITY FULL` the
+    /// application's own UPDATEs and DELETEs then fail.
+    pub generated_unpublished: bool,
 }
 
 impl Drift {
@@ -36,12 +40,13 @@ impl Drift {
             && !self.not_via_root
             && self.missing_tables.is_empty()
             && self.filtered_tables.is_empty()
+            && !self.generated_unpublished
     }
 
     /// Whether every rule's changes may have gone missing (an action or the partition root),
     /// rather than those of some tables.
     pub fn affects_every_table(&self) -> bool {
-        !self.missing_actions.is_empty() || self.not_via_root
+        !self.missing_actions.is_empty() || self.not_via_root || self.generated_unpublished
     }
 
     /// The tables whose changes may have gone missing (all when
@@ -70,6 +75,14 @@ impl Drift {
                     .to_owned(),
             );
         }
+        if self.generated_unpublished {
+            parts.push(
+                "does not publish stored generated columns (publish_generated_columns = none): \
+                 a table under REPLICA IDENTITY FULL with one then refuses its own UPDATEs and \
+                 DELETEs (\"Replica identity must not contain unpublished generated columns\")"
+                    .to_owned(),
+            );
+        }
         if !self.missing_tables.is_empty() {
             parts.push(format!("does not publish {}", tables(&self.missing_tables)));
         }
@@ -91,6 +104,11 @@ impl Drift {
             sql.push(format!(
                 "ALTER PUBLICATION {p} SET (publish = 'insert, update, delete, truncate', \
                  publish_via_partition_root = true)"
+            ));
+        }
+        if self.generated_unpublished {
+            sql.push(format!(
+                "ALTER PUBLICATION {p} SET (publish_generated_columns = stored)"
             ));
         }
         for t in &self.filtered_tables {
@@ -136,8 +154,9 @@ pub async fn inspect(
     let Some(row) = client
         .query_opt(
             "SELECT pubinsert, pubupdate, pubdelete, pubtruncate, pubviaroot, \
-                    coalesce(obj_description(oid, 'pg_publication'), '') \
-             FROM pg_publication WHERE pubname = $1",
+                    coalesce(obj_description(p.oid, 'pg_publication'), ''), \
+                    coalesce(to_jsonb(p) ->> 'pubgencols', 's') \
+             FROM pg_publication p WHERE pubname = $1",
             &[&name],
         )
         .await?
@@ -206,6 +225,7 @@ mod tests {
             not_via_root: false,
             missing_tables: vec![t("a")],
             filtered_tables: vec![t("b")],
+            generated_unpublished: false,
         };
         assert!(!drift.is_empty());
         assert_eq!(

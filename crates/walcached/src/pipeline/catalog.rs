@@ -123,11 +123,23 @@ pub(super) async fn plan_publication(
             .iter()
             .map(|(s, t)| format!("{}.{}", mapping::quote_ident(s), mapping::quote_ident(t)))
             .collect();
+        // PostgreSQL 18 publishes no generated column by default, and a table under REPLICA
+        // IDENTITY FULL with a stored one then refuses its own UPDATEs once published.
+        let version: i32 = client
+            .query_one("SELECT current_setting('server_version_num')::int4", &[])
+            .await
+            .map_err(|e| RunError::postgres("reading the server version", e))?
+            .get(0);
+        let generated = if version >= 180_000 {
+            ", publish_generated_columns = stored"
+        } else {
+            ""
+        };
         return Ok(PublicationPlan {
             sql: Some(format!(
                 "BEGIN; CREATE PUBLICATION {quoted} FOR TABLE {} WITH \
-                 (publish_via_partition_root = true); COMMENT ON PUBLICATION {quoted} IS {}; \
-                 COMMIT;",
+                 (publish_via_partition_root = true{generated}); COMMENT ON PUBLICATION \
+                 {quoted} IS {}; COMMIT;",
                 list.join(", "),
                 crate::check::quote_literal(publication::MANAGED_COMMENT)
             )),

@@ -415,3 +415,58 @@ async fn a_partition_truncated_while_the_daemon_was_down_is_found_at_its_next_st
     .unwrap_or_else(|e| panic!("{e}: saw {:?}", listener.data()));
     daemon.stop().await;
 }
+
+/// Issue row 6 (PostgreSQL 18): a table with a stored generated column under REPLICA IDENTITY
+/// FULL. Published without its generated columns, the application's own UPDATE fails ("Replica
+/// identity must not contain unpublished generated columns"); the daemon's publication
+/// publishes stored generated columns, so the UPDATE succeeds, and a template may use one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL 18 (WALCACHE_TESTKIT_PG_BINDIR)"]
+async fn on_postgresql_18_stored_generated_columns_are_published_and_the_application_can_write() {
+    let (pg, redis, dbname, db) = stack(
+        "CREATE TABLE g (id int PRIMARY KEY, a int, b int GENERATED ALWAYS AS (a * 2) STORED);
+         ALTER TABLE g REPLICA IDENTITY FULL;
+         INSERT INTO g (id, a) VALUES (1, 1);",
+    )
+    .await;
+    let version: i32 = db
+        .query_one("SELECT current_setting('server_version_num')::int4", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        version >= 180_000,
+        "run with PostgreSQL 18: server is {version}"
+    );
+    let rule =
+        "\n[[rules]]\ntable = \"public.g\"\nnamespace = \"g\"\nkeys = [\"{id}\", \"by_b:{b}\"]\n";
+    let daemon = Daemon::start(&config(&pg, &dbname, &redis, rule)).await;
+    let listener = Listener::start(&redis).await;
+    db.execute("UPDATE g SET a = 5 WHERE id = 1", &[])
+        .await
+        .expect("the application's UPDATE works with the table published");
+    listener.wait_keys(&["g/1", "g/by_b:2", "g/by_b:10"]).await;
+    daemon.stop().await;
+}
+
+/// PostgreSQL 18's default generated columns are virtual and never published: a template over
+/// one is refused at start with the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL 18 (WALCACHE_TESTKIT_PG_BINDIR)"]
+async fn on_postgresql_18_a_template_over_a_virtual_generated_column_is_refused() {
+    let (pg, redis, dbname, _db) = stack(
+        "CREATE TABLE v (id int PRIMARY KEY, a int, c int GENERATED ALWAYS AS (a * 3) VIRTUAL);",
+    )
+    .await;
+    let rule = "\n[[rules]]\ntable = \"public.v\"\nnamespace = \"v\"\nkeys = [\"by_c:{c}\"]\n";
+    let err = Daemon::spawn(&config(&pg, &dbname, &redis, rule))
+        .join(DEADLINE)
+        .await
+        .expect_err("a virtual generated column is never published");
+    let text = err.to_string();
+    assert!(err.is_config(), "{text}");
+    assert!(
+        text.contains("rules[0].keys[0]") && text.contains("virtual generated column"),
+        "{text}"
+    );
+}
