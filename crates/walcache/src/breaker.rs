@@ -62,14 +62,19 @@ impl Breaker {
     }
 
     /// May a call go to Redis now? In half-open, only one probe at a time is let through.
-    pub(crate) fn allow(&self) -> bool {
-        match self.state.load(Ordering::Acquire) {
-            CLOSED => true,
+    ///
+    /// The call reports its outcome through the returned [`Admission`]. A probe whose call is
+    /// dropped before it reports (its caller's future cancelled by a deadline or a
+    /// `select!`) gives the probe back when the admission drops, so the next call probes:
+    /// left taken, no call would ever be let through again.
+    pub(crate) fn admit(&self) -> Option<Admission<'_>> {
+        let probe = match self.state.load(Ordering::Acquire) {
+            CLOSED => false,
             OPEN => {
                 let opened = self.opened_at_ms.load(Ordering::Acquire);
                 let cool = u64::try_from(self.open_for.as_millis()).unwrap_or(u64::MAX);
                 if self.now_ms().saturating_sub(opened) < cool {
-                    return false;
+                    return None;
                 }
                 if self
                     .state
@@ -78,10 +83,23 @@ impl Breaker {
                 {
                     self.transition(HALF_OPEN);
                 }
-                self.try_probe()
+                if !self.try_probe() {
+                    return None;
+                }
+                true
             }
-            _ => self.try_probe(),
-        }
+            _ => {
+                if !self.try_probe() {
+                    return None;
+                }
+                true
+            }
+        };
+        Some(Admission {
+            breaker: self,
+            probe,
+            settled: false,
+        })
     }
 
     fn try_probe(&self) -> bool {
@@ -90,7 +108,7 @@ impl Breaker {
             .is_ok()
     }
 
-    pub(crate) fn record_success(&self) {
+    fn record_success(&self) {
         // Read before writing: every successful call lands here, and an unconditional store
         // would pull the shared cache line into every worker's core in exclusive state.
         if self.failures.load(Ordering::Acquire) != 0 {
@@ -104,7 +122,7 @@ impl Breaker {
         }
     }
 
-    pub(crate) fn record_failure(&self) {
+    fn record_failure(&self) {
         let state = self.state.load(Ordering::Acquire);
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if state == HALF_OPEN || (state == CLOSED && failures >= self.threshold) {
@@ -132,6 +150,39 @@ impl Breaker {
     }
 }
 
+/// One call let through by [`Breaker::admit`]: report its outcome with
+/// [`success`](Self::success) or [`failure`](Self::failure). Dropped without either (the call
+/// was cancelled), a probe is given back and the breaker is left as it was.
+#[derive(Debug)]
+pub(crate) struct Admission<'a> {
+    breaker: &'a Breaker,
+    probe: bool,
+    settled: bool,
+}
+
+impl Admission<'_> {
+    /// The call succeeded: a probe closes the breaker.
+    pub(crate) fn success(mut self) {
+        self.settled = true;
+        self.breaker.record_success();
+    }
+
+    /// The call failed: counted; a probe reopens the breaker.
+    pub(crate) fn failure(mut self) {
+        self.settled = true;
+        self.breaker.record_failure();
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if self.probe && !self.settled {
+            // No verdict: the next call may probe.
+            self.breaker.probing.store(0, Ordering::Release);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,31 +190,42 @@ mod tests {
     #[test]
     fn opens_after_threshold_and_closes_after_probe() {
         let b = Breaker::new(3, Duration::ZERO);
-        assert!(b.allow());
-        b.record_failure();
-        b.record_failure();
+        b.admit().unwrap().failure();
+        b.admit().unwrap().failure();
         assert_eq!(b.state(), BreakerState::Closed);
-        b.record_failure();
+        b.admit().unwrap().failure();
         assert_eq!(b.state(), BreakerState::Open);
         // Cool-down of zero: the next call is the half-open probe, and only one at a time.
-        assert!(b.allow());
+        let probe = b.admit().expect("the probe");
         assert_eq!(b.state(), BreakerState::HalfOpen);
-        assert!(!b.allow());
-        b.record_success();
+        assert!(b.admit().is_none());
+        probe.success();
         assert_eq!(b.state(), BreakerState::Closed);
-        assert!(b.allow());
+        assert!(b.admit().is_some());
     }
 
     #[test]
     fn failed_probe_reopens() {
         let b = Breaker::new(1, Duration::from_secs(3600));
-        b.record_failure();
+        b.admit().unwrap().failure();
         assert_eq!(b.state(), BreakerState::Open);
-        assert!(!b.allow(), "cool-down not over");
+        assert!(b.admit().is_none(), "cool-down not over");
         let b = Breaker::new(1, Duration::ZERO);
-        b.record_failure();
-        assert!(b.allow());
-        b.record_failure();
+        b.admit().unwrap().failure();
+        b.admit().expect("the probe").failure();
         assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[test]
+    fn a_probe_dropped_without_a_verdict_is_given_back() {
+        let b = Breaker::new(1, Duration::ZERO);
+        b.admit().unwrap().failure();
+        let probe = b.admit().expect("the probe");
+        assert!(b.admit().is_none(), "one probe at a time");
+        drop(probe); // its call was cancelled
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        let again = b.admit().expect("the next call probes");
+        again.success();
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 }

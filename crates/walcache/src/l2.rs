@@ -403,11 +403,11 @@ impl L2 {
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
-        if !self.breaker.allow() {
+        let Some(admission) = self.breaker.admit() else {
             metrics::counter!(m::L2_ERRORS_TOTAL, "op" => op, "kind" => "breaker_open")
                 .increment(1);
             return Err(Error::new(ErrorKind::BreakerOpen));
-        }
+        };
         let start = Instant::now();
         let result = tokio::time::timeout(self.timeout, fut).await;
         match self.timers.iter().find(|(o, _)| *o == op) {
@@ -416,7 +416,7 @@ impl L2 {
         }
         match result {
             Ok(Ok(v)) => {
-                self.breaker.record_success();
+                admission.success();
                 Ok(v)
             }
             Ok(Err(e)) => {
@@ -427,12 +427,12 @@ impl L2 {
                     "error"
                 };
                 metrics::counter!(m::L2_ERRORS_TOTAL, "op" => op, "kind" => kind).increment(1);
-                self.breaker.record_failure();
+                admission.failure();
                 Err(err)
             }
             Err(_) => {
                 metrics::counter!(m::L2_ERRORS_TOTAL, "op" => op, "kind" => "timeout").increment(1);
-                self.breaker.record_failure();
+                admission.failure();
                 Err(Error::timeout())
             }
         }

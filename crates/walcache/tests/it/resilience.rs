@@ -273,3 +273,72 @@ async fn negative_results_are_cached_for_their_own_ttl() {
         .unwrap();
     assert_eq!(v, "made");
 }
+
+/// Issue 13: a half-open probe whose caller drops its future mid-call (a client deadline, a
+/// `select!`, an axum handler cancelled) must not leave the breaker half-open for good. On the
+/// old code the probe slot stayed taken: no call reached Redis again and every read went to
+/// the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_half_open_probe_does_not_disable_redis() {
+    let redis = RedisServer::start().expect("redis");
+    let proxy =
+        walcache_testkit::TcpProxy::start(([127, 0, 0, 1], redis.port()).into()).expect("proxy");
+    let h = Walcache::builder()
+        .redis_url(proxy.redis_url())
+        .without_invalidation_stream()
+        .redis_timeout(Duration::from_millis(100))
+        .circuit_breaker(2, Duration::from_millis(200))
+        .build()
+        .await
+        .expect("handle");
+    let ns = namespace("probe");
+    let cache = h.cache::<i64, i64>(&ns).build().expect("cache");
+    assert_eq!(
+        cache
+            .try_get_with(&1, async { Ok::<_, LoadError>(1) })
+            .await
+            .unwrap(),
+        1
+    );
+
+    proxy.set_blackhole(true);
+    wait_until("breaker open", DEADLINE, || async {
+        let _ = cache
+            .try_get_with(&2, async { Ok::<_, LoadError>(2) })
+            .await;
+        h.breaker_state() == BreakerState::Open
+    })
+    .await
+    .expect("timeouts open the breaker");
+    // After the cool-down the next call is the probe: drop it mid-call (10 ms, while Redis
+    // cannot answer for 100 ms).
+    wait_until("a probe taken and dropped", DEADLINE, || async {
+        let _ = tokio::time::timeout(
+            Duration::from_millis(10),
+            cache.try_get_with(&3, async { Ok::<_, LoadError>(3) }),
+        )
+        .await;
+        h.breaker_state() == BreakerState::HalfOpen
+    })
+    .await
+    .expect("a probe was let through and cancelled");
+
+    proxy.set_blackhole(false);
+    proxy.reset_all();
+    wait_until("breaker closed", DEADLINE, || async {
+        let _ = cache
+            .try_get_with(&4, async { Ok::<_, LoadError>(4) })
+            .await;
+        h.breaker_state() == BreakerState::Closed
+    })
+    .await
+    .expect("the next call probes and closes the breaker");
+    wait_until("L2 written again", DEADLINE, || async {
+        let _ = cache
+            .try_get_with(&5, async { Ok::<_, LoadError>(5) })
+            .await;
+        raw_get(&redis, &ns, "5").await.is_some()
+    })
+    .await
+    .expect("fills reach L2 again");
+}
