@@ -11,7 +11,7 @@
 //! | field | what |
 //! |---|---|
 //! | `w` | the token of the script call that wrote it last (`<epoch hex>-<n>`, unique per call) |
-//! | `lsn` | the last LSN the daemon published for the target (`X/X`); never decreases |
+//! | `lsn` | a position up to which every change's invalidation is in Redis (`X/X`): the confirmed position at the daemon's last check, or where a flush left it; never decreases |
 //! | `rule` | a hash of the namespace's rules ([`rule_hash`]); empty for tags |
 //! | `server` | the PostgreSQL server the daemon streamed from (system identifier and timeline) |
 //! | `owed` | `1` while a flush of the target is owed, else `0` |
@@ -28,7 +28,10 @@
 //!   heartbeat, and the daemon flushes the target before any heartbeat certifies it.
 //! - **At start**, the daemon has no tokens of its own; it judges each marker against the slot
 //!   instead ([`judge`]): it never confirms a position to PostgreSQL past what every marker has
-//!   been written to, so a marker behind the slot's `confirmed_flush_lsn` lost writes.
+//!   been written to, so a marker behind the slot's `confirmed_flush_lsn` lost writes. Data
+//!   calls renew a marker's token but never move its position (a batch can take several calls,
+//!   and a Redis that kept an early one and lost a later one must not show the batch's end);
+//!   only a check at the confirmed position, or a flush, moves it.
 //! - **Flushes owed are durable**: `owed` is set before the flush is attempted (before creating
 //!   a slot, after a rule change, after a detected loss) and cleared by the flush's own script,
 //!   so a crash in between repeats the flush.

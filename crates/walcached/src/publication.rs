@@ -168,6 +168,22 @@ pub async fn inspect(
         not_via_root: !row.try_get::<_, bool>(4)?,
         ..Drift::default()
     };
+    // 18's `pubgencols` ('n' none, 's' stored); absent before 18, where generated columns are
+    // never published and never part of an old row.
+    if row.try_get::<_, String>(6)? != "s" {
+        let names: Vec<String> = wanted.iter().map(|(s, t)| format!("{s}.{t}")).collect();
+        drift.generated_unpublished = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_attribute a \
+                   JOIN pg_class c ON c.oid = a.attrelid \
+                   JOIN pg_namespace n ON n.oid = c.relnamespace \
+                   WHERE n.nspname || '.' || c.relname = ANY($1) \
+                     AND a.attgenerated = 's' AND a.attnum > 0 AND NOT a.attisdropped)",
+                &[&names],
+            )
+            .await?
+            .try_get(0)?;
+    }
     for (i, action) in ["insert", "update", "delete", "truncate"]
         .into_iter()
         .enumerate()

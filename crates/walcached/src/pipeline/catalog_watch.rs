@@ -77,6 +77,37 @@ pub(super) struct CatalogWatch {
     reported: bool,
 }
 
+impl CatalogWatch {
+    /// A watch that owes the rules `rules` a second flush once every transaction below `xmax`
+    /// has ended: start-up repaired the publication for them.
+    pub(super) fn after_startup_repair(xmax: i64, rules: Vec<usize>) -> Self {
+        CatalogWatch {
+            after_repair: vec![(xmax, rules)],
+            ..CatalogWatch::default()
+        }
+    }
+}
+
+/// The next xid to be assigned (`pg_snapshot_xmax` of a new snapshot).
+pub(super) async fn snapshot_xmax(
+    control: &tokio_postgres::Client,
+) -> Result<i64, tokio_postgres::Error> {
+    snapshot_bound(control, "pg_snapshot_xmax").await
+}
+
+async fn snapshot_bound(
+    control: &tokio_postgres::Client,
+    f: &str,
+) -> Result<i64, tokio_postgres::Error> {
+    Ok(control
+        .query_one(
+            &format!("SELECT {f}(pg_current_snapshot())::text::int8"),
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
 /// The field of a table in the namespace's catalog hash: `schema.table`.
 fn table_field((schema, table): &(String, String)) -> String {
     format!("{schema}.{table}")
@@ -126,18 +157,21 @@ impl Streamer<'_> {
         shutdown: &CancellationToken,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let now = self.read_tables().await?;
-        let before = match self.watch.tables.take() {
-            Some(before) => before,
+        let before = match &self.watch.tables {
+            Some(before) => before.clone(),
             None => self.stored_tables().await?,
         };
-        let mut flush: BTreeMap<usize, &'static str> = BTreeMap::new();
+        let mut table_drift: BTreeMap<usize, &'static str> = BTreeMap::new();
         for (i, b) in &before {
             if let Some(reason) = now.get(i).and_then(|n| drift(b, n)) {
-                flush.insert(*i, reason);
+                table_drift.insert(*i, reason);
             }
         }
-        // Stored once the flushes below are published: a crash before that finds the drift
-        // again at the next start.
+        // The view moves on (in memory, then in Redis) only once the flushes it calls for are
+        // published: nothing below can drop them, and a crash before finds the drift again.
+        if !table_drift.is_empty() && !self.flush_drifted(&table_drift, stream, shutdown).await {
+            return Ok(()); // shutting down
+        }
         let changed: Vec<(String, String, String)> = now
             .iter()
             .filter(|(i, n)| before.get(i) != Some(n))
@@ -151,7 +185,9 @@ impl Streamer<'_> {
             })
             .collect();
         self.watch.tables = Some(now);
+        self.publisher.write_catalog(&changed).await?;
 
+        let mut flush: BTreeMap<usize, &'static str> = BTreeMap::new();
         // The publication: repaired if it is the daemon's, reported once if not.
         let rules = self.mapper.rules().to_vec();
         match plan_publication(&self.control, self.config, &rules).await {
@@ -168,9 +204,11 @@ impl Streamer<'_> {
                     }
                     return Ok(());
                 }
-                let xmax = self.snapshot_xmax().await?;
                 plan.apply(&self.control, &self.config.postgres.publication)
                     .await?;
+                // Taken after the repair committed: every transaction that could have changed
+                // the table before it has an xid below.
+                let xmax = snapshot_xmax(&self.control).await?;
                 for &i in &plan.affected_rules {
                     flush
                         .entry(i)
@@ -207,17 +245,17 @@ impl Streamer<'_> {
         if !flush.is_empty() {
             self.flush_drifted(&flush, stream, shutdown).await;
         }
-        self.publisher.write_catalog(&changed).await?;
         Ok(())
     }
 
-    /// Flush the rules in `flush` (their namespaces and tags), saying why.
+    /// Flush the rules in `flush` (their namespaces and tags), saying why. False if shutdown
+    /// interrupted it.
     async fn flush_drifted(
         &mut self,
         flush: &BTreeMap<usize, &'static str>,
         stream: &mut ReplicationStream,
         shutdown: &CancellationToken,
-    ) {
+    ) -> bool {
         let mut batch = Batch::default();
         for (i, reason) in flush {
             let rule = &self.mapper.rules()[*i];
@@ -229,7 +267,7 @@ impl Streamer<'_> {
         }
         batch.lsn = self.published.0;
         self.publish_with_retry(&batch, Some(stream), shutdown)
-            .await;
+            .await
     }
 
     /// The view of every rule's table stored by an earlier run (rules with none are left
@@ -291,23 +329,8 @@ impl Streamer<'_> {
         Ok(out)
     }
 
-    async fn snapshot_xmax(&self) -> Result<i64, tokio_postgres::Error> {
-        self.snapshot_bound("pg_snapshot_xmax").await
-    }
-
     async fn snapshot_xmin(&self) -> Result<i64, tokio_postgres::Error> {
-        self.snapshot_bound("pg_snapshot_xmin").await
-    }
-
-    async fn snapshot_bound(&self, f: &str) -> Result<i64, tokio_postgres::Error> {
-        Ok(self
-            .control
-            .query_one(
-                &format!("SELECT {f}(pg_current_snapshot())::text::int8"),
-                &[],
-            )
-            .await?
-            .get(0))
+        snapshot_bound(&self.control, "pg_snapshot_xmin").await
     }
 }
 

@@ -244,14 +244,15 @@ impl Streamer<'_> {
     }
 
     /// Publish a heartbeat; `/readyz` follows whether it went out.
-    /// `covered`: everything received up to it is published (the markers advance to it).
-    pub(super) async fn heartbeat(&mut self, lag_bytes: u64, covered: Lsn) {
+    /// The markers advance to the confirmed position: every publish before it has completed,
+    /// visibility re-checks included.
+    pub(super) async fn heartbeat(&mut self, lag_bytes: u64) {
         let details = HeartbeatDetails {
             lag_bytes,
             refresh_interval_ms: self.config.refresh.interval_secs.saturating_mul(1000),
             namespaces: self.mapper.namespaces(),
         };
-        match self.publisher.heartbeat(details, covered).await {
+        match self.publisher.heartbeat(details, self.confirmed).await {
             Ok(published) => self.status.set_caught_up(published),
             Err(e) => {
                 self.status.set_caught_up(false);

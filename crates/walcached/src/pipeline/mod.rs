@@ -197,6 +197,16 @@ pub async fn run_with(
             source: e,
         })?;
     plan.apply(&control, &config.postgres.publication).await?;
+    // Transactions open at the repair changed the tables before they were published: their
+    // namespaces are flushed again once those have ended.
+    let watch = if plan.affected_rules.is_empty() {
+        catalog_watch::CatalogWatch::default()
+    } else {
+        let xmax = catalog_watch::snapshot_xmax(&control)
+            .await
+            .map_err(|e| RunError::postgres("reading the current snapshot", e))?;
+        catalog_watch::CatalogWatch::after_startup_repair(xmax, plan.affected_rules.clone())
+    };
     let replication = postgres.replication()?;
     tracing::info!(epoch, rules = rules.len(), "walcached starting");
 
@@ -215,7 +225,7 @@ pub async fn run_with(
         orphan_watch: None,
         confirmed: Lsn(0),
         owed_reason: None,
-        watch: catalog_watch::CatalogWatch::default(),
+        watch,
         redis_reconnected: false,
         batch_txns: Vec::new(),
         pending: Vec::new(),

@@ -115,7 +115,7 @@ impl Streamer<'_> {
             let judge = std::mem::take(&mut judge_readiness);
             if liveness.heartbeat_due() {
                 liveness.heartbeat_sent();
-                self.heartbeat(liveness.lag_bytes(), covered).await;
+                self.heartbeat(liveness.lag_bytes()).await;
             } else if judge && !liveness.is_fresh() {
                 self.status.set_caught_up(false);
             }

@@ -136,11 +136,17 @@ impl Publisher {
             ..Batch::default()
         };
         if !namespaces.is_empty() {
-            self.send_chunks("flush", &namespaces, |v| Body::Flush(v.to_vec()), &batch)
-                .await?;
+            self.send_chunks(
+                "flush",
+                &namespaces,
+                |v| Body::Flush(v.to_vec()),
+                &batch,
+                lsn,
+            )
+            .await?;
         }
         if !tags.is_empty() {
-            self.send_chunks("tags", &tags, |v| Body::Tags(v.to_vec()), &batch)
+            self.send_chunks("tags", &tags, |v| Body::Tags(v.to_vec()), &batch, lsn)
                 .await?;
         }
         Ok(flushes.len())

@@ -271,14 +271,14 @@ impl Publisher {
         let mut failed = Vec::new();
         if !batch.flushes.is_empty() {
             let items: Vec<String> = batch.flushes.iter().cloned().collect();
-            self.send_chunks("flush", &items, |v| Body::Flush(v.to_vec()), batch)
+            self.send_chunks("flush", &items, |v| Body::Flush(v.to_vec()), batch, Lsn(0))
                 .await?;
             metrics::counter!(m::NAMESPACE_FLUSHES_TOTAL, "reason" => "stream")
                 .increment(items.len() as u64);
         }
         if !batch.tags.is_empty() {
             let items: Vec<String> = batch.tags.iter().cloned().collect();
-            self.send_chunks("tags", &items, |v| Body::Tags(v.to_vec()), batch)
+            self.send_chunks("tags", &items, |v| Body::Tags(v.to_vec()), batch, Lsn(0))
                 .await?;
         }
         if !batch.keys.is_empty() {
@@ -307,7 +307,7 @@ impl Publisher {
                     namespaces
                         .into_iter()
                         .map(|ns| Target::Namespace(ns.to_owned())),
-                    lsn,
+                    Lsn(0),
                 );
                 let items: Vec<&str> = chunk
                     .iter()
@@ -352,6 +352,7 @@ impl Publisher {
         items: &[String],
         body: impl Fn(&[String]) -> Body,
         batch: &Batch,
+        marker_lsn: Lsn,
     ) -> Result<(), redis::RedisError> {
         let per = (self.max_message_bytes / 300).max(1);
         for chunk in items.chunks(per) {
@@ -360,7 +361,7 @@ impl Publisher {
                 "tags" => Target::Tag(item.clone()),
                 _ => Target::Namespace(item.clone()),
             });
-            let entries = self.entries(targets, Lsn(batch.lsn));
+            let entries = self.entries(targets, marker_lsn);
             let items: Vec<&str> = chunk.iter().map(String::as_str).collect();
             self.call(kind, &message, &entries, &items).await?;
             metrics::counter!(m::MESSAGES_PUBLISHED_TOTAL, "kind" => kind).increment(1);
@@ -370,6 +371,12 @@ impl Publisher {
 
     /// Marker entries for `targets`, each at the later of `lsn` and what it already holds (a
     /// marker's position never goes back).
+    ///
+    /// Data calls pass `Lsn(0)`: they renew a marker's token but never move its position. A
+    /// batch can take several calls, and a Redis that kept an early one and lost a later one
+    /// would otherwise show a position the lost call was part of. Positions move only with a
+    /// `check` call at the confirmed position (every publish before it completed, visibility
+    /// re-checks included) and with a flush, which makes everything before it irrelevant.
     fn entries(&self, targets: impl Iterator<Item = Target>, lsn: Lsn) -> Vec<Entry> {
         targets
             .map(|target| {

@@ -438,3 +438,51 @@ async fn check_reports_each_marker_against_the_slot_and_the_persistence() {
         "{l}"
     );
 }
+
+/// A data call renews a marker's token but never moves its position: a batch can take several
+/// calls, and a Redis that kept an early one and lost a later one must not show a position the
+/// lost call was part of (found by review: each call wrote the batch's end, and the start
+/// audit then accepted a Redis that had lost the batch's last delete). Only a check at the
+/// confirmed position moves it; with heartbeats a minute apart, none runs in this test's
+/// window after start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_call_never_moves_a_markers_position() {
+    let (pg, redis, dbname, db) = users_stack().await;
+    db.batch_execute(
+        "INSERT INTO users SELECT i, repeat('x', 1500) || i || '@x.io', 'a' \
+         FROM generate_series(1, 6) i",
+    )
+    .await
+    .unwrap();
+    let cfg = config(&pg, &dbname, &redis, USERS_RULE)
+        .replace(
+            "heartbeat_interval_ms = 50",
+            "heartbeat_interval_ms = 60000",
+        )
+        .replace("[stream]\n", "[stream]\nmax_message_bytes = 4096\n");
+    let daemon = Daemon::start(&cfg).await;
+    let mut c = conn(&redis).await;
+    let before = marker(&mut c).await;
+    let listener = Listener::start(&redis).await;
+    db.execute("UPDATE users SET name = 'b'", &[])
+        .await
+        .unwrap();
+    listener.wait_keys(&["users/6"]).await;
+    let keys_messages = listener
+        .data()
+        .iter()
+        .filter(|m| matches!(m.body, Body::Keys(_)))
+        .count();
+    assert!(
+        keys_messages >= 2,
+        "the batch spans several calls: {keys_messages}"
+    );
+    let after = marker(&mut c).await;
+    assert_ne!(after.get("w"), before.get("w"), "the token was renewed");
+    assert_eq!(
+        after.get("lsn"),
+        before.get("lsn"),
+        "a data call moved the position: {before:?} → {after:?}"
+    );
+    daemon.stop().await;
+}
