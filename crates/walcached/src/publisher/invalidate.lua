@@ -8,8 +8,8 @@
 -- ARGV[1] channel, ARGV[2] message ('' = publish nothing), ARGV[3] key prefix,
 -- ARGV[4] tag version ttl (ms), ARGV[5] kind, ARGV[6] floor (µs since the Unix epoch),
 -- ARGV[7] this call's marker token, ARGV[8] server, ARGV[9] now (ms since the Unix epoch),
--- ARGV[10] n, then n marker entries of five: marker key, expected token, alternative token
--- ('' = none), rule hash, lsn; then the items:
+-- ARGV[10] n, then n marker entries of five: marker key, expected token, alternative tokens
+-- (calls whose reply was lost, comma-separated; '' = none), rule hash, lsn; then the items:
 --   keys:  namespace, key, namespace, key, ...   (markers compared: a loss is reported)
 --   tags:  tag, tag, ...                         (markers repaired)
 --   flush: namespace, namespace, ...             (markers repaired)
@@ -93,7 +93,8 @@ for i = 0, n - 1 do
   if compare then
     local cur = redis.pcall('HMGET', mk, 'w', 'owed')
     holds = type(cur) == 'table' and not cur.err and cur[2] ~= '1'
-      and (cur[1] == expected or (alt ~= '' and cur[1] == alt))
+      and (cur[1] == expected
+        or (alt ~= '' and cur[1] and string.find(',' .. alt .. ',', ',' .. cur[1] .. ',', 1, true)))
   end
   keep_only(mk, 'hash')
   if holds then

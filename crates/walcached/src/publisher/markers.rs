@@ -63,7 +63,7 @@ impl Publisher {
             target,
             Held {
                 token: mark.token.clone(),
-                alt: None,
+                alt: Vec::new(),
                 lsn: mark.lsn.unwrap_or(Lsn(0)),
             },
         );

@@ -21,6 +21,11 @@ use crate::metrics as m;
 /// flags=allow-oom`), which Redis 7.0 introduced.
 pub const MIN_REDIS_VERSION: (u32, u32) = (7, 0);
 
+/// How many tokens of calls whose reply was lost a marker may hold besides the last known
+/// one: more lost replies in a row than this, and the next call may take a marker that holds
+/// one of the older ones for a loss (a needless flush, never a missed one).
+const MAX_UNCERTAIN: usize = 16;
+
 /// How long tag versions live: far longer than any fill lease, refreshed on every bump.
 const TAG_VERSION_TTL_MS: u64 = 24 * 3600 * 1000;
 
@@ -121,7 +126,9 @@ pub struct Publisher {
 struct Held {
     token: String,
     /// A token of a call whose reply was lost (it may or may not have landed).
-    alt: Option<String>,
+    /// Tokens of calls whose reply was lost since the last one that arrived (any may have
+    /// landed, the last to land wins); at most [`MAX_UNCERTAIN`], oldest dropped first.
+    alt: Vec<String>,
     lsn: Lsn,
 }
 
@@ -421,7 +428,7 @@ impl Publisher {
             let held = self.held.get(&e.target);
             inv.arg(&e.key)
                 .arg(held.map_or("", |h| h.token.as_str()))
-                .arg(held.and_then(|h| h.alt.as_deref()).unwrap_or(""))
+                .arg(held.map_or_else(String::new, |h| h.alt.join(",")))
                 .arg(&e.rule)
                 .arg(e.lsn.to_string());
         }
@@ -436,7 +443,10 @@ impl Publisher {
             Err(e) => {
                 for entry in entries {
                     let held = self.held.entry(entry.target.clone()).or_default();
-                    held.alt.get_or_insert_with(|| token.clone());
+                    if held.alt.len() >= MAX_UNCERTAIN {
+                        held.alt.remove(0);
+                    }
+                    held.alt.push(token.clone());
                 }
                 return Err(e);
             }
@@ -450,7 +460,7 @@ impl Publisher {
                     entry.target.clone(),
                     Held {
                         token: token.clone(),
-                        alt: None,
+                        alt: Vec::new(),
                         lsn: entry.lsn,
                     },
                 );

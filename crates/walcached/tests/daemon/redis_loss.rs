@@ -486,3 +486,55 @@ async fn a_data_call_never_moves_a_markers_position() {
     );
     daemon.stop().await;
 }
+
+/// Replies lost after their writes landed (a Redis slower than the call timeout): every such
+/// call's token is remembered, so the next call does not take the marker's newest token for a
+/// loss (found by review: only the first lost token was remembered, and two in a row caused a
+/// needless flush of everything).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_whose_replies_were_lost_after_landing_are_not_taken_for_a_loss() {
+    use walcache_cdc::Lsn;
+    use walcached::publisher::Publisher;
+    let redis = RedisServer::start().expect("redis");
+    let proxy = TcpProxy::start(([127, 0, 0, 1], redis.port()).into()).expect("proxy");
+    let client = redis::Client::open(proxy.redis_url()).expect("client");
+    let rules = [walcached::config::Rule {
+        table: "public.users".into(),
+        namespace: "users".into(),
+        keys: vec!["{id}".into()],
+        tags: vec!["users".into()],
+    }];
+    let timeout = std::time::Duration::from_millis(200);
+    let mut publisher =
+        Publisher::connect(&client, Naming::default(), 7, 256 * 1024, timeout, &rules)
+            .await
+            .expect("connect");
+    publisher.set_server("test".into());
+    // No markers yet: both targets are flushed and their markers written.
+    assert_eq!(publisher.verify(Lsn(1)).await.expect("verify"), 2);
+    assert_eq!(publisher.verify(Lsn(2)).await.expect("verify"), 0);
+
+    // Commands now reach Redis after the call has timed out: they land, their replies are lost.
+    proxy.set_latency(timeout + std::time::Duration::from_millis(100));
+    for _ in 0..2 {
+        let err = publisher
+            .verify(Lsn(3))
+            .await
+            .expect_err("the reply comes too late");
+        assert!(err.is_timeout(), "{err}");
+    }
+    let c = conn(&redis).await;
+    let landed = |m: &HashMap<String, String>| m.get("w").is_some_and(|w| w.ends_with("-6"));
+    wait_until("both timed-out calls landed", DEADLINE, || async {
+        landed(&marker(&mut c.clone()).await)
+    })
+    .await
+    .expect("the delayed commands reach Redis");
+    proxy.set_latency(std::time::Duration::ZERO);
+    publisher.reconnect(&client).await.expect("reconnect");
+    assert_eq!(
+        publisher.verify(Lsn(4)).await.expect("verify"),
+        0,
+        "a marker holding the token of a call whose reply was lost is no loss"
+    );
+}
