@@ -331,6 +331,8 @@ pub struct Mapper {
     by_table: HashMap<(String, String), usize>,
     by_oid: HashMap<u32, usize>,
     relations: HashMap<u32, Bound>,
+    /// Rules the catalog no longer fits (found outside the stream): every change flushes.
+    broken_rules: HashSet<usize>,
 }
 
 /// The old row of a change, as pgoutput sent it.
@@ -388,6 +390,19 @@ impl Mapper {
             by_table,
             by_oid,
             relations: HashMap::new(),
+            broken_rules: HashSet::new(),
+        }
+    }
+
+    /// The catalog no longer fits rule `index` in a way the stream does not show (a
+    /// partition's replica identity narrowed): from now on every change of its table flushes
+    /// its namespace, until the daemon restarts with the catalog or the rule fixed.
+    pub fn break_rule(&mut self, index: usize) {
+        self.broken_rules.insert(index);
+        for bound in self.relations.values_mut() {
+            if bound.rule == index {
+                bound.broken = true;
+            }
         }
     }
 
@@ -443,7 +458,7 @@ impl Mapper {
                 None => problem = Some(format!("column {col:?} is gone")),
             }
         }
-        let broken = problem.is_some();
+        let broken = problem.is_some() || self.broken_rules.contains(&rule_index);
         let key_columns = rule
             .column_types
             .keys()

@@ -34,22 +34,33 @@ struct TableFiles {
     /// The `relfilenode` of the table and of every partition in its tree, by oid (0 for a
     /// partitioned table, which has no storage).
     files: BTreeMap<u32, u32>,
+    /// The replica identity of each (`d`, `f`, `n`, or `i` and the index's oid), by oid: a
+    /// partition's own identity decides what its old rows carry, and its Relation messages
+    /// (the root's, under `publish_via_partition_root`) do not show it.
+    identities: BTreeMap<u32, String>,
 }
 
 impl TableFiles {
-    /// As stored in Redis: `oid|relid:file,relid:file` (`-` for no table).
+    /// As stored in Redis: `oid|relid:file,…|relid:identity,…` (`-` for no table).
     fn to_text(&self) -> String {
         let files: Vec<String> = self.files.iter().map(|(r, f)| format!("{r}:{f}")).collect();
+        let identities: Vec<String> = self
+            .identities
+            .iter()
+            .map(|(r, i)| format!("{r}:{i}"))
+            .collect();
         format!(
-            "{}|{}",
+            "{}|{}|{}",
             self.oid.map_or_else(|| "-".to_owned(), |o| o.to_string()),
-            files.join(",")
+            files.join(","),
+            identities.join(",")
         )
     }
 
     /// From [`to_text`](Self::to_text); `None` for anything else.
     fn from_text(text: &str) -> Option<TableFiles> {
-        let (oid, files) = text.split_once('|')?;
+        let mut parts = text.split('|');
+        let (oid, files, identities) = (parts.next()?, parts.next()?, parts.next()?);
         let oid = if oid == "-" {
             None
         } else {
@@ -60,7 +71,16 @@ impl TableFiles {
             let (r, f) = pair.split_once(':')?;
             map.insert(r.parse().ok()?, f.parse().ok()?);
         }
-        Some(TableFiles { oid, files: map })
+        let mut ids = BTreeMap::new();
+        for pair in identities.split(',').filter(|p| !p.is_empty()) {
+            let (r, i) = pair.split_once(':')?;
+            ids.insert(r.parse().ok()?, i.to_owned());
+        }
+        Some(TableFiles {
+            oid,
+            files: map,
+            identities: ids,
+        })
     }
 }
 
@@ -131,8 +151,17 @@ fn drift(before: &TableFiles, now: &TableFiles) -> Option<&'static str> {
             Some(_) => {}
         }
     }
+    for (relid, identity) in &before.identities {
+        if now.identities.get(relid).is_some_and(|i| i != identity) {
+            return Some(IDENTITY_CHANGED);
+        }
+    }
     None
 }
+
+/// The drift reason of a changed replica identity: the rule is checked again, and broken
+/// (every change flushes its namespace) if its templates no longer fit.
+const IDENTITY_CHANGED: &str = "the replica identity of the table or a partition changed";
 
 impl Streamer<'_> {
     /// One check of the catalog (see the module docs). Errors are logged and counted: the
@@ -171,6 +200,11 @@ impl Streamer<'_> {
         // published: nothing below can drop them, and a crash before finds the drift again.
         if !table_drift.is_empty() && !self.flush_drifted(&table_drift, stream, shutdown).await {
             return Ok(()); // shutting down
+        }
+        for (&i, &reason) in &table_drift {
+            if reason == IDENTITY_CHANGED {
+                self.recheck_identity(i).await?;
+            }
         }
         let changed: Vec<(String, String, String)> = now
             .iter()
@@ -301,7 +335,9 @@ impl Streamer<'_> {
             .control
             .query(
                 "SELECT r.i::int8, to_regclass(r.name)::oid::int8, t.relid::oid::int8, \
-                        c.relfilenode::int8 \
+                        c.relfilenode::int8, c.relreplident::text || coalesce((SELECT \
+                        i.indexrelid::oid::int8::text FROM pg_index i \
+                        WHERE i.indrelid = c.oid AND i.indisreplident), '') \
                  FROM unnest($1::text[]) WITH ORDINALITY AS r(name, i) \
                  LEFT JOIN LATERAL pg_partition_tree(to_regclass(r.name)) t ON true \
                  LEFT JOIN pg_class c ON c.oid = t.relid",
@@ -317,16 +353,38 @@ impl Streamer<'_> {
             let entry = out.entry(i).or_insert_with(|| TableFiles {
                 oid,
                 files: BTreeMap::new(),
+                identities: BTreeMap::new(),
             });
             if let (Some(relid), Some(file)) =
                 (row.get::<_, Option<i64>>(2), row.get::<_, Option<i64>>(3))
             {
                 if let (Ok(relid), Ok(file)) = (u32::try_from(relid), u32::try_from(file)) {
                     entry.files.insert(relid, file);
+                    if let Some(identity) = row.get::<_, Option<String>>(4) {
+                        entry.identities.insert(relid, identity);
+                    }
                 }
             }
         }
         Ok(out)
+    }
+
+    /// Check rule `i` against its table again after an identity change: if a template column
+    /// is no longer carried by every old row (the table's or a partition's identity), the rule
+    /// is broken — every change flushes its namespace — and the error says how to fix it.
+    async fn recheck_identity(&mut self, i: usize) -> Result<(), tokio_postgres::Error> {
+        let rule = &self.config.rules[i];
+        let (schema, table) = rule.qualified_table();
+        let Some(info) = crate::mapping::TableInfo::load(&self.control, &schema, &table).await?
+        else {
+            return Ok(());
+        };
+        if let Err(e) = crate::mapping::compile(rule, i, &info) {
+            tracing::error!(error = %e, namespace = %rule.namespace, "a replica identity changed under a rule: every change of the table now flushes its namespace until the identity or the rule is fixed and walcached restarted");
+            metrics::counter!(m::CATALOG_DRIFTS_TOTAL, "reason" => "identity_unfit").increment(1);
+            self.mapper.break_rule(i);
+        }
+        Ok(())
     }
 
     async fn snapshot_xmin(&self) -> Result<i64, tokio_postgres::Error> {
@@ -342,6 +400,7 @@ mod tests {
         TableFiles {
             oid: Some(oid),
             files: f.iter().copied().collect(),
+            identities: f.iter().map(|(r, _)| (*r, "d".to_owned())).collect(),
         }
     }
 
@@ -360,9 +419,13 @@ mod tests {
         assert!(drift(&before, &files(10, &[(10, 0), (11, 112), (12, 121)])).is_some());
         assert!(drift(&before, &files(10, &[(10, 0), (11, 111)])).is_some());
         assert!(drift(&before, &files(20, &[(20, 0)])).is_some());
+        let mut narrowed = before.clone();
+        narrowed.identities.insert(11, "i4242".to_owned());
+        assert_eq!(drift(&before, &narrowed), Some(IDENTITY_CHANGED));
         let gone = TableFiles {
             oid: None,
             files: BTreeMap::new(),
+            identities: BTreeMap::new(),
         };
         assert!(drift(&before, &gone).is_some());
         for t in [before, gone] {

@@ -582,3 +582,51 @@ async fn on_postgresql_18_an_existing_publication_without_generated_columns_is_r
         .expect("the application's UPDATE works once the publication is repaired");
     daemon.stop().await;
 }
+
+/// A partition's replica identity switched to another index while the daemon runs: its
+/// Relation messages (the root's) do not change, and an UPDATE of the root's key that leaves
+/// the partition's identity index alone sends no old row. The catalog check sees the new
+/// identity, flushes the namespace, and — the templates no longer fit the partition's
+/// identity — every later change flushes it too (found by review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_identity_changed_while_running_flushes_and_breaks_the_rule() {
+    let (pg, redis, dbname, db) = stack(
+        "CREATE TABLE ev (id int, day date, code int NOT NULL, PRIMARY KEY (id, day))
+             PARTITION BY RANGE (day);
+         CREATE TABLE ev_2024 PARTITION OF ev FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+         CREATE UNIQUE INDEX ev_2024_code ON ev_2024 (code);
+         INSERT INTO ev VALUES (1, '2024-05-01', 10);",
+    )
+    .await;
+    let rule = "\n[[rules]]\ntable = \"public.ev\"\nnamespace = \"ev\"\nkeys = [\"{id}:{day}\"]\n";
+    let daemon = Daemon::start(&watched(config(&pg, &dbname, &redis, rule))).await;
+    let listener = Listener::start(&redis).await;
+    db.batch_execute(
+        "ALTER TABLE ev_2024 REPLICA IDENTITY USING INDEX ev_2024_code;
+         UPDATE ev SET id = 2 WHERE id = 1;",
+    )
+    .await
+    .unwrap();
+    wait_until("the old key ev/1 covered", DEADLINE, || async {
+        listener.keys().iter().any(|k| k.starts_with("ev/1:"))
+            || listener.flushes().iter().any(|n| n == "ev")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: saw {:?}", listener.data()));
+    // The rule is broken: the next change flushes instead of naming keys it cannot know.
+    wait_until("the check has run since", DEADLINE, || async {
+        listener.flushes().iter().any(|n| n == "ev")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: saw {:?}", listener.data()));
+    listener.clear();
+    db.execute("UPDATE ev SET id = 3 WHERE id = 2", &[])
+        .await
+        .unwrap();
+    wait_until("the next change flushes", DEADLINE, || async {
+        listener.flushes().iter().any(|n| n == "ev")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: saw {:?}", listener.data()));
+    daemon.stop().await;
+}
