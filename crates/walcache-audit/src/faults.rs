@@ -339,12 +339,7 @@ impl Injector<'_> {
                 format!("down {} ms", REDIS_DOWN.as_millis())
             }
             FaultKind::PubsubKill => {
-                let client = self
-                    .redis
-                    .lock()
-                    .map_err(|_| "redis lock poisoned")?
-                    .client();
-                let mut conn = client.get_multiplexed_async_connection().await?;
+                let mut conn = self.redis_conn().await?;
                 let killed: i64 = redis::cmd("CLIENT")
                     .arg("KILL")
                     .arg("TYPE")
@@ -498,6 +493,16 @@ impl Injector<'_> {
         })
     }
 
+    /// A connection to the audited Redis (not through the library's proxy).
+    async fn redis_conn(&self) -> Result<redis::aio::MultiplexedConnection, BoxError> {
+        let client = self
+            .redis
+            .lock()
+            .map_err(|_| "redis lock poisoned")?
+            .client();
+        Ok(client.get_multiplexed_async_connection().await?)
+    }
+
     /// Kill Redis, keep it down for `down`, start it again (from its snapshot, if a `SAVE`
     /// wrote one), and remove the snapshot if `forget_snapshot`.
     async fn restart_redis(&self, down: Duration, forget_snapshot: bool) -> Result<(), BoxError> {
@@ -522,12 +527,7 @@ impl Injector<'_> {
     /// markers and flush before certifying anything. The outage runs from the `SAVE` until
     /// the probe is live again.
     async fn redis_snapshot(&mut self, daemon_down: bool) -> Result<Injected, BoxError> {
-        let client = self
-            .redis
-            .lock()
-            .map_err(|_| "redis lock poisoned")?
-            .client();
-        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut conn = self.redis_conn().await?;
         let t0 = now_ns();
         redis::cmd("SAVE").query_async::<()>(&mut conn).await?;
         hold(SNAPSHOT_AGE).await;

@@ -111,6 +111,8 @@ pub struct Publisher {
     timeout: Duration,
     /// Every target of the rules, namespaces first.
     targets: Vec<Target>,
+    /// Each target's marker key, built once (every heartbeat names them all).
+    marker_keys: HashMap<Target, String>,
     /// The rule hash of each namespace.
     rule_hashes: HashMap<String, String>,
     /// The PostgreSQL server markers are written against.
@@ -182,8 +184,13 @@ impl Publisher {
                 Target::Tag(_) => None,
             })
             .collect();
+        let marker_keys = targets
+            .iter()
+            .map(|t| (t.clone(), t.marker_key(&naming)))
+            .collect();
         Ok(Publisher {
             conn,
+            marker_keys,
             naming,
             script: redis::Script::new(SCRIPT),
             epoch,
@@ -393,7 +400,11 @@ impl Publisher {
                     Target::Tag(_) => String::new(),
                 };
                 Entry {
-                    key: target.marker_key(&self.naming),
+                    key: self
+                        .marker_keys
+                        .get(&target)
+                        .cloned()
+                        .unwrap_or_else(|| target.marker_key(&self.naming)),
                     target,
                     rule,
                     lsn: lsn.max(held),
