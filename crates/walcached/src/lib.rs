@@ -9,6 +9,7 @@
 pub mod check;
 pub mod config;
 pub mod connect;
+pub mod ddl_capture;
 pub mod http;
 pub mod mapping;
 pub mod marker;

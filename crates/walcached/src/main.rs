@@ -107,6 +107,37 @@ enum Command {
     /// PostgreSQL. Exits 0 once the cycle completes, 1 on a Redis error.
     #[command(after_help = AFTER_HELP)]
     Refresh(ConfigArgs),
+    /// Install or remove DDL capture (needs a superuser; the daemon itself does not).
+    ///
+    /// DDL capture announces statements that change rows without row events (DROP and
+    /// re-create, ATTACH and DETACH PARTITION, TRUNCATE of a partition, ALTER TABLE) in the
+    /// WAL, in commit order, so the daemon flushes the namespaces concerned at once rather
+    /// than at its next catalog check (stream.catalog_interval_ms). See
+    /// docs/adr/0010-ddl-capture.md.
+    #[command(subcommand)]
+    DdlCapture(DdlCaptureCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DdlCaptureCommand {
+    /// Install or update the event triggers, the functions (schema `walcache`) and the
+    /// TRUNCATE trigger on every partition of every rule's table. Run again after adding a
+    /// rule. Exits 0 when done, 2 when the role is not a superuser, 1 on another error.
+    #[command(after_help = AFTER_HELP)]
+    Install(AdminArgs),
+    /// Remove them all (the schema `walcache` and everything in it). Exits 0 when done.
+    #[command(after_help = AFTER_HELP)]
+    Uninstall(AdminArgs),
+}
+
+#[derive(Debug, Args)]
+struct AdminArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Connect as this superuser instead of postgres.url's role (same TLS settings; the
+    /// password, if any, in the URL).
+    #[arg(long, env = "WALCACHED_ADMIN_URL", value_name = "URL")]
+    admin_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -133,6 +164,7 @@ fn main() -> ExitCode {
             Command::Run(args) => run(&args).await,
             Command::Check(args) => check(&args).await,
             Command::Refresh(args) => refresh_now(&args).await,
+            Command::DdlCapture(command) => ddl_capture(command).await,
         }
     });
     ExitCode::from(code)
@@ -233,6 +265,53 @@ async fn refresh_now(args: &ConfigArgs) -> u8 {
             );
             fail(EXIT_RUNTIME, "refresh failed: redis error", &e)
         }
+    }
+}
+
+async fn ddl_capture(command: DdlCaptureCommand) -> u8 {
+    let (args, install) = match command {
+        DdlCaptureCommand::Install(a) => (a, true),
+        DdlCaptureCommand::Uninstall(a) => (a, false),
+    };
+    let mut config = match load(&args.config) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    if let Some(url) = args.admin_url {
+        config.postgres.url = walcached::config::Secret::new(url);
+        config.postgres.password = None;
+        config.postgres.password_file = None;
+    }
+    let target = walcached::config::redact_url(config.postgres.url.expose());
+    let postgres = match walcached::connect::Postgres::from_config(&config) {
+        Ok(p) => p,
+        Err(e) => return config_error(&e),
+    };
+    let mut client = match postgres.connect("walcached-ddl-capture").await {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_RUNTIME, &format!("connecting to {target}"), &e),
+    };
+    let result = if install {
+        walcached::ddl_capture::install(&mut client, &config)
+            .await
+            .map(|done| {
+                println!(
+                    "ddl capture installed: event triggers walcache_ddl_command_end and                      walcache_sql_drop; tables {}; {} partitions carry the TRUNCATE trigger",
+                    done.tables.join(", "),
+                    done.partitions
+                );
+            })
+    } else {
+        walcached::ddl_capture::uninstall(&mut client)
+            .await
+            .map(|()| println!("ddl capture removed"))
+    };
+    match result {
+        Ok(()) => EXIT_OK,
+        Err(e @ walcached::ddl_capture::InstallError::NotSuperuser(_)) => {
+            fail(EXIT_CONFIG, "ddl-capture", &e)
+        }
+        Err(e) => fail(EXIT_RUNTIME, &format!("ddl-capture on {target}"), &e),
     }
 }
 

@@ -291,6 +291,65 @@ async fn check_database(
     let tables = check_rules(config, client, &role, report).await?;
     check_publication(config, client, (&database, &role), &tables, report).await?;
     check_slot(config, client, &database, report).await?;
+    check_ddl_capture(config, client, report).await?;
+    Ok(())
+}
+
+/// DDL capture (optional): present and complete, or the drift bound it leaves.
+async fn check_ddl_capture(
+    config: &Config,
+    client: &tokio_postgres::Client,
+    report: &mut Report,
+) -> Result<(), tokio_postgres::Error> {
+    let presence = crate::ddl_capture::inspect(client, config).await?;
+    let interval = config.stream.catalog_interval_ms;
+    const INSTALL: &str = "walcached ddl-capture install --config FILE --admin-url                            postgres://SUPERUSER@HOST/DB";
+    if presence.is_complete() {
+        report.ok(
+            "ddl capture",
+            "installed: DDL and partition TRUNCATEs on the rules' tables are flushed in commit              order",
+        );
+    } else if presence.is_absent() {
+        report.warn(
+            "ddl capture",
+            format!(
+                "not installed: DDL and partition TRUNCATEs that change rows without row                  events are caught by the catalog check, up to {interval} ms later"
+            ),
+            format!("to flush them in commit order, run {INSTALL}"),
+        );
+    } else {
+        let mut gaps = Vec::new();
+        for (name, enabled) in &presence.event_triggers {
+            if enabled != "A" {
+                gaps.push(format!(
+                    "event trigger {name} is enabled {enabled:?}, not ALWAYS (it stays silent                      under some session_replication_role)"
+                ));
+            }
+        }
+        if presence.event_triggers.len() < 2 {
+            gaps.push("an event trigger is missing".to_owned());
+        }
+        if !presence.tables_not_listed.is_empty() {
+            gaps.push(format!(
+                "tables added since it was installed: {}",
+                presence.tables_not_listed.join(", ")
+            ));
+        }
+        if !presence.partitions_uncovered.is_empty() {
+            gaps.push(format!(
+                "partitions without the TRUNCATE trigger: {}",
+                presence.partitions_uncovered.join(", ")
+            ));
+        }
+        report.warn(
+            "ddl capture",
+            format!(
+                "incomplete: {}; what it misses is caught by the catalog check, up to                  {interval} ms later",
+                gaps.join("; ")
+            ),
+            format!("run {INSTALL} again"),
+        );
+    }
     Ok(())
 }
 

@@ -15,7 +15,7 @@
 //! transactions open at that moment were decoded without it, the namespaces are flushed again
 //! once every such transaction has ended. Another's publication is reported, once per episode.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tokio_util::sync::CancellationToken;
 use walcache_cdc::client::ReplicationStream;
@@ -95,6 +95,11 @@ pub(super) struct CatalogWatch {
     after_repair: Vec<(i64, Vec<usize>)>,
     /// The publication's drift was reported (another consumer's publication): said once.
     reported: bool,
+    /// Partitions announced by DDL capture (created or attached), as (oid, rule index), kept
+    /// for the run: the stream can be behind the catalog, so a partition already gone from
+    /// the catalog may still be dropped later in the stream. (Small: one entry per partition
+    /// created while running; an oid reused by another table costs a spurious flush.)
+    learned: BTreeSet<(u32, usize)>,
 }
 
 impl CatalogWatch {
@@ -105,6 +110,25 @@ impl CatalogWatch {
             after_repair: vec![(xmax, rules)],
             ..CatalogWatch::default()
         }
+    }
+}
+
+impl CatalogWatch {
+    /// Whether relation `oid` is rule `i`'s table (whose oid at compile time was `rule_oid`)
+    /// or a partition of it, as far as the daemon knows.
+    pub(super) fn is_member(&self, i: usize, oid: u32, rule_oid: u32) -> bool {
+        oid == rule_oid
+            || self.learned.contains(&(oid, i))
+            || self
+                .tables
+                .as_ref()
+                .and_then(|t| t.get(&i))
+                .is_some_and(|t| t.oid == Some(oid) || t.files.contains_key(&oid))
+    }
+
+    /// Remember that relation `oid` is a partition of rule `i`'s table.
+    pub(super) fn learn(&mut self, i: usize, oid: u32) {
+        self.learned.insert((oid, i));
     }
 }
 
@@ -171,6 +195,7 @@ impl Streamer<'_> {
         stream: &mut ReplicationStream,
         shutdown: &CancellationToken,
     ) {
+        tracing::debug!("checking the catalog for drift");
         match self.try_check_catalog(stream, shutdown).await {
             Ok(()) => {}
             Err(e) => {

@@ -11,6 +11,7 @@
 mod backoff;
 mod catalog;
 mod catalog_watch;
+mod ddl;
 mod liveness;
 mod markers;
 mod publish;

@@ -102,6 +102,12 @@ impl Streamer<'_> {
         catalog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut visibility_tick = tokio::time::interval(VISIBILITY_POLL);
         visibility_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Transactions that announced a catalog change (DDL capture, a Relation message): the
+        // catalog is checked once every one is visible to new snapshots, not before — a
+        // check that reads the catalog without their change would find nothing.
+        let mut check_after: Vec<u32> = Vec::new();
+        let mut check_after_tick = tokio::time::interval(VISIBILITY_POLL);
+        check_after_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut changes: Vec<Invalidation> = Vec::new();
         self.batch_txns.clear();
         loop {
@@ -194,6 +200,13 @@ impl Streamer<'_> {
                 _ = catalog_tick.tick(), if txn.is_none() => {
                     self.check_catalog(stream, shutdown).await;
                 }
+                _ = check_after_tick.tick(), if txn.is_none() && !check_after.is_empty() => {
+                    if self.invisible(&check_after).await?.is_empty() {
+                        check_after.clear();
+                        self.check_catalog(stream, shutdown).await;
+                        catalog_tick.reset();
+                    }
+                }
                 _ = run_id_tick.tick() => {
                     self.check_redis_identity().await;
                     // Also while no heartbeat goes out (catching up): losses are found, and
@@ -214,6 +227,12 @@ impl Streamer<'_> {
                                     txn = Some(Transaction { xid: b.xid, ..Transaction::default() });
                                 }
                                 LogicalMessage::Relation(rel) => {
+                                    // PostgreSQL sends a Relation message when a relation's
+                                    // definition changed: compare the catalog once this
+                                    // transaction has ended.
+                                    if self.mapper.namespace_of(rel.id).is_some() {
+                                        check_after.extend(txn.as_ref().map(|t| t.xid));
+                                    }
                                     if let RelationCheck::Mismatch { namespace, reason } = self.mapper.relation(&rel) {
                                         tracing::error!(namespace = %namespace, %reason, "a mapped table changed under its rule: its namespace is flushed on every change until the rule is fixed");
                                         metrics::counter!(m::NAMESPACE_FLUSHES_TOTAL, "reason" => "relation_mismatch").increment(1);
@@ -236,6 +255,20 @@ impl Streamer<'_> {
                                 }
                                 LogicalMessage::Truncate(t) => {
                                     self.mapper.truncate(&t.relation_ids, &mut changes);
+                                }
+                                LogicalMessage::Message(message) => {
+                                    // DDL capture; a non-transactional message arrives outside
+                                    // Begin..Commit and is published on its own (below).
+                                    let reaction = self.on_message(&message);
+                                    changes.extend(reaction.flushes);
+                                    if reaction.check_catalog {
+                                        // Outside a transaction (non-transactional): no xid to
+                                        // wait for.
+                                        match txn.as_ref() {
+                                            Some(t) => check_after.push(t.xid),
+                                            None => catalog_tick.reset_immediately(),
+                                        }
+                                    }
                                 }
                                 LogicalMessage::Commit(c) => {
                                     let t = txn.take().unwrap_or_default();
@@ -265,8 +298,8 @@ impl Streamer<'_> {
                                             t.add(c, cfg.large_transaction_keys);
                                         }
                                     }
-                                    // A change outside Begin..Commit cannot happen in pgoutput v1;
-                                    // never drop it.
+                                    // Outside Begin..Commit: a non-transactional message
+                                    // (a change cannot be, in pgoutput v1); never dropped.
                                     None => {
                                         batch.extend(changes.drain(..));
                                         batch_started.get_or_insert_with(Instant::now);

@@ -49,8 +49,15 @@ fn command(args: &[&str]) -> tokio::process::Command {
 
 /// Run `walcached SUBCOMMAND --config FILE` to completion.
 pub(crate) async fn walcached(subcommand: &str, config: &str) -> Output {
+    walcached_args(&[subcommand], config).await
+}
+
+/// Run `walcached ARGS --config FILE` to completion.
+pub(crate) async fn walcached_args(args: &[&str], config: &str) -> Output {
     let file = ConfigFile::new(config);
-    let run = command(&[subcommand, "--config", file.path()]).output();
+    let mut all = args.to_vec();
+    all.extend(["--config", file.path()]);
+    let run = command(&all).output();
     tokio::time::timeout(DEADLINE, run)
         .await
         .expect("walcached finishes")

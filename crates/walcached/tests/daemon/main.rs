@@ -2,6 +2,7 @@
 #![allow(missing_docs)]
 
 mod cli;
+mod ddl_capture;
 mod drift;
 mod faults;
 mod identity;

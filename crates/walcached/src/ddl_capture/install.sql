@@ -1,0 +1,163 @@
+-- walcache DDL capture: changes that alter rows without row events (DDL, TRUNCATE of a
+-- partition) announced in the WAL, in commit order, as logical decoding messages with the
+-- prefix 'walcache' (see docs/adr/0010-ddl-capture.md). Installed by
+-- `walcached ddl-capture install` as a superuser; removed by `walcached ddl-capture uninstall`.
+--
+-- Every function here is SECURITY DEFINER with a fixed search_path, and never raises: an
+-- error is a WARNING, so the application's DDL or TRUNCATE always goes through (the daemon's
+-- periodic catalog check remains the safety net).
+
+CREATE SCHEMA IF NOT EXISTS walcache;
+REVOKE ALL ON SCHEMA walcache FROM PUBLIC;
+
+-- The tables of the daemon's rules (written by install): their partitions get a TRUNCATE
+-- trigger, now and whenever a partition is created or attached.
+CREATE TABLE IF NOT EXISTS walcache.capture_tables (
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    PRIMARY KEY (schema_name, table_name)
+);
+
+-- One relation as the messages describe it: oid, schema, name and the root of its partition
+-- tree (itself when it is not a partition).
+CREATE OR REPLACE FUNCTION walcache.relation(rel oid) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object(
+        'type', 'table', 'oid', c.oid::int8, 'schema', n.nspname, 'name', c.relname,
+        'root', r.oid::int8, 'root_schema', rn.nspname, 'root_name', r.relname)
+    FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    LEFT JOIN pg_class r ON r.oid = pg_partition_root(c.oid)
+    LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace
+    WHERE c.oid = rel
+$$;
+
+-- Write one message into the WAL, transactional: it is decoded at its transaction's commit,
+-- in commit order with the row changes.
+CREATE OR REPLACE FUNCTION walcache.emit(content jsonb) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM pg_logical_emit_message(true, 'walcache', content::text);
+END
+$$;
+
+-- Give every partition (at any depth) of every capture table its TRUNCATE trigger, enabled
+-- ALWAYS (so it fires under session_replication_role = replica too). pgoutput sends no
+-- TRUNCATE of a partition when the publication publishes via the partition root.
+CREATE OR REPLACE FUNCTION walcache.cover_partitions() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    part regclass;
+BEGIN
+    PERFORM set_config('walcache.internal', 'on', true);
+    FOR part IN
+        SELECT t.relid
+        FROM walcache.capture_tables ct
+        CROSS JOIN LATERAL pg_partition_tree(
+            to_regclass(quote_ident(ct.schema_name) || '.' || quote_ident(ct.table_name))) t
+        WHERE t.level > 0
+          AND NOT EXISTS (SELECT 1 FROM pg_trigger g
+                          WHERE g.tgrelid = t.relid AND g.tgname = 'walcache_truncate')
+    LOOP
+        EXECUTE format('CREATE TRIGGER walcache_truncate AFTER TRUNCATE ON %s '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION walcache.on_truncate()', part);
+        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER walcache_truncate', part);
+    END LOOP;
+    PERFORM set_config('walcache.internal', '', true);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION walcache.on_truncate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    BEGIN
+        PERFORM walcache.emit(jsonb_build_object(
+            'v', 1, 'event', 'truncate', 'tag', 'TRUNCATE',
+            'objects', jsonb_build_array(walcache.relation(TG_RELID))));
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'walcache: the TRUNCATE of % was not announced to walcached (%): its '
+            'namespace is flushed by the next catalog check', TG_RELID::regclass, SQLERRM;
+    END;
+    RETURN NULL;
+END
+$$;
+
+-- ddl_command_end: every table and publication a command created or altered.
+CREATE OR REPLACE FUNCTION walcache.on_ddl_command_end() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    objects jsonb;
+BEGIN
+    IF current_setting('walcache.internal', true) = 'on' THEN
+        RETURN;
+    END IF;
+    BEGIN
+        SELECT jsonb_agg(o) INTO objects FROM (
+            SELECT walcache.relation(d.objid) AS o
+            FROM pg_event_trigger_ddl_commands() d
+            WHERE d.classid = 'pg_class'::regclass AND d.object_type = 'table'
+            UNION ALL
+            SELECT jsonb_build_object('type', 'publication', 'name', d.object_identity)
+            FROM pg_event_trigger_ddl_commands() d
+            WHERE d.object_type LIKE 'publication%'
+        ) s WHERE o IS NOT NULL;
+        IF objects IS NOT NULL THEN
+            PERFORM walcache.emit(jsonb_build_object(
+                'v', 1, 'event', 'ddl', 'tag', tg_tag, 'objects', objects));
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'walcache: % was not announced to walcached (%): its namespaces are '
+            'flushed by the next catalog check', tg_tag, SQLERRM;
+    END;
+    -- Apart, so that a failure here does not take the announcement back.
+    IF objects IS NOT NULL THEN
+        BEGIN
+            PERFORM walcache.cover_partitions();
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'walcache: a new partition did not get its TRUNCATE trigger (%): '
+                'run `walcached ddl-capture install` again', SQLERRM;
+        END;
+    END IF;
+END
+$$;
+
+-- sql_drop: every table and publication dropped (a dropped partition's root is no longer
+-- known here; the daemon knows the partitions' oids).
+CREATE OR REPLACE FUNCTION walcache.on_sql_drop() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    objects jsonb;
+BEGIN
+    IF current_setting('walcache.internal', true) = 'on' THEN
+        RETURN;
+    END IF;
+    BEGIN
+        SELECT jsonb_agg(o) INTO objects FROM (
+            SELECT jsonb_build_object('type', 'table', 'oid', d.objid::int8,
+                                      'schema', d.schema_name, 'name', d.object_name) AS o
+            FROM pg_event_trigger_dropped_objects() d
+            WHERE d.object_type = 'table'
+            UNION ALL
+            SELECT jsonb_build_object('type', 'publication', 'name', d.object_identity)
+            FROM pg_event_trigger_dropped_objects() d
+            WHERE d.object_type LIKE 'publication%'
+        ) s;
+        IF objects IS NOT NULL THEN
+            PERFORM walcache.emit(jsonb_build_object(
+                'v', 1, 'event', 'drop', 'tag', tg_tag, 'objects', objects));
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'walcache: % was not announced to walcached (%): its namespaces are '
+            'flushed by the next catalog check', tg_tag, SQLERRM;
+    END;
+END
+$$;
+
+DROP EVENT TRIGGER IF EXISTS walcache_ddl_command_end;
+CREATE EVENT TRIGGER walcache_ddl_command_end ON ddl_command_end
+    EXECUTE FUNCTION walcache.on_ddl_command_end();
+ALTER EVENT TRIGGER walcache_ddl_command_end ENABLE ALWAYS;
+
+DROP EVENT TRIGGER IF EXISTS walcache_sql_drop;
+CREATE EVENT TRIGGER walcache_sql_drop ON sql_drop EXECUTE FUNCTION walcache.on_sql_drop();
+ALTER EVENT TRIGGER walcache_sql_drop ENABLE ALWAYS;

@@ -1,0 +1,414 @@
+//! DDL capture (issue "Schema drift", docs/adr/0010-ddl-capture.md): statements that change
+//! rows without row events are announced in the WAL and flushed in commit order. The catalog
+//! check runs every hour in these tests, so only the announcements can explain a prompt flush.
+
+use std::collections::HashMap;
+
+use walcache_protocol::Body;
+use walcache_testkit::{wait_until, PgServer, RedisServer};
+use walcached::config::Config;
+
+use crate::support::{config, Daemon, Listener, DEADLINE};
+
+const EVENTS: &str = "
+    CREATE TABLE events (id int, day date, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
+    CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+    INSERT INTO events VALUES (1, '2024-05-01');
+    CREATE TABLE marker (id int PRIMARY KEY, v int);
+    INSERT INTO marker VALUES (1, 0);";
+
+const RULES: &str = "
+[[rules]]
+table = \"public.events\"
+namespace = \"events\"
+keys = [\"{id}:{day}\"]
+
+[[rules]]
+table = \"public.marker\"
+namespace = \"marker\"
+keys = [\"{id}\"]
+";
+
+/// The catalog checked once an hour: drift is caught by DDL capture or not at all.
+fn hourly(cfg: String) -> String {
+    let out = cfg.replace(
+        "status_interval_ms = 200",
+        "status_interval_ms = 200\ncatalog_interval_ms = 3600000",
+    );
+    assert_ne!(out, cfg, "the test config has a [stream] section");
+    out
+}
+
+struct Stack {
+    pg: PgServer,
+    redis: RedisServer,
+    db: String,
+    client: tokio_postgres::Client,
+    toml: String,
+}
+
+async fn stack(schema: &str, rules: &str) -> Stack {
+    let pg = PgServer::start().expect("postgres");
+    let redis = RedisServer::start().expect("redis");
+    let db = pg.create_database("ddl").await.expect("database");
+    let client = pg.connect(&db).await.expect("connect");
+    client.batch_execute(schema).await.expect("schema");
+    let toml = hourly(config(&pg, &db, &redis, rules));
+    Stack {
+        pg,
+        redis,
+        db,
+        client,
+        toml,
+    }
+}
+
+impl Stack {
+    async fn install(&mut self) -> walcached::ddl_capture::Installed {
+        let config = Config::parse(&self.toml, &HashMap::<String, String>::new()).expect("config");
+        walcached::ddl_capture::install(&mut self.client, &config)
+            .await
+            .expect("install")
+    }
+
+    /// Start the daemon and a listener that has heard everything the start-up published (a
+    /// marker change announced after it).
+    async fn start(&self) -> (Daemon, Listener) {
+        let daemon = Daemon::start(&self.toml).await;
+        let listener = Listener::start(&self.redis).await;
+        self.marker(-1).await;
+        listener.wait_keys(&["marker/1"]).await;
+        listener.clear();
+        (daemon, listener)
+    }
+
+    async fn marker(&self, v: i32) {
+        self.client
+            .execute("UPDATE marker SET v = $1 WHERE id = 1", &[&v])
+            .await
+            .expect("update marker");
+    }
+}
+
+/// Wait until `namespace` is flushed and the marker key announced; the flush must come first
+/// (its statement committed before the marker's UPDATE), or in the same batch (one LSN: a
+/// batch's messages go out together).
+async fn wait_flush_before_marker(listener: &Listener, namespace: &str) {
+    wait_until("the flush and the marker", DEADLINE, || async {
+        listener.keys().iter().any(|k| k == "marker/1")
+            && listener.flushes().iter().any(|n| n == namespace)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: saw {:?}", listener.data()));
+    let data = listener.data();
+    let marker = data
+        .iter()
+        .position(|m| matches!(&m.body, Body::Keys(k) if k.iter().any(|k| k.namespace == "marker")))
+        .expect("the marker key");
+    let in_order = data.iter().enumerate().any(|(i, m)| {
+        matches!(&m.body, Body::Flush(ns) if ns.iter().any(|n| n == namespace))
+            && (i < marker || m.lsn == data[marker].lsn)
+    });
+    assert!(
+        in_order,
+        "the flush of {namespace} comes before the later marker key: {data:?}"
+    );
+}
+
+/// Issue row 2 with DDL capture: TRUNCATE of a partition (which pgoutput never sends under
+/// `publish_via_partition_root`) is announced by its trigger and flushed in commit order, also
+/// under `session_replication_role = replica` (migration tools, restores).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_truncate_is_flushed_in_commit_order_also_under_replica_role() {
+    let mut s = stack(EVENTS, RULES).await;
+    let installed = s.install().await;
+    assert_eq!(installed.partitions, 1, "events_2024 carries the trigger");
+    let (daemon, listener) = s.start().await;
+    s.client
+        .batch_execute("TRUNCATE events_2024")
+        .await
+        .unwrap();
+    s.marker(1).await;
+    wait_flush_before_marker(&listener, "events").await;
+
+    listener.clear();
+    s.client
+        .batch_execute(
+            "INSERT INTO events VALUES (2, '2024-06-01');
+             SET session_replication_role = replica;
+             TRUNCATE events_2024;
+             RESET session_replication_role;",
+        )
+        .await
+        .unwrap();
+    s.marker(2).await;
+    wait_flush_before_marker(&listener, "events").await;
+    daemon.stop().await;
+}
+
+/// A partition created and dropped between two catalog checks: the daemon learns its oid from
+/// the CREATE's announcement, so the DROP (whose announcement no longer knows the parent) is
+/// still the rule's. A partition created empty flushes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_created_and_dropped_between_catalog_checks_flushes_its_namespace() {
+    let mut s = stack(EVENTS, RULES).await;
+    s.install().await;
+    let (daemon, listener) = s.start().await;
+    s.client
+        .batch_execute(
+            "CREATE TABLE events_2025 PARTITION OF events
+                 FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');",
+        )
+        .await
+        .unwrap();
+    s.marker(1).await;
+    listener.wait_keys(&["marker/1"]).await;
+    assert!(
+        !listener.flushes().iter().any(|n| n == "events"),
+        "an empty partition created flushes nothing: {:?}",
+        listener.data()
+    );
+    let covered: i64 = s
+        .client
+        .query_one(
+            "SELECT count(*) FROM pg_trigger WHERE tgname = 'walcache_truncate' \
+             AND tgrelid = 'events_2025'::regclass AND tgenabled = 'A'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(covered, 1, "the new partition got its TRUNCATE trigger");
+    s.client
+        .batch_execute("INSERT INTO events VALUES (3, '2025-03-01')")
+        .await
+        .unwrap();
+    listener.wait_keys(&["events/3:2025-03-01"]).await;
+    listener.clear();
+    s.client
+        .batch_execute("DROP TABLE events_2025")
+        .await
+        .unwrap();
+    s.marker(2).await;
+    wait_flush_before_marker(&listener, "events").await;
+    daemon.stop().await;
+}
+
+/// DETACH and an identity change are DDL on the rule's table: flushed in commit order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detach_and_alter_table_flush_in_commit_order() {
+    let mut s = stack(EVENTS, RULES).await;
+    s.install().await;
+    let (daemon, listener) = s.start().await;
+    s.client
+        .batch_execute("ALTER TABLE events DETACH PARTITION events_2024")
+        .await
+        .unwrap();
+    s.marker(1).await;
+    wait_flush_before_marker(&listener, "events").await;
+    listener.clear();
+    s.client
+        .batch_execute(
+            "ALTER TABLE marker REPLICA IDENTITY FULL; ALTER TABLE events ADD COLUMN note text;",
+        )
+        .await
+        .unwrap();
+    s.marker(2).await;
+    wait_flush_before_marker(&listener, "events").await;
+    daemon.stop().await;
+}
+
+/// Issue row 1 with DDL capture: the DROP's announcement flushes the namespace and makes the
+/// daemon check the catalog at once, which adds the re-created table back to its publication
+/// (an hour before the next scheduled check).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_dropped_and_recreated_is_published_again_at_once() {
+    let mut s = stack(EVENTS, RULES).await;
+    s.install().await;
+    let (daemon, listener) = s.start().await;
+    s.client
+        .batch_execute(
+            "DROP TABLE marker;
+             CREATE TABLE marker (id int PRIMARY KEY, v int);
+             INSERT INTO marker VALUES (1, 0);",
+        )
+        .await
+        .unwrap();
+    wait_until("the re-created table published again", DEADLINE, || async {
+        s.client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_publication_tables \
+                 WHERE pubname = 'walcached' AND tablename = 'marker')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    })
+    .await
+    .unwrap();
+    assert!(listener.flushes().iter().any(|n| n == "marker"));
+    s.marker(5).await;
+    listener.wait_keys(&["marker/1"]).await;
+    daemon.stop().await;
+}
+
+/// Announcements are the daemon's only with its prefix; one it cannot read flushes every
+/// namespace (what it said is unknown), transactional or not. Another application's messages
+/// change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_announcement_flushes_everything_and_foreign_messages_nothing() {
+    let s = stack(EVENTS, RULES).await;
+    let (daemon, listener) = s.start().await;
+    s.client
+        .batch_execute(
+            "SELECT pg_logical_emit_message(true, 'another-app', '{\"v\": 1}');
+             SELECT pg_logical_emit_message(false, 'another-app', 'x');",
+        )
+        .await
+        .unwrap();
+    s.marker(1).await;
+    listener.wait_keys(&["marker/1"]).await;
+    assert!(
+        listener.flushes().is_empty(),
+        "another application's messages flush nothing: {:?}",
+        listener.data()
+    );
+    for transactional in [true, false] {
+        listener.clear();
+        s.client
+            .execute(
+                "SELECT pg_logical_emit_message($1, 'walcache', '\\x00garbage')",
+                &[&transactional],
+            )
+            .await
+            .unwrap();
+        wait_until("every namespace flushed", DEADLINE, || async {
+            let f = listener.flushes();
+            f.iter().any(|n| n == "events") && f.iter().any(|n| n == "marker")
+        })
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e} (transactional: {transactional}): {:?}",
+                listener.data()
+            )
+        });
+    }
+    daemon.stop().await;
+}
+
+/// A trigger function must never raise: with the announcement failing (its function
+/// replaced by one that raises), the application's DDL and TRUNCATE still go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_announcement_never_aborts_the_applications_statement() {
+    let mut s = stack(EVENTS, RULES).await;
+    s.install().await;
+    s.client
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION walcache.emit(content jsonb) RETURNS void
+             LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'emit is broken'; END $$;",
+        )
+        .await
+        .unwrap();
+    s.client
+        .batch_execute(
+            "TRUNCATE events_2024;
+             ALTER TABLE events ADD COLUMN note text;
+             CREATE TABLE events_2026 PARTITION OF events
+                 FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+             DROP TABLE events_2026;
+             SET session_replication_role = replica;
+             ALTER TABLE marker ADD COLUMN w int;
+             RESET session_replication_role;",
+        )
+        .await
+        .expect("the application's statements succeed");
+    let columns: i64 = s
+        .client
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns \
+             WHERE (table_name, column_name) IN (('events', 'note'), ('marker', 'w'))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(columns, 2);
+}
+
+/// `check` reports DDL capture absent (a warning naming the drift bound), complete, and
+/// incomplete (a partition whose trigger was disabled); install is idempotent; `uninstall`
+/// leaves nothing behind. The CLI refuses a role that is not a superuser, with the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_capture_and_install_uninstall_round_trip() {
+    let mut s = stack(EVENTS, RULES).await;
+    let finding = |report: &walcached::check::Report| {
+        report
+            .findings()
+            .iter()
+            .find(|f| f.subject == "ddl capture")
+            .map(ToString::to_string)
+            .expect("a ddl capture finding")
+    };
+    let config = Config::parse(&s.toml, &HashMap::<String, String>::new()).expect("config");
+    let absent = finding(&walcached::check::check(&config).await);
+    assert!(
+        absent.starts_with("warning")
+            && absent.contains("not installed")
+            && absent.contains("3600000 ms"),
+        "{absent}"
+    );
+    s.install().await;
+    s.install().await;
+    let ok = finding(&walcached::check::check(&config).await);
+    assert!(ok.starts_with("ok"), "{ok}");
+    s.client
+        .batch_execute("ALTER TABLE events_2024 DISABLE TRIGGER walcache_truncate")
+        .await
+        .unwrap();
+    let gap = finding(&walcached::check::check(&config).await);
+    assert!(
+        gap.starts_with("warning") && gap.contains("events_2024"),
+        "{gap}"
+    );
+
+    s.client
+        .batch_execute("CREATE ROLE plain LOGIN NOSUPERUSER")
+        .await
+        .unwrap();
+    let plain_url = s.pg.url(&s.db).replace("postgres@", "plain@");
+    let out = crate::cli::walcached_args(
+        &["ddl-capture", "install", "--admin-url", &plain_url],
+        &s.toml,
+    )
+    .await;
+    let (code, _, stderr) = crate::cli::outcome(&out);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("plain is not a superuser") && stderr.contains("--admin-url"),
+        "{stderr}"
+    );
+    let out = crate::cli::walcached_args(&["ddl-capture", "uninstall"], &s.toml).await;
+    let (code, stdout, stderr) = crate::cli::outcome(&out);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let left: i64 = s
+        .client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'walcache%') \
+                  + (SELECT count(*) FROM pg_trigger WHERE tgname = 'walcache_truncate') \
+                  + (SELECT count(*) FROM pg_namespace WHERE nspname = 'walcache')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "uninstall leaves nothing behind");
+    let out = crate::cli::walcached_args(&["ddl-capture", "install"], &s.toml).await;
+    let (code, stdout, stderr) = crate::cli::outcome(&out);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("1 partitions carry the TRUNCATE trigger"),
+        "{stdout}"
+    );
+}
