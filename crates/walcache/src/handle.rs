@@ -17,6 +17,7 @@ use crate::cache::CacheBuilder;
 use crate::codec::Postcard;
 use crate::error::Error;
 use crate::generation::{key_hash, NamespaceGenerations};
+use crate::hooks::{HookPoint, Hooks};
 use crate::l2::L2;
 use crate::metrics as m;
 use crate::subscriber::{self, FlushReason};
@@ -111,6 +112,8 @@ pub(crate) struct Shared {
     /// This process's id on the application channel, so it skips its own messages.
     pub(crate) process_epoch: u64,
     pub(crate) naming: Naming,
+    /// Test-only pause points (a zero-sized no-op without the `test-hooks` feature).
+    pub(crate) hooks: Hooks,
 }
 
 impl Shared {
@@ -171,6 +174,7 @@ impl Shared {
     /// A namespace moved to a new generation: forget what we knew of it.
     pub(crate) fn apply_flush(&self, ns: &Namespace, new_generation: Option<u64>) {
         ns.generations.bump_namespace();
+        self.hooks.pass_blocking(HookPoint::InsideApplyFlush);
         ns.generations
             .set_l2_generation(new_generation.unwrap_or(crate::generation::UNKNOWN_GENERATION));
         for t in ns.targets() {
@@ -271,6 +275,13 @@ impl Walcache {
             .l2
             .as_ref()
             .map_or(BreakerState::Closed, |l2| l2.breaker.state())
+    }
+
+    /// This handle's pause points, for the crate's deterministic race tests.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn test_hooks(&self) -> &Hooks {
+        &self.inner.shared.hooks
     }
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {
@@ -535,6 +546,7 @@ impl WalcacheBuilder {
             bypass: Semaphore::new(self.max_bypass_loads),
             process_epoch: rand::random(),
             naming,
+            hooks: Hooks::new(),
         });
         metrics::gauge!(m::STREAM_LIVE).set(if stream { 0.0 } else { 1.0 });
         let (tx, rx) = tokio::sync::watch::channel(false);

@@ -158,6 +158,11 @@ mod counter;
 mod error;
 mod generation;
 mod handle;
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+pub mod hooks;
+#[cfg(not(feature = "test-hooks"))]
+mod hooks;
 mod l2;
 pub mod metrics;
 mod subscriber;

@@ -17,6 +17,7 @@ use crate::codec::Codec;
 use crate::error::{Error, ErrorKind};
 use crate::generation::Snapshot;
 use crate::handle::Freshness;
+use crate::hooks::HookPoint;
 use crate::l2::{self, FillOutcome, Found, Lease, LeaseOutcome, Names, L2};
 
 /// Longest wait between two polls of a key another process is loading.
@@ -53,6 +54,7 @@ where
         loop {
             match self.join(&k) {
                 Joined::Follower(mut rx) => {
+                    inner.shared.hooks.pass(HookPoint::JoinedFlight).await;
                     let outcome = match rx.wait_for(Option::is_some).await {
                         Ok(r) => r.clone(),
                         // The leader was dropped before it finished: take over.
@@ -109,6 +111,7 @@ where
             Ok(x) => x,
             Err(_) => return self.bypass_load(k, init, "redis_unavailable").await,
         };
+        inner.shared.hooks.pass(HookPoint::AfterL2Read).await;
         let mut replace: Option<Vec<u8>> = None;
         match self.accept_found(found, k, snap, accept_negative) {
             Accepted::Answer(v) => return Ok(v),

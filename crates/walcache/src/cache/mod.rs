@@ -19,6 +19,7 @@ use crate::counter::StripedCounter;
 use crate::error::{Error, ErrorKind};
 use crate::generation::{key_hash, Snapshot, UNKNOWN_GENERATION};
 use crate::handle::{Freshness, KeyMarker, L1Target, Namespace, Shared, Walcache};
+use crate::hooks::HookPoint;
 use crate::l2::{self, Found, Names, L2};
 use crate::metrics as m;
 
@@ -288,6 +289,7 @@ where
         }
         let snap = self.snapshot(&k);
         let (_, found) = self.read_l2(l2, names, &k).await.ok()?;
+        inner.shared.hooks.pass(HookPoint::AfterL2Read).await;
         match self.accept_found(found, &k, snap, true) {
             Accepted::Answer(v) => v,
             Accepted::Miss => {
@@ -444,6 +446,7 @@ where
                 namespace: inner.ns.name.clone(),
                 key: k.to_string(),
             }]));
+            inner.shared.hooks.pass(HookPoint::BeforeL2Invalidate).await;
             l2.invalidate_keys(names, &[&k], &message).await?;
         }
         Ok(())
@@ -461,6 +464,7 @@ where
         inner.shared.apply_tags(&tags);
         if let Some(l2) = inner.shared.l2.as_ref() {
             let message = self.app_message(Body::Tags(tags.clone()));
+            inner.shared.hooks.pass(HookPoint::BeforeL2Invalidate).await;
             l2.invalidate_tag(&tags[0], &message, self.bookkeeping_ttl())
                 .await?;
         }
@@ -480,6 +484,7 @@ where
         }
         if let (Some(l2), Some(names)) = (inner.shared.l2.as_ref(), inner.names.as_ref()) {
             let message = self.app_message(Body::Flush(vec![inner.ns.name.clone()]));
+            inner.shared.hooks.pass(HookPoint::BeforeL2Flush).await;
             let g = l2.flush(names, &message).await?;
             inner.ns.generations.learn_l2_generation(g);
         }
