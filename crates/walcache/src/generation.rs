@@ -75,15 +75,27 @@ impl NamespaceGenerations {
         self.l2_generation.store(generation, Ordering::Release);
     }
 
-    /// Learn the generation from a read, but only where none is known: a value the subscriber
-    /// stored (after a flush) is never replaced by an older one read concurrently.
+    /// Learn the generation from Redis. Generations only move forward (a flush increments
+    /// them), so a smaller one was read before a flush that this process already knows of:
+    /// it never replaces a larger one. First-writer-wins would let a reader that fetched the
+    /// old generation just before a flush pin the process to it for good, reading keys that
+    /// no delete touches any more.
     pub(crate) fn learn_l2_generation(&self, generation: u64) {
-        let _ = self.l2_generation.compare_exchange(
-            UNKNOWN_GENERATION,
-            generation,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        let _ = self
+            .l2_generation
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |known| {
+                (known == UNKNOWN_GENERATION || known < generation).then_some(generation)
+            });
+    }
+
+    /// A script found Redis at `current` for a read made at `used`. Take `current` if the
+    /// process still holds `used`: also when Redis went backwards (restarted empty, without a
+    /// daemon to move it past every generation a process may hold), which monotonic learning
+    /// alone would never follow.
+    pub(crate) fn correct_l2_generation(&self, used: u64, current: u64) {
+        let _ =
+            self.l2_generation
+                .compare_exchange(used, current, Ordering::AcqRel, Ordering::Acquire);
     }
 }
 
@@ -109,16 +121,28 @@ mod tests {
     }
 
     #[test]
-    fn learned_generation_never_overrides_a_known_one() {
+    fn learned_generations_only_move_forward() {
         let g = NamespaceGenerations::new();
         assert_eq!(g.l2_generation(), UNKNOWN_GENERATION);
         g.learn_l2_generation(3);
         assert_eq!(g.l2_generation(), 3);
         g.learn_l2_generation(2);
-        assert_eq!(g.l2_generation(), 3);
+        assert_eq!(
+            g.l2_generation(),
+            3,
+            "an older read never replaces a newer one"
+        );
+        g.learn_l2_generation(4);
+        assert_eq!(g.l2_generation(), 4, "a newer one replaces an older one");
         g.set_l2_generation(UNKNOWN_GENERATION);
         g.set_l2_generation(5);
         g.learn_l2_generation(4);
         assert_eq!(g.l2_generation(), 5);
+        // Redis went back to 0: a read at 5 that Redis answered at 0 corrects it...
+        g.correct_l2_generation(5, 0);
+        assert_eq!(g.l2_generation(), 0);
+        // ...but a correction for a generation the process no longer holds does nothing.
+        g.correct_l2_generation(5, 1);
+        assert_eq!(g.l2_generation(), 0);
     }
 }

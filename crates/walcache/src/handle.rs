@@ -171,12 +171,18 @@ impl Shared {
         }
     }
 
-    /// A namespace moved to a new generation: forget what we knew of it.
+    /// A namespace moved to a new generation: forget what we knew of it. `new_generation`,
+    /// when known, is learned (generations only move forward); `None` leaves it unknown until
+    /// relearned from Redis.
     pub(crate) fn apply_flush(&self, ns: &Namespace, new_generation: Option<u64>) {
         ns.generations.bump_namespace();
         self.hooks.pass_blocking(HookPoint::InsideApplyFlush);
-        ns.generations
-            .set_l2_generation(new_generation.unwrap_or(crate::generation::UNKNOWN_GENERATION));
+        match new_generation {
+            Some(g) => ns.generations.learn_l2_generation(g),
+            None => ns
+                .generations
+                .set_l2_generation(crate::generation::UNKNOWN_GENERATION),
+        }
         for t in ns.targets() {
             t.invalidate_all();
         }

@@ -156,7 +156,9 @@ where
                         .await;
                 }
                 Ok((g, LeaseOutcome::Present(Found::Miss))) => {
-                    // The namespace moved to a new generation under us: retry there.
+                    // The namespace moved to a new generation under us: retry there, and
+                    // correct the process's generation if it still holds the one we used.
+                    inner.ns.generations.correct_l2_generation(generation, g);
                     generation = g;
                     init = Some(init_now);
                 }

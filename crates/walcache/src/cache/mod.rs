@@ -472,21 +472,33 @@ where
     }
 
     /// Drop the whole namespace, in every tier and process: one generation change in Redis.
+    /// Once it returns, this process reads nothing filled before it.
     ///
     /// # Errors
     ///
     /// Redis errors as for [`invalidate`](Self::invalidate).
     pub async fn invalidate_all(&self) -> Result<(), Error> {
         let inner = &self.inner;
-        inner.shared.apply_flush(&inner.ns, None);
-        if let Some(stale) = &inner.stale {
-            stale.invalidate_all();
-        }
+        let forget = || {
+            inner.shared.apply_flush(&inner.ns, None);
+            if let Some(stale) = &inner.stale {
+                stale.invalidate_all();
+            }
+        };
+        forget();
         if let (Some(l2), Some(names)) = (inner.shared.l2.as_ref(), inner.names.as_ref()) {
+            // Until the script has run, a local read can still learn the old generation or
+            // fill L1 from it, and this process skips its own message: apply the flush again
+            // once the script is over, however it ends (an error, or this future dropped).
+            let mut again = OnDrop::new(forget);
             let message = self.app_message(Body::Flush(vec![inner.ns.name.clone()]));
             inner.shared.hooks.pass(HookPoint::BeforeL2Flush).await;
             let g = l2.flush(names, &message).await?;
-            inner.ns.generations.learn_l2_generation(g);
+            again.disarm();
+            inner.shared.apply_flush(&inner.ns, Some(g));
+            if let Some(stale) = &inner.stale {
+                stale.invalidate_all();
+            }
         }
         Ok(())
     }
@@ -587,6 +599,28 @@ where
         match v {
             Some(v) if self.inner.weighted => self.inner.codec.encode(v).map_or(0, |b| b.len()),
             _ => 0,
+        }
+    }
+}
+
+/// Runs a closure when dropped unless disarmed: the second half of an invalidation must run
+/// even when the caller drops the future between the halves.
+struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> OnDrop<F> {
+    fn new(f: F) -> Self {
+        OnDrop(Some(f))
+    }
+
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
         }
     }
 }

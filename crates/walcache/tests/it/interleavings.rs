@@ -1,0 +1,82 @@
+//! Issue 13: read-path races and stuck states, each forced deterministically on a real Redis
+//! with the handle's pause points (`walcache::hooks`, the `test-hooks` feature) or with the
+//! test's control of the daemon's stand-in. None of these tests reads the process-wide metrics
+//! recorder: their assertions are on what a read returns and on what Redis holds.
+
+use std::future::Future;
+
+use walcache::hooks::{HookPoint, Pause};
+use walcache::Walcache;
+use walcache_testkit::{wait_until, RedisServer};
+
+use crate::support::{builder, make_live, namespace, LoadError, Publisher, DEADLINE};
+
+/// A loader that yields `v`.
+fn value(v: &str) -> impl Future<Output = Result<String, LoadError>> + Send + 'static {
+    let v = v.to_owned();
+    async move { Ok(v) }
+}
+
+async fn live_handle(redis: &RedisServer, publisher: &mut Publisher) -> Walcache {
+    let h = builder(redis).build().await.expect("handle");
+    make_live(&h, publisher).await;
+    h
+}
+
+/// Wait, with the test deadline, until a task stops at `pause`.
+async fn reached(pause: &Pause, what: &str) {
+    tokio::time::timeout(DEADLINE, pause.reached())
+        .await
+        .unwrap_or_else(|_| panic!("no task reached the pause point: {what}"));
+}
+
+/// Item 1: a reader that learns the namespace's generation while `invalidate_all` is between
+/// its local flush and the flush script must not pin the process to the old generation (whose
+/// keys the daemon's deletes never touch), nor leave the old value in L1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_all_racing_a_reader_does_not_pin_the_old_generation() {
+    let redis = RedisServer::start().expect("redis");
+    let mut publisher = Publisher::new(&redis).await;
+    let h = live_handle(&redis, &mut publisher).await;
+    let ns = namespace("flushpin");
+    let cache = h.cache::<i64, String>(&ns).build().expect("cache");
+    assert_eq!(cache.try_get_with(&1, value("old")).await.unwrap(), "old");
+
+    let pause = h.test_hooks().pause_next(HookPoint::BeforeL2Flush);
+    let flush = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.invalidate_all().await })
+    };
+    reached(&pause, "invalidate_all before the flush script").await;
+    // L1 is flushed and the generation forgotten; Redis still has the old generation.
+    assert_eq!(
+        cache.try_get_with(&1, value("new")).await.unwrap(),
+        "old",
+        "read before the flush reached Redis"
+    );
+    pause.release();
+    flush.await.expect("task").expect("invalidate_all");
+
+    // The flush has completed: nothing of the old generation may be served.
+    assert!(
+        !cache.contains_in_l1(&1),
+        "the old value was re-cached in L1"
+    );
+    assert_eq!(
+        cache.get(&1).await,
+        None,
+        "read from the old generation's keys: the process is pinned to it"
+    );
+    assert_eq!(cache.try_get_with(&1, value("new")).await.unwrap(), "new");
+    // And the daemon's deletes (at the current generation) reach what this process reads.
+    publisher.invalidate(&ns, &["1"]).await;
+    wait_until("key 1 dropped from L1", DEADLINE, || async {
+        !cache.contains_in_l1(&1)
+    })
+    .await
+    .expect("the stream invalidation reached L1");
+    assert_eq!(
+        cache.try_get_with(&1, value("newer")).await.unwrap(),
+        "newer"
+    );
+}
