@@ -428,7 +428,7 @@ where
 
     /// Drop `key` here, in L2 and in every other process's L1 (over the application channel,
     /// which does not disturb the daemon's sequence). Call it after your transaction commits:
-    /// this process then reads its own write.
+    /// once it returns, this process reads its own write.
     ///
     /// # Errors
     ///
@@ -437,11 +437,18 @@ where
     pub async fn invalidate(&self, key: &K) -> Result<(), Error> {
         let inner = &self.inner;
         let k = key_string(key);
-        inner.shared.apply_keys(&inner.ns, &[&k]);
-        if let Some(stale) = &inner.stale {
-            stale.invalidate(&*k);
-        }
+        let forget = || {
+            inner.shared.apply_keys(&inner.ns, &[&k]);
+            if let Some(stale) = &inner.stale {
+                stale.invalidate(&*k);
+            }
+        };
+        forget();
         if let (Some(l2), Some(names)) = (inner.shared.l2.as_ref(), inner.names.as_ref()) {
+            // Until the delete has run, a local read can refill L1 from L2's old value, and
+            // this process skips its own message: drop the key locally again once the delete
+            // is over, however it ends (an error, or this future dropped).
+            let _again = OnDrop::new(forget);
             let message = self.app_message(Body::Keys(vec![KeyRef {
                 namespace: inner.ns.name.clone(),
                 key: k.to_string(),
@@ -452,7 +459,8 @@ where
         Ok(())
     }
 
-    /// Drop every entry carrying `tag`, in every namespace and process.
+    /// Drop every entry carrying `tag`, in every namespace and process. Once it returns, this
+    /// process reads nothing filled with the tag before it.
     ///
     /// # Errors
     ///
@@ -461,8 +469,11 @@ where
     pub async fn invalidate_tag(&self, tag: &str) -> Result<(), Error> {
         let tags = owned_tags(&[tag])?;
         let inner = &self.inner;
-        inner.shared.apply_tags(&tags);
+        let forget = || inner.shared.apply_tags(&tags);
+        forget();
         if let Some(l2) = inner.shared.l2.as_ref() {
+            // As in `invalidate`: drop the tag locally again once the L2 script is over.
+            let _again = OnDrop::new(forget);
             let message = self.app_message(Body::Tags(tags.clone()));
             inner.shared.hooks.pass(HookPoint::BeforeL2Invalidate).await;
             l2.invalidate_tag(&tags[0], &message, self.bookkeeping_ttl())

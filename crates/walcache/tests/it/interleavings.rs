@@ -6,7 +6,7 @@
 use std::future::Future;
 
 use walcache::hooks::{HookPoint, Pause};
-use walcache::Walcache;
+use walcache::{Cache, Walcache};
 use walcache_testkit::{wait_until, RedisServer};
 
 use crate::support::{builder, make_live, namespace, LoadError, Publisher, DEADLINE};
@@ -79,4 +79,64 @@ async fn invalidate_all_racing_a_reader_does_not_pin_the_old_generation() {
         cache.try_get_with(&1, value("newer")).await.unwrap(),
         "newer"
     );
+}
+
+/// Which application-side invalidation item 2 exercises.
+#[derive(Clone, Copy, Debug)]
+enum AppInvalidation {
+    Key,
+    Tag,
+}
+
+/// Item 2: `invalidate` / `invalidate_tag` drop L1 before the L2 delete; a local read in
+/// between re-caches the old value from L2, and the process skips its own message. Once the
+/// call returns, this process must read its own write.
+async fn reads_its_own_write(kind: AppInvalidation) {
+    let redis = RedisServer::start().expect("redis");
+    let mut publisher = Publisher::new(&redis).await;
+    let h = live_handle(&redis, &mut publisher).await;
+    let ns = namespace("ryw");
+    let cache = h.cache::<i64, String>(&ns).build().expect("cache");
+    let read = |cache: Cache<i64, String>, v: &'static str| async move {
+        match kind {
+            AppInvalidation::Key => cache.try_get_with(&1, value(v)).await,
+            AppInvalidation::Tag => cache.try_get_tagged_with(&1, &["t"], value(v)).await,
+        }
+        .expect("read")
+    };
+    assert_eq!(read(cache.clone(), "old").await, "old");
+    assert!(cache.contains_in_l1(&1));
+
+    let pause = h.test_hooks().pause_next(HookPoint::BeforeL2Invalidate);
+    let invalidation = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            match kind {
+                AppInvalidation::Key => cache.invalidate(&1).await,
+                AppInvalidation::Tag => cache.invalidate_tag("t").await,
+            }
+        })
+    };
+    reached(&pause, "the invalidation before its L2 delete").await;
+    assert!(!cache.contains_in_l1(&1), "L1 dropped first");
+    // A concurrent local reader: L2 still has the old value.
+    assert_eq!(read(cache.clone(), "new").await, "old");
+    pause.release();
+    invalidation.await.expect("task").expect("invalidate");
+
+    assert!(
+        !cache.contains_in_l1(&1),
+        "the old value re-cached during the invalidation survived it"
+    );
+    assert_eq!(read(cache.clone(), "new").await, "new", "read-your-writes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_then_this_process_reads_its_own_write() {
+    reads_its_own_write(AppInvalidation::Key).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_tag_then_this_process_reads_its_own_write() {
+    reads_its_own_write(AppInvalidation::Tag).await;
 }
