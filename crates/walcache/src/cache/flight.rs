@@ -11,6 +11,7 @@ use walcache_protocol::ToKey;
 use super::Cache;
 use crate::codec::Codec;
 use crate::error::Error;
+use crate::generation::Snapshot;
 use crate::handle::Shared;
 use crate::l2::Lease;
 
@@ -19,6 +20,9 @@ pub(super) type FlightResult<V> = Result<Option<V>, Error>;
 /// One in-process load that concurrent callers of the same key share.
 pub(super) struct Flight<V> {
     tx: tokio::sync::watch::Sender<Option<FlightResult<V>>>,
+    /// The key's generations when the flight started: its leader fills under them, and only
+    /// a caller that still sees them may share its result.
+    snap: Snapshot,
 }
 
 /// Give a lease back if the fill did not complete (error, or the caller dropped its future).
@@ -59,6 +63,11 @@ pub(super) struct FlightGuard<'a, V> {
 }
 
 impl<V> FlightGuard<'_, V> {
+    /// The generations the flight started under, taken before any of its I/O.
+    pub(super) fn snapshot(&self) -> Snapshot {
+        self.flight.snap
+    }
+
     pub(super) fn complete(self, result: &FlightResult<V>)
     where
         V: Clone,
@@ -91,13 +100,23 @@ where
     V: Clone + Send + Sync + Serialize + DeserializeOwned + 'static,
     C: Codec,
 {
+    /// Join the load of `k` in flight, or lead a new one.
+    ///
+    /// A flight is joined only if no invalidation touched the key since it started: its load
+    /// may have read the row before that invalidation, and a caller arriving after the
+    /// invalidation completed must not be handed it. Such a caller starts a flight of its own,
+    /// which replaces the old one for everyone arriving later (the old one's callers still get
+    /// its result: their reads overlapped the invalidation).
     pub(super) fn join(&self, k: &Arc<str>) -> Joined<'_, V> {
         let mut map = self.inner.flights.lock().unwrap_or_else(|p| p.into_inner());
+        let snap = self.snapshot(k);
         if let Some(f) = map.get(k) {
-            return Joined::Follower(f.tx.subscribe());
+            if f.snap == snap {
+                return Joined::Follower(f.tx.subscribe());
+            }
         }
         let (tx, _rx) = tokio::sync::watch::channel(None);
-        let flight = Arc::new(Flight { tx });
+        let flight = Arc::new(Flight { tx, snap });
         map.insert(Arc::clone(k), Arc::clone(&flight));
         Joined::Leader(FlightGuard {
             flights: &self.inner.flights,

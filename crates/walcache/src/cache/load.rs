@@ -76,7 +76,8 @@ where
                             Error::new(ErrorKind::Loader).with_message("loader already used")
                         );
                     };
-                    let result = self.lead(&k, &tags, init, accept_negative).await;
+                    let snap = guard.snapshot();
+                    let result = self.lead(&k, &tags, init, snap, accept_negative).await;
                     guard.complete(&result);
                     return result;
                 }
@@ -84,12 +85,14 @@ where
         }
     }
 
-    /// The single-flight leader's work: L2, then the lease, then the load and the fills.
+    /// The single-flight leader's work: L2, then the lease, then the load and the fills, all
+    /// checked against `snap`, the flight's generations taken before any I/O.
     async fn lead<F, E>(
         &self,
         k: &Arc<str>,
         tags: &[String],
         init: F,
+        snap: Snapshot,
         accept_negative: bool,
     ) -> FlightResult<V>
     where
@@ -97,7 +100,6 @@ where
         E: StdError + Send + Sync + 'static,
     {
         let inner = &self.inner;
-        let snap = self.snapshot(k);
         let (Some(l2), Some(names)) = (inner.shared.l2.as_ref(), inner.names.as_ref()) else {
             // L1-only: load, then fill L1 under the generation check.
             let v = self.run_loader(k, init).await?;

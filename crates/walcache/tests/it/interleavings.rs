@@ -4,7 +4,9 @@
 //! recorder: their assertions are on what a read returns and on what Redis holds.
 
 use std::future::Future;
+use std::sync::Arc;
 
+use tokio::sync::{oneshot, Notify};
 use walcache::hooks::{HookPoint, Pause};
 use walcache::{Cache, Walcache};
 use walcache_testkit::{wait_until, RedisServer};
@@ -139,4 +141,65 @@ async fn invalidate_then_this_process_reads_its_own_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidate_tag_then_this_process_reads_its_own_write() {
     reads_its_own_write(AppInvalidation::Tag).await;
+}
+
+/// Item 3: a caller that arrives after an invalidation must not be handed the result of a
+/// load that started before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_arriving_after_an_invalidation_does_not_join_an_older_load() {
+    let redis = RedisServer::start().expect("redis");
+    let mut publisher = Publisher::new(&redis).await;
+    let h = live_handle(&redis, &mut publisher).await;
+    let ns = namespace("join");
+    let cache = h.cache::<i64, String>(&ns).build().expect("cache");
+
+    let (read_tx, read_rx) = oneshot::channel();
+    let go = Arc::new(Notify::new());
+    let leader = {
+        let (cache, go) = (cache.clone(), Arc::clone(&go));
+        tokio::spawn(async move {
+            let wait = go.notified();
+            cache
+                .try_get_with(&1, async move {
+                    let _ = read_tx.send(()); // the old row is read...
+                    wait.await; // ...and held until the invalidation has completed
+                    Ok::<_, LoadError>("old".to_owned())
+                })
+                .await
+        })
+    };
+    read_rx.await.expect("the leader's loader ran");
+    cache.invalidate(&1).await.expect("invalidate");
+
+    // A new caller, after the invalidation completed.
+    let joined = h.test_hooks().pause_next(HookPoint::JoinedFlight);
+    let (loading_tx, loading_rx) = oneshot::channel();
+    let follower = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .try_get_with(&1, async move {
+                    let _ = loading_tx.send(());
+                    Ok::<_, LoadError>("new".to_owned())
+                })
+                .await
+        })
+    };
+    // Either it joined the old load (and waits at the pause point), or it loads itself.
+    tokio::time::timeout(DEADLINE, async {
+        tokio::select! {
+            () = joined.reached() => {}
+            _ = loading_rx => {}
+        }
+    })
+    .await
+    .expect("the new caller joined the flight or loaded");
+    joined.release();
+    go.notify_one();
+    assert_eq!(leader.await.expect("task").expect("leader"), "old");
+    assert_eq!(
+        follower.await.expect("task").expect("follower"),
+        "new",
+        "a read that began after the invalidation got a value loaded before it"
+    );
 }
