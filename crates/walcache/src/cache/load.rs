@@ -102,7 +102,10 @@ where
         let inner = &self.inner;
         let (Some(l2), Some(names)) = (inner.shared.l2.as_ref(), inner.names.as_ref()) else {
             // L1-only: load, then fill L1 under the generation check.
-            let v = self.run_loader(k, init).await?;
+            let v = match self.run_loader(k, init).await? {
+                Loaded::Fresh(v) => v,
+                Loaded::Stale(v) => return Ok(Some(v)),
+            };
             let size = self.weigh(v.as_ref());
             if v.is_some() || inner.negative_ttl.is_some() {
                 self.fill_l1(k, v.clone(), snap, tags, size);
@@ -303,7 +306,11 @@ where
         E: StdError + Send + Sync + 'static,
     {
         let inner = &self.inner;
-        let v = self.run_loader(k, init).await?;
+        let v = match self.run_loader(k, init).await? {
+            Loaded::Fresh(v) => v,
+            // An answer, not a fill: the guard gives the lease back.
+            Loaded::Stale(v) => return Ok(Some(v)),
+        };
         let (envelope, ttl) = match &v {
             Some(value) => {
                 let payload = inner
@@ -359,11 +366,13 @@ where
             self.inner.shared.bypass.acquire().await.map_err(|_| {
                 Error::new(ErrorKind::Loader).with_message("bypass semaphore closed")
             })?;
-        self.run_loader(k, init).await
+        Ok(self.run_loader(k, init).await?.into_value())
     }
 
-    /// Call the loader with a span and metrics; on failure, serve a stale copy if allowed.
-    async fn run_loader<F, E>(&self, k: &Arc<str>, init: F) -> FlightResult<V>
+    /// Call the loader with a span and metrics; on failure, answer with a stale copy if
+    /// allowed. A stale answer is marked so that no tier is filled with it: written back as
+    /// if just loaded, it would outlive the outage and its `max_age` by a whole time-to-live.
+    async fn run_loader<F, E>(&self, k: &Arc<str>, init: F) -> Result<Loaded<V>, Error>
     where
         F: Future<Output = Result<Option<V>, E>> + Send,
         E: StdError + Send + Sync + 'static,
@@ -376,17 +385,34 @@ where
         match result {
             Ok(v) => {
                 inner.metrics.loads_ok.increment(1);
-                Ok(v)
+                Ok(Loaded::Fresh(v))
             }
             Err(e) => {
                 if let Some(v) = inner.stale.as_ref().and_then(|s| s.get(&**k)) {
                     inner.metrics.loads_stale.increment(1);
                     tracing::warn!(namespace = %inner.ns.name, error = %e, "loader failed: serving a stale value");
-                    return Ok(Some(v));
+                    return Ok(Loaded::Stale(v));
                 }
                 inner.metrics.loads_error.increment(1);
                 Err(Error::loader(e))
             }
+        }
+    }
+}
+
+/// What a load produced.
+enum Loaded<V> {
+    /// From the loader: may fill the tiers.
+    Fresh(Option<V>),
+    /// The stale-if-error copy: an answer for the caller only.
+    Stale(V),
+}
+
+impl<V> Loaded<V> {
+    fn into_value(self) -> Option<V> {
+        match self {
+            Loaded::Fresh(v) => v,
+            Loaded::Stale(v) => Some(v),
         }
     }
 }

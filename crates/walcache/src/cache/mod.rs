@@ -579,7 +579,8 @@ where
     }
 
     /// Insert into L1 only if the stream is live and no invalidation touched the key since
-    /// `snap`; if one lands during the insert, take the entry out again.
+    /// `snap`; if one lands during the insert, take the entry out again. The same for the
+    /// stale-if-error copy, live or not.
     fn fill_l1(
         &self,
         k: &Arc<str>,
@@ -590,7 +591,15 @@ where
     ) {
         let inner = &self.inner;
         if let (Some(stale), Some(v)) = (&inner.stale, &value) {
-            stale.insert(Arc::clone(k), v.clone());
+            // The stale-if-error copy is kept under the same check as L1: a value an
+            // invalidation raced may predate it, and may be older than the copy already held
+            // (or come back after an explicit `invalidate` dropped the copies).
+            if self.snapshot(k) == snap {
+                stale.insert(Arc::clone(k), v.clone());
+                if self.snapshot(k) != snap {
+                    stale.invalidate(&**k);
+                }
+            }
         }
         if !inner.shared.live.load(Ordering::Acquire) {
             return;

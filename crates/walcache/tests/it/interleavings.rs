@@ -5,18 +5,24 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 use walcache::hooks::{HookPoint, Pause};
 use walcache::{Cache, Walcache};
 use walcache_testkit::{wait_until, RedisServer};
 
-use crate::support::{builder, make_live, namespace, LoadError, Publisher, DEADLINE};
+use crate::support::{builder, make_live, namespace, raw_get, LoadError, Publisher, DEADLINE};
 
 /// A loader that yields `v`.
 fn value(v: &str) -> impl Future<Output = Result<String, LoadError>> + Send + 'static {
     let v = v.to_owned();
     async move { Ok(v) }
+}
+
+/// A loader that fails (the database is down).
+async fn failing() -> Result<String, LoadError> {
+    Err(LoadError)
 }
 
 async fn live_handle(redis: &RedisServer, publisher: &mut Publisher) -> Walcache {
@@ -202,4 +208,80 @@ async fn a_caller_arriving_after_an_invalidation_does_not_join_an_older_load() {
         "new",
         "a read that began after the invalidation got a value loaded before it"
     );
+}
+
+/// Item 4, first half: a value served by stale-if-error is an answer, not a fill. It must not
+/// be written to L2 or L1 as if just loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_if_error_answer_is_written_to_no_tier() {
+    let redis = RedisServer::start().expect("redis");
+    let mut publisher = Publisher::new(&redis).await;
+    let h = live_handle(&redis, &mut publisher).await;
+    let ns = namespace("stalefill");
+    let cache = h
+        .cache::<i64, String>(&ns)
+        .stale_if_error(Duration::from_secs(60))
+        .build()
+        .expect("cache");
+    assert_eq!(cache.try_get_with(&1, value("v1")).await.unwrap(), "v1");
+    // The row changes: the daemon deletes and announces it.
+    publisher.invalidate(&ns, &["1"]).await;
+    wait_until("key 1 dropped from L1", DEADLINE, || async {
+        !cache.contains_in_l1(&1)
+    })
+    .await
+    .expect("invalidation applied");
+    // The database is down: the last value seen is served...
+    assert_eq!(cache.try_get_with(&1, failing()).await.unwrap(), "v1");
+    // ...but stored nowhere, so it cannot outlive the outage (the lease the read took is
+    // given back in the background).
+    let held = raw_get(&redis, &ns, "1").await;
+    assert!(
+        held.as_ref().is_none_or(|b| b[0] != 1),
+        "the stale answer was written to L2 as a fresh value"
+    );
+    wait_until("the lease given back", DEADLINE, || async {
+        raw_get(&redis, &ns, "1").await.is_none()
+    })
+    .await
+    .expect("nothing left in L2");
+    assert!(
+        !cache.contains_in_l1(&1),
+        "the stale answer was written to L1"
+    );
+    assert_eq!(cache.try_get_with(&1, value("v2")).await.unwrap(), "v2");
+}
+
+/// Item 4, second half: a value whose L1 fill lost to an invalidation is not kept as the
+/// stale-if-error fallback either (an explicit `invalidate` drops the fallback copies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_raced_by_an_invalidation_is_not_kept_as_the_fallback() {
+    let redis = RedisServer::start().expect("redis");
+    let mut publisher = Publisher::new(&redis).await;
+    let h = live_handle(&redis, &mut publisher).await;
+    let ns = namespace("staleraced");
+    let cache = h
+        .cache::<i64, String>(&ns)
+        .stale_if_error(Duration::from_secs(60))
+        .build()
+        .expect("cache");
+    // Another cache of the namespace fills L2 only as far as `cache` is concerned.
+    let other = h.cache::<i64, String>(&ns).build().expect("other");
+    assert_eq!(other.try_get_with(&1, value("v1")).await.unwrap(), "v1");
+
+    let pause = h.test_hooks().pause_next(HookPoint::AfterL2Read);
+    let reader = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.try_get_with(&1, value("unused")).await })
+    };
+    reached(&pause, "the reader after its L2 hit").await;
+    cache.invalidate(&1).await.expect("invalidate");
+    pause.release();
+    assert_eq!(reader.await.expect("task").expect("read"), "v1");
+    assert!(!cache.contains_in_l1(&1), "the raced fill is not in L1");
+    let err = cache
+        .try_get_with(&1, failing())
+        .await
+        .expect_err("no fallback may survive the explicit invalidation");
+    assert!(err.loader_error::<LoadError>().is_some());
 }
