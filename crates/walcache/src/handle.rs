@@ -173,16 +173,11 @@ impl Shared {
 
     /// A namespace moved to a new generation: forget what we knew of it. `new_generation`,
     /// when known, is learned (generations only move forward); `None` leaves it unknown until
-    /// relearned from Redis.
+    /// relearned from Redis. The generation changes before the namespace counter moves (see
+    /// `generation.rs`), and both before L1 is swept.
     pub(crate) fn apply_flush(&self, ns: &Namespace, new_generation: Option<u64>) {
-        ns.generations.bump_namespace();
+        ns.generations.flush(new_generation);
         self.hooks.pass_blocking(HookPoint::InsideApplyFlush);
-        match new_generation {
-            Some(g) => ns.generations.learn_l2_generation(g),
-            None => ns
-                .generations
-                .set_l2_generation(crate::generation::UNKNOWN_GENERATION),
-        }
         for t in ns.targets() {
             t.invalidate_all();
         }

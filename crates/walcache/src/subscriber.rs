@@ -402,12 +402,20 @@ async fn relearn_generations(
         let Some(ns) = shared.namespace(name) else {
             continue;
         };
+        // Taken before the GET: if another flush lands meanwhile, this reply may predate it.
+        let seen = ns.generations.flushes(&shared.global_generation);
         let key = shared.naming.generation_key(name);
         let reply: Result<Result<Option<u64>, _>, _> =
             tokio::time::timeout(timeout, redis::cmd("GET").arg(&key).query_async(cmd)).await;
         match reply {
             // Readers use the generation-reading script until this lands.
-            Ok(Ok(g)) => ns.generations.learn_l2_generation(g.unwrap_or(0)),
+            Ok(Ok(g)) => {
+                ns.generations.learn_l2_generation(
+                    &shared.global_generation,
+                    &seen,
+                    g.unwrap_or(0),
+                );
+            }
             _ => tracing::warn!("could not read a namespace generation after a flush"),
         }
     }

@@ -112,7 +112,7 @@ where
             }
             return Ok(v);
         };
-        let (mut generation, found) = match self.read_l2(l2, names, k).await {
+        let (mut generation, found) = match self.read_l2(l2, names, k, &snap).await {
             Ok(x) => x,
             Err(_) => return self.bypass_load(k, init, "redis_unavailable").await,
         };

@@ -288,7 +288,7 @@ where
             return None;
         }
         let snap = self.snapshot(&k);
-        let (_, found) = self.read_l2(l2, names, &k).await.ok()?;
+        let (_, found) = self.read_l2(l2, names, &k, &snap).await.ok()?;
         inner.shared.hooks.pass(HookPoint::AfterL2Read).await;
         match self.accept_found(found, &k, snap, true) {
             Accepted::Answer(v) => v,
@@ -532,8 +532,17 @@ where
             .snapshot(&self.inner.shared.global_generation, key_hash(k))
     }
 
-    async fn read_l2(&self, l2: &L2, names: &Names, k: &str) -> Result<(u64, Found), Error> {
-        let live = self.inner.shared.live.load(Ordering::Acquire);
+    /// Read `k` from L2 at the namespace's generation. `snap` must have been taken before:
+    /// a generation learned from this read is kept only if no flush happened since.
+    async fn read_l2(
+        &self,
+        l2: &L2,
+        names: &Names,
+        k: &str,
+        snap: &Snapshot,
+    ) -> Result<(u64, Found), Error> {
+        let shared = &self.inner.shared;
+        let live = shared.live.load(Ordering::Acquire);
         let generation = self.inner.ns.generations.l2_generation();
         if live && generation != UNKNOWN_GENERATION {
             // Live: the subscriber keeps the generation current. Exactly one GET.
@@ -542,7 +551,11 @@ where
         } else {
             let (generation, found) = l2.get_with_generation(names, k).await?;
             if live {
-                self.inner.ns.generations.learn_l2_generation(generation);
+                self.inner.ns.generations.learn_l2_generation(
+                    &shared.global_generation,
+                    snap,
+                    generation,
+                );
             }
             Ok((generation, found))
         }

@@ -285,3 +285,52 @@ async fn a_fill_raced_by_an_invalidation_is_not_kept_as_the_fallback() {
         .expect_err("no fallback may survive the explicit invalidation");
     assert!(err.loader_error::<LoadError>().is_some());
 }
+
+/// Item 5: while a namespace flush is applied, a read whose counter snapshot already includes
+/// the flush must not read the pre-flush generation, or it fills L1 with an old value that the
+/// flush's L1 sweep has already passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_during_a_flush_does_not_pair_the_new_counter_with_the_old_generation() {
+    let redis = RedisServer::start().expect("redis");
+    let mut publisher = Publisher::new(&redis).await;
+    let h = live_handle(&redis, &mut publisher).await;
+    let other = live_handle(&redis, &mut publisher).await; // another process
+    let ns = namespace("flushpair");
+    let cache = h.cache::<i64, String>(&ns).build().expect("cache");
+    let remote = other.cache::<i64, String>(&ns).build().expect("remote");
+    // This process knows the generation and holds a probe in L1; key 3 is only in L2.
+    assert_eq!(
+        cache.try_get_with(&2, value("probe")).await.unwrap(),
+        "probe"
+    );
+    assert!(cache.contains_in_l1(&2));
+    assert_eq!(remote.try_get_with(&3, value("old")).await.unwrap(), "old");
+
+    // The other process flushes the namespace; our subscriber stops inside apply_flush.
+    let applying = h.test_hooks().pause_next(HookPoint::InsideApplyFlush);
+    remote.invalidate_all().await.expect("flush");
+    reached(&applying, "the subscriber inside apply_flush").await;
+    // A read now, stopped after its L2 read.
+    let read_done = h.test_hooks().pause_next(HookPoint::AfterL2Read);
+    let reader = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.try_get_with(&3, value("new")).await })
+    };
+    reached(&read_done, "the reader after its L2 read").await;
+    applying.release();
+    wait_until("the flush swept L1", DEADLINE, || async {
+        !cache.contains_in_l1(&2)
+    })
+    .await
+    .expect("flush applied");
+    read_done.release();
+    let _ = reader.await.expect("task").expect("read");
+
+    // The flush has been applied: the pre-flush value must not be in L1.
+    assert_ne!(
+        cache.get(&3).await.as_deref(),
+        Some("old"),
+        "a pre-flush value was filled into L1 after the flush"
+    );
+    assert_eq!(cache.try_get_with(&3, value("new")).await.unwrap(), "new");
+}
