@@ -183,6 +183,19 @@ impl Shared {
         }
     }
 
+    /// Invalidations may have been lost (a gap, an epoch change, a message that does not
+    /// decode): any of them may have been a namespace flush, so forget every namespace's
+    /// generation (to be relearned from Redis) as well as dropping L1 and every fill in
+    /// flight. Returns the namespaces to relearn.
+    pub(crate) fn lose_track(&self, reason: FlushReason) -> Vec<String> {
+        let namespaces = self.all_namespaces();
+        for ns in &namespaces {
+            ns.generations.flush(None);
+        }
+        self.flush_l1(reason);
+        namespaces.iter().map(|ns| ns.name.clone()).collect()
+    }
+
     /// Drop every L1 entry of the process, and every fill in flight.
     pub(crate) fn flush_l1(&self, reason: FlushReason) {
         self.global_generation.fetch_add(1, Ordering::AcqRel);

@@ -278,14 +278,17 @@ async fn session(
                         tracker.last_seq = None;
                     }
                 }
-                shared.flush_l1(FlushReason::Undecodable);
+                // It may have been a namespace flush.
+                let all = shared.lose_track(FlushReason::Undecodable);
+                relearn_generations(shared, &mut cmd, &all, connect_timeout).await;
             }
         }
     }
 }
 
 /// Apply a message from the daemon's channel and track sequence and liveness. Returns the
-/// namespaces whose generation must be relearned.
+/// namespaces whose generation must be relearned: the flushed ones, or all of them when
+/// messages may have been lost (a lost message may have been a flush).
 fn on_stream_message(
     shared: &Shared,
     tracker: &mut Tracker,
@@ -293,12 +296,13 @@ fn on_stream_message(
     heartbeat_timeout: Option<Duration>,
 ) -> Option<Vec<String>> {
     let tracking = heartbeat_timeout.is_some();
+    let mut lost: Option<Vec<String>> = None;
     if tracker.epoch.is_some_and(|e| e != message.epoch) {
         tracing::warn!("daemon epoch changed: L1 flushed");
         if tracking {
             shared.set_live(false);
         }
-        shared.flush_l1(FlushReason::EpochChange);
+        lost = Some(shared.lose_track(FlushReason::EpochChange));
         tracker.last_seq = None;
     }
     tracker.epoch = Some(message.epoch);
@@ -315,7 +319,7 @@ fn on_stream_message(
                 if tracking {
                     shared.set_live(false);
                 }
-                shared.flush_l1(FlushReason::Gap);
+                lost = Some(shared.lose_track(FlushReason::Gap));
                 tracker.last_seq = Some(last_data_seq);
             }
             _ => {
@@ -325,7 +329,7 @@ fn on_stream_message(
                 }
             }
         }
-        return None;
+        return lost;
     }
     let flushed = apply(shared, message, "stream");
     match tracker.last_seq {
@@ -338,13 +342,13 @@ fn on_stream_message(
             if tracking {
                 shared.set_live(false);
             }
-            shared.flush_l1(FlushReason::Gap);
+            lost = Some(shared.lose_track(FlushReason::Gap));
             tracker.last_seq = Some(message.seq);
         }
         Some(_) => tracker.last_seq = Some(message.seq),
         None => {}
     }
-    flushed
+    lost.or(flushed)
 }
 
 /// Apply one invalidation to L1. Returns flushed namespaces, whose generation must be relearned.
@@ -382,9 +386,9 @@ fn apply(shared: &Shared, message: &Message, channel: &'static str) -> Option<Ve
         }
         Body::Heartbeat { .. } => ("heartbeat", None),
         _ => {
-            // A body kind this version does not know: we cannot tell what it invalidates.
-            shared.flush_l1(FlushReason::Undecodable);
-            ("unknown", None)
+            // A body kind this version does not know: we cannot tell what it invalidates (it
+            // may be a flush).
+            ("unknown", Some(shared.lose_track(FlushReason::Undecodable)))
         }
     };
     metrics::counter!(m::INVALIDATIONS_RECEIVED_TOTAL, "channel" => channel, "kind" => kind)

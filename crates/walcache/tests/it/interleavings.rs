@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 use walcache::hooks::{HookPoint, Pause};
 use walcache::{Cache, Walcache};
+use walcache_protocol::Naming;
 use walcache_testkit::{wait_until, RedisServer};
 
 use crate::support::{builder, make_live, namespace, raw_get, LoadError, Publisher, DEADLINE};
@@ -36,6 +37,14 @@ async fn reached(pause: &Pause, what: &str) {
     tokio::time::timeout(DEADLINE, pause.reached())
         .await
         .unwrap_or_else(|_| panic!("no task reached the pause point: {what}"));
+}
+
+async fn wait_live(h: &Walcache, live: bool) {
+    wait_until(if live { "live" } else { "not live" }, DEADLINE, || async {
+        h.is_live() == live
+    })
+    .await
+    .expect("liveness changed");
 }
 
 /// Item 1: a reader that learns the namespace's generation while `invalidate_all` is between
@@ -333,4 +342,74 @@ async fn a_read_during_a_flush_does_not_pair_the_new_counter_with_the_old_genera
         "a pre-flush value was filled into L1 after the flush"
     );
     assert_eq!(cache.try_get_with(&3, value("new")).await.unwrap(), "new");
+}
+
+/// How the lost flush of item 6 is noticed.
+#[derive(Clone, Copy, Debug)]
+enum Noticed {
+    Gap,
+    EpochChange,
+    Undecodable,
+}
+
+/// Item 6: a namespace flush whose message is lost is noticed only as a gap (or an epoch
+/// change, or garbage). Flushing L1 is not enough: the process must also relearn the
+/// namespace's generation, or it keeps reading the old generation's keys once live again.
+async fn a_lost_flush_relearns_the_generation(noticed: Noticed) {
+    let redis = RedisServer::start().expect("redis");
+    let mut publisher = Publisher::new(&redis).await;
+    let h = live_handle(&redis, &mut publisher).await;
+    let ns = namespace("lostflush");
+    let cache = h.cache::<i64, String>(&ns).build().expect("cache");
+    assert_eq!(cache.try_get_with(&1, value("old")).await.unwrap(), "old");
+
+    // The daemon moves the namespace to a new generation; its Flush message is lost.
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let g: u64 = redis::cmd("INCR")
+        .arg(Naming::default().generation_key(&ns))
+        .query_async(&mut conn)
+        .await
+        .expect("INCR");
+    assert_eq!(g, 1);
+    publisher.lose_one();
+    match noticed {
+        Noticed::Gap => publisher.heartbeat().await,
+        Noticed::EpochChange => {
+            publisher.epoch = publisher.epoch.wrapping_add(1);
+            publisher.seq = 0;
+            // The first message of the new epoch ends liveness; make it a data message so the
+            // epoch change is not also a heartbeat that makes the stream live again.
+            publisher.invalidate(&ns, &["999"]).await;
+        }
+        Noticed::Undecodable => publisher.publish_raw(b"garbage").await,
+    }
+    wait_live(&h, false).await;
+    assert!(!cache.contains_in_l1(&1), "L1 flushed");
+    make_live(&h, &mut publisher).await;
+
+    assert_eq!(
+        cache.get(&1).await,
+        None,
+        "read from the old generation after the lost flush"
+    );
+    assert_eq!(cache.try_get_with(&1, value("new")).await.unwrap(), "new");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_flush_noticed_as_a_gap_relearns_the_generation() {
+    a_lost_flush_relearns_the_generation(Noticed::Gap).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_flush_noticed_as_an_epoch_change_relearns_the_generation() {
+    a_lost_flush_relearns_the_generation(Noticed::EpochChange).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_flush_noticed_as_garbage_relearns_the_generation() {
+    a_lost_flush_relearns_the_generation(Noticed::Undecodable).await;
 }
