@@ -383,7 +383,9 @@ impl WalcacheBuilder {
     /// Follow the daemon's invalidation stream (the default when a Redis URL is set). L1 is used
     /// only while the stream is *live*: subscribed, flushed, and hearing in-sequence heartbeats
     /// at least every `heartbeat_timeout` (default 3 s; the daemon's heartbeat interval must be
-    /// well below it).
+    /// well below it). After `heartbeat_timeout` of silence the subscriber also PINGs Redis on
+    /// its connection and, if no reply comes within another `heartbeat_timeout`, replaces the
+    /// connection: a half-open socket is noticed within twice the timeout.
     pub fn heartbeat_timeout(mut self, heartbeat_timeout: Duration) -> Self {
         self.heartbeat_timeout = heartbeat_timeout;
         self.stream = Some(true);

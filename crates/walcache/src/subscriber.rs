@@ -4,7 +4,9 @@
 //! Liveness (DESIGN contract 4): the stream is *live* only after
 //! SUBSCRIBE is acknowledged → every generation is bumped and L1 flushed → the first in-sequence
 //! heartbeat arrives. A gap, a reconnect, an epoch change, an undecodable message, or heartbeat
-//! silence ends liveness and flushes L1 again. The connection is a plain `PubSub` whose stream
+//! silence ends liveness and flushes L1 again; a gap, an epoch change or an undecodable message
+//! also forgets the namespaces' generations (a lost message may have been a flush). Silence is
+//! followed by a PING: unanswered within `heartbeat_timeout`, the connection is replaced. The connection is a plain `PubSub` whose stream
 //! ends on disconnect: an auto-resubscribing manager would hide exactly the reconnect that must
 //! flush L1.
 //!
@@ -223,7 +225,7 @@ async fn session(
     };
     let mut tracker = Tracker::default();
     let mut last_heartbeat = Instant::now();
-    let mut messages = pubsub.into_on_message();
+    let (mut sink, mut messages) = pubsub.split();
     loop {
         let silence_deadline = heartbeat_timeout.map(|t| last_heartbeat + t);
         let next = async {
@@ -233,8 +235,7 @@ async fn session(
             }
         };
         let Some(msg) = next.await else {
-            // Heartbeat silence: the daemon is dead, lagging or cut off. Stay subscribed and
-            // become live again at the next in-sequence heartbeat.
+            // Heartbeat silence: the daemon is dead, lagging or cut off, or this socket is.
             if shared.live.load(std::sync::atomic::Ordering::Acquire) {
                 tracing::warn!(
                     timeout = ?heartbeat_timeout,
@@ -242,6 +243,22 @@ async fn session(
                 );
                 shared.set_live(false);
                 shared.flush_l1(FlushReason::HeartbeatSilence);
+            }
+            // A half-open socket (the peer gone without a FIN or RST, a middlebox dropping
+            // the flow) reads as silence too, and the kernel may take many minutes to notice,
+            // or never, while something still acknowledges our packets. Ask Redis itself: an
+            // answered PING means the daemon is quiet and the subscription fine (stay
+            // subscribed, live again at the next in-sequence heartbeat); an unanswered one
+            // ends the session, and the reconnect resubscribes and resyncs.
+            let deadline = heartbeat_timeout.unwrap_or(connect_timeout);
+            match tokio::time::timeout(deadline, sink.ping::<redis::Value>()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(Error::redis(e).with_message("PING after silence")),
+                Err(_) => {
+                    return Err(
+                        Error::timeout().with_message("no reply to a PING after heartbeat silence")
+                    )
+                }
             }
             last_heartbeat = Instant::now();
             continue;

@@ -11,7 +11,7 @@ use tokio::sync::{oneshot, Notify};
 use walcache::hooks::{HookPoint, Pause};
 use walcache::{Cache, Walcache};
 use walcache_protocol::Naming;
-use walcache_testkit::{wait_until, RedisServer};
+use walcache_testkit::{wait_until, RedisServer, TcpProxy};
 
 use crate::support::{builder, make_live, namespace, raw_get, LoadError, Publisher, DEADLINE};
 
@@ -412,4 +412,54 @@ async fn a_lost_flush_noticed_as_an_epoch_change_relearns_the_generation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_flush_noticed_as_garbage_relearns_the_generation() {
     a_lost_flush_relearns_the_generation(Noticed::Undecodable).await;
+}
+
+/// Item 9: a subscription whose socket went half-open (the peer's kernel still acknowledges,
+/// no data crosses) must be replaced after `heartbeat_timeout` of silence, not after the
+/// minutes the kernel takes, if ever, to notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_subscription_is_replaced_after_heartbeat_silence() {
+    let redis = RedisServer::start().expect("redis");
+    let proxy = TcpProxy::start(([127, 0, 0, 1], redis.port()).into()).expect("proxy");
+    let mut publisher = Publisher::new(&redis).await;
+    let heartbeat_timeout = Duration::from_millis(300);
+    let h = Walcache::builder()
+        .redis_url(proxy.redis_url())
+        .redis_timeout(Duration::from_millis(300))
+        .connect_timeout(Duration::from_secs(1))
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100))
+        .heartbeat_timeout(heartbeat_timeout)
+        .build()
+        .await
+        .expect("handle");
+    make_live(&h, &mut publisher).await;
+
+    // The daemon keeps heartbeating, well inside the timeout, straight to Redis.
+    let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+    let daemon = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                _ = &mut stop_rx => return,
+                _ = tick.tick() => publisher.heartbeat().await,
+            }
+        }
+    });
+    let accepted = proxy.stats().connections_accepted;
+    assert!(proxy.blackhole_open_connections() >= 1);
+    wait_live(&h, false).await;
+    // Ten heartbeat timeouts: far below any kernel's notice, far above PING + reconnect.
+    wait_until(
+        "live again on a new connection",
+        Duration::from_secs(10),
+        || async { h.is_live() },
+    )
+    .await
+    .expect("the half-open subscription was replaced");
+    assert!(
+        proxy.stats().connections_accepted > accepted,
+        "a new connection"
+    );
+    let _ = stop_tx.send(());
+    daemon.await.expect("daemon task");
 }
