@@ -6,6 +6,18 @@
 //! only if the snapshot is unchanged afterwards; if it changed after the insert, it removes
 //! what it inserted.
 //!
+//! That pair is a store-buffering handshake across two locations, one of them inside moka:
+//! the fill writes the entry (moka's map) then reads our counter; the invalidation writes our
+//! counter then reads the map to remove the entry. SeqCst on our counters alone cannot order
+//! moka's accesses (acquire/release allow both reads to miss the other's write). So both
+//! sides put a `fence(SeqCst)` between their write and their read ([`handshake_fence`]):
+//! the two fences are ordered in the single total order S, and if the fill's fence comes
+//! first, the invalidation's removal (sequenced after its fence) sees the entry; if the
+//! invalidation's fence comes first, the fill's re-read sees the bump and the fill removes
+//! its own entry. Either way the entry does not survive. (A whole-L1 flush is moka's
+//! `invalidate_all`, which compares entries' write times with the flush time rather than
+//! reading the map; the argument there rests on moka's clock being monotonic across threads.)
+//!
 //! The namespace's generation in Redis (part of every value key) is known locally too, so a
 //! live read costs one GET. It changes only together with a namespace bump, generation first:
 //! a read takes its snapshot *before* it reads the generation, so a snapshot that includes a
@@ -44,6 +56,14 @@ pub(crate) struct Snapshot {
     stripe: u64,
 }
 
+/// The fence on both sides of the insert / re-read versus bump / remove handshake (see the
+/// module documentation). Call it between a fill's insert and its re-read of the counters,
+/// and between an invalidation's bump and its removal from L1.
+#[inline]
+pub(crate) fn handshake_fence() {
+    std::sync::atomic::fence(Ordering::SeqCst);
+}
+
 pub(crate) fn key_hash(key: &str) -> u64 {
     let mut h = DefaultHasher::new();
     key.hash(&mut h);
@@ -71,14 +91,14 @@ impl NamespaceGenerations {
 
     pub(crate) fn snapshot(&self, global: &AtomicU64, hash: u64) -> Snapshot {
         Snapshot {
-            global: global.load(Ordering::Acquire),
-            namespace: self.namespace.load(Ordering::Acquire),
-            stripe: self.stripe(hash).load(Ordering::Acquire),
+            global: global.load(Ordering::SeqCst),
+            namespace: self.namespace.load(Ordering::SeqCst),
+            stripe: self.stripe(hash).load(Ordering::SeqCst),
         }
     }
 
     pub(crate) fn bump_key(&self, hash: u64) {
-        self.stripe(hash).fetch_add(1, Ordering::AcqRel);
+        self.stripe(hash).fetch_add(1, Ordering::SeqCst);
     }
 
     /// A flush of the namespace: forget its generation (`None`: relearn it from Redis) or

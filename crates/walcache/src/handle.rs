@@ -16,7 +16,7 @@ use crate::breaker::{Breaker, BreakerState};
 use crate::cache::CacheBuilder;
 use crate::codec::Postcard;
 use crate::error::Error;
-use crate::generation::{key_hash, NamespaceGenerations};
+use crate::generation::{handshake_fence, key_hash, NamespaceGenerations};
 use crate::hooks::{HookPoint, Hooks};
 use crate::l2::L2;
 use crate::metrics as m;
@@ -156,6 +156,7 @@ impl Shared {
         for k in keys {
             ns.generations.bump_key(key_hash(k));
         }
+        handshake_fence(); // bump, then remove: see generation.rs
         for t in ns.targets() {
             t.invalidate_keys(keys);
         }
@@ -163,7 +164,8 @@ impl Shared {
 
     /// Tags changed: any entry of any namespace may carry them.
     pub(crate) fn apply_tags(&self, tags: &[String]) {
-        self.global_generation.fetch_add(1, Ordering::AcqRel);
+        self.global_generation.fetch_add(1, Ordering::SeqCst);
+        handshake_fence();
         for ns in self.all_namespaces() {
             for t in ns.targets() {
                 t.invalidate_tags(tags);
@@ -177,6 +179,7 @@ impl Shared {
     /// `generation.rs`), and both before L1 is swept.
     pub(crate) fn apply_flush(&self, ns: &Namespace, new_generation: Option<u64>) {
         ns.generations.flush(new_generation);
+        handshake_fence();
         self.hooks.pass_blocking(HookPoint::InsideApplyFlush);
         for t in ns.targets() {
             t.invalidate_all();
@@ -198,7 +201,8 @@ impl Shared {
 
     /// Drop every L1 entry of the process, and every fill in flight.
     pub(crate) fn flush_l1(&self, reason: FlushReason) {
-        self.global_generation.fetch_add(1, Ordering::AcqRel);
+        self.global_generation.fetch_add(1, Ordering::SeqCst);
+        handshake_fence();
         for ns in self.all_namespaces() {
             for t in ns.targets() {
                 t.invalidate_all();

@@ -17,7 +17,7 @@ use walcache_protocol::{validate_tag, Body, KeyBuilder, KeyRef, Message, ToKey};
 use crate::codec::{Codec, Postcard};
 use crate::counter::StripedCounter;
 use crate::error::{Error, ErrorKind};
-use crate::generation::{key_hash, Snapshot, UNKNOWN_GENERATION};
+use crate::generation::{handshake_fence, key_hash, Snapshot, UNKNOWN_GENERATION};
 use crate::handle::{Freshness, KeyMarker, L1Target, Namespace, Shared, Walcache};
 use crate::hooks::HookPoint;
 use crate::l2::{self, Found, Names, L2};
@@ -609,6 +609,7 @@ where
             // (or come back after an explicit `invalidate` dropped the copies).
             if self.snapshot(k) == snap {
                 stale.insert(Arc::clone(k), v.clone());
+                handshake_fence(); // insert, then re-read: see generation.rs
                 if self.snapshot(k) != snap {
                     stale.invalidate(&**k);
                 }
@@ -622,6 +623,7 @@ where
             return;
         }
         self.put_l1(k, value, tags, size);
+        handshake_fence(); // insert, then re-read: see generation.rs
         if self.snapshot(k) != snap {
             inner.l1.invalidate(&**k);
             inner.metrics.discarded_l1.increment(1);
