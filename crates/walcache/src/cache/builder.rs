@@ -166,7 +166,7 @@ where
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Config`] naming the setting, its value and the fix.
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) naming the setting, its value and the fix.
     pub fn build(self) -> Result<Cache<K, V, C>, Error> {
         validate_namespace(&self.namespace).map_err(|e| {
             Error::config(format!(
