@@ -196,6 +196,18 @@ impl TcpProxy {
         self.shared.blackhole.store(on, Ordering::Relaxed);
     }
 
+    /// Blackholes the connections open now, for good, as [`set_blackhole`](Self::set_blackhole)
+    /// does, while new connections are forwarded normally: each of those connections is now
+    /// *half-open*, its peer's kernel still acknowledging packets (keepalives included) but no
+    /// data ever crossing again. Returns how many connections were frozen.
+    pub fn blackhole_open_connections(&self) -> usize {
+        let conns = lock(&self.shared.conns);
+        for conn in conns.values() {
+            conn.frozen.store(true, Ordering::SeqCst);
+        }
+        conns.len()
+    }
+
     /// While on, drops Redis pub/sub messages going to subscribers.
     ///
     /// On connections whose client has sent a `SUBSCRIBE`, `PSUBSCRIBE` or `SSUBSCRIBE`, whole
@@ -285,6 +297,8 @@ struct Conn {
     resp: AtomicBool,
     /// The client has sent a (P|S)SUBSCRIBE.
     subscribed: AtomicBool,
+    /// Blackholed for good by [`TcpProxy::blackhole_open_connections`].
+    frozen: AtomicBool,
 }
 
 impl Conn {
@@ -365,6 +379,7 @@ async fn connection(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>
         cancel: Notify::new(),
         resp: AtomicBool::new(false),
         subscribed: AtomicBool::new(false),
+        frozen: AtomicBool::new(false),
     });
     lock(&shared.conns).insert(id, Arc::clone(&conn));
 
@@ -412,7 +427,7 @@ async fn read_side(
             return Ok(());
         }
         let data = &buf[..n];
-        if shared.blackhole.load(Ordering::Relaxed) {
+        if shared.blackhole.load(Ordering::Relaxed) || conn.frozen.load(Ordering::SeqCst) {
             shared.discarded.fetch_add(n as u64, Ordering::Relaxed);
             splitter.stop();
             continue;

@@ -5,10 +5,31 @@
 //! reconnects, gaps). A fill snapshots the three counters before any I/O and inserts into L1
 //! only if the snapshot is unchanged afterwards; if it changed after the insert, it removes
 //! what it inserted.
+//!
+//! That pair is a store-buffering handshake across two locations, one of them inside moka:
+//! the fill writes the entry (moka's map) then reads our counter; the invalidation writes our
+//! counter then reads the map to remove the entry. SeqCst on our counters alone cannot order
+//! moka's accesses (acquire/release allow both reads to miss the other's write). So both
+//! sides put a `fence(SeqCst)` between their write and their read ([`handshake_fence`]):
+//! the two fences are ordered in the single total order S, and if the fill's fence comes
+//! first, the invalidation's removal (sequenced after its fence) sees the entry; if the
+//! invalidation's fence comes first, the fill's re-read sees the bump and the fill removes
+//! its own entry. Either way the entry does not survive. (A whole-L1 flush is moka's
+//! `invalidate_all`, which compares entries' write times with the flush time rather than
+//! reading the map; the argument there rests on moka's clock being monotonic across threads.)
+//!
+//! The namespace's generation in Redis (part of every value key) is known locally too, so a
+//! live read costs one GET. It changes only together with a namespace bump, generation first:
+//! a read takes its snapshot *before* it reads the generation, so a snapshot that includes a
+//! flush's bump is never paired with the generation from before that flush. A generation read
+//! from Redis is learned only if no flush happened since the reader's snapshot, checked under
+//! the namespace's generation lock, which the flush holds too: a read that fetched the old
+//! generation just before a flush cannot reinstate it just after.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 const STRIPES: usize = 64;
 
@@ -21,6 +42,10 @@ pub(crate) struct NamespaceGenerations {
     stripes: [AtomicU64; STRIPES],
     /// The namespace's generation in Redis (part of every value key), or [`UNKNOWN_GENERATION`].
     l2_generation: AtomicU64,
+    /// Held while the generation changes: by a flush (with its namespace bump) and by a
+    /// learn (with its check that no flush happened since the reader's snapshot). Only the
+    /// miss path and invalidations take it; the hit path never does.
+    l2_lock: Mutex<()>,
 }
 
 /// What a fill saw before its I/O.
@@ -29,6 +54,14 @@ pub(crate) struct Snapshot {
     global: u64,
     namespace: u64,
     stripe: u64,
+}
+
+/// The fence on both sides of the insert / re-read versus bump / remove handshake (see the
+/// module documentation). Call it between a fill's insert and its re-read of the counters,
+/// and between an invalidation's bump and its removal from L1.
+#[inline]
+pub(crate) fn handshake_fence() {
+    std::sync::atomic::fence(Ordering::SeqCst);
 }
 
 pub(crate) fn key_hash(key: &str) -> u64 {
@@ -43,7 +76,12 @@ impl NamespaceGenerations {
             namespace: AtomicU64::new(0),
             stripes: std::array::from_fn(|_| AtomicU64::new(0)),
             l2_generation: AtomicU64::new(UNKNOWN_GENERATION),
+            l2_lock: Mutex::new(()),
         }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.l2_lock.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn stripe(&self, hash: u64) -> &AtomicU64 {
@@ -53,37 +91,87 @@ impl NamespaceGenerations {
 
     pub(crate) fn snapshot(&self, global: &AtomicU64, hash: u64) -> Snapshot {
         Snapshot {
-            global: global.load(Ordering::Acquire),
-            namespace: self.namespace.load(Ordering::Acquire),
-            stripe: self.stripe(hash).load(Ordering::Acquire),
+            global: global.load(Ordering::SeqCst),
+            namespace: self.namespace.load(Ordering::SeqCst),
+            stripe: self.stripe(hash).load(Ordering::SeqCst),
         }
     }
 
     pub(crate) fn bump_key(&self, hash: u64) {
-        self.stripe(hash).fetch_add(1, Ordering::AcqRel);
+        self.stripe(hash).fetch_add(1, Ordering::SeqCst);
     }
 
-    pub(crate) fn bump_namespace(&self) {
-        self.namespace.fetch_add(1, Ordering::AcqRel);
+    /// A flush of the namespace: forget its generation (`None`: relearn it from Redis) or
+    /// learn the new one, *then* bump the namespace counter, as one step for learners.
+    pub(crate) fn flush(&self, new_generation: Option<u64>) {
+        let _lock = self.lock();
+        match new_generation {
+            None => self
+                .l2_generation
+                .store(UNKNOWN_GENERATION, Ordering::SeqCst),
+            Some(g) => self.learn_locked(g),
+        }
+        self.namespace.fetch_add(1, Ordering::SeqCst);
     }
 
     pub(crate) fn l2_generation(&self) -> u64 {
-        self.l2_generation.load(Ordering::Acquire)
+        self.l2_generation.load(Ordering::SeqCst)
     }
 
+    /// Set the generation read from Redis right after subscribing (authoritative: it may go
+    /// backwards, to a Redis that restarted empty).
     pub(crate) fn set_l2_generation(&self, generation: u64) {
-        self.l2_generation.store(generation, Ordering::Release);
+        let _lock = self.lock();
+        self.l2_generation.store(generation, Ordering::SeqCst);
     }
 
-    /// Learn the generation from a read, but only where none is known: a value the subscriber
-    /// stored (after a flush) is never replaced by an older one read concurrently.
-    pub(crate) fn learn_l2_generation(&self, generation: u64) {
-        let _ = self.l2_generation.compare_exchange(
-            UNKNOWN_GENERATION,
-            generation,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+    /// The counters that flushes move, for [`learn_l2_generation`](Self::learn_l2_generation)
+    /// by a caller that has no key.
+    pub(crate) fn flushes(&self, global: &AtomicU64) -> Snapshot {
+        Snapshot {
+            global: global.load(Ordering::SeqCst),
+            namespace: self.namespace.load(Ordering::SeqCst),
+            stripe: 0,
+        }
+    }
+
+    /// Learn `generation`, read from Redis after `seen` was taken, unless a flush (of the
+    /// namespace, or of the whole process) happened since: then it may predate that flush.
+    /// Returns whether it was learned or already known.
+    pub(crate) fn learn_l2_generation(
+        &self,
+        global: &AtomicU64,
+        seen: &Snapshot,
+        generation: u64,
+    ) -> bool {
+        let _lock = self.lock();
+        if global.load(Ordering::SeqCst) != seen.global
+            || self.namespace.load(Ordering::SeqCst) != seen.namespace
+        {
+            return false;
+        }
+        self.learn_locked(generation);
+        true
+    }
+
+    /// Generations only move forward (a flush increments them), so a smaller one was read
+    /// before a flush that this process already knows of: it never replaces a larger one.
+    fn learn_locked(&self, generation: u64) {
+        let _ = self
+            .l2_generation
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |known| {
+                (known == UNKNOWN_GENERATION || known < generation).then_some(generation)
+            });
+    }
+
+    /// A script found Redis at `current` for a read made at `used`. Take `current` if the
+    /// process still holds `used`: also when Redis went backwards (restarted empty, without a
+    /// daemon to move it past every generation a process may hold), which monotonic learning
+    /// alone would never follow.
+    pub(crate) fn correct_l2_generation(&self, used: u64, current: u64) {
+        let _ =
+            self.l2_generation
+                .compare_exchange(used, current, Ordering::AcqRel, Ordering::Acquire);
     }
 }
 
@@ -101,7 +189,7 @@ mod tests {
         g.bump_key(h);
         let s1 = g.snapshot(&global, h);
         assert_ne!(s0, s1);
-        g.bump_namespace();
+        g.flush(None);
         let s2 = g.snapshot(&global, h);
         assert_ne!(s1, s2);
         global.fetch_add(1, Ordering::AcqRel);
@@ -109,16 +197,50 @@ mod tests {
     }
 
     #[test]
-    fn learned_generation_never_overrides_a_known_one() {
+    fn learned_generations_only_move_forward() {
+        let global = AtomicU64::new(0);
         let g = NamespaceGenerations::new();
+        let seen = g.flushes(&global);
         assert_eq!(g.l2_generation(), UNKNOWN_GENERATION);
-        g.learn_l2_generation(3);
+        assert!(g.learn_l2_generation(&global, &seen, 3));
         assert_eq!(g.l2_generation(), 3);
-        g.learn_l2_generation(2);
-        assert_eq!(g.l2_generation(), 3);
-        g.set_l2_generation(UNKNOWN_GENERATION);
+        g.learn_l2_generation(&global, &seen, 2);
+        assert_eq!(
+            g.l2_generation(),
+            3,
+            "an older read never replaces a newer one"
+        );
+        g.learn_l2_generation(&global, &seen, 4);
+        assert_eq!(g.l2_generation(), 4, "a newer one replaces an older one");
         g.set_l2_generation(5);
-        g.learn_l2_generation(4);
-        assert_eq!(g.l2_generation(), 5);
+        g.flush(Some(4));
+        assert_eq!(g.l2_generation(), 5, "a flush learns forward only too");
+        // Redis went back to 0: a read at 5 that Redis answered at 0 corrects it...
+        g.correct_l2_generation(5, 0);
+        assert_eq!(g.l2_generation(), 0);
+        // ...but a correction for a generation the process no longer holds does nothing.
+        g.correct_l2_generation(5, 1);
+        assert_eq!(g.l2_generation(), 0);
+    }
+
+    #[test]
+    fn a_generation_read_before_a_flush_is_not_learned_after_it() {
+        let global = AtomicU64::new(0);
+        let g = NamespaceGenerations::new();
+        let h = key_hash("1");
+        let seen = g.snapshot(&global, h);
+        // The reader fetched generation 7 from Redis; a flush lands before it learns it.
+        g.flush(None);
+        assert!(!g.learn_l2_generation(&global, &seen, 7));
+        assert_eq!(g.l2_generation(), UNKNOWN_GENERATION);
+        // The same for a process-wide flush (a reconnect, a gap).
+        let seen = g.snapshot(&global, h);
+        global.fetch_add(1, Ordering::SeqCst);
+        assert!(!g.learn_l2_generation(&global, &seen, 7));
+        // A key invalidation is no flush: it does not stop the learn.
+        let seen = g.snapshot(&global, h);
+        g.bump_key(h);
+        assert!(g.learn_l2_generation(&global, &seen, 7));
+        assert_eq!(g.l2_generation(), 7);
     }
 }

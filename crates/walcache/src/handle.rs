@@ -16,7 +16,8 @@ use crate::breaker::{Breaker, BreakerState};
 use crate::cache::CacheBuilder;
 use crate::codec::Postcard;
 use crate::error::Error;
-use crate::generation::{key_hash, NamespaceGenerations};
+use crate::generation::{handshake_fence, key_hash, NamespaceGenerations};
+use crate::hooks::{HookPoint, Hooks};
 use crate::l2::L2;
 use crate::metrics as m;
 use crate::subscriber::{self, FlushReason};
@@ -111,6 +112,8 @@ pub(crate) struct Shared {
     /// This process's id on the application channel, so it skips its own messages.
     pub(crate) process_epoch: u64,
     pub(crate) naming: Naming,
+    /// Test-only pause points (a zero-sized no-op without the `test-hooks` feature).
+    pub(crate) hooks: Hooks,
 }
 
 impl Shared {
@@ -153,6 +156,7 @@ impl Shared {
         for k in keys {
             ns.generations.bump_key(key_hash(k));
         }
+        handshake_fence(); // bump, then remove: see generation.rs
         for t in ns.targets() {
             t.invalidate_keys(keys);
         }
@@ -160,7 +164,8 @@ impl Shared {
 
     /// Tags changed: any entry of any namespace may carry them.
     pub(crate) fn apply_tags(&self, tags: &[String]) {
-        self.global_generation.fetch_add(1, Ordering::AcqRel);
+        self.global_generation.fetch_add(1, Ordering::SeqCst);
+        handshake_fence();
         for ns in self.all_namespaces() {
             for t in ns.targets() {
                 t.invalidate_tags(tags);
@@ -168,19 +173,36 @@ impl Shared {
         }
     }
 
-    /// A namespace moved to a new generation: forget what we knew of it.
+    /// A namespace moved to a new generation: forget what we knew of it. `new_generation`,
+    /// when known, is learned (generations only move forward); `None` leaves it unknown until
+    /// relearned from Redis. The generation changes before the namespace counter moves (see
+    /// `generation.rs`), and both before L1 is swept.
     pub(crate) fn apply_flush(&self, ns: &Namespace, new_generation: Option<u64>) {
-        ns.generations.bump_namespace();
-        ns.generations
-            .set_l2_generation(new_generation.unwrap_or(crate::generation::UNKNOWN_GENERATION));
+        ns.generations.flush(new_generation);
+        handshake_fence();
+        self.hooks.pass_blocking(HookPoint::InsideApplyFlush);
         for t in ns.targets() {
             t.invalidate_all();
         }
     }
 
+    /// Invalidations may have been lost (a gap, an epoch change, a message that does not
+    /// decode): any of them may have been a namespace flush, so forget every namespace's
+    /// generation (to be relearned from Redis) as well as dropping L1 and every fill in
+    /// flight. Returns the namespaces to relearn.
+    pub(crate) fn lose_track(&self, reason: FlushReason) -> Vec<String> {
+        let namespaces = self.all_namespaces();
+        for ns in &namespaces {
+            ns.generations.flush(None);
+        }
+        self.flush_l1(reason);
+        namespaces.iter().map(|ns| ns.name.clone()).collect()
+    }
+
     /// Drop every L1 entry of the process, and every fill in flight.
     pub(crate) fn flush_l1(&self, reason: FlushReason) {
-        self.global_generation.fetch_add(1, Ordering::AcqRel);
+        self.global_generation.fetch_add(1, Ordering::SeqCst);
+        handshake_fence();
         for ns in self.all_namespaces() {
             for t in ns.targets() {
                 t.invalidate_all();
@@ -273,6 +295,13 @@ impl Walcache {
             .map_or(BreakerState::Closed, |l2| l2.breaker.state())
     }
 
+    /// This handle's pause points, for the crate's deterministic race tests.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn test_hooks(&self) -> &Hooks {
+        &self.inner.shared.hooks
+    }
+
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.inner.shared
     }
@@ -358,7 +387,9 @@ impl WalcacheBuilder {
     /// Follow the daemon's invalidation stream (the default when a Redis URL is set). L1 is used
     /// only while the stream is *live*: subscribed, flushed, and hearing in-sequence heartbeats
     /// at least every `heartbeat_timeout` (default 3 s; the daemon's heartbeat interval must be
-    /// well below it).
+    /// well below it). After `heartbeat_timeout` of silence the subscriber also PINGs Redis on
+    /// its connection and, if no reply comes within another `heartbeat_timeout`, replaces the
+    /// connection: a half-open socket is noticed within twice the timeout.
     pub fn heartbeat_timeout(mut self, heartbeat_timeout: Duration) -> Self {
         self.heartbeat_timeout = heartbeat_timeout;
         self.stream = Some(true);
@@ -535,6 +566,7 @@ impl WalcacheBuilder {
             bypass: Semaphore::new(self.max_bypass_loads),
             process_epoch: rand::random(),
             naming,
+            hooks: Hooks::new(),
         });
         metrics::gauge!(m::STREAM_LIVE).set(if stream { 0.0 } else { 1.0 });
         let (tx, rx) = tokio::sync::watch::channel(false);

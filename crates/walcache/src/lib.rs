@@ -100,6 +100,7 @@
 //! | Redis slow or down | every call has a timeout; after repeated failures a circuit breaker skips Redis for a cool-down, then probes. Reads are served by the loader (capped), L1 is bypassed because the stream is not live. No error reaches the caller for Redis trouble. |
 //! | pub/sub connection lost | L1 flushed and bypassed; reconnects with capped exponential backoff and jitter; live again after resubscribing, flushing and hearing a heartbeat. |
 //! | daemon dead, lagging or cut off | heartbeats stop: after `heartbeat_timeout`, L1 is flushed and bypassed (strict mode: L2 too). |
+//! | pub/sub socket half-open (no FIN or RST ever arrives) | as heartbeat silence; then a PING on the connection goes unanswered for another `heartbeat_timeout` and the connection is replaced (as "pub/sub connection lost"). |
 //! | loader fails | the error is returned ([`ErrorKind::Loader`]); with [`CacheBuilder::stale_if_error`] the last value seen within the maximum age is served instead. |
 //! | undecodable bytes in L2 (a changed value type) | a miss, counted, overwritten by the next fill. Bump [`CacheBuilder::schema_version`] when `V` changes. |
 //! | garbage on the invalidation channel | counted, L1 flushed, not live until the next heartbeat. Never a panic. |
@@ -158,6 +159,11 @@ mod counter;
 mod error;
 mod generation;
 mod handle;
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+pub mod hooks;
+#[cfg(not(feature = "test-hooks"))]
+mod hooks;
 mod l2;
 pub mod metrics;
 mod subscriber;

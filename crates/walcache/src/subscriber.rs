@@ -4,7 +4,9 @@
 //! Liveness (DESIGN contract 4): the stream is *live* only after
 //! SUBSCRIBE is acknowledged → every generation is bumped and L1 flushed → the first in-sequence
 //! heartbeat arrives. A gap, a reconnect, an epoch change, an undecodable message, or heartbeat
-//! silence ends liveness and flushes L1 again. The connection is a plain `PubSub` whose stream
+//! silence ends liveness and flushes L1 again; a gap, an epoch change or an undecodable message
+//! also forgets the namespaces' generations (a lost message may have been a flush). Silence is
+//! followed by a PING: unanswered within `heartbeat_timeout`, the connection is replaced. The connection is a plain `PubSub` whose stream
 //! ends on disconnect: an auto-resubscribing manager would hide exactly the reconnect that must
 //! flush L1.
 //!
@@ -223,7 +225,7 @@ async fn session(
     };
     let mut tracker = Tracker::default();
     let mut last_heartbeat = Instant::now();
-    let mut messages = pubsub.into_on_message();
+    let (mut sink, mut messages) = pubsub.split();
     loop {
         let silence_deadline = heartbeat_timeout.map(|t| last_heartbeat + t);
         let next = async {
@@ -233,8 +235,7 @@ async fn session(
             }
         };
         let Some(msg) = next.await else {
-            // Heartbeat silence: the daemon is dead, lagging or cut off. Stay subscribed and
-            // become live again at the next in-sequence heartbeat.
+            // Heartbeat silence: the daemon is dead, lagging or cut off, or this socket is.
             if shared.live.load(std::sync::atomic::Ordering::Acquire) {
                 tracing::warn!(
                     timeout = ?heartbeat_timeout,
@@ -242,6 +243,22 @@ async fn session(
                 );
                 shared.set_live(false);
                 shared.flush_l1(FlushReason::HeartbeatSilence);
+            }
+            // A half-open socket (the peer gone without a FIN or RST, a middlebox dropping
+            // the flow) reads as silence too, and the kernel may take many minutes to notice,
+            // or never, while something still acknowledges our packets. Ask Redis itself: an
+            // answered PING means the daemon is quiet and the subscription fine (stay
+            // subscribed, live again at the next in-sequence heartbeat); an unanswered one
+            // ends the session, and the reconnect resubscribes and resyncs.
+            let deadline = heartbeat_timeout.unwrap_or(connect_timeout);
+            match tokio::time::timeout(deadline, sink.ping::<redis::Value>()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(Error::redis(e).with_message("PING after silence")),
+                Err(_) => {
+                    return Err(
+                        Error::timeout().with_message("no reply to a PING after heartbeat silence")
+                    )
+                }
             }
             last_heartbeat = Instant::now();
             continue;
@@ -278,14 +295,17 @@ async fn session(
                         tracker.last_seq = None;
                     }
                 }
-                shared.flush_l1(FlushReason::Undecodable);
+                // It may have been a namespace flush.
+                let all = shared.lose_track(FlushReason::Undecodable);
+                relearn_generations(shared, &mut cmd, &all, connect_timeout).await;
             }
         }
     }
 }
 
 /// Apply a message from the daemon's channel and track sequence and liveness. Returns the
-/// namespaces whose generation must be relearned.
+/// namespaces whose generation must be relearned: the flushed ones, or all of them when
+/// messages may have been lost (a lost message may have been a flush).
 fn on_stream_message(
     shared: &Shared,
     tracker: &mut Tracker,
@@ -293,12 +313,13 @@ fn on_stream_message(
     heartbeat_timeout: Option<Duration>,
 ) -> Option<Vec<String>> {
     let tracking = heartbeat_timeout.is_some();
+    let mut lost: Option<Vec<String>> = None;
     if tracker.epoch.is_some_and(|e| e != message.epoch) {
         tracing::warn!("daemon epoch changed: L1 flushed");
         if tracking {
             shared.set_live(false);
         }
-        shared.flush_l1(FlushReason::EpochChange);
+        lost = Some(shared.lose_track(FlushReason::EpochChange));
         tracker.last_seq = None;
     }
     tracker.epoch = Some(message.epoch);
@@ -315,7 +336,7 @@ fn on_stream_message(
                 if tracking {
                     shared.set_live(false);
                 }
-                shared.flush_l1(FlushReason::Gap);
+                lost = Some(shared.lose_track(FlushReason::Gap));
                 tracker.last_seq = Some(last_data_seq);
             }
             _ => {
@@ -325,7 +346,7 @@ fn on_stream_message(
                 }
             }
         }
-        return None;
+        return lost;
     }
     let flushed = apply(shared, message, "stream");
     match tracker.last_seq {
@@ -338,13 +359,13 @@ fn on_stream_message(
             if tracking {
                 shared.set_live(false);
             }
-            shared.flush_l1(FlushReason::Gap);
+            lost = Some(shared.lose_track(FlushReason::Gap));
             tracker.last_seq = Some(message.seq);
         }
         Some(_) => tracker.last_seq = Some(message.seq),
         None => {}
     }
-    flushed
+    lost.or(flushed)
 }
 
 /// Apply one invalidation to L1. Returns flushed namespaces, whose generation must be relearned.
@@ -382,9 +403,9 @@ fn apply(shared: &Shared, message: &Message, channel: &'static str) -> Option<Ve
         }
         Body::Heartbeat { .. } => ("heartbeat", None),
         _ => {
-            // A body kind this version does not know: we cannot tell what it invalidates.
-            shared.flush_l1(FlushReason::Undecodable);
-            ("unknown", None)
+            // A body kind this version does not know: we cannot tell what it invalidates (it
+            // may be a flush).
+            ("unknown", Some(shared.lose_track(FlushReason::Undecodable)))
         }
     };
     metrics::counter!(m::INVALIDATIONS_RECEIVED_TOTAL, "channel" => channel, "kind" => kind)
@@ -402,12 +423,20 @@ async fn relearn_generations(
         let Some(ns) = shared.namespace(name) else {
             continue;
         };
+        // Taken before the GET: if another flush lands meanwhile, this reply may predate it.
+        let seen = ns.generations.flushes(&shared.global_generation);
         let key = shared.naming.generation_key(name);
         let reply: Result<Result<Option<u64>, _>, _> =
             tokio::time::timeout(timeout, redis::cmd("GET").arg(&key).query_async(cmd)).await;
         match reply {
             // Readers use the generation-reading script until this lands.
-            Ok(Ok(g)) => ns.generations.learn_l2_generation(g.unwrap_or(0)),
+            Ok(Ok(g)) => {
+                ns.generations.learn_l2_generation(
+                    &shared.global_generation,
+                    &seen,
+                    g.unwrap_or(0),
+                );
+            }
             _ => tracing::warn!("could not read a namespace generation after a flush"),
         }
     }

@@ -1,0 +1,425 @@
+//! The miss path: L2, the fill lease, the loader, and the fills of both tiers.
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::Instrument;
+use walcache_protocol::ToKey;
+
+use super::flight::{FlightResult, Joined, LeaseGuard};
+use super::{jittered, key_string, Cache};
+use crate::codec::Codec;
+use crate::error::{Error, ErrorKind};
+use crate::generation::Snapshot;
+use crate::handle::Freshness;
+use crate::hooks::HookPoint;
+use crate::l2::{self, FillOutcome, Found, Lease, LeaseOutcome, Names, L2};
+
+/// Longest wait between two polls of a key another process is loading.
+const LEASE_POLL_MAX: Duration = Duration::from_millis(50);
+
+impl<K, V, C> Cache<K, V, C>
+where
+    K: ToKey + ?Sized,
+    V: Clone + Send + Sync + Serialize + DeserializeOwned + 'static,
+    C: Codec,
+{
+    pub(super) async fn load_through<F, E>(
+        &self,
+        key: &K,
+        tags: Vec<String>,
+        init: F,
+        accept_negative: bool,
+    ) -> Result<Option<V>, Error>
+    where
+        F: Future<Output = Result<Option<V>, E>> + Send,
+        E: StdError + Send + Sync + 'static,
+    {
+        let inner = &self.inner;
+        inner.metrics.l1_misses.increment(1);
+        let k = key_string(key);
+        let shared = &inner.shared;
+        if shared.config.freshness == Freshness::Strict
+            && !shared.live.load(Ordering::Acquire)
+            && shared.l2.is_some()
+        {
+            return self.bypass_load(&k, init, "strict_not_live").await;
+        }
+        let mut init = Some(init);
+        loop {
+            match self.join(&k) {
+                Joined::Follower(mut rx) => {
+                    inner.shared.hooks.pass(HookPoint::JoinedFlight).await;
+                    let outcome = match rx.wait_for(Option::is_some).await {
+                        Ok(r) => r.clone(),
+                        // The leader was dropped before it finished: take over.
+                        Err(_) => continue,
+                    };
+                    match outcome {
+                        Some(Ok(None)) if !accept_negative => {
+                            // "Not found" for a caller that needs a value: load unshared.
+                            let Some(init) = init.take() else { continue };
+                            return self.bypass_load(&k, init, "negative_mismatch").await;
+                        }
+                        Some(result) => return result,
+                        None => continue,
+                    }
+                }
+                Joined::Leader(guard) => {
+                    let Some(init) = init.take() else {
+                        return Err(
+                            Error::new(ErrorKind::Loader).with_message("loader already used")
+                        );
+                    };
+                    let snap = guard.snapshot();
+                    let result = self.lead(&k, &tags, init, snap, accept_negative).await;
+                    guard.complete(&result);
+                    return result;
+                }
+            }
+        }
+    }
+
+    /// The single-flight leader's work: L2, then the lease, then the load and the fills, all
+    /// checked against `snap`, the flight's generations taken before any I/O.
+    async fn lead<F, E>(
+        &self,
+        k: &Arc<str>,
+        tags: &[String],
+        init: F,
+        snap: Snapshot,
+        accept_negative: bool,
+    ) -> FlightResult<V>
+    where
+        F: Future<Output = Result<Option<V>, E>> + Send,
+        E: StdError + Send + Sync + 'static,
+    {
+        let inner = &self.inner;
+        let (Some(l2), Some(names)) = (inner.shared.l2.as_ref(), inner.names.as_ref()) else {
+            // L1-only: load, then fill L1 under the generation check.
+            let v = match self.run_loader(k, init).await? {
+                Loaded::Fresh(v) => v,
+                Loaded::Stale(v) => return Ok(Some(v)),
+            };
+            let size = self.weigh(v.as_ref());
+            if v.is_some() || inner.negative_ttl.is_some() {
+                self.fill_l1(k, v.clone(), snap, tags, size);
+            }
+            return Ok(v);
+        };
+        let (mut generation, found) = match self.read_l2(l2, names, k, &snap).await {
+            Ok(x) => x,
+            Err(_) => return self.bypass_load(k, init, "redis_unavailable").await,
+        };
+        inner.shared.hooks.pass(HookPoint::AfterL2Read).await;
+        let mut replace: Option<Vec<u8>> = None;
+        match self.accept_found(found, k, snap, accept_negative) {
+            Accepted::Answer(v) => return Ok(v),
+            Accepted::Replace(bytes) => replace = Some(bytes),
+            Accepted::Miss => inner.metrics.l2_misses.increment(1),
+            Accepted::Leased => {
+                return self
+                    .wait_for_lease(l2, names, k, generation, init, snap, accept_negative)
+                    .await
+            }
+        }
+        let mut init = Some(init);
+        for _attempt in 0..3 {
+            // Armed before the script runs: if this caller is dropped while Redis is taking
+            // the lease, the guard still gives it back.
+            let prepared = Lease::prepare(names, k, generation);
+            let mut guard = LeaseGuard {
+                shared: Arc::clone(&inner.shared),
+                lease: Some(prepared.clone()),
+            };
+            let outcome = l2
+                .lease(
+                    names,
+                    k,
+                    &prepared,
+                    replace.as_deref(),
+                    tags,
+                    self.bookkeeping_ttl(),
+                )
+                .await;
+            if !matches!(outcome, Ok((_, LeaseOutcome::Won(_))) | Err(_)) {
+                guard.disarm(); // not ours: nothing to give back
+            }
+            let Some(init_now) = init.take() else { break };
+            match outcome {
+                // The lease may or may not have been taken: the guard gives it back.
+                Err(_) => return self.bypass_load(k, init_now, "redis_unavailable").await,
+                Ok((_, LeaseOutcome::Won(lease))) => {
+                    guard.lease = Some(lease);
+                    return self
+                        .fill_with_lease(l2, names, k, guard, tags, init_now, snap)
+                        .await;
+                }
+                Ok((g, LeaseOutcome::Present(Found::Miss))) => {
+                    // The namespace moved to a new generation under us: retry there, and
+                    // correct the process's generation if it still holds the one we used.
+                    inner.ns.generations.correct_l2_generation(generation, g);
+                    generation = g;
+                    init = Some(init_now);
+                }
+                Ok((g, LeaseOutcome::Present(found))) => {
+                    match self.accept_found(found, k, snap, accept_negative) {
+                        Accepted::Answer(v) => return Ok(v),
+                        Accepted::Replace(bytes) => {
+                            replace = Some(bytes);
+                            init = Some(init_now);
+                        }
+                        Accepted::Miss => init = Some(init_now),
+                        Accepted::Leased => {
+                            return self
+                                .wait_for_lease(l2, names, k, g, init_now, snap, accept_negative)
+                                .await
+                        }
+                    }
+                }
+            }
+        }
+        match init {
+            Some(init) => self.bypass_load(k, init, "redis_unavailable").await,
+            None => Err(Error::new(ErrorKind::Redis).with_message("could not take a fill lease")),
+        }
+    }
+
+    /// Interpret what L2 holds for a key.
+    pub(super) fn accept_found(
+        &self,
+        found: Found,
+        k: &Arc<str>,
+        snap: Snapshot,
+        accept_negative: bool,
+    ) -> Accepted<V> {
+        let inner = &self.inner;
+        match found {
+            Found::Miss => Accepted::Miss,
+            Found::Lease => Accepted::Leased,
+            Found::Value(bytes) => {
+                match l2::split_value(&bytes)
+                    .ok_or(None)
+                    .and_then(|(tags, payload)| {
+                        inner
+                            .codec
+                            .decode::<V>(payload)
+                            .map(|v| (tags, v))
+                            .map_err(Some)
+                    }) {
+                    Ok((tags, v)) => {
+                        inner.metrics.l2_hits.increment(1);
+                        // The tags stored with the value, so a tag invalidation finds this L1 entry.
+                        self.fill_l1(k, Some(v.clone()), snap, &tags, bytes.len());
+                        Accepted::Answer(Some(v))
+                    }
+                    Err(e) => {
+                        inner.metrics.undecodable.increment(1);
+                        if let Some(e) = e {
+                            tracing::debug!(namespace = %inner.ns.name, error = %e, "undecodable L2 value: treated as a miss");
+                        }
+                        Accepted::Replace(bytes)
+                    }
+                }
+            }
+            Found::Negative(bytes) => {
+                if accept_negative {
+                    inner.metrics.l2_hits.increment(1);
+                    self.fill_l1(k, None, snap, &[], 0);
+                    Accepted::Answer(None)
+                } else {
+                    Accepted::Replace(bytes)
+                }
+            }
+            Found::Undecodable(bytes) => {
+                inner.metrics.undecodable.increment(1);
+                Accepted::Replace(bytes)
+            }
+        }
+    }
+
+    /// Another process holds the lease: poll for its value (bounded), then load ourselves —
+    /// without writing L2.
+    #[allow(clippy::too_many_arguments)]
+    async fn wait_for_lease<F, E>(
+        &self,
+        l2: &L2,
+        names: &Names,
+        k: &Arc<str>,
+        generation: u64,
+        init: F,
+        snap: Snapshot,
+        accept_negative: bool,
+    ) -> FlightResult<V>
+    where
+        F: Future<Output = Result<Option<V>, E>> + Send,
+        E: StdError + Send + Sync + 'static,
+    {
+        let inner = &self.inner;
+        let deadline = tokio::time::Instant::now() + inner.shared.config.lease_wait;
+        let value_key = names.value_key(generation, k);
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            // Backoff between polls of the holder's progress (not a synchronisation sleep).
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(LEASE_POLL_MAX);
+            match l2.get(&value_key).await {
+                Ok(Found::Lease) => continue,
+                Ok(found @ (Found::Value(_) | Found::Negative(_))) => {
+                    if let Accepted::Answer(v) = self.accept_found(found, k, snap, accept_negative)
+                    {
+                        inner.metrics.lease_value.increment(1);
+                        return Ok(v);
+                    }
+                    break;
+                }
+                // The holder gave up or an invalidation removed its lease; do not queue again.
+                Ok(Found::Miss | Found::Undecodable(_)) | Err(_) => break,
+            }
+        }
+        inner.metrics.lease_timeout.increment(1);
+        self.bypass_load(k, init, "lease_wait_timeout").await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn fill_with_lease<F, E>(
+        &self,
+        l2: &L2,
+        names: &Names,
+        k: &Arc<str>,
+        mut guard: LeaseGuard,
+        tags: &[String],
+        init: F,
+        snap: Snapshot,
+    ) -> FlightResult<V>
+    where
+        F: Future<Output = Result<Option<V>, E>> + Send,
+        E: StdError + Send + Sync + 'static,
+    {
+        let inner = &self.inner;
+        let v = match self.run_loader(k, init).await? {
+            Loaded::Fresh(v) => v,
+            // An answer, not a fill: the guard gives the lease back.
+            Loaded::Stale(v) => return Ok(Some(v)),
+        };
+        let (envelope, ttl) = match &v {
+            Some(value) => {
+                let payload = inner
+                    .codec
+                    .encode(value)
+                    .map_err(|e| Error::new(ErrorKind::Codec).with_source(e))?;
+                (
+                    l2::value_envelope(&payload, tags),
+                    jittered(inner.l2_ttl, inner.jitter),
+                )
+            }
+            None => match inner.negative_ttl {
+                Some(n) => (l2::negative_envelope(), jittered(n, inner.jitter)),
+                // Nothing to cache: the guard gives the lease back.
+                None => return Ok(None),
+            },
+        };
+        let Some(lease) = guard.lease.as_ref() else {
+            return Ok(v);
+        };
+        match l2
+            .fill(names, lease, &envelope, ttl, tags, self.bookkeeping_ttl())
+            .await
+        {
+            Ok(FillOutcome::Stored) => {
+                guard.disarm();
+                self.fill_l1(k, v.clone(), snap, tags, envelope.len());
+            }
+            Ok(FillOutcome::LeaseLost | FillOutcome::Raced) => {
+                // An invalidation won the race: the value we loaded may predate it. Keep it out
+                // of both tiers (the caller still gets it: it was current when read).
+                guard.disarm();
+                inner.metrics.discarded_l2.increment(1);
+            }
+            Err(_) => {} // the guard tries to give the lease back
+        }
+        Ok(v)
+    }
+
+    /// A load that reads and writes no cache tier, under the process-wide cap.
+    async fn bypass_load<F, E>(
+        &self,
+        k: &Arc<str>,
+        init: F,
+        reason: &'static str,
+    ) -> FlightResult<V>
+    where
+        F: Future<Output = Result<Option<V>, E>> + Send,
+        E: StdError + Send + Sync + 'static,
+    {
+        self.inner.metrics.bypass(reason);
+        let _permit =
+            self.inner.shared.bypass.acquire().await.map_err(|_| {
+                Error::new(ErrorKind::Loader).with_message("bypass semaphore closed")
+            })?;
+        Ok(self.run_loader(k, init).await?.into_value())
+    }
+
+    /// Call the loader with a span and metrics; on failure, answer with a stale copy if
+    /// allowed. A stale answer is marked so that no tier is filled with it: written back as
+    /// if just loaded, it would outlive the outage and its `max_age` by a whole time-to-live.
+    async fn run_loader<F, E>(&self, k: &Arc<str>, init: F) -> Result<Loaded<V>, Error>
+    where
+        F: Future<Output = Result<Option<V>, E>> + Send,
+        E: StdError + Send + Sync + 'static,
+    {
+        let inner = &self.inner;
+        let span = tracing::debug_span!("walcache.load", namespace = %inner.ns.name);
+        let start = Instant::now();
+        let result = init.instrument(span).await;
+        inner.metrics.load_seconds.record(start.elapsed());
+        match result {
+            Ok(v) => {
+                inner.metrics.loads_ok.increment(1);
+                Ok(Loaded::Fresh(v))
+            }
+            Err(e) => {
+                if let Some(v) = inner.stale.as_ref().and_then(|s| s.get(&**k)) {
+                    inner.metrics.loads_stale.increment(1);
+                    tracing::warn!(namespace = %inner.ns.name, error = %e, "loader failed: serving a stale value");
+                    return Ok(Loaded::Stale(v));
+                }
+                inner.metrics.loads_error.increment(1);
+                Err(Error::loader(e))
+            }
+        }
+    }
+}
+
+/// What a load produced.
+enum Loaded<V> {
+    /// From the loader: may fill the tiers.
+    Fresh(Option<V>),
+    /// The stale-if-error copy: an answer for the caller only.
+    Stale(V),
+}
+
+impl<V> Loaded<V> {
+    fn into_value(self) -> Option<V> {
+        match self {
+            Loaded::Fresh(v) => v,
+            Loaded::Stale(v) => Some(v),
+        }
+    }
+}
+
+pub(super) enum Accepted<V> {
+    Answer(Option<V>),
+    Replace(Vec<u8>),
+    Miss,
+    Leased,
+}

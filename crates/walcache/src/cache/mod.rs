@@ -1,0 +1,671 @@
+//! `Cache<K, V>`: the read path (L1 → L2 → loader), fills, and application-side invalidation.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use metrics::Counter;
+use rand::Rng;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use walcache_protocol::{validate_tag, Body, KeyBuilder, KeyRef, Message, ToKey};
+
+use crate::codec::{Codec, Postcard};
+use crate::counter::StripedCounter;
+use crate::error::{Error, ErrorKind};
+use crate::generation::{handshake_fence, key_hash, Snapshot, UNKNOWN_GENERATION};
+use crate::handle::{Freshness, KeyMarker, L1Target, Namespace, Shared, Walcache};
+use crate::hooks::HookPoint;
+use crate::l2::{self, Found, Names, L2};
+use crate::metrics as m;
+
+mod builder;
+mod flight;
+mod load;
+
+pub use builder::CacheBuilder;
+use flight::Flight;
+use load::Accepted;
+
+/// Per-entry overhead added to the weight of an entry in byte-bounded mode.
+const ENTRY_OVERHEAD_BYTES: u32 = 64;
+
+/// What L1 holds for a key.
+#[derive(Clone)]
+struct L1Entry<V> {
+    /// `None` is a cached "not found".
+    value: Option<V>,
+    /// When a "not found" stops counting (its own, shorter time-to-live); `None` for values.
+    negative_until: Option<Instant>,
+    tags: Option<Arc<[String]>>,
+    weight: u32,
+}
+
+/// `ttl` shortened by a random fraction below `jitter`, so entries filled together do not all
+/// expire together.
+fn jittered(ttl: Duration, jitter: f64) -> Duration {
+    if jitter <= 0.0 {
+        return ttl;
+    }
+    let cut: f64 = rand::rng().random_range(0.0..jitter);
+    ttl.mul_f64(1.0 - cut).max(Duration::from_millis(1))
+}
+
+/// L1's hasher: fast on short string keys, seeded per process.
+type L1Hasher = foldhash::fast::RandomState;
+
+/// Metric handles, resolved once per cache.
+struct CacheMetrics {
+    l1_hits: Counter,
+    l1_misses: Counter,
+    l2_hits: Counter,
+    l2_misses: Counter,
+    loads_ok: Counter,
+    loads_error: Counter,
+    loads_stale: Counter,
+    load_seconds: metrics::Histogram,
+    undecodable: Counter,
+    discarded_l1: Counter,
+    discarded_l2: Counter,
+    lease_value: Counter,
+    lease_timeout: Counter,
+    namespace: String,
+}
+
+impl CacheMetrics {
+    fn new(ns: &str) -> Self {
+        let n = ns.to_owned();
+        CacheMetrics {
+            l1_hits: metrics::counter!(m::HITS_TOTAL, "namespace" => n.clone(), "tier" => "l1"),
+            l1_misses: metrics::counter!(m::MISSES_TOTAL, "namespace" => n.clone(), "tier" => "l1"),
+            l2_hits: metrics::counter!(m::HITS_TOTAL, "namespace" => n.clone(), "tier" => "l2"),
+            l2_misses: metrics::counter!(m::MISSES_TOTAL, "namespace" => n.clone(), "tier" => "l2"),
+            loads_ok: metrics::counter!(m::LOADS_TOTAL, "namespace" => n.clone(), "outcome" => "ok"),
+            loads_error: metrics::counter!(m::LOADS_TOTAL, "namespace" => n.clone(), "outcome" => "error"),
+            loads_stale: metrics::counter!(m::LOADS_TOTAL, "namespace" => n.clone(), "outcome" => "stale_served"),
+            load_seconds: metrics::histogram!(m::LOAD_DURATION_SECONDS, "namespace" => n.clone()),
+            undecodable: metrics::counter!(m::L2_UNDECODABLE_TOTAL, "namespace" => n.clone()),
+            discarded_l1: metrics::counter!(m::FILLS_DISCARDED_TOTAL, "namespace" => n.clone(), "tier" => "l1"),
+            discarded_l2: metrics::counter!(m::FILLS_DISCARDED_TOTAL, "namespace" => n.clone(), "tier" => "l2"),
+            lease_value: metrics::counter!(m::LEASE_WAITS_TOTAL, "namespace" => n.clone(), "outcome" => "value"),
+            lease_timeout: metrics::counter!(m::LEASE_WAITS_TOTAL, "namespace" => n.clone(), "outcome" => "timeout"),
+            namespace: n,
+        }
+    }
+
+    fn bypass(&self, reason: &'static str) {
+        metrics::counter!(m::BYPASS_LOADS_TOTAL, "namespace" => self.namespace.clone(), "reason" => reason)
+            .increment(1);
+    }
+}
+
+struct CacheInner<V, C> {
+    handle: Walcache,
+    shared: Arc<Shared>,
+    ns: Arc<Namespace>,
+    /// Redis names; `None` in L1-only mode.
+    names: Option<Names>,
+    l1: moka::sync::Cache<Arc<str>, L1Entry<V>, L1Hasher>,
+    weighted: bool,
+    has_tags: AtomicBool,
+    codec: C,
+    l2_ttl: Duration,
+    jitter: f64,
+    negative_ttl: Option<Duration>,
+    stale: Option<moka::sync::Cache<Arc<str>, V>>,
+    flights: Mutex<HashMap<Arc<str>, Arc<Flight<V>>>>,
+    l1_hits: StripedCounter,
+    metrics: CacheMetrics,
+}
+
+impl<V, C> L1Target for CacheInner<V, C>
+where
+    V: Clone + Send + Sync + 'static,
+    C: Send + Sync,
+{
+    fn invalidate_keys(&self, keys: &[&str]) {
+        for k in keys {
+            self.l1.invalidate(*k);
+        }
+    }
+
+    fn invalidate_tags(&self, tags: &[String]) {
+        if !self.has_tags.load(Ordering::Acquire) {
+            return;
+        }
+        let tags: Vec<String> = tags.to_vec();
+        let result = self.l1.invalidate_entries_if(move |_, e: &L1Entry<V>| {
+            e.tags
+                .as_ref()
+                .is_some_and(|t| t.iter().any(|x| tags.contains(x)))
+        });
+        if result.is_err() {
+            // Closures are enabled at build; if moka ever refuses, drop everything instead.
+            self.l1.invalidate_all();
+        }
+    }
+
+    fn invalidate_all(&self) {
+        self.l1.invalidate_all();
+    }
+
+    fn publish_metrics(&self) {
+        let hits = self.l1_hits.take_unpublished();
+        if hits > 0 {
+            self.metrics.l1_hits.increment(hits);
+        }
+    }
+}
+
+/// A two-tier cache of `V` values by `K` keys in one namespace: L1 in process (moka), L2 in
+/// Redis, read through to your loader. Cheap to clone; clones share everything.
+///
+/// See the [crate documentation](crate) for the consistency contract and failure behaviour.
+pub struct Cache<K: ?Sized, V, C = Postcard> {
+    inner: Arc<CacheInner<V, C>>,
+    _marker: KeyMarker<K>,
+}
+
+impl<K: ?Sized, V, C> Clone for Cache<K, V, C> {
+    fn clone(&self) -> Self {
+        Cache {
+            inner: Arc::clone(&self.inner),
+            _marker: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<K: ?Sized, V, C> std::fmt::Debug for Cache<K, V, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("namespace", &self.inner.ns.name)
+            .field("l1_entries", &self.inner.l1.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+thread_local! {
+    /// The hit path's per-thread state: a reused key buffer and the hit counter's stripe.
+    static KEY_BUF: RefCell<HitLocal> = RefCell::new(HitLocal {
+        key: KeyBuilder::new(),
+        stripe: crate::counter::new_stripe(),
+    });
+}
+
+struct HitLocal {
+    key: KeyBuilder,
+    stripe: usize,
+}
+
+fn key_string<K: ToKey + ?Sized>(key: &K) -> Arc<str> {
+    KEY_BUF.with(|local| {
+        let b = &mut local.borrow_mut().key;
+        b.clear();
+        key.write_key(b);
+        Arc::from(b.as_str())
+    })
+}
+
+impl<K, V, C> Cache<K, V, C>
+where
+    K: ToKey + ?Sized,
+    V: Clone + Send + Sync + Serialize + DeserializeOwned + 'static,
+    C: Codec,
+{
+    /// The cache's namespace.
+    pub fn namespace(&self) -> &str {
+        &self.inner.ns.name
+    }
+
+    /// The handle this cache was made from.
+    pub fn handle(&self) -> &Walcache {
+        &self.inner.handle
+    }
+
+    /// Approximate number of entries in L1.
+    pub fn entry_count(&self) -> u64 {
+        self.inner.l1.entry_count()
+    }
+
+    /// Run L1's pending maintenance (expiry, eviction) now; mostly for tests.
+    pub fn run_pending_tasks(&self) {
+        self.inner.l1.run_pending_tasks();
+    }
+
+    /// Whether L1 holds `key` right now, without touching L2 or counting a hit.
+    pub fn contains_in_l1(&self, key: &K) -> bool {
+        KEY_BUF.with(|local| {
+            let b = &mut local.borrow_mut().key;
+            b.clear();
+            key.write_key(b);
+            self.inner.l1.contains_key(b.as_str())
+        })
+    }
+
+    #[inline]
+    fn l1_get(&self, key: &K) -> Option<L1Entry<V>> {
+        // The hit path: one atomic load (liveness), moka's lookup, one uncontended increment.
+        if !self.inner.shared.live.load(Ordering::Acquire) {
+            return None;
+        }
+        KEY_BUF.with(|local| {
+            let mut local = local.borrow_mut();
+            let HitLocal { key: buf, stripe } = &mut *local;
+            buf.clear();
+            key.write_key(buf);
+            let hit = self.inner.l1.get(buf.as_str())?;
+            // Only "not found" entries carry a deadline: values never read the clock here.
+            if hit.negative_until.is_some_and(|d| Instant::now() >= d) {
+                return None;
+            }
+            self.inner.l1_hits.increment_at(*stripe);
+            Some(hit)
+        })
+    }
+
+    /// Read `key` from L1, else L2. Never calls a loader and never writes L2; an L2 hit fills
+    /// L1. Redis trouble reads as a miss (and is counted).
+    pub async fn get(&self, key: &K) -> Option<V> {
+        if let Some(e) = self.l1_get(key) {
+            return e.value;
+        }
+        // Boxed so the future a hit builds and moves stays small.
+        Box::pin(self.get_from_l2(key)).await
+    }
+
+    async fn get_from_l2(&self, key: &K) -> Option<V> {
+        let inner = &self.inner;
+        inner.metrics.l1_misses.increment(1);
+        let k = key_string(key);
+        let (l2, names) = (inner.shared.l2.as_ref()?, inner.names.as_ref()?);
+        if !inner.shared.live.load(Ordering::Acquire)
+            && inner.shared.config.freshness == Freshness::Strict
+        {
+            return None;
+        }
+        let snap = self.snapshot(&k);
+        let (_, found) = self.read_l2(l2, names, &k, &snap).await.ok()?;
+        inner.shared.hooks.pass(HookPoint::AfterL2Read).await;
+        match self.accept_found(found, &k, snap, true) {
+            Accepted::Answer(v) => v,
+            Accepted::Miss => {
+                inner.metrics.l2_misses.increment(1);
+                None
+            }
+            Accepted::Replace(_) | Accepted::Leased => None,
+        }
+    }
+
+    /// Read `key` through both tiers, calling `init` on a miss — at most once per key across
+    /// every process sharing the Redis (single-flight in the process, a lease in Redis).
+    ///
+    /// The value is stored in L2 only by a compare-and-set that fails if an invalidation
+    /// arrived during the load, and in L1 only if no invalidation touched the key meanwhile.
+    /// `init` must read the primary with a fresh snapshot (autocommit or READ COMMITTED).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Loader`] when `init` fails (and no stale value may be served); get the
+    /// loader's own error back with [`Error::loader_error`]. Redis trouble is not an error: the
+    /// loader serves.
+    pub async fn try_get_with<F, E>(&self, key: &K, init: F) -> Result<V, Error>
+    where
+        F: Future<Output = Result<V, E>> + Send,
+        E: StdError + Send + Sync + 'static,
+    {
+        self.try_get_tagged_with(key, &[], init).await
+    }
+
+    /// [`try_get_with`](Self::try_get_with) with a closure that makes the loader future.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_get_with`](Self::try_get_with).
+    pub async fn get_or_load<F, Fut, E>(&self, key: &K, load: F) -> Result<V, Error>
+    where
+        F: FnOnce() -> Fut + Send,
+        Fut: Future<Output = Result<V, E>> + Send,
+        E: StdError + Send + Sync + 'static,
+    {
+        self.try_get_with(key, async move { load().await }).await
+    }
+
+    /// [`try_get_with`](Self::try_get_with) for a value derived from several rows: it is
+    /// dropped whenever one of `tags` is invalidated (by the daemon's rules or by
+    /// [`invalidate_tag`](Self::invalidate_tag)), including while it is being loaded.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_get_with`](Self::try_get_with), and [`ErrorKind::InvalidName`] for a bad tag.
+    pub async fn try_get_tagged_with<F, E>(
+        &self,
+        key: &K,
+        tags: &[&str],
+        init: F,
+    ) -> Result<V, Error>
+    where
+        F: Future<Output = Result<V, E>> + Send,
+        E: StdError + Send + Sync + 'static,
+    {
+        if let Some(e) = self.l1_get(key) {
+            if let Some(v) = e.value {
+                return Ok(v);
+            }
+        }
+        let tags = owned_tags(tags)?;
+        let loaded =
+            Box::pin(self.load_through(key, tags, async move { init.await.map(Some) }, false))
+                .await?;
+        loaded.ok_or_else(|| Error::new(ErrorKind::Loader).with_message("loader returned no value"))
+    }
+
+    /// Like [`try_get_with`](Self::try_get_with) for loaders that may find nothing: `Ok(None)`
+    /// is cached as "not found" for [`negative_ttl`](CacheBuilder::negative_ttl) if set.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_get_with`](Self::try_get_with).
+    pub async fn try_get_optional_with<F, E>(&self, key: &K, init: F) -> Result<Option<V>, Error>
+    where
+        F: Future<Output = Result<Option<V>, E>> + Send,
+        E: StdError + Send + Sync + 'static,
+    {
+        if let Some(e) = self.l1_get(key) {
+            return Ok(e.value);
+        }
+        Box::pin(self.load_through(key, Vec::new(), init, true)).await
+    }
+
+    /// Store a value you know to be current, in L1 and L2 (unconditionally). Prefer
+    /// [`try_get_with`](Self::try_get_with), whose fills cannot race an invalidation.
+    ///
+    /// # Errors
+    ///
+    /// Codec errors, and Redis errors (L1 is written anyway).
+    pub async fn insert(&self, key: &K, value: V) -> Result<(), Error> {
+        self.insert_tagged(key, value, &[]).await
+    }
+
+    /// [`insert`](Self::insert) with tags (see [`try_get_tagged_with`](Self::try_get_tagged_with)).
+    ///
+    /// # Errors
+    ///
+    /// As [`insert`](Self::insert), and [`ErrorKind::InvalidName`] for a bad tag.
+    pub async fn insert_tagged(&self, key: &K, value: V, tags: &[&str]) -> Result<(), Error> {
+        let inner = &self.inner;
+        let tags = owned_tags(tags)?;
+        let k = key_string(key);
+        // Fills that started before this write must not overwrite it in L1.
+        inner.ns.generations.bump_key(key_hash(&k));
+        let encoded = if inner.names.is_some() || inner.weighted {
+            Some(
+                inner
+                    .codec
+                    .encode(&value)
+                    .map_err(|e| Error::new(ErrorKind::Codec).with_source(e))?,
+            )
+        } else {
+            None
+        };
+        let size = encoded.as_ref().map_or(0, Vec::len);
+        if inner.shared.live.load(Ordering::Acquire) {
+            self.put_l1(&k, Some(value), &tags, size);
+        }
+        if let (Some(l2), Some(names), Some(payload)) =
+            (inner.shared.l2.as_ref(), inner.names.as_ref(), encoded)
+        {
+            let envelope = l2::value_envelope(&payload, &tags);
+            let ttl = jittered(inner.l2_ttl, inner.jitter);
+            l2.insert(names, &k, &envelope, ttl, &tags, self.bookkeeping_ttl())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Drop `key` here, in L2 and in every other process's L1 (over the application channel,
+    /// which does not disturb the daemon's sequence). Call it after your transaction commits:
+    /// once it returns, this process reads its own write.
+    ///
+    /// # Errors
+    ///
+    /// Redis errors: the key is gone from this process's L1, but L2 and the other processes
+    /// keep it until the daemon's invalidation or the time-to-live.
+    pub async fn invalidate(&self, key: &K) -> Result<(), Error> {
+        let inner = &self.inner;
+        let k = key_string(key);
+        let forget = || {
+            inner.shared.apply_keys(&inner.ns, &[&k]);
+            if let Some(stale) = &inner.stale {
+                stale.invalidate(&*k);
+            }
+        };
+        forget();
+        if let (Some(l2), Some(names)) = (inner.shared.l2.as_ref(), inner.names.as_ref()) {
+            // Until the delete has run, a local read can refill L1 from L2's old value, and
+            // this process skips its own message: drop the key locally again once the delete
+            // is over, however it ends (an error, or this future dropped).
+            let _again = OnDrop::new(forget);
+            let message = self.app_message(Body::Keys(vec![KeyRef {
+                namespace: inner.ns.name.clone(),
+                key: k.to_string(),
+            }]));
+            inner.shared.hooks.pass(HookPoint::BeforeL2Invalidate).await;
+            l2.invalidate_keys(names, &[&k], &message).await?;
+        }
+        Ok(())
+    }
+
+    /// Drop every entry carrying `tag`, in every namespace and process. Once it returns, this
+    /// process reads nothing filled with the tag before it.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidName`] for a bad tag; Redis errors as for
+    /// [`invalidate`](Self::invalidate).
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<(), Error> {
+        let tags = owned_tags(&[tag])?;
+        let inner = &self.inner;
+        let forget = || inner.shared.apply_tags(&tags);
+        forget();
+        if let Some(l2) = inner.shared.l2.as_ref() {
+            // As in `invalidate`: drop the tag locally again once the L2 script is over.
+            let _again = OnDrop::new(forget);
+            let message = self.app_message(Body::Tags(tags.clone()));
+            inner.shared.hooks.pass(HookPoint::BeforeL2Invalidate).await;
+            l2.invalidate_tag(&tags[0], &message, self.bookkeeping_ttl())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Drop the whole namespace, in every tier and process: one generation change in Redis.
+    /// Once it returns, this process reads nothing filled before it.
+    ///
+    /// # Errors
+    ///
+    /// Redis errors as for [`invalidate`](Self::invalidate).
+    pub async fn invalidate_all(&self) -> Result<(), Error> {
+        let inner = &self.inner;
+        let forget = || {
+            inner.shared.apply_flush(&inner.ns, None);
+            if let Some(stale) = &inner.stale {
+                stale.invalidate_all();
+            }
+        };
+        forget();
+        if let (Some(l2), Some(names)) = (inner.shared.l2.as_ref(), inner.names.as_ref()) {
+            // Until the script has run, a local read can still learn the old generation or
+            // fill L1 from it, and this process skips its own message: apply the flush again
+            // once the script is over, however it ends (an error, or this future dropped).
+            let mut again = OnDrop::new(forget);
+            let message = self.app_message(Body::Flush(vec![inner.ns.name.clone()]));
+            inner.shared.hooks.pass(HookPoint::BeforeL2Flush).await;
+            let g = l2.flush(names, &message).await?;
+            again.disarm();
+            inner.shared.apply_flush(&inner.ns, Some(g));
+            if let Some(stale) = &inner.stale {
+                stale.invalidate_all();
+            }
+        }
+        Ok(())
+    }
+
+    fn app_message(&self, body: Body) -> Vec<u8> {
+        Message::new(self.inner.shared.process_epoch, 0, body).encode()
+    }
+
+    fn bookkeeping_ttl(&self) -> Duration {
+        // Tag versions must outlive any lease; tag member sets must outlive their members.
+        self.inner
+            .l2_ttl
+            .max(self.inner.shared.config.lease_ttl * 2)
+    }
+
+    fn snapshot(&self, k: &str) -> Snapshot {
+        self.inner
+            .ns
+            .generations
+            .snapshot(&self.inner.shared.global_generation, key_hash(k))
+    }
+
+    /// Read `k` from L2 at the namespace's generation. `snap` must have been taken before:
+    /// a generation learned from this read is kept only if no flush happened since.
+    async fn read_l2(
+        &self,
+        l2: &L2,
+        names: &Names,
+        k: &str,
+        snap: &Snapshot,
+    ) -> Result<(u64, Found), Error> {
+        let shared = &self.inner.shared;
+        let live = shared.live.load(Ordering::Acquire);
+        let generation = self.inner.ns.generations.l2_generation();
+        if live && generation != UNKNOWN_GENERATION {
+            // Live: the subscriber keeps the generation current. Exactly one GET.
+            let found = l2.get(&names.value_key(generation, k)).await?;
+            Ok((generation, found))
+        } else {
+            let (generation, found) = l2.get_with_generation(names, k).await?;
+            if live {
+                self.inner.ns.generations.learn_l2_generation(
+                    &shared.global_generation,
+                    snap,
+                    generation,
+                );
+            }
+            Ok((generation, found))
+        }
+    }
+
+    fn put_l1(&self, k: &Arc<str>, value: Option<V>, tags: &[String], size: usize) {
+        let inner = &self.inner;
+        let tags: Option<Arc<[String]>> = if tags.is_empty() {
+            None
+        } else {
+            inner.has_tags.store(true, Ordering::Release);
+            Some(tags.into())
+        };
+        let weight = if inner.weighted {
+            u32::try_from(k.len() + size)
+                .unwrap_or(u32::MAX)
+                .saturating_add(ENTRY_OVERHEAD_BYTES)
+        } else {
+            1
+        };
+        let negative_until = match (&value, inner.negative_ttl) {
+            (None, Some(ttl)) => Some(Instant::now() + ttl),
+            _ => None,
+        };
+        inner.l1.insert(
+            Arc::clone(k),
+            L1Entry {
+                value,
+                negative_until,
+                tags,
+                weight,
+            },
+        );
+    }
+
+    /// Insert into L1 only if the stream is live and no invalidation touched the key since
+    /// `snap`; if one lands during the insert, take the entry out again. The same for the
+    /// stale-if-error copy, live or not.
+    fn fill_l1(
+        &self,
+        k: &Arc<str>,
+        value: Option<V>,
+        snap: Snapshot,
+        tags: &[String],
+        size: usize,
+    ) {
+        let inner = &self.inner;
+        if let (Some(stale), Some(v)) = (&inner.stale, &value) {
+            // The stale-if-error copy is kept under the same check as L1: a value an
+            // invalidation raced may predate it, and may be older than the copy already held
+            // (or come back after an explicit `invalidate` dropped the copies).
+            if self.snapshot(k) == snap {
+                stale.insert(Arc::clone(k), v.clone());
+                handshake_fence(); // insert, then re-read: see generation.rs
+                if self.snapshot(k) != snap {
+                    stale.invalidate(&**k);
+                }
+            }
+        }
+        if !inner.shared.live.load(Ordering::Acquire) {
+            return;
+        }
+        if self.snapshot(k) != snap {
+            inner.metrics.discarded_l1.increment(1);
+            return;
+        }
+        self.put_l1(k, value, tags, size);
+        handshake_fence(); // insert, then re-read: see generation.rs
+        if self.snapshot(k) != snap {
+            inner.l1.invalidate(&**k);
+            inner.metrics.discarded_l1.increment(1);
+        }
+    }
+
+    fn weigh(&self, v: Option<&V>) -> usize {
+        match v {
+            Some(v) if self.inner.weighted => self.inner.codec.encode(v).map_or(0, |b| b.len()),
+            _ => 0,
+        }
+    }
+}
+
+/// Runs a closure when dropped unless disarmed: the second half of an invalidation must run
+/// even when the caller drops the future between the halves.
+struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> OnDrop<F> {
+    fn new(f: F) -> Self {
+        OnDrop(Some(f))
+    }
+
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+fn owned_tags(tags: &[&str]) -> Result<Vec<String>, Error> {
+    tags.iter()
+        .map(|t| {
+            validate_tag(t)
+                .map(|()| (*t).to_owned())
+                .map_err(|e| Error::new(ErrorKind::InvalidName).with_message(e.to_string()))
+        })
+        .collect()
+}
