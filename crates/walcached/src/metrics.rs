@@ -21,7 +21,9 @@ pub const MESSAGES_PUBLISHED_TOTAL: &str = "walcached_messages_published_total";
 /// Counter: keys invalidated.
 pub const KEYS_INVALIDATED_TOTAL: &str = "walcached_keys_invalidated_total";
 /// Counter: namespace flushes. Labels: `reason` (`stream`: a TRUNCATE or a transaction too
-/// large to list, `large_transaction`, `relation_mismatch`, `server_changed`, and the
+/// large to list, `large_transaction`, `relation_mismatch`, `server_changed`, `catalog_drift`,
+/// `ddl`: a statement announced by DDL capture, `ddl_unreadable`: an announcement that could not
+/// be read, so every namespace), and the
 /// marker reasons of [`crate::marker::Loss`]: `marker_missing`, `marker_behind`,
 /// `marker_mismatch`, `flush_owed`, `rule_changed`, `slot_created`, `item_failed`).
 pub const NAMESPACE_FLUSHES_TOTAL: &str = "walcached_namespace_flushes_total";
@@ -39,7 +41,8 @@ pub const REDIS_LOSSES_TOTAL: &str = "walcached_redis_losses_total";
 /// Counter: namespaces whose keys could not be deleted one by one (an unreadable generation or
 /// schema set) and were flushed instead. Labels: `namespace`.
 pub const ITEM_FALLBACKS_TOTAL: &str = "walcached_item_fallbacks_total";
-/// Counter: catalog drift found by the periodic check (`stream.catalog_interval_ms`): a mapped
+/// Counter: catalog drift found by the catalog check (every `stream.catalog_interval_ms`, and
+/// once a statement announced by DDL capture or a Relation message is visible): a mapped
 /// table re-created, truncated or rewritten without a row event, a partition gone, the
 /// publication altered. Labels: `reason`.
 pub const CATALOG_DRIFTS_TOTAL: &str = "walcached_catalog_drifts_total";
