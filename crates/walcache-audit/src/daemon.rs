@@ -65,6 +65,32 @@ impl Daemon {
         Ok(())
     }
 
+    /// Run `walcached ddl-capture install --config …` (the configuration's role must be a
+    /// superuser) to completion.
+    pub async fn ddl_capture_install(&self) -> Result<(), BoxError> {
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        cmd.args(["ddl-capture", "install", "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("WALCACHED_") {
+                cmd.env_remove(name);
+            }
+        }
+        let out = tokio::time::timeout(Duration::from_secs(60), cmd.output()).await??;
+        if !out.status.success() {
+            return Err(format!(
+                "walcached ddl-capture install failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        Ok(())
+    }
+
     /// Kill it with SIGKILL and reap it.
     pub async fn sigkill(&mut self) -> Result<(), BoxError> {
         if let Some(mut c) = self.child.take() {

@@ -77,11 +77,15 @@ pub(crate) enum FaultKind {
     /// As `redis-snapshot`, with `walcached` stopped (SIGTERM) before the restart and started
     /// after it.
     RedisSnapshotDaemonDown,
+    /// Statements that change `audit_parts`' rows without row events: a partition truncated,
+    /// detached and re-attached, identities changed, the table dropped and re-created (see
+    /// `ddl_fault.rs`).
+    Ddl,
 }
 
 impl FaultKind {
     /// Every kind, in the order the schedule injects them.
-    pub(crate) const ALL: [FaultKind; 12] = [
+    pub(crate) const ALL: [FaultKind; 13] = [
         FaultKind::RedisRestart,
         FaultKind::PubsubKill,
         FaultKind::DaemonKill,
@@ -94,6 +98,7 @@ impl FaultKind {
         FaultKind::ReplicationSilent,
         FaultKind::RedisSnapshot,
         FaultKind::RedisSnapshotDaemonDown,
+        FaultKind::Ddl,
     ];
 
     /// The name in reports and on the command line.
@@ -111,6 +116,7 @@ impl FaultKind {
             FaultKind::ReplicationSilent => "replication-silent",
             FaultKind::RedisSnapshot => "redis-snapshot",
             FaultKind::RedisSnapshotDaemonDown => "redis-snapshot-daemon-down",
+            FaultKind::Ddl => "ddl",
         }
     }
 
@@ -149,7 +155,8 @@ impl BoundSet {
             return strict;
         }
         match kind {
-            FaultKind::PubsubKill | FaultKind::ProxyReset => self.base,
+            // DDL capture flushes in commit order: the publish path.
+            FaultKind::PubsubKill | FaultKind::ProxyReset | FaultKind::Ddl => self.base,
             FaultKind::ProxyLatency => self.base + 2 * PROXY_LATENCY,
             FaultKind::RedisRestart
             | FaultKind::DaemonKill
@@ -232,6 +239,14 @@ pub(crate) struct Injector<'a> {
     pub(crate) backlog_rows_per_commit: i64,
     /// `replication-silent` injections so far.
     pub(crate) silences: u32,
+    /// Rows of the audited tables (`--rows`).
+    pub(crate) rows: usize,
+    /// `ddl` injections so far (they take turns among four statements).
+    pub(crate) ddl_injections: u32,
+    /// The version of `audit_parts`' rows the last `ddl` injection left.
+    pub(crate) parts_version: i64,
+    /// The commits the faults made (`ddl`), for the history.
+    pub(crate) commits: Vec<walcache_audit::Commit>,
 }
 
 /// Wait until `h` has noticed the fault (not live, for up to `notice`), then until it is live
@@ -333,6 +348,7 @@ impl Injector<'_> {
             FaultKind::ReplicationSilent => return self.replication_silent().await,
             FaultKind::RedisSnapshot => return self.redis_snapshot(false).await,
             FaultKind::RedisSnapshotDaemonDown => return self.redis_snapshot(true).await,
+            FaultKind::Ddl => return self.ddl().await,
             FaultKind::RedisRestart => {
                 self.restart_redis(REDIS_DOWN, false).await?;
                 wait_relive(self.probe, hb * 2).await?;

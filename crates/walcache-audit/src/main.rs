@@ -18,6 +18,7 @@
 //! ```
 
 mod child;
+mod ddl_fault;
 mod faults;
 mod workload;
 
@@ -332,6 +333,9 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         pg_conn,
         _dir: dir,
     };
+    // DDL capture, as a superuser (the audit's PostgreSQL role is one): the `ddl` fault's
+    // statements are flushed in commit order.
+    setup.daemon.ddl_capture_install().await?;
     setup.daemon.spawn()?;
     eprintln!(
         "walcache-audit: walcached {} started (log {})",
@@ -418,6 +422,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     let mut faults = Vec::new();
     let mut fault_log = Vec::new();
     let mut end = origin + duration.as_nanos() as u64;
+    let mut fault_commits = Vec::new();
     if !args.faults.0.is_empty() {
         let mut injector = Injector {
             redis: &setup.redis,
@@ -432,6 +437,10 @@ async fn run(args: Args) -> Result<bool, BoxError> {
             long_silences: !args.ci,
             backlog_rows_per_commit: args.backlog_rows_per_commit,
             silences: 0,
+            rows: args.rows,
+            ddl_injections: 0,
+            parts_version: 0,
+            commits: Vec::new(),
         };
         let mut schedule = Schedule {
             at: origin + args.first_fault.as_nanos() as u64,
@@ -481,12 +490,14 @@ async fn run(args: Args) -> Result<bool, BoxError> {
             schedule.done(now_ns());
         }
         end = schedule.end;
+        fault_commits = std::mem::take(&mut injector.commits);
     }
     tokio::time::sleep(Duration::from_nanos(end.saturating_sub(now_ns()))).await;
     stop.store(true, Ordering::Relaxed);
 
     // Collect.
     let mut commits = std::mem::take(&mut initial);
+    commits.append(&mut fault_commits);
     let (mut unknown_committed, mut unknown_rolled_back) = (0, 0);
     for w in writer_tasks {
         let r = w.await??;

@@ -1,10 +1,11 @@
-//! The audited workload: three tables, the caches that read them, readers and writers.
+//! The audited workload: four tables, the caches that read them, readers and writers.
 //!
 //! | table | writes | read through | key in the history |
 //! |---|---|---|---|
 //! | `audit_rows(id, version)` | UPDATE | `get_or_load`, namespace `audit_rows`, rule keys `["{id}"]` | `row_key(ROWS, id)` |
 //! | `audit_items(id, version)` | INSERT, UPDATE, DELETE | `try_get_optional_with` (cached "not found"), namespace `audit_items`, rule keys `["{id}"]` | `row_key(ITEMS, id)` |
 //! | `audit_counters(id, version)` (16 rows) | UPDATE | `try_get_tagged_with` of `sum(version)` under the tag `audit_counters`, namespace `audit_sums`; the rule has no keys, only the tag | `row_key(SUM, 0)`, version = the sum |
+//! | `audit_parts(id, part, version)`, partitioned by `part = id % 2` | by the `ddl` fault only: TRUNCATE and refill a partition, DETACH and re-ATTACH one, replica identity changes, DROP and re-create the table | `try_get_optional_with`, namespace `audit_parts`, rule keys `["{id}"]` | `row_key(PARTS, id)` |
 //! | `audit_filler(id, version)` (10,000 rows) | UPDATE, by `daemon-backlog`'s burst writers only | nobody; the rule keys `["{id}"]` make every change an invalidation the daemon must publish | — |
 //!
 //! Every write sets a version one above the row's last committed one, so each writer must know
@@ -30,6 +31,7 @@ pub(crate) const KEY_PREFIX: &str = "audit";
 pub(crate) const ROWS: u16 = 1;
 pub(crate) const ITEMS: u16 = 2;
 pub(crate) const SUM: u16 = 3;
+pub(crate) const PARTS: u16 = 4;
 /// Rows of `audit_counters`.
 pub(crate) const COUNTERS: i64 = 16;
 /// The tag the counters' rule bumps, and the sum's cache entry carries.
@@ -37,6 +39,7 @@ pub(crate) const COUNTERS_TAG: &str = "audit_counters";
 pub(crate) const NS_ROWS: &str = "audit_rows";
 pub(crate) const NS_ITEMS: &str = "audit_items";
 pub(crate) const NS_SUMS: &str = "audit_sums";
+pub(crate) const NS_PARTS: &str = "audit_parts";
 /// The table `daemon-backlog`'s burst writes: mapped by the daemon (one key per row, so every
 /// change is an invalidation it must publish) and read by nobody, so the checked tables keep
 /// their writers' version model.
@@ -50,6 +53,7 @@ pub(crate) fn table_name(table: u16) -> &'static str {
         ROWS => "audit_rows",
         ITEMS => "audit_items",
         SUM => "sum(audit_counters)",
+        PARTS => "audit_parts",
         _ => "?",
     }
 }
@@ -70,7 +74,9 @@ pub(crate) async fn create_tables(
              CREATE TABLE audit_counters (id bigint PRIMARY KEY, version bigint NOT NULL);
              INSERT INTO audit_counters SELECT g, 0 FROM generate_series(1, {COUNTERS}) g;
              CREATE TABLE {FILLER} (id bigint PRIMARY KEY, version bigint NOT NULL);
-             INSERT INTO {FILLER} SELECT g, 0 FROM generate_series(1, {FILLER_ROWS}) g;"
+             INSERT INTO {FILLER} SELECT g, 0 FROM generate_series(1, {FILLER_ROWS}) g;
+             {}",
+            parts_schema(rows, 0)
         ))
         .await?;
     let mut history = Vec::with_capacity(2 * rows + 1);
@@ -82,7 +88,20 @@ pub(crate) async fn create_tables(
         });
     }
     history.push(Commit::at(row_key(SUM, 0), 0, t_ns));
+    history.extend((1..=rows as i64).map(|id| Commit::at(row_key(PARTS, id), 0, t_ns)));
     Ok(history)
+}
+
+/// `audit_parts` created with its two partitions (`part = id % 2`) and rows `1..=rows` at
+/// `version`: the schema at start and after the `ddl` fault drops and re-creates it.
+pub(crate) fn parts_schema(rows: usize, version: i64) -> String {
+    format!(
+        "CREATE TABLE audit_parts (id bigint NOT NULL, part int NOT NULL, version bigint NOT NULL,
+                                   PRIMARY KEY (id, part)) PARTITION BY LIST (part);
+         CREATE TABLE audit_parts_0 PARTITION OF audit_parts FOR VALUES IN (0);
+         CREATE TABLE audit_parts_1 PARTITION OF audit_parts FOR VALUES IN (1);
+         INSERT INTO audit_parts SELECT g, g % 2, {version} FROM generate_series(1, {rows}) g;"
+    )
 }
 
 /// The daemon's rules for the three audited tables and the filler.
@@ -106,6 +125,12 @@ pub(crate) fn rules() -> Vec<walcache_audit::daemon::RuleSpec> {
             namespace: "audit_counters".into(),
             keys: vec![],
             tags: vec![COUNTERS_TAG.into()],
+        },
+        RuleSpec {
+            table: "public.audit_parts".into(),
+            namespace: NS_PARTS.into(),
+            keys: vec!["{id}".into()],
+            tags: vec![],
         },
         RuleSpec {
             table: format!("public.{FILLER}"),
@@ -227,6 +252,7 @@ pub(crate) struct Reader {
     rows: Cache<i64, i64>,
     items: Cache<i64, i64>,
     sums: Cache<i64, i64>,
+    parts: Cache<i64, i64>,
 }
 
 /// What the readers are configured with.
@@ -255,6 +281,10 @@ impl Reader {
                 .negative_ttl(Duration::from_secs(60))
                 .build()?,
             sums: handle.cache(NS_SUMS).build()?,
+            parts: handle
+                .cache(NS_PARTS)
+                .negative_ttl(Duration::from_secs(60))
+                .build()?,
             handle,
         })
     }
@@ -294,6 +324,17 @@ impl Reader {
                     })
                     .await
             }
+            PARTS => {
+                self.parts
+                    .try_get_optional_with(&id, async move {
+                        let c = client.ok_or(LoadError::Down)?;
+                        c.query_opt("SELECT version FROM audit_parts WHERE id = $1", &[&id])
+                            .await
+                            .map(|r| r.map(|r| r.get::<_, i64>(0)))
+                            .map_err(LoadError::Pg)
+                    })
+                    .await
+            }
             _ => self
                 .sums
                 .try_get_tagged_with(&0, &[COUNTERS_TAG], async move {
@@ -309,14 +350,16 @@ impl Reader {
     }
 }
 
-/// Which table a read goes to: 45% rows, 45% items, 10% the sum.
+/// Which table a read goes to: 45% rows, 40% items, 10% the sum, 5% parts.
 fn pick_table(u: f64) -> u16 {
     if u < 0.45 {
         ROWS
-    } else if u < 0.9 {
+    } else if u < 0.85 {
         ITEMS
-    } else {
+    } else if u < 0.95 {
         SUM
+    } else {
+        PARTS
     }
 }
 
