@@ -32,6 +32,50 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 const STRIPES: usize = 64;
+/// Stripes of the per-tag counters (by tag hash): a tag invalidation makes stale, on their
+/// next hit, the L1 entries carrying a tag of its stripe.
+const TAG_STRIPES: usize = 256;
+
+/// Per-tag counters, striped by tag hash, that a tagged L1 entry records when it is filled
+/// and that its every hit compares: an entry whose tag's counter moved since is not served.
+///
+/// moka's predicate invalidation (`invalidate_entries_if`) alone is not enough: it is applied
+/// lazily, and the fuzz test (`tests/it/fuzz.rs`) saw entries it should have covered served
+/// milliseconds after the invalidation completed. The stamps make a tag invalidation O(1) in
+/// this process and exact (up to stripe collisions, which only invalidate more).
+///
+/// Order, for a fill racing a tag invalidation (both sides SeqCst with [`handshake_fence`]):
+/// the invalidation bumps the process-wide counter, then the tag's stripe; the fill reads the
+/// stripe (its stamp), inserts, then re-reads the process-wide counter. If the fill's re-read
+/// misses the first bump, its stamp read came before the second: the entry carries the old
+/// stamp and is refused on hit. Otherwise the fill removes its own entry.
+#[derive(Debug)]
+pub(crate) struct TagStamps {
+    stripes: [AtomicU64; TAG_STRIPES],
+}
+
+impl TagStamps {
+    pub(crate) fn new() -> Self {
+        TagStamps {
+            stripes: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    fn stripe(&self, tag: &str) -> &AtomicU64 {
+        // The modulo keeps the index below TAG_STRIPES, so the cast cannot truncate.
+        &self.stripes[(key_hash(tag) % TAG_STRIPES as u64) as usize]
+    }
+
+    /// The tag's counter now, to record in an entry.
+    pub(crate) fn stamp(&self, tag: &str) -> u64 {
+        self.stripe(tag).load(Ordering::SeqCst)
+    }
+
+    /// A tag was invalidated.
+    pub(crate) fn bump(&self, tag: &str) {
+        self.stripe(tag).fetch_add(1, Ordering::SeqCst);
+    }
+}
 
 /// `l2_generation` value meaning "not known: read it from Redis together with the value".
 pub(crate) const UNKNOWN_GENERATION: u64 = u64::MAX;

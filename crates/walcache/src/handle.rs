@@ -105,6 +105,8 @@ impl Namespace {
 pub(crate) struct Shared {
     pub(crate) live: AtomicBool,
     pub(crate) global_generation: AtomicU64,
+    /// Per-tag counters that tagged L1 entries record and check on every hit.
+    pub(crate) tag_stamps: crate::generation::TagStamps,
     namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
     pub(crate) l2: Option<L2>,
     pub(crate) config: HandleConfig,
@@ -164,8 +166,14 @@ impl Shared {
 
     /// Tags changed: any entry of any namespace may carry them.
     pub(crate) fn apply_tags(&self, tags: &[String]) {
+        // The process-wide counter first, then the tags' (see `TagStamps` for why).
         self.global_generation.fetch_add(1, Ordering::SeqCst);
         handshake_fence();
+        for t in tags {
+            self.tag_stamps.bump(t);
+        }
+        handshake_fence();
+        // moka's lazy removal frees the memory; correctness rests on the stamps.
         for ns in self.all_namespaces() {
             for t in ns.targets() {
                 t.invalidate_tags(tags);
@@ -553,6 +561,7 @@ impl WalcacheBuilder {
             // Without a stream there is no liveness to wait for.
             live: AtomicBool::new(!stream),
             global_generation: AtomicU64::new(0),
+            tag_stamps: crate::generation::TagStamps::new(),
             namespaces: RwLock::new(HashMap::new()),
             l2,
             config: HandleConfig {

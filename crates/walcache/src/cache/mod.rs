@@ -42,6 +42,9 @@ struct L1Entry<V> {
     /// When a "not found" stops counting (its own, shorter time-to-live); `None` for values.
     negative_until: Option<Instant>,
     tags: Option<Arc<[String]>>,
+    /// The tags' counters when the entry was filled (same order as `tags`): a hit whose tag
+    /// moved since is a miss (see `generation::TagStamps`).
+    stamps: Option<Arc<[u64]>>,
     weight: u32,
 }
 
@@ -261,6 +264,18 @@ where
             // Only "not found" entries carry a deadline: values never read the clock here.
             if hit.negative_until.is_some_and(|d| Instant::now() >= d) {
                 return None;
+            }
+            // Only tagged entries carry stamps: untagged hits pay nothing here.
+            if let (Some(tags), Some(stamps)) = (&hit.tags, &hit.stamps) {
+                let stamps_now = &self.inner.shared.tag_stamps;
+                if tags
+                    .iter()
+                    .zip(stamps.iter())
+                    .any(|(t, s)| stamps_now.stamp(t) != *s)
+                {
+                    self.inner.l1.invalidate(buf.as_str());
+                    return None;
+                }
             }
             self.inner.l1_hits.increment_at(*stripe);
             Some(hit)
@@ -563,11 +578,15 @@ where
 
     fn put_l1(&self, k: &Arc<str>, value: Option<V>, tags: &[String], size: usize) {
         let inner = &self.inner;
-        let tags: Option<Arc<[String]>> = if tags.is_empty() {
-            None
+        let (tags, stamps) = if tags.is_empty() {
+            (None, None)
         } else {
             inner.has_tags.store(true, Ordering::Release);
-            Some(tags.into())
+            let stamps: Arc<[u64]> = tags
+                .iter()
+                .map(|t| inner.shared.tag_stamps.stamp(t))
+                .collect();
+            (Some(Arc::<[String]>::from(tags)), Some(stamps))
         };
         let weight = if inner.weighted {
             u32::try_from(k.len() + size)
@@ -586,6 +605,7 @@ where
                 value,
                 negative_until,
                 tags,
+                stamps,
                 weight,
             },
         );

@@ -2,6 +2,7 @@
 #![allow(missing_docs)]
 
 mod api;
+mod fuzz;
 mod interleavings;
 mod races;
 mod read_path;
