@@ -14,9 +14,13 @@
 //! the two fences are ordered in the single total order S, and if the fill's fence comes
 //! first, the invalidation's removal (sequenced after its fence) sees the entry; if the
 //! invalidation's fence comes first, the fill's re-read sees the bump and the fill removes
-//! its own entry. Either way the entry does not survive. (A whole-L1 flush is moka's
+//! its own entry. Either way the entry does not survive. A whole-L1 flush is moka's
 //! `invalidate_all`, which compares entries' write times with the flush time rather than
-//! reading the map; the argument there rests on moka's clock being monotonic across threads.)
+//! reading the map, and keeps an entry written in the flush's own clock tick; so every L1
+//! entry also records its namespace's counter when it is filled ([`NamespaceGenerations::stamp`])
+//! and a hit whose counter moved since is a miss. The same order argument as for tags (see
+//! [`TagStamps`]) makes that exact: the flush bumps the counter before it sweeps L1, the fill
+//! reads its stamp before it inserts and re-reads the counter after.
 //!
 //! The namespace's generation in Redis (part of every value key) is known locally too, so a
 //! live read costs one GET. It changes only together with a namespace bump, generation first:
@@ -171,6 +175,19 @@ impl NamespaceGenerations {
 
     /// The counters that flushes move, for [`learn_l2_generation`](Self::learn_l2_generation)
     /// by a caller that has no key.
+    /// Every L1 entry of the namespace is dropped (a whole-L1 flush) without a new
+    /// generation: the counter moves so that entries filled before are refused on hit. (A
+    /// read learning the generation meanwhile retries; that is all it costs.)
+    pub(crate) fn bump_namespace(&self) {
+        self.namespace.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The namespace's counter now, for an L1 entry to record: a hit whose recorded counter
+    /// differs was filled before a flush.
+    pub(crate) fn stamp(&self) -> u64 {
+        self.namespace.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn flushes(&self, global: &AtomicU64) -> Snapshot {
         Snapshot {
             global: global.load(Ordering::SeqCst),

@@ -210,8 +210,12 @@ impl Shared {
     /// Drop every L1 entry of the process, and every fill in flight.
     pub(crate) fn flush_l1(&self, reason: FlushReason) {
         self.global_generation.fetch_add(1, Ordering::SeqCst);
+        let namespaces = self.all_namespaces();
+        for ns in &namespaces {
+            ns.generations.bump_namespace();
+        }
         handshake_fence();
-        for ns in self.all_namespaces() {
+        for ns in namespaces {
             for t in ns.targets() {
                 t.invalidate_all();
             }

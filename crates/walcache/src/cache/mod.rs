@@ -45,6 +45,9 @@ struct L1Entry<V> {
     /// The tags' counters when the entry was filled (same order as `tags`): a hit whose tag
     /// moved since is a miss (see `generation::TagStamps`).
     stamps: Option<Arc<[u64]>>,
+    /// The namespace's counter when the entry was filled: a hit after a flush is a miss (see
+    /// the `generation` module docs).
+    flushes: u64,
     weight: u32,
 }
 
@@ -251,7 +254,8 @@ where
 
     #[inline]
     fn l1_get(&self, key: &K) -> Option<L1Entry<V>> {
-        // The hit path: one atomic load (liveness), moka's lookup, one uncontended increment.
+        // The hit path: two atomic loads (liveness, the namespace's counter), moka's lookup,
+        // one uncontended increment; a tagged entry one more load per tag.
         if !self.inner.shared.live.load(Ordering::Acquire) {
             return None;
         }
@@ -265,7 +269,11 @@ where
             if hit.negative_until.is_some_and(|d| Instant::now() >= d) {
                 return None;
             }
-            // Only tagged entries carry stamps: untagged hits pay nothing here.
+            if hit.flushes != self.inner.ns.generations.stamp() {
+                self.inner.l1.invalidate(buf.as_str());
+                return None;
+            }
+            // Only tagged entries carry stamps: untagged hits pay nothing more here.
             if let (Some(tags), Some(stamps)) = (&hit.tags, &hit.stamps) {
                 let stamps_now = &self.inner.shared.tag_stamps;
                 if tags
@@ -578,6 +586,7 @@ where
 
     fn put_l1(&self, k: &Arc<str>, value: Option<V>, tags: &[String], size: usize) {
         let inner = &self.inner;
+        let flushes = inner.ns.generations.stamp();
         let (tags, stamps) = if tags.is_empty() {
             (None, None)
         } else {
@@ -606,6 +615,7 @@ where
                 negative_until,
                 tags,
                 stamps,
+                flushes,
                 weight,
             },
         );
