@@ -8,6 +8,43 @@
 -- periodic catalog check remains the safety net).
 
 CREATE SCHEMA IF NOT EXISTS walcache;
+
+-- The SECURITY DEFINER functions below run as the installing superuser, for every role's DDL
+-- and TRUNCATE, and call one another by their names in this schema. Whoever owns the schema
+-- may drop and replace any object in it: a schema created beforehand by an ordinary role (a
+-- database owner may create schemas) would hand that role superuser. Refuse such a schema,
+-- and objects in it that an ordinary role owns.
+DO $guard$
+DECLARE
+    owner text;
+BEGIN
+    SELECT r.rolname INTO owner
+    FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner
+    WHERE n.nspname = 'walcache' AND NOT r.rolsuper;
+    IF owner IS NULL THEN
+        SELECT r.rolname INTO owner FROM (
+            SELECT c.relowner AS o FROM pg_catalog.pg_class c
+            WHERE c.relnamespace = 'walcache'::pg_catalog.regnamespace
+            UNION ALL
+            SELECT p.proowner FROM pg_catalog.pg_proc p
+            WHERE p.pronamespace = 'walcache'::pg_catalog.regnamespace
+            UNION ALL
+            SELECT t.typowner FROM pg_catalog.pg_type t
+            WHERE t.typnamespace = 'walcache'::pg_catalog.regnamespace
+        ) x JOIN pg_catalog.pg_roles r ON r.oid = x.o
+        WHERE NOT r.rolsuper
+        LIMIT 1;
+    END IF;
+    IF owner IS NOT NULL THEN
+        RAISE EXCEPTION 'the schema walcache, or an object in it, is owned by role %, which is '
+            'not a superuser: installing superuser-owned SECURITY DEFINER functions there would '
+            'let that role run code as superuser', owner
+            USING HINT = 'inspect the schema, then DROP SCHEMA walcache CASCADE (or make a '
+                'superuser own it and everything in it) and install again';
+    END IF;
+END
+$guard$;
+
 REVOKE ALL ON SCHEMA walcache FROM PUBLIC;
 
 -- The tables of the daemon's rules (written by install): their partitions get a TRUNCATE

@@ -412,3 +412,60 @@ async fn check_reports_capture_and_install_uninstall_round_trip() {
         "{stdout}"
     );
 }
+
+/// Connect to the stack's database as `role` (no password: the test cluster trusts local
+/// connections).
+async fn connect_as(s: &Stack, role: &str) -> tokio_postgres::Client {
+    let conn = s
+        .pg
+        .conn_string(&s.db)
+        .replace("user=postgres", &format!("user={role}"));
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// The SECURITY DEFINER functions run as the installing superuser and call one another by
+/// their names in the schema `walcache`. A schema created beforehand by an ordinary role (a
+/// database owner may create schemas) lets that role replace `walcache.emit` and run code as
+/// superuser on its next DDL: install must refuse such a schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_refuses_a_walcache_schema_an_ordinary_role_owns() {
+    let mut s = stack(EVENTS, RULES).await;
+    s.client
+        .batch_execute(
+            "CREATE ROLE plain LOGIN NOSUPERUSER;
+             CREATE SCHEMA walcache AUTHORIZATION plain;",
+        )
+        .await
+        .unwrap();
+    let config = Config::parse(&s.toml, &HashMap::<String, String>::new()).expect("config");
+    let installed = walcached::ddl_capture::install(&mut s.client, &config).await;
+    if installed.is_ok() {
+        // What the schema's owner can do then: swap the function the triggers call.
+        let plain = connect_as(&s, "plain").await;
+        plain
+            .batch_execute(
+                "DROP FUNCTION walcache.emit(jsonb);
+                 CREATE FUNCTION walcache.emit(content jsonb) RETURNS void
+                 LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'ALTER ROLE plain SUPERUSER'; END $$;
+                 CREATE TABLE walcache.bait (id int);",
+            )
+            .await
+            .expect("the schema's owner replaces a function and runs DDL");
+    }
+    let superuser: bool = s
+        .client
+        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = 'plain'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!superuser, "an ordinary role made itself superuser");
+    let err = installed.expect_err("install refuses a schema an ordinary role owns");
+    let text = format!("{err:?}");
+    assert!(text.contains("owned by role plain"), "{text}");
+}
