@@ -87,8 +87,10 @@ DECLARE
     part regclass;
 BEGIN
     PERFORM set_config('walcache.internal', 'on', true);
+    -- DISTINCT: rules on nested tables of one tree (a parent and one of its partitions)
+    -- list the same partitions twice, and a second CREATE TRIGGER would fail the whole loop.
     FOR part IN
-        SELECT t.relid
+        SELECT DISTINCT t.relid
         FROM walcache.capture_tables ct
         CROSS JOIN LATERAL pg_partition_tree(
             to_regclass(quote_ident(ct.schema_name) || '.' || quote_ident(ct.table_name))) t

@@ -469,3 +469,52 @@ async fn install_refuses_a_walcache_schema_an_ordinary_role_owns() {
     let text = format!("{err:?}");
     assert!(text.contains("owned by role plain"), "{text}");
 }
+
+/// Rules on two tables of one partition tree (a parent and one of its partitions, itself
+/// partitioned) list the same leaves twice: install, and the event trigger for partitions
+/// created later, still give every partition its TRUNCATE trigger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_covers_rules_on_nested_tables_of_one_tree() {
+    let mut s = stack(
+        "CREATE TABLE events (id int, day date, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
+         CREATE TABLE events_2024 PARTITION OF events
+             FOR VALUES FROM ('2024-01-01') TO ('2025-01-01') PARTITION BY RANGE (day);
+         CREATE TABLE events_2024_h1 PARTITION OF events_2024
+             FOR VALUES FROM ('2024-01-01') TO ('2024-07-01');",
+        "
+[[rules]]
+table = \"public.events\"
+namespace = \"events\"
+keys = [\"{id}:{day}\"]
+
+[[rules]]
+table = \"public.events_2024\"
+namespace = \"events_2024\"
+keys = [\"{id}:{day}\"]
+",
+    )
+    .await;
+    let installed = s.install().await;
+    assert_eq!(
+        installed.partitions, 2,
+        "events_2024 and events_2024_h1 carry the trigger"
+    );
+    s.client
+        .batch_execute(
+            "CREATE TABLE events_2024_h2 PARTITION OF events_2024
+                 FOR VALUES FROM ('2024-07-01') TO ('2025-01-01');",
+        )
+        .await
+        .unwrap();
+    let covered: i64 = s
+        .client
+        .query_one(
+            "SELECT count(*) FROM pg_trigger WHERE tgname = 'walcache_truncate' \
+             AND tgrelid = 'events_2024_h2'::regclass AND tgenabled = 'A'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(covered, 1, "the new partition got its TRUNCATE trigger");
+}
