@@ -518,3 +518,93 @@ keys = [\"{id}:{day}\"]
         .get(0);
     assert_eq!(covered, 1, "the new partition got its TRUNCATE trigger");
 }
+
+/// A rule's table may itself be a partition (here of a tree whose root no rule maps). DDL on
+/// an ancestor recurses to it (`ALTER COLUMN … TYPE … USING` rewrites its rows), and its new
+/// partitions name the tree's root, not the rule's table: both must still flush the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_on_a_partition_is_flushed_by_its_ancestors_ddl_and_its_new_partitions_truncate() {
+    let mut s = stack(
+        "CREATE TABLE events (id int, day date, v int, PRIMARY KEY (id, day))
+             PARTITION BY RANGE (day);
+         CREATE TABLE events_2024 PARTITION OF events
+             FOR VALUES FROM ('2024-01-01') TO ('2025-01-01') PARTITION BY RANGE (day);
+         CREATE TABLE events_2024_h1 PARTITION OF events_2024
+             FOR VALUES FROM ('2024-01-01') TO ('2024-07-01');
+         INSERT INTO events VALUES (1, '2024-05-01', 1);
+         CREATE TABLE marker (id int PRIMARY KEY, v int);
+         INSERT INTO marker VALUES (1, 0);",
+        "
+[[rules]]
+table = \"public.events_2024\"
+namespace = \"events_2024\"
+keys = [\"{id}:{day}\"]
+
+[[rules]]
+table = \"public.marker\"
+namespace = \"marker\"
+keys = [\"{id}\"]
+",
+    )
+    .await;
+    s.install().await;
+    let (daemon, listener) = s.start().await;
+    s.client
+        .batch_execute("ALTER TABLE events ALTER COLUMN v TYPE bigint USING v * 10")
+        .await
+        .unwrap();
+    s.marker(1).await;
+    wait_flush_before_marker(&listener, "events_2024").await;
+
+    s.client
+        .batch_execute(
+            "CREATE TABLE events_2024_h2 PARTITION OF events_2024
+                 FOR VALUES FROM ('2024-07-01') TO ('2025-01-01');
+             INSERT INTO events VALUES (2, '2024-08-01', 2);",
+        )
+        .await
+        .unwrap();
+    listener.wait_keys(&["events_2024/2:2024-08-01"]).await;
+    listener.clear();
+    s.client
+        .batch_execute("TRUNCATE events_2024_h2")
+        .await
+        .unwrap();
+    s.marker(2).await;
+    wait_flush_before_marker(&listener, "events_2024").await;
+    daemon.stop().await;
+}
+
+/// `ALTER TYPE … RENAME VALUE` changes the text of every row holding the value, with no row
+/// event: the tables with a column of the type are announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enum_value_renamed_flushes_the_tables_using_the_type() {
+    let mut s = stack(
+        "CREATE TYPE mood AS ENUM ('sad', 'ok');
+         CREATE TABLE feelings (id int PRIMARY KEY, m mood);
+         INSERT INTO feelings VALUES (1, 'sad');
+         CREATE TABLE marker (id int PRIMARY KEY, v int);
+         INSERT INTO marker VALUES (1, 0);",
+        "
+[[rules]]
+table = \"public.feelings\"
+namespace = \"feelings\"
+keys = [\"{id}\"]
+
+[[rules]]
+table = \"public.marker\"
+namespace = \"marker\"
+keys = [\"{id}\"]
+",
+    )
+    .await;
+    s.install().await;
+    let (daemon, listener) = s.start().await;
+    s.client
+        .batch_execute("ALTER TYPE mood RENAME VALUE 'sad' TO 'unhappy'")
+        .await
+        .unwrap();
+    s.marker(1).await;
+    wait_flush_before_marker(&listener, "feelings").await;
+    daemon.stop().await;
+}
