@@ -46,9 +46,11 @@ const TAG_STRIPES: usize = 256;
 ///
 /// Order, for a fill racing a tag invalidation (both sides SeqCst with [`handshake_fence`]):
 /// the invalidation bumps the process-wide counter, then the tag's stripe; the fill reads the
-/// stripe (its stamp), inserts, then re-reads the process-wide counter. If the fill's re-read
-/// misses the first bump, its stamp read came before the second: the entry carries the old
-/// stamp and is refused on hit. Otherwise the fill removes its own entry.
+/// stripe (its stamp), then checks the process-wide counter against its snapshot from before
+/// its I/O, and only then inserts. If that check misses the first bump, the stamp read came
+/// before the second: the entry carries the old stamp and is refused on hit. Otherwise the
+/// fill does not insert. (Stamps read after the check could be the new ones on an entry
+/// inserted after the invalidation returned, served until the fill's re-read removed it.)
 #[derive(Debug)]
 pub(crate) struct TagStamps {
     stripes: [AtomicU64; TAG_STRIPES],
