@@ -416,10 +416,9 @@ async fn check_reports_capture_and_install_uninstall_round_trip() {
 /// Connect to the stack's database as `role` (no password: the test cluster trusts local
 /// connections).
 async fn connect_as(s: &Stack, role: &str) -> tokio_postgres::Client {
-    let conn = s
-        .pg
-        .conn_string(&s.db)
-        .replace("user=postgres", &format!("user={role}"));
+    let conn =
+        s.pg.conn_string(&s.db)
+            .replace("user=postgres", &format!("user={role}"));
     let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
         .await
         .expect("connect");
