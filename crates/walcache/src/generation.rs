@@ -20,7 +20,7 @@
 //! entry also records its namespace's counter when it is filled ([`NamespaceGenerations::stamp`])
 //! and a hit whose counter moved since is a miss. The same order argument as for tags (see
 //! [`TagStamps`]) makes that exact: the flush bumps the counter before it sweeps L1, the fill
-//! reads its stamp before it inserts and re-reads the counter after.
+//! reads its stamp before its check of the counters, and re-reads them after the insert.
 //!
 //! The namespace's generation in Redis (part of every value key) is known locally too, so a
 //! live read costs one GET. It changes only together with a namespace bump, generation first:
@@ -50,9 +50,11 @@ const TAG_STRIPES: usize = 256;
 ///
 /// Order, for a fill racing a tag invalidation (both sides SeqCst with [`handshake_fence`]):
 /// the invalidation bumps the process-wide counter, then the tag's stripe; the fill reads the
-/// stripe (its stamp), inserts, then re-reads the process-wide counter. If the fill's re-read
-/// misses the first bump, its stamp read came before the second: the entry carries the old
-/// stamp and is refused on hit. Otherwise the fill removes its own entry.
+/// stripe (its stamp), then checks the process-wide counter against its snapshot from before
+/// its I/O, and only then inserts. If that check misses the first bump, the stamp read came
+/// before the second: the entry carries the old stamp and is refused on hit. Otherwise the
+/// fill does not insert. (Stamps read after the check could be the new ones on an entry
+/// inserted after the invalidation returned, served until the fill's re-read removed it.)
 #[derive(Debug)]
 pub(crate) struct TagStamps {
     stripes: [AtomicU64; TAG_STRIPES],

@@ -24,6 +24,11 @@ pub enum HookPoint {
     JoinedFlight,
     /// Applying a namespace flush locally: half of it done (the subscriber's thread blocks here).
     InsideApplyFlush,
+    /// A fill into L1: its checks passed, nothing inserted yet (the filling thread blocks here).
+    BeforeL1Insert,
+    /// A fill into L1: inserted, the generations not re-read yet (the filling thread blocks
+    /// here).
+    AfterL1Insert,
 }
 
 #[cfg(feature = "test-hooks")]

@@ -34,6 +34,12 @@ use load::Accepted;
 /// Per-entry overhead added to the weight of an entry in byte-bounded mode.
 const ENTRY_OVERHEAD_BYTES: u32 = 64;
 
+/// The counters an L1 entry records at fill.
+struct Stamps {
+    flushes: u64,
+    tags: Option<Arc<[u64]>>,
+}
+
 /// What L1 holds for a key.
 #[derive(Clone)]
 struct L1Entry<V> {
@@ -436,7 +442,8 @@ where
         };
         let size = encoded.as_ref().map_or(0, Vec::len);
         if inner.shared.live.load(Ordering::Acquire) {
-            self.put_l1(&k, Some(value), &tags, size);
+            let stamps = self.stamps(&tags);
+            self.put_l1(&k, Some(value), &tags, stamps, size);
         }
         if let (Some(l2), Some(names), Some(payload)) =
             (inner.shared.l2.as_ref(), inner.names.as_ref(), encoded)
@@ -584,18 +591,28 @@ where
         }
     }
 
-    fn put_l1(&self, k: &Arc<str>, value: Option<V>, tags: &[String], size: usize) {
+    /// The counters an entry records: its namespace's and its tags' (`None` for an untagged
+    /// entry), read before the caller checks that no invalidation raced the fill (see
+    /// `generation::TagStamps` and the `generation` module docs).
+    fn stamps(&self, tags: &[String]) -> Stamps {
+        Stamps {
+            flushes: self.inner.ns.generations.stamp(),
+            tags: (!tags.is_empty()).then(|| {
+                tags.iter()
+                    .map(|t| self.inner.shared.tag_stamps.stamp(t))
+                    .collect()
+            }),
+        }
+    }
+
+    /// Insert into L1 with `stamps`, read before the caller's check.
+    fn put_l1(&self, k: &Arc<str>, value: Option<V>, tags: &[String], stamps: Stamps, size: usize) {
         let inner = &self.inner;
-        let flushes = inner.ns.generations.stamp();
-        let (tags, stamps) = if tags.is_empty() {
-            (None, None)
+        let tags: Option<Arc<[String]>> = if tags.is_empty() {
+            None
         } else {
             inner.has_tags.store(true, Ordering::Release);
-            let stamps: Arc<[u64]> = tags
-                .iter()
-                .map(|t| inner.shared.tag_stamps.stamp(t))
-                .collect();
-            (Some(Arc::<[String]>::from(tags)), Some(stamps))
+            Some(tags.into())
         };
         let weight = if inner.weighted {
             u32::try_from(k.len() + size)
@@ -614,8 +631,8 @@ where
                 value,
                 negative_until,
                 tags,
-                stamps,
-                flushes,
+                stamps: stamps.tags,
+                flushes: stamps.flushes,
                 weight,
             },
         );
@@ -648,11 +665,19 @@ where
         if !inner.shared.live.load(Ordering::Acquire) {
             return;
         }
+        // The stamps before the check: a tag invalidation bumps the process-wide counter
+        // before the tag's, so a check that misses the first bump proves the stamps were read
+        // before the second, and the entry is refused on hit. Read after the check, they could
+        // carry the new counter into an entry filled before an invalidation that has already
+        // returned, served until the re-read below takes it out.
+        let stamps = self.stamps(tags);
         if self.snapshot(k) != snap {
             inner.metrics.discarded_l1.increment(1);
             return;
         }
-        self.put_l1(k, value, tags, size);
+        inner.shared.hooks.pass_blocking(HookPoint::BeforeL1Insert);
+        self.put_l1(k, value, tags, stamps, size);
+        inner.shared.hooks.pass_blocking(HookPoint::AfterL1Insert);
         handshake_fence(); // insert, then re-read: see generation.rs
         if self.snapshot(k) != snap {
             inner.l1.invalidate(&**k);

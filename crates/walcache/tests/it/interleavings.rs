@@ -463,3 +463,35 @@ async fn a_half_open_subscription_is_replaced_after_heartbeat_silence() {
     let _ = stop_tx.send(());
     daemon.await.expect("daemon task");
 }
+
+/// A tagged fill that passed its check before `invalidate_tag` ran, and inserts into L1 after
+/// it returned, must insert an entry that is refused on hit: its stamps are the tag's counter
+/// from before the check, never the bumped one. (Read at the insert, the stamps were the new
+/// ones, and the old value was served until the fill's re-read took it out.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tagged_fill_inserting_after_invalidate_tag_returned_is_never_served() {
+    let redis = RedisServer::start().expect("redis");
+    let mut publisher = Publisher::new(&redis).await;
+    let h = live_handle(&redis, &mut publisher).await;
+    let ns = namespace("tagfill");
+    let cache = h.cache::<i64, String>(&ns).build().expect("cache");
+
+    let before_insert = h.test_hooks().pause_next(HookPoint::BeforeL1Insert);
+    let fill = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.try_get_tagged_with(&1, &["t"], value("old")).await })
+    };
+    reached(&before_insert, "the fill's checks passed, nothing inserted").await;
+    cache.invalidate_tag("t").await.expect("invalidate_tag");
+    // The invalidation has returned. The fill inserts now; stop it before its re-read.
+    let after_insert = h.test_hooks().pause_next(HookPoint::AfterL1Insert);
+    before_insert.release();
+    reached(&after_insert, "the fill inserted, not re-read yet").await;
+    let read = cache.get(&1).await;
+    after_insert.release();
+    assert_eq!(fill.await.expect("task").expect("fill"), "old");
+    assert_eq!(
+        read, None,
+        "a value filled before invalidate_tag was served after it returned"
+    );
+}

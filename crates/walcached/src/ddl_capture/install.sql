@@ -8,6 +8,43 @@
 -- periodic catalog check remains the safety net).
 
 CREATE SCHEMA IF NOT EXISTS walcache;
+
+-- The SECURITY DEFINER functions below run as the installing superuser, for every role's DDL
+-- and TRUNCATE, and call one another by their names in this schema. Whoever owns the schema
+-- may drop and replace any object in it: a schema created beforehand by an ordinary role (a
+-- database owner may create schemas) would hand that role superuser. Refuse such a schema,
+-- and objects in it that an ordinary role owns.
+DO $guard$
+DECLARE
+    owner text;
+BEGIN
+    SELECT r.rolname INTO owner
+    FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner
+    WHERE n.nspname = 'walcache' AND NOT r.rolsuper;
+    IF owner IS NULL THEN
+        SELECT r.rolname INTO owner FROM (
+            SELECT c.relowner AS o FROM pg_catalog.pg_class c
+            WHERE c.relnamespace = 'walcache'::pg_catalog.regnamespace
+            UNION ALL
+            SELECT p.proowner FROM pg_catalog.pg_proc p
+            WHERE p.pronamespace = 'walcache'::pg_catalog.regnamespace
+            UNION ALL
+            SELECT t.typowner FROM pg_catalog.pg_type t
+            WHERE t.typnamespace = 'walcache'::pg_catalog.regnamespace
+        ) x JOIN pg_catalog.pg_roles r ON r.oid = x.o
+        WHERE NOT r.rolsuper
+        LIMIT 1;
+    END IF;
+    IF owner IS NOT NULL THEN
+        RAISE EXCEPTION 'the schema walcache, or an object in it, is owned by role %, which is '
+            'not a superuser: installing superuser-owned SECURITY DEFINER functions there would '
+            'let that role run code as superuser', owner
+            USING HINT = 'inspect the schema, then DROP SCHEMA walcache CASCADE (or make a '
+                'superuser own it and everything in it) and install again';
+    END IF;
+END
+$guard$;
+
 REVOKE ALL ON SCHEMA walcache FROM PUBLIC;
 
 -- The tables of the daemon's rules (written by install): their partitions get a TRUNCATE
@@ -32,6 +69,25 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WHERE c.oid = rel
 $$;
 
+-- The relation, and every rule's table (capture_tables) in its partition tree above it (other
+-- than the root, which `relation` names already) or below it. A rule's table may be a
+-- partition itself, whose partitions name the tree's root, not the rule's table; and DDL on a
+-- table recurses to its partitions (`ALTER COLUMN … TYPE … USING` rewrites them all) while the
+-- event trigger sees only the table named.
+CREATE OR REPLACE FUNCTION walcache.related(rel oid) RETURNS SETOF jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT walcache.relation(rel)
+    UNION ALL
+    SELECT walcache.relation(c.oid)
+    FROM walcache.capture_tables ct
+    CROSS JOIN LATERAL (SELECT to_regclass(quote_ident(ct.schema_name) || '.'
+                                           || quote_ident(ct.table_name))::oid AS oid) c
+    WHERE c.oid IS NOT NULL AND c.oid <> rel
+      AND c.oid IS DISTINCT FROM pg_partition_root(rel)::oid
+      AND (c.oid IN (SELECT a.relid::oid FROM pg_partition_ancestors(rel) a)
+           OR rel IN (SELECT a.relid::oid FROM pg_partition_ancestors(c.oid) a))
+$$;
+
 -- Write one message into the WAL, transactional: it is decoded at its transaction's commit,
 -- in commit order with the row changes.
 CREATE OR REPLACE FUNCTION walcache.emit(content jsonb) RETURNS void
@@ -50,8 +106,10 @@ DECLARE
     part regclass;
 BEGIN
     PERFORM set_config('walcache.internal', 'on', true);
+    -- DISTINCT: rules on nested tables of one tree (a parent and one of its partitions)
+    -- list the same partitions twice, and a second CREATE TRIGGER would fail the whole loop.
     FOR part IN
-        SELECT t.relid
+        SELECT DISTINCT t.relid
         FROM walcache.capture_tables ct
         CROSS JOIN LATERAL pg_partition_tree(
             to_regclass(quote_ident(ct.schema_name) || '.' || quote_ident(ct.table_name))) t
@@ -73,7 +131,7 @@ BEGIN
     BEGIN
         PERFORM walcache.emit(jsonb_build_object(
             'v', 1, 'event', 'truncate', 'tag', 'TRUNCATE',
-            'objects', jsonb_build_array(walcache.relation(TG_RELID))));
+            'objects', (SELECT jsonb_agg(r) FROM walcache.related(TG_RELID) r)));
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'walcache: the TRUNCATE of % was not announced to walcached (%): its '
             'namespace is flushed by the next catalog check', TG_RELID::regclass, SQLERRM;
@@ -92,10 +150,21 @@ BEGIN
         RETURN;
     END IF;
     BEGIN
-        SELECT jsonb_agg(o) INTO objects FROM (
-            SELECT walcache.relation(d.objid) AS o
+        SELECT jsonb_agg(DISTINCT o) INTO objects FROM (
+            SELECT r AS o
             FROM pg_event_trigger_ddl_commands() d
+            CROSS JOIN LATERAL walcache.related(d.objid) r
             WHERE d.classid = 'pg_class'::regclass AND d.object_type = 'table'
+            UNION ALL
+            -- A type altered (an enum value renamed changes the text of every row holding
+            -- it): every table with a column of it, of an array of it or of a domain over it.
+            SELECT r
+            FROM pg_event_trigger_ddl_commands() d
+            JOIN pg_type t ON t.oid = d.objid OR t.typelem = d.objid OR t.typbasetype = d.objid
+            JOIN pg_attribute a ON a.atttypid = t.oid AND a.attnum > 0 AND NOT a.attisdropped
+            JOIN pg_class c ON c.oid = a.attrelid AND c.relkind IN ('r', 'p')
+            CROSS JOIN LATERAL walcache.related(c.oid) r
+            WHERE d.classid = 'pg_type'::regclass
             UNION ALL
             SELECT jsonb_build_object('type', 'publication', 'name', d.object_identity)
             FROM pg_event_trigger_ddl_commands() d

@@ -412,3 +412,198 @@ async fn check_reports_capture_and_install_uninstall_round_trip() {
         "{stdout}"
     );
 }
+
+/// Connect to the stack's database as `role` (no password: the test cluster trusts local
+/// connections).
+async fn connect_as(s: &Stack, role: &str) -> tokio_postgres::Client {
+    let conn =
+        s.pg.conn_string(&s.db)
+            .replace("user=postgres", &format!("user={role}"));
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// The SECURITY DEFINER functions run as the installing superuser and call one another by
+/// their names in the schema `walcache`. A schema created beforehand by an ordinary role (a
+/// database owner may create schemas) lets that role replace `walcache.emit` and run code as
+/// superuser on its next DDL: install must refuse such a schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_refuses_a_walcache_schema_an_ordinary_role_owns() {
+    let mut s = stack(EVENTS, RULES).await;
+    s.client
+        .batch_execute(
+            "CREATE ROLE plain LOGIN NOSUPERUSER;
+             CREATE SCHEMA walcache AUTHORIZATION plain;",
+        )
+        .await
+        .unwrap();
+    let config = Config::parse(&s.toml, &HashMap::<String, String>::new()).expect("config");
+    let installed = walcached::ddl_capture::install(&mut s.client, &config).await;
+    if installed.is_ok() {
+        // What the schema's owner can do then: swap the function the triggers call.
+        let plain = connect_as(&s, "plain").await;
+        plain
+            .batch_execute(
+                "DROP FUNCTION walcache.emit(jsonb);
+                 CREATE FUNCTION walcache.emit(content jsonb) RETURNS void
+                 LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'ALTER ROLE plain SUPERUSER'; END $$;
+                 CREATE TABLE walcache.bait (id int);",
+            )
+            .await
+            .expect("the schema's owner replaces a function and runs DDL");
+    }
+    let superuser: bool = s
+        .client
+        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = 'plain'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!superuser, "an ordinary role made itself superuser");
+    let err = installed.expect_err("install refuses a schema an ordinary role owns");
+    let text = format!("{err:?}");
+    assert!(text.contains("owned by role plain"), "{text}");
+}
+
+/// Rules on two tables of one partition tree (a parent and one of its partitions, itself
+/// partitioned) list the same leaves twice: install, and the event trigger for partitions
+/// created later, still give every partition its TRUNCATE trigger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_covers_rules_on_nested_tables_of_one_tree() {
+    let mut s = stack(
+        "CREATE TABLE events (id int, day date, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
+         CREATE TABLE events_2024 PARTITION OF events
+             FOR VALUES FROM ('2024-01-01') TO ('2025-01-01') PARTITION BY RANGE (day);
+         CREATE TABLE events_2024_h1 PARTITION OF events_2024
+             FOR VALUES FROM ('2024-01-01') TO ('2024-07-01');",
+        "
+[[rules]]
+table = \"public.events\"
+namespace = \"events\"
+keys = [\"{id}:{day}\"]
+
+[[rules]]
+table = \"public.events_2024\"
+namespace = \"events_2024\"
+keys = [\"{id}:{day}\"]
+",
+    )
+    .await;
+    let installed = s.install().await;
+    assert_eq!(
+        installed.partitions, 2,
+        "events_2024 and events_2024_h1 carry the trigger"
+    );
+    s.client
+        .batch_execute(
+            "CREATE TABLE events_2024_h2 PARTITION OF events_2024
+                 FOR VALUES FROM ('2024-07-01') TO ('2025-01-01');",
+        )
+        .await
+        .unwrap();
+    let covered: i64 = s
+        .client
+        .query_one(
+            "SELECT count(*) FROM pg_trigger WHERE tgname = 'walcache_truncate' \
+             AND tgrelid = 'events_2024_h2'::regclass AND tgenabled = 'A'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(covered, 1, "the new partition got its TRUNCATE trigger");
+}
+
+/// A rule's table may itself be a partition (here of a tree whose root no rule maps). DDL on
+/// an ancestor recurses to it (`ALTER COLUMN … TYPE … USING` rewrites its rows), and its new
+/// partitions name the tree's root, not the rule's table: both must still flush the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_on_a_partition_is_flushed_by_its_ancestors_ddl_and_its_new_partitions_truncate() {
+    let mut s = stack(
+        "CREATE TABLE events (id int, day date, v int, PRIMARY KEY (id, day))
+             PARTITION BY RANGE (day);
+         CREATE TABLE events_2024 PARTITION OF events
+             FOR VALUES FROM ('2024-01-01') TO ('2025-01-01') PARTITION BY RANGE (day);
+         CREATE TABLE events_2024_h1 PARTITION OF events_2024
+             FOR VALUES FROM ('2024-01-01') TO ('2024-07-01');
+         INSERT INTO events VALUES (1, '2024-05-01', 1);
+         CREATE TABLE marker (id int PRIMARY KEY, v int);
+         INSERT INTO marker VALUES (1, 0);",
+        "
+[[rules]]
+table = \"public.events_2024\"
+namespace = \"events_2024\"
+keys = [\"{id}:{day}\"]
+
+[[rules]]
+table = \"public.marker\"
+namespace = \"marker\"
+keys = [\"{id}\"]
+",
+    )
+    .await;
+    s.install().await;
+    let (daemon, listener) = s.start().await;
+    s.client
+        .batch_execute("ALTER TABLE events ALTER COLUMN v TYPE bigint USING v * 10")
+        .await
+        .unwrap();
+    s.marker(1).await;
+    wait_flush_before_marker(&listener, "events_2024").await;
+
+    s.client
+        .batch_execute(
+            "CREATE TABLE events_2024_h2 PARTITION OF events_2024
+                 FOR VALUES FROM ('2024-07-01') TO ('2025-01-01');
+             INSERT INTO events VALUES (2, '2024-08-01', 2);",
+        )
+        .await
+        .unwrap();
+    listener.wait_keys(&["events_2024/2:2024-08-01"]).await;
+    listener.clear();
+    s.client
+        .batch_execute("TRUNCATE events_2024_h2")
+        .await
+        .unwrap();
+    s.marker(2).await;
+    wait_flush_before_marker(&listener, "events_2024").await;
+    daemon.stop().await;
+}
+
+/// `ALTER TYPE … RENAME VALUE` changes the text of every row holding the value, with no row
+/// event: the tables with a column of the type are announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enum_value_renamed_flushes_the_tables_using_the_type() {
+    let mut s = stack(
+        "CREATE TYPE mood AS ENUM ('sad', 'ok');
+         CREATE TABLE feelings (id int PRIMARY KEY, m mood);
+         INSERT INTO feelings VALUES (1, 'sad');
+         CREATE TABLE marker (id int PRIMARY KEY, v int);
+         INSERT INTO marker VALUES (1, 0);",
+        "
+[[rules]]
+table = \"public.feelings\"
+namespace = \"feelings\"
+keys = [\"{id}\"]
+
+[[rules]]
+table = \"public.marker\"
+namespace = \"marker\"
+keys = [\"{id}\"]
+",
+    )
+    .await;
+    s.install().await;
+    let (daemon, listener) = s.start().await;
+    s.client
+        .batch_execute("ALTER TYPE mood RENAME VALUE 'sad' TO 'unhappy'")
+        .await
+        .unwrap();
+    s.marker(1).await;
+    wait_flush_before_marker(&listener, "feelings").await;
+    daemon.stop().await;
+}
