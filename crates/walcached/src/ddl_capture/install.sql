@@ -55,6 +55,20 @@ CREATE TABLE IF NOT EXISTS walcache.capture_tables (
     PRIMARY KEY (schema_name, table_name)
 );
 
+-- A random token, readable only by superusers (the schema is closed to PUBLIC): while
+-- cover_partitions runs its own DDL it sets walcache.internal to it, so the event trigger
+-- skips that DDL. A fixed value would let any session switch the announcements off.
+CREATE TABLE IF NOT EXISTS walcache.secret (token text NOT NULL);
+DELETE FROM walcache.secret;
+INSERT INTO walcache.secret VALUES (gen_random_uuid()::text);
+
+-- Whether the event trigger fires for cover_partitions' own DDL.
+CREATE OR REPLACE FUNCTION walcache.internal() RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(current_setting('walcache.internal', true) = (SELECT token FROM walcache.secret),
+                    false)
+$$;
+
 -- One relation as the messages describe it: oid, schema, name and the root of its partition
 -- tree (itself when it is not a partition).
 CREATE OR REPLACE FUNCTION walcache.relation(rel oid) RETURNS jsonb
@@ -105,7 +119,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     part regclass;
 BEGIN
-    PERFORM set_config('walcache.internal', 'on', true);
+    PERFORM set_config('walcache.internal', (SELECT token FROM walcache.secret), true);
     -- DISTINCT: rules on nested tables of one tree (a parent and one of its partitions)
     -- list the same partitions twice, and a second CREATE TRIGGER would fail the whole loop.
     FOR part IN
@@ -146,7 +160,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     objects jsonb;
 BEGIN
-    IF current_setting('walcache.internal', true) = 'on' THEN
+    IF walcache.internal() THEN
         RETURN;
     END IF;
     BEGIN
@@ -155,6 +169,19 @@ BEGIN
             FROM pg_event_trigger_ddl_commands() d
             CROSS JOIN LATERAL walcache.related(d.objid) r
             WHERE d.classid = 'pg_class'::regclass AND d.object_type = 'table'
+            UNION ALL
+            -- Every partition of the tree of a table named, when the tree holds a rule's
+            -- table: the daemon learns the oids of partitions attached or created, so a later
+            -- DROP of one (whose announcement can no longer name its tree) is still the rule's.
+            SELECT walcache.relation(t.relid)
+            FROM pg_event_trigger_ddl_commands() d
+            CROSS JOIN LATERAL pg_partition_tree(pg_partition_root(d.objid)) t
+            WHERE d.classid = 'pg_class'::regclass AND d.object_type = 'table' AND t.level > 0
+              AND EXISTS (
+                  SELECT 1 FROM walcache.capture_tables ct
+                  JOIN pg_partition_tree(pg_partition_root(d.objid)) m
+                    ON m.relid = to_regclass(quote_ident(ct.schema_name) || '.'
+                                             || quote_ident(ct.table_name)))
             UNION ALL
             -- A type altered (an enum value renamed changes the text of every row holding
             -- it): every table with a column of it, of an array of it or of a domain over it.
@@ -197,7 +224,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     objects jsonb;
 BEGIN
-    IF current_setting('walcache.internal', true) = 'on' THEN
+    IF walcache.internal() THEN
         RETURN;
     END IF;
     BEGIN

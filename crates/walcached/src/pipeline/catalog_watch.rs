@@ -188,19 +188,20 @@ fn drift(before: &TableFiles, now: &TableFiles) -> Option<&'static str> {
 const IDENTITY_CHANGED: &str = "the replica identity of the table or a partition changed";
 
 impl Streamer<'_> {
-    /// One check of the catalog (see the module docs). Errors are logged and counted: the
-    /// next check tries again.
+    /// One check of the catalog (see the module docs). Errors are logged and counted, and
+    /// `false` returned: the caller tries again soon.
     pub(super) async fn check_catalog(
         &mut self,
         stream: &mut ReplicationStream,
         shutdown: &CancellationToken,
-    ) {
+    ) -> bool {
         tracing::debug!("checking the catalog for drift");
         match self.try_check_catalog(stream, shutdown).await {
-            Ok(()) => {}
+            Ok(()) => true,
             Err(e) => {
-                tracing::warn!(error = %e, "checking the catalog for drift failed");
+                tracing::warn!(error = %e, "checking the catalog for drift failed; trying again");
                 metrics::counter!(m::ERRORS_TOTAL, "kind" => "postgres").increment(1);
+                false
             }
         }
     }

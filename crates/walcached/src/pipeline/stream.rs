@@ -1,7 +1,7 @@
 //! The stream loop: replication messages in, transactions batched, timers for status,
 //! heartbeats and visibility re-checks.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,9 @@ use crate::publisher::Batch;
 /// reconnected. The daemon asks for a keepalive after a quarter of it, so a healthy walsender
 /// is never this quiet; a dead peer behind a silent network is.
 pub(super) const RECEIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How soon a catalog check that failed is tried again (at most the configured interval).
+const CATALOG_RETRY: Duration = Duration::from_secs(1);
 
 /// The sampler's control-session query ended because the session closed.
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +108,7 @@ impl Streamer<'_> {
         // Transactions that announced a catalog change (DDL capture, a Relation message): the
         // catalog is checked once every one is visible to new snapshots, not before — a
         // check that reads the catalog without their change would find nothing.
-        let mut check_after: Vec<u32> = Vec::new();
+        let mut check_after: BTreeSet<u32> = BTreeSet::new();
         let mut check_after_tick = tokio::time::interval(VISIBILITY_POLL);
         check_after_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut changes: Vec<Invalidation> = Vec::new();
@@ -198,13 +201,19 @@ impl Streamer<'_> {
                     }
                 }
                 _ = catalog_tick.tick(), if txn.is_none() => {
-                    self.check_catalog(stream, shutdown).await;
+                    if !self.check_catalog(stream, shutdown).await {
+                        catalog_tick.reset_after(CATALOG_RETRY.min(cfg.catalog_interval()));
+                    }
                 }
                 _ = check_after_tick.tick(), if txn.is_none() && !check_after.is_empty() => {
-                    if self.invisible(&check_after).await?.is_empty() {
+                    let xids: Vec<u32> = check_after.iter().copied().collect();
+                    if self.invisible(&xids).await?.is_empty() {
                         check_after.clear();
-                        self.check_catalog(stream, shutdown).await;
-                        catalog_tick.reset();
+                        if self.check_catalog(stream, shutdown).await {
+                            catalog_tick.reset();
+                        } else {
+                            catalog_tick.reset_after(CATALOG_RETRY.min(cfg.catalog_interval()));
+                        }
                     }
                 }
                 _ = run_id_tick.tick() => {
@@ -265,7 +274,9 @@ impl Streamer<'_> {
                                         // Outside a transaction (non-transactional): no xid to
                                         // wait for.
                                         match txn.as_ref() {
-                                            Some(t) => check_after.push(t.xid),
+                                            Some(t) => {
+                                                check_after.insert(t.xid);
+                                            }
                                             None => catalog_tick.reset_immediately(),
                                         }
                                     }

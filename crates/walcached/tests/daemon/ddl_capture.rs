@@ -607,3 +607,70 @@ keys = [\"{id}\"]
     wait_flush_before_marker(&listener, "feelings").await;
     daemon.stop().await;
 }
+
+/// A partition attached (its oid named by no statement of its own) and dropped while the
+/// daemon is down: on the replay, the ATTACH's announcement lists every partition of the tree,
+/// so the daemon knows the table when its DROP (which can no longer name the tree) is decoded,
+/// and flushes after the rows it held were announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_attached_and_dropped_while_the_daemon_is_down_is_flushed_at_its_drop() {
+    let mut s = stack(EVENTS, RULES).await;
+    s.install().await;
+    let (daemon, listener) = s.start().await;
+    daemon.stop().await;
+    s.client
+        .batch_execute(
+            "CREATE TABLE ev_x (id int NOT NULL, day date NOT NULL);
+             ALTER TABLE events ATTACH PARTITION ev_x
+                 FOR VALUES FROM ('2030-01-01') TO ('2031-01-01');",
+        )
+        .await
+        .unwrap();
+    s.client
+        .batch_execute("INSERT INTO events VALUES (7, '2030-02-01')")
+        .await
+        .unwrap();
+    s.client.batch_execute("DROP TABLE ev_x").await.unwrap();
+    s.marker(3).await;
+    let daemon = Daemon::start(&s.toml).await;
+    wait_until("the replay published", DEADLINE, || async {
+        listener.keys().iter().any(|k| k == "marker/1")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:?}", listener.data()));
+    let data = listener.data();
+    let row = data
+        .iter()
+        .rposition(
+            |m| matches!(&m.body, Body::Keys(k) if k.iter().any(|k| k.key == "7:2030-02-01")),
+        )
+        .unwrap_or_else(|| panic!("the attached row's key: {data:?}"));
+    let flushed_after = data[row + 1..]
+        .iter()
+        .any(|m| matches!(&m.body, Body::Flush(ns) if ns.iter().any(|n| n == "events")));
+    assert!(
+        flushed_after,
+        "the DROP of the attached partition flushes after its row was announced: {data:?}"
+    );
+    daemon.stop().await;
+}
+
+/// The event trigger skips the DDL of its own partition coverage by a token only superusers
+/// can read: a session setting `walcache.internal` itself does not silence it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_cannot_switch_the_announcements_off() {
+    let mut s = stack(EVENTS, RULES).await;
+    s.install().await;
+    let (daemon, listener) = s.start().await;
+    s.client
+        .batch_execute(
+            "SET walcache.internal = 'on';
+             ALTER TABLE events DETACH PARTITION events_2024;
+             RESET walcache.internal;",
+        )
+        .await
+        .unwrap();
+    s.marker(1).await;
+    wait_flush_before_marker(&listener, "events").await;
+    daemon.stop().await;
+}
