@@ -251,6 +251,7 @@ impl Streamer<'_> {
             lag_bytes,
             refresh_interval_ms: self.config.refresh.interval_secs.saturating_mul(1000),
             namespaces: self.mapper.namespaces(),
+            out_of_service: Vec::new(),
         };
         match self.publisher.heartbeat(details, self.confirmed).await {
             Ok(published) => self.status.set_caught_up(published),
