@@ -820,6 +820,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_heartbeat_says_of_each_namespace_whether_it_is_certified_out_of_service_or_uncovered() {
+        let details = HeartbeatDetails {
+            lag_bytes: 0,
+            refresh_interval_ms: 60_000,
+            namespaces: vec!["users".into(), "both".into()],
+            out_of_service: vec!["orgs".into(), "both".into()],
+        };
+        let view = DaemonView::from_details(Some(&details));
+        assert_eq!(view.coverage_of("users"), Coverage::Certified);
+        assert_eq!(view.coverage_of("orgs"), Coverage::OutOfService);
+        assert_eq!(
+            view.coverage_of("both"),
+            Coverage::OutOfService,
+            "out of service wins"
+        );
+        assert_eq!(view.coverage_of("app"), Coverage::Uncovered);
+        assert_eq!(view.refresh_interval, Some(Duration::from_secs(60)));
+        // A v1.0 heartbeat (no details) says nothing: no namespace out of service, no cap.
+        let v1_0 = DaemonView::from_details(None);
+        assert_eq!(v1_0.coverage_of("orgs"), Coverage::Unknown);
+        assert_eq!(v1_0.refresh_interval, None);
+        let no_schedule = DaemonView::from_details(Some(&HeartbeatDetails::default()));
+        assert_eq!(no_schedule.refresh_interval, None);
+        for c in [
+            Coverage::Unknown,
+            Coverage::Certified,
+            Coverage::OutOfService,
+            Coverage::Uncovered,
+        ] {
+            assert_eq!(Coverage::from_u8(c as u8), c);
+        }
+        assert_eq!(Coverage::from_u8(200), Coverage::Unknown);
+    }
+
+    #[test]
     fn redis_connections_get_keepalives_and_a_user_timeout() {
         for url in ["redis://127.0.0.1:6379/0", "rediss://127.0.0.1:6379/0"] {
             let client = redis_client(url, None).unwrap();
