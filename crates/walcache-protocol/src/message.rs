@@ -4,14 +4,15 @@
 //! publish unsequenced messages (`seq == 0`) on the application channel. Every embedded library
 //! decodes them with [`Message::decode`], which is bounded and never panics, whatever the bytes.
 //!
-//! # Wire format v1.1
+//! # Wire format v1.2
 //!
-//! Fields marked `[v1.1]` were appended by minor version 1; everything else is v1.0.
+//! Fields marked `[v1.1]` were appended by minor version 1, `[v1.2]` by minor version 2;
+//! everything else is v1.0.
 //!
 //! ```text
 //! bytes 0..2  magic b"WC"
 //! byte  2     major (1)      -> other major: DecodeError::UnsupportedMajor
-//! byte  3     minor (1)      -> any minor accepted (newer minors may append fields; see "extra bytes")
+//! byte  3     minor (2)      -> any minor accepted (newer minors may append fields; see "extra bytes")
 //! varint      header_len, then header_len bytes of header:
 //!               epoch: u64 little-endian, fixed 8 bytes
 //!               seq: varint;  lsn: varint;  commit_time_micros: zigzag varint
@@ -26,6 +27,8 @@
 //!   [v1.1]        then, optionally and only as a whole (absent -> details None):
 //!                 lag_bytes varint;  refresh_interval_ms varint;
 //!                 namespaces: count varint, then count × string
+//!   [v1.2]        then, optionally (absent -> empty):
+//!                 out_of_service: count varint, then count × string
 //!               [extra bytes after the known fields: ignored]
 //! [any bytes after the body: ignored]
 //! varint = unsigned LEB128, at most 10 bytes, value must fit u64 (overlong/overflow -> VarintOverflow)
@@ -36,9 +39,11 @@
 //! The encoder always writes minimal varints; the decoder also accepts non-minimal ones as long as
 //! they fit in 10 bytes and in a `u64`.
 //!
-//! The encoder writes minor 1 and always writes `sent_at_micros` (0 when unknown). It writes the
+//! The encoder writes minor 2 and always writes `sent_at_micros` (0 when unknown). It writes the
 //! heartbeat details only when [`Body::Heartbeat`]'s `details` is `Some`, so a heartbeat without
-//! details is exactly a v1.0 heartbeat body (still under minor byte 1).
+//! details is exactly a v1.0 heartbeat body (still under minor byte 2); details are always
+//! written whole, `out_of_service` included (a count of 0 when empty), so a later minor can
+//! append after them.
 //!
 //! # Compatibility
 //!
@@ -61,6 +66,20 @@
 //! - A later minor that appends to the header or to a heartbeat body must therefore write every
 //!   v1.1 field of that section first (a heartbeat always with details, 0/empty if unknown).
 //!
+//! Between v1.1 and v1.2 (the same rules, one field further):
+//!
+//! - A v1.1 (or v1.0) decoder reads a v1.2 heartbeat as the same heartbeat without
+//!   `out_of_service`: the field is extra body bytes after the details it knows. Such a
+//!   subscriber does not bypass an out-of-service namespace; it did not before either, and the
+//!   namespace is no longer listed as certified.
+//! - This decoder reads v1.1 details (the body ends after `namespaces`) with `out_of_service`
+//!   empty: nothing is out of service, as a v1.1 daemon meant.
+//! - `out_of_service` is present when the heartbeat body has bytes left after `namespaces`;
+//!   cut short inside, it is [`DecodeError::Truncated`]. A later minor that appends to a
+//!   heartbeat body must therefore write `out_of_service` first (empty if it has none).
+//! - A namespace in `out_of_service` is never also in `namespaces`: a daemon does not certify
+//!   what it cannot keep fresh. A decoder that finds both treats it as out of service.
+//!
 //! # Limits
 //!
 //! [`Message::decode`] refuses input longer than [`MAX_MESSAGE_BYTES`], and never allocates from a
@@ -73,9 +92,9 @@ use thiserror::Error;
 /// The major format version this crate writes and the only one it decodes.
 pub const FORMAT_MAJOR: u8 = 1;
 
-/// The minor format version this crate writes (1: v1.1). Any minor of [`FORMAT_MAJOR`] is
+/// The minor format version this crate writes (2: v1.2). Any minor of [`FORMAT_MAJOR`] is
 /// decoded.
-pub const FORMAT_MINOR: u8 = 1;
+pub const FORMAT_MINOR: u8 = 2;
 
 /// Upper bound on an encoded message the decoder accepts; the daemon must split below it.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
@@ -137,7 +156,7 @@ pub enum Body {
     },
 }
 
-/// What a v1.1 daemon reports in a [`Body::Heartbeat`], besides `last_data_seq`.
+/// What a v1.1 or later daemon reports in a [`Body::Heartbeat`], besides `last_data_seq`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HeartbeatDetails {
     /// The daemon's replication lag when it sent the heartbeat: bytes of WAL between the server's
@@ -149,6 +168,12 @@ pub struct HeartbeatDetails {
     /// the daemon's sample of the server's WAL position has been invalidated. Namespace names
     /// (see [`crate::validate_namespace`]); the list may be empty.
     pub namespaces: Vec<String>,
+    /// Namespaces the daemon's rules serve but that it cannot keep fresh right now (drift it
+    /// cannot repair, such as another consumer's publication that no longer publishes a rule's
+    /// table): every later change may be missed, so subscribers must bypass every cache tier
+    /// for them until a heartbeat no longer lists them. Never also in `namespaces`. Since v1.2;
+    /// empty when decoded from a v1.1 heartbeat.
+    pub out_of_service: Vec<String>,
 }
 
 impl HeartbeatDetails {
@@ -158,6 +183,12 @@ impl HeartbeatDetails {
             + varint_len(self.refresh_interval_ms)
             + varint_len(self.namespaces.len() as u64)
             + self.namespaces.iter().map(|s| string_len(s)).sum::<usize>()
+            + varint_len(self.out_of_service.len() as u64)
+            + self
+                .out_of_service
+                .iter()
+                .map(|s| string_len(s))
+                .sum::<usize>()
     }
 
     fn encode_into(&self, out: &mut Vec<u8>) {
@@ -165,6 +196,10 @@ impl HeartbeatDetails {
         put_varint(out, self.refresh_interval_ms);
         put_varint(out, self.namespaces.len() as u64);
         for s in &self.namespaces {
+            put_string(out, s);
+        }
+        put_varint(out, self.out_of_service.len() as u64);
+        for s in &self.out_of_service {
             put_string(out, s);
         }
     }
@@ -314,15 +349,15 @@ impl Message {
 
     /// Decode a message of any minor version of [`FORMAT_MAJOR`].
     ///
-    /// A v1.0 message decodes with `sent_at_micros == 0` and heartbeat `details: None`. Fields a
-    /// minor newer than v1.1 appended (extra header bytes, extra body bytes, bytes after the body)
-    /// are ignored.
+    /// A v1.0 message decodes with `sent_at_micros == 0` and heartbeat `details: None`; v1.1
+    /// heartbeat details decode with an empty `out_of_service`. Fields a minor newer than v1.2
+    /// appended (extra header bytes, extra body bytes, bytes after the body) are ignored.
     ///
     /// # Errors
     ///
     /// Any [`DecodeError`]: input longer than [`MAX_MESSAGE_BYTES`], a wrong magic, another major
-    /// version, an unknown body kind, a length or count running past the end, a v1.1 field that
-    /// starts but does not end inside its section, a malformed varint, or a string that is not
+    /// version, an unknown body kind, a length or count running past the end, a v1.1 or v1.2
+    /// field that starts but does not end inside its section, a malformed varint, or a string that is not
     /// UTF-8. Never panics.
     pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
         if bytes.len() > MAX_MESSAGE_BYTES {
@@ -390,11 +425,21 @@ impl Message {
                 let details = if b.is_empty() {
                     None
                 } else {
+                    let lag_bytes = b.varint("lag_bytes")?;
+                    let refresh_interval_ms = b.varint("refresh_interval_ms")?;
+                    let namespaces =
+                        b.strings("certified namespace count", "certified namespace")?;
+                    // v1.2: present if the body goes on; v1.1 details end here.
+                    let out_of_service = if b.is_empty() {
+                        Vec::new()
+                    } else {
+                        b.strings("out-of-service namespace count", "out-of-service namespace")?
+                    };
                     Some(HeartbeatDetails {
-                        lag_bytes: b.varint("lag_bytes")?,
-                        refresh_interval_ms: b.varint("refresh_interval_ms")?,
-                        namespaces: b
-                            .strings("certified namespace count", "certified namespace")?,
+                        lag_bytes,
+                        refresh_interval_ms,
+                        namespaces,
+                        out_of_service,
                     })
                 };
                 Body::Heartbeat {
@@ -437,7 +482,7 @@ pub enum DecodeError {
         major: u8,
     },
     /// The input ended, a length ran past the end of its enclosing section, or a section ended
-    /// inside a field (such as v1.1 heartbeat details cut short).
+    /// inside a field (such as v1.1 heartbeat details or a v1.2 `out_of_service` cut short).
     #[error("message truncated: it ends inside the {what}")]
     Truncated {
         /// The field being read.

@@ -1,16 +1,16 @@
 //! The process-wide handle: Redis connections, the one invalidation subscription, and the state
 //! every cache of the process shares (liveness, generations, the breaker, the bypass cap).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use redis::io::tcp::socket2::TcpKeepalive;
 use redis::IntoConnectionInfo;
 use tokio::sync::Semaphore;
-use walcache_protocol::{Naming, ToKey};
+use walcache_protocol::{HeartbeatDetails, Naming, ToKey};
 
 use crate::breaker::{Breaker, BreakerState};
 use crate::cache::CacheBuilder;
@@ -84,12 +84,90 @@ pub(crate) trait L1Target: Send + Sync {
     fn invalidate_tags(&self, tags: &[String]);
     fn invalidate_all(&self);
     fn publish_metrics(&self);
+    /// The daemon's full-refresh interval now caps this namespace's L1 entries (`None`: no
+    /// cap): say so if it cuts the configured time-to-live.
+    fn cap_time_to_live(&self, cap: Option<Duration>);
 }
 
-/// A namespace's shared state: generations and the L1s that hold its entries.
+/// What the daemon's last heartbeat says of a namespace (see [`DaemonView`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Coverage {
+    /// No heartbeat with details yet (or a v1.0 daemon, which sends none): as before details
+    /// existed.
+    Unknown = 0,
+    /// Certified: a rule of the daemon covers it and keeps it fresh.
+    Certified = 1,
+    /// A rule covers it but the daemon cannot keep it fresh (catalog drift it cannot repair):
+    /// every tier is bypassed.
+    OutOfService = 2,
+    /// No rule of the daemon covers it: only application invalidations and time-to-live keep
+    /// it fresh.
+    Uncovered = 3,
+}
+
+impl Coverage {
+    fn from_u8(v: u8) -> Coverage {
+        match v {
+            1 => Coverage::Certified,
+            2 => Coverage::OutOfService,
+            3 => Coverage::Uncovered,
+            _ => Coverage::Unknown,
+        }
+    }
+}
+
+/// What the daemon's last heartbeat said about the namespaces.
+#[derive(Debug, Default)]
+pub(crate) struct DaemonView {
+    /// The heartbeat had details (v1.1 and later).
+    known: bool,
+    /// The daemon's full-refresh interval; `None`: no schedule, or unknown.
+    refresh_interval: Option<Duration>,
+    certified: HashSet<String>,
+    out_of_service: HashSet<String>,
+}
+
+impl DaemonView {
+    fn from_details(details: Option<&HeartbeatDetails>) -> DaemonView {
+        match details {
+            None => DaemonView::default(),
+            Some(d) => DaemonView {
+                known: true,
+                refresh_interval: (d.refresh_interval_ms > 0)
+                    .then_some(Duration::from_millis(d.refresh_interval_ms)),
+                certified: d.namespaces.iter().cloned().collect(),
+                out_of_service: d.out_of_service.iter().cloned().collect(),
+            },
+        }
+    }
+
+    /// Listed in both lists (no daemon sends that): out of service wins.
+    fn coverage_of(&self, namespace: &str) -> Coverage {
+        if !self.known {
+            Coverage::Unknown
+        } else if self.out_of_service.contains(namespace) {
+            Coverage::OutOfService
+        } else if self.certified.contains(namespace) {
+            Coverage::Certified
+        } else {
+            Coverage::Uncovered
+        }
+    }
+}
+
+/// A namespace's shared state: generations, what the daemon says of it, and the L1s that hold
+/// its entries.
 pub(crate) struct Namespace {
     pub(crate) name: String,
     pub(crate) generations: NamespaceGenerations,
+    /// A [`Coverage`].
+    coverage: AtomicU8,
+    /// The cap on L1 entries' time-to-live, in milliseconds: the daemon's full-refresh
+    /// interval while it certifies the namespace; 0: none.
+    l1_ttl_cap_ms: AtomicU64,
+    /// "No rule of the daemon covers it" was said (once per namespace and process).
+    uncovered_warned: AtomicBool,
     targets: Mutex<Vec<Weak<dyn L1Target>>>,
 }
 
@@ -98,6 +176,24 @@ impl Namespace {
         let mut guard = self.targets.lock().unwrap_or_else(|p| p.into_inner());
         guard.retain(|w| w.strong_count() > 0);
         guard.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// The daemon says it cannot keep this namespace fresh: bypass every tier.
+    pub(crate) fn is_out_of_service(&self) -> bool {
+        self.coverage() == Coverage::OutOfService
+    }
+
+    pub(crate) fn coverage(&self) -> Coverage {
+        Coverage::from_u8(self.coverage.load(Ordering::SeqCst))
+    }
+
+    /// The cap on L1 entries' time-to-live, if the daemon certifies the namespace and has a
+    /// full-refresh schedule.
+    pub(crate) fn l1_ttl_cap(&self) -> Option<Duration> {
+        match self.l1_ttl_cap_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
     }
 }
 
@@ -116,6 +212,9 @@ pub(crate) struct Shared {
     pub(crate) naming: Naming,
     /// Test-only pause points (a zero-sized no-op without the `test-hooks` feature).
     pub(crate) hooks: Hooks,
+    /// What the daemon's last heartbeat said of the namespaces; held while it is applied, so
+    /// a namespace registered meanwhile starts from the newest view.
+    daemon_view: Mutex<DaemonView>,
 }
 
 impl Shared {
@@ -136,21 +235,76 @@ impl Shared {
             .collect()
     }
 
+    /// The namespace `name`, registered if new (then set from the daemon's last view).
+    pub(crate) fn namespace_or_insert(&self, name: &str) -> Arc<Namespace> {
+        let (ns, new) = {
+            let mut map = self.namespaces.write().unwrap_or_else(|p| p.into_inner());
+            let mut new = false;
+            let ns = map.entry(name.to_owned()).or_insert_with(|| {
+                new = true;
+                Arc::new(Namespace {
+                    name: name.to_owned(),
+                    generations: NamespaceGenerations::new(),
+                    coverage: AtomicU8::new(Coverage::Unknown as u8),
+                    l1_ttl_cap_ms: AtomicU64::new(0),
+                    uncovered_warned: AtomicBool::new(false),
+                    targets: Mutex::new(Vec::new()),
+                })
+            });
+            (Arc::clone(ns), new)
+        };
+        if new {
+            let view = self.daemon_view.lock().unwrap_or_else(|p| p.into_inner());
+            self.apply_view(&ns, &view);
+        }
+        ns
+    }
+
     fn register(&self, name: &str, target: Weak<dyn L1Target>) -> Arc<Namespace> {
-        let mut map = self.namespaces.write().unwrap_or_else(|p| p.into_inner());
-        let ns = map.entry(name.to_owned()).or_insert_with(|| {
-            Arc::new(Namespace {
-                name: name.to_owned(),
-                generations: NamespaceGenerations::new(),
-                targets: Mutex::new(Vec::new()),
-            })
-        });
-        let ns = Arc::clone(ns);
+        let ns = self.namespace_or_insert(name);
         ns.targets
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(target);
         ns
+    }
+
+    /// A heartbeat arrived: what it says of the namespaces (v1.1 details; v1.2 out of
+    /// service) replaces what the previous one said. Applied before the heartbeat makes the
+    /// stream live, so L1 is never filled before its cap is known.
+    pub(crate) fn apply_heartbeat(&self, details: Option<&HeartbeatDetails>) {
+        let mut view = self.daemon_view.lock().unwrap_or_else(|p| p.into_inner());
+        *view = DaemonView::from_details(details);
+        for ns in self.all_namespaces() {
+            self.apply_view(&ns, &view);
+        }
+    }
+
+    fn apply_view(&self, ns: &Namespace, view: &DaemonView) {
+        let coverage = view.coverage_of(&ns.name);
+        let cap = match (coverage, view.refresh_interval) {
+            (Coverage::Certified, Some(d)) => u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+            _ => 0,
+        };
+        let was = Coverage::from_u8(ns.coverage.swap(coverage as u8, Ordering::SeqCst));
+        if coverage == Coverage::OutOfService && was != Coverage::OutOfService {
+            tracing::warn!(namespace = %ns.name, "the daemon reports namespace {} out of service (catalog drift it cannot repair: it misses changes): its reads bypass L1 and L2 and go to the loader until it is back in service", ns.name);
+            // Its entries may predate changes the daemon missed: drop them, and every fill in
+            // flight (the counter moves after the state, so a fill that did not see the state
+            // sees the counter move).
+            self.apply_flush(ns, None);
+        } else if was == Coverage::OutOfService && coverage != Coverage::OutOfService {
+            tracing::info!(namespace = %ns.name, "namespace {} is back in service: cached again", ns.name);
+        }
+        if coverage == Coverage::Uncovered && !ns.uncovered_warned.swap(true, Ordering::AcqRel) {
+            tracing::warn!(namespace = %ns.name, "no rule of the daemon covers namespace {}: only application invalidations and TTLs keep it fresh", ns.name);
+        }
+        if ns.l1_ttl_cap_ms.swap(cap, Ordering::AcqRel) != cap {
+            let cap = ns.l1_ttl_cap();
+            for t in ns.targets() {
+                t.cap_time_to_live(cap);
+            }
+        }
     }
 
     /// Keys changed: bump their stripes first, then drop them from L1.
@@ -580,6 +734,7 @@ impl WalcacheBuilder {
             process_epoch: rand::random(),
             naming,
             hooks: Hooks::new(),
+            daemon_view: Mutex::new(DaemonView::default()),
         });
         metrics::gauge!(m::STREAM_LIVE).set(if stream { 0.0 } else { 1.0 });
         let (tx, rx) = tokio::sync::watch::channel(false);
@@ -676,6 +831,41 @@ pub(crate) type KeyMarker<K> = PhantomData<fn(&K)>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_heartbeat_says_of_each_namespace_whether_it_is_certified_out_of_service_or_uncovered() {
+        let details = HeartbeatDetails {
+            lag_bytes: 0,
+            refresh_interval_ms: 60_000,
+            namespaces: vec!["users".into(), "both".into()],
+            out_of_service: vec!["orgs".into(), "both".into()],
+        };
+        let view = DaemonView::from_details(Some(&details));
+        assert_eq!(view.coverage_of("users"), Coverage::Certified);
+        assert_eq!(view.coverage_of("orgs"), Coverage::OutOfService);
+        assert_eq!(
+            view.coverage_of("both"),
+            Coverage::OutOfService,
+            "out of service wins"
+        );
+        assert_eq!(view.coverage_of("app"), Coverage::Uncovered);
+        assert_eq!(view.refresh_interval, Some(Duration::from_secs(60)));
+        // A v1.0 heartbeat (no details) says nothing: no namespace out of service, no cap.
+        let v1_0 = DaemonView::from_details(None);
+        assert_eq!(v1_0.coverage_of("orgs"), Coverage::Unknown);
+        assert_eq!(v1_0.refresh_interval, None);
+        let no_schedule = DaemonView::from_details(Some(&HeartbeatDetails::default()));
+        assert_eq!(no_schedule.refresh_interval, None);
+        for c in [
+            Coverage::Unknown,
+            Coverage::Certified,
+            Coverage::OutOfService,
+            Coverage::Uncovered,
+        ] {
+            assert_eq!(Coverage::from_u8(c as u8), c);
+        }
+        assert_eq!(Coverage::from_u8(200), Coverage::Unknown);
+    }
 
     #[test]
     fn redis_connections_get_keepalives_and_a_user_timeout() {

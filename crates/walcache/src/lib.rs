@@ -72,12 +72,23 @@
 //! 5. **Nothing committed is lost** by the daemon: it confirms its replication position only
 //!    after the invalidations are published, so a crash replays rather than skips.
 //! 6. **Full refresh.** As a safety net the daemon periodically expires every L2 entry filled
-//!    before the cycle began; L1's time-to-live should not exceed the refresh interval.
+//!    before the cycle began. Its heartbeats carry the refresh interval and the namespaces its
+//!    rules certify: L1 entries of those never outlive the interval (a longer
+//!    [`CacheBuilder::time_to_live`] is cut to it, with an info line). A namespace no rule
+//!    covers keeps its own time-to-live, with one warning: only application invalidations and
+//!    time-to-live keep it fresh.
 //! 7. **Freshness modes.** With [`Freshness::Available`] (the default), while the stream is not
 //!    live reads skip L1 but keep using L2 (still kept fresh by the daemon's deletes) and the
 //!    loader. With [`Freshness::Strict`], reads skip both tiers while not live, so the bound
 //!    holds through every fault; those loads are capped
 //!    ([`WalcacheBuilder::max_bypass_loads`]).
+//! 8. **Out of service.** When the daemon cannot keep a namespace fresh (catalog drift it
+//!    cannot repair: another consumer's publication that stopped publishing the table, a table
+//!    re-created without a usable replica identity), its heartbeats list the namespace as out
+//!    of service instead of certifying it. Reads of it then bypass L1 and L2 in both freshness
+//!    modes — the loader serves them (capped by [`WalcacheBuilder::max_bypass_loads`]) and
+//!    nothing is cached — until a heartbeat certifies it again, after the daemon has flushed
+//!    it.
 //!
 //! Your loader must read the primary with a fresh snapshot (autocommit or `READ COMMITTED`):
 //! a read replica or a long `REPEATABLE READ` transaction can return rows older than every
@@ -105,6 +116,8 @@
 //! | undecodable bytes in L2 (a changed value type) | a miss, counted, overwritten by the next fill. Bump [`CacheBuilder::schema_version`] when `V` changes. |
 //! | garbage on the invalidation channel | counted, L1 flushed, not live until the next heartbeat. Never a panic. |
 //! | a caller drops its future mid-load | its lease in Redis is given back; a waiting caller takes over the load. |
+//! | the daemon reports a namespace out of service (catalog drift it cannot repair) | L1 of the namespace dropped; every read of it goes to the loader (capped, counted as `walcache_bypass_loads_total{reason="out_of_service"}`), in both modes, filling neither tier; one warning per episode. Cached again once a heartbeat certifies it. The state follows the last heartbeat: kept through a loss of liveness (which adds its own rules), reset by a heartbeat without details (a v1.0 daemon: nothing out of service). |
+//! | a namespace no rule of the daemon covers | as before (it is not in the heartbeats' lists, which is no fault): one warning per process that only application invalidations and time-to-live keep it fresh. |
 //!
 //! ## Staleness bound per fault
 //!
@@ -129,7 +142,7 @@
 //! | PostgreSQL restart | the daemon's reconnect backoff once PostgreSQL is back (100 ms doubling to 2 s) | 965 / 466 ms |
 //! | replication link silent (a frozen walsender, a blackholed network) | L1: heartbeats stop within two heartbeat intervals once the server writes, so `heartbeat_timeout`. L2: the hold; past the daemon's receive deadline (10 s), until it reconnects and takes over its orphaned walsender | 13.7 s / 977 ms (3 s and 13 s holds) |
 //! | PostgreSQL failover or restore (another system or timeline) | every namespace is flushed when the daemon reconnects | (deterministic tests: a promoted copy, an older restore) |
-//! | catalog drift without row events: a mapped table dropped and re-created, a partition truncated or detached, a table rewritten, the publication altered | with DDL capture installed (`walcached ddl-capture install`): the publish path, flushed in commit order. Without it: the daemon's `stream.catalog_interval_ms` (10 s), when the check finds it and flushes the namespaces (and repairs the daemon's own publication) | (deterministic tests) |
+//! | catalog drift without row events: a mapped table dropped and re-created, a partition truncated or detached, a table rewritten, the publication altered | with DDL capture installed (`walcached ddl-capture install`): the publish path, flushed in commit order. Without it: the daemon's `stream.catalog_interval_ms` (10 s), when the check finds it and flushes the namespaces (and repairs the daemon's own publication). Drift it cannot repair takes the namespace out of service at that check: from then on reads bypass both tiers, so the bound is the same interval | (deterministic tests) |
 //! | a replica identity narrowed while the daemon runs, or a partition's narrower than its root's | none: a change whose old row lacks a template's columns flushes its namespace instead of naming a wrong key | (deterministic tests) |
 //! | a commit waiting for a synchronous standby | a second invalidation once the commit becomes visible: the wait, plus the publish path | (deterministic test) |
 //! | latency `d` on the Redis link | the publish path + `d` | 27 / 31 ms (`d` = 30 ms) |

@@ -11,7 +11,9 @@ pub const LOADS_TOTAL: &str = "walcache_loads_total";
 /// Histogram: loader latency in seconds. Labels: `namespace`.
 pub const LOAD_DURATION_SECONDS: &str = "walcache_load_duration_seconds";
 /// Counter: loads that bypassed the caches (and did not write them). Labels: `namespace`,
-/// `reason` (`strict_not_live`, `redis_unavailable`, `lease_wait_timeout`, `no_redis`).
+/// `reason` (`strict_not_live`, `redis_unavailable`, `lease_wait_timeout`, `no_redis`,
+/// `negative_mismatch`, `out_of_service`: the daemon's heartbeats list the namespace as out of
+/// service, so both tiers are bypassed).
 pub const BYPASS_LOADS_TOTAL: &str = "walcache_bypass_loads_total";
 /// Histogram: Redis call latency in seconds. Labels: `op`.
 pub const L2_DURATION_SECONDS: &str = "walcache_l2_duration_seconds";

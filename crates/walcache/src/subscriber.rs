@@ -10,6 +10,11 @@
 //! ends on disconnect: an auto-resubscribing manager would hide exactly the reconnect that must
 //! flush L1.
 //!
+//! Heartbeats with details (wire v1.1) also say which namespaces the daemon certifies and its
+//! full-refresh interval, which caps L1 entries of those; v1.2 lists the namespaces it serves
+//! but cannot keep fresh (out of service: every tier is bypassed). A namespace in neither list
+//! is one no rule covers: it works as before, with a warning.
+//!
 //! Sequencing: data messages carry `seq` 1, 2, 3, … per daemon epoch; heartbeats carry the last
 //! data sequence number (`seq` and `last_data_seq` both), so a lost final message shows up at the
 //! next heartbeat. Messages on the application channel are unsequenced (`seq` 0).
@@ -323,9 +328,18 @@ fn on_stream_message(
         tracker.last_seq = None;
     }
     tracker.epoch = Some(message.epoch);
-    if let Body::Heartbeat { last_data_seq, .. } = message.body {
+    if let Body::Heartbeat {
+        last_data_seq,
+        details,
+    } = &message.body
+    {
+        let last_data_seq = *last_data_seq;
         metrics::counter!(m::INVALIDATIONS_RECEIVED_TOTAL, "channel" => "stream", "kind" => "heartbeat")
             .increment(1);
+        // What it says of the namespaces (certified, out of service, the refresh interval
+        // capping L1) holds whatever its sequence says, and is in force before it can make
+        // the stream live.
+        shared.apply_heartbeat(details.as_ref());
         match tracker.last_seq {
             Some(s) if s != last_data_seq => {
                 tracing::warn!(

@@ -1,5 +1,6 @@
 //! The operator endpoint: `GET /metrics` (Prometheus text), `GET /healthz` (the process is up)
-//! and `GET /readyz` (streaming and caught up, so heartbeats are flowing).
+//! and `GET /readyz` (streaming and caught up, so heartbeats are flowing, and no namespace out
+//! of service).
 
 use std::sync::Arc;
 
@@ -86,18 +87,30 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
+    let out_of_service = state.status.out_of_service();
     if !state.status.is_streaming() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not streaming: connecting to PostgreSQL or Redis\n",
+            "not streaming: connecting to PostgreSQL or Redis\n".to_owned(),
         )
     } else if !state.status.is_caught_up() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "streaming but not caught up with the server's WAL position: heartbeats paused\n",
+            "streaming but not caught up with the server's WAL position: heartbeats paused\n"
+                .to_owned(),
+        )
+    } else if !out_of_service.is_empty() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "namespaces out of service (catalog drift walcached cannot repair: its \
+                 changes are missed, so heartbeats do not certify it; see the log and \
+                 `walcached check`): {}\n",
+                out_of_service.join(", ")
+            ),
         )
     } else {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, "ready\n".to_owned())
     }
 }

@@ -44,8 +44,16 @@ pub const ITEM_FALLBACKS_TOTAL: &str = "walcached_item_fallbacks_total";
 /// Counter: catalog drift found by the catalog check (every `stream.catalog_interval_ms`, and
 /// once a statement announced by DDL capture or a Relation message is visible): a mapped
 /// table re-created, truncated or rewritten without a row event, a partition gone, the
-/// publication altered. Labels: `reason`.
+/// publication altered. Labels: `reason`; `unfit_table` and `publication` (drift the daemon
+/// cannot repair) count once per namespace each time it goes out of service (see
+/// [`NAMESPACES_OUT_OF_SERVICE`]), `identity_unfit` once per rule broken.
 pub const CATALOG_DRIFTS_TOTAL: &str = "walcached_catalog_drifts_total";
+/// Gauge: namespaces out of service: a rule of each has catalog drift the daemon cannot repair
+/// (`walcached_catalog_drifts_total` reasons `unfit_table`, `publication`), so its changes are
+/// missed. Heartbeats do not certify them (libraries bypass their caches for them) and
+/// `/readyz` is not ready until a catalog check finds the drift fixed; then each is flushed and
+/// back in service. 0 when all are in service.
+pub const NAMESPACES_OUT_OF_SERVICE: &str = "walcached_namespaces_out_of_service";
 /// Counter: the PostgreSQL server changed between sessions (another system identifier or
 /// timeline: a failover or a restore); every namespace was flushed.
 pub const SERVER_CHANGES_TOTAL: &str = "walcached_server_changes_total";

@@ -1,6 +1,7 @@
 //! Shared daemon state for health checks and operators.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// What `/healthz` and `/readyz` report.
 #[derive(Debug, Default)]
@@ -9,6 +10,8 @@ pub struct Status {
     caught_up: AtomicBool,
     confirmed_lsn: AtomicU64,
     published_seq: AtomicU64,
+    /// Namespaces out of service, sorted (see [`Status::out_of_service`]).
+    out_of_service: Mutex<Vec<String>>,
 }
 
 impl Status {
@@ -20,6 +23,25 @@ impl Status {
     /// position at most one heartbeat interval old is published (heartbeats flowing).
     pub fn is_caught_up(&self) -> bool {
         self.caught_up.load(Ordering::Acquire)
+    }
+    /// The namespaces out of service, sorted: drift the daemon cannot repair (a rule's table
+    /// that cannot be published again, another consumer's publication that no longer publishes
+    /// what a rule needs) means their changes are missed, so heartbeats do not certify them
+    /// until it is fixed.
+    pub fn out_of_service(&self) -> Vec<String> {
+        self.out_of_service
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    /// Ready to serve: caught up, and no namespace out of service (what `/readyz` reports).
+    pub fn is_ready(&self) -> bool {
+        self.is_caught_up()
+            && self
+                .out_of_service
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
     }
     /// The last LSN confirmed to PostgreSQL.
     pub fn confirmed_lsn(&self) -> u64 {
@@ -39,6 +61,12 @@ impl Status {
         if self.caught_up.swap(v, Ordering::AcqRel) != v {
             metrics::gauge!(crate::metrics::CAUGHT_UP).set(if v { 1.0 } else { 0.0 });
         }
+    }
+    pub(crate) fn set_out_of_service(&self, namespaces: Vec<String>) {
+        *self
+            .out_of_service
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = namespaces;
     }
     pub(crate) fn set_confirmed_lsn(&self, lsn: u64) {
         self.confirmed_lsn.store(lsn, Ordering::Release);

@@ -1,4 +1,4 @@
-// Integration tests of walcache-protocol: the wire format (golden bytes of v1.0 and v1.1, round
+// Integration tests of walcache-protocol: the wire format (golden bytes of v1.0, v1.1 and v1.2, round
 // trips, compatibility across minor versions in both directions, hostile input) and the key
 // builder (PostgreSQL text output against Rust values).
 
@@ -11,6 +11,7 @@ use walcache_protocol::{
 };
 
 use crate::v1_0_decoder as v1_0;
+use crate::v1_1_decoder as v1_1;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers, written independently of the crate's own code.
@@ -58,8 +59,10 @@ fn lp_string(out: &mut Vec<u8>, s: &str) {
 enum Layout {
     /// No `sent_at_micros`, no heartbeat details, whatever the message holds.
     V1_0,
-    /// `sent_at_micros` always, heartbeat details when `Some`.
+    /// `sent_at_micros` always, heartbeat details (without `out_of_service`) when `Some`.
     V1_1,
+    /// As v1.1, and heartbeat details end with `out_of_service`.
+    V1_2,
 }
 
 /// The header and (kind, body) sections of `m` in `layout`, without any extra bytes.
@@ -68,7 +71,7 @@ fn sections(m: &Message, layout: Layout) -> (Vec<u8>, u8, Vec<u8>) {
     leb128(&mut header, m.seq);
     leb128(&mut header, m.lsn);
     zigzag128(&mut header, m.commit_time_micros);
-    if layout == Layout::V1_1 {
+    if layout != Layout::V1_0 {
         zigzag128(&mut header, m.sent_at_micros);
     }
 
@@ -98,12 +101,18 @@ fn sections(m: &Message, layout: Layout) -> (Vec<u8>, u8, Vec<u8>) {
             details,
         } => {
             leb128(&mut body, *last_data_seq);
-            if let (Layout::V1_1, Some(d)) = (layout, details) {
+            if let (Layout::V1_1 | Layout::V1_2, Some(d)) = (layout, details) {
                 leb128(&mut body, d.lag_bytes);
                 leb128(&mut body, d.refresh_interval_ms);
                 leb128(&mut body, d.namespaces.len() as u64);
                 for s in &d.namespaces {
                     lp_string(&mut body, s);
+                }
+                if layout == Layout::V1_2 {
+                    leb128(&mut body, d.out_of_service.len() as u64);
+                    for s in &d.out_of_service {
+                        lp_string(&mut body, s);
+                    }
                 }
             }
             4
@@ -133,7 +142,13 @@ fn encode_v1_0(m: &Message) -> Vec<u8> {
     frame(0, &header, kind, &body, &[])
 }
 
-/// An independent encoder of format 1.x, minor >= 1: the v1.1 layout, then the fields a newer
+/// An independent encoder of `m` as a v1.1 sender wrote it (minor 1): no `out_of_service`.
+fn encode_v1_1(m: &Message) -> Vec<u8> {
+    let (header, kind, body) = sections(m, Layout::V1_1);
+    frame(1, &header, kind, &body, &[])
+}
+
+/// An independent encoder of format 1.x, minor >= 2: the v1.2 layout, then the fields a newer
 /// minor would append.
 fn encode_future(
     m: &Message,
@@ -144,16 +159,17 @@ fn encode_future(
 ) -> Vec<u8> {
     assert!(
         extra_body.is_empty() || !matches!(m.body, Body::Heartbeat { details: None, .. }),
-        "a minor after v1.1 writes heartbeat details before its own fields (see as_future_sender)"
+        "a minor after v1.2 writes heartbeat details before its own fields (see as_future_sender)"
     );
-    let (mut header, kind, mut body) = sections(m, Layout::V1_1);
+    let (mut header, kind, mut body) = sections(m, Layout::V1_2);
     header.extend_from_slice(extra_header);
     body.extend_from_slice(extra_body);
     frame(minor, &header, kind, &body, trailing)
 }
 
-/// `m` as a sender of a minor after v1.1 appending to the body would send it: such a sender
-/// writes every v1.1 field before its own, so its heartbeats always carry details.
+/// `m` as a sender of a minor after v1.2 appending to the body would send it: such a sender
+/// writes every v1.1 and v1.2 field before its own, so its heartbeats always carry details
+/// (with `out_of_service`, which the v1.2 layout always writes).
 fn as_future_sender(mut m: Message, appends_to_body: bool) -> Message {
     if let Body::Heartbeat { details, .. } = &mut m.body {
         if appends_to_body && details.is_none() {
@@ -190,6 +206,53 @@ fn as_v1_0(m: &Message) -> v1_0::Message {
     }
 }
 
+/// What the frozen v1.1 decoder should make of `m`: the same message without `out_of_service`.
+fn as_v1_1(m: &Message) -> v1_1::Message {
+    let body = match &m.body {
+        Body::Keys(keys) => v1_1::Body::Keys(
+            keys.iter()
+                .map(|k| v1_1::KeyRef {
+                    namespace: k.namespace.clone(),
+                    key: k.key.clone(),
+                })
+                .collect(),
+        ),
+        Body::Tags(items) => v1_1::Body::Tags(items.clone()),
+        Body::Flush(items) => v1_1::Body::Flush(items.clone()),
+        Body::Heartbeat {
+            last_data_seq,
+            details,
+        } => v1_1::Body::Heartbeat {
+            last_data_seq: *last_data_seq,
+            details: details.as_ref().map(|d| v1_1::HeartbeatDetails {
+                lag_bytes: d.lag_bytes,
+                refresh_interval_ms: d.refresh_interval_ms,
+                namespaces: d.namespaces.clone(),
+            }),
+        },
+        other => panic!("unknown body {other:?}"),
+    };
+    v1_1::Message {
+        epoch: m.epoch,
+        seq: m.seq,
+        lsn: m.lsn,
+        commit_time_micros: m.commit_time_micros,
+        sent_at_micros: m.sent_at_micros,
+        body,
+    }
+}
+
+/// What this decoder should make of `m` sent by a v1.1 sender: `out_of_service` empty.
+fn without_v1_2_fields(mut m: Message) -> Message {
+    if let Body::Heartbeat {
+        details: Some(d), ..
+    } = &mut m.body
+    {
+        d.out_of_service.clear();
+    }
+    m
+}
+
 /// What this decoder should make of `m` sent by a v1.0 sender: the v1.1 fields at their defaults.
 fn without_v1_1_fields(mut m: Message) -> Message {
     m.sent_at_micros = 0;
@@ -208,12 +271,14 @@ fn arb_details() -> impl Strategy<Value = HeartbeatDetails> {
         prop_oneof![Just(0u64), any::<u64>()],
         prop_oneof![Just(0u64), Just(3_600_000), any::<u64>()],
         prop::collection::vec(arb_string(), 0..6),
+        prop::collection::vec(arb_string(), 0..4),
     )
         .prop_map(
-            |(lag_bytes, refresh_interval_ms, namespaces)| HeartbeatDetails {
+            |(lag_bytes, refresh_interval_ms, namespaces, out_of_service)| HeartbeatDetails {
                 lag_bytes,
                 refresh_interval_ms,
                 namespaces,
+                out_of_service,
             },
         )
 }
@@ -310,7 +375,8 @@ fn golden_v1_0() -> Vec<(Message, Vec<u8>)> {
 /// 2023-11-14 22:13:20 UTC, as microseconds since the Unix epoch.
 const SENT_AT: i64 = 1_700_000_000_000_000;
 
-/// Fixtures of the v1.1 encoder (minor 1), byte for byte what it writes.
+/// Fixtures of the v1.1 encoder (minor 1), byte for byte what it wrote. Frozen: never change
+/// these bytes; they decode with an empty `out_of_service`.
 fn golden_v1_1() -> Vec<(Message, Vec<u8>)> {
     vec![
         // A heartbeat with details: lag 300 bytes, a refresh every hour, two namespaces.
@@ -328,6 +394,7 @@ fn golden_v1_1() -> Vec<(Message, Vec<u8>)> {
                         lag_bytes: 300,
                         refresh_interval_ms: 3_600_000,
                         namespaces: vec!["users".into(), "orgs".into()],
+                        out_of_service: vec![],
                     }),
                 },
             },
@@ -377,16 +444,106 @@ fn golden_v1_1() -> Vec<(Message, Vec<u8>)> {
     ]
 }
 
+/// Fixtures of the v1.2 encoder (minor 2), byte for byte what it writes.
+fn golden_v1_2() -> Vec<(Message, Vec<u8>)> {
+    vec![
+        // One namespace certified, one out of service; a refresh every minute (60_000 =
+        // e0 d4 03).
+        (
+            Message {
+                epoch: 0x0123_4567_89ab_cdef,
+                seq: 10,
+                lsn: 0,
+                commit_time_micros: 0,
+                sent_at_micros: SENT_AT,
+                body: Body::Heartbeat {
+                    last_data_seq: 9,
+                    details: Some(HeartbeatDetails {
+                        lag_bytes: 0,
+                        refresh_interval_ms: 60_000,
+                        namespaces: vec!["users".into()],
+                        out_of_service: vec!["orgs".into()],
+                    }),
+                },
+            },
+            hex("5743 0102 13 efcdab8967452301 0a 00 00 8080f28183898506 \
+                 04 12 09 00 e0d403 01 05 7573657273 01 04 6f726773"),
+        ),
+        // The first v1.1 fixture under v1.2: the details end with an empty out_of_service.
+        (
+            golden_v1_1().remove(0).0,
+            hex("5743 0102 13 efcdab8967452301 09 00 00 8080f28183898506 \
+                 04 14 08 ac02 80dddb01 02 05 7573657273 04 6f726773 00"),
+        ),
+        // Messages other than heartbeats with details only change the minor byte.
+        (
+            golden_v1_1().remove(1).0,
+            hex("5743 0102 14 efcdab8967452301 01 ac02 03 f681f28183898506  01 09 01 05 7573657273 01 37"),
+        ),
+        (
+            golden_v1_1().remove(2).0,
+            hex("5743 0102 0c 0000000000000000 05 00 00 01  04 0a ffffffffffffffffff01"),
+        ),
+        // Empty details: four zero bytes now.
+        (
+            golden_v1_1().remove(3).0,
+            hex("5743 0102 0c 2a00000000000000 06 00 00 00  04 05 05 00000000"),
+        ),
+        // Everything out of service, nothing certified.
+        (
+            Message::new(
+                42,
+                7,
+                Body::Heartbeat {
+                    last_data_seq: 6,
+                    details: Some(HeartbeatDetails {
+                        lag_bytes: 1,
+                        refresh_interval_ms: 0,
+                        namespaces: vec![],
+                        out_of_service: vec!["users".into(), "orgs".into()],
+                    }),
+                },
+            ),
+            hex("5743 0102 0c 2a00000000000000 07 00 00 00  04 10 06 01 00 00 02 05 7573657273 04 6f726773"),
+        ),
+    ]
+}
+
 #[test]
 fn golden_fixtures_encode_and_decode() {
-    assert_eq!(FORMAT_MINOR, 1);
-    for (msg, bytes) in golden_v1_1() {
+    assert_eq!(FORMAT_MINOR, 2);
+    for (msg, bytes) in golden_v1_2() {
         assert_eq!(msg.encode(), bytes, "encoding of {msg:?}");
         assert_eq!(msg.encoded_len(), bytes.len());
         let mut appended = b"prefix".to_vec();
         msg.encode_into(&mut appended);
         assert_eq!(appended[6..], bytes[..]);
         assert_eq!(Message::decode(&bytes), Ok(msg));
+    }
+}
+
+#[test]
+fn v1_1_golden_fixtures_still_decode_with_nothing_out_of_service() {
+    for (msg, bytes) in golden_v1_1() {
+        let decoded = Message::decode(&bytes).expect("a v1.1 fixture");
+        if let Body::Heartbeat {
+            details: Some(d), ..
+        } = &decoded.body
+        {
+            assert!(d.out_of_service.is_empty(), "{d:?}");
+        }
+        assert_eq!(decoded, msg, "{bytes:02x?}");
+        // And the frozen v1.1 decoder, of course.
+        assert_eq!(v1_1::Message::decode(&bytes), Ok(as_v1_1(&msg)));
+    }
+}
+
+#[test]
+fn the_v1_1_and_v1_0_decoders_read_every_v1_2_fixture() {
+    for (msg, bytes) in golden_v1_2() {
+        assert_eq!(bytes[3], 2);
+        assert_eq!(v1_1::Message::decode(&bytes), Ok(as_v1_1(&msg)), "{msg:?}");
+        assert_eq!(v1_0::Message::decode(&bytes), Ok(as_v1_0(&msg)), "{msg:?}");
     }
 }
 
@@ -399,12 +556,12 @@ fn v1_0_golden_fixtures_still_decode() {
 }
 
 #[test]
-fn v1_0_fixtures_reencode_with_a_zero_send_time_under_minor_1() {
+fn v1_0_fixtures_reencode_with_a_zero_send_time_under_minor_2() {
     for (msg, v1_0_bytes) in golden_v1_0() {
-        // Same bytes, but minor 1, a header one byte longer, and sent_at 0 ending the header.
+        // Same bytes, but minor 2, a header one byte longer, and sent_at 0 ending the header.
         let header_len = usize::from(v1_0_bytes[4]);
         let mut want = v1_0_bytes[..5 + header_len].to_vec();
-        want[3] = 1;
+        want[3] = 2;
         want[4] += 1;
         want.push(0);
         want.extend_from_slice(&v1_0_bytes[5 + header_len..]);
@@ -424,13 +581,34 @@ fn golden_fixture_of_a_future_minor_still_decodes() {
     let (want, _) = golden_v1_1().remove(1);
     assert_eq!(Message::decode(&bytes), Ok(want));
 
-    // A minor-7 heartbeat: one more header byte, two more body bytes after the details.
+    // A minor-7 heartbeat: one more header byte, and two more body bytes after the details
+    // and their (empty) v1.2 out_of_service.
+    let bytes = hex(
+        "5743 0107 14 efcdab8967452301 09 00 00 8080f28183898506 00 \
+                     04 16 08 ac02 80dddb01 02 05 7573657273 04 6f726773 00 0102",
+    );
+    let (want, _) = golden_v1_1().remove(0);
+    assert_eq!(Message::decode(&bytes), Ok(want.clone()));
+    assert_eq!(v1_1::Message::decode(&bytes), Ok(as_v1_1(&want)));
+}
+
+#[test]
+fn a_later_minor_must_write_out_of_service_before_its_own_heartbeat_fields() {
+    // The minor-7 heartbeat of the v1.1 era, two bytes straight after the namespaces: the v1.1
+    // decoder skipped them; since v1.2 they are the start of out_of_service (one string of two
+    // bytes), which the body's end cuts short.
     let bytes = hex(
         "5743 0107 14 efcdab8967452301 09 00 00 8080f28183898506 00 \
                      04 15 08 ac02 80dddb01 02 05 7573657273 04 6f726773 0102",
     );
-    let (want, _) = golden_v1_1().remove(0);
-    assert_eq!(Message::decode(&bytes), Ok(want));
+    let (v1_1_view, _) = golden_v1_1().remove(0);
+    assert_eq!(v1_1::Message::decode(&bytes), Ok(as_v1_1(&v1_1_view)));
+    assert_eq!(
+        Message::decode(&bytes),
+        Err(DecodeError::Truncated {
+            what: "out-of-service namespace"
+        })
+    );
 }
 
 #[test]
@@ -492,8 +670,8 @@ fn decode_errors() {
     assert_eq!(Message::decode(&bad_utf8), Err(DecodeError::InvalidUtf8));
 
     // Every strict prefix fails with Truncated (or, for the empty prefix of the magic, too), in
-    // either version.
-    for good in [good, golden_v1_1().remove(0).1] {
+    // every version.
+    for good in [good, golden_v1_1().remove(0).1, golden_v1_2().remove(0).1] {
         for n in 0..good.len() {
             assert!(
                 matches!(
@@ -600,6 +778,57 @@ fn partial_heartbeat_details_are_truncated_errors() {
 }
 
 #[test]
+fn partial_out_of_service_lists_are_truncated_errors() {
+    let (msg, _) = golden_v1_2().remove(0);
+    let (header, kind, body) = sections(&msg, Layout::V1_2);
+    // The v1.1 part of the details ends after "users": 09 00 e0d403 01 05 users = 12 bytes.
+    let oos_start = 12;
+    assert_eq!(
+        Message::decode(&frame(2, &header, kind, &body[..oos_start], &[])),
+        Ok(without_v1_2_fields(msg.clone())),
+        "without the field: nothing out of service"
+    );
+    for end in oos_start + 1..body.len() {
+        let bytes = frame(2, &header, kind, &body[..end], b"\x04orgs");
+        // The count alone: the bytes left cannot hold its one string.
+        let what = if end == oos_start + 1 {
+            "out-of-service namespace count"
+        } else {
+            "out-of-service namespace"
+        };
+        assert_eq!(
+            Message::decode(&bytes),
+            Err(DecodeError::Truncated { what }),
+            "body cut at {end} of {}",
+            body.len()
+        );
+    }
+    // A count the body could never hold is refused before allocating.
+    let bytes = frame(
+        2,
+        &header,
+        kind,
+        &hex("09 00 00 00 ffffffffffffffffff01"),
+        &[],
+    );
+    assert_eq!(
+        Message::decode(&bytes),
+        Err(DecodeError::Truncated {
+            what: "out-of-service namespace count"
+        })
+    );
+    let bytes = frame(2, &header, kind, &hex("09 00 00 00 80"), &[]);
+    assert_eq!(
+        Message::decode(&bytes),
+        Err(DecodeError::Truncated {
+            what: "out-of-service namespace count"
+        })
+    );
+    let bytes = frame(2, &header, kind, &hex("09 00 00 00 01 02 c328"), &[]);
+    assert_eq!(Message::decode(&bytes), Err(DecodeError::InvalidUtf8));
+}
+
+#[test]
 fn encoded_len_is_exact_at_varint_boundaries() {
     let edges_u64 = [0, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX];
     let edges_i64 = [
@@ -624,6 +853,7 @@ fn encoded_len_is_exact_at_varint_boundaries() {
                 Some(HeartbeatDetails {
                     lag_bytes: v,
                     refresh_interval_ms: v.rotate_left(7),
+                    out_of_service: namespaces.iter().take(3).cloned().collect(),
                     namespaces,
                 }),
             ] {
@@ -662,6 +892,7 @@ fn a_message_at_the_size_limit_decodes() {
         lag_bytes: 1 << 40,
         refresh_interval_ms: 3_600_000,
         namespaces,
+        out_of_service: vec!["orgs".into()],
     };
     let mut msg = Message::new(
         1,
@@ -696,15 +927,16 @@ fn error_messages_are_helpful() {
 // Wire format: across minor versions, with the frozen v1.0 decoder.
 // ---------------------------------------------------------------------------------------------
 
-/// One v1.1 message of every kind, each with a send time, and heartbeats with and without details.
-fn every_v1_1_kind() -> Vec<Message> {
+/// One message of every kind, each with a send time, and heartbeats with and without details
+/// (with and without namespaces out of service).
+fn every_kind() -> Vec<Message> {
     let with = |body| Message {
         lsn: 0x16_b374_d848,
         commit_time_micros: SENT_AT - 2_500,
         sent_at_micros: SENT_AT,
         ..Message::new(0x5eed, 17, body)
     };
-    let mut all: Vec<Message> = golden_v1_1().into_iter().map(|(m, _)| m).collect();
+    let mut all: Vec<Message> = golden_v1_2().into_iter().map(|(m, _)| m).collect();
     all.extend([
         with(Body::Keys(vec![
             KeyRef::new("users", "7"),
@@ -722,6 +954,7 @@ fn every_v1_1_kind() -> Vec<Message> {
                 lag_bytes: u64::MAX,
                 refresh_interval_ms: 0,
                 namespaces: vec!["users".into(), "orgs".into(), "é".into()],
+                out_of_service: vec!["ü".into()],
             }),
         }),
         Message {
@@ -733,16 +966,25 @@ fn every_v1_1_kind() -> Vec<Message> {
 }
 
 #[test]
-fn the_v1_0_decoder_reads_every_v1_1_kind() {
-    for msg in every_v1_1_kind() {
+fn the_v1_0_and_v1_1_decoders_read_every_kind() {
+    for msg in every_kind() {
         let bytes = msg.encode();
-        assert_eq!(bytes[3], 1);
+        assert_eq!(bytes[3], 2);
         assert_eq!(v1_0::Message::decode(&bytes), Ok(as_v1_0(&msg)), "{msg:?}");
+        assert_eq!(v1_1::Message::decode(&bytes), Ok(as_v1_1(&msg)), "{msg:?}");
     }
 }
 
 #[test]
-fn the_v1_1_decoder_reads_every_v1_0_fixture_with_defaults() {
+fn v1_1_encodings_of_every_kind_decode_with_nothing_out_of_service() {
+    for msg in every_kind() {
+        let bytes = encode_v1_1(&msg);
+        assert_eq!(Message::decode(&bytes), Ok(without_v1_2_fields(msg)));
+    }
+}
+
+#[test]
+fn this_decoder_reads_every_v1_0_fixture_with_defaults() {
     for (msg, bytes) in golden_v1_0() {
         assert_eq!(v1_0::Message::decode(&bytes), Ok(as_v1_0(&msg)));
         let decoded = Message::decode(&bytes).expect("a v1.0 fixture");
@@ -752,8 +994,8 @@ fn the_v1_1_decoder_reads_every_v1_0_fixture_with_defaults() {
         }
         assert_eq!(decoded, msg);
     }
-    // And v1.0 encodings of the v1.1 messages lose exactly the v1.1 fields.
-    for msg in every_v1_1_kind() {
+    // And v1.0 encodings of the messages lose exactly the v1.1 (and v1.2) fields.
+    for msg in every_kind() {
         let bytes = encode_v1_0(&msg);
         assert_eq!(Message::decode(&bytes), Ok(without_v1_1_fields(msg)));
     }
@@ -766,13 +1008,25 @@ proptest! {
     fn round_trip(msg in arb_message()) {
         let bytes = msg.encode();
         prop_assert_eq!(bytes.len(), msg.encoded_len());
-        prop_assert_eq!(&bytes, &encode_future(&msg, 1, &[], &[], &[]));
+        prop_assert_eq!(&bytes, &encode_future(&msg, 2, &[], &[], &[]));
         prop_assert_eq!(Message::decode(&bytes), Ok(msg));
     }
 
     #[test]
-    fn the_v1_0_decoder_reads_v1_1_encodings(msg in arb_message()) {
+    fn the_v1_0_decoder_reads_current_encodings(msg in arb_message()) {
         prop_assert_eq!(v1_0::Message::decode(&msg.encode()), Ok(as_v1_0(&msg)));
+    }
+
+    #[test]
+    fn the_v1_1_decoder_reads_current_encodings(msg in arb_message()) {
+        prop_assert_eq!(v1_1::Message::decode(&msg.encode()), Ok(as_v1_1(&msg)));
+    }
+
+    #[test]
+    fn v1_1_encodings_decode_with_nothing_out_of_service(msg in arb_message()) {
+        let bytes = encode_v1_1(&msg);
+        prop_assert_eq!(v1_1::Message::decode(&bytes), Ok(as_v1_1(&msg)));
+        prop_assert_eq!(Message::decode(&bytes), Ok(without_v1_2_fields(msg)));
     }
 
     #[test]
@@ -793,6 +1047,7 @@ proptest! {
         let msg = as_future_sender(msg, !extra_body.is_empty());
         let bytes = encode_future(&msg, minor, &extra_header, &extra_body, &trailing);
         prop_assert_eq!(v1_0::Message::decode(&bytes), Ok(as_v1_0(&msg)));
+        prop_assert_eq!(v1_1::Message::decode(&bytes), Ok(as_v1_1(&msg)));
         prop_assert_eq!(Message::decode(&bytes), Ok(msg));
     }
 
@@ -815,6 +1070,7 @@ proptest! {
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = Message::decode(&bytes);
         let _ = v1_0::Message::decode(&bytes);
+        let _ = v1_1::Message::decode(&bytes);
         let mut prefixed = b"WC\x01".to_vec();
         prefixed.extend_from_slice(&bytes);
         let _ = Message::decode(&prefixed);

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use walcache_protocol::{validate_namespace, ToKey};
 
-use super::{Cache, CacheInner, CacheMetrics, L1Entry, L1Hasher};
+use super::{Cache, CacheInner, CacheMetrics, CappedTtl, L1Entry, L1Hasher};
 use crate::codec::{Codec, Postcard};
 use crate::counter::StripedCounter;
 use crate::error::Error;
@@ -92,8 +92,9 @@ impl<K: ?Sized, V, C> CacheBuilder<K, V, C> {
     }
 
     /// L1 time-to-live. With the daemon it bounds how long an entry can outlive a lost
-    /// invalidation; keep it at or below the daemon's full-refresh interval. Without a stream
-    /// it *is* the staleness bound. Default 60 s.
+    /// invalidation. For a namespace the daemon certifies, entries never outlive the daemon's
+    /// full-refresh interval (from its heartbeats): a longer setting is cut to it, and a log
+    /// line says so. Without a stream it *is* the staleness bound. Default 60 s.
     pub fn time_to_live(mut self, ttl: Duration) -> Self {
         self.l1_ttl = ttl;
         self
@@ -197,14 +198,21 @@ where
             return Err(Error::config("negative_ttl = 0: must be at least 1 ms"));
         }
         let shared = Arc::clone(self.handle.shared());
+        // The namespace first: L1's expiry reads the cap the daemon's heartbeats set on it.
+        let ns = shared.namespace_or_insert(&self.namespace);
         let names = shared
             .l2
             .as_ref()
             .map(|_| Names::new(&shared.naming, &self.namespace, self.schema));
-        // One time-to-live for all of L1 (moka's cheapest expiry on the hit path); jitter
+        // One time-to-live for all of L1; a per-entry expiry only where the daemon's refresh
+        // interval cuts it (set when the entry is written; reads keep moka's default). Jitter
         // spreads L2's, where synchronized expiry would reach the database.
-        let mut l1 = moka::sync::Cache::builder()
+        let mut l1 = moka::sync::Cache::<Arc<str>, L1Entry<V>>::builder()
             .time_to_live(self.l1_ttl)
+            .expire_after(CappedTtl {
+                ns: Arc::clone(&ns),
+                ttl: self.l1_ttl,
+            })
             .support_invalidation_closures();
         let weighted = match self.capacity {
             Capacity::Entries(n) => {
@@ -235,6 +243,7 @@ where
                 std::sync::Weak::<CacheInner<V, C>>::clone(weak);
             let ns = self.handle.register(&namespace, target);
             CacheInner {
+                l1_ttl: self.l1_ttl,
                 handle: self.handle.clone(),
                 shared: Arc::clone(&shared),
                 ns,
@@ -252,6 +261,10 @@ where
                 metrics: CacheMetrics::new(&ns_label),
             }
         });
+        // A cap the daemon's heartbeats set before this cache existed.
+        if let Some(cap) = inner.ns.l1_ttl_cap() {
+            inner.cap_time_to_live(Some(cap));
+        }
         Ok(Cache {
             inner,
             _marker: std::marker::PhantomData,

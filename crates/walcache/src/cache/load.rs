@@ -44,6 +44,11 @@ where
         inner.metrics.l1_misses.increment(1);
         let k = key_string(key);
         let shared = &inner.shared;
+        if inner.ns.is_out_of_service() {
+            // The daemon misses this namespace's changes: neither tier is fresh, and nothing
+            // loaded now may be cached (each caller loads: no single flight to join).
+            return self.bypass_load(&k, init, "out_of_service").await;
+        }
         if shared.config.freshness == Freshness::Strict
             && !shared.live.load(Ordering::Acquire)
             && shared.l2.is_some()

@@ -115,7 +115,43 @@ impl CacheMetrics {
     }
 }
 
+/// L1's per-entry expiry: none (the cache-wide time-to-live applies) unless the daemon's
+/// full-refresh interval, set on the namespace by its heartbeats, is shorter; then that.
+struct CappedTtl {
+    ns: Arc<Namespace>,
+    ttl: Duration,
+}
+
+impl CappedTtl {
+    fn expiry(&self) -> Option<Duration> {
+        self.ns.l1_ttl_cap().filter(|cap| *cap < self.ttl)
+    }
+}
+
+impl<V> moka::Expiry<Arc<str>, L1Entry<V>> for CappedTtl {
+    fn expire_after_create(
+        &self,
+        _key: &Arc<str>,
+        _value: &L1Entry<V>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        self.expiry()
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &Arc<str>,
+        _value: &L1Entry<V>,
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expiry()
+    }
+}
+
 struct CacheInner<V, C> {
+    /// The configured L1 time-to-live (before any cap).
+    l1_ttl: Duration,
     handle: Walcache,
     shared: Arc<Shared>,
     ns: Arc<Namespace>,
@@ -169,6 +205,20 @@ where
         let hits = self.l1_hits.take_unpublished();
         if hits > 0 {
             self.metrics.l1_hits.increment(hits);
+        }
+    }
+
+    fn cap_time_to_live(&self, cap: Option<Duration>) {
+        if let Some(cap) = cap.filter(|cap| *cap < self.l1_ttl) {
+            tracing::info!(
+                namespace = %self.ns.name,
+                configured = ?self.l1_ttl,
+                cap = ?cap,
+                "L1 time-to-live of namespace {} cut from {:?} to {:?}, the daemon's full-refresh interval",
+                self.ns.name,
+                self.l1_ttl,
+                cap
+            );
         }
     }
 }
@@ -311,8 +361,9 @@ where
         inner.metrics.l1_misses.increment(1);
         let k = key_string(key);
         let (l2, names) = (inner.shared.l2.as_ref()?, inner.names.as_ref()?);
-        if !inner.shared.live.load(Ordering::Acquire)
-            && inner.shared.config.freshness == Freshness::Strict
+        if inner.ns.is_out_of_service()
+            || (!inner.shared.live.load(Ordering::Acquire)
+                && inner.shared.config.freshness == Freshness::Strict)
         {
             return None;
         }
@@ -441,7 +492,7 @@ where
             None
         };
         let size = encoded.as_ref().map_or(0, Vec::len);
-        if inner.shared.live.load(Ordering::Acquire) {
+        if inner.shared.live.load(Ordering::Acquire) && !inner.ns.is_out_of_service() {
             let stamps = self.stamps(&tags);
             self.put_l1(&k, Some(value), &tags, stamps, size);
         }
@@ -662,7 +713,9 @@ where
                 }
             }
         }
-        if !inner.shared.live.load(Ordering::Acquire) {
+        // Out of service: the counter moves after the state (`Shared::apply_view`), so a fill
+        // that misses the state below finds its snapshot moved.
+        if !inner.shared.live.load(Ordering::Acquire) || inner.ns.is_out_of_service() {
             return;
         }
         // The stamps before the check: a tag invalidation bumps the process-wide counter

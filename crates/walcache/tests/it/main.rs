@@ -7,5 +7,6 @@ mod interleavings;
 mod races;
 mod read_path;
 mod resilience;
+mod service;
 mod subscriber;
 mod support;

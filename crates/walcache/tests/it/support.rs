@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use walcache::Walcache;
-use walcache_protocol::{Body, KeyRef, Message, Naming};
+use walcache_protocol::{Body, HeartbeatDetails, KeyRef, Message, Naming};
 use walcache_testkit::{wait_until, RedisServer};
 
 pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
@@ -127,6 +127,20 @@ impl Publisher {
             Body::Heartbeat {
                 last_data_seq: self.seq,
                 details: None,
+            },
+        );
+        self.publish_raw(&m.encode()).await;
+    }
+
+    /// A heartbeat with details (wire v1.2): what the daemon certifies, what it reports out
+    /// of service, and its full-refresh interval.
+    pub(crate) async fn heartbeat_with(&mut self, details: HeartbeatDetails) {
+        let m = Message::new(
+            self.epoch,
+            self.seq,
+            Body::Heartbeat {
+                last_data_seq: self.seq,
+                details: Some(details),
             },
         );
         self.publish_raw(&m.encode()).await;

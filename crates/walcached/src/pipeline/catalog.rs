@@ -99,14 +99,47 @@ impl PublicationPlan {
     }
 }
 
+/// What the publication needs, as [`inspect_publication`] found it.
+pub(super) enum Planned {
+    /// Nothing, or SQL the daemon may run: the publication is missing or the daemon's own.
+    Repair(PublicationPlan),
+    /// Another consumer's publication does not publish what the rules need: the daemon must
+    /// not change it.
+    Foreign {
+        /// What is wrong and the SQL that fixes it, for the operator.
+        error: ConfigError,
+        /// Indexes of the rules whose changes it drops.
+        affected_rules: Vec<usize>,
+    },
+}
+
 /// Decide what the publication needs ([`crate::publication`]): created if missing (marked as
 /// the daemon's, `publish_via_partition_root`); repaired if it is the daemon's; refused with
-/// the fix if another's does not fit.
+/// the fix if another's does not fit (start-up fails: see [`inspect_publication`] for the
+/// running daemon's view).
 pub(super) async fn plan_publication(
     client: &tokio_postgres::Client,
     config: &Config,
     rules: &[CompiledRule],
 ) -> Result<PublicationPlan, RunError> {
+    match inspect_publication(client, config, rules).await? {
+        Planned::Repair(plan) => Ok(plan),
+        Planned::Foreign { error, .. } => Err(RunError::Config(error)),
+    }
+}
+
+/// As [`plan_publication`], but another consumer's publication that does not fit is an
+/// answer naming the rules it fails, not an error: a running daemon takes their namespaces
+/// out of service instead of stopping.
+///
+/// # Errors
+///
+/// Catalog queries that fail.
+pub(super) async fn inspect_publication(
+    client: &tokio_postgres::Client,
+    config: &Config,
+    rules: &[CompiledRule],
+) -> Result<Planned, RunError> {
     let name = &config.postgres.publication;
     let mut wanted: Vec<(String, String)> = Vec::new();
     for r in rules {
@@ -135,7 +168,7 @@ pub(super) async fn plan_publication(
         } else {
             ""
         };
-        return Ok(PublicationPlan {
+        return Ok(Planned::Repair(PublicationPlan {
             sql: Some(format!(
                 "BEGIN; CREATE PUBLICATION {quoted} FOR TABLE {} WITH \
                  (publish_via_partition_root = true{generated}); COMMENT ON PUBLICATION \
@@ -145,35 +178,39 @@ pub(super) async fn plan_publication(
             )),
             // A slot that already existed streamed nothing of these tables before.
             affected_rules: (0..rules.len()).collect(),
-        });
+        }));
     };
     if drift.is_empty() {
-        return Ok(PublicationPlan {
+        return Ok(Planned::Repair(PublicationPlan {
             sql: None,
             affected_rules: Vec::new(),
-        });
-    }
-    if !drift.managed {
-        return Err(RunError::Config(ConfigError::new(
-            "postgres.publication",
-            format!(
-                "{}. walcached repairs only a publication it created (another consumer may \
-                 share this one): run {} or let walcached manage it (COMMENT ON PUBLICATION \
-                 {quoted} IS {};), or set postgres.publication to a new name",
-                drift.describe(name),
-                drift.repair_sql(name),
-                crate::check::quote_literal(publication::MANAGED_COMMENT)
-            ),
-        )));
+        }));
     }
     let affected = drift.affected_tables();
-    Ok(PublicationPlan {
+    let affected_rules = rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| drift.affects_every_table() || affected.contains(&r.table))
+        .map(|(i, _)| i)
+        .collect();
+    if !drift.managed {
+        return Ok(Planned::Foreign {
+            error: ConfigError::new(
+                "postgres.publication",
+                format!(
+                    "{}. walcached repairs only a publication it created (another consumer may \
+                 share this one): run {} or let walcached manage it (COMMENT ON PUBLICATION \
+                 {quoted} IS {};), or set postgres.publication to a new name",
+                    drift.describe(name),
+                    drift.repair_sql(name),
+                    crate::check::quote_literal(publication::MANAGED_COMMENT)
+                ),
+            ),
+            affected_rules,
+        });
+    }
+    Ok(Planned::Repair(PublicationPlan {
         sql: Some(drift.repair_sql(name)),
-        affected_rules: rules
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| drift.affects_every_table() || affected.contains(&r.table))
-            .map(|(i, _)| i)
-            .collect(),
-    })
+        affected_rules,
+    }))
 }

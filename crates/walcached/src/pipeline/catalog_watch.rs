@@ -13,16 +13,29 @@
 //! namespaces and tags. The daemon's own publication is repaired (a
 //! re-created table added back once it has a usable replica identity), and because changes of
 //! transactions open at that moment were decoded without it, the namespaces are flushed again
-//! once every such transaction has ended. Another's publication is reported, once per episode.
+//! once every such transaction has ended.
+//!
+//! Drift the daemon cannot repair — a rule's table that cannot be added back to the
+//! publication (no usable replica identity, or gone: `unfit_table`), or another consumer's
+//! publication that no longer publishes what a rule needs (`publication`) — misses every later
+//! change of the table, so a flush is not enough: the rule's namespace is *out of service*.
+//! Heartbeats stop certifying it and list it as out of service (libraries then bypass every
+//! tier for it), `/readyz` says not ready and names it, and the episode is logged and counted
+//! once as it begins, and flushed then (what changed since the drift was missed). When a later
+//! check finds the publication fine and the table fit again (repaired by the daemon, or fixed
+//! by someone), the namespace is flushed — before any heartbeat certifies it again — and once
+//! more after the transactions open at that moment have ended, then it is back in service. The
+//! daemon never stops because of it. A rule broken by a narrowed identity
+//! ([`crate::mapping::Mapper::break_rule`]) stays in service: every change flushes it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tokio_util::sync::CancellationToken;
 use walcache_cdc::client::ReplicationStream;
 
-use super::catalog::plan_publication;
+use super::catalog::{inspect_publication, Planned};
 use super::Streamer;
-use crate::mapping::{quote_ident, Invalidation};
+use crate::mapping::{quote_ident, CompiledRule, Invalidation};
 use crate::metrics as m;
 use crate::publisher::Batch;
 
@@ -93,8 +106,9 @@ pub(super) struct CatalogWatch {
     /// Flushes due once every transaction running when the publication was repaired has
     /// ended: (the snapshot's xmax then, the rules).
     after_repair: Vec<(i64, Vec<usize>)>,
-    /// The publication's drift was reported (another consumer's publication): said once.
-    reported: bool,
+    /// Rules whose drift the daemon cannot repair, with the reason (`unfit_table`,
+    /// `publication`): their namespaces are out of service.
+    unrepaired: BTreeMap<usize, &'static str>,
     /// Partitions announced by DDL capture (created or attached), as (oid, rule index), kept
     /// for the run: the stream can be behind the catalog, so a partition already gone from
     /// the catalog may still be dropped later in the stream. (Small: one entry per partition
@@ -130,7 +144,30 @@ impl CatalogWatch {
     pub(super) fn learn(&mut self, i: usize, oid: u32) {
         self.learned.insert((oid, i));
     }
+
+    /// The namespaces out of service: those of the rules with drift the daemon cannot repair.
+    pub(super) fn out_of_service(&self, rules: &[CompiledRule]) -> BTreeSet<String> {
+        namespaces_of(rules, self.unrepaired.keys())
+    }
 }
+
+/// The namespaces of rules `indexes`.
+fn namespaces_of<'a>(
+    rules: &[CompiledRule],
+    indexes: impl IntoIterator<Item = &'a usize>,
+) -> BTreeSet<String> {
+    indexes
+        .into_iter()
+        .filter_map(|&i| rules.get(i).map(|r| r.namespace.clone()))
+        .collect()
+}
+
+/// Why a namespace back in service is flushed (a `reason` of `walcached_catalog_drifts_total`
+/// in [`Streamer::flush_drifted`]).
+const BACK_IN_SERVICE: &str =
+    "back in service: changes made while it was out of service were missed";
+/// Why a namespace going out of service is flushed.
+const OUT_OF_SERVICE: &str = "out of service: changes since the drift were missed";
 
 /// The next xid to be assigned (`pg_snapshot_xmax` of a new snapshot).
 pub(super) async fn snapshot_xmax(
@@ -248,43 +285,55 @@ impl Streamer<'_> {
         self.publisher.write_catalog(&changed).await?;
 
         let mut flush: BTreeMap<usize, &'static str> = BTreeMap::new();
-        // The publication: repaired if it is the daemon's, reported once if not.
+        // The publication: repaired if it is the daemon's and the tables to add back are fit;
+        // otherwise the rules it fails are out of service until a later check finds it fine.
         let rules = self.mapper.rules().to_vec();
-        match plan_publication(&self.control, self.config, &rules).await {
-            Ok(plan) if plan.affected_rules.is_empty() => self.watch.reported = false,
-            Ok(plan) => {
+        let mut unrepaired: BTreeMap<usize, &'static str> = BTreeMap::new();
+        let mut why: Option<String> = None;
+        match inspect_publication(&self.control, self.config, &rules).await? {
+            Planned::Repair(plan) if plan.affected_rules.is_empty() => {}
+            Planned::Repair(plan) => {
                 // A table added back must pass the start-up checks first (it exists, its
                 // columns fit the rule, its replica identity is usable): published without
                 // one, the application's own UPDATEs and DELETEs would fail.
-                if let Err(e) = super::compile_rules(&self.control, self.config).await {
-                    if !std::mem::replace(&mut self.watch.reported, true) {
-                        tracing::error!(error = %e, "the publication lacks a rule's table, which cannot be added back yet: its changes are not invalidated");
-                        metrics::counter!(m::CATALOG_DRIFTS_TOTAL, "reason" => "unfit_table")
-                            .increment(1);
+                if let Some(e) = self.first_unfit(&plan.affected_rules).await? {
+                    // The repair is one transaction: none of its rules is published again.
+                    for &i in &plan.affected_rules {
+                        unrepaired.insert(i, "unfit_table");
                     }
-                    return Ok(());
-                }
-                plan.apply(&self.control, &self.config.postgres.publication)
-                    .await?;
-                // Taken after the repair committed: every transaction that could have changed
-                // the table before it has an xid below.
-                let xmax = snapshot_xmax(&self.control).await?;
-                for &i in &plan.affected_rules {
-                    flush
-                        .entry(i)
-                        .or_insert("the publication did not publish it");
-                }
-                self.watch
-                    .after_repair
-                    .push((xmax, plan.affected_rules.clone()));
-            }
-            Err(e) => {
-                if !std::mem::replace(&mut self.watch.reported, true) {
-                    tracing::error!(error = %e, "the publication changed and walcached may not repair it: changes it drops are not invalidated");
-                    metrics::counter!(m::CATALOG_DRIFTS_TOTAL, "reason" => "publication")
-                        .increment(1);
+                    why = Some(e);
+                } else {
+                    plan.apply(&self.control, &self.config.postgres.publication)
+                        .await?;
+                    // Taken after the repair committed: every transaction that could have
+                    // changed the table before it has an xid below.
+                    let xmax = snapshot_xmax(&self.control).await?;
+                    for &i in &plan.affected_rules {
+                        flush
+                            .entry(i)
+                            .or_insert("the publication did not publish it");
+                    }
+                    self.watch
+                        .after_repair
+                        .push((xmax, plan.affected_rules.clone()));
                 }
             }
+            Planned::Foreign {
+                error,
+                affected_rules,
+            } => {
+                for i in affected_rules {
+                    unrepaired.insert(i, "publication");
+                }
+                why = Some(error.to_string());
+            }
+        }
+        let back = self.enter_out_of_service(&rules, unrepaired, why.as_deref(), &mut flush);
+        if !back.is_empty() {
+            // Fixed by someone else (or repaired above): transactions open at the fix were
+            // decoded without the table, as after a repair.
+            let xmax = snapshot_xmax(&self.control).await?;
+            self.watch.after_repair.push((xmax, back.clone()));
         }
 
         // Transactions open at a repair have ended: flush once more.
@@ -302,10 +351,109 @@ impl Streamer<'_> {
                 }
             }
         }
-        if !flush.is_empty() {
-            self.flush_drifted(&flush, stream, shutdown).await;
+        if !flush.is_empty() && !self.flush_drifted(&flush, stream, shutdown).await {
+            return Ok(()); // shutting down: still out of service
         }
+        // Flushed: certified again from the next heartbeat on.
+        self.leave_out_of_service(&rules, &back);
         Ok(())
+    }
+
+    /// Take the namespaces of the rules in `now` out of service (each newly out of service:
+    /// one error line, one count, a flush in `flush`), and return the rules whose drift is
+    /// gone: their namespaces owe a flush (added to `flush`) before they are back in service
+    /// ([`leave_out_of_service`](Self::leave_out_of_service)).
+    fn enter_out_of_service(
+        &mut self,
+        rules: &[CompiledRule],
+        now: BTreeMap<usize, &'static str>,
+        why: Option<&str>,
+        flush: &mut BTreeMap<usize, &'static str>,
+    ) -> Vec<usize> {
+        let before = self.watch.out_of_service(rules);
+        let back: Vec<usize> = self
+            .watch
+            .unrepaired
+            .keys()
+            .copied()
+            .filter(|i| !now.contains_key(i))
+            .collect();
+        // Rules still out of service stay so until their flush is published.
+        for (i, reason) in now {
+            self.watch.unrepaired.insert(i, reason);
+        }
+        let after = self.watch.out_of_service(rules);
+        let mut said: BTreeSet<&str> = BTreeSet::new();
+        for (&i, &reason) in &self.watch.unrepaired {
+            let Some(rule) = rules.get(i) else { continue };
+            if before.contains(&rule.namespace) {
+                continue; // an episode already under way
+            }
+            flush.entry(i).or_insert(OUT_OF_SERVICE);
+            if !said.insert(&rule.namespace) {
+                continue; // said once per namespace
+            }
+            tracing::error!(
+                namespace = %rule.namespace,
+                table = %format!("{}.{}", rule.table.0, rule.table.1),
+                %reason,
+                error = why.unwrap_or(""),
+                "catalog drift walcached cannot repair: the namespace is out of service (not certified in heartbeats, so services bypass their caches for it; /readyz not ready) until it is fixed"
+            );
+            metrics::counter!(m::CATALOG_DRIFTS_TOTAL, "reason" => reason).increment(1);
+        }
+        for &i in &back {
+            flush.entry(i).or_insert(BACK_IN_SERVICE);
+        }
+        self.export_out_of_service(&after);
+        back
+    }
+
+    /// The rules in `back` were flushed: their namespaces are back in service unless another
+    /// rule of theirs is still out.
+    fn leave_out_of_service(&mut self, rules: &[CompiledRule], back: &[usize]) {
+        if back.is_empty() {
+            return;
+        }
+        let before = self.watch.out_of_service(rules);
+        for i in back {
+            self.watch.unrepaired.remove(i);
+        }
+        let after = self.watch.out_of_service(rules);
+        for namespace in before.difference(&after) {
+            tracing::info!(%namespace, "catalog drift fixed: the namespace was flushed and is back in service");
+        }
+        self.export_out_of_service(&after);
+    }
+
+    fn export_out_of_service(&self, namespaces: &BTreeSet<String>) {
+        metrics::gauge!(m::NAMESPACES_OUT_OF_SERVICE).set(namespaces.len() as f64);
+        self.status
+            .set_out_of_service(namespaces.iter().cloned().collect());
+    }
+
+    /// The first of rules `indexes` whose table does not fit it (gone, columns or replica
+    /// identity unfit), as the start-up check words it.
+    async fn first_unfit(
+        &self,
+        indexes: &[usize],
+    ) -> Result<Option<String>, tokio_postgres::Error> {
+        for &i in indexes {
+            let Some(rule) = self.config.rules.get(i) else {
+                continue;
+            };
+            let (schema, table) = rule.qualified_table();
+            let Some(info) =
+                crate::mapping::TableInfo::load(&self.control, &schema, &table).await?
+            else {
+                let gone = format!("table {schema}.{table} does not exist (or is not a table)");
+                return Ok(Some(format!("rules[{i}].table: {gone}")));
+            };
+            if let Err(e) = crate::mapping::compile(rule, i, &info) {
+                return Ok(Some(e.to_string()));
+            }
+        }
+        Ok(None)
     }
 
     /// Flush the rules in `flush` (their namespaces and tags), saying why. False if shutdown

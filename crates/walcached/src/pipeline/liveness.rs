@@ -246,11 +246,20 @@ impl Streamer<'_> {
     /// Publish a heartbeat; `/readyz` follows whether it went out.
     /// The markers advance to the confirmed position: every publish before it has completed,
     /// visibility re-checks included.
+    /// A namespace out of service (drift the daemon cannot repair) is not certified: it is
+    /// listed apart, so that libraries bypass it rather than take it for one no rule covers.
     pub(super) async fn heartbeat(&mut self, lag_bytes: u64) {
+        let out_of_service = self.watch.out_of_service(self.mapper.rules());
         let details = HeartbeatDetails {
             lag_bytes,
             refresh_interval_ms: self.config.refresh.interval_secs.saturating_mul(1000),
-            namespaces: self.mapper.namespaces(),
+            namespaces: self
+                .mapper
+                .namespaces()
+                .into_iter()
+                .filter(|n| !out_of_service.contains(n))
+                .collect(),
+            out_of_service: out_of_service.into_iter().collect(),
         };
         match self.publisher.heartbeat(details, self.confirmed).await {
             Ok(published) => self.status.set_caught_up(published),

@@ -487,7 +487,7 @@ impl Publisher {
     /// Announce liveness at `lsn` (everything received up to it is published), if every
     /// marker still holds what this daemon wrote: carries the last data sequence number, takes
     /// none of its own, and (wire format v1.1) `details`: the lag, the refresh interval and the
-    /// namespaces this heartbeat certifies. Markers that do not hold are flushed first, and
+    /// namespaces this heartbeat certifies, and (v1.2) those out of service. Markers that do not hold are flushed first, and
     /// the heartbeat follows them. Returns whether a heartbeat was published.
     ///
     /// # Errors

@@ -632,7 +632,13 @@ async fn a_partition_attached_and_dropped_while_the_daemon_is_down_is_flushed_at
         .unwrap();
     s.client.batch_execute("DROP TABLE ev_x").await.unwrap();
     s.marker(3).await;
-    let daemon = Daemon::start(&s.toml).await;
+    // One transaction per batch: the replay would otherwise publish the ATTACH's flush and
+    // the row in one batch, where the order of the two says nothing.
+    let one_per_batch = s.toml.replace(
+        "status_interval_ms = 200",
+        "status_interval_ms = 200\nbatch_max_keys = 1",
+    );
+    let daemon = Daemon::start(&one_per_batch).await;
     wait_until("the replay published", DEADLINE, || async {
         listener.keys().iter().any(|k| k == "marker/1")
     })

@@ -109,6 +109,7 @@ async fn a_restart_over_a_backlog_stays_silent_until_the_backlog_is_published() 
                 "the default schedule"
             );
             assert_eq!(details.lag_bytes, 0, "caught up");
+            assert!(details.out_of_service.is_empty(), "{details:?}");
         }
         other => panic!("a v1.1 heartbeat, got {other:?}"),
     }
