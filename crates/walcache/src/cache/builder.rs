@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use walcache_protocol::{validate_namespace, ToKey};
 
-use super::{Cache, CacheInner, CacheMetrics, CappedTtl, L1Entry, L1Hasher};
+use super::{Cache, CacheInner, CacheMetrics, L1Entry, L1Hasher};
 use crate::codec::{Codec, Postcard};
 use crate::counter::StripedCounter;
 use crate::error::Error;
@@ -198,21 +198,16 @@ where
             return Err(Error::config("negative_ttl = 0: must be at least 1 ms"));
         }
         let shared = Arc::clone(self.handle.shared());
-        // The namespace first: L1's expiry reads the cap the daemon's heartbeats set on it.
-        let ns = shared.namespace_or_insert(&self.namespace);
         let names = shared
             .l2
             .as_ref()
             .map(|_| Names::new(&shared.naming, &self.namespace, self.schema));
-        // One time-to-live for all of L1; a per-entry expiry only where the daemon's refresh
-        // interval cuts it (set when the entry is written; reads keep moka's default). Jitter
-        // spreads L2's, where synchronized expiry would reach the database.
+        // One time-to-live for all of L1 (an entry filled while the daemon's refresh interval
+        // is shorter carries that deadline itself: see `L1Entry::until`, checked on hit without
+        // moka's per-entry expiry, which costs every hit). Jitter spreads L2's, where
+        // synchronized expiry would reach the database.
         let mut l1 = moka::sync::Cache::<Arc<str>, L1Entry<V>>::builder()
             .time_to_live(self.l1_ttl)
-            .expire_after(CappedTtl {
-                ns: Arc::clone(&ns),
-                ttl: self.l1_ttl,
-            })
             .support_invalidation_closures();
         let weighted = match self.capacity {
             Capacity::Entries(n) => {

@@ -46,7 +46,11 @@ struct L1Entry<V> {
     /// `None` is a cached "not found".
     value: Option<V>,
     /// When a "not found" stops counting (its own, shorter time-to-live); `None` for values.
-    negative_until: Option<Instant>,
+    /// When the entry stops counting before L1's time-to-live: a "not found" after its own,
+    /// shorter time-to-live, or any entry after the daemon's full-refresh interval where that
+    /// is shorter than L1's (the cap the daemon's heartbeats set). `None` for most entries, so
+    /// most hits never read the clock.
+    until: Option<Instant>,
     tags: Option<Arc<[String]>>,
     /// The tags' counters when the entry was filled (same order as `tags`): a hit whose tag
     /// moved since is a miss (see `generation::TagStamps`).
@@ -112,40 +116,6 @@ impl CacheMetrics {
     fn bypass(&self, reason: &'static str) {
         metrics::counter!(m::BYPASS_LOADS_TOTAL, "namespace" => self.namespace.clone(), "reason" => reason)
             .increment(1);
-    }
-}
-
-/// L1's per-entry expiry: none (the cache-wide time-to-live applies) unless the daemon's
-/// full-refresh interval, set on the namespace by its heartbeats, is shorter; then that.
-struct CappedTtl {
-    ns: Arc<Namespace>,
-    ttl: Duration,
-}
-
-impl CappedTtl {
-    fn expiry(&self) -> Option<Duration> {
-        self.ns.l1_ttl_cap().filter(|cap| *cap < self.ttl)
-    }
-}
-
-impl<V> moka::Expiry<Arc<str>, L1Entry<V>> for CappedTtl {
-    fn expire_after_create(
-        &self,
-        _key: &Arc<str>,
-        _value: &L1Entry<V>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        self.expiry()
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &Arc<str>,
-        _value: &L1Entry<V>,
-        _updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        self.expiry()
     }
 }
 
@@ -298,14 +268,41 @@ where
         self.inner.l1.run_pending_tasks();
     }
 
-    /// Whether L1 holds `key` right now, without touching L2 or counting a hit.
+    /// Whether L1 holds `key` right now and a read would be served from it (not past its
+    /// deadline, filled after the last flush and tag invalidation that concern it), without
+    /// touching L2 or counting a hit.
     pub fn contains_in_l1(&self, key: &K) -> bool {
         KEY_BUF.with(|local| {
             let b = &mut local.borrow_mut().key;
             b.clear();
             key.write_key(b);
-            self.inner.l1.contains_key(b.as_str())
+            self.inner
+                .l1
+                .get(b.as_str())
+                .is_some_and(|e| self.servable(&e))
         })
+    }
+
+    /// Whether an L1 entry may be served: within its own deadline (only "not found" entries
+    /// and entries capped by the daemon's refresh interval have one, so most hits never read
+    /// the clock), filled after the namespace's last flush, and after the last invalidation of
+    /// each of its tags (only tagged entries carry stamps).
+    #[inline]
+    fn servable(&self, e: &L1Entry<V>) -> bool {
+        if e.until.is_some_and(|d| Instant::now() >= d) {
+            return false;
+        }
+        if e.flushes != self.inner.ns.generations.stamp() {
+            return false;
+        }
+        if let (Some(tags), Some(stamps)) = (&e.tags, &e.stamps) {
+            let now = &self.inner.shared.tag_stamps;
+            return tags
+                .iter()
+                .zip(stamps.iter())
+                .all(|(t, s)| now.stamp(t) == *s);
+        }
+        true
     }
 
     #[inline]
@@ -321,25 +318,9 @@ where
             buf.clear();
             key.write_key(buf);
             let hit = self.inner.l1.get(buf.as_str())?;
-            // Only "not found" entries carry a deadline: values never read the clock here.
-            if hit.negative_until.is_some_and(|d| Instant::now() >= d) {
-                return None;
-            }
-            if hit.flushes != self.inner.ns.generations.stamp() {
+            if !self.servable(&hit) {
                 self.inner.l1.invalidate(buf.as_str());
                 return None;
-            }
-            // Only tagged entries carry stamps: untagged hits pay nothing more here.
-            if let (Some(tags), Some(stamps)) = (&hit.tags, &hit.stamps) {
-                let stamps_now = &self.inner.shared.tag_stamps;
-                if tags
-                    .iter()
-                    .zip(stamps.iter())
-                    .any(|(t, s)| stamps_now.stamp(t) != *s)
-                {
-                    self.inner.l1.invalidate(buf.as_str());
-                    return None;
-                }
             }
             self.inner.l1_hits.increment_at(*stripe);
             Some(hit)
@@ -672,15 +653,20 @@ where
         } else {
             1
         };
-        let negative_until = match (&value, inner.negative_ttl) {
-            (None, Some(ttl)) => Some(Instant::now() + ttl),
+        let negative = match (&value, inner.negative_ttl) {
+            (None, Some(ttl)) => Some(ttl),
             _ => None,
+        };
+        let capped = inner.ns.l1_ttl_cap().filter(|cap| *cap < inner.l1_ttl);
+        let until = match (negative, capped) {
+            (Some(a), Some(b)) => Some(Instant::now() + a.min(b)),
+            (a, b) => a.or(b).map(|d| Instant::now() + d),
         };
         inner.l1.insert(
             Arc::clone(k),
             L1Entry {
                 value,
-                negative_until,
+                until,
                 tags,
                 stamps: stamps.tags,
                 flushes: stamps.flushes,
