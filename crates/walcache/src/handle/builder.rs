@@ -1,0 +1,399 @@
+//! [`WalcacheBuilder`]: the handle's settings, and the Redis connections it opens (with
+//! dead-peer detection on every socket).
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use redis::io::tcp::socket2::TcpKeepalive;
+use redis::IntoConnectionInfo;
+use tokio::sync::Semaphore;
+
+use super::*;
+
+/// Idle time before the first TCP keepalive probe on every Redis connection: 10 s.
+///
+/// A Redis that vanishes without a FIN or RST (a pulled cable, a firewall that drops packets, a
+/// frozen VM) must not leave a socket waiting forever: the pub/sub subscription in particular
+/// only ever reads, and would otherwise wait for the system's keepalive defaults (2 h 11 min)
+/// before reconnecting. With [`TCP_KEEPALIVE_INTERVAL`] and [`TCP_KEEPALIVE_RETRIES`], an idle
+/// connection to a vanished peer is dropped within 10 + 3 × 5 = 25 s; probes are answered by the
+/// peer's kernel, so a busy but healthy Redis never trips them. The same values as the daemon's.
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// Interval between unanswered keepalive probes: 5 s. See [`TCP_KEEPALIVE_IDLE`].
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Unanswered keepalive probes before the connection is dropped: 3, so one or two lost probes
+/// do not end a healthy connection. See [`TCP_KEEPALIVE_IDLE`].
+const TCP_KEEPALIVE_RETRIES: u32 = 3;
+/// `TCP_USER_TIMEOUT` of every Redis connection (Linux and Android): 20 s. Keepalives only probe
+/// idle connections; with a command in flight to a vanished peer the kernel retransmits for
+/// about 15 minutes by default. This drops the connection once sent data has stayed
+/// unacknowledged for 20 s (several retransmissions over a lossy link), so a dead peer is
+/// noticed within about 25 s, data in flight or not. Calls time out much sooner
+/// ([`redis_timeout`](WalcacheBuilder::redis_timeout)); this is what then replaces the
+/// connection the calls gave up on.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Configures a [`Walcache`] handle. Every setter documents its default.
+#[derive(Debug, Clone)]
+pub struct WalcacheBuilder {
+    redis_url: Option<String>,
+    redis_ca_file: Option<std::path::PathBuf>,
+    prefix: String,
+    stream: Option<bool>,
+    heartbeat_timeout: Duration,
+    freshness: Freshness,
+    redis_timeout: Duration,
+    connect_timeout: Duration,
+    breaker_threshold: u32,
+    breaker_open_for: Duration,
+    max_bypass_loads: usize,
+    lease_ttl: Duration,
+    lease_wait: Duration,
+    reconnect_min: Duration,
+    reconnect_max: Duration,
+}
+
+impl Default for WalcacheBuilder {
+    fn default() -> Self {
+        WalcacheBuilder {
+            redis_url: None,
+            redis_ca_file: None,
+            prefix: "wc".to_owned(),
+            stream: None,
+            heartbeat_timeout: Duration::from_secs(3),
+            freshness: Freshness::Available,
+            redis_timeout: Duration::from_millis(250),
+            connect_timeout: Duration::from_secs(2),
+            breaker_threshold: 5,
+            breaker_open_for: Duration::from_secs(1),
+            max_bypass_loads: 64,
+            lease_ttl: Duration::from_secs(5),
+            lease_wait: Duration::from_secs(2),
+            reconnect_min: Duration::from_millis(50),
+            reconnect_max: Duration::from_secs(5),
+        }
+    }
+}
+
+impl WalcacheBuilder {
+    /// The shared Redis (L2, leases, invalidation channels): `redis://[user:pass@]host:port/db`
+    /// or `rediss://` for TLS (verified against the system roots, or see
+    /// [`redis_ca_file`](Self::redis_ca_file)). Without it the caches are L1-only. Default: none.
+    ///
+    /// With `rediss://`, TLS needs a process-wide rustls crypto provider: `build()` installs
+    /// ring's unless the application installed one first (an application that wants another
+    /// provider installs it before building the handle).
+    ///
+    /// Every connection (commands and the pub/sub subscription) sends TCP keepalives after 10 s
+    /// idle, every 5 s, 3 probes, and on Linux sets a 20 s `TCP_USER_TIMEOUT`: a Redis that
+    /// vanishes without closing its connections is noticed within about 25 s, then the
+    /// connections are replaced.
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.redis_url = Some(url.into());
+        self
+    }
+
+    /// With a `rediss://` URL: trust only the CA certificate(s) in this PEM file instead of the
+    /// system roots. Default: the system roots.
+    pub fn redis_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.redis_ca_file = Some(path.into());
+        self
+    }
+
+    /// Prefix of every Redis key and channel; must match the daemon's. Default `"wc"`.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Follow the daemon's invalidation stream (the default when a Redis URL is set). L1 is used
+    /// only while the stream is *live*: subscribed, flushed, and hearing in-sequence heartbeats
+    /// at least every `heartbeat_timeout` (default 3 s; the daemon's heartbeat interval must be
+    /// well below it). After `heartbeat_timeout` of silence the subscriber also PINGs Redis on
+    /// its connection and, if no reply comes within another `heartbeat_timeout`, replaces the
+    /// connection: a half-open socket is noticed within twice the timeout.
+    pub fn heartbeat_timeout(mut self, heartbeat_timeout: Duration) -> Self {
+        self.heartbeat_timeout = heartbeat_timeout;
+        self.stream = Some(true);
+        self
+    }
+
+    /// Run without the daemon's stream. L1 then relies on its time-to-live alone: a row changed
+    /// in PostgreSQL stays visible in every process's L1 for up to the L1 time-to-live, and in
+    /// L2 for up to the L2 time-to-live. Application-side `invalidate` calls still reach the
+    /// other processes (best effort, over Redis pub/sub). Required when no Redis URL is set.
+    pub fn without_invalidation_stream(mut self) -> Self {
+        self.stream = Some(false);
+        self
+    }
+
+    /// What to do while the stream is not live. Default [`Freshness::Available`].
+    pub fn freshness(mut self, freshness: Freshness) -> Self {
+        self.freshness = freshness;
+        self
+    }
+
+    /// Timeout of every Redis call. Default 250 ms.
+    pub fn redis_timeout(mut self, timeout: Duration) -> Self {
+        self.redis_timeout = timeout;
+        self
+    }
+
+    /// Timeout of establishing a Redis connection. Default 2 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The breaker opens after `failures` consecutive failed Redis calls and stays open for
+    /// `open_for` before one probe is let through. Default 5 failures, 1 s.
+    pub fn circuit_breaker(mut self, failures: u32, open_for: Duration) -> Self {
+        self.breaker_threshold = failures;
+        self.breaker_open_for = open_for;
+        self
+    }
+
+    /// At most this many loads at once that bypass the caches (Redis down, strict mode while not
+    /// live, lease waits that timed out), so a cache outage cannot stampede the database.
+    /// Default 64.
+    pub fn max_bypass_loads(mut self, n: usize) -> Self {
+        self.max_bypass_loads = n;
+        self
+    }
+
+    /// How long a fill lease lasts in Redis; should exceed your slowest load. Default 5 s.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// How long a caller waits for another process's load before loading itself (without
+    /// writing L2). Default 2 s.
+    pub fn lease_wait(mut self, wait: Duration) -> Self {
+        self.lease_wait = wait;
+        self
+    }
+
+    /// Subscriber reconnect backoff: exponential from `min` to `max`, with full jitter. Default
+    /// 50 ms to 5 s.
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_min = min;
+        self.reconnect_max = max;
+        self
+    }
+
+    fn validate(&self) -> Result<(Naming, bool), Error> {
+        let naming = Naming::new(self.prefix.clone()).map_err(|e| {
+            Error::config(format!(
+                "key_prefix = {:?}: {e}; use the same prefix as the daemon (default \"wc\")",
+                self.prefix
+            ))
+        })?;
+        let stream =
+            match (self.stream, &self.redis_url) {
+                (Some(true), None) => {
+                    return Err(Error::config(
+                        "heartbeat_timeout is set but redis_url is not: the invalidation stream \
+                     arrives over Redis; set redis_url(..) or call without_invalidation_stream()",
+                    ))
+                }
+                (None, None) => return Err(Error::config(
+                    "no invalidation source: set redis_url(..) to follow the daemon's stream, or \
+                     call without_invalidation_stream() to rely on time-to-live alone",
+                )),
+                (Some(s), _) => s,
+                (None, Some(_)) => true,
+            };
+        let nonzero = [
+            ("redis_timeout", self.redis_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("heartbeat_timeout", self.heartbeat_timeout),
+            ("lease_ttl", self.lease_ttl),
+            ("reconnect_backoff min", self.reconnect_min),
+        ];
+        for (name, d) in nonzero {
+            if d.is_zero() {
+                return Err(Error::config(format!(
+                    "{name} = 0: must be positive; use a few milliseconds at least"
+                )));
+            }
+        }
+        if self.reconnect_max < self.reconnect_min {
+            return Err(Error::config(format!(
+                "reconnect_backoff max ({:?}) < min ({:?}): max must be at least min",
+                self.reconnect_max, self.reconnect_min
+            )));
+        }
+        if self.max_bypass_loads == 0 {
+            return Err(Error::config(
+                "max_bypass_loads = 0: no load could ever bypass the caches; use at least 1",
+            ));
+        }
+        if self.breaker_threshold == 0 {
+            return Err(Error::config(
+                "circuit_breaker failures = 0: must be at least 1",
+            ));
+        }
+        Ok((naming, stream))
+    }
+
+    /// Connect and start the subscriber.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for an invalid setting (the message names
+    /// it and the fix); a Redis error when a Redis URL is set but Redis cannot be reached now —
+    /// a wrong URL fails at start-up rather than hiding in a retry loop. Once running, lost
+    /// connections are retried with backoff.
+    pub async fn build(self) -> Result<Walcache, Error> {
+        let (naming, stream) = self.validate()?;
+        let (l2, client) = match &self.redis_url {
+            Some(url) => {
+                let client = redis_client(url, self.redis_ca_file.as_deref())?;
+                let breaker = Breaker::new(self.breaker_threshold, self.breaker_open_for);
+                let l2 = L2::connect(
+                    client.clone(),
+                    self.redis_timeout,
+                    self.connect_timeout,
+                    self.lease_ttl,
+                    breaker,
+                    naming.clone(),
+                )
+                .await?;
+                (Some(l2), Some(client))
+            }
+            None => (None, None),
+        };
+        let invalidation = if stream {
+            Invalidation::Stream {
+                heartbeat_timeout: self.heartbeat_timeout,
+            }
+        } else {
+            Invalidation::TtlOnly
+        };
+        let shared = Arc::new(Shared {
+            // Without a stream there is no liveness to wait for.
+            live: AtomicBool::new(!stream),
+            global_generation: AtomicU64::new(0),
+            tag_stamps: crate::generation::TagStamps::new(),
+            namespaces: RwLock::new(HashMap::new()),
+            l2,
+            config: HandleConfig {
+                freshness: self.freshness,
+                invalidation,
+                lease_ttl: self.lease_ttl,
+                lease_wait: self.lease_wait,
+                reconnect_min: self.reconnect_min,
+                reconnect_max: self.reconnect_max,
+            },
+            bypass: Semaphore::new(self.max_bypass_loads),
+            process_epoch: rand::random(),
+            naming,
+            hooks: Hooks::new(),
+            daemon_view: Mutex::new(DaemonView::default()),
+        });
+        metrics::gauge!(m::STREAM_LIVE).set(if stream { 0.0 } else { 1.0 });
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        subscriber::spawn(
+            Arc::clone(&shared),
+            client,
+            rx,
+            self.connect_timeout,
+            ready_tx,
+        )?;
+        // Let the first subscription's flush happen before any cache is filled. If it does not
+        // come in time, the subscriber keeps trying in the background.
+        let _ = tokio::time::timeout(self.connect_timeout, ready_rx).await;
+        Ok(Walcache {
+            inner: Arc::new(HandleInner {
+                shared,
+                shutdown: tx,
+            }),
+        })
+    }
+}
+
+/// `info` with TCP keepalives and `TCP_USER_TIMEOUT` (Linux and Android) on every connection
+/// made from it ([`TCP_KEEPALIVE_IDLE`], [`TCP_USER_TIMEOUT`]).
+fn with_dead_peer_detection(info: redis::ConnectionInfo) -> redis::ConnectionInfo {
+    let keepalive = TcpKeepalive::new().with_time(TCP_KEEPALIVE_IDLE);
+    // The systems where socket2 can set both TCP_KEEPINTVL and TCP_KEEPCNT.
+    #[cfg(any(
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "ios",
+        target_os = "linux",
+        target_os = "macos",
+        target_os = "netbsd",
+        target_os = "windows",
+    ))]
+    let keepalive = keepalive
+        .with_interval(TCP_KEEPALIVE_INTERVAL)
+        .with_retries(TCP_KEEPALIVE_RETRIES);
+    let tcp = info.tcp_settings().clone().set_keepalive(keepalive);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let tcp = tcp.set_user_timeout(TCP_USER_TIMEOUT);
+    info.set_tcp_settings(tcp)
+}
+
+/// A Redis client for `url`, with TCP dead-peer detection; `rediss://` verifies the server
+/// against the system roots, or only against the CA in `ca_file`.
+fn redis_client(url: &str, ca_file: Option<&std::path::Path>) -> Result<redis::Client, Error> {
+    let bad_url = |e: redis::RedisError| {
+        Error::config(format!(
+            "redis_url is not a valid Redis URL ({e}); expected redis://host:port/db or \
+             rediss://host:port/db"
+        ))
+    };
+    if url.starts_with("rediss://") {
+        // redis-rs builds its TLS configuration with the process-wide rustls provider; install
+        // ring's unless the application installed one (then this is a no-op).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let info = with_dead_peer_detection(url.into_connection_info().map_err(bad_url)?);
+    match ca_file {
+        None => redis::Client::open(info).map_err(bad_url),
+        Some(path) => {
+            if !url.starts_with("rediss://") {
+                return Err(Error::config(format!(
+                    "redis_ca_file = {}: set, but redis_url is not rediss://; use a rediss:// URL \
+                     or drop redis_ca_file",
+                    path.display()
+                )));
+            }
+            let pem = std::fs::read(path).map_err(|e| {
+                Error::config(format!(
+                    "redis_ca_file = {}: cannot be read ({e}); give the PEM file of the CA that \
+                     signed the Redis server's certificate",
+                    path.display()
+                ))
+            })?;
+            redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )
+            .map_err(bad_url)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_connections_get_keepalives_and_a_user_timeout() {
+        for url in ["redis://127.0.0.1:6379/0", "rediss://127.0.0.1:6379/0"] {
+            let client = redis_client(url, None).unwrap();
+            let tcp = client.get_connection_info().tcp_settings();
+            assert!(tcp.keepalive().is_some(), "{url}");
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            assert_eq!(tcp.user_timeout(), Some(Duration::from_secs(20)), "{url}");
+        }
+    }
+}
