@@ -82,6 +82,14 @@ pub(super) struct PublicationPlan {
 }
 
 impl PublicationPlan {
+    /// Nothing to do.
+    pub(super) fn none() -> Self {
+        PublicationPlan {
+            sql: None,
+            affected_rules: Vec::new(),
+        }
+    }
+
     /// Run the SQL.
     pub(super) async fn apply(
         &self,
@@ -114,23 +122,10 @@ pub(super) enum Planned {
 }
 
 /// Decide what the publication needs ([`crate::publication`]): created if missing (marked as
-/// the daemon's, `publish_via_partition_root`); repaired if it is the daemon's; refused with
-/// the fix if another's does not fit (start-up fails: see [`inspect_publication`] for the
-/// running daemon's view).
-pub(super) async fn plan_publication(
-    client: &tokio_postgres::Client,
-    config: &Config,
-    rules: &[CompiledRule],
-) -> Result<PublicationPlan, RunError> {
-    match inspect_publication(client, config, rules).await? {
-        Planned::Repair(plan) => Ok(plan),
-        Planned::Foreign { error, .. } => Err(RunError::Config(error)),
-    }
-}
-
-/// As [`plan_publication`], but another consumer's publication that does not fit is an
-/// answer naming the rules it fails, not an error: a running daemon takes their namespaces
-/// out of service instead of stopping.
+/// the daemon's, `publish_via_partition_root`); repaired if it is the daemon's. Another
+/// consumer's publication that does not fit is an answer naming the rules it fails: their
+/// namespaces go out of service (at start-up, only once the daemon has streamed from this
+/// database: a first start refuses it with the fix).
 ///
 /// # Errors
 ///

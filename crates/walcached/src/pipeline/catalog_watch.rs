@@ -117,6 +117,15 @@ pub(super) struct CatalogWatch {
 }
 
 impl CatalogWatch {
+    /// Start with rules `rules` out of service (another consumer's publication does not
+    /// publish what they need): their namespaces are not certified from the first heartbeat
+    /// on, until a catalog check finds the publication fixed.
+    pub(super) fn start_out_of_service(&mut self, rules: &[usize]) {
+        for &i in rules {
+            self.unrepaired.insert(i, "publication");
+        }
+    }
+
     /// A watch that owes the rules `rules` a second flush once every transaction below `xmax`
     /// has ended: start-up repaired the publication for them.
     pub(super) fn after_startup_repair(xmax: i64, rules: Vec<usize>) -> Self {

@@ -21,7 +21,9 @@ mod visibility;
 
 use backoff::Backoff;
 pub use catalog::compile_rules;
-use catalog::{plan_publication, refuse_synchronous_standby, sql_client};
+use catalog::{
+    inspect_publication, refuse_synchronous_standby, sql_client, Planned, PublicationPlan,
+};
 pub(crate) use server::control_identity;
 use server::{is_invalidated_slot_error, slot_confirmed, slot_state, ServerIdentity, SlotState};
 use visibility::TxnRecord;
@@ -180,7 +182,20 @@ pub async fn run_with(
     }
     // Rules whose changes the publication may have dropped owe a flush, recorded before the
     // publication is changed: a crash in between repeats it.
-    let plan = plan_publication(&control, &config, &rules).await?;
+    // Another consumer's publication that does not fit is a configuration to fix on a first
+    // start (exit 2, with the SQL). A daemon that has streamed from this database before (its
+    // slot exists) starts instead, with those namespaces out of service: the drift happened
+    // while it ran, and exiting would make its supervisor restart it in a loop.
+    let (plan, foreign) = match inspect_publication(&control, &config, &rules).await? {
+        Planned::Repair(plan) => (plan, None),
+        Planned::Foreign {
+            error,
+            affected_rules,
+        } => match slot_state(&control, &config.postgres.slot).await? {
+            SlotState::Missing => return Err(RunError::Config(error)),
+            _ => (PublicationPlan::none(), Some((error, affected_rules))),
+        },
+    };
     let owed: Vec<Target> = plan
         .affected_rules
         .iter()
@@ -200,7 +215,7 @@ pub async fn run_with(
     plan.apply(&control, &config.postgres.publication).await?;
     // Transactions open at the repair changed the tables before they were published: their
     // namespaces are flushed again once those have ended.
-    let watch = if plan.affected_rules.is_empty() {
+    let mut watch = if plan.affected_rules.is_empty() {
         catalog_watch::CatalogWatch::default()
     } else {
         let xmax = catalog_watch::snapshot_xmax(&control)
@@ -208,6 +223,17 @@ pub async fn run_with(
             .map_err(|e| RunError::postgres("reading the current snapshot", e))?;
         catalog_watch::CatalogWatch::after_startup_repair(xmax, plan.affected_rules.clone())
     };
+    if let Some((error, affected)) = &foreign {
+        let namespaces: std::collections::BTreeSet<&str> = affected
+            .iter()
+            .map(|&i| config.rules[i].namespace.as_str())
+            .collect();
+        tracing::error!(%error, namespaces = ?namespaces, "the publication does not publish what these rules need and is not walcached's to repair: starting with their namespaces out of service until it is fixed");
+        metrics::counter!(m::CATALOG_DRIFTS_TOTAL, "reason" => "publication").increment(1);
+        watch.start_out_of_service(affected);
+        metrics::gauge!(m::NAMESPACES_OUT_OF_SERVICE).set(namespaces.len() as f64);
+        status.set_out_of_service(namespaces.iter().map(|n| (*n).to_owned()).collect());
+    }
     let replication = postgres.replication()?;
     tracing::info!(epoch, rules = rules.len(), "walcached starting");
 

@@ -844,3 +844,50 @@ async fn a_table_recreated_without_an_identity_is_out_of_service_until_it_gets_o
     listener.wait_keys(&["pd/1"]).await;
     daemon.stop().await;
 }
+
+/// A daemon restarted while another consumer's publication misses a rule's table (drift that
+/// began while it ran) starts with that namespace out of service instead of exiting: under a
+/// supervisor, exiting would loop. (A first start, with no slot yet, still refuses it with the
+/// fix: see `a_foreign_publication_without_delete_is_refused_with_the_fix`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_during_unrepairable_drift_starts_out_of_service_instead_of_exiting() {
+    let (pg, redis, dbname, db) = stack(
+        "CREATE TABLE pd (id int PRIMARY KEY, v int);
+         CREATE TABLE other (id int PRIMARY KEY, v int);
+         INSERT INTO pd VALUES (1, 1);
+         CREATE PUBLICATION walcached FOR TABLE pd, other
+             WITH (publish_via_partition_root = true);",
+    )
+    .await;
+    let cfg = watched(config(&pg, &dbname, &redis, PD_AND_OTHER_RULES));
+    Daemon::start(&cfg).await.stop().await;
+    db.batch_execute("ALTER PUBLICATION walcached DROP TABLE pd")
+        .await
+        .unwrap();
+    let listener = Listener::start(&redis).await;
+    let daemon = Daemon::start(&cfg).await;
+    assert_eq!(daemon.status.out_of_service(), vec!["pd".to_owned()]);
+    assert!(!daemon.status.is_ready());
+    let (_, first) = heartbeat_details(&listener)
+        .into_iter()
+        .next()
+        .expect("a heartbeat of the restarted daemon");
+    assert_eq!(first.namespaces, vec!["other".to_owned()], "{first:?}");
+    assert_eq!(first.out_of_service, vec!["pd".to_owned()], "{first:?}");
+    db.execute("ALTER PUBLICATION walcached ADD TABLE pd", &[])
+        .await
+        .unwrap();
+    wait_until("pd certified again", DEADLINE, || async {
+        heartbeat_details(&listener)
+            .last()
+            .is_some_and(|(_, d)| d.namespaces.iter().any(|n| n == "pd"))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: messages {:?}", listener.data()));
+    assert!(
+        !flush_indexes(&listener, "pd").is_empty(),
+        "flushed before it is certified again"
+    );
+    assert!(daemon.status.out_of_service().is_empty());
+    daemon.stop().await;
+}
