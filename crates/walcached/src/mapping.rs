@@ -192,6 +192,15 @@ pub struct CompiledRule {
     pub column_types: HashMap<String, ColumnType>,
 }
 
+impl CompiledRule {
+    /// Everything a change of the table could have touched, when its rows cannot be named:
+    /// the namespace flushed and every tag of the rule bumped.
+    pub fn invalidate_all(&self) -> impl Iterator<Item = Invalidation> + '_ {
+        std::iter::once(Invalidation::Flush(self.namespace.clone()))
+            .chain(self.tags.iter().cloned().map(Invalidation::Tag))
+    }
+}
+
 /// Check `rule` (the `index`-th) against the table it names.
 ///
 /// # Errors
@@ -584,11 +593,7 @@ impl Mapper {
     pub fn truncate(&self, relation_ids: &[u32], out: &mut Vec<Invalidation>) {
         for id in relation_ids {
             if let Some(bound) = self.relations.get(id) {
-                let rule = &self.rules[bound.rule];
-                out.push(Invalidation::Flush(rule.namespace.clone()));
-                for tag in &rule.tags {
-                    out.push(Invalidation::Tag(tag.clone()));
-                }
+                out.extend(self.rules[bound.rule].invalidate_all());
             }
         }
     }

@@ -35,7 +35,7 @@ use walcache_cdc::client::ReplicationStream;
 
 use super::catalog::{inspect_publication, Planned};
 use super::Streamer;
-use crate::mapping::{quote_ident, CompiledRule, Invalidation};
+use crate::mapping::{quote_ident, CompiledRule};
 use crate::metrics as m;
 use crate::publisher::Batch;
 
@@ -435,7 +435,8 @@ impl Streamer<'_> {
         self.export_out_of_service(&after);
     }
 
-    fn export_out_of_service(&self, namespaces: &BTreeSet<String>) {
+    /// The namespaces out of service, to `/readyz` and the gauge.
+    pub(super) fn export_out_of_service(&self, namespaces: &BTreeSet<String>) {
         metrics::gauge!(m::NAMESPACES_OUT_OF_SERVICE).set(namespaces.len() as f64);
         self.status
             .set_out_of_service(namespaces.iter().cloned().collect());
@@ -479,8 +480,7 @@ impl Streamer<'_> {
             tracing::warn!(table = %format!("{}.{}", rule.table.0, rule.table.1), namespace = %rule.namespace, %reason, "catalog drift: flushing the namespace");
             metrics::counter!(m::CATALOG_DRIFTS_TOTAL, "reason" => *reason).increment(1);
             metrics::counter!(m::NAMESPACE_FLUSHES_TOTAL, "reason" => "catalog_drift").increment(1);
-            batch.extend([Invalidation::Flush(rule.namespace.clone())]);
-            batch.extend(rule.tags.iter().cloned().map(Invalidation::Tag));
+            batch.extend(rule.invalidate_all());
         }
         batch.lsn = self.published.0;
         self.publish_with_retry(&batch, Some(stream), shutdown)

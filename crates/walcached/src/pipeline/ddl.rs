@@ -67,13 +67,10 @@ impl Streamer<'_> {
 
     /// The flushes of rules `rules`: each namespace, each tag.
     fn flushes_of(&self, rules: &BTreeSet<usize>) -> Vec<Invalidation> {
-        let mut out = Vec::new();
-        for &i in rules {
-            let rule = &self.mapper.rules()[i];
-            out.push(Invalidation::Flush(rule.namespace.clone()));
-            out.extend(rule.tags.iter().cloned().map(Invalidation::Tag));
-        }
-        out
+        rules
+            .iter()
+            .flat_map(|&i| self.mapper.rules()[i].invalidate_all())
+            .collect()
     }
 
     /// The rules whose tables the announcement names; partitions of a rule's table are

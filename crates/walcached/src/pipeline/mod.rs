@@ -231,8 +231,6 @@ pub async fn run_with(
         tracing::error!(%error, namespaces = ?namespaces, "the publication does not publish what these rules need and is not walcached's to repair: starting with their namespaces out of service until it is fixed");
         metrics::counter!(m::CATALOG_DRIFTS_TOTAL, "reason" => "publication").increment(1);
         watch.start_out_of_service(affected);
-        metrics::gauge!(m::NAMESPACES_OUT_OF_SERVICE).set(namespaces.len() as f64);
-        status.set_out_of_service(namespaces.iter().map(|n| (*n).to_owned()).collect());
     }
     let replication = postgres.replication()?;
     tracing::info!(epoch, rules = rules.len(), "walcached starting");
@@ -257,6 +255,8 @@ pub async fn run_with(
         batch_txns: Vec::new(),
         pending: Vec::new(),
     };
+    // Out of service from the start (see above): not ready before the first heartbeat.
+    stream.export_out_of_service(&stream.watch.out_of_service(stream.mapper.rules()));
     let mut backoff = Backoff::postgres();
     // Waiting for a slot another daemon streams from (said once per wait, not per retry).
     let mut standby = false;

@@ -31,12 +31,7 @@ keys = [\"{id}\"]
 
 /// The catalog checked once an hour: drift is caught by DDL capture or not at all.
 fn hourly(cfg: String) -> String {
-    let out = cfg.replace(
-        "status_interval_ms = 200",
-        "status_interval_ms = 200\ncatalog_interval_ms = 3600000",
-    );
-    assert_ne!(out, cfg, "the test config has a [stream] section");
-    out
+    crate::support::with_catalog_interval(cfg, 3_600_000)
 }
 
 struct Stack {
@@ -82,6 +77,14 @@ impl Stack {
         (daemon, listener)
     }
 
+    /// Run `sql` (one or more statements, one transaction unless it says otherwise).
+    async fn exec(&self, sql: &str) {
+        self.client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
     async fn marker(&self, v: i32) {
         self.client
             .execute("UPDATE marker SET v = $1 WHERE id = 1", &[&v])
@@ -124,23 +127,18 @@ async fn a_partition_truncate_is_flushed_in_commit_order_also_under_replica_role
     let installed = s.install().await;
     assert_eq!(installed.partitions, 1, "events_2024 carries the trigger");
     let (daemon, listener) = s.start().await;
-    s.client
-        .batch_execute("TRUNCATE events_2024")
-        .await
-        .unwrap();
+    s.exec("TRUNCATE events_2024").await;
     s.marker(1).await;
     wait_flush_before_marker(&listener, "events").await;
 
     listener.clear();
-    s.client
-        .batch_execute(
-            "INSERT INTO events VALUES (2, '2024-06-01');
+    s.exec(
+        "INSERT INTO events VALUES (2, '2024-06-01');
              SET session_replication_role = replica;
              TRUNCATE events_2024;
              RESET session_replication_role;",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     s.marker(2).await;
     wait_flush_before_marker(&listener, "events").await;
     daemon.stop().await;
@@ -154,13 +152,11 @@ async fn a_partition_created_and_dropped_between_catalog_checks_flushes_its_name
     let mut s = stack(EVENTS, RULES).await;
     s.install().await;
     let (daemon, listener) = s.start().await;
-    s.client
-        .batch_execute(
-            "CREATE TABLE events_2025 PARTITION OF events
+    s.exec(
+        "CREATE TABLE events_2025 PARTITION OF events
                  FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     s.marker(1).await;
     listener.wait_keys(&["marker/1"]).await;
     assert!(
@@ -179,16 +175,10 @@ async fn a_partition_created_and_dropped_between_catalog_checks_flushes_its_name
         .unwrap()
         .get(0);
     assert_eq!(covered, 1, "the new partition got its TRUNCATE trigger");
-    s.client
-        .batch_execute("INSERT INTO events VALUES (3, '2025-03-01')")
-        .await
-        .unwrap();
+    s.exec("INSERT INTO events VALUES (3, '2025-03-01')").await;
     listener.wait_keys(&["events/3:2025-03-01"]).await;
     listener.clear();
-    s.client
-        .batch_execute("DROP TABLE events_2025")
-        .await
-        .unwrap();
+    s.exec("DROP TABLE events_2025").await;
     s.marker(2).await;
     wait_flush_before_marker(&listener, "events").await;
     daemon.stop().await;
@@ -200,19 +190,13 @@ async fn detach_and_alter_table_flush_in_commit_order() {
     let mut s = stack(EVENTS, RULES).await;
     s.install().await;
     let (daemon, listener) = s.start().await;
-    s.client
-        .batch_execute("ALTER TABLE events DETACH PARTITION events_2024")
-        .await
-        .unwrap();
+    s.exec("ALTER TABLE events DETACH PARTITION events_2024")
+        .await;
     s.marker(1).await;
     wait_flush_before_marker(&listener, "events").await;
     listener.clear();
-    s.client
-        .batch_execute(
-            "ALTER TABLE marker REPLICA IDENTITY FULL; ALTER TABLE events ADD COLUMN note text;",
-        )
-        .await
-        .unwrap();
+    s.exec("ALTER TABLE marker REPLICA IDENTITY FULL; ALTER TABLE events ADD COLUMN note text;")
+        .await;
     s.marker(2).await;
     wait_flush_before_marker(&listener, "events").await;
     daemon.stop().await;
@@ -226,14 +210,12 @@ async fn a_table_dropped_and_recreated_is_published_again_at_once() {
     let mut s = stack(EVENTS, RULES).await;
     s.install().await;
     let (daemon, listener) = s.start().await;
-    s.client
-        .batch_execute(
-            "DROP TABLE marker;
+    s.exec(
+        "DROP TABLE marker;
              CREATE TABLE marker (id int PRIMARY KEY, v int);
              INSERT INTO marker VALUES (1, 0);",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     wait_until("the re-created table published again", DEADLINE, || async {
         s.client
             .query_one(
@@ -260,13 +242,11 @@ async fn a_table_dropped_and_recreated_is_published_again_at_once() {
 async fn an_unreadable_announcement_flushes_everything_and_foreign_messages_nothing() {
     let s = stack(EVENTS, RULES).await;
     let (daemon, listener) = s.start().await;
-    s.client
-        .batch_execute(
-            "SELECT pg_logical_emit_message(true, 'another-app', '{\"v\": 1}');
+    s.exec(
+        "SELECT pg_logical_emit_message(true, 'another-app', '{\"v\": 1}');
              SELECT pg_logical_emit_message(false, 'another-app', 'x');",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     s.marker(1).await;
     listener.wait_keys(&["marker/1"]).await;
     assert!(
@@ -304,13 +284,11 @@ async fn an_unreadable_announcement_flushes_everything_and_foreign_messages_noth
 async fn a_failing_announcement_never_aborts_the_applications_statement() {
     let mut s = stack(EVENTS, RULES).await;
     s.install().await;
-    s.client
-        .batch_execute(
-            "CREATE OR REPLACE FUNCTION walcache.emit(content jsonb) RETURNS void
+    s.exec(
+        "CREATE OR REPLACE FUNCTION walcache.emit(content jsonb) RETURNS void
              LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'emit is broken'; END $$;",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     s.client
         .batch_execute(
             "TRUNCATE events_2024;
@@ -363,20 +341,15 @@ async fn check_reports_capture_and_install_uninstall_round_trip() {
     s.install().await;
     let ok = finding(&walcached::check::check(&config).await);
     assert!(ok.starts_with("ok"), "{ok}");
-    s.client
-        .batch_execute("ALTER TABLE events_2024 DISABLE TRIGGER walcache_truncate")
-        .await
-        .unwrap();
+    s.exec("ALTER TABLE events_2024 DISABLE TRIGGER walcache_truncate")
+        .await;
     let gap = finding(&walcached::check::check(&config).await);
     assert!(
         gap.starts_with("warning") && gap.contains("events_2024"),
         "{gap}"
     );
 
-    s.client
-        .batch_execute("CREATE ROLE plain LOGIN NOSUPERUSER")
-        .await
-        .unwrap();
+    s.exec("CREATE ROLE plain LOGIN NOSUPERUSER").await;
     let plain_url = s.pg.url(&s.db).replace("postgres@", "plain@");
     let out = crate::cli::walcached_args(
         &["ddl-capture", "install", "--admin-url", &plain_url],
@@ -435,13 +408,11 @@ async fn connect_as(s: &Stack, role: &str) -> tokio_postgres::Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_refuses_a_walcache_schema_an_ordinary_role_owns() {
     let mut s = stack(EVENTS, RULES).await;
-    s.client
-        .batch_execute(
-            "CREATE ROLE plain LOGIN NOSUPERUSER;
+    s.exec(
+        "CREATE ROLE plain LOGIN NOSUPERUSER;
              CREATE SCHEMA walcache AUTHORIZATION plain;",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let config = Config::parse(&s.toml, &HashMap::<String, String>::new()).expect("config");
     let installed = walcached::ddl_capture::install(&mut s.client, &config).await;
     if installed.is_ok() {
@@ -498,13 +469,11 @@ keys = [\"{id}:{day}\"]
         installed.partitions, 2,
         "events_2024 and events_2024_h1 carry the trigger"
     );
-    s.client
-        .batch_execute(
-            "CREATE TABLE events_2024_h2 PARTITION OF events_2024
+    s.exec(
+        "CREATE TABLE events_2024_h2 PARTITION OF events_2024
                  FOR VALUES FROM ('2024-07-01') TO ('2025-01-01');",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let covered: i64 = s
         .client
         .query_one(
@@ -548,27 +517,20 @@ keys = [\"{id}\"]
     .await;
     s.install().await;
     let (daemon, listener) = s.start().await;
-    s.client
-        .batch_execute("ALTER TABLE events ALTER COLUMN v TYPE bigint USING v * 10")
-        .await
-        .unwrap();
+    s.exec("ALTER TABLE events ALTER COLUMN v TYPE bigint USING v * 10")
+        .await;
     s.marker(1).await;
     wait_flush_before_marker(&listener, "events_2024").await;
 
-    s.client
-        .batch_execute(
-            "CREATE TABLE events_2024_h2 PARTITION OF events_2024
+    s.exec(
+        "CREATE TABLE events_2024_h2 PARTITION OF events_2024
                  FOR VALUES FROM ('2024-07-01') TO ('2025-01-01');
              INSERT INTO events VALUES (2, '2024-08-01', 2);",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     listener.wait_keys(&["events_2024/2:2024-08-01"]).await;
     listener.clear();
-    s.client
-        .batch_execute("TRUNCATE events_2024_h2")
-        .await
-        .unwrap();
+    s.exec("TRUNCATE events_2024_h2").await;
     s.marker(2).await;
     wait_flush_before_marker(&listener, "events_2024").await;
     daemon.stop().await;
@@ -599,10 +561,8 @@ keys = [\"{id}\"]
     .await;
     s.install().await;
     let (daemon, listener) = s.start().await;
-    s.client
-        .batch_execute("ALTER TYPE mood RENAME VALUE 'sad' TO 'unhappy'")
-        .await
-        .unwrap();
+    s.exec("ALTER TYPE mood RENAME VALUE 'sad' TO 'unhappy'")
+        .await;
     s.marker(1).await;
     wait_flush_before_marker(&listener, "feelings").await;
     daemon.stop().await;
@@ -618,19 +578,14 @@ async fn a_partition_attached_and_dropped_while_the_daemon_is_down_is_flushed_at
     s.install().await;
     let (daemon, listener) = s.start().await;
     daemon.stop().await;
-    s.client
-        .batch_execute(
-            "CREATE TABLE ev_x (id int NOT NULL, day date NOT NULL);
+    s.exec(
+        "CREATE TABLE ev_x (id int NOT NULL, day date NOT NULL);
              ALTER TABLE events ATTACH PARTITION ev_x
                  FOR VALUES FROM ('2030-01-01') TO ('2031-01-01');",
-        )
-        .await
-        .unwrap();
-    s.client
-        .batch_execute("INSERT INTO events VALUES (7, '2030-02-01')")
-        .await
-        .unwrap();
-    s.client.batch_execute("DROP TABLE ev_x").await.unwrap();
+    )
+    .await;
+    s.exec("INSERT INTO events VALUES (7, '2030-02-01')").await;
+    s.exec("DROP TABLE ev_x").await;
     s.marker(3).await;
     // One transaction per batch: the replay would otherwise publish the ATTACH's flush and
     // the row in one batch, where the order of the two says nothing.
@@ -668,14 +623,12 @@ async fn a_session_cannot_switch_the_announcements_off() {
     let mut s = stack(EVENTS, RULES).await;
     s.install().await;
     let (daemon, listener) = s.start().await;
-    s.client
-        .batch_execute(
-            "SET walcache.internal = 'on';
+    s.exec(
+        "SET walcache.internal = 'on';
              ALTER TABLE events DETACH PARTITION events_2024;
              RESET walcache.internal;",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     s.marker(1).await;
     wait_flush_before_marker(&listener, "events").await;
     daemon.stop().await;

@@ -279,12 +279,7 @@ async fn the_daemons_own_publication_is_repaired_at_start_and_its_namespace_flus
 
 /// The catalog checked every 200 ms instead of every 10 s.
 fn watched(cfg: String) -> String {
-    let out = cfg.replace(
-        "status_interval_ms = 200",
-        "status_interval_ms = 200\ncatalog_interval_ms = 200",
-    );
-    assert_ne!(out, cfg, "the test config has a [stream] section");
-    out
+    crate::support::with_catalog_interval(cfg, 200)
 }
 
 /// Issue row 1: a mapped table dropped and re-created while the daemon runs is not in the

@@ -128,6 +128,16 @@ listen = ""
     )
 }
 
+/// `cfg` (from [`config`]) with the catalog checked every `ms` milliseconds.
+pub(crate) fn with_catalog_interval(cfg: String, ms: u64) -> String {
+    let out = cfg.replace(
+        "status_interval_ms = 200",
+        &format!("status_interval_ms = 200\ncatalog_interval_ms = {ms}"),
+    );
+    assert_ne!(out, cfg, "the test config has a [stream] section");
+    out
+}
+
 /// Collects every message published on the invalidation channel, with when it arrived.
 pub(crate) struct Listener {
     messages: Arc<Mutex<Vec<Message>>>,
