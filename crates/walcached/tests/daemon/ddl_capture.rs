@@ -3,6 +3,7 @@
 //! check runs every hour in these tests, so only the announcements can explain a prompt flush.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use walcache_protocol::Body;
 use walcache_testkit::{wait_until, PgServer, RedisServer};
@@ -40,6 +41,8 @@ struct Stack {
     db: String,
     client: tokio_postgres::Client,
     toml: String,
+    /// The id of the last marker row inserted.
+    markers: AtomicI32,
 }
 
 async fn stack(schema: &str, rules: &str) -> Stack {
@@ -55,6 +58,7 @@ async fn stack(schema: &str, rules: &str) -> Stack {
         db,
         client,
         toml,
+        markers: AtomicI32::new(100),
     }
 }
 
@@ -71,8 +75,8 @@ impl Stack {
     async fn start(&self) -> (Daemon, Listener) {
         let daemon = Daemon::start(&self.toml).await;
         let listener = Listener::start(&self.redis).await;
-        self.marker(-1).await;
-        listener.wait_keys(&["marker/1"]).await;
+        let marker = self.marker().await;
+        listener.wait_keys(&[&marker]).await;
         listener.clear();
         (daemon, listener)
     }
@@ -85,20 +89,25 @@ impl Stack {
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
-    async fn marker(&self, v: i32) {
+    /// Insert a new marker row and return its key (`marker/<id>`). Each marker is a row of
+    /// its own: an earlier marker announced again (a visibility recheck re-announces a
+    /// transaction) cannot pass for a later one.
+    async fn marker(&self) -> String {
+        let id = self.markers.fetch_add(1, Ordering::Relaxed) + 1;
         self.client
-            .execute("UPDATE marker SET v = $1 WHERE id = 1", &[&v])
+            .execute("INSERT INTO marker VALUES ($1, 0)", &[&id])
             .await
-            .expect("update marker");
+            .expect("insert marker");
+        format!("marker/{id}")
     }
 }
 
-/// Wait until `namespace` is flushed and the marker key announced; the flush must come first
-/// (its statement committed before the marker's UPDATE), or in the same batch (one LSN: a
+/// Wait until `namespace` is flushed and the `marker` key announced; the flush must come first
+/// (its statement committed before the marker's INSERT), or in the same batch (one LSN: a
 /// batch's messages go out together).
-async fn wait_flush_before_marker(listener: &Listener, namespace: &str) {
+async fn wait_flush_before_marker(listener: &Listener, namespace: &str, marker: &str) {
     wait_until("the flush and the marker", DEADLINE, || async {
-        listener.keys().iter().any(|k| k == "marker/1")
+        listener.keys().iter().any(|k| k == marker)
             && listener.flushes().iter().any(|n| n == namespace)
     })
     .await
@@ -106,7 +115,10 @@ async fn wait_flush_before_marker(listener: &Listener, namespace: &str) {
     let data = listener.data();
     let marker = data
         .iter()
-        .position(|m| matches!(&m.body, Body::Keys(k) if k.iter().any(|k| k.namespace == "marker")))
+        .position(|m| {
+            matches!(&m.body, Body::Keys(k)
+                if k.iter().any(|k| format!("{}/{}", k.namespace, k.key) == marker))
+        })
         .expect("the marker key");
     let in_order = data.iter().enumerate().any(|(i, m)| {
         matches!(&m.body, Body::Flush(ns) if ns.iter().any(|n| n == namespace))
@@ -128,8 +140,8 @@ async fn a_partition_truncate_is_flushed_in_commit_order_also_under_replica_role
     assert_eq!(installed.partitions, 1, "events_2024 carries the trigger");
     let (daemon, listener) = s.start().await;
     s.exec("TRUNCATE events_2024").await;
-    s.marker(1).await;
-    wait_flush_before_marker(&listener, "events").await;
+    let marker = s.marker().await;
+    wait_flush_before_marker(&listener, "events", &marker).await;
 
     listener.clear();
     s.exec(
@@ -139,8 +151,8 @@ async fn a_partition_truncate_is_flushed_in_commit_order_also_under_replica_role
              RESET session_replication_role;",
     )
     .await;
-    s.marker(2).await;
-    wait_flush_before_marker(&listener, "events").await;
+    let marker = s.marker().await;
+    wait_flush_before_marker(&listener, "events", &marker).await;
     daemon.stop().await;
 }
 
@@ -157,8 +169,8 @@ async fn a_partition_created_and_dropped_between_catalog_checks_flushes_its_name
                  FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');",
     )
     .await;
-    s.marker(1).await;
-    listener.wait_keys(&["marker/1"]).await;
+    let marker = s.marker().await;
+    listener.wait_keys(&[&marker]).await;
     assert!(
         !listener.flushes().iter().any(|n| n == "events"),
         "an empty partition created flushes nothing: {:?}",
@@ -179,8 +191,8 @@ async fn a_partition_created_and_dropped_between_catalog_checks_flushes_its_name
     listener.wait_keys(&["events/3:2025-03-01"]).await;
     listener.clear();
     s.exec("DROP TABLE events_2025").await;
-    s.marker(2).await;
-    wait_flush_before_marker(&listener, "events").await;
+    let marker = s.marker().await;
+    wait_flush_before_marker(&listener, "events", &marker).await;
     daemon.stop().await;
 }
 
@@ -192,13 +204,13 @@ async fn detach_and_alter_table_flush_in_commit_order() {
     let (daemon, listener) = s.start().await;
     s.exec("ALTER TABLE events DETACH PARTITION events_2024")
         .await;
-    s.marker(1).await;
-    wait_flush_before_marker(&listener, "events").await;
+    let marker = s.marker().await;
+    wait_flush_before_marker(&listener, "events", &marker).await;
     listener.clear();
     s.exec("ALTER TABLE marker REPLICA IDENTITY FULL; ALTER TABLE events ADD COLUMN note text;")
         .await;
-    s.marker(2).await;
-    wait_flush_before_marker(&listener, "events").await;
+    let marker = s.marker().await;
+    wait_flush_before_marker(&listener, "events", &marker).await;
     daemon.stop().await;
 }
 
@@ -230,8 +242,8 @@ async fn a_table_dropped_and_recreated_is_published_again_at_once() {
     .await
     .unwrap();
     assert!(listener.flushes().iter().any(|n| n == "marker"));
-    s.marker(5).await;
-    listener.wait_keys(&["marker/1"]).await;
+    let marker = s.marker().await;
+    listener.wait_keys(&[&marker]).await;
     daemon.stop().await;
 }
 
@@ -247,8 +259,8 @@ async fn an_unreadable_announcement_flushes_everything_and_foreign_messages_noth
              SELECT pg_logical_emit_message(false, 'another-app', 'x');",
     )
     .await;
-    s.marker(1).await;
-    listener.wait_keys(&["marker/1"]).await;
+    let marker = s.marker().await;
+    listener.wait_keys(&[&marker]).await;
     assert!(
         listener.flushes().is_empty(),
         "another application's messages flush nothing: {:?}",
@@ -519,8 +531,8 @@ keys = [\"{id}\"]
     let (daemon, listener) = s.start().await;
     s.exec("ALTER TABLE events ALTER COLUMN v TYPE bigint USING v * 10")
         .await;
-    s.marker(1).await;
-    wait_flush_before_marker(&listener, "events_2024").await;
+    let marker = s.marker().await;
+    wait_flush_before_marker(&listener, "events_2024", &marker).await;
 
     s.exec(
         "CREATE TABLE events_2024_h2 PARTITION OF events_2024
@@ -531,8 +543,8 @@ keys = [\"{id}\"]
     listener.wait_keys(&["events_2024/2:2024-08-01"]).await;
     listener.clear();
     s.exec("TRUNCATE events_2024_h2").await;
-    s.marker(2).await;
-    wait_flush_before_marker(&listener, "events_2024").await;
+    let marker = s.marker().await;
+    wait_flush_before_marker(&listener, "events_2024", &marker).await;
     daemon.stop().await;
 }
 
@@ -563,8 +575,8 @@ keys = [\"{id}\"]
     let (daemon, listener) = s.start().await;
     s.exec("ALTER TYPE mood RENAME VALUE 'sad' TO 'unhappy'")
         .await;
-    s.marker(1).await;
-    wait_flush_before_marker(&listener, "feelings").await;
+    let marker = s.marker().await;
+    wait_flush_before_marker(&listener, "feelings", &marker).await;
     daemon.stop().await;
 }
 
@@ -586,7 +598,7 @@ async fn a_partition_attached_and_dropped_while_the_daemon_is_down_is_flushed_at
     .await;
     s.exec("INSERT INTO events VALUES (7, '2030-02-01')").await;
     s.exec("DROP TABLE ev_x").await;
-    s.marker(3).await;
+    let marker = s.marker().await;
     // One transaction per batch: the replay would otherwise publish the ATTACH's flush and
     // the row in one batch, where the order of the two says nothing.
     let one_per_batch = s.toml.replace(
@@ -595,7 +607,7 @@ async fn a_partition_attached_and_dropped_while_the_daemon_is_down_is_flushed_at
     );
     let daemon = Daemon::start(&one_per_batch).await;
     wait_until("the replay published", DEADLINE, || async {
-        listener.keys().iter().any(|k| k == "marker/1")
+        listener.keys().iter().any(|k| *k == marker)
     })
     .await
     .unwrap_or_else(|e| panic!("{e}: {:?}", listener.data()));
@@ -629,7 +641,7 @@ async fn a_session_cannot_switch_the_announcements_off() {
              RESET walcache.internal;",
     )
     .await;
-    s.marker(1).await;
-    wait_flush_before_marker(&listener, "events").await;
+    let marker = s.marker().await;
+    wait_flush_before_marker(&listener, "events", &marker).await;
     daemon.stop().await;
 }
