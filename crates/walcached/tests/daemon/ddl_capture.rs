@@ -607,7 +607,7 @@ async fn a_partition_attached_and_dropped_while_the_daemon_is_down_is_flushed_at
     );
     let daemon = Daemon::start(&one_per_batch).await;
     wait_until("the replay published", DEADLINE, || async {
-        listener.keys().iter().any(|k| *k == marker)
+        listener.keys().contains(&marker)
     })
     .await
     .unwrap_or_else(|e| panic!("{e}: {:?}", listener.data()));
