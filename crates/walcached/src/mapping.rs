@@ -175,7 +175,7 @@ pub fn quote_ident(s: &str) -> String {
 }
 
 /// A rule checked against its table.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompiledRule {
     /// `(schema, table)`.
     pub table: (String, String),
@@ -193,6 +193,30 @@ pub struct CompiledRule {
 }
 
 impl CompiledRule {
+    /// A stand-in for `rule` while its table does not fit it (gone, or its replica identity too
+    /// narrow: [`compile`] says why): it knows the table by name only (oid 0) and no column, so
+    /// it renders no key. The mapper keeps it broken — every change of the table flushes the
+    /// namespace — until a catalog check compiles the rule ([`Mapper::replace_rule`]).
+    ///
+    /// # Panics
+    ///
+    /// Never for a rule of a parsed [`Config`](crate::config::Config), whose templates were
+    /// checked when it was read.
+    pub fn uncompiled(rule: &Rule) -> CompiledRule {
+        CompiledRule {
+            table: rule.qualified_table(),
+            oid: 0,
+            namespace: rule.namespace.clone(),
+            templates: rule
+                .keys
+                .iter()
+                .map(|k| KeyTemplate::parse(k).expect("templates are checked by Config::parse"))
+                .collect(),
+            tags: rule.tags.clone(),
+            column_types: HashMap::new(),
+        }
+    }
+
     /// Everything a change of the table could have touched, when its rows cannot be named:
     /// the namespace flushed and every tag of the rule bumped.
     pub fn invalidate_all(&self) -> impl Iterator<Item = Invalidation> + '_ {
@@ -331,6 +355,9 @@ struct Bound {
     full_identity: bool,
     /// The relation no longer matches its rule: every change flushes the namespace.
     broken: bool,
+    /// The stream's latest description of the relation, to bind it again to a recompiled
+    /// rule ([`Mapper::replace_rule`]): the positions of later changes are those it gives.
+    described: Relation,
 }
 
 /// The mapping for the whole stream: rules by table, relations by oid.
@@ -404,8 +431,9 @@ impl Mapper {
     }
 
     /// The catalog no longer fits rule `index` in a way the stream does not show (a
-    /// partition's replica identity narrowed): from now on every change of its table flushes
-    /// its namespace, until the daemon restarts with the catalog or the rule fixed.
+    /// partition's replica identity narrowed, the table gone): from now on every change of its
+    /// table flushes its namespace, until [`replace_rule`](Self::replace_rule) gives it a rule
+    /// compiled against a catalog that fits.
     pub fn break_rule(&mut self, index: usize) {
         self.broken_rules.insert(index);
         for bound in self.relations.values_mut() {
@@ -413,6 +441,38 @@ impl Mapper {
                 bound.broken = true;
             }
         }
+    }
+
+    /// Whether rule `index` is broken ([`break_rule`](Self::break_rule)).
+    pub fn is_broken(&self, index: usize) -> bool {
+        self.broken_rules.contains(&index)
+    }
+
+    /// The broken rules ([`break_rule`](Self::break_rule)), by index.
+    pub fn broken_rules(&self) -> Vec<usize> {
+        let mut broken: Vec<usize> = self.broken_rules.iter().copied().collect();
+        broken.sort_unstable();
+        broken
+    }
+
+    /// Rule `index` compiled again against today's catalog (its table re-created, its identity
+    /// widened): no longer broken, and every relation bound to it bound again from the
+    /// stream's latest description of it. Returns what binding again found (a description
+    /// older than the catalog may not fit yet: its changes flush until the stream describes
+    /// the relation again).
+    pub fn replace_rule(&mut self, index: usize, rule: CompiledRule) -> Vec<RelationCheck> {
+        if rule.oid != 0 {
+            self.by_oid.insert(rule.oid, index);
+        }
+        self.rules[index] = rule;
+        self.broken_rules.remove(&index);
+        let described: Vec<Relation> = self
+            .relations
+            .values()
+            .filter(|b| b.rule == index)
+            .map(|b| b.described.clone())
+            .collect();
+        described.iter().map(|rel| self.relation(rel)).collect()
     }
 
     /// The rules, in configuration order.
@@ -486,6 +546,7 @@ impl Mapper {
                 key_columns,
                 full_identity: rel.replica_identity == ReplicaIdentity::Full,
                 broken,
+                described: rel.clone(),
             },
         );
         match problem {

@@ -1,6 +1,8 @@
 //! The control session's catalog work at start-up: rules against tables, the publication,
 //! the slot's state, and the synchronous-standby guard.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use super::RunError;
 use crate::config::{redact_url, Config, ConfigError};
 use crate::connect::Postgres;
@@ -21,33 +23,71 @@ pub(super) async fn sql_client(
     })
 }
 
-/// Check every rule against the catalog.
+/// Every rule checked against the catalog at start-up ([`compile_rules`]).
+#[derive(Debug)]
+pub struct Compiled {
+    /// One per rule, in configuration order: compiled, or the rule's
+    /// [`uncompiled`](CompiledRule::uncompiled) stand-in where its table does not fit it.
+    pub rules: Vec<CompiledRule>,
+    /// Why each rule with a stand-in does not fit its table, by rule index.
+    pub unfit: BTreeMap<usize, ConfigError>,
+}
+
+/// Check every rule against the catalog. A rule its table does not fit (gone, a template
+/// column missing, the replica identity too narrow) gets a stand-in and its reason: a first
+/// start refuses it, a restart runs with it broken ([`super::run_with`]).
 ///
 /// # Errors
 ///
-/// The first rule that does not fit its table.
+/// Catalog queries that fail.
 pub async fn compile_rules(
     client: &tokio_postgres::Client,
     config: &Config,
-) -> Result<Vec<CompiledRule>, RunError> {
-    let mut compiled = Vec::new();
-    for (i, rule) in config.rules.iter().enumerate() {
-        let (schema, table) = rule.qualified_table();
-        let info = TableInfo::load(client, &schema, &table)
+) -> Result<Compiled, RunError> {
+    let mut compiled = Compiled {
+        rules: Vec::new(),
+        unfit: BTreeMap::new(),
+    };
+    for i in 0..config.rules.len() {
+        match compile_rule(client, config, i)
             .await
             .map_err(|e| RunError::postgres("reading the catalog", e))?
-            .ok_or_else(|| {
-                ConfigError::new(
-                    format!("rules[{i}].table"),
-                    format!(
-                        "table {schema}.{table} does not exist (or is not a table) in the \
-                         database of postgres.url"
-                    ),
-                )
-            })?;
-        compiled.push(mapping::compile(rule, i, &info)?);
+        {
+            Ok(rule) => compiled.rules.push(rule),
+            Err(e) => {
+                compiled
+                    .rules
+                    .push(CompiledRule::uncompiled(&config.rules[i]));
+                compiled.unfit.insert(i, e);
+            }
+        }
     }
     Ok(compiled)
+}
+
+/// Rule `i` checked against its table as the catalog shows it now: compiled, or why the
+/// table does not fit it (the error names the field and the fix).
+///
+/// # Errors
+///
+/// Catalog queries that fail.
+pub(super) async fn compile_rule(
+    client: &tokio_postgres::Client,
+    config: &Config,
+    i: usize,
+) -> Result<Result<CompiledRule, ConfigError>, tokio_postgres::Error> {
+    let rule = &config.rules[i];
+    let (schema, table) = rule.qualified_table();
+    let Some(info) = TableInfo::load(client, &schema, &table).await? else {
+        return Ok(Err(ConfigError::new(
+            format!("rules[{i}].table"),
+            format!(
+                "table {schema}.{table} does not exist (or is not a table) in the database of \
+                 postgres.url"
+            ),
+        )));
+    };
+    Ok(mapping::compile(rule, i, &info))
 }
 
 /// A logical consumer matched by `synchronous_standby_names` becomes a synchronous standby:
@@ -107,7 +147,7 @@ impl PublicationPlan {
     }
 }
 
-/// What the publication needs, as [`inspect_publication`] found it.
+/// What the publication needs, as [`plan_publication`] found it.
 pub(super) enum Planned {
     /// Nothing, or SQL the daemon may run: the publication is missing or the daemon's own.
     Repair(PublicationPlan),
@@ -121,23 +161,59 @@ pub(super) enum Planned {
     },
 }
 
-/// Decide what the publication needs ([`crate::publication`]): created if missing (marked as
-/// the daemon's, `publish_via_partition_root`); repaired if it is the daemon's. Another
-/// consumer's publication that does not fit is an answer naming the rules it fails: their
-/// namespaces go out of service (at start-up, only once the daemon has streamed from this
-/// database: a first start refuses it with the fix).
+impl Planned {
+    /// The rules whose changes the publication drops, by index.
+    pub(super) fn affected_rules(&self) -> &[usize] {
+        match self {
+            Planned::Repair(plan) => &plan.affected_rules,
+            Planned::Foreign { affected_rules, .. } => affected_rules,
+        }
+    }
+}
+
+/// What the publication needs for the rules that fit their tables, and the rules that do not
+/// fit whose changes it does not publish (`unfit` by index: their tables are never added — a
+/// table without a usable replica identity, once published, makes the application's own
+/// UPDATEs and DELETEs fail — so their changes are missed and their namespaces go out of
+/// service).
 ///
 /// # Errors
 ///
 /// Catalog queries that fail.
-pub(super) async fn inspect_publication(
+pub(super) async fn plan_publication(
     client: &tokio_postgres::Client,
     config: &Config,
     rules: &[CompiledRule],
+    unfit: &BTreeSet<usize>,
+) -> Result<(Planned, Vec<usize>), RunError> {
+    let all = inspect_publication(client, config, rules, &BTreeSet::new()).await?;
+    let unpublished: Vec<usize> = all
+        .affected_rules()
+        .iter()
+        .copied()
+        .filter(|i| unfit.contains(i))
+        .collect();
+    if unpublished.is_empty() {
+        return Ok((all, unpublished));
+    }
+    let fit = inspect_publication(client, config, rules, unfit).await?;
+    Ok((fit, unpublished))
+}
+
+/// Decide what the publication needs ([`crate::publication`]) for the rules not in `skip`:
+/// created if missing (marked as the daemon's, `publish_via_partition_root`); repaired if it is
+/// the daemon's. Another consumer's publication that does not fit is an answer naming the
+/// rules it fails: their namespaces go out of service (at start-up, only once the daemon has
+/// streamed from this database: a first start refuses it with the fix).
+async fn inspect_publication(
+    client: &tokio_postgres::Client,
+    config: &Config,
+    rules: &[CompiledRule],
+    skip: &BTreeSet<usize>,
 ) -> Result<Planned, RunError> {
     let name = &config.postgres.publication;
     let mut wanted: Vec<(String, String)> = Vec::new();
-    for r in rules {
+    for (_, r) in rules.iter().enumerate().filter(|(i, _)| !skip.contains(i)) {
         if !wanted.contains(&r.table) {
             wanted.push(r.table.clone());
         }
@@ -163,16 +239,22 @@ pub(super) async fn inspect_publication(
         } else {
             ""
         };
+        // With every rule's table unfit, a publication of no table for now (the repair adds
+        // them once they fit).
+        let tables = if list.is_empty() {
+            String::new()
+        } else {
+            format!(" FOR TABLE {}", list.join(", "))
+        };
         return Ok(Planned::Repair(PublicationPlan {
             sql: Some(format!(
-                "BEGIN; CREATE PUBLICATION {quoted} FOR TABLE {} WITH \
+                "BEGIN; CREATE PUBLICATION {quoted}{tables} WITH \
                  (publish_via_partition_root = true{generated}); COMMENT ON PUBLICATION \
                  {quoted} IS {}; COMMIT;",
-                list.join(", "),
                 crate::check::quote_literal(publication::MANAGED_COMMENT)
             )),
             // A slot that already existed streamed nothing of these tables before.
-            affected_rules: (0..rules.len()).collect(),
+            affected_rules: (0..rules.len()).filter(|i| !skip.contains(i)).collect(),
         }));
     };
     if drift.is_empty() {
@@ -185,7 +267,9 @@ pub(super) async fn inspect_publication(
     let affected_rules = rules
         .iter()
         .enumerate()
-        .filter(|(_, r)| drift.affects_every_table() || affected.contains(&r.table))
+        .filter(|(i, r)| {
+            !skip.contains(i) && (drift.affects_every_table() || affected.contains(&r.table))
+        })
         .map(|(i, _)| i)
         .collect();
     if !drift.managed {

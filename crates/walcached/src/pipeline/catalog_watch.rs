@@ -15,27 +15,34 @@
 //! transactions open at that moment were decoded without it, the namespaces are flushed again
 //! once every such transaction has ended.
 //!
-//! Drift the daemon cannot repair — a rule's table that cannot be added back to the
-//! publication (no usable replica identity, or gone: `unfit_table`), or another consumer's
-//! publication that no longer publishes what a rule needs (`publication`) — misses every later
-//! change of the table, so a flush is not enough: the rule's namespace is *out of service*.
-//! Heartbeats stop certifying it and list it as out of service (libraries then bypass every
-//! tier for it), `/readyz` says not ready and names it, and the episode is logged and counted
-//! once as it begins, and flushed then (what changed since the drift was missed). When a later
-//! check finds the publication fine and the table fit again (repaired by the daemon, or fixed
-//! by someone), the namespace is flushed — before any heartbeat certifies it again — and once
-//! more after the transactions open at that moment have ended, then it is back in service. The
-//! daemon never stops because of it. A rule broken by a narrowed identity
-//! ([`crate::mapping::Mapper::break_rule`]) stays in service: every change flushes it.
+//! A rule its table no longer fits (the table gone, a template column gone, the replica
+//! identity too narrow) is *broken* ([`crate::mapping::Mapper::break_rule`]): every change of
+//! the table flushes its namespace instead of naming keys it cannot know. Each check compiles
+//! broken rules again; one that fits replaces its stand-in, and changes name keys again. A
+//! restart in that state starts with the rule broken (a first start refuses it with the fix).
+//!
+//! Drift the daemon cannot repair — a rule's table that does not fit it and is not published
+//! (`unfit_table`: never added while unfit, since a table without a usable replica identity,
+//! once published, makes the application's own UPDATEs and DELETEs fail), or another
+//! consumer's publication that no longer publishes what a rule needs (`publication`) — misses
+//! every later change of the table, so a flush is not enough: the rule's namespace is *out of
+//! service*. Heartbeats stop certifying it and list it as out of service (libraries then
+//! bypass every tier for it), `/readyz` says not ready and names it, and the episode is logged
+//! and counted once as it begins, and flushed then (what changed since the drift was missed).
+//! Other rules' tables are repaired as usual. When a later check finds the publication fine
+//! and the table fit again (repaired by the daemon, or fixed by someone), the namespace is
+//! flushed — before any heartbeat certifies it again — and once more after the transactions
+//! open at that moment have ended, then it is back in service. The daemon never stops because
+//! of it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tokio_util::sync::CancellationToken;
 use walcache_cdc::client::ReplicationStream;
 
-use super::catalog::{inspect_publication, Planned};
+use super::catalog::{compile_rule, plan_publication, Planned};
 use super::Streamer;
-use crate::mapping::{quote_ident, CompiledRule};
+use crate::mapping::{quote_ident, CompiledRule, RelationCheck};
 use crate::metrics as m;
 use crate::publisher::Batch;
 
@@ -117,12 +124,13 @@ pub(super) struct CatalogWatch {
 }
 
 impl CatalogWatch {
-    /// Start with rules `rules` out of service (another consumer's publication does not
-    /// publish what they need): their namespaces are not certified from the first heartbeat
-    /// on, until a catalog check finds the publication fixed.
-    pub(super) fn start_out_of_service(&mut self, rules: &[usize]) {
+    /// Start with rules `rules` out of service for `reason` (`publication`: another
+    /// consumer's publication does not publish what they need; `unfit_table`: their tables do
+    /// not fit them and are not published): their namespaces are not certified from the first
+    /// heartbeat on, until a catalog check finds the drift fixed.
+    pub(super) fn start_out_of_service(&mut self, rules: &[usize], reason: &'static str) {
         for &i in rules {
-            self.unrepaired.insert(i, "publication");
+            self.unrepaired.insert(i, reason);
         }
     }
 
@@ -294,45 +302,38 @@ impl Streamer<'_> {
         self.publisher.write_catalog(&changed).await?;
 
         let mut flush: BTreeMap<usize, &'static str> = BTreeMap::new();
-        // The publication: repaired if it is the daemon's and the tables to add back are fit;
-        // otherwise the rules it fails are out of service until a later check finds it fine.
+        // Rules that do not fit their tables: compiled again (broken ones, and those whose
+        // tables the publication lacks); fit now, they replace their stand-ins. The
+        // publication is repaired for the rules that fit; those that do not, and whose
+        // changes it does not publish, are out of service until a later check finds them
+        // fixed (as are the rules another consumer's publication fails).
+        let (planned, unpublished, mut why) = self.plan_catalog().await?;
         let rules = self.mapper.rules().to_vec();
-        let mut unrepaired: BTreeMap<usize, &'static str> = BTreeMap::new();
-        let mut why: Option<String> = None;
-        match inspect_publication(&self.control, self.config, &rules).await? {
+        let mut unrepaired: BTreeMap<usize, &'static str> =
+            unpublished.iter().map(|&i| (i, "unfit_table")).collect();
+        match planned {
             Planned::Repair(plan) if plan.affected_rules.is_empty() => {}
             Planned::Repair(plan) => {
-                // A table added back must pass the start-up checks first (it exists, its
-                // columns fit the rule, its replica identity is usable): published without
-                // one, the application's own UPDATEs and DELETEs would fail.
-                if let Some(e) = self.first_unfit(&plan.affected_rules).await? {
-                    // The repair is one transaction: none of its rules is published again.
-                    for &i in &plan.affected_rules {
-                        unrepaired.insert(i, "unfit_table");
-                    }
-                    why = Some(e);
-                } else {
-                    plan.apply(&self.control, &self.config.postgres.publication)
-                        .await?;
-                    // Taken after the repair committed: every transaction that could have
-                    // changed the table before it has an xid below.
-                    let xmax = snapshot_xmax(&self.control).await?;
-                    for &i in &plan.affected_rules {
-                        flush
-                            .entry(i)
-                            .or_insert("the publication did not publish it");
-                    }
-                    self.watch
-                        .after_repair
-                        .push((xmax, plan.affected_rules.clone()));
+                plan.apply(&self.control, &self.config.postgres.publication)
+                    .await?;
+                // Taken after the repair committed: every transaction that could have
+                // changed the table before it has an xid below.
+                let xmax = snapshot_xmax(&self.control).await?;
+                for &i in &plan.affected_rules {
+                    flush
+                        .entry(i)
+                        .or_insert("the publication did not publish it");
                 }
+                self.watch
+                    .after_repair
+                    .push((xmax, plan.affected_rules.clone()));
             }
             Planned::Foreign {
                 error,
                 affected_rules,
             } => {
                 for i in affected_rules {
-                    unrepaired.insert(i, "publication");
+                    unrepaired.entry(i).or_insert("publication");
                 }
                 why = Some(error.to_string());
             }
@@ -442,28 +443,66 @@ impl Streamer<'_> {
             .set_out_of_service(namespaces.iter().cloned().collect());
     }
 
-    /// The first of rules `indexes` whose table does not fit it (gone, columns or replica
-    /// identity unfit), as the start-up check words it.
-    async fn first_unfit(
-        &self,
-        indexes: &[usize],
-    ) -> Result<Option<String>, tokio_postgres::Error> {
-        for &i in indexes {
-            let Some(rule) = self.config.rules.get(i) else {
-                continue;
+    /// The publication's plan for the rules that fit their tables ([`plan_publication`]), the
+    /// unfit rules it does not publish, and why the first of those is unfit. Broken rules and
+    /// the rules whose tables the publication lacks are compiled against today's catalog
+    /// first: a rule that fits replaces its stand-in (or its compilation of an older table),
+    /// one that does not is left out of the repair, which is planned again without it.
+    async fn plan_catalog(
+        &mut self,
+    ) -> Result<(Planned, Vec<usize>, Option<String>), Box<dyn std::error::Error + Send + Sync>>
+    {
+        let mut unfit: BTreeMap<usize, String> = BTreeMap::new();
+        let mut checked: BTreeSet<usize> = BTreeSet::new();
+        let mut candidates = self.mapper.broken_rules();
+        loop {
+            for i in candidates {
+                if !checked.insert(i) {
+                    continue;
+                }
+                match compile_rule(&self.control, self.config, i).await? {
+                    Ok(rule) if rule == self.mapper.rules()[i] && !self.mapper.is_broken(i) => {}
+                    Ok(rule) => self.restore_rule(i, rule),
+                    Err(e) => {
+                        unfit.insert(i, e.to_string());
+                    }
+                }
+            }
+            let skip: BTreeSet<usize> = unfit.keys().copied().collect();
+            let rules = self.mapper.rules().to_vec();
+            let (planned, unpublished) =
+                plan_publication(&self.control, self.config, &rules, &skip).await?;
+            // The tables a repair would add back must fit first.
+            let unchecked: Vec<usize> = match &planned {
+                Planned::Repair(plan) => plan
+                    .affected_rules
+                    .iter()
+                    .copied()
+                    .filter(|i| !checked.contains(i))
+                    .collect(),
+                Planned::Foreign { .. } => Vec::new(),
             };
-            let (schema, table) = rule.qualified_table();
-            let Some(info) =
-                crate::mapping::TableInfo::load(&self.control, &schema, &table).await?
-            else {
-                let gone = format!("table {schema}.{table} does not exist (or is not a table)");
-                return Ok(Some(format!("rules[{i}].table: {gone}")));
-            };
-            if let Err(e) = crate::mapping::compile(rule, i, &info) {
-                return Ok(Some(e.to_string()));
+            if unchecked.is_empty() {
+                let why = unpublished.first().and_then(|i| unfit.remove(i));
+                return Ok((planned, unpublished, why));
+            }
+            candidates = unchecked;
+        }
+    }
+
+    /// Rule `i` compiled against a catalog that fits it: the mapper uses it from the next
+    /// change on.
+    fn restore_rule(&mut self, i: usize, rule: CompiledRule) {
+        let was_broken = self.mapper.is_broken(i);
+        let namespace = rule.namespace.clone();
+        for check in self.mapper.replace_rule(i, rule) {
+            if let RelationCheck::Mismatch { namespace, reason } = check {
+                tracing::warn!(%namespace, %reason, "the stream's last description of the table does not fit the rule yet: its changes flush until the stream describes it again");
             }
         }
-        Ok(None)
+        if was_broken {
+            tracing::info!(%namespace, "the rule fits its table again: changes name their keys again");
+        }
     }
 
     /// Flush the rules in `flush` (their namespaces and tags), saying why. False if shutdown
@@ -556,14 +595,9 @@ impl Streamer<'_> {
     /// is no longer carried by every old row (the table's or a partition's identity), the rule
     /// is broken — every change flushes its namespace — and the error says how to fix it.
     async fn recheck_identity(&mut self, i: usize) -> Result<(), tokio_postgres::Error> {
-        let rule = &self.config.rules[i];
-        let (schema, table) = rule.qualified_table();
-        let Some(info) = crate::mapping::TableInfo::load(&self.control, &schema, &table).await?
-        else {
-            return Ok(());
-        };
-        if let Err(e) = crate::mapping::compile(rule, i, &info) {
-            tracing::error!(error = %e, namespace = %rule.namespace, "a replica identity changed under a rule: every change of the table now flushes its namespace until the identity or the rule is fixed and walcached restarted");
+        if let Err(e) = compile_rule(&self.control, self.config, i).await? {
+            let namespace = &self.config.rules[i].namespace;
+            tracing::error!(error = %e, %namespace, "a replica identity changed under a rule: every change of the table now flushes its namespace until the identity or the rule is fixed (checked with the catalog)");
             metrics::counter!(m::CATALOG_DRIFTS_TOTAL, "reason" => "identity_unfit").increment(1);
             self.mapper.break_rule(i);
         }

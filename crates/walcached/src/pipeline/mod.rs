@@ -20,14 +20,13 @@ mod stream;
 mod visibility;
 
 use backoff::Backoff;
-pub use catalog::compile_rules;
-use catalog::{
-    inspect_publication, refuse_synchronous_standby, sql_client, Planned, PublicationPlan,
-};
+pub use catalog::{compile_rules, Compiled};
+use catalog::{plan_publication, refuse_synchronous_standby, sql_client, Planned, PublicationPlan};
 pub(crate) use server::control_identity;
 use server::{is_invalidated_slot_error, slot_confirmed, slot_state, ServerIdentity, SlotState};
 use visibility::TxnRecord;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -145,8 +144,8 @@ pub async fn run_with(
     let postgres = Postgres::from_config(&config)?;
     let control = sql_client(&postgres, &config).await?;
     refuse_synchronous_standby(&control).await?;
-    let rules = compile_rules(&control, &config).await?;
-    let mapper = Mapper::new(rules.clone());
+    let Compiled { rules, mut unfit } = compile_rules(&control, &config).await?;
+    let mut mapper = Mapper::new(rules.clone());
     let redis_client = crate::connect::redis_client(&config)?;
     let epoch: u64 = rand::random();
     let mut publisher = Publisher::connect(
@@ -180,22 +179,33 @@ pub async fn run_with(
             ),
         )));
     }
-    // Rules whose changes the publication may have dropped owe a flush, recorded before the
-    // publication is changed: a crash in between repeats it.
-    // Another consumer's publication that does not fit is a configuration to fix on a first
-    // start (exit 2, with the SQL). A daemon that has streamed from this database before (its
-    // slot exists) starts instead, with those namespaces out of service: the drift happened
-    // while it ran, and exiting would make its supervisor restart it in a loop.
-    let (plan, foreign) = match inspect_publication(&control, &config, &rules).await? {
+    // A first start (no slot yet) refuses what does not fit, with the fix (exit 2): another
+    // consumer's publication that does not publish what the rules need, or a rule its table
+    // does not fit. A daemon that has streamed from this database before starts instead: the
+    // drift happened while it ran or was down, and exiting would make its supervisor restart
+    // it in a loop. Such rules are broken (every change of their table flushes) and, where
+    // their changes are not published, their namespaces out of service until a catalog check
+    // finds them fixed.
+    let unfit_rules: BTreeSet<usize> = unfit.keys().copied().collect();
+    let (planned, unpublished) = plan_publication(&control, &config, &rules, &unfit_rules).await?;
+    let foreign = matches!(planned, Planned::Foreign { .. });
+    if (foreign || !unfit.is_empty())
+        && slot_state(&control, &config.postgres.slot).await? == SlotState::Missing
+    {
+        return Err(RunError::Config(match planned {
+            Planned::Foreign { error, .. } if unfit.is_empty() => error,
+            _ => unfit.pop_first().expect("a rule that does not fit").1,
+        }));
+    }
+    let (plan, foreign) = match planned {
         Planned::Repair(plan) => (plan, None),
         Planned::Foreign {
             error,
             affected_rules,
-        } => match slot_state(&control, &config.postgres.slot).await? {
-            SlotState::Missing => return Err(RunError::Config(error)),
-            _ => (PublicationPlan::none(), Some((error, affected_rules))),
-        },
+        } => (PublicationPlan::none(), Some((error, affected_rules))),
     };
+    // Rules whose changes the publication may have dropped owe a flush, recorded before the
+    // publication is changed: a crash in between repeats it.
     let owed: Vec<Target> = plan
         .affected_rules
         .iter()
@@ -224,14 +234,21 @@ pub async fn run_with(
         catalog_watch::CatalogWatch::after_startup_repair(xmax, plan.affected_rules.clone())
     };
     if let Some((error, affected)) = &foreign {
-        let namespaces: std::collections::BTreeSet<&str> = affected
+        let namespaces: BTreeSet<&str> = affected
             .iter()
             .map(|&i| config.rules[i].namespace.as_str())
             .collect();
         tracing::error!(%error, namespaces = ?namespaces, "the publication does not publish what these rules need and is not walcached's to repair: starting with their namespaces out of service until it is fixed");
         metrics::counter!(m::CATALOG_DRIFTS_TOTAL, "reason" => "publication").increment(1);
-        watch.start_out_of_service(affected);
+        watch.start_out_of_service(affected, "publication");
     }
+    for (&i, error) in &unfit {
+        mapper.break_rule(i);
+        let out = unpublished.contains(&i);
+        tracing::error!(%error, namespace = %config.rules[i].namespace, out_of_service = out, "a rule does not fit its table: every change of the table flushes its namespace (out of service while its changes are not published) until a catalog check finds it fixed");
+        metrics::counter!(m::CATALOG_DRIFTS_TOTAL, "reason" => "unfit_table").increment(1);
+    }
+    watch.start_out_of_service(&unpublished, "unfit_table");
     let replication = postgres.replication()?;
     tracing::info!(epoch, rules = rules.len(), "walcached starting");
 

@@ -7,6 +7,7 @@ mod drift;
 mod faults;
 mod identity;
 mod liveness;
+mod out_of_service;
 mod pipeline;
 mod redis_loss;
 mod refresh;
