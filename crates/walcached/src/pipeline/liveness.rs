@@ -188,6 +188,21 @@ impl Liveness {
             .is_some_and(|s| s.taken.elapsed() <= self.interval)
     }
 
+    /// What `/readyz` reports when a sample arrives: the newest reached sample is at most one
+    /// interval old, or every sample not yet reached is. A new sample that is not reached at
+    /// once — the server wrote WAL since the walsender's last keepalive (a checkpoint, a
+    /// standby snapshot record), so its reach waits for the reply to a keepalive request — is
+    /// not lag: the newest reached sample is then always a little over one interval old, and
+    /// `/readyz` would read "not caught up" for that round trip. A daemon that falls behind is
+    /// not ready from the next sample on (its unreached samples age past the interval).
+    pub(super) fn is_keeping_up(&self) -> bool {
+        self.is_fresh()
+            || self
+                .unreached
+                .front()
+                .is_some_and(|s| s.taken.elapsed() <= self.interval)
+    }
+
     /// F − R for the newest sample, in bytes.
     pub(super) fn lag_bytes(&self) -> u64 {
         self.newest_flush.0.saturating_sub(self.received.0)

@@ -125,7 +125,7 @@ impl Streamer<'_> {
             if liveness.heartbeat_due() {
                 liveness.heartbeat_sent();
                 self.heartbeat(liveness.lag_bytes()).await;
-            } else if judge && !liveness.is_fresh() {
+            } else if judge && !liveness.is_keeping_up() {
                 self.status.set_caught_up(false);
             }
             let deadline =
