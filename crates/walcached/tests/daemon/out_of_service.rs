@@ -41,6 +41,17 @@ fn heartbeat_details(listener: &Listener) -> Vec<(usize, walcache_protocol::Hear
         .collect()
 }
 
+/// The details of the first heartbeat heard (the daemon is caught up once it has published
+/// one; the listener may hear it a moment later).
+async fn first_heartbeat(listener: &Listener) -> walcache_protocol::HeartbeatDetails {
+    wait_until("a heartbeat of the restarted daemon", DEADLINE, || async {
+        !heartbeat_details(listener).is_empty()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: messages {:?}", listener.data()));
+    heartbeat_details(listener).remove(0).1
+}
+
 /// The indexes, among all messages so far, of the flushes of `namespace`.
 fn flush_indexes(listener: &Listener, namespace: &str) -> Vec<usize> {
     listener
@@ -244,10 +255,7 @@ async fn a_restart_during_unrepairable_drift_starts_out_of_service_instead_of_ex
     let daemon = Daemon::start(&cfg).await;
     assert_eq!(daemon.status.out_of_service(), vec!["pd".to_owned()]);
     assert!(!daemon.status.is_ready());
-    let (_, first) = heartbeat_details(&listener)
-        .into_iter()
-        .next()
-        .expect("a heartbeat of the restarted daemon");
+    let first = first_heartbeat(&listener).await;
     assert_eq!(first.namespaces, vec!["other".to_owned()], "{first:?}");
     assert_eq!(first.out_of_service, vec!["pd".to_owned()], "{first:?}");
     db.execute("ALTER PUBLICATION walcached ADD TABLE pd", &[])
@@ -289,10 +297,7 @@ async fn a_restart_with_a_rules_table_gone_starts_out_of_service_until_it_is_bac
     let listener = Listener::start(&redis).await;
     let daemon = Daemon::start(&cfg).await;
     assert_eq!(daemon.status.out_of_service(), vec!["pd".to_owned()]);
-    let (_, first) = heartbeat_details(&listener)
-        .into_iter()
-        .next()
-        .expect("a heartbeat of the restarted daemon");
+    let first = first_heartbeat(&listener).await;
     assert_eq!(first.namespaces, vec!["other".to_owned()], "{first:?}");
     assert_eq!(first.out_of_service, vec!["pd".to_owned()], "{first:?}");
     db.execute("UPDATE other SET v = 2 WHERE id = 1", &[])
