@@ -46,7 +46,9 @@ async fn main() {
                 .build()
                 .expect("cache");
             for k in 0..KEYS {
-                cache.insert(&k, Arc::clone(&value)).await.expect("insert");
+                walcache_benches::fill(&cache, &k, Arc::clone(&value))
+                    .await
+                    .expect("fill");
             }
             cache.run_pending_tasks();
             for i in 0..lookups {

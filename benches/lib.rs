@@ -24,6 +24,26 @@ pub const VALUE_SIZES: [usize; 2] = [64, 1024];
 /// Number of distinct keys each benchmark cycles through.
 pub const KEYS: i64 = 1000;
 
+/// Fill `key` with `value` in both tiers the way a service does: a read through a loader that
+/// answers `value` (a no-op if the key is already cached).
+///
+/// # Errors
+///
+/// What the read returns: Redis trouble is not an error (the loader serves).
+pub async fn fill<K, V>(
+    cache: &walcache::Cache<K, V>,
+    key: &K,
+    value: V,
+) -> Result<V, walcache::Error>
+where
+    K: walcache_protocol::ToKey + ?Sized,
+    V: Clone + Send + Sync + serde::Serialize + serde::de::DeserializeOwned + 'static,
+{
+    cache
+        .try_get_with(key, async move { Ok::<V, std::convert::Infallible>(value) })
+        .await
+}
+
 /// Whether the quick (CI) mode is on: `WALCACHE_BENCH_QUICK=1`.
 pub fn quick() -> bool {
     std::env::var(QUICK_ENV).is_ok_and(|v| v == "1")

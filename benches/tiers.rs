@@ -84,7 +84,9 @@ fn l1_hit_of<V>(
     rt.block_on(async {
         for id in 0..KEYS {
             let v = make(value_of(size, id));
-            cache.insert(&id, v.clone()).await.expect("fill walcache");
+            walcache_benches::fill(&cache, &id, v.clone())
+                .await
+                .expect("fill walcache");
             by_int.insert(id, v.clone());
             by_str.insert(Arc::from(id.to_string()), v);
         }
@@ -157,8 +159,7 @@ fn l2_hit(c: &mut Criterion, rt: &Runtime, servers: &Servers) {
             .collect();
         rt.block_on(async {
             for id in 0..KEYS {
-                cache
-                    .insert(&id, value_of(size, id))
+                walcache_benches::fill(&cache, &id, value_of(size, id))
                     .await
                     .expect("fill walcache");
             }

@@ -423,7 +423,9 @@ async fn l1_tier(mode: Mode, size: usize) -> Vec<TierRow> {
             .build(),
     );
     for id in 0..KEYS {
-        cache.insert(&id, value_of(size, id)).await.expect("fill");
+        walcache_benches::fill(cache, &id, value_of(size, id))
+            .await
+            .expect("fill");
         moka.insert(id, value_of(size, id));
     }
     cache.run_pending_tasks();
@@ -475,7 +477,9 @@ async fn l2_tier(
     let conn: &'static redis::aio::MultiplexedConnection = leak(servers.redis_connection().await);
     let mut info = conn.clone();
     for id in 0..KEYS {
-        cache.insert(&id, value_of(size, id)).await.expect("fill");
+        walcache_benches::fill(cache, &id, value_of(size, id))
+            .await
+            .expect("fill");
     }
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert!(cache.get(&0).await.is_some(), "an L2 hit");
@@ -781,7 +785,7 @@ fn memory_child(kind: &str) {
                     .expect("cache");
                 let before = rss();
                 for (k, v) in keys.iter().zip(values) {
-                    cache.insert(k, v).await.expect("insert");
+                    walcache_benches::fill(&cache, k, v).await.expect("fill");
                 }
                 cache.run_pending_tasks();
                 assert_eq!(cache.entry_count(), n);

@@ -396,7 +396,7 @@ fn drain(env: &Env<'_>, n: u64, per: u64) -> Result<DrainResult, BoxError> {
         .rt
         .block_on(Walcache::builder().redis_url(env.redis.url()).build())?;
     let cache = handle.cache::<i64, i64>("drain").build()?;
-    env.rt.block_on(cache.insert(&0, 0))?;
+    env.rt.block_on(walcache_benches::fill(&cache, &0, 0))?;
 
     let mut r = DrainResult {
         rows: n,
@@ -860,7 +860,7 @@ pub(crate) fn latency_reader(args: &[String]) -> Result<(), BoxError> {
         .build()?;
     rt.block_on(async {
         for k in 0..n as i64 {
-            cache.insert(&k, k).await?;
+            walcache_benches::fill(&cache, &k, k).await?;
         }
         Ok::<_, BoxError>(())
     })?;

@@ -146,8 +146,11 @@ pub struct RuleSpec {
     pub namespace: String,
     /// Key templates, e.g. `{id}`.
     pub keys: Vec<String>,
-    /// Tags bumped by every change of the table.
+    /// Tags bumped by every change of the table, in `namespace` and in each of
+    /// `tag_namespaces`.
     pub tags: Vec<String>,
+    /// Other namespaces the tags are bumped in (tags are scoped to a namespace).
+    pub tag_namespaces: Vec<String>,
 }
 
 /// The daemon's configuration: PostgreSQL, Redis with `key_prefix`, a 1 ms batch delay, a
@@ -189,11 +192,13 @@ listen = ""
     };
     for r in rules {
         config.push_str(&format!(
-            "\n[[rules]]\ntable = {:?}\nnamespace = {:?}\nkeys = [{}]\ntags = [{}]\n",
+            "\n[[rules]]\ntable = {:?}\nnamespace = {:?}\nkeys = [{}]\ntags = [{}]\n\
+             tag_namespaces = [{}]\n",
             r.table,
             r.namespace,
             list(&r.keys),
-            list(&r.tags)
+            list(&r.tags),
+            list(&r.tag_namespaces)
         ));
     }
     config

@@ -5,8 +5,9 @@
 //! # What the contract promises
 //!
 //! The daemon cannot recompute values, so its safety net is expiry: a cycle deletes from L2
-//! every value filled at or before the cycle's start (every envelope carries its fill time),
-//! plus anything that is not an envelope and any fill time implausibly far in the future. L1 is
+//! every value stamped at or before the cycle's start (every envelope carries its stamp: when
+//! its fill lease was taken, in µs on the Redis server's clock), plus anything that is not an
+//! envelope and any stamp implausibly far in the future. L1 is
 //! bounded by the library's `time_to_live`, which must be kept at or below the refresh
 //! interval. So, whatever was lost: **after one complete cycle, once the L1 time-to-live has
 //! passed since the last L1 fill, no read is answered with anything filled before the cycle.**
@@ -29,7 +30,7 @@
 //!    never delete them.
 //! 3. **Corruption**, after the restart (a new epoch flushes L1):
 //!    [`Kind::L2OldFill`] and [`Kind::L2FutureFill`]: a raw `SET` of a valid envelope with a
-//!    wrong version and a fill time an hour ago / a day ahead; [`Kind::Insert`]:
+//!    wrong version and a stamp an hour before / a day after the Redis server's clock; [`Kind::Insert`]:
 //!    [`Cache::insert`] of a wrong version through one handle (its L1 and L2, unconditionally);
 //!    [`Kind::L1Only`]: `insert` of a wrong version through every handle, then the L2 key
 //!    deleted (only L1 is wrong).
@@ -43,7 +44,8 @@
 //!    expiry alone does not clean up — it has to be the cycle. [`Kind::L1Only`] rows are fresh
 //!    here already (the database answers).
 //! 6. **The cycle**: `walcached refresh --config <the daemon's>` as a child process, exit 0.
-//!    Right after, L2 is scanned: no value key filled before the cycle may remain.
+//!    Right after, L2 is scanned: no value key stamped before the cycle (the Redis server's
+//!    clock read just before the child started) may remain.
 //! 7. **After**: wait until the L1 time-to-live has passed since the last L1 fill (end of the
 //!    control pass), check that L1 holds nothing, read every row through every handle: no stale
 //!    read, from either tier; L2 scanned again: every value matches the database.
@@ -53,16 +55,15 @@
 //!
 //! # Not covered, by design
 //!
-//! A corrupt fill time *slightly* in the future — up to the daemon's five-minute allowance for
-//! clock differences between hosts — survives one cycle (it is deleted by the first cycle that
-//! starts after it). Likewise a library host whose clock runs ahead of the daemon's by `d`
-//! delays its values' expiry by `d`: the contract's "one interval plus one cycle" holds for
-//! clocks that agree within the cycle's precision.
+//! A corrupt stamp *slightly* in the future — up to the daemon's five-minute allowance for the
+//! Redis server's clock stepping back — survives one cycle (it is deleted by the first cycle
+//! that starts after it). Hosts' clocks do not enter: stamps, the cycle's start and the
+//! future bound are all read from the Redis server's clock.
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use serde::Serialize;
@@ -87,7 +88,8 @@ const STEP_DEADLINE: Duration = Duration::from_secs(30);
 const CYCLE_DEADLINE: Duration = Duration::from_secs(300);
 /// Connecting to Redis and each command's reply.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(10);
-/// The daemon deletes fill times further ahead of its clock than this (`MAX_FUTURE_FILL`).
+/// The daemon deletes stamps further ahead of the Redis server's clock than this
+/// (`MAX_FUTURE_STAMP`).
 const DAEMON_FUTURE_ALLOWANCE: Duration = Duration::from_secs(300);
 
 /// What the proof needs: servers, the running daemon, and a table it serves.
@@ -133,9 +135,9 @@ pub enum Kind {
     /// Updated while the daemon was down, the slot advanced past the update: L2 keeps the old
     /// version and every handle's L1 refills from it.
     DroppedInvalidation,
-    /// A raw `SET` of a wrong version with a fill time an hour ago.
+    /// A raw `SET` of a wrong version stamped an hour ago (the Redis server's clock).
     L2OldFill,
-    /// A raw `SET` of a wrong version with a fill time a day ahead (a corrupt clock).
+    /// A raw `SET` of a wrong version stamped a day ahead (a corrupt stamp).
     L2FutureFill,
     /// `Cache::insert` of a wrong version through one handle: its L1 and L2.
     Insert,
@@ -186,9 +188,9 @@ pub struct Corruption {
     pub dropped_invalidations: u64,
     /// The LSN the slot was advanced to.
     pub slot_advanced_to: String,
-    /// L2 keys overwritten with a raw envelope, fill time an hour ago.
+    /// L2 keys overwritten with a raw envelope, stamped an hour ago.
     pub l2_old_fill: u64,
-    /// L2 keys overwritten with a raw envelope, fill time a day ahead.
+    /// L2 keys overwritten with a raw envelope, stamped a day ahead.
     pub l2_future_fill: u64,
     /// Wrong versions written with `Cache::insert` into one handle's L1 and L2.
     pub l2_via_insert: u64,
@@ -243,10 +245,10 @@ pub struct L2Scan {
     pub leases: u64,
     /// Keys that are not envelopes, or values that do not decode.
     pub undecodable: u64,
-    /// Values and "not found"s filled at or before the cutoff (the cycle's start, for the scans
+    /// Values and "not found"s stamped at or before the cutoff (the cycle's start, for the scans
     /// after the cycle; 0 otherwise).
     pub filled_at_or_before_cutoff: u64,
-    /// Fill times beyond the daemon's five-minute allowance for clock differences.
+    /// Stamps beyond the daemon's five-minute allowance ahead of the Redis server's clock.
     pub filled_far_in_future: u64,
     /// Values whose version differs from the database's (or whose row does not exist).
     pub stale: u64,
@@ -255,9 +257,9 @@ pub struct L2Scan {
 /// The `walcached refresh` run.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Cycle {
-    /// Wall clock just before the child process started, ms since the Unix epoch: the cycle's
-    /// start is at or after it.
-    pub started_not_before_ms: u64,
+    /// The Redis server's clock just before the child process started, µs since the Unix
+    /// epoch: the cycle's start (read from the same clock) is at or after it.
+    pub started_not_before_micros: u64,
     /// From spawning the child to its exit.
     pub duration_ms: f64,
     /// Parsed from its output.
@@ -310,7 +312,7 @@ pub struct RefreshProof {
     pub control_without_cycle: Observation,
     /// The cycle.
     pub cycle: Cycle,
-    /// L2 right after the cycle, cutoff at its start: nothing filled before it may remain.
+    /// L2 right after the cycle, cutoff at its start: nothing stamped before it may remain.
     pub l2_after_cycle: L2Scan,
     /// The reads after the cycle and the L1 deadline: nothing stale.
     pub after: Observation,
@@ -470,16 +472,16 @@ pub async fn prove(setup: ProofSetup<'_>) -> Result<RefreshProof, BoxError> {
         match Kind::of(id) {
             Kind::Untouched | Kind::DroppedInvalidation => {}
             kind @ (Kind::L2OldFill | Kind::L2FutureFill) => {
-                let now = now_ms();
-                let fill_ms = if kind == Kind::L2OldFill {
-                    now.saturating_sub(3_600_000)
+                let now = redis_time_micros(&mut redis).await?;
+                let stamp = if kind == Kind::L2OldFill {
+                    now.saturating_sub(3_600_000_000)
                 } else {
-                    now + 86_400_000
+                    now + 86_400_000_000
                 };
                 let key = naming.value_key(namespace, generation, SCHEMA, &walcache::key_of(&id));
                 let () = redis::cmd("SET")
                     .arg(&key)
-                    .arg(value_envelope(fill_ms, &Postcard.encode(&wrong)?))
+                    .arg(value_envelope(stamp, &Postcard.encode(&wrong)?))
                     .arg("PX")
                     .arg(u64::try_from(CORRUPT_L2_TTL.as_millis()).unwrap_or(u64::MAX))
                     .query_async(&mut redis)
@@ -490,11 +492,15 @@ pub async fn prove(setup: ProofSetup<'_>) -> Result<RefreshProof, BoxError> {
                     proof.corrupted.l2_future_fill += 1;
                 }
             }
+            // The write-through `insert` is deprecated for applications (it races concurrent
+            // writers); here it is the corruption itself: a wrong value in L1 and L2.
+            #[allow(deprecated)]
             Kind::Insert => {
                 let r = &readers[usize::try_from(id).unwrap_or(0) % readers.len()];
                 r.cache.insert(&id, wrong).await?;
                 proof.corrupted.l2_via_insert += 1;
             }
+            #[allow(deprecated)]
             Kind::L1Only => {
                 for r in &readers {
                     r.cache.insert(&id, wrong).await?;
@@ -582,13 +588,13 @@ pub async fn prove(setup: ProofSetup<'_>) -> Result<RefreshProof, BoxError> {
     }
 
     // 6. One cycle.
-    proof.cycle = run_cycle(daemon).await?;
+    proof.cycle = run_cycle(daemon, &mut redis).await?;
     proof.l2_after_cycle = scan_l2(
         &mut redis,
         &naming,
         namespace,
         &ctx.truth().await?,
-        proof.cycle.started_not_before_ms,
+        proof.cycle.started_not_before_micros,
     )
     .await?;
     if proof.cycle.keys_deleted == 0 {
@@ -599,8 +605,8 @@ pub async fn prove(setup: ProofSetup<'_>) -> Result<RefreshProof, BoxError> {
     let s = &proof.l2_after_cycle;
     if s.filled_at_or_before_cutoff > 0 || s.filled_far_in_future > 0 || s.undecodable > 0 {
         proof.failures.push(format!(
-            "right after the cycle, L2 still held {} entries filled before it, {} filled far in \
-             the future, {} undecodable",
+            "right after the cycle, L2 still held {} entries stamped before it, {} stamped far \
+             in the future, {} undecodable",
             s.filled_at_or_before_cutoff, s.filled_far_in_future, s.undecodable
         ));
     }
@@ -615,7 +621,7 @@ pub async fn prove(setup: ProofSetup<'_>) -> Result<RefreshProof, BoxError> {
         &naming,
         namespace,
         &ctx.truth().await?,
-        proof.cycle.started_not_before_ms,
+        proof.cycle.started_not_before_micros,
     )
     .await?;
     let a = &proof.after;
@@ -638,8 +644,8 @@ pub async fn prove(setup: ProofSetup<'_>) -> Result<RefreshProof, BoxError> {
     let s = &proof.l2_after;
     if s.stale > 0 || s.filled_at_or_before_cutoff > 0 || s.undecodable > 0 {
         proof.failures.push(format!(
-            "after the cycle and the reads, L2 held {} stale values, {} entries filled before the \
-             cycle, {} undecodable",
+            "after the cycle and the reads, L2 held {} stale values, {} entries stamped before \
+             the cycle, {} undecodable",
             s.stale, s.filled_at_or_before_cutoff, s.undecodable
         ));
     }
@@ -759,7 +765,7 @@ impl Ctx<'_> {
 }
 
 /// Run `walcached refresh --config <the daemon's>` and parse what it did.
-async fn run_cycle(daemon: &Daemon) -> Result<Cycle, BoxError> {
+async fn run_cycle(daemon: &Daemon, redis: &mut MultiplexedConnection) -> Result<Cycle, BoxError> {
     let mut cmd = tokio::process::Command::new(&daemon.bin);
     cmd.arg("refresh")
         .arg("--config")
@@ -773,7 +779,7 @@ async fn run_cycle(daemon: &Daemon) -> Result<Cycle, BoxError> {
             cmd.env_remove(name);
         }
     }
-    let started_not_before_ms = now_ms();
+    let started_not_before_micros = redis_time_micros(redis).await?;
     let started = Instant::now();
     let out = tokio::time::timeout(CYCLE_DEADLINE, cmd.output())
         .await
@@ -799,7 +805,7 @@ async fn run_cycle(daemon: &Daemon) -> Result<Cycle, BoxError> {
     let (namespaces, keys_scanned, keys_deleted) = parse_cycle_report(&stdout)
         .ok_or_else(|| format!("unexpected output from `walcached refresh`: {stdout:?}"))?;
     Ok(Cycle {
-        started_not_before_ms,
+        started_not_before_micros,
         duration_ms,
         namespaces,
         keys_scanned,
@@ -808,7 +814,8 @@ async fn run_cycle(daemon: &Daemon) -> Result<Cycle, BoxError> {
     })
 }
 
-/// `refresh complete: N namespaces, S keys scanned, D keys deleted, X seconds`.
+/// `refresh complete: N namespaces, S keys scanned, D keys deleted, P tag versions pruned, X
+/// seconds` (other parts ignored).
 fn parse_cycle_report(out: &str) -> Option<(u64, u64, u64)> {
     let line = out
         .lines()
@@ -826,14 +833,14 @@ fn parse_cycle_report(out: &str) -> Option<(u64, u64, u64)> {
     ))
 }
 
-/// Scan every value key of `namespace` and judge each against `truth`; `cutoff_ms` > 0 counts
-/// the entries filled at or before it.
+/// Scan every value key of `namespace` and judge each against `truth`; `cutoff_micros` > 0
+/// counts the entries stamped at or before it (µs, the Redis server's clock).
 async fn scan_l2(
     conn: &mut MultiplexedConnection,
     naming: &Naming,
     namespace: &str,
     truth: &HashMap<i64, i64>,
-    cutoff_ms: u64,
+    cutoff_micros: u64,
 ) -> Result<L2Scan, BoxError> {
     let prefix = naming.value_key_prefix(namespace);
     let pattern = format!("{prefix}[0-9]*");
@@ -857,13 +864,14 @@ async fn scan_l2(
             break;
         }
     }
-    let future_ms = now_ms() + u64::try_from(DAEMON_FUTURE_ALLOWANCE.as_millis()).unwrap_or(0);
+    let future = redis_time_micros(conn).await?
+        + u64::try_from(DAEMON_FUTURE_ALLOWANCE.as_micros()).unwrap_or(0);
     let mut s = L2Scan::default();
     for (key, id) in keys {
         let bytes: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query_async(conn).await?;
         let Some(bytes) = bytes else { continue }; // expired or deleted since the SCAN
         s.value_keys += 1;
-        let fill_ms = match Envelope::parse(&bytes) {
+        let stamp = match Envelope::parse(&bytes) {
             Envelope::Lease => {
                 s.leases += 1;
                 continue;
@@ -872,14 +880,14 @@ async fn scan_l2(
                 s.undecodable += 1;
                 continue;
             }
-            Envelope::Negative { fill_ms } => {
+            Envelope::Negative { stamp } => {
                 s.negatives += 1;
                 if id.is_some_and(|id| truth.contains_key(&id)) {
                     s.stale += 1; // "not found" for a row that exists
                 }
-                fill_ms
+                stamp
             }
-            Envelope::Value { fill_ms, payload } => {
+            Envelope::Value { stamp, payload } => {
                 s.values += 1;
                 match Postcard.decode::<i64>(payload) {
                     Ok(v) => {
@@ -889,13 +897,13 @@ async fn scan_l2(
                     }
                     Err(_) => s.undecodable += 1,
                 }
-                fill_ms
+                stamp
             }
         };
-        if cutoff_ms > 0 && fill_ms <= cutoff_ms {
+        if cutoff_micros > 0 && stamp <= cutoff_micros {
             s.filled_at_or_before_cutoff += 1;
         }
-        if fill_ms > future_ms {
+        if stamp > future {
             s.filled_far_in_future += 1;
         }
     }
@@ -916,11 +924,12 @@ fn value_key_id(key: &[u8], prefix: &[u8]) -> Option<Option<i64>> {
     Some(std::str::from_utf8(rest).ok().and_then(|k| k.parse().ok()))
 }
 
-/// What a value key holds (the library's envelope format, `walcache::l2`).
+/// What a value key holds (the library's envelope format, `walcache::l2`; stamps in µs on the
+/// Redis server's clock).
 #[derive(Debug, PartialEq, Eq)]
 enum Envelope<'a> {
-    Value { fill_ms: u64, payload: &'a [u8] },
-    Negative { fill_ms: u64 },
+    Value { stamp: u64, payload: &'a [u8] },
+    Negative { stamp: u64 },
     Lease,
     Undecodable,
 }
@@ -933,16 +942,16 @@ impl Envelope<'_> {
         };
         match b.first() {
             Some(0) if b.get(1) == Some(&b'L') => Envelope::Lease,
-            Some(2) if b.len() == 9 => fill(b).map_or(Envelope::Undecodable, |fill_ms| {
-                Envelope::Negative { fill_ms }
-            }),
+            Some(2) if b.len() == 9 => {
+                fill(b).map_or(Envelope::Undecodable, |stamp| Envelope::Negative { stamp })
+            }
             Some(1) => {
                 let parsed = (|| {
-                    let fill_ms = fill(b)?;
+                    let stamp = fill(b)?;
                     let len: [u8; 2] = b.get(9..11)?.try_into().ok()?;
                     let tags_len = usize::from(u16::from_le_bytes(len));
                     let payload = b.get(11 + tags_len..)?;
-                    Some(Envelope::Value { fill_ms, payload })
+                    Some(Envelope::Value { stamp, payload })
                 })();
                 parsed.unwrap_or(Envelope::Undecodable)
             }
@@ -951,11 +960,11 @@ impl Envelope<'_> {
     }
 }
 
-/// A value envelope without tags, filled at `fill_ms`.
-fn value_envelope(fill_ms: u64, payload: &[u8]) -> Vec<u8> {
+/// A value envelope without tags, stamped `stamp` (µs).
+fn value_envelope(stamp: u64, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(11 + payload.len());
     out.push(1);
-    out.extend_from_slice(&fill_ms.to_le_bytes());
+    out.extend_from_slice(&stamp.to_le_bytes());
     out.extend_from_slice(&0_u16.to_le_bytes());
     out.extend_from_slice(payload);
     out
@@ -1005,8 +1014,8 @@ async fn skip_updates(
     Ok((n, row.try_get(0)?))
 }
 
-/// Move every marker of the daemon's ([`Naming::marker_key`], [`Naming::tag_marker_key`]) to
-/// `lsn`, as if the daemon had published up to there.
+/// Move every marker of the daemon's ([`Naming::marker_key`], one per namespace it writes to)
+/// to `lsn`, as if the daemon had published up to there.
 async fn advance_markers(
     redis: &mut MultiplexedConnection,
     naming: &Naming,
@@ -1105,10 +1114,10 @@ fn missing_row(id: i64) -> BoxError {
     format!("row {id} is missing from the table (ids 1..=rows must exist)").into()
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+/// The Redis server's clock (`TIME`), µs since the Unix epoch: the clock of every stamp.
+async fn redis_time_micros(conn: &mut MultiplexedConnection) -> Result<u64, BoxError> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+    Ok(secs * 1_000_000 + micros)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -1124,15 +1133,15 @@ mod tests {
         let payload = Postcard.encode(&-7_i64).expect("encode");
         let e = value_envelope(1234, &payload);
         match Envelope::parse(&e) {
-            Envelope::Value { fill_ms, payload } => {
-                assert_eq!(fill_ms, 1234);
+            Envelope::Value { stamp, payload } => {
+                assert_eq!(stamp, 1234);
                 assert_eq!(Postcard.decode::<i64>(payload).expect("decode"), -7);
             }
             other => panic!("{other:?}"),
         }
         let mut neg = vec![2];
         neg.extend_from_slice(&99_u64.to_le_bytes());
-        assert_eq!(Envelope::parse(&neg), Envelope::Negative { fill_ms: 99 });
+        assert_eq!(Envelope::parse(&neg), Envelope::Negative { stamp: 99 });
         assert_eq!(Envelope::parse(b"\x00Labc"), Envelope::Lease);
         assert_eq!(Envelope::parse(b"\x01abc"), Envelope::Undecodable);
         assert_eq!(Envelope::parse(b""), Envelope::Undecodable);
@@ -1146,8 +1155,8 @@ mod tests {
 
     #[test]
     fn the_cycle_report_parses() {
-        let out =
-            "refresh complete: 1 namespaces, 120 keys scanned, 118 keys deleted, 0.012 seconds";
+        let out = "refresh complete: 1 namespaces, 120 keys scanned, 118 keys deleted, 3 tag \
+                   versions pruned, 0.012 seconds";
         assert_eq!(parse_cycle_report(out), Some((1, 120, 118)));
         assert_eq!(parse_cycle_report("refresh incomplete: 1 keys"), None);
     }

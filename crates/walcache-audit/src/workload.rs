@@ -4,7 +4,7 @@
 //! |---|---|---|---|
 //! | `audit_rows(id, version)` | UPDATE | `get_or_load`, namespace `audit_rows`, rule keys `["{id}"]` | `row_key(ROWS, id)` |
 //! | `audit_items(id, version)` | INSERT, UPDATE, DELETE | `try_get_optional_with` (cached "not found"), namespace `audit_items`, rule keys `["{id}"]` | `row_key(ITEMS, id)` |
-//! | `audit_counters(id, version)` (16 rows) | UPDATE | `try_get_tagged_with` of `sum(version)` under the tag `audit_counters`, namespace `audit_sums`; the rule has no keys, only the tag | `row_key(SUM, 0)`, version = the sum |
+//! | `audit_counters(id, version)` (16 rows) | UPDATE | `try_get_tagged_with` of `sum(version)` under the tag `audit_counters`, namespace `audit_sums`; the rule has no keys, only the tag, bumped in `audit_sums` (`tag_namespaces`) | `row_key(SUM, 0)`, version = the sum |
 //! | `audit_parts(id, part, version)`, partitioned by `part = id % 2` | by the `ddl` fault only: TRUNCATE and refill a partition, DETACH and re-ATTACH one, replica identity changes, DROP and re-create the table | `try_get_optional_with`, namespace `audit_parts`, rule keys `["{id}"]` | `row_key(PARTS, id)` |
 //! | `audit_filler(id, version)` (10,000 rows) | UPDATE, by `daemon-backlog`'s burst writers only | nobody; the rule keys `["{id}"]` make every change an invalidation the daemon must publish | — |
 //!
@@ -113,30 +113,36 @@ pub(crate) fn rules() -> Vec<walcache_audit::daemon::RuleSpec> {
             namespace: NS_ROWS.into(),
             keys: vec!["{id}".into()],
             tags: vec![],
+            tag_namespaces: vec![],
         },
         RuleSpec {
             table: "public.audit_items".into(),
             namespace: NS_ITEMS.into(),
             keys: vec!["{id}".into()],
             tags: vec![],
+            tag_namespaces: vec![],
         },
         RuleSpec {
             table: "public.audit_counters".into(),
             namespace: "audit_counters".into(),
             keys: vec![],
             tags: vec![COUNTERS_TAG.into()],
+            // The sums are cached in their own namespace: the tag is bumped there.
+            tag_namespaces: vec![NS_SUMS.into()],
         },
         RuleSpec {
             table: "public.audit_parts".into(),
             namespace: NS_PARTS.into(),
             keys: vec!["{id}".into()],
             tags: vec![],
+            tag_namespaces: vec![],
         },
         RuleSpec {
             table: format!("public.{FILLER}"),
             namespace: FILLER.into(),
             keys: vec!["{id}".into()],
             tags: vec![],
+            tag_namespaces: vec![],
         },
     ]
 }

@@ -51,6 +51,7 @@ async fn one_refresh_cycle_leaves_nothing_stale_in_either_tier() {
                 namespace: NAMESPACE.into(),
                 keys: vec!["{id}".into()],
                 tags: vec![],
+                tag_namespaces: vec![],
             }],
         ),
     )

@@ -39,7 +39,12 @@ pub use key::{
     key_of, ColumnType, KeyBuilder, KeyError, KeyPart, KeyTemplate, TemplateError, ToKey,
 };
 pub use message::{
-    Body, DecodeError, HeartbeatDetails, KeyRef, Message, FORMAT_MAJOR, FORMAT_MINOR,
+    Body, DecodeError, HeartbeatDetails, KeyRef, Message, TagRef, FORMAT_MAJOR, FORMAT_MINOR,
     MAX_MESSAGE_BYTES,
 };
 pub use naming::{validate_namespace, validate_tag, NameError, Naming};
+
+/// The longest fill lease a library may hold. A fill lands within this long of its value's
+/// stamp or not at all, so the daemon's full refresh may prune a tag version older than a
+/// completed cycle's start minus this: no value it could make stale survives the cycle.
+pub const MAX_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(60);

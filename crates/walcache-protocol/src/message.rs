@@ -4,15 +4,15 @@
 //! publish unsequenced messages (`seq == 0`) on the application channel. Every embedded library
 //! decodes them with [`Message::decode`], which is bounded and never panics, whatever the bytes.
 //!
-//! # Wire format v1.2
+//! # Wire format v1.3
 //!
-//! Fields marked `[v1.1]` were appended by minor version 1, `[v1.2]` by minor version 2;
-//! everything else is v1.0.
+//! Fields marked `[v1.1]` were appended by minor version 1, `[v1.2]` by minor version 2,
+//! `[v1.3]` by minor version 3; everything else is v1.0.
 //!
 //! ```text
 //! bytes 0..2  magic b"WC"
 //! byte  2     major (1)      -> other major: DecodeError::UnsupportedMajor
-//! byte  3     minor (2)      -> any minor accepted (newer minors may append fields; see "extra bytes")
+//! byte  3     minor (3)      -> any minor accepted (newer minors may append fields; see "extra bytes")
 //! varint      header_len, then header_len bytes of header:
 //!               epoch: u64 little-endian, fixed 8 bytes
 //!               seq: varint;  lsn: varint;  commit_time_micros: zigzag varint
@@ -21,7 +21,9 @@
 //! byte        body kind: 1 Keys, 2 Tags, 3 Flush, 4 Heartbeat  (unknown -> DecodeError::UnknownBodyKind)
 //! varint      body_len, then body_len bytes of body:
 //!               Keys:  count varint, then count × (namespace: string, key: string)
-//!               Tags:  count varint, then count × string
+//!               Tags:  count varint, then count × tag string
+//!   [v1.3]        then, optionally (absent -> every namespace): count × namespace string,
+//!                 the namespace of each tag in order ('' = every namespace)
 //!               Flush: count varint, then count × string
 //!               Heartbeat: last_data_seq varint
 //!   [v1.1]        then, optionally and only as a whole (absent -> details None):
@@ -39,9 +41,9 @@
 //! The encoder always writes minimal varints; the decoder also accepts non-minimal ones as long as
 //! they fit in 10 bytes and in a `u64`.
 //!
-//! The encoder writes minor 2 and always writes `sent_at_micros` (0 when unknown). It writes the
+//! The encoder writes minor 3 and always writes `sent_at_micros` (0 when unknown). It writes the
 //! heartbeat details only when [`Body::Heartbeat`]'s `details` is `Some`, so a heartbeat without
-//! details is exactly a v1.0 heartbeat body (still under minor byte 2); details are always
+//! details is exactly a v1.0 heartbeat body (still under minor byte 3); details are always
 //! written whole, `out_of_service` included (a count of 0 when empty), so a later minor can
 //! append after them.
 //!
@@ -80,6 +82,17 @@
 //! - A namespace in `out_of_service` is never also in `namespaces`: a daemon does not certify
 //!   what it cannot keep fresh. A decoder that finds both treats it as out of service.
 //!
+//! Between v1.2 and v1.3:
+//!
+//! - Tags are scoped to a namespace since v1.3 (their versions live in the namespace's hash
+//!   slot). A v1.3 `Tags` body appends the namespace of each tag after the tags; a v1.2 (or
+//!   older) decoder skips them and drops the tags in every namespace, which only drops more.
+//! - This decoder reads a v1.2 `Tags` body with every [`TagRef::namespace`] `None`: the tag
+//!   in every namespace, as a v1.2 sender meant. The namespaces are present when the body has
+//!   bytes left after the tags; cut short inside, they are [`DecodeError::Truncated`].
+//! - The encoder writes the namespaces when any tag has one (`''` for those that do not), so a
+//!   body of tags without namespaces is exactly a v1.2 body.
+//!
 //! # Limits
 //!
 //! [`Message::decode`] refuses input longer than [`MAX_MESSAGE_BYTES`], and never allocates from a
@@ -92,9 +105,9 @@ use thiserror::Error;
 /// The major format version this crate writes and the only one it decodes.
 pub const FORMAT_MAJOR: u8 = 1;
 
-/// The minor format version this crate writes (2: v1.2). Any minor of [`FORMAT_MAJOR`] is
+/// The minor format version this crate writes (3: v1.3). Any minor of [`FORMAT_MAJOR`] is
 /// decoded.
-pub const FORMAT_MINOR: u8 = 2;
+pub const FORMAT_MINOR: u8 = 3;
 
 /// Upper bound on an encoded message the decoder accepts; the daemon must split below it.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
@@ -140,8 +153,9 @@ pub struct Message {
 pub enum Body {
     /// Drop these keys.
     Keys(Vec<KeyRef>),
-    /// Drop every entry carrying one of these tags.
-    Tags(Vec<String>),
+    /// Drop every entry carrying one of these tags in its namespace (the tags' versions were
+    /// moved in Redis).
+    Tags(Vec<TagRef>),
     /// Drop whole namespaces (their generation was bumped in Redis).
     Flush(Vec<String>),
     /// Liveness. Sent only while the daemon is streaming and caught up.
@@ -205,6 +219,33 @@ impl HeartbeatDetails {
     }
 }
 
+/// One tag inside a namespace, as carried by [`Body::Tags`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TagRef {
+    /// The namespace whose entries carrying the tag are dropped (see
+    /// [`crate::validate_namespace`]); `None`: every namespace (a v1.2 or older sender, whose
+    /// tags were not scoped to a namespace).
+    pub namespace: Option<String>,
+    /// The tag (see [`crate::validate_tag`]).
+    pub tag: String,
+}
+
+impl TagRef {
+    /// A tag of one namespace.
+    pub fn new(namespace: impl Into<String>, tag: impl Into<String>) -> TagRef {
+        TagRef {
+            namespace: Some(namespace.into()),
+            tag: tag.into(),
+        }
+    }
+
+    /// The bytes this tag adds to the body of a [`Body::Tags`] message whose tags carry their
+    /// namespaces (not counting the growth of the count varint).
+    pub fn encoded_len(&self) -> usize {
+        string_len(&self.tag) + string_len(self.namespace.as_deref().unwrap_or(""))
+    }
+}
+
 /// One cache key inside a namespace, as carried by [`Body::Keys`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KeyRef {
@@ -246,7 +287,21 @@ impl Body {
             Body::Keys(keys) => {
                 varint_len(keys.len() as u64) + keys.iter().map(KeyRef::encoded_len).sum::<usize>()
             }
-            Body::Tags(items) | Body::Flush(items) => {
+            Body::Tags(tags) => {
+                let scoped = tags.iter().any(|t| t.namespace.is_some());
+                varint_len(tags.len() as u64)
+                    + tags
+                        .iter()
+                        .map(|t| {
+                            if scoped {
+                                t.encoded_len()
+                            } else {
+                                string_len(&t.tag)
+                            }
+                        })
+                        .sum::<usize>()
+            }
+            Body::Flush(items) => {
                 varint_len(items.len() as u64) + items.iter().map(|s| string_len(s)).sum::<usize>()
             }
             Body::Heartbeat {
@@ -268,7 +323,18 @@ impl Body {
                     put_string(out, &k.key);
                 }
             }
-            Body::Tags(items) | Body::Flush(items) => {
+            Body::Tags(tags) => {
+                put_varint(out, tags.len() as u64);
+                for t in tags {
+                    put_string(out, &t.tag);
+                }
+                if tags.iter().any(|t| t.namespace.is_some()) {
+                    for t in tags {
+                        put_string(out, t.namespace.as_deref().unwrap_or(""));
+                    }
+                }
+            }
+            Body::Flush(items) => {
                 put_varint(out, items.len() as u64);
                 for s in items {
                     put_string(out, s);
@@ -350,8 +416,9 @@ impl Message {
     /// Decode a message of any minor version of [`FORMAT_MAJOR`].
     ///
     /// A v1.0 message decodes with `sent_at_micros == 0` and heartbeat `details: None`; v1.1
-    /// heartbeat details decode with an empty `out_of_service`. Fields a minor newer than v1.2
-    /// appended (extra header bytes, extra body bytes, bytes after the body) are ignored.
+    /// heartbeat details decode with an empty `out_of_service`; v1.2 tags with no namespace.
+    /// Fields a minor newer than v1.3 appended (extra header bytes, extra body bytes, bytes
+    /// after the body) are ignored.
     ///
     /// # Errors
     ///
@@ -417,7 +484,24 @@ impl Message {
                 }
                 Body::Keys(keys)
             }
-            KIND_TAGS => Body::Tags(b.strings("tag count", "tag")?),
+            KIND_TAGS => {
+                let tags = b.strings("tag count", "tag")?;
+                // v1.3: each tag's namespace, if the body goes on; a v1.2 body ends here.
+                let mut namespaces = Vec::new();
+                if !b.is_empty() {
+                    for _ in 0..tags.len() {
+                        let ns = b.string("tag namespace")?;
+                        namespaces.push((!ns.is_empty()).then_some(ns));
+                    }
+                }
+                namespaces.resize(tags.len(), None);
+                Body::Tags(
+                    tags.into_iter()
+                        .zip(namespaces)
+                        .map(|(tag, namespace)| TagRef { namespace, tag })
+                        .collect(),
+                )
+            }
             KIND_FLUSH => Body::Flush(b.strings("namespace count", "namespace")?),
             _ => {
                 let last_data_seq = b.varint("last_data_seq")?;

@@ -1,9 +1,8 @@
 //! Redis key and channel names shared by the library and the daemon.
 //!
 //! Every name starts with a configurable prefix (default `wc`). Keys that belong to one namespace
-//! carry the namespace in a Redis Cluster hash tag (`wc:{users}:…`), so a namespace's generation
-//! and its values live in one slot; a tag's version and member set likewise share the hash tag
-//! `{tag}`.
+//! carry the namespace in a Redis Cluster hash tag (`wc:{users}:…`), so a namespace's generation,
+//! its tags' versions and its values live in one slot. Tags are scoped to a namespace.
 //!
 //! | what | name |
 //! |---|---|
@@ -12,15 +11,13 @@
 //! | namespace generation | `wc:{users}:gen` |
 //! | value | `wc:{users}:g7:s1:<canonical key>` |
 //! | value SCAN prefix | `wc:{users}:g` |
-//! | tag version | `wc:tag:{users}:v` |
-//! | tag members | `wc:tag:{users}:m` |
+//! | the namespace's tag versions (a hash: tag → µs of its last invalidation) | `wc:{users}:tags` |
 //! | the daemon's durable marker of a namespace | `wc:{users}:mark` |
-//! | the daemon's durable marker of a tag | `wc:tag:{users}:mark` |
 //! | the daemon's last view of the namespace's tables in the catalog | `wc:{users}:catalog` |
 //! | start of the daemon's last completed full refresh | `wc:refresh:last` |
 //!
-//! Namespace keys start with `wc:{` and tag keys with `wc:tag:`, so the two families never collide.
-//! The name builders do not validate their arguments: validate namespaces and tags once, when they
+//! Every key of a namespace starts with `wc:{`; the daemon's refresh bookkeeping
+//! (`wc:refresh:`) lies outside that family. The name builders do not validate their arguments: validate namespaces and tags once, when they
 //! are configured, with [`validate_namespace`] and [`validate_tag`].
 
 use thiserror::Error;
@@ -212,14 +209,13 @@ impl Naming {
         format!("{}:{{{ns}}}:g", self.prefix)
     }
 
-    /// The version counter of a tag, e.g. `wc:tag:{users}:v`.
-    pub fn tag_version_key(&self, tag: &str) -> String {
-        format!("{}:tag:{{{tag}}}:v", self.prefix)
-    }
-
-    /// The member set of a tag, e.g. `wc:tag:{users}:m`.
-    pub fn tag_members_key(&self, tag: &str) -> String {
-        format!("{}:tag:{{{tag}}}:m", self.prefix)
+    /// `{prefix}:{ns}:tags`, e.g. `wc:{users}:tags`: the namespace's tag versions, a hash from
+    /// each tag to the time of its last invalidation (µs since the Unix epoch on the Redis
+    /// server's clock, `TIME`; strictly increasing per tag). A value carrying a tag is current
+    /// only if it was leased after that time. No time-to-live (it must not be evicted); the
+    /// daemon's full refresh drops fields older than everything a cycle can have left.
+    pub fn tags_key(&self, ns: &str) -> String {
+        format!("{}:{{{ns}}}:tags", self.prefix)
     }
 
     /// `{prefix}:{ns}:mark`, e.g. `wc:{users}:mark`: the daemon's durable marker of the
@@ -237,15 +233,9 @@ impl Naming {
         format!("{}:{{{ns}}}:catalog", self.prefix)
     }
 
-    /// `{prefix}:tag:{tag}:mark`, e.g. `wc:tag:{users}:mark`: the daemon's durable marker of a
-    /// tag its rules bump, as [`marker_key`](Self::marker_key) is for a namespace.
-    pub fn tag_marker_key(&self, tag: &str) -> String {
-        format!("{}:tag:{{{tag}}}:mark", self.prefix)
-    }
-
     /// `{prefix}:refresh:last`, e.g. `wc:refresh:last`: when the daemon's last completed full
-    /// refresh started (ms since the Unix epoch). Outside the namespace (`wc:{`) and tag
-    /// (`wc:tag:`) families, so no SCAN of either meets it.
+    /// refresh started (ms since the Unix epoch, on the Redis server's clock). Outside the
+    /// namespace family (`wc:{`), so no SCAN of a namespace meets it.
     pub fn refresh_last_key(&self) -> String {
         format!("{}:refresh:last", self.prefix)
     }
@@ -268,11 +258,9 @@ mod tests {
         assert!(n
             .value_key("users", 7, 1, "42")
             .starts_with(&n.value_key_prefix("users")));
-        assert_eq!(n.tag_version_key("users"), "wc:tag:{users}:v");
-        assert_eq!(n.tag_members_key("users"), "wc:tag:{users}:m");
+        assert_eq!(n.tags_key("users"), "wc:{users}:tags");
         assert_eq!(n.refresh_last_key(), "wc:refresh:last");
         assert_eq!(n.marker_key("users"), "wc:{users}:mark");
-        assert_eq!(n.tag_marker_key("users"), "wc:tag:{users}:mark");
         assert_eq!(n.catalog_key("users"), "wc:{users}:catalog");
         // A marker is never mistaken for a value (SCAN of `wc:{users}:g*`).
         assert!(!n

@@ -1,10 +1,11 @@
 //! Generations: the counters that let a fill notice that an invalidation raced it.
 //!
 //! Every invalidation that can touch a key bumps a counter *before* it removes anything: the
-//! key's stripe (by key hash), its namespace's counter, or the process-wide counter (tags,
-//! reconnects, gaps). A fill snapshots the three counters before any I/O and inserts into L1
-//! only if the snapshot is unchanged afterwards; if it changed after the insert, it removes
-//! what it inserted.
+//! key's stripe (by key hash), its namespace's counter, its namespace's tag counter (a tag of
+//! the namespace), or the process-wide counter (reconnects, gaps). A fill snapshots the
+//! counters before any I/O and inserts into L1 only if the snapshot is unchanged afterwards
+//! (the tag counter only for an entry that carries tags); if it changed after the insert, it
+//! removes what it inserted.
 //!
 //! That pair is a store-buffering handshake across two locations, one of them inside moka:
 //! the fill writes the entry (moka's map) then reads our counter; the invalidation writes our
@@ -40,8 +41,9 @@ const STRIPES: usize = 64;
 /// next hit, the L1 entries carrying a tag of its stripe.
 const TAG_STRIPES: usize = 256;
 
-/// Per-tag counters, striped by tag hash, that a tagged L1 entry records when it is filled
-/// and that its every hit compares: an entry whose tag's counter moved since is not served.
+/// One namespace's per-tag counters, striped by tag hash, that a tagged L1 entry records when
+/// it is filled and that its every hit compares: an entry whose tag's counter moved since is
+/// not served.
 ///
 /// moka's predicate invalidation (`invalidate_entries_if`) alone is not enough: it is applied
 /// lazily, and the fuzz test (`tests/it/fuzz.rs`) saw entries it should have covered served
@@ -49,12 +51,14 @@ const TAG_STRIPES: usize = 256;
 /// this process and exact (up to stripe collisions, which only invalidate more).
 ///
 /// Order, for a fill racing a tag invalidation (both sides SeqCst with [`handshake_fence`]):
-/// the invalidation bumps the process-wide counter, then the tag's stripe; the fill reads the
-/// stripe (its stamp), then checks the process-wide counter against its snapshot from before
-/// its I/O, and only then inserts. If that check misses the first bump, the stamp read came
+/// the invalidation bumps the namespace's tag counter, then the tag's stripe; the fill reads
+/// the stripe (its stamp), then checks the tag counter against its snapshot from before its
+/// I/O, and only then inserts. If that check misses the first bump, the stamp read came
 /// before the second: the entry carries the old stamp and is refused on hit. Otherwise the
 /// fill does not insert. (Stamps read after the check could be the new ones on an entry
 /// inserted after the invalidation returned, served until the fill's re-read removed it.)
+/// Only fills of tagged entries in the namespace check the tag counter: a tag invalidation
+/// disturbs no other fill.
 #[derive(Debug)]
 pub(crate) struct TagStamps {
     stripes: [AtomicU64; TAG_STRIPES],
@@ -89,6 +93,10 @@ pub(crate) const UNKNOWN_GENERATION: u64 = u64::MAX;
 #[derive(Debug)]
 pub(crate) struct NamespaceGenerations {
     namespace: AtomicU64,
+    /// Moves with every tag invalidation of the namespace, before the tag's stripe.
+    tags: AtomicU64,
+    /// The namespace's per-tag counters.
+    pub(crate) tag_stamps: TagStamps,
     stripes: [AtomicU64; STRIPES],
     /// The namespace's generation in Redis (part of every value key), or [`UNKNOWN_GENERATION`].
     l2_generation: AtomicU64,
@@ -104,6 +112,18 @@ pub(crate) struct Snapshot {
     global: u64,
     namespace: u64,
     stripe: u64,
+    tags: u64,
+}
+
+impl Snapshot {
+    /// Whether no invalidation that concerns an entry moved the counters between `self` and
+    /// `now`: for an untagged entry, tag invalidations do not.
+    pub(crate) fn holds(&self, now: &Snapshot, tagged: bool) -> bool {
+        self.global == now.global
+            && self.namespace == now.namespace
+            && self.stripe == now.stripe
+            && (!tagged || self.tags == now.tags)
+    }
 }
 
 /// The fence on both sides of the insert / re-read versus bump / remove handshake (see the
@@ -124,6 +144,8 @@ impl NamespaceGenerations {
     pub(crate) fn new() -> Self {
         NamespaceGenerations {
             namespace: AtomicU64::new(0),
+            tags: AtomicU64::new(0),
+            tag_stamps: TagStamps::new(),
             stripes: std::array::from_fn(|_| AtomicU64::new(0)),
             l2_generation: AtomicU64::new(UNKNOWN_GENERATION),
             l2_lock: Mutex::new(()),
@@ -144,7 +166,16 @@ impl NamespaceGenerations {
             global: global.load(Ordering::SeqCst),
             namespace: self.namespace.load(Ordering::SeqCst),
             stripe: self.stripe(hash).load(Ordering::SeqCst),
+            tags: self.tags.load(Ordering::SeqCst),
         }
+    }
+
+    /// A tag of the namespace was invalidated: the tag counter moves, then the tag's stripe
+    /// (see [`TagStamps`]).
+    pub(crate) fn bump_tag(&self, tag: &str) {
+        self.tags.fetch_add(1, Ordering::SeqCst);
+        handshake_fence();
+        self.tag_stamps.bump(tag);
     }
 
     pub(crate) fn bump_key(&self, hash: u64) {
@@ -195,6 +226,7 @@ impl NamespaceGenerations {
             global: global.load(Ordering::SeqCst),
             namespace: self.namespace.load(Ordering::SeqCst),
             stripe: 0,
+            tags: 0,
         }
     }
 
@@ -256,7 +288,14 @@ mod tests {
         let s2 = g.snapshot(&global, h);
         assert_ne!(s1, s2);
         global.fetch_add(1, Ordering::AcqRel);
-        assert_ne!(s2, g.snapshot(&global, h));
+        let s3 = g.snapshot(&global, h);
+        assert_ne!(s2, s3);
+        // A tag invalidation concerns tagged entries only.
+        g.bump_tag("users");
+        let s4 = g.snapshot(&global, h);
+        assert!(s3.holds(&s4, false));
+        assert!(!s3.holds(&s4, true));
+        assert!(!s2.holds(&s4, false));
     }
 
     #[test]

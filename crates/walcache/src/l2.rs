@@ -4,15 +4,40 @@
 //!
 //! | first byte | meaning | rest |
 //! |---|---|---|
-//! | `0x01` | a value | fill time (ms since the Unix epoch, u64 LE), tags length (u16 LE), the value's tags joined by `\n`, then the codec's bytes |
-//! | `0x02` | a cached "not found" | fill time |
+//! | `0x01` | a value | stamp (µs since the Unix epoch, u64 LE), tags length (u16 LE), the value's tags joined by `\n`, then the codec's bytes |
+//! | `0x02` | a cached "not found" | stamp |
 //! | `0x00` | a lease | `L` and the holder's random token |
 //!
 //! Anything else is *undecodable*: counted, treated as a miss, and overwritten by the next fill.
-//! Fill times let the daemon's full refresh expire everything filled before a cycle began.
+//!
+//! The *stamp* is when the value's load began: the time the fill lease was taken (or the insert
+//! ran), read inside the script from the Redis server's clock (`TIME`), never a service's, so
+//! services whose clocks disagree still agree on it. The daemon's full refresh expires
+//! everything stamped before a cycle began.
+//!
+//! **Tags** are scoped to the namespace. Each namespace keeps one hash
+//! ([`Naming::tags_key`]) from tag to the time of its last invalidation (µs, `TIME`). A value
+//! carrying tags is current only if every one of them was last invalidated *before* its stamp;
+//! a read checks that (with the value, in one script, when the caller names the tags), so a tag
+//! invalidation is one `HSET` whatever the number of values carrying the tag, and nothing it
+//! depends on has a time-to-live that eviction could take. The hash's field `" now"` (a space
+//! no tag can contain) is the namespace's clock for tags: every tagged lease and every tag
+//! invalidation moves it strictly forward and takes its time from it, so the order of stamps
+//! and invalidation times is the order in which Redis ran them even if the server's clock
+//! steps back. Its field `" ttl"` is the longest time-to-live (ms) a tagged value of the
+//! namespace was given, recorded by each tagged lease and insert before the value exists.
+//!
+//! A tag's field may go once no value it could make stale can still be read: every such value
+//! was stamped before it, landed within [`MAX_LEASE_TTL`](walcache_protocol::MAX_LEASE_TTL)
+//! of its stamp (or never: its lease expired) and expired `" ttl"` after that. So each tag
+//! invalidation (the library's and the daemon's) also examines a few fields from a cursor
+//! kept in `" cursor"` and deletes those older than `now − (" ttl" + MAX_LEASE_TTL)`: the
+//! hash holds about the tags invalidated within one time-to-live, whatever tags come and go.
+//! A flush of the namespace leaves it alone: a process that has not yet heard of the flush
+//! still reads the old generation, whose values the versions must keep judging.
 
 use std::future::Future;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
@@ -25,7 +50,7 @@ use crate::metrics as m;
 const TAG_VALUE: u8 = 0x01;
 const TAG_NEGATIVE: u8 = 0x02;
 const TAG_LEASE: u8 = 0x00;
-/// Tag byte and fill time: the part every envelope kind shares (the daemon's refresh reads it).
+/// Tag byte and stamp: the part every envelope kind shares (the daemon's refresh reads it).
 const HEADER_LEN: usize = 9;
 /// A value envelope's fixed part: the header and the tags length.
 const VALUE_HEADER_LEN: usize = HEADER_LEN + 2;
@@ -38,6 +63,9 @@ pub(crate) enum Found {
     Miss,
     /// A value envelope, whole (see [`payload`]).
     Value(Vec<u8>),
+    /// A value one of whose tags was invalidated after its stamp, whole: a miss, and a fill
+    /// may replace exactly these bytes.
+    Superseded(Vec<u8>),
     /// A cached "not found", whole.
     Negative(Vec<u8>),
     Lease,
@@ -70,16 +98,22 @@ pub(crate) fn split_value(envelope: &[u8]) -> Option<(Vec<String>, &[u8])> {
     Some((tags, payload))
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+/// The stamp of an envelope ([`Found::Value`] or [`Found::Negative`] bytes), µs since the
+/// Unix epoch on the Redis server's clock.
+pub(crate) fn stamp_of(envelope: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = envelope.get(1..HEADER_LEN)?.try_into().ok()?;
+    Some(u64::from_le_bytes(bytes))
 }
 
-/// A value envelope. Tags longer than 64 KiB in total are a caller error, refused earlier
-/// (see `MAX_TAG_BYTES` in the cache).
-pub(crate) fn value_envelope(payload: &[u8], tags: &[String]) -> Vec<u8> {
+/// Whether a value stamped `stamp` is current: each of its tags was last invalidated before
+/// it (`versions`, µs; 0 for a tag never invalidated or pruned).
+pub(crate) fn tags_current(stamp: u64, versions: &[u64]) -> bool {
+    versions.iter().all(|v| *v < stamp)
+}
+
+/// A value envelope stamped `stamp` (µs, from the lease). Tags longer than 64 KiB in total are
+/// a caller error, refused earlier (see `MAX_TAG_BYTES` in the cache).
+pub(crate) fn value_envelope(payload: &[u8], tags: &[String], stamp: u64) -> Vec<u8> {
     let tags_len: usize = tags
         .iter()
         .map(|t| t.len() + 1)
@@ -88,7 +122,7 @@ pub(crate) fn value_envelope(payload: &[u8], tags: &[String]) -> Vec<u8> {
     let tags_len_u16 = u16::try_from(tags_len).unwrap_or(u16::MAX);
     let mut out = Vec::with_capacity(VALUE_HEADER_LEN + tags_len + payload.len());
     out.push(TAG_VALUE);
-    out.extend_from_slice(&now_ms().to_le_bytes());
+    out.extend_from_slice(&stamp.to_le_bytes());
     out.extend_from_slice(&tags_len_u16.to_le_bytes());
     for (i, t) in tags.iter().enumerate() {
         if i > 0 {
@@ -100,10 +134,11 @@ pub(crate) fn value_envelope(payload: &[u8], tags: &[String]) -> Vec<u8> {
     out
 }
 
-pub(crate) fn negative_envelope() -> Vec<u8> {
+/// A cached "not found" stamped `stamp` (µs, from the lease).
+pub(crate) fn negative_envelope(stamp: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN);
     out.push(TAG_NEGATIVE);
-    out.extend_from_slice(&now_ms().to_le_bytes());
+    out.extend_from_slice(&stamp.to_le_bytes());
     out
 }
 
@@ -119,6 +154,7 @@ pub(crate) fn new_lease() -> Vec<u8> {
 pub(crate) struct Names {
     generation_key: String,
     schemas_key: String,
+    tags_key: String,
     /// `wc:{ns}:g`: a value key is this + generation + `:s` + schema + `:` + key.
     value_prefix: String,
     /// `:s{schema}:`
@@ -131,6 +167,7 @@ impl Names {
         Names {
             generation_key: naming.generation_key(namespace),
             schemas_key: naming.schemas_key(namespace),
+            tags_key: naming.tags_key(namespace),
             value_prefix: naming.value_key_prefix(namespace),
             schema_infix: format!(":s{schema}:"),
             schema,
@@ -159,13 +196,15 @@ impl Names {
     }
 }
 
-/// A won lease: the key it is on and the values the fill must still see for its CAS to pass.
+/// A won lease: the key it is on, what the fill must still see for its CAS to pass, and the
+/// stamp of the value it will store.
 #[derive(Debug, Clone)]
 pub(crate) struct Lease {
     pub(crate) value_key: String,
     pub(crate) token: Vec<u8>,
     pub(crate) generation: String,
-    pub(crate) tag_versions: Vec<String>,
+    /// When the lease was taken (µs, the Redis server's clock): the value's stamp.
+    pub(crate) stamp: u64,
 }
 
 impl Lease {
@@ -175,7 +214,7 @@ impl Lease {
             value_key: names.value_key(generation, key),
             token: new_lease(),
             generation: generation.to_string(),
-            tag_versions: Vec::new(),
+            stamp: 0,
         }
     }
 }
@@ -193,14 +232,15 @@ pub(crate) enum FillOutcome {
     Stored,
     /// The key no longer holds our lease: it was invalidated (or the lease expired).
     LeaseLost,
-    /// The namespace was flushed or a tag invalidated during the load.
+    /// The namespace was flushed, or one of the value's tags invalidated, during the load.
     Raced,
 }
 
 /// The operations timed in `walcache_l2_duration_seconds{op}`.
-const OPS: [&str; 9] = [
+const OPS: [&str; 10] = [
     "get",
     "get_with_generation",
+    "tag_versions",
     "lease",
     "fill",
     "release",
@@ -224,10 +264,22 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Scripts {
+            // KEYS: generation, tags. ARGV: value prefix, key suffix, the generation if known
+            // ('' = read it), then tags whose versions to return with the value.
             read: Script::new(
-                r"local g = redis.call('GET', KEYS[1]) or '0'
-return {g, redis.call('GET', ARGV[1] .. g .. ARGV[2])}",
+                r"local g = ARGV[3]
+if g == '' then g = redis.call('GET', KEYS[1]) or '0' end
+local out = {g, redis.call('GET', ARGV[1] .. g .. ARGV[2])}
+if #ARGV > 3 then
+  local v = redis.call('HMGET', KEYS[2], unpack(ARGV, 4))
+  for i = 1, #v do out[2 + i] = v[i] or '0' end
+end
+return out",
             ),
+            // KEYS: generation, schemas, tags. ARGV: value prefix, key suffix, expected
+            // generation ('' = any), lease, lease ttl (ms), bytes it may replace ('' = none),
+            // schema, the value's ttl (ms) if it carries tags ('0': untagged; a tagged stamp
+            // comes from the namespace's tag clock, and the ttl is recorded first).
             lease: Script::new(
                 r"local g = redis.call('GET', KEYS[1]) or '0'
 if ARGV[3] ~= '' and g ~= ARGV[3] then return {3, g} end
@@ -235,45 +287,55 @@ local k = ARGV[1] .. g .. ARGV[2]
 local cur = redis.call('GET', k)
 if cur and not (ARGV[6] ~= '' and cur == ARGV[6]) then return {2, g, cur} end
 redis.call('SET', k, ARGV[4], 'PX', ARGV[5])
-redis.call('SADD', KEYS[2], ARGV[8])
-local out = {1, g}
-for i = 3, #KEYS do
-  local v = redis.call('GET', KEYS[i])
-  if v then redis.call('PEXPIRE', KEYS[i], ARGV[7]) else v = '0' end
-  out[#out + 1] = v
+redis.call('SADD', KEYS[2], ARGV[7])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local ttl = tonumber(ARGV[8])
+if ttl > 0 then
+  local clock = redis.call('HMGET', KEYS[3], ' now', ' ttl')
+  now = math.max(now, (tonumber(clock[1]) or 0) + 1)
+  redis.call('HSET', KEYS[3], ' now', string.format('%.0f', now), ' ttl', string.format('%.0f', math.max(ttl, tonumber(clock[2]) or 0)))
 end
-return out",
+return {1, g, string.format('%.0f', now)}",
             ),
+            // KEYS: value, generation, tags. ARGV: lease, envelope, ttl (ms), generation,
+            // stamp (µs), then the value's tags.
             fill: Script::new(
                 r"if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[4] then redis.call('DEL', KEYS[1]) return -1 end
-local n = tonumber(ARGV[5])
-for i = 1, n do
-  if (redis.call('GET', KEYS[2 + i]) or '0') ~= ARGV[5 + i] then redis.call('DEL', KEYS[1]) return -2 end
+if #ARGV > 5 then
+  local stamp = tonumber(ARGV[5])
+  local v = redis.call('HMGET', KEYS[3], unpack(ARGV, 6))
+  for i = 1, #v do
+    if v[i] and tonumber(v[i]) >= stamp then redis.call('DEL', KEYS[1]) return -2 end
+  end
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-local bt = tonumber(ARGV[6 + n])
-for i = 1, n do
-  local mk = KEYS[2 + n + i]
-  redis.call('SADD', mk, KEYS[1])
-  if redis.call('PTTL', mk) < bt then redis.call('PEXPIRE', mk, bt) end
-end
 return 1",
             ),
             release: Script::new(
                 r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0",
             ),
+            // KEYS: generation, schemas, tags. ARGV: value prefix, key suffix, envelope (its
+            // stamp is written here), ttl (ms), schema, tagged ('1' or '0').
             insert: Script::new(
                 r"local g = redis.call('GET', KEYS[1]) or '0'
-local k = ARGV[1] .. g .. ARGV[2]
-redis.call('SET', k, ARGV[3], 'PX', ARGV[4])
-redis.call('SADD', KEYS[2], ARGV[6])
-local bt = tonumber(ARGV[5])
-for i = 3, #KEYS do
-  redis.call('SADD', KEYS[i], k)
-  if redis.call('PTTL', KEYS[i]) < bt then redis.call('PEXPIRE', KEYS[i], bt) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if ARGV[6] == '1' then
+  local clock = redis.call('HMGET', KEYS[3], ' now', ' ttl')
+  now = math.max(now, (tonumber(clock[1]) or 0) + 1)
+  redis.call('HSET', KEYS[3], ' now', string.format('%.0f', now), ' ttl', string.format('%.0f', math.max(tonumber(ARGV[4]), tonumber(clock[2]) or 0)))
 end
+local stamp, n = '', now
+for i = 1, 8 do
+  stamp = stamp .. string.char(n % 256)
+  n = math.floor(n / 256)
+end
+local env = ARGV[3]
+redis.call('SET', ARGV[1] .. g .. ARGV[2], string.sub(env, 1, 1) .. stamp .. string.sub(env, 10), 'PX', ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[5])
 return g",
             ),
             invalidate_keys: Script::new(
@@ -287,16 +349,26 @@ end
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1",
             ),
+            // KEYS: tags. ARGV: channel, message, tag, max lease ttl (ms). The tag's time moves
+            // past the namespace's tag clock (and past its own), so it follows every stamp
+            // taken before; then a few fields too old to matter go (see the module docs).
             invalidate_tag: Script::new(
-                r"redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-local members = redis.call('SMEMBERS', KEYS[2])
-for i = 1, #members, 500 do
-  redis.call('DEL', unpack(members, i, math.min(i + 499, #members)))
+                r"local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local h = redis.call('HMGET', KEYS[1], ' now', ' ttl', ' cursor', ARGV[3])
+local v = math.max(now, (tonumber(h[1]) or 0) + 1, (tonumber(h[4]) or 0) + 1)
+redis.call('HSET', KEYS[1], ARGV[3], string.format('%.0f', v), ' now', string.format('%.0f', v))
+local horizon = now - ((tonumber(h[2]) or 0) + tonumber(ARGV[4])) * 1000
+local page = redis.call('HSCAN', KEYS[1], h[3] or '0', 'COUNT', 16)
+for i = 1, #page[2], 2 do
+  local f = page[2][i]
+  if string.byte(f, 1) ~= 32 and (tonumber(page[2][i + 1]) or 0) < horizon then
+    redis.call('HDEL', KEYS[1], f)
+  end
 end
-redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], ' cursor', page[1])
 redis.call('PUBLISH', ARGV[1], ARGV[2])
-return #members",
+return 1",
             ),
             flush: Script::new(
                 r"local g = redis.call('INCR', KEYS[1])
@@ -442,8 +514,9 @@ impl L2 {
         self.conn.clone()
     }
 
-    /// Read a value with a known generation: exactly one GET.
-    pub(crate) async fn get(&self, value_key: &str) -> Result<Found, Error> {
+    /// Read a value with a known generation: one GET (and, for a value that carries tags, one
+    /// `HMGET` of their versions: see [`validate`](Self::validate)).
+    pub(crate) async fn get(&self, names: &Names, value_key: &str) -> Result<Found, Error> {
         let mut conn = self.conn();
         let reply: Option<Vec<u8>> = self
             .call("get", async move {
@@ -453,20 +526,34 @@ impl L2 {
                     .await
             })
             .await?;
-        Ok(reply.map_or(Found::Miss, parse_envelope))
+        let found = reply.map_or(Found::Miss, parse_envelope);
+        self.validate(names, found, &[]).await
     }
 
-    /// Read the namespace's generation and the value under it, atomically (one round trip).
-    pub(crate) async fn get_with_generation(
+    /// Read the value under `generation` (read it first, atomically, when `None`), with the
+    /// versions of `tags` (the tags the caller expects the value to carry), in one round
+    /// trip; without tags and with a known generation, exactly one GET. Returns the generation
+    /// used and what was found, validated against its tags ([`validate`](Self::validate)).
+    pub(crate) async fn read(
         &self,
         names: &Names,
+        generation: Option<u64>,
         key: &str,
+        tags: &[String],
     ) -> Result<(u64, Found), Error> {
+        if let (Some(g), true) = (generation, tags.is_empty()) {
+            return Ok((g, self.get(names, &names.value_key(g, key)).await?));
+        }
         let mut conn = self.conn();
         let mut inv = self.scripts.read.prepare_invoke();
         inv.key(&names.generation_key)
+            .key(&names.tags_key)
             .arg(&names.value_prefix)
-            .arg(names.suffix(key));
+            .arg(names.suffix(key))
+            .arg(generation.map_or_else(String::new, |g| g.to_string()));
+        for t in tags {
+            inv.arg(t);
+        }
         let reply: Vec<Value> = self
             .call("get_with_generation", async move {
                 inv.invoke_async(&mut conn).await
@@ -481,10 +568,86 @@ impl L2 {
             Some(b) => parse_envelope(b.to_vec()),
             None => Found::Miss,
         };
-        Ok((generation, found))
+        let versions = reply
+            .get(2..)
+            .unwrap_or_default()
+            .iter()
+            .map(|v| string_of(v).and_then(|s| s.parse::<u64>().ok()))
+            .collect::<Option<Vec<u64>>>()
+            .ok_or_else(|| protocol_error("read: tag version"))?;
+        if versions.len() != tags.len() {
+            return Err(protocol_error("read: tag version count"));
+        }
+        let known: Vec<(&str, u64)> = tags.iter().map(String::as_str).zip(versions).collect();
+        Ok((generation, self.validate(names, found, &known).await?))
     }
 
-    /// Take the fill lease on a missing key (or on exactly the undecodable bytes `replace`).
+    /// A value whose tags were invalidated after its stamp becomes [`Found::Superseded`]. The
+    /// versions of its tags come from `known` (read with it), the others from one `HMGET`.
+    async fn validate(
+        &self,
+        names: &Names,
+        found: Found,
+        known: &[(&str, u64)],
+    ) -> Result<Found, Error> {
+        let Found::Value(bytes) = found else {
+            return Ok(found);
+        };
+        let Some((tags, _)) = split_value(&bytes) else {
+            return Ok(Found::Undecodable(bytes));
+        };
+        if tags.is_empty() {
+            return Ok(Found::Value(bytes));
+        }
+        let mut versions = Vec::with_capacity(tags.len());
+        let mut missing = Vec::new();
+        for t in &tags {
+            match known.iter().find(|(k, _)| k == t) {
+                Some((_, v)) => versions.push(*v),
+                None => missing.push(t.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            versions.extend(self.tag_versions(names, &missing).await?);
+        }
+        let stamp = stamp_of(&bytes).unwrap_or(0);
+        Ok(if tags_current(stamp, &versions) {
+            Found::Value(bytes)
+        } else {
+            Found::Superseded(bytes)
+        })
+    }
+
+    /// The versions of `tags` in the namespace (µs of each one's last invalidation; 0 for a
+    /// tag never invalidated): one `HMGET`.
+    pub(crate) async fn tag_versions(
+        &self,
+        names: &Names,
+        tags: &[String],
+    ) -> Result<Vec<u64>, Error> {
+        let mut conn = self.conn();
+        let key = names.tags_key.clone();
+        let tags = tags.to_vec();
+        let reply: Vec<Option<String>> = self
+            .call("tag_versions", async move {
+                redis::cmd("HMGET")
+                    .arg(key)
+                    .arg(tags)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        reply
+            .into_iter()
+            .map(|v| v.map_or(Ok(0), |s| s.parse::<u64>()))
+            .collect::<Result<Vec<u64>, _>>()
+            .map_err(|_| protocol_error("a tag version is not an integer"))
+    }
+
+    /// Take the fill lease on a missing key (or on exactly the bytes `replace`: undecodable,
+    /// or a value a tag invalidation superseded). A won lease carries the stamp of the value
+    /// it will store; for a value that will carry tags (`tagged_ttl`: the time-to-live it will
+    /// be given), taken from the namespace's tag clock.
     ///
     /// `lease` is made by [`Lease::prepare`] before the call, so that a caller dropped while
     /// the script runs can still give it back.
@@ -494,23 +657,21 @@ impl L2 {
         key: &str,
         lease: &Lease,
         replace: Option<&[u8]>,
-        tags: &[String],
-        bookkeeping_ttl: Duration,
+        tagged_ttl: Option<Duration>,
     ) -> Result<(u64, LeaseOutcome), Error> {
         let mut conn = self.conn();
         let mut inv = self.scripts.lease.prepare_invoke();
-        inv.key(&names.generation_key).key(&names.schemas_key);
-        for t in tags {
-            inv.key(self.naming.tag_version_key(t));
-        }
-        inv.arg(&names.value_prefix)
+        inv.key(&names.generation_key)
+            .key(&names.schemas_key)
+            .key(&names.tags_key)
+            .arg(&names.value_prefix)
             .arg(names.suffix(key))
             .arg(&lease.generation)
             .arg(&lease.token)
             .arg(millis(self.lease_ttl))
             .arg(replace.unwrap_or(&[]))
-            .arg(millis(bookkeeping_ttl))
-            .arg(names.schema);
+            .arg(names.schema)
+            .arg(tagged_ttl.map_or(0, millis));
         let reply: Vec<Value> = self
             .call("lease", async move { inv.invoke_async(&mut conn).await })
             .await?;
@@ -525,17 +686,15 @@ impl L2 {
         let gen_num = parse_generation(&generation)?;
         match status {
             1 => {
-                let tag_versions = reply[2..]
-                    .iter()
-                    .map(|v| string_of(v).ok_or_else(|| protocol_error("lease: tag version")))
-                    .collect::<Result<Vec<_>, _>>()?;
-                if tag_versions.len() != tags.len() {
-                    return Err(protocol_error("lease: tag version count"));
-                }
+                let stamp = reply
+                    .get(2)
+                    .and_then(string_of)
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or_else(|| protocol_error("lease: missing stamp"))?;
                 Ok((
                     gen_num,
                     LeaseOutcome::Won(Lease {
-                        tag_versions,
+                        stamp,
                         ..lease.clone()
                     }),
                 ))
@@ -545,7 +704,10 @@ impl L2 {
                     .get(2)
                     .and_then(bytes_of)
                     .ok_or_else(|| protocol_error("lease: missing current value"))?;
-                Ok((gen_num, LeaseOutcome::Present(parse_envelope(cur.to_vec()))))
+                let found = self
+                    .validate(names, parse_envelope(cur.to_vec()), &[])
+                    .await?;
+                Ok((gen_num, LeaseOutcome::Present(found)))
             }
             // The generation moved since we learned it: the caller retries with the new one.
             3 => Ok((gen_num, LeaseOutcome::Present(Found::Miss))),
@@ -553,8 +715,9 @@ impl L2 {
         }
     }
 
-    /// The compare-and-set that ends a fill: store `envelope` only if the key still holds our
-    /// lease, the namespace generation and every tag version are what the lease saw.
+    /// The compare-and-set that ends a fill: store `envelope` (stamped with the lease's stamp)
+    /// only if the key still holds our lease, the namespace generation is what the lease saw,
+    /// and none of `tags` was invalidated since the stamp.
     pub(crate) async fn fill(
         &self,
         names: &Names,
@@ -562,26 +725,20 @@ impl L2 {
         envelope: &[u8],
         ttl: Duration,
         tags: &[String],
-        bookkeeping_ttl: Duration,
     ) -> Result<FillOutcome, Error> {
         let mut conn = self.conn();
         let mut inv = self.scripts.fill.prepare_invoke();
-        inv.key(&lease.value_key).key(&names.generation_key);
-        for t in tags {
-            inv.key(self.naming.tag_version_key(t));
-        }
-        for t in tags {
-            inv.key(self.naming.tag_members_key(t));
-        }
-        inv.arg(&lease.token)
+        inv.key(&lease.value_key)
+            .key(&names.generation_key)
+            .key(&names.tags_key)
+            .arg(&lease.token)
             .arg(envelope)
             .arg(millis(ttl))
             .arg(&lease.generation)
-            .arg(tags.len());
-        for v in &lease.tag_versions {
-            inv.arg(v);
+            .arg(lease.stamp);
+        for t in tags {
+            inv.arg(t);
         }
-        inv.arg(millis(bookkeeping_ttl));
         let reply: i64 = self
             .call("fill", async move { inv.invoke_async(&mut conn).await })
             .await?;
@@ -603,28 +760,28 @@ impl L2 {
         Ok(())
     }
 
-    /// Unconditional write of a value the caller knows to be current.
+    /// Unconditional write of a value the caller knows to be current; `envelope`'s stamp is
+    /// replaced by the time the script runs (for a `tagged` value, from the namespace's tag
+    /// clock). Returns the generation written under.
     pub(crate) async fn insert(
         &self,
         names: &Names,
         key: &str,
         envelope: &[u8],
         ttl: Duration,
-        tags: &[String],
-        bookkeeping_ttl: Duration,
+        tagged: bool,
     ) -> Result<u64, Error> {
         let mut conn = self.conn();
         let mut inv = self.scripts.insert.prepare_invoke();
-        inv.key(&names.generation_key).key(&names.schemas_key);
-        for t in tags {
-            inv.key(self.naming.tag_members_key(t));
-        }
-        inv.arg(&names.value_prefix)
+        inv.key(&names.generation_key)
+            .key(&names.schemas_key)
+            .key(&names.tags_key)
+            .arg(&names.value_prefix)
             .arg(names.suffix(key))
             .arg(envelope)
             .arg(millis(ttl))
-            .arg(millis(bookkeeping_ttl))
-            .arg(names.schema);
+            .arg(names.schema)
+            .arg(if tagged { "1" } else { "0" });
         let reply: String = self
             .call("insert", async move { inv.invoke_async(&mut conn).await })
             .await?;
@@ -657,20 +814,21 @@ impl L2 {
         Ok(())
     }
 
-    /// Bump a tag's version, delete its members and announce it, in one script.
+    /// Move the tag's version in the namespace past every stamp taken so far, and announce
+    /// it, in one script: O(1) whatever the number of values carrying the tag.
     pub(crate) async fn invalidate_tag(
         &self,
+        names: &Names,
         tag: &str,
         message: &[u8],
-        bookkeeping_ttl: Duration,
     ) -> Result<(), Error> {
         let mut conn = self.conn();
         let mut inv = self.scripts.invalidate_tag.prepare_invoke();
-        inv.key(self.naming.tag_version_key(tag))
-            .key(self.naming.tag_members_key(tag))
+        inv.key(&names.tags_key)
             .arg(self.naming.app_channel())
             .arg(message)
-            .arg(millis(bookkeeping_ttl));
+            .arg(tag)
+            .arg(millis(walcache_protocol::MAX_LEASE_TTL));
         let _: i64 = self
             .call("invalidate_tag", async move {
                 inv.invoke_async(&mut conn).await
@@ -703,21 +861,24 @@ mod tests {
 
     #[test]
     fn envelopes_round_trip_and_garbage_is_undecodable() {
-        match parse_envelope(value_envelope(b"abc", &[])) {
+        match parse_envelope(value_envelope(b"abc", &[], 7)) {
             Found::Value(v) => assert_eq!(split_value(&v), Some((vec![], &b"abc"[..]))),
             other => panic!("unexpected {other:?}"),
         }
         let tags = vec!["users".to_owned(), "orders:7".to_owned()];
-        match parse_envelope(value_envelope(b"", &tags)) {
-            Found::Value(v) => assert_eq!(split_value(&v), Some((tags, &b""[..]))),
+        match parse_envelope(value_envelope(b"", &tags, 1_700_000_000_000_000)) {
+            Found::Value(v) => {
+                assert_eq!(stamp_of(&v), Some(1_700_000_000_000_000));
+                assert_eq!(split_value(&v), Some((tags, &b""[..])));
+            }
             other => panic!("unexpected {other:?}"),
         }
         // A tags length that runs past the end is not a value.
-        let mut bad = value_envelope(b"", &[]);
+        let mut bad = value_envelope(b"", &[], 0);
         bad[9] = 200;
         assert!(matches!(parse_envelope(bad), Found::Undecodable(_)));
         assert!(matches!(
-            parse_envelope(negative_envelope()),
+            parse_envelope(negative_envelope(5)),
             Found::Negative(_)
         ));
         assert!(matches!(parse_envelope(new_lease()), Found::Lease));
@@ -733,6 +894,17 @@ mod tests {
                 "{garbage:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_value_is_current_only_if_every_tag_was_invalidated_before_its_stamp() {
+        assert!(tags_current(100, &[]));
+        assert!(tags_current(100, &[0, 99]));
+        assert!(
+            !tags_current(100, &[0, 100]),
+            "an invalidation at the stamp wins"
+        );
+        assert!(!tags_current(100, &[101]));
     }
 
     #[test]

@@ -225,9 +225,29 @@ pub struct Rule {
     pub namespace: String,
     /// Key templates over column names, e.g. `"{id}"`, `"by_email:{email}"`.
     pub keys: Vec<String>,
-    /// Tags invalidated by every change of the table.
+    /// Tags invalidated by every change of the table, in the rule's own namespace and in each
+    /// of [`tag_namespaces`](Self::tag_namespaces). Tags are scoped to a namespace: a value
+    /// cached in `orders` under the tag `users` is dropped only by a bump of `users` in
+    /// `orders`. Static strings (see `validate_tag`).
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Other namespaces in which [`tags`](Self::tags) are bumped too (default none). The main
+    /// use: values in another namespace that embed this table's rows, e.g. orders cached with
+    /// their user, tagged `users` in `orders`:
+    ///
+    /// ```toml
+    /// [[rules]]
+    /// table = "public.users"
+    /// namespace = "users"
+    /// keys = ["{id}"]
+    /// tags = ["users"]
+    /// tag_namespaces = ["orders"]   # bump `users` in `orders` as well as in `users`
+    /// ```
+    ///
+    /// Each namespace listed has a marker of its own ([`crate::marker`]) and is walked by the
+    /// full refresh, like the rules' namespaces.
+    #[serde(default)]
+    pub tag_namespaces: Vec<String>,
 }
 
 impl Rule {
@@ -549,6 +569,27 @@ impl Config {
                     ConfigError::new(format!("rules[{i}].tags[{j}]"), format!("{t:?}: {e}"))
                 })?;
             }
+            for (j, ns) in rule.tag_namespaces.iter().enumerate() {
+                validate_namespace(ns).map_err(|e| {
+                    ConfigError::new(
+                        format!("rules[{i}].tag_namespaces[{j}]"),
+                        format!(
+                            "{ns:?}: {e}; list namespaces as the library's caches name them, \
+                             e.g. tag_namespaces = [\"orders\"]"
+                        ),
+                    )
+                })?;
+            }
+            if !rule.tag_namespaces.is_empty() && rule.tags.is_empty() {
+                return Err(ConfigError::new(
+                    at("tag_namespaces"),
+                    format!(
+                        "{:?} but no tags: tag_namespaces says where the rule's tags are bumped; \
+                         add tags = [\"...\"] or remove tag_namespaces",
+                        rule.tag_namespaces
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -639,6 +680,17 @@ tags = ["users"]
             ),
             (GOOD.replace("public.users", "a.b.c"), "rules[0].table"),
             (
+                GOOD.replace(
+                    "tags = [\"users\"]",
+                    "tags = [\"users\"]\ntag_namespaces = [\"orders\", \"Bad Name\"]",
+                ),
+                "rules[0].tag_namespaces[1]",
+            ),
+            (
+                GOOD.replace("tags = [\"users\"]", "tag_namespaces = [\"orders\"]"),
+                "rules[0].tag_namespaces",
+            ),
+            (
                 format!("{GOOD}\n[stream]\nmax_message_bytes = 10\n"),
                 "stream.max_message_bytes",
             ),
@@ -656,6 +708,28 @@ tags = ["users"]
         if let Err(e) = &c {
             assert!(!e.to_string().contains("pw123"), "{e}");
         }
+    }
+
+    #[test]
+    fn tag_namespaces_are_optional_and_parsed() {
+        let c = parse(GOOD).expect("valid");
+        assert!(c.rules[0].tag_namespaces.is_empty(), "default: none");
+        let c = parse(&GOOD.replace(
+            "tags = [\"users\"]",
+            "tags = [\"users\"]\ntag_namespaces = [\"orders\", \"carts\"]",
+        ))
+        .expect("valid");
+        assert_eq!(c.rules[0].tag_namespaces, ["orders", "carts"]);
+        let e = parse(&GOOD.replace(
+            "tags = [\"users\"]",
+            "tags = [\"users\"]\ntag_namespaces = [\"Bad Name\"]",
+        ))
+        .expect_err("invalid namespace");
+        assert!(e.problem.contains("\"Bad Name\""), "names the value: {e}");
+        assert!(
+            e.problem.contains("tag_namespaces = ["),
+            "says the fix: {e}"
+        );
     }
 
     #[test]

@@ -100,9 +100,10 @@ enum Command {
     Check(ConfigArgs),
     /// Run one full-refresh cycle now against Redis, print what it did, and exit.
     ///
-    /// Walks every rule's namespace in L2 and deletes, at most refresh.max_deletes_per_second,
-    /// every value and cached "not found" filled before the cycle began, and every key that is
-    /// not the library's (leases are kept). `run` does the same every refresh.interval_secs;
+    /// Walks every namespace the rules write to in L2 and deletes, at most
+    /// refresh.max_deletes_per_second, every value and cached "not found" stamped before the
+    /// cycle began (on the Redis server's clock), and every key that is not the library's
+    /// (leases are kept); then prunes tag versions older than the cycle. `run` does the same every refresh.interval_secs;
     /// keep every service's L1 time_to_live at or below that interval. Does not connect to
     /// PostgreSQL. Exits 0 once the cycle completes, 1 on a Redis error.
     #[command(after_help = AFTER_HELP)]
@@ -222,11 +223,12 @@ async fn check(args: &ConfigArgs) -> u8 {
     }
 }
 
-/// The distinct namespaces of the rules: what the full refresh walks.
+/// Every namespace the rules write to — their own, and those their tags are bumped in: what
+/// the full refresh walks (values there carrying the daemon's tags depend on the stream too).
 fn served_namespaces(config: &Config) -> Vec<String> {
-    let set: std::collections::BTreeSet<&str> =
-        config.rules.iter().map(|r| r.namespace.as_str()).collect();
-    set.into_iter().map(str::to_owned).collect()
+    let mut namespaces = walcached::marker::targets(&config.rules);
+    namespaces.sort();
+    namespaces
 }
 
 fn redis_client(config: &Config) -> Result<redis::Client, u8> {

@@ -11,7 +11,7 @@
 use std::collections::{HashMap, HashSet};
 
 use walcache_cdc::pgoutput::{Column, ColumnValue, OldTuple, Relation, ReplicaIdentity, TupleData};
-use walcache_protocol::{ColumnType, KeyPart, KeyTemplate};
+use walcache_protocol::{ColumnType, KeyPart, KeyTemplate, TagRef};
 
 use crate::config::{ConfigError, Rule};
 
@@ -58,6 +58,10 @@ impl TableInfo {
 
     /// Read a table's description from the catalog; `None` if it does not exist.
     ///
+    /// One statement, so one catalog snapshot: read in several, a table dropped and re-created
+    /// (or altered) between them would show the old table's oid with the new one's columns,
+    /// or none, and a table that fits its rule would seem not to.
+    ///
     /// # Errors
     ///
     /// Database errors.
@@ -66,107 +70,94 @@ impl TableInfo {
         schema: &str,
         table: &str,
     ) -> Result<Option<TableInfo>, tokio_postgres::Error> {
-        let Some(row) = client
-            .query_opt(
-                "SELECT c.oid::int8, c.relreplident::text FROM pg_class c \
+        // One row per relation: the table first, then each leaf partition of its tree. The
+        // identity columns are the primary key's (`d`) or the replica identity index's (`i`);
+        // `f` and `n` are resolved below from the table's columns.
+        let rows = client
+            .query(
+                "WITH root AS ( \
+                   SELECT c.oid, c.relreplident FROM pg_class c \
+                   JOIN pg_namespace n ON n.oid = c.relnamespace \
+                   WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')), \
+                 rels AS ( \
+                   SELECT root.oid AS relid, root.relreplident AS kind, 0 AS leaf FROM root \
+                   UNION ALL \
+                   SELECT t.relid, c.relreplident, 1 FROM root \
+                   CROSS JOIN LATERAL pg_partition_tree(root.oid) t \
+                   JOIN pg_class c ON c.oid = t.relid \
+                   WHERE t.isleaf AND t.relid <> root.oid) \
+                 SELECT r.relid::int8, r.kind::text, r.leaf, \
+                   format('%I.%I', n.nspname, c.relname), \
+                   ARRAY(SELECT a.attname::text FROM pg_index i \
+                         JOIN pg_attribute a ON a.attrelid = i.indrelid \
+                                            AND a.attnum = ANY(i.indkey) \
+                         WHERE i.indrelid = r.relid \
+                           AND CASE WHEN r.kind = 'i' THEN i.indisreplident \
+                                    ELSE i.indisprimary END), \
+                   ARRAY(SELECT a.attname::text FROM pg_attribute a \
+                         WHERE a.attrelid = r.relid AND a.attnum > 0 AND NOT a.attisdropped \
+                         ORDER BY a.attnum), \
+                   ARRAY(SELECT (CASE WHEN t.typtype = 'd' THEN t.typbasetype \
+                                      ELSE t.oid END)::int8 \
+                         FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+                         WHERE a.attrelid = r.relid AND a.attnum > 0 AND NOT a.attisdropped \
+                         ORDER BY a.attnum), \
+                   ARRAY(SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+                         WHERE a.attrelid = r.relid AND a.attnum > 0 AND NOT a.attisdropped \
+                         ORDER BY a.attnum), \
+                   ARRAY(SELECT a.attgenerated::text FROM pg_attribute a \
+                         WHERE a.attrelid = r.relid AND a.attnum > 0 AND NOT a.attisdropped \
+                         ORDER BY a.attnum) \
+                 FROM rels r JOIN pg_class c ON c.oid = r.relid \
                  JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                 ORDER BY r.leaf, 4",
                 &[&schema, &table],
             )
-            .await?
-        else {
+            .await?;
+        let Some(root) = rows.first() else {
             return Ok(None);
         };
-        let oid: i64 = row.get(0);
-        let oid = u32::try_from(oid).unwrap_or_default();
-        let replica_identity: String = row.get(1);
-        let columns = client
-            .query(
-                "SELECT a.attname::text, \
-                        (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END)::int8, \
-                        format_type(a.atttypid, a.atttypmod), a.attgenerated::text \
-                 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
-                 WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped \
-                 ORDER BY a.attnum",
-                &[&i64::from(oid)],
-            )
-            .await?
-            .into_iter()
-            .map(|r| ColumnInfo {
-                name: r.get(0),
-                base_type_oid: u32::try_from(r.get::<_, i64>(1)).unwrap_or_default(),
-                type_name: r.get(2),
-                generated: r.get(3),
+        let oid = u32::try_from(root.get::<_, i64>(0)).unwrap_or_default();
+        let kind_of =
+            |row: &tokio_postgres::Row| row.get::<_, String>(1).chars().next().unwrap_or('d');
+        let names: Vec<String> = root.get(5);
+        let base_types: Vec<i64> = root.get(6);
+        let type_names: Vec<String> = root.get(7);
+        let generated: Vec<String> = root.get(8);
+        let columns = names
+            .iter()
+            .zip(base_types)
+            .zip(type_names)
+            .zip(generated)
+            .map(|(((name, base), type_name), generated)| ColumnInfo {
+                name: name.clone(),
+                base_type_oid: u32::try_from(base).unwrap_or_default(),
+                type_name,
+                generated,
             })
-            .collect::<Vec<_>>();
-        let replica_identity = replica_identity.chars().next().unwrap_or('d');
-        let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
-        let identity_columns = load_identity(client, oid, replica_identity, &names).await?;
-        let mut partitions = Vec::new();
-        for leaf in client
-            .query(
-                "SELECT t.relid::oid::int8, c.relreplident::text, \
-                        format('%I.%I', n.nspname, c.relname) \
-                 FROM pg_partition_tree($1::int8::oid) t \
-                 JOIN pg_class c ON c.oid = t.relid \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE t.isleaf AND t.relid <> $1::int8::oid",
-                &[&i64::from(oid)],
-            )
-            .await?
-        {
-            let leaf_oid = u32::try_from(leaf.get::<_, i64>(0)).unwrap_or_default();
-            let kind = leaf.get::<_, String>(1).chars().next().unwrap_or('d');
-            partitions.push((
-                leaf.get(2),
-                load_identity(client, leaf_oid, kind, &names).await?,
-            ));
-        }
+            .collect();
+        // What the old tuples of a relation carry: every column under FULL (its columns are
+        // the table's: a partition has the same), none under NOTHING, else its index's.
+        let identity = |row: &tokio_postgres::Row| -> Vec<String> {
+            match kind_of(row) {
+                'f' => names.clone(),
+                'n' => Vec::new(),
+                _ => row.get(4),
+            }
+        };
         Ok(Some(TableInfo {
             schema: schema.to_owned(),
             name: table.to_owned(),
             oid,
-            replica_identity,
+            replica_identity: kind_of(root),
             columns,
-            identity_columns,
-            partitions,
+            identity_columns: identity(root),
+            partitions: rows[1..]
+                .iter()
+                .map(|leaf| (leaf.get(3), identity(leaf)))
+                .collect(),
         }))
     }
-}
-
-/// The columns the old tuples of relation `oid` carry under replica identity `kind`
-/// (`columns`: its column names, all carried under FULL).
-async fn load_identity(
-    client: &tokio_postgres::Client,
-    oid: u32,
-    kind: char,
-    columns: &[String],
-) -> Result<Vec<String>, tokio_postgres::Error> {
-    Ok(match kind {
-        'f' => columns.to_vec(),
-        'n' => Vec::new(),
-        kind => {
-            let index_filter = if kind == 'i' {
-                "i.indisreplident"
-            } else {
-                "i.indisprimary"
-            };
-            client
-                .query(
-                    &format!(
-                        "SELECT a.attname::text FROM pg_index i \
-                         JOIN pg_attribute a ON a.attrelid = i.indrelid \
-                                           AND a.attnum = ANY(i.indkey) \
-                         WHERE i.indrelid = $1::int8::oid AND {index_filter}"
-                    ),
-                    &[&i64::from(oid)],
-                )
-                .await?
-                .into_iter()
-                .map(|r| r.get(0))
-                .collect()
-        }
-    })
 }
 
 /// Quote an SQL identifier.
@@ -186,8 +177,9 @@ pub struct CompiledRule {
     pub namespace: String,
     /// Key templates.
     pub templates: Vec<KeyTemplate>,
-    /// Tags.
-    pub tags: Vec<String>,
+    /// The tags every change of the table bumps: each of the rule's tags in its own namespace
+    /// and in each of its `tag_namespaces` ([`rule_tags`]).
+    pub tags: Vec<TagRef>,
     /// The canonical-key type of every column a template uses.
     pub column_types: HashMap<String, ColumnType>,
 }
@@ -212,17 +204,52 @@ impl CompiledRule {
                 .iter()
                 .map(|k| KeyTemplate::parse(k).expect("templates are checked by Config::parse"))
                 .collect(),
-            tags: rule.tags.clone(),
+            tags: rule_tags(rule),
             column_types: HashMap::new(),
         }
     }
 
-    /// Everything a change of the table could have touched, when its rows cannot be named:
-    /// the namespace flushed and every tag of the rule bumped.
-    pub fn invalidate_all(&self) -> impl Iterator<Item = Invalidation> + '_ {
-        std::iter::once(Invalidation::Flush(self.namespace.clone()))
-            .chain(self.tags.iter().cloned().map(Invalidation::Tag))
+    /// Every namespace a change of the table writes to: its own, then those it bumps tags in,
+    /// each once.
+    pub fn namespaces(&self) -> Vec<&str> {
+        let mut out = vec![self.namespace.as_str()];
+        for t in &self.tags {
+            if let Some(ns) = t.namespace.as_deref() {
+                if !out.contains(&ns) {
+                    out.push(ns);
+                }
+            }
+        }
+        out
     }
+
+    /// Everything a change of the table could have touched, when its rows cannot be named:
+    /// the namespace flushed, and the rule's tags bumped in the other namespaces it tags (in
+    /// its own, the flush already drops every value, tagged or not).
+    pub fn invalidate_all(&self) -> impl Iterator<Item = Invalidation> + '_ {
+        std::iter::once(Invalidation::Flush(self.namespace.clone())).chain(
+            self.tags
+                .iter()
+                .filter(|t| t.namespace.as_deref() != Some(self.namespace.as_str()))
+                .cloned()
+                .map(Invalidation::Tag),
+        )
+    }
+}
+
+/// The tags a change of `rule`'s table bumps: each tag in the rule's namespace, then in each
+/// of its `tag_namespaces` (a namespace listed twice, or the rule's own, counts once).
+pub fn rule_tags(rule: &Rule) -> Vec<TagRef> {
+    let mut namespaces: Vec<&str> = vec![rule.namespace.as_str()];
+    for ns in &rule.tag_namespaces {
+        if !namespaces.contains(&ns.as_str()) {
+            namespaces.push(ns);
+        }
+    }
+    namespaces
+        .into_iter()
+        .flat_map(|ns| rule.tags.iter().map(move |t| TagRef::new(ns, t.as_str())))
+        .collect()
 }
 
 /// Check `rule` (the `index`-th) against the table it names.
@@ -322,7 +349,7 @@ pub fn compile(rule: &Rule, index: usize, info: &TableInfo) -> Result<CompiledRu
         oid: info.oid,
         namespace: rule.namespace.clone(),
         templates,
-        tags: rule.tags.clone(),
+        tags: rule_tags(rule),
         column_types,
     })
 }
@@ -337,8 +364,8 @@ pub enum Invalidation {
         /// Canonical key.
         key: String,
     },
-    /// Drop every entry with this tag.
-    Tag(String),
+    /// Drop every entry carrying this tag in the tag's namespace (its version moves).
+    Tag(TagRef),
     /// Drop the whole namespace.
     Flush(String),
 }
@@ -480,13 +507,15 @@ impl Mapper {
         &self.rules
     }
 
-    /// The namespaces served.
+    /// The namespaces served: every namespace a rule writes to (its own, and those it bumps
+    /// tags in), each once, in configuration order.
     pub fn namespaces(&self) -> Vec<String> {
         let mut seen = HashSet::new();
         self.rules
             .iter()
-            .filter(|r| seen.insert(r.namespace.clone()))
-            .map(|r| r.namespace.clone())
+            .flat_map(CompiledRule::namespaces)
+            .filter(|ns| seen.insert(*ns))
+            .map(str::to_owned)
             .collect()
     }
 
@@ -687,4 +716,53 @@ fn render(
             ColumnValue::Binary(_) => Err(Unrenderable::Other),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(tags: &[&str], tag_namespaces: &[&str]) -> Rule {
+        Rule {
+            table: "public.users".into(),
+            namespace: "users".into(),
+            keys: vec!["{id}".into()],
+            tags: tags.iter().map(|s| (*s).to_owned()).collect(),
+            tag_namespaces: tag_namespaces.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn tags_are_bumped_in_the_rules_namespace_and_each_tag_namespace_once() {
+        let r = rule(&["users", "people"], &["orders", "users", "orders"]);
+        assert_eq!(
+            rule_tags(&r),
+            vec![
+                TagRef::new("users", "users"),
+                TagRef::new("users", "people"),
+                TagRef::new("orders", "users"),
+                TagRef::new("orders", "people"),
+            ]
+        );
+        assert!(rule_tags(&rule(&[], &[])).is_empty());
+    }
+
+    #[test]
+    fn invalidating_all_flushes_the_namespace_and_bumps_the_tags_elsewhere() {
+        let compiled = CompiledRule::uncompiled(&rule(&["users"], &["orders"]));
+        assert_eq!(
+            compiled.tags,
+            vec![
+                TagRef::new("users", "users"),
+                TagRef::new("orders", "users")
+            ]
+        );
+        assert_eq!(
+            compiled.invalidate_all().collect::<Vec<_>>(),
+            vec![
+                Invalidation::Flush("users".into()),
+                Invalidation::Tag(TagRef::new("orders", "users")),
+            ]
+        );
+    }
 }

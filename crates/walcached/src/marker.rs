@@ -4,17 +4,18 @@
 //! a replica that had not received the last writes, `FLUSHALL`, a replica's full resync, an
 //! eviction. A lost delete is a stale value served until its TTL, and Redis says nothing.
 //!
-//! So every namespace the rules serve, and every tag they bump, has a **marker**: a Redis hash
-//! with no time-to-live, in the namespace's (or tag's) hash slot ([`Naming::marker_key`],
-//! [`Naming::tag_marker_key`]), written by the same script that deletes the target's keys:
+//! So every namespace the rules write to — their own, and those their tags are bumped in
+//! (`tag_namespaces`) — has a **marker**: a Redis hash with no time-to-live, in the
+//! namespace's hash slot ([`Naming::marker_key`](walcache_protocol::Naming::marker_key)), written by the same script that deletes the
+//! namespace's keys or bumps its tags:
 //!
 //! | field | what |
 //! |---|---|
 //! | `w` | the token of the script call that wrote it last (`<epoch hex>-<n>`, unique per call) |
 //! | `lsn` | a position up to which every change's invalidation is in Redis (`X/X`): the confirmed position at the daemon's last check, or where a flush left it; never decreases |
-//! | `rule` | a hash of the namespace's rules ([`rule_hash`]); empty for tags |
+//! | `rule` | a hash of the rules that write to the namespace ([`rule_hash`]) |
 //! | `server` | the PostgreSQL server the daemon streamed from (system identifier and timeline) |
-//! | `owed` | `1` while a flush of the target is owed, else `0` |
+//! | `owed` | `1` while a flush of the namespace is owed, else `0` |
 //! | `at` | when it was written, ms since the Unix epoch (for people; never compared) |
 //!
 //! Redis persists and replicates in order (AOF, RDB snapshot, replication stream), so whatever
@@ -25,7 +26,7 @@
 //! - **While running**, every publish and every heartbeat compares (in the script, atomically)
 //!   the markers it covers with the tokens this daemon last wrote. A marker missing, holding
 //!   another token, or owing a flush is a loss: the script sets `owed` and publishes no
-//!   heartbeat, and the daemon flushes the target before any heartbeat certifies it.
+//!   heartbeat, and the daemon flushes the namespace before any heartbeat certifies it.
 //! - **At start**, the daemon has no tokens of its own; it judges each marker against the slot
 //!   instead ([`judge`]): it never confirms a position to PostgreSQL past what every marker has
 //!   been written to, so a marker behind the slot's `confirmed_flush_lsn` lost writes. Data
@@ -36,78 +37,68 @@
 //!   a slot, after a rule change, after a detected loss) and cleared by the flush's own script,
 //!   so a crash in between repeats the flush.
 //!
-//! After a loss, generations and tag versions move to at least the current time in
-//! microseconds (never back to 1), above any value a process may still hold.
+//! After a loss, generations move to at least the current time in microseconds (never back
+//! to 1), above any value a process may still hold.
+//!
+//! A namespace's tag versions (`{prefix}:{ns}:tags`) live in its slot and are written by its
+//! scripts, so its marker guards them too: a tag bump compares the marker like a key delete
+//! does, and a loss (a bump Redis forgot: a tag's version gone back) flushes the namespace, so
+//! no value filled under the old generation is read once the flush is heard. Markers are
+//! therefore kept per namespace only, and named by it.
 
 use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 use walcache_cdc::Lsn;
-use walcache_protocol::Naming;
 
 use crate::config::Rule;
 
-/// What a marker guards.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Target {
-    /// A namespace: its generation and its values.
-    Namespace(String),
-    /// A tag the rules bump: its version and its member set.
-    Tag(String),
-}
-
-impl Target {
-    /// The marker's Redis key.
-    pub fn marker_key(&self, naming: &Naming) -> String {
-        match self {
-            Target::Namespace(ns) => naming.marker_key(ns),
-            Target::Tag(tag) => naming.tag_marker_key(tag),
-        }
-    }
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Target::Namespace(ns) => write!(f, "namespace {ns}"),
-            Target::Tag(tag) => write!(f, "tag {tag}"),
-        }
-    }
-}
-
-/// Every target of `rules`: their namespaces and tags, each once, namespaces first.
-pub fn targets(rules: &[Rule]) -> Vec<Target> {
-    let mut out: Vec<Target> = Vec::new();
-    for r in rules {
-        let t = Target::Namespace(r.namespace.clone());
-        if !out.contains(&t) {
-            out.push(t);
-        }
-    }
-    for r in rules {
-        for tag in &r.tags {
-            let t = Target::Tag(tag.clone());
-            if !out.contains(&t) {
-                out.push(t);
-            }
+/// Every namespace `rules` write to, each once: their own namespaces in rule order, then the
+/// other namespaces their tags are bumped in (`tag_namespaces`). Each has a marker.
+pub fn targets(rules: &[Rule]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let own = rules.iter().map(|r| &r.namespace);
+    let tagged = rules
+        .iter()
+        .filter(|r| !r.tags.is_empty())
+        .flat_map(|r| &r.tag_namespaces);
+    for ns in own.chain(tagged) {
+        if !out.contains(ns) {
+            out.push(ns.clone());
         }
     }
     out
 }
 
-/// A stable hash of the rules that map into `namespace` (SHA-256 over their tables, key
-/// templates and tags, in a canonical order; the first 16 hex digits). A rule added, removed or
-/// changed changes it, and the namespace is flushed: keys the old rules did not compute were
-/// never invalidated.
+/// A stable hash of what the rules write to `namespace` (SHA-256 over, in a canonical order:
+/// the tables, key templates and tags of the rules of the namespace, and the tables and tags
+/// of the rules that bump their tags in it through `tag_namespaces`; the first 16 hex
+/// digits). A rule added, removed or changed, or one that starts or stops bumping its tags in
+/// the namespace, changes it, and the namespace is flushed: keys the old rules did not
+/// compute, and tags they did not bump, were never invalidated.
 pub fn rule_hash(rules: &[Rule], namespace: &str) -> String {
+    let sorted = |v: &[String]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v.dedup();
+        v
+    };
     let mut lines: Vec<String> = rules
         .iter()
-        .filter(|r| r.namespace == namespace)
-        .map(|r| {
+        .filter_map(|r| {
             let (schema, table) = r.qualified_table();
-            let mut tags = r.tags.clone();
-            tags.sort();
-            format!("table={schema:?}.{table:?} keys={:?} tags={tags:?}", r.keys)
+            let tags = sorted(&r.tags);
+            if r.namespace == namespace {
+                // The form of a rule without tag_namespaces is unchanged, so its hash is too.
+                Some(format!(
+                    "table={schema:?}.{table:?} keys={:?} tags={tags:?}",
+                    r.keys
+                ))
+            } else if !tags.is_empty() && r.tag_namespaces.iter().any(|n| n == namespace) {
+                Some(format!("tags of table={schema:?}.{table:?} tags={tags:?}"))
+            } else {
+                None
+            }
         })
         .collect();
     lines.sort();
@@ -150,7 +141,7 @@ impl Mark {
     }
 }
 
-/// Why a target must be flushed (the `reason` label of
+/// Why a namespace must be flushed (the `reason` label of
 /// `walcached_namespace_flushes_total` and `walcached_redis_losses_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Loss {
@@ -170,8 +161,9 @@ pub enum Loss {
     ServerChanged,
     /// The replication slot was created (or recreated): changes before it are unknown.
     SlotCreated,
-    /// A namespace's keys could not be deleted one by one (its generation or schema set in
-    /// Redis is unreadable).
+    /// A namespace's items could not be applied one by one: its keys not deleted (its
+    /// generation or schema set in Redis is unreadable), or its tags not bumped (its tags hash
+    /// was not a hash of numbers, and was deleted with the versions it held).
     ItemFailed,
 }
 
@@ -228,7 +220,13 @@ mod tests {
             namespace: ns.to_owned(),
             keys: keys.iter().map(|s| (*s).to_owned()).collect(),
             tags: tags.iter().map(|s| (*s).to_owned()).collect(),
+            tag_namespaces: Vec::new(),
         }
+    }
+
+    fn tagging(mut r: Rule, namespaces: &[&str]) -> Rule {
+        r.tag_namespaces = namespaces.iter().map(|s| (*s).to_owned()).collect();
+        r
     }
 
     #[test]
@@ -259,18 +257,56 @@ mod tests {
     }
 
     #[test]
-    fn targets_list_each_namespace_and_tag_once() {
+    fn targets_list_each_namespace_written_to_once() {
         let rules = [
             rule("a", "x", &["{id}"], &["t"]),
-            rule("b", "x", &["{id}"], &["t", "u"]),
+            tagging(rule("b", "y", &["{id}"], &["t", "u"]), &["z", "x", "y"]),
+            // No tags: its tag_namespaces write nothing (the configuration refuses it anyway).
+            tagging(rule("c", "x", &["{id}"], &[]), &["w"]),
         ];
+        assert_eq!(targets(&rules), vec!["x", "y", "z"]);
+    }
+
+    #[test]
+    fn a_rule_that_starts_or_stops_tagging_a_namespace_changes_its_hash_only() {
+        let users = rule("users", "users", &["{id}"], &["users"]);
+        let orders = rule("orders", "orders", &["{id}"], &[]);
+        let plain = [users.clone(), orders.clone()];
+        let tagging_orders = [tagging(users.clone(), &["orders"]), orders.clone()];
+        // `orders` now has its tags bumped by the users table: its hash changes...
+        assert_ne!(
+            rule_hash(&plain, "orders"),
+            rule_hash(&tagging_orders, "orders")
+        );
+        // ...the rule's own namespace is written to exactly as before.
         assert_eq!(
-            targets(&rules),
-            vec![
-                Target::Namespace("x".into()),
-                Target::Tag("t".into()),
-                Target::Tag("u".into())
-            ]
+            rule_hash(&plain, "users"),
+            rule_hash(&tagging_orders, "users")
+        );
+        // Another tag bumped in `orders` changes it again; spelling and order do not.
+        let more = [
+            tagging(
+                rule("users", "users", &["{id}"], &["users", "people"]),
+                &["orders"],
+            ),
+            orders.clone(),
+        ];
+        assert_ne!(
+            rule_hash(&tagging_orders, "orders"),
+            rule_hash(&more, "orders")
+        );
+        let respelled = [
+            tagging(
+                rule("public.users", "users", &["{id}"], &["people", "users"]),
+                &["orders", "orders"],
+            ),
+            orders,
+        ];
+        assert_eq!(rule_hash(&more, "orders"), rule_hash(&respelled, "orders"));
+        // A namespace only tagged (no rule of its own) has a hash of its own too.
+        assert_ne!(
+            rule_hash(&[tagging(users.clone(), &["carts"])], "carts"),
+            rule_hash(&[users], "carts")
         );
     }
 

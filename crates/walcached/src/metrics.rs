@@ -72,12 +72,16 @@ pub const VISIBILITY_PENDING: &str = "walcached_visibility_pending";
 pub const VISIBILITY_REINVALIDATIONS_TOTAL: &str = "walcached_visibility_reinvalidations_total";
 /// Counter: L2 value keys examined by the full refresh.
 pub const REFRESH_KEYS_SCANNED_TOTAL: &str = "walcached_refresh_keys_scanned_total";
-/// Counter: L2 keys deleted by the full refresh (filled before their cycle began, or not
+/// Counter: L2 keys deleted by the full refresh (stamped before their cycle began, or not
 /// envelopes).
 pub const REFRESH_KEYS_DELETED_TOTAL: &str = "walcached_refresh_keys_deleted_total";
+/// Counter: tag versions (fields of the namespaces' tags hashes) pruned after completed
+/// full-refresh cycles.
+pub const REFRESH_TAG_VERSIONS_PRUNED_TOTAL: &str = "walcached_refresh_tag_versions_pruned_total";
 /// Counter: full-refresh cycles completed.
 pub const REFRESH_CYCLES_TOTAL: &str = "walcached_refresh_cycles_total";
-/// Gauge: when the last full-refresh cycle completed, seconds since the Unix epoch.
+/// Gauge: when the last full-refresh cycle completed, seconds since the Unix epoch on the
+/// Redis server's clock.
 pub const REFRESH_LAST_COMPLETED_TIMESTAMP_SECONDS: &str =
     "walcached_refresh_last_completed_timestamp_seconds";
 /// Gauge: 1 while a full-refresh cycle runs, else 0.

@@ -1,42 +1,62 @@
 //! Full refresh (DESIGN, consistency contract 6): the safety net for anything the stream could
 //! not deliver.
 //!
-//! The daemon cannot recompute values, so the safety net is expiry: each cycle walks every served
-//! namespace's L2 value keys (`SCAN MATCH wc:{ns}:g<digits>*`) and deletes, at most
+//! The daemon cannot recompute values, so the safety net is expiry: each cycle walks every
+//! namespace the rules write to (their own and their `tag_namespaces`), SCANs its L2 value
+//! keys (`SCAN MATCH wc:{ns}:g<digits>*`) and deletes, at most
 //! [`max_deletes_per_second`](RefreshConfig::max_deletes_per_second), every value and cached
-//! "not found" filled at or before the cycle's start (every envelope carries its fill time), and
-//! every key that is not an envelope at all. Leases are left alone (their own time-to-live ends
-//! them). Each check-and-delete runs in one Lua script per chunk of a SCAN page, so a value
-//! refilled between the SCAN and the delete is never removed.
+//! "not found" stamped at or before the cycle's start, and every key that is not an envelope at
+//! all. Leases are left alone (their own time-to-live ends them). Each check-and-delete runs in
+//! one Lua script per chunk of a SCAN page, so a value refilled between the SCAN and the delete
+//! is never removed.
 //!
-//! After one complete cycle nothing filled before it survives in L2. L1's bound is the
+//! **Time is Redis's.** An envelope's stamp is when its fill lease was taken, in µs since the
+//! Unix epoch on the Redis server's clock (`TIME`, read inside the library's script). The
+//! cycle's start is one `TIME` call when it begins, and the bound beyond which a stamp is
+//! corrupt ("implausibly far in the future") is read with `TIME` inside the delete script:
+//! neither the services' clocks nor the daemon's enter, so hosts whose clocks disagree cannot
+//! keep a value alive past a cycle.
+//!
+//! After one complete cycle nothing stamped before it survives in L2. L1's bound is the
 //! library's `time_to_live`, which must be kept at or below
 //! [`interval_secs`](RefreshConfig::interval_secs): then, whatever was lost, nothing older than
 //! one interval plus one cycle is served from either tier.
 //!
+//! **Tag versions are pruned after a complete cycle.** Each namespace's tags hash
+//! (`Naming::tags_key`, no time-to-live) would otherwise keep a field for every tag ever
+//! invalidated. Each tag invalidation prunes a few fields from a cursor (the library's and the
+//! daemon's scripts); a complete cycle also deletes every field older than the cycle's start
+//! minus [`MAX_LEASE_TTL`](walcache_protocol::MAX_LEASE_TTL) (`prune_tags` argues why that is
+//! safe), whatever the values' time-to-live; the library's bookkeeping fields (`" now"`, the
+//! tag clock; `" ttl"`; `" cursor"`) never.
+//!
 //! The start of the last completed cycle is kept in Redis (`Naming::refresh_last_key`,
-//! `{prefix}:refresh:last`, ms since the Unix epoch), so a restarted daemon keeps the schedule
-//! instead of starting the interval over — a daemon deployed more often than the interval still
-//! refreshes — and does not wipe L2 on every start either.
+//! `{prefix}:refresh:last`, ms since the Unix epoch on the Redis server's clock), so a
+//! restarted daemon keeps the schedule instead of starting the interval over — a daemon
+//! deployed more often than the interval still refreshes — and does not wipe L2 on every start
+//! either.
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use serde::Deserialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use walcache_protocol::Naming;
+use walcache_protocol::{Naming, MAX_LEASE_TTL};
 
 use crate::config::ConfigError;
 use crate::metrics as m;
 
-/// Fill times further ahead of the daemon's clock than this are not a clock difference between
-/// hosts but a corrupt envelope, which would otherwise survive every cycle: deleted.
-const MAX_FUTURE_FILL: Duration = Duration::from_secs(300);
+/// Stamps further ahead of the Redis server's clock than this are corrupt envelopes, which
+/// would otherwise survive every cycle: deleted. Stamps come from that clock (or from a
+/// namespace's tag clock, which runs ahead of it only by what it gains in one microsecond
+/// steps), so only a step back of the clock or a failover to a server whose clock is behind
+/// puts a genuine stamp ahead of it, by less than this.
+const MAX_FUTURE_STAMP: Duration = Duration::from_secs(300);
 /// After a failed cycle, try again after this long (or after the interval, if shorter).
 const RETRY_AFTER: Duration = Duration::from_secs(60);
 /// How often a long cycle logs its progress.
@@ -44,15 +64,22 @@ const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// Connecting to Redis and each command's reply: the daemon's one Redis timeout (a SCAN page
 /// or one script over a chunk of keys answers in milliseconds; see its reasons).
 const REDIS_TIMEOUT: Duration = crate::publisher::REDIS_TIMEOUT;
+/// Fields of a namespace's tags hash that start with this are the library's bookkeeping (the
+/// tag clock `" now"`, `" ttl"`, `" cursor"`; no tag contains a space): never pruned.
+const BOOKKEEPING_PREFIX: char = ' ';
 
 /// Check and delete, atomically per key list (one namespace, so one Cluster slot).
 /// `allow-oom`: the deletes must run on a Redis at `maxmemory` (see the publisher's script).
 const SCRIPT: &str = r"#!lua flags=allow-oom
 -- KEYS: value keys of one namespace.
--- ARGV[1]: delete envelopes filled at or before this time (ms since the Unix epoch);
--- ARGV[2]: ...and those filled after this time (corrupt: implausibly far in the future).
+-- ARGV[1]: delete envelopes stamped at or before this time (µs since the Unix epoch, the
+-- Redis server's clock: the cycle's start);
+-- ARGV[2]: ...and those stamped more than this many µs after the server's TIME now (corrupt:
+-- implausibly far in the future).
 -- Leases are kept; anything that is not an envelope is deleted. Returns how many were deleted.
-local cutoff, future = tonumber(ARGV[1]), tonumber(ARGV[2])
+local cutoff, allowance = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now = redis.call('TIME')
+local future = tonumber(now[1]) * 1000000 + tonumber(now[2]) + allowance
 local deleted = 0
 for _, k in ipairs(KEYS) do
   local head = redis.pcall('GETRANGE', k, 0, 8)
@@ -71,6 +98,24 @@ for _, k in ipairs(KEYS) do
     end
   end
   if delete then deleted = deleted + redis.call('DEL', k) end
+end
+return deleted
+";
+
+/// Prune tag versions, atomically per list of fields of one namespace's tags hash: delete
+/// each field whose time is still below the threshold (one bumped since the HSCAN is kept),
+/// never the bookkeeping (fields starting with a space). `allow-oom`: deletes free memory.
+const PRUNE_SCRIPT: &str = r"#!lua flags=allow-oom
+-- KEYS[1]: a namespace's tags hash. ARGV[1]: delete fields whose time (µs) is below this;
+-- ARGV[2..]: the fields to check. Returns how many were deleted.
+local threshold = tonumber(ARGV[1])
+local deleted = 0
+for i = 2, #ARGV do
+  local f = ARGV[i]
+  if string.byte(f, 1) ~= 32 then
+    local v = tonumber(redis.call('HGET', KEYS[1], f) or '')
+    if v and v < threshold then deleted = deleted + redis.call('HDEL', KEYS[1], f) end
+  end
 end
 return deleted
 ";
@@ -193,11 +238,13 @@ impl RefreshProgress {
     pub fn cycles_completed(&self) -> u64 {
         self.cycles_completed.load(Ordering::Relaxed)
     }
-    /// Start of the last cycle begun, ms since the Unix epoch (0: none yet).
+    /// Start of the last cycle begun, ms since the Unix epoch on the Redis server's clock (0:
+    /// none yet).
     pub fn last_cycle_start_ms(&self) -> u64 {
         self.last_cycle_start_ms.load(Ordering::Relaxed)
     }
-    /// End of the last cycle completed, ms since the Unix epoch (0: none yet).
+    /// End of the last cycle completed, ms since the Unix epoch on the Redis server's clock
+    /// (its start plus its duration; 0: none yet).
     pub fn last_cycle_end_ms(&self) -> u64 {
         self.last_cycle_end_ms.load(Ordering::Relaxed)
     }
@@ -249,9 +296,15 @@ pub struct CycleReport {
     pub namespaces: usize,
     /// Value keys examined.
     pub keys_scanned: u64,
-    /// Keys deleted: filled at or before the start, or not envelopes.
+    /// Keys deleted: stamped at or before the start, or not envelopes.
     pub keys_deleted: u64,
-    /// The cycle's start, ms since the Unix epoch: everything filled at or before it is gone.
+    /// Tag versions pruned after the cycle: fields of the namespaces' tags hashes older than
+    /// the cycle's start minus [`MAX_LEASE_TTL`].
+    pub tag_versions_pruned: u64,
+    /// The cycle's start, µs since the Unix epoch on the Redis server's clock: everything
+    /// stamped at or before it is gone.
+    pub started_at_micros: u64,
+    /// [`started_at_micros`](Self::started_at_micros) in ms, as recorded in Redis.
     pub started_at_ms: u64,
     /// How long the cycle took.
     pub elapsed: Duration,
@@ -261,25 +314,30 @@ impl fmt::Display for CycleReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "refresh complete: {} namespaces, {} keys scanned, {} keys deleted, {:.3} seconds",
+            "refresh complete: {} namespaces, {} keys scanned, {} keys deleted, {} tag versions \
+             pruned, {:.3} seconds",
             self.namespaces,
             self.keys_scanned,
             self.keys_deleted,
+            self.tag_versions_pruned,
             self.elapsed.as_secs_f64()
         )
     }
 }
 
 /// Run one cycle now: walk every namespace's value keys and delete, rate-limited, every value
-/// and cached "not found" filled at or before the cycle's start, and every key that is not an
-/// envelope. Leases and other namespaces' keys are untouched. Duplicate namespaces are walked
-/// once. On completion the cycle's start is recorded in Redis for [`run_schedule`].
+/// and cached "not found" stamped at or before the cycle's start (the Redis server's `TIME`
+/// when it begins), and every key that is not an envelope. Leases and other namespaces' keys
+/// are untouched. Duplicate namespaces are walked once. On completion the cycle's start is
+/// recorded in Redis for [`run_schedule`], and the namespaces' tag versions older than the
+/// start minus [`MAX_LEASE_TTL`] are pruned.
 ///
 /// Dropping the future stops the cycle between two scripts; what was deleted stays deleted.
 ///
 /// # Errors
 ///
-/// The first Redis error (the cycle is then incomplete: run another).
+/// The first Redis error (the cycle is then incomplete: run another). A failure while pruning
+/// does not fail a completed cycle: it is logged, and the next cycle prunes.
 pub async fn run_cycle(
     redis: &redis::Client,
     naming: &Naming,
@@ -288,7 +346,10 @@ pub async fn run_cycle(
     progress: &RefreshProgress,
 ) -> Result<CycleReport, redis::RedisError> {
     let started = Instant::now();
-    let start_ms = now_ms();
+    let mut conn = connect(redis).await?;
+    // The cutoff: Redis's clock, the one every stamp was read from.
+    let start_us = server_time_micros(&mut conn).await?;
+    let start_ms = start_us / 1000;
     let _running = progress.begin(start_ms);
     let namespaces: BTreeSet<&str> = namespaces.iter().map(String::as_str).collect();
     tracing::info!(
@@ -296,7 +357,6 @@ pub async fn run_cycle(
         max_deletes_per_second = cfg.max_deletes_per_second,
         "refresh cycle started"
     );
-    let mut conn = connect(redis).await?;
     let script = redis::Script::new(SCRIPT);
     let mut pacer = Pacer::new(cfg.max_deletes_per_second);
     let chunk_len = cfg.chunk_len();
@@ -330,10 +390,9 @@ pub async fn run_cycle(
                 for k in chunk {
                     inv.key(k.as_slice());
                 }
-                let future_ms = now_ms().saturating_add(duration_ms(MAX_FUTURE_FILL));
                 let d: u64 = inv
-                    .arg(start_ms)
-                    .arg(future_ms)
+                    .arg(start_us)
+                    .arg(duration_micros(MAX_FUTURE_STAMP))
                     .invoke_async(&mut conn)
                     .await?;
                 pacer.charge(d, began);
@@ -362,24 +421,112 @@ pub async fn run_cycle(
         .arg(start_ms)
         .query_async::<()>(&mut conn)
         .await?;
+    let mut pruned = 0_u64;
+    for ns in &namespaces {
+        match prune_tags(&mut conn, naming, ns, start_us, cfg, &mut pacer).await {
+            Ok(n) => pruned += n,
+            Err(e) => {
+                metrics::counter!(m::ERRORS_TOTAL, "kind" => "redis").increment(1);
+                tracing::warn!(namespace = *ns, error = %e, "pruning the namespace's tag versions failed; the next cycle prunes them");
+            }
+        }
+    }
+    let elapsed = started.elapsed();
     let report = CycleReport {
         namespaces: namespaces.len(),
         keys_scanned: scanned,
         keys_deleted: deleted,
+        tag_versions_pruned: pruned,
+        started_at_micros: start_us,
         started_at_ms: start_ms,
-        elapsed: started.elapsed(),
+        elapsed,
     };
-    progress.completed(now_ms());
+    progress.completed(start_ms.saturating_add(duration_ms(elapsed)));
     Ok(report)
+}
+
+/// After a completed cycle that began at `start_us` (µs, Redis's clock), delete the fields of
+/// `namespace`'s tags hash whose time is below `start_us − MAX_LEASE_TTL` — never its
+/// bookkeeping (`" now"`, `" ttl"`, `" cursor"`) — in pages of an `HSCAN`, each checked and
+/// deleted by one script, paced with the cycle's deletes. Returns how many were deleted.
+///
+/// Why this is safe: a pruned tag reads as never invalidated (version 0), which matters only
+/// for a value carrying it, stamped `s` at or before its time `v`, that would be current again.
+/// Such a value's fill landed within `MAX_LEASE_TTL` of `s` (a lease ends by then, and a fill
+/// needs its lease) — before `v + MAX_LEASE_TTL < start_us`, so before the cycle began: it was
+/// in L2 for the whole SCAN of the namespace's value keys (every generation's), which
+/// therefore returned it, and the cycle deleted it (`s ≤ v < start_us`), unless it was gone
+/// already. A value written later carries a later stamp. (The tag clock can run ahead of
+/// `TIME`, never behind: `s` is at least the real time of its lease, so the bound holds.) A
+/// field bumped between the `HSCAN` and the delete is above the threshold again, and the
+/// script keeps it.
+///
+/// # Errors
+///
+/// Redis errors (a tags hash of the wrong type among them: the publisher deletes it at the
+/// next bump, and the namespace is flushed).
+async fn prune_tags(
+    conn: &mut MultiplexedConnection,
+    naming: &Naming,
+    namespace: &str,
+    start_us: u64,
+    cfg: &RefreshConfig,
+    pacer: &mut Pacer,
+) -> Result<u64, redis::RedisError> {
+    let key = naming.tags_key(namespace);
+    let threshold = start_us.saturating_sub(duration_micros(MAX_LEASE_TTL));
+    let script = redis::Script::new(PRUNE_SCRIPT);
+    let chunk_len = cfg.chunk_len();
+    let mut pruned = 0_u64;
+    let mut cursor = 0_u64;
+    loop {
+        let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+            .arg(&key)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(cfg.scan_count)
+            .query_async(conn)
+            .await?;
+        let old: Vec<String> = page
+            .into_iter()
+            .filter(|(field, value)| {
+                !field.starts_with(BOOKKEEPING_PREFIX)
+                    && value.parse::<u64>().is_ok_and(|v| v < threshold)
+            })
+            .map(|(field, _)| field)
+            .collect();
+        for chunk in old.chunks(chunk_len) {
+            pacer.wait().await;
+            let began = Instant::now();
+            let mut inv = script.prepare_invoke();
+            inv.key(&key).arg(threshold);
+            for field in chunk {
+                inv.arg(field);
+            }
+            let d: u64 = inv.invoke_async(conn).await?;
+            pacer.charge(d, began);
+            pruned += d;
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    if pruned > 0 {
+        metrics::counter!(m::REFRESH_TAG_VERSIONS_PRUNED_TOTAL).increment(pruned);
+        tracing::debug!(namespace, pruned, "refresh: old tag versions pruned");
+    }
+    Ok(pruned)
 }
 
 /// Run a cycle every [`interval_secs`](RefreshConfig::interval_secs) (nothing when it is 0)
 /// until `shutdown` is cancelled, which stops a running cycle between two scripts.
 ///
 /// The next cycle is due one interval after the start of the last completed one — read from
-/// Redis at start-up, so restarts keep the schedule (with none recorded, the first cycle runs
-/// at once). A Redis error never stops the daemon: it is logged and counted, and the cycle is
-/// retried after a minute (or the interval, if shorter).
+/// Redis at start-up and compared with the Redis server's clock, so restarts keep the schedule
+/// (with none recorded, the first cycle runs at once); afterwards the wait is measured on this
+/// process's monotonic clock. A Redis error never stops the daemon: it is logged and counted,
+/// and the cycle is retried after a minute (or the interval, if shorter).
 pub async fn run_schedule(
     redis: redis::Client,
     naming: Naming,
@@ -392,26 +539,28 @@ pub async fn run_schedule(
         tracing::info!("full refresh schedule disabled (refresh.interval_secs = 0)");
         return;
     };
-    let interval_ms = duration_ms(interval);
     let retry = RETRY_AFTER.min(interval);
-    // When the next cycle is due, ms since the epoch; `None` until read from Redis.
-    let mut due_ms: Option<u64> = None;
+    // When the next cycle is due; `None` until read from Redis.
+    let mut due: Option<Instant> = None;
     loop {
-        let due = match due_ms {
+        let at = match due {
             Some(d) => d,
             None => match tokio::select! {
                 () = shutdown.cancelled() => return,
                 r = last_completed(&redis, &naming) => r,
             } {
-                Ok(last) => {
-                    let d = last.map_or_else(now_ms, |l| l.saturating_add(interval_ms));
+                Ok((last, now_ms)) => {
+                    let wait = last.map_or(Duration::ZERO, |l| {
+                        let due_ms = l.saturating_add(duration_ms(interval));
+                        Duration::from_millis(due_ms.saturating_sub(now_ms))
+                    });
                     tracing::info!(
                         interval_secs = cfg.interval_secs,
                         last_cycle_start_ms = last,
-                        next_in_secs = d.saturating_sub(now_ms()) / 1000,
+                        next_in_secs = wait.as_secs(),
                         "full refresh scheduled"
                     );
-                    d
+                    Instant::now() + wait
                 }
                 Err(e) => {
                     redis_error(&e, "cannot read the last refresh time; retrying");
@@ -422,9 +571,9 @@ pub async fn run_schedule(
                 }
             },
         };
-        let wait = Duration::from_millis(due.saturating_sub(now_ms()));
-        if sleep_or_cancel(wait, &shutdown).await {
-            return;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep_until(at) => {}
         }
         let outcome = tokio::select! {
             () = shutdown.cancelled() => {
@@ -439,14 +588,16 @@ pub async fn run_schedule(
                     namespaces = report.namespaces,
                     keys_scanned = report.keys_scanned,
                     keys_deleted = report.keys_deleted,
+                    tag_versions_pruned = report.tag_versions_pruned,
                     seconds = report.elapsed.as_secs_f64(),
                     "refresh cycle complete"
                 );
-                due_ms = Some(report.started_at_ms.saturating_add(interval_ms));
+                // One interval after the cycle's start.
+                due = Some(Instant::now() + interval.saturating_sub(report.elapsed));
             }
             Err(e) => {
                 redis_error(&e, "refresh cycle failed; retrying");
-                due_ms = Some(now_ms().saturating_add(duration_ms(retry)));
+                due = Some(Instant::now() + retry);
             }
         }
     }
@@ -465,18 +616,35 @@ async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) -> bool {
     }
 }
 
-/// The start of the last completed cycle, as recorded in Redis.
+/// The start of the last completed cycle, as recorded in Redis, and the Redis server's clock
+/// now, both in ms since the Unix epoch.
 async fn last_completed(
     redis: &redis::Client,
     naming: &Naming,
-) -> Result<Option<u64>, redis::RedisError> {
+) -> Result<(Option<u64>, u64), redis::RedisError> {
     let mut conn = connect(redis).await?;
     let raw: Option<String> = redis::cmd("GET")
         .arg(naming.refresh_last_key())
         .query_async(&mut conn)
         .await?;
+    let now_ms = server_time_micros(&mut conn).await? / 1000;
     // Unparsable: as if none were recorded (the next cycle runs at once and rewrites it).
-    Ok(raw.and_then(|s| s.parse().ok()))
+    Ok((raw.and_then(|s| s.parse().ok()), now_ms))
+}
+
+/// The Redis server's clock (`TIME`), µs since the Unix epoch: the clock every stamp is read
+/// from.
+///
+/// # Errors
+///
+/// Redis errors, or a reply that is not two integers.
+pub async fn server_time_micros(
+    conn: &mut MultiplexedConnection,
+) -> Result<u64, redis::RedisError> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+    secs.checked_mul(1_000_000)
+        .and_then(|us| us.checked_add(micros))
+        .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Parse, "TIME out of range")))
 }
 
 async fn connect(redis: &redis::Client) -> Result<MultiplexedConnection, redis::RedisError> {
@@ -548,10 +716,8 @@ fn glob_escape(s: &str) -> String {
     out
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+fn duration_micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn duration_ms(d: Duration) -> u64 {
@@ -657,7 +823,7 @@ keys = ["{id}"]
             "wc:{users}:g1:s1",
             "wc:{users}:g1x:s1:42",
             "wc:{users2}:g1:s1:42",
-            "wc:tag:{users}:m",
+            "wc:{users}:tags",
         ] {
             assert!(!is_value_key(bad.as_bytes(), p), "{bad}");
         }

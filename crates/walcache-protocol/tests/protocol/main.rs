@@ -1,7 +1,8 @@
-//! Integration tests of walcache-protocol: the wire format (against frozen copies of the v1.0
-//! and v1.1 decoders, too) and the key builder, and the key builder against a real PostgreSQL's text output.
+//! Integration tests of walcache-protocol: the wire format (against frozen copies of the v1.0,
+//! v1.1 and v1.2 decoders, too) and the key builder, and the key builder against a real PostgreSQL's text output.
 
 mod postgres_text;
 mod v1_0_decoder;
 mod v1_1_decoder;
+mod v1_2_decoder;
 mod wire_and_keys;

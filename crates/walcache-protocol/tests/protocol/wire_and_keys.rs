@@ -1,17 +1,18 @@
-// Integration tests of walcache-protocol: the wire format (golden bytes of v1.0, v1.1 and v1.2, round
-// trips, compatibility across minor versions in both directions, hostile input) and the key
-// builder (PostgreSQL text output against Rust values).
+// Integration tests of walcache-protocol: the wire format (golden bytes of v1.0, v1.1, v1.2 and
+// v1.3, round trips, compatibility across minor versions in both directions, hostile input) and
+// the key builder (PostgreSQL text output against Rust values).
 
 use std::borrow::Cow;
 
 use proptest::prelude::*;
 use walcache_protocol::{
     key_of, Body, ColumnType, DecodeError, HeartbeatDetails, KeyError, KeyPart, KeyRef,
-    KeyTemplate, Message, FORMAT_MAJOR, FORMAT_MINOR, MAX_MESSAGE_BYTES,
+    KeyTemplate, Message, TagRef, FORMAT_MAJOR, FORMAT_MINOR, MAX_MESSAGE_BYTES,
 };
 
 use crate::v1_0_decoder as v1_0;
 use crate::v1_1_decoder as v1_1;
+use crate::v1_2_decoder as v1_2;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers, written independently of the crate's own code.
@@ -63,6 +64,8 @@ enum Layout {
     V1_1,
     /// As v1.1, and heartbeat details end with `out_of_service`.
     V1_2,
+    /// As v1.2, and a Tags body ends with each tag's namespace ('' for none) when any tag has one.
+    V1_3,
 }
 
 /// The header and (kind, body) sections of `m` in `layout`, without any extra bytes.
@@ -85,30 +88,38 @@ fn sections(m: &Message, layout: Layout) -> (Vec<u8>, u8, Vec<u8>) {
             }
             1
         }
-        Body::Tags(items) | Body::Flush(items) => {
+        Body::Tags(tags) => {
+            leb128(&mut body, tags.len() as u64);
+            for t in tags {
+                lp_string(&mut body, &t.tag);
+            }
+            if layout == Layout::V1_3 && tags.iter().any(|t| t.namespace.is_some()) {
+                for t in tags {
+                    lp_string(&mut body, t.namespace.as_deref().unwrap_or(""));
+                }
+            }
+            2
+        }
+        Body::Flush(items) => {
             leb128(&mut body, items.len() as u64);
             for s in items {
                 lp_string(&mut body, s);
             }
-            if matches!(m.body, Body::Tags(_)) {
-                2
-            } else {
-                3
-            }
+            3
         }
         Body::Heartbeat {
             last_data_seq,
             details,
         } => {
             leb128(&mut body, *last_data_seq);
-            if let (Layout::V1_1 | Layout::V1_2, Some(d)) = (layout, details) {
+            if let (Layout::V1_1 | Layout::V1_2 | Layout::V1_3, Some(d)) = (layout, details) {
                 leb128(&mut body, d.lag_bytes);
                 leb128(&mut body, d.refresh_interval_ms);
                 leb128(&mut body, d.namespaces.len() as u64);
                 for s in &d.namespaces {
                     lp_string(&mut body, s);
                 }
-                if layout == Layout::V1_2 {
+                if layout != Layout::V1_1 {
                     leb128(&mut body, d.out_of_service.len() as u64);
                     for s in &d.out_of_service {
                         lp_string(&mut body, s);
@@ -136,20 +147,29 @@ fn frame(minor: u8, header: &[u8], kind: u8, body: &[u8], trailing: &[u8]) -> Ve
     out
 }
 
-/// An independent encoder of `m` as a v1.0 sender wrote it (minor 0): drops the v1.1 fields.
+/// An independent encoder of `m` as a v1.0 sender wrote it (minor 0): drops the v1.1 (and later)
+/// fields.
 fn encode_v1_0(m: &Message) -> Vec<u8> {
     let (header, kind, body) = sections(m, Layout::V1_0);
     frame(0, &header, kind, &body, &[])
 }
 
-/// An independent encoder of `m` as a v1.1 sender wrote it (minor 1): no `out_of_service`.
+/// An independent encoder of `m` as a v1.1 sender wrote it (minor 1): no `out_of_service`, no
+/// tag namespaces.
 fn encode_v1_1(m: &Message) -> Vec<u8> {
     let (header, kind, body) = sections(m, Layout::V1_1);
     frame(1, &header, kind, &body, &[])
 }
 
-/// An independent encoder of format 1.x, minor >= 2: the v1.2 layout, then the fields a newer
-/// minor would append.
+/// An independent encoder of `m` as a v1.2 sender wrote it (minor 2): no tag namespaces.
+fn encode_v1_2(m: &Message) -> Vec<u8> {
+    let (header, kind, body) = sections(m, Layout::V1_2);
+    frame(2, &header, kind, &body, &[])
+}
+
+/// An independent encoder of format 1.x, minor >= 3: the v1.3 layout, then the fields a newer
+/// minor would append. Appending to a Tags body, such a minor writes the tags' namespaces first,
+/// '' for each when no tag has one (or the decoder would read its fields as namespaces).
 fn encode_future(
     m: &Message,
     minor: u8,
@@ -159,17 +179,25 @@ fn encode_future(
 ) -> Vec<u8> {
     assert!(
         extra_body.is_empty() || !matches!(m.body, Body::Heartbeat { details: None, .. }),
-        "a minor after v1.2 writes heartbeat details before its own fields (see as_future_sender)"
+        "a minor after v1.3 writes heartbeat details before its own fields (see as_future_sender)"
     );
-    let (mut header, kind, mut body) = sections(m, Layout::V1_2);
+    let (mut header, kind, mut body) = sections(m, Layout::V1_3);
+    if let Body::Tags(tags) = &m.body {
+        if !extra_body.is_empty() && tags.iter().all(|t| t.namespace.is_none()) {
+            for _ in tags {
+                lp_string(&mut body, "");
+            }
+        }
+    }
     header.extend_from_slice(extra_header);
     body.extend_from_slice(extra_body);
     frame(minor, &header, kind, &body, trailing)
 }
 
-/// `m` as a sender of a minor after v1.2 appending to the body would send it: such a sender
-/// writes every v1.1 and v1.2 field before its own, so its heartbeats always carry details
-/// (with `out_of_service`, which the v1.2 layout always writes).
+/// `m` as a sender of a minor after v1.3 appending to the body would send it: such a sender
+/// writes every v1.1, v1.2 and v1.3 field before its own, so its heartbeats always carry details
+/// (with `out_of_service`, which the v1.2 layout always writes; [`encode_future`] writes the
+/// namespaces of a Tags body).
 fn as_future_sender(mut m: Message, appends_to_body: bool) -> Message {
     if let Body::Heartbeat { details, .. } = &mut m.body {
         if appends_to_body && details.is_none() {
@@ -179,7 +207,26 @@ fn as_future_sender(mut m: Message, appends_to_body: bool) -> Message {
     m
 }
 
-/// What the frozen v1.0 decoder should make of `m`: the same message without the v1.1 fields.
+/// A tag in every namespace, as a v1.2 or older sender meant every tag.
+fn unscoped(tag: impl Into<String>) -> TagRef {
+    TagRef {
+        namespace: None,
+        tag: tag.into(),
+    }
+}
+
+/// A Tags body of tags in every namespace: what a v1.2 or older sender could say.
+fn unscoped_tags<S: Into<String>>(tags: impl IntoIterator<Item = S>) -> Body {
+    Body::Tags(tags.into_iter().map(unscoped).collect())
+}
+
+/// The names of `tags`, without their namespaces: what a v1.2 or older decoder reads.
+fn tag_names(tags: &[TagRef]) -> Vec<String> {
+    tags.iter().map(|t| t.tag.clone()).collect()
+}
+
+/// What the frozen v1.0 decoder should make of `m`: the same message without the v1.1 (and
+/// later) fields, tags reduced to their names.
 fn as_v1_0(m: &Message) -> v1_0::Message {
     let body = match &m.body {
         Body::Keys(keys) => v1_0::Body::Keys(
@@ -190,7 +237,7 @@ fn as_v1_0(m: &Message) -> v1_0::Message {
                 })
                 .collect(),
         ),
-        Body::Tags(items) => v1_0::Body::Tags(items.clone()),
+        Body::Tags(tags) => v1_0::Body::Tags(tag_names(tags)),
         Body::Flush(items) => v1_0::Body::Flush(items.clone()),
         Body::Heartbeat { last_data_seq, .. } => v1_0::Body::Heartbeat {
             last_data_seq: *last_data_seq,
@@ -206,7 +253,8 @@ fn as_v1_0(m: &Message) -> v1_0::Message {
     }
 }
 
-/// What the frozen v1.1 decoder should make of `m`: the same message without `out_of_service`.
+/// What the frozen v1.1 decoder should make of `m`: the same message without `out_of_service`,
+/// tags reduced to their names.
 fn as_v1_1(m: &Message) -> v1_1::Message {
     let body = match &m.body {
         Body::Keys(keys) => v1_1::Body::Keys(
@@ -217,7 +265,7 @@ fn as_v1_1(m: &Message) -> v1_1::Message {
                 })
                 .collect(),
         ),
-        Body::Tags(items) => v1_1::Body::Tags(items.clone()),
+        Body::Tags(tags) => v1_1::Body::Tags(tag_names(tags)),
         Body::Flush(items) => v1_1::Body::Flush(items.clone()),
         Body::Heartbeat {
             last_data_seq,
@@ -242,8 +290,58 @@ fn as_v1_1(m: &Message) -> v1_1::Message {
     }
 }
 
-/// What this decoder should make of `m` sent by a v1.1 sender: `out_of_service` empty.
-fn without_v1_2_fields(mut m: Message) -> Message {
+/// What the frozen v1.2 decoder should make of `m`: the same message, tags reduced to their
+/// names.
+fn as_v1_2(m: &Message) -> v1_2::Message {
+    let body = match &m.body {
+        Body::Keys(keys) => v1_2::Body::Keys(
+            keys.iter()
+                .map(|k| v1_2::KeyRef {
+                    namespace: k.namespace.clone(),
+                    key: k.key.clone(),
+                })
+                .collect(),
+        ),
+        Body::Tags(tags) => v1_2::Body::Tags(tag_names(tags)),
+        Body::Flush(items) => v1_2::Body::Flush(items.clone()),
+        Body::Heartbeat {
+            last_data_seq,
+            details,
+        } => v1_2::Body::Heartbeat {
+            last_data_seq: *last_data_seq,
+            details: details.as_ref().map(|d| v1_2::HeartbeatDetails {
+                lag_bytes: d.lag_bytes,
+                refresh_interval_ms: d.refresh_interval_ms,
+                namespaces: d.namespaces.clone(),
+                out_of_service: d.out_of_service.clone(),
+            }),
+        },
+        other => panic!("unknown body {other:?}"),
+    };
+    v1_2::Message {
+        epoch: m.epoch,
+        seq: m.seq,
+        lsn: m.lsn,
+        commit_time_micros: m.commit_time_micros,
+        sent_at_micros: m.sent_at_micros,
+        body,
+    }
+}
+
+/// What this decoder should make of `m` sent by a v1.2 sender: every tag in every namespace.
+fn without_v1_3_fields(mut m: Message) -> Message {
+    if let Body::Tags(tags) = &mut m.body {
+        for t in tags {
+            t.namespace = None;
+        }
+    }
+    m
+}
+
+/// What this decoder should make of `m` sent by a v1.1 sender: `out_of_service` empty, and every
+/// tag in every namespace.
+fn without_v1_2_fields(m: Message) -> Message {
+    let mut m = without_v1_3_fields(m);
     if let Body::Heartbeat {
         details: Some(d), ..
     } = &mut m.body
@@ -253,8 +351,10 @@ fn without_v1_2_fields(mut m: Message) -> Message {
     m
 }
 
-/// What this decoder should make of `m` sent by a v1.0 sender: the v1.1 fields at their defaults.
-fn without_v1_1_fields(mut m: Message) -> Message {
+/// What this decoder should make of `m` sent by a v1.0 sender: the v1.1 (and later) fields at
+/// their defaults.
+fn without_v1_1_fields(m: Message) -> Message {
+    let mut m = without_v1_2_fields(m);
     m.sent_at_micros = 0;
     if let Body::Heartbeat { details, .. } = &mut m.body {
         *details = None;
@@ -283,12 +383,21 @@ fn arb_details() -> impl Strategy<Value = HeartbeatDetails> {
         )
 }
 
+/// A tag, in a namespace or (as a v1.2 sender wrote it) in every namespace; never in `Some("")`,
+/// which is not a namespace (it encodes as "no namespace").
+fn arb_tag_ref() -> impl Strategy<Value = TagRef> {
+    (prop::option::of(".{1,12}"), arb_string())
+        .prop_map(|(namespace, tag)| TagRef { namespace, tag })
+}
+
 fn arb_body() -> impl Strategy<Value = Body> {
     let s = arb_string;
     prop_oneof![
         prop::collection::vec((s(), s()), 0..6)
             .prop_map(|v| Body::Keys(v.into_iter().map(|(n, k)| KeyRef::new(n, k)).collect())),
-        prop::collection::vec(s(), 0..6).prop_map(Body::Tags),
+        prop::collection::vec(arb_tag_ref(), 0..6).prop_map(Body::Tags),
+        // As a v1.2 sender wrote them: no tag has a namespace.
+        prop::collection::vec(s(), 0..6).prop_map(unscoped_tags),
         prop::collection::vec(s(), 0..6).prop_map(Body::Flush),
         (any::<u64>(), prop::option::of(arb_details())).prop_map(|(last_data_seq, details)| {
             Body::Heartbeat {
@@ -340,7 +449,7 @@ fn golden_v1_0() -> Vec<(Message, Vec<u8>)> {
             hex("5743 0100 0c efcdab8967452301 01 ac02 03  01 09 01 05 7573657273 01 37"),
         ),
         (
-            Message::new(1, 2, Body::Tags(vec!["users".into(), "orgs".into()])),
+            Message::new(1, 2, unscoped_tags(["users", "orgs"])),
             hex("5743 0100 0b 0100000000000000 02 00 00  02 0c 02 05 7573657273 04 6f726773"),
         ),
         (
@@ -444,7 +553,8 @@ fn golden_v1_1() -> Vec<(Message, Vec<u8>)> {
     ]
 }
 
-/// Fixtures of the v1.2 encoder (minor 2), byte for byte what it writes.
+/// Fixtures of the v1.2 encoder (minor 2), byte for byte what it wrote. Frozen: never change
+/// these bytes; their Tags decode with every namespace `None` (every tag in every namespace).
 fn golden_v1_2() -> Vec<(Message, Vec<u8>)> {
     vec![
         // One namespace certified, one out of service; a refresh every minute (60_000 =
@@ -506,13 +616,77 @@ fn golden_v1_2() -> Vec<(Message, Vec<u8>)> {
             ),
             hex("5743 0102 0c 2a00000000000000 07 00 00 00  04 10 06 01 00 00 02 05 7573657273 04 6f726773"),
         ),
+        // The v1.0 Tags fixture under v1.2: a zero send time ends the header, the body is the
+        // same. (Added when v1.3 froze these fixtures; checked against the v1.2 encoder of commit 1f3e2b8.)
+        (
+            Message::new(1, 2, unscoped_tags(["users", "orgs"])),
+            hex("5743 0102 0c 0100000000000000 02 00 00 00  02 0c 02 05 7573657273 04 6f726773"),
+        ),
+    ]
+}
+
+/// Fixtures of the v1.3 encoder (minor 3), byte for byte what it writes.
+fn golden_v1_3() -> Vec<(Message, Vec<u8>)> {
+    vec![
+        // Two tags, each in a namespace: the tags, then their namespaces in the same order
+        // ("orders" = 6f7264657273, "orgs:7" = 6f7267733a37).
+        (
+            Message {
+                epoch: 0x0123_4567_89ab_cdef,
+                seq: 11,
+                lsn: 300,
+                commit_time_micros: -2,
+                sent_at_micros: SENT_AT,
+                body: Body::Tags(vec![
+                    TagRef::new("orders", "users"),
+                    TagRef::new("users", "orgs:7"),
+                ]),
+            },
+            hex("5743 0103 14 efcdab8967452301 0b ac02 03 8080f28183898506 \
+                 02 1b 02 05 7573657273 06 6f7267733a37  06 6f7264657273 05 7573657273"),
+        ),
+        // One tag in every namespace, one in "users": the first namespace is '' (00).
+        (
+            Message::new(
+                42,
+                8,
+                Body::Tags(vec![
+                    unscoped("orgs"),
+                    TagRef::new("users", "users:7"),
+                ]),
+            ),
+            hex("5743 0103 0c 2a00000000000000 08 00 00 00 \
+                 02 15 02 04 6f726773 07 75736572733a37  00 05 7573657273"),
+        ),
+        // Tags without namespaces: no namespaces at all, the v1.2 body (the last v1.2 fixture
+        // but for the minor byte).
+        (
+            Message::new(1, 2, unscoped_tags(["users", "orgs"])),
+            hex("5743 0103 0c 0100000000000000 02 00 00 00  02 0c 02 05 7573657273 04 6f726773"),
+        ),
+        // No tags: no namespaces either.
+        (
+            Message::new(42, 9, Body::Tags(vec![])),
+            hex("5743 0103 0c 2a00000000000000 09 00 00 00  02 01 00"),
+        ),
+        // Other messages only change the minor byte: the first v1.2 fixture, and the second
+        // v1.1 one.
+        (
+            golden_v1_2().remove(0).0,
+            hex("5743 0103 13 efcdab8967452301 0a 00 00 8080f28183898506 \
+                 04 12 09 00 e0d403 01 05 7573657273 01 04 6f726773"),
+        ),
+        (
+            golden_v1_1().remove(1).0,
+            hex("5743 0103 14 efcdab8967452301 01 ac02 03 f681f28183898506  01 09 01 05 7573657273 01 37"),
+        ),
     ]
 }
 
 #[test]
 fn golden_fixtures_encode_and_decode() {
-    assert_eq!(FORMAT_MINOR, 2);
-    for (msg, bytes) in golden_v1_2() {
+    assert_eq!(FORMAT_MINOR, 3);
+    for (msg, bytes) in golden_v1_3() {
         assert_eq!(msg.encode(), bytes, "encoding of {msg:?}");
         assert_eq!(msg.encoded_len(), bytes.len());
         let mut appended = b"prefix".to_vec();
@@ -520,6 +694,56 @@ fn golden_fixtures_encode_and_decode() {
         assert_eq!(appended[6..], bytes[..]);
         assert_eq!(Message::decode(&bytes), Ok(msg));
     }
+}
+
+#[test]
+fn the_reference_encoder_writes_every_golden_fixture() {
+    // The test's own encoders agree with the hand-written bytes of every version, so the
+    // property tests that use them test the format, not the crate against itself.
+    for (msg, bytes) in golden_v1_3() {
+        assert_eq!(encode_future(&msg, 3, &[], &[], &[]), bytes, "{msg:?}");
+    }
+    for (msg, bytes) in golden_v1_2() {
+        assert_eq!(encode_v1_2(&msg), bytes, "{msg:?}");
+    }
+    for (msg, bytes) in golden_v1_1() {
+        assert_eq!(encode_v1_1(&msg), bytes, "{msg:?}");
+    }
+    for (msg, bytes) in golden_v1_0() {
+        assert_eq!(encode_v1_0(&msg), bytes, "{msg:?}");
+    }
+}
+
+#[test]
+fn v1_2_golden_fixtures_still_decode_with_every_tag_in_every_namespace() {
+    let mut tags = 0;
+    for (msg, bytes) in golden_v1_2() {
+        assert_eq!(bytes[3], 2);
+        let decoded = Message::decode(&bytes).expect("a v1.2 fixture");
+        if let Body::Tags(t) = &decoded.body {
+            assert!(t.iter().all(|t| t.namespace.is_none()), "{t:?}");
+            tags += 1;
+        }
+        assert_eq!(decoded, msg, "{bytes:02x?}");
+        // And the frozen v1.2 decoder, of course.
+        assert_eq!(v1_2::Message::decode(&bytes), Ok(as_v1_2(&msg)));
+    }
+    assert!(tags > 0, "a v1.2 Tags fixture");
+}
+
+#[test]
+fn v1_2_fixtures_reencode_changing_only_the_minor_byte() {
+    // Nothing a v1.2 sender could say has a tag namespace, so v1.3 writes it as v1.2 did.
+    for (msg, mut bytes) in golden_v1_2() {
+        bytes[3] = 3;
+        assert_eq!(msg.encode(), bytes, "{msg:?}");
+    }
+    // Nor does a v1.3 Tags body without namespaces differ from the v1.2 one.
+    let (v1_2_msg, v1_2_bytes) = golden_v1_2().pop().unwrap();
+    let (v1_3_msg, v1_3_bytes) = golden_v1_3().remove(2);
+    assert_eq!(v1_2_msg, v1_3_msg);
+    assert_eq!(v1_2_bytes[..3], v1_3_bytes[..3]);
+    assert_eq!(v1_2_bytes[4..], v1_3_bytes[4..]);
 }
 
 #[test]
@@ -548,6 +772,26 @@ fn the_v1_1_and_v1_0_decoders_read_every_v1_2_fixture() {
 }
 
 #[test]
+fn the_older_decoders_read_every_v1_3_fixture_with_tags_in_every_namespace() {
+    for (msg, bytes) in golden_v1_3() {
+        assert_eq!(bytes[3], 3);
+        assert_eq!(v1_2::Message::decode(&bytes), Ok(as_v1_2(&msg)), "{msg:?}");
+        assert_eq!(v1_1::Message::decode(&bytes), Ok(as_v1_1(&msg)), "{msg:?}");
+        assert_eq!(v1_0::Message::decode(&bytes), Ok(as_v1_0(&msg)), "{msg:?}");
+    }
+    // Spelled out for the first fixture: its tags, in every namespace.
+    let (_, bytes) = golden_v1_3().remove(0);
+    let Ok(v1_2::Message {
+        body: v1_2::Body::Tags(tags),
+        ..
+    }) = v1_2::Message::decode(&bytes)
+    else {
+        panic!("not tags: {:?}", v1_2::Message::decode(&bytes));
+    };
+    assert_eq!(tags, ["users", "orgs:7"]);
+}
+
+#[test]
 fn v1_0_golden_fixtures_still_decode() {
     for (msg, bytes) in golden_v1_0() {
         assert_eq!(msg.sent_at_micros, 0);
@@ -556,12 +800,12 @@ fn v1_0_golden_fixtures_still_decode() {
 }
 
 #[test]
-fn v1_0_fixtures_reencode_with_a_zero_send_time_under_minor_2() {
+fn v1_0_fixtures_reencode_with_a_zero_send_time_under_minor_3() {
     for (msg, v1_0_bytes) in golden_v1_0() {
-        // Same bytes, but minor 2, a header one byte longer, and sent_at 0 ending the header.
+        // Same bytes, but minor 3, a header one byte longer, and sent_at 0 ending the header.
         let header_len = usize::from(v1_0_bytes[4]);
         let mut want = v1_0_bytes[..5 + header_len].to_vec();
-        want[3] = 2;
+        want[3] = 3;
         want[4] += 1;
         want.push(0);
         want.extend_from_slice(&v1_0_bytes[5 + header_len..]);
@@ -590,6 +834,55 @@ fn golden_fixture_of_a_future_minor_still_decodes() {
     let (want, _) = golden_v1_1().remove(0);
     assert_eq!(Message::decode(&bytes), Ok(want.clone()));
     assert_eq!(v1_1::Message::decode(&bytes), Ok(as_v1_1(&want)));
+
+    // A minor-7 Tags body: two more bytes after the tags' namespaces, and one after the body.
+    let bytes = hex(
+        "5743 0107 14 efcdab8967452301 0b ac02 03 8080f28183898506 \
+                     02 1d 02 05 7573657273 06 6f7267733a37  06 6f7264657273 05 7573657273 beef  ff",
+    );
+    let (want, _) = golden_v1_3().remove(0);
+    assert_eq!(Message::decode(&bytes), Ok(want.clone()));
+    assert_eq!(v1_2::Message::decode(&bytes), Ok(as_v1_2(&want)));
+    assert_eq!(v1_1::Message::decode(&bytes), Ok(as_v1_1(&want)));
+    assert_eq!(v1_0::Message::decode(&bytes), Ok(as_v1_0(&want)));
+
+    // Its tags without namespaces: it writes '' for each before its own bytes.
+    let bytes = hex("5743 0107 0c 0100000000000000 02 00 00 00 \
+                     02 10 02 05 7573657273 04 6f726773  00 00 beef");
+    let (want, _) = golden_v1_3().remove(2);
+    assert_eq!(Message::decode(&bytes), Ok(want.clone()));
+    assert_eq!(v1_2::Message::decode(&bytes), Ok(as_v1_2(&want)));
+    assert_eq!(encode_future(&want, 7, &[], &hex("beef"), &[]), bytes);
+}
+
+#[test]
+fn a_later_minor_must_write_the_tag_namespaces_before_its_own_tags_fields() {
+    // A minor-7 Tags body of the v1.2 era, two bytes straight after the tags: the v1.2 (and
+    // older) decoders skip them; since v1.3 they are the start of the namespaces (the first a
+    // string of one byte), and the body ends before the second.
+    let bytes = hex("5743 0107 0c 0100000000000000 02 00 00 00 \
+                     02 0e 02 05 7573657273 04 6f726773 0102");
+    let (v1_2_view, _) = golden_v1_2().pop().unwrap();
+    assert_eq!(v1_2::Message::decode(&bytes), Ok(as_v1_2(&v1_2_view)));
+    assert_eq!(v1_1::Message::decode(&bytes), Ok(as_v1_1(&v1_2_view)));
+    assert_eq!(
+        Message::decode(&bytes),
+        Err(DecodeError::Truncated {
+            what: "tag namespace"
+        })
+    );
+    // Bytes that happen to read as one string per tag are taken for namespaces: a v1.2-era
+    // minor appending to a Tags body would be misread (there is none: v1.3 follows v1.2).
+    let bytes = hex("5743 0107 0c 0100000000000000 02 00 00 00 \
+                     02 10 02 05 7573657273 04 6f726773 01 61 01 62");
+    assert_eq!(v1_2::Message::decode(&bytes), Ok(as_v1_2(&v1_2_view)));
+    assert_eq!(
+        Message::decode(&bytes).map(|m| m.body),
+        Ok(Body::Tags(vec![
+            TagRef::new("a", "users"),
+            TagRef::new("b", "orgs")
+        ]))
+    );
 }
 
 #[test]
@@ -623,6 +916,69 @@ fn a_later_minor_must_write_the_send_time_before_its_own_header_fields() {
         Err(DecodeError::Truncated {
             what: "sent_at_micros"
         })
+    );
+}
+
+#[test]
+fn partial_tag_namespaces_are_truncated_errors() {
+    let (msg, _) = golden_v1_3().remove(0);
+    let (header, kind, body) = sections(&msg, Layout::V1_3);
+    // The tags end after "orgs:7": 02 05 users 06 orgs:7 = 14 bytes.
+    let namespaces_start = 14;
+    assert_eq!(
+        Message::decode(&frame(3, &header, kind, &body[..namespaces_start], &[])),
+        Ok(without_v1_3_fields(msg.clone())),
+        "without the namespaces: every tag in every namespace"
+    );
+    for end in namespaces_start + 1..body.len() {
+        // Cut anywhere inside the namespaces (bytes after the body to show they are not
+        // borrowed): Truncated, not skipped; the older decoders never look.
+        let bytes = frame(3, &header, kind, &body[..end], b"\x05users");
+        assert_eq!(
+            Message::decode(&bytes),
+            Err(DecodeError::Truncated {
+                what: "tag namespace"
+            }),
+            "body cut at {end} of {}",
+            body.len()
+        );
+        assert_eq!(v1_2::Message::decode(&bytes), Ok(as_v1_2(&msg)));
+        assert_eq!(v1_1::Message::decode(&bytes), Ok(as_v1_1(&msg)));
+        assert_eq!(v1_0::Message::decode(&bytes), Ok(as_v1_0(&msg)));
+    }
+    let tags_body = |hex_body: &str| Message::decode(&frame(3, &header, kind, &hex(hex_body), &[]));
+    // A namespace's length running past the body's end.
+    assert_eq!(
+        tags_body("01 01 61 09 7573657273"),
+        Err(DecodeError::Truncated {
+            what: "tag namespace"
+        })
+    );
+    // Malformed varints and strings among the namespaces.
+    assert_eq!(
+        tags_body("01 01 61 ffffffffffffffffff02"),
+        Err(DecodeError::VarintOverflow)
+    );
+    assert_eq!(tags_body("01 01 61 02 c328"), Err(DecodeError::InvalidUtf8));
+    // '' is no namespace, whether some tags have one or none does.
+    let tags = |t: Vec<TagRef>| {
+        Ok::<_, DecodeError>(Message {
+            body: Body::Tags(t),
+            ..msg.clone()
+        })
+    };
+    assert_eq!(
+        tags_body("02 01 61 01 62 00 00"),
+        tags(vec![unscoped("a"), unscoped("b"),])
+    );
+    assert_eq!(
+        tags_body("02 01 61 01 62 01 6e 00"),
+        tags(vec![TagRef::new("n", "a"), unscoped("b"),])
+    );
+    // Bytes after the namespaces belong to a newer minor: ignored.
+    assert_eq!(
+        tags_body("01 01 61 01 6e 01 6f"),
+        tags(vec![TagRef::new("n", "a")])
     );
 }
 
@@ -671,7 +1027,13 @@ fn decode_errors() {
 
     // Every strict prefix fails with Truncated (or, for the empty prefix of the magic, too), in
     // every version.
-    for good in [good, golden_v1_1().remove(0).1, golden_v1_2().remove(0).1] {
+    for good in [
+        good,
+        golden_v1_1().remove(0).1,
+        golden_v1_2().remove(0).1,
+        golden_v1_3().remove(0).1,
+        golden_v1_3().remove(1).1,
+    ] {
         for n in 0..good.len() {
             assert!(
                 matches!(
@@ -874,18 +1236,96 @@ fn encoded_len_is_exact_at_varint_boundaries() {
             }
         }
     }
+
+    // Tags, with the count and the lengths of tags and namespaces at their varint edges: none,
+    // some and all of the tags in a namespace.
+    for count in [0usize, 1, 2, 127, 128] {
+        for len in [0usize, 1, 127, 128, 16_383, 16_384] {
+            if count * len > MAX_MESSAGE_BYTES / 4 {
+                continue;
+            }
+            for scoped in [0, 1, 2] {
+                let tags: Vec<TagRef> = (0..count)
+                    .map(|i| TagRef {
+                        // Never Some(""): that is no namespace.
+                        namespace: (scoped == 2 || (scoped == 1 && i % 2 == 1))
+                            .then(|| "n".repeat(len.max(1))),
+                        tag: "t".repeat(len),
+                    })
+                    .collect();
+                let msg = Message::new(len as u64, count as u64, Body::Tags(tags.clone()));
+                let bytes = msg.encode();
+                assert_eq!(msg.encoded_len(), bytes.len(), "{count} × {len}, {scoped}");
+                assert_eq!(bytes, encode_future(&msg, 3, &[], &[], &[]));
+                assert_eq!(Message::decode(&bytes).as_ref(), Ok(&msg));
+                // TagRef::encoded_len is what a tag adds to a body whose tags carry namespaces.
+                let (_, _, body) = sections(&msg, Layout::V1_3);
+                let mut count_varint = Vec::new();
+                leb128(&mut count_varint, count as u64);
+                if tags.iter().any(|t| t.namespace.is_some()) {
+                    assert_eq!(
+                        body.len(),
+                        count_varint.len() + tags.iter().map(TagRef::encoded_len).sum::<usize>()
+                    );
+                } else {
+                    // Without namespaces, each tag is one byte ('') shorter than that.
+                    assert_eq!(
+                        body.len() + count,
+                        count_varint.len() + tags.iter().map(TagRef::encoded_len).sum::<usize>()
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[test]
 fn a_message_at_the_size_limit_decodes() {
-    let mut msg = Message::new(1, 1, Body::Tags(vec![String::new()]));
+    let mut msg = Message::new(1, 1, unscoped_tags([""]));
     msg.sent_at_micros = SENT_AT;
     let overhead = msg.encoded_len();
     // The string's length varint grows from 1 to 3 bytes.
-    msg.body = Body::Tags(vec!["x".repeat(MAX_MESSAGE_BYTES - overhead - 2 - 2)]);
+    let tag = "x".repeat(MAX_MESSAGE_BYTES - overhead - 2 - 2);
+    msg.body = unscoped_tags([tag]);
     let bytes = msg.encode();
     assert_eq!(bytes.len(), MAX_MESSAGE_BYTES);
     assert_eq!(Message::decode(&bytes), Ok(msg));
+
+    // The same for a tag in a namespace, beside a tag in every namespace (''), the namespace
+    // filling it.
+    let tags =
+        |namespace: String| Body::Tags(vec![TagRef::new(namespace, "users:7"), unscoped("orgs")]);
+    let mut msg = Message::new(1, 1, tags("n".into()));
+    msg.sent_at_micros = SENT_AT;
+    let overhead = msg.encoded_len();
+    // The namespace grows by n - 1 bytes, its length varint and the body's by 2 each.
+    let filler = TagRef::new(
+        "x".repeat(MAX_MESSAGE_BYTES - overhead + 1 - 2 - 2),
+        "users:7",
+    );
+    assert_eq!(
+        filler.encoded_len(),
+        TagRef::new("n", "users:7").encoded_len() + (MAX_MESSAGE_BYTES - overhead - 2)
+    );
+    msg.body = tags(filler.namespace.clone().unwrap());
+    let bytes = msg.encode();
+    assert_eq!(bytes.len(), MAX_MESSAGE_BYTES);
+    assert_eq!(msg.encoded_len(), MAX_MESSAGE_BYTES);
+    assert_eq!(Message::decode(&bytes), Ok(msg.clone()));
+    assert_eq!(
+        v1_2::Message::decode(&bytes).map(|m| m.body),
+        Ok(v1_2::Body::Tags(vec!["users:7".into(), "orgs".into()]))
+    );
+    // One byte more is refused.
+    msg.body = tags(format!("{}x", filler.namespace.unwrap()));
+    assert_eq!(msg.encoded_len(), MAX_MESSAGE_BYTES + 1);
+    assert_eq!(
+        Message::decode(&msg.encode()),
+        Err(DecodeError::TooLarge {
+            len: MAX_MESSAGE_BYTES + 1,
+            max: MAX_MESSAGE_BYTES
+        })
+    );
 
     // The same for a heartbeat whose certified namespaces fill it.
     let details = |namespaces| HeartbeatDetails {
@@ -924,11 +1364,11 @@ fn error_messages_are_helpful() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Wire format: across minor versions, with the frozen v1.0 decoder.
+// Wire format: across minor versions, with the frozen v1.0, v1.1 and v1.2 decoders.
 // ---------------------------------------------------------------------------------------------
 
-/// One message of every kind, each with a send time, and heartbeats with and without details
-/// (with and without namespaces out of service).
+/// One message of every kind, each with a send time, heartbeats with and without details (with
+/// and without namespaces out of service), and tags with and without namespaces.
 fn every_kind() -> Vec<Message> {
     let with = |body| Message {
         lsn: 0x16_b374_d848,
@@ -936,13 +1376,26 @@ fn every_kind() -> Vec<Message> {
         sent_at_micros: SENT_AT,
         ..Message::new(0x5eed, 17, body)
     };
-    let mut all: Vec<Message> = golden_v1_2().into_iter().map(|(m, _)| m).collect();
+    let mut all: Vec<Message> = golden_v1_2()
+        .into_iter()
+        .chain(golden_v1_3())
+        .map(|(m, _)| m)
+        .collect();
     all.extend([
         with(Body::Keys(vec![
             KeyRef::new("users", "7"),
             KeyRef::new("orgs", "by_name:a%3Ab"),
         ])),
-        with(Body::Tags(vec!["users".into(), "orgs:7".into()])),
+        with(unscoped_tags(["users", "orgs:7"])),
+        with(Body::Tags(vec![
+            TagRef::new("orders", "users"),
+            TagRef::new("users", "orgs:7"),
+        ])),
+        with(Body::Tags(vec![
+            TagRef::new("é", "ü"),
+            unscoped("users"),
+            TagRef::new("users", ""),
+        ])),
         with(Body::Flush(vec!["users".into()])),
         with(Body::Heartbeat {
             last_data_seq: 16,
@@ -966,12 +1419,22 @@ fn every_kind() -> Vec<Message> {
 }
 
 #[test]
-fn the_v1_0_and_v1_1_decoders_read_every_kind() {
+fn the_older_decoders_read_every_kind() {
     for msg in every_kind() {
         let bytes = msg.encode();
-        assert_eq!(bytes[3], 2);
+        assert_eq!(bytes[3], 3);
         assert_eq!(v1_0::Message::decode(&bytes), Ok(as_v1_0(&msg)), "{msg:?}");
         assert_eq!(v1_1::Message::decode(&bytes), Ok(as_v1_1(&msg)), "{msg:?}");
+        assert_eq!(v1_2::Message::decode(&bytes), Ok(as_v1_2(&msg)), "{msg:?}");
+    }
+}
+
+#[test]
+fn v1_2_encodings_of_every_kind_decode_with_every_tag_in_every_namespace() {
+    for msg in every_kind() {
+        let bytes = encode_v1_2(&msg);
+        assert_eq!(v1_2::Message::decode(&bytes), Ok(as_v1_2(&msg)), "{msg:?}");
+        assert_eq!(Message::decode(&bytes), Ok(without_v1_3_fields(msg)));
     }
 }
 
@@ -994,7 +1457,7 @@ fn this_decoder_reads_every_v1_0_fixture_with_defaults() {
         }
         assert_eq!(decoded, msg);
     }
-    // And v1.0 encodings of the messages lose exactly the v1.1 (and v1.2) fields.
+    // And v1.0 encodings of the messages lose exactly the v1.1 (and later) fields.
     for msg in every_kind() {
         let bytes = encode_v1_0(&msg);
         assert_eq!(Message::decode(&bytes), Ok(without_v1_1_fields(msg)));
@@ -1008,7 +1471,7 @@ proptest! {
     fn round_trip(msg in arb_message()) {
         let bytes = msg.encode();
         prop_assert_eq!(bytes.len(), msg.encoded_len());
-        prop_assert_eq!(&bytes, &encode_future(&msg, 2, &[], &[], &[]));
+        prop_assert_eq!(&bytes, &encode_future(&msg, 3, &[], &[], &[]));
         prop_assert_eq!(Message::decode(&bytes), Ok(msg));
     }
 
@@ -1020,6 +1483,18 @@ proptest! {
     #[test]
     fn the_v1_1_decoder_reads_current_encodings(msg in arb_message()) {
         prop_assert_eq!(v1_1::Message::decode(&msg.encode()), Ok(as_v1_1(&msg)));
+    }
+
+    #[test]
+    fn the_v1_2_decoder_reads_current_encodings(msg in arb_message()) {
+        prop_assert_eq!(v1_2::Message::decode(&msg.encode()), Ok(as_v1_2(&msg)));
+    }
+
+    #[test]
+    fn v1_2_encodings_decode_with_every_tag_in_every_namespace(msg in arb_message()) {
+        let bytes = encode_v1_2(&msg);
+        prop_assert_eq!(v1_2::Message::decode(&bytes), Ok(as_v1_2(&msg)));
+        prop_assert_eq!(Message::decode(&bytes), Ok(without_v1_3_fields(msg)));
     }
 
     #[test]
@@ -1048,6 +1523,7 @@ proptest! {
         let bytes = encode_future(&msg, minor, &extra_header, &extra_body, &trailing);
         prop_assert_eq!(v1_0::Message::decode(&bytes), Ok(as_v1_0(&msg)));
         prop_assert_eq!(v1_1::Message::decode(&bytes), Ok(as_v1_1(&msg)));
+        prop_assert_eq!(v1_2::Message::decode(&bytes), Ok(as_v1_2(&msg)));
         prop_assert_eq!(Message::decode(&bytes), Ok(msg));
     }
 
@@ -1071,10 +1547,26 @@ proptest! {
         let _ = Message::decode(&bytes);
         let _ = v1_0::Message::decode(&bytes);
         let _ = v1_1::Message::decode(&bytes);
+        let _ = v1_2::Message::decode(&bytes);
         let mut prefixed = b"WC\x01".to_vec();
         prefixed.extend_from_slice(&bytes);
         let _ = Message::decode(&prefixed);
         let _ = v1_0::Message::decode(&prefixed);
+    }
+
+    #[test]
+    fn arbitrary_tags_bodies_never_panic(
+        header in prop::collection::vec(any::<u8>(), 8..24),
+        body in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let bytes = frame(3, &header, 2, &body, &[]);
+        if let Ok(decoded) = Message::decode(&bytes) {
+            if let Body::Tags(tags) = &decoded.body {
+                // '' decodes as no namespace.
+                prop_assert!(tags.iter().all(|t| t.namespace.as_deref() != Some("")), "{:?}", tags);
+            }
+            prop_assert_eq!(Message::decode(&decoded.encode()), Ok(decoded));
+        }
     }
 
     #[test]
@@ -1104,6 +1596,8 @@ proptest! {
             bytes.truncate(cut.index(bytes.len() + 1));
         }
         let _ = v1_0::Message::decode(&bytes);
+        let _ = v1_1::Message::decode(&bytes);
+        let _ = v1_2::Message::decode(&bytes);
         if let Ok(decoded) = Message::decode(&bytes) {
             // Whatever decodes re-encodes and decodes to itself.
             prop_assert_eq!(Message::decode(&decoded.encode()), Ok(decoded));

@@ -117,7 +117,7 @@ where
             }
             return Ok(v);
         };
-        let (mut generation, found) = match self.read_l2(l2, names, k, &snap).await {
+        let (mut generation, found) = match self.read_l2(l2, names, k, &snap, tags).await {
             Ok(x) => x,
             Err(_) => return self.bypass_load(k, init, "redis_unavailable").await,
         };
@@ -148,8 +148,7 @@ where
                     k,
                     &prepared,
                     replace.as_deref(),
-                    tags,
-                    self.bookkeeping_ttl(),
+                    (!tags.is_empty()).then_some(inner.l2_ttl),
                 )
                 .await;
             if !matches!(outcome, Ok((_, LeaseOutcome::Won(_))) | Err(_)) {
@@ -232,6 +231,12 @@ where
                     }
                 }
             }
+            Found::Superseded(bytes) => {
+                // One of its tags was invalidated after its stamp: a miss, and the fill may
+                // replace exactly these bytes.
+                inner.metrics.l2_misses.increment(1);
+                Accepted::Replace(bytes)
+            }
             Found::Negative(bytes) => {
                 if accept_negative {
                     inner.metrics.l2_hits.increment(1);
@@ -277,7 +282,7 @@ where
             // Backoff between polls of the holder's progress (not a synchronisation sleep).
             tokio::time::sleep(pause.min(deadline - now)).await;
             pause = (pause * 2).min(LEASE_POLL_MAX);
-            match l2.get(&value_key).await {
+            match l2.get(names, &value_key).await {
                 Ok(Found::Lease) => continue,
                 Ok(found @ (Found::Value(_) | Found::Negative(_))) => {
                     if let Accepted::Answer(v) = self.accept_found(found, k, snap, accept_negative)
@@ -288,7 +293,7 @@ where
                     break;
                 }
                 // The holder gave up or an invalidation removed its lease; do not queue again.
-                Ok(Found::Miss | Found::Undecodable(_)) | Err(_) => break,
+                Ok(Found::Miss | Found::Undecodable(_) | Found::Superseded(_)) | Err(_) => break,
             }
         }
         inner.metrics.lease_timeout.increment(1);
@@ -316,6 +321,9 @@ where
             // An answer, not a fill: the guard gives the lease back.
             Loaded::Stale(v) => return Ok(Some(v)),
         };
+        let Some(lease) = guard.lease.as_ref() else {
+            return Ok(v);
+        };
         let (envelope, ttl) = match &v {
             Some(value) => {
                 let payload = inner
@@ -323,23 +331,20 @@ where
                     .encode(value)
                     .map_err(|e| Error::new(ErrorKind::Codec).with_source(e))?;
                 (
-                    l2::value_envelope(&payload, tags),
+                    l2::value_envelope(&payload, tags, lease.stamp),
                     jittered(inner.l2_ttl, inner.jitter),
                 )
             }
             None => match inner.negative_ttl {
-                Some(n) => (l2::negative_envelope(), jittered(n, inner.jitter)),
+                Some(n) => (
+                    l2::negative_envelope(lease.stamp),
+                    jittered(n, inner.jitter),
+                ),
                 // Nothing to cache: the guard gives the lease back.
                 None => return Ok(None),
             },
         };
-        let Some(lease) = guard.lease.as_ref() else {
-            return Ok(v);
-        };
-        match l2
-            .fill(names, lease, &envelope, ttl, tags, self.bookkeeping_ttl())
-            .await
-        {
+        match l2.fill(names, lease, &envelope, ttl, tags).await {
             Ok(FillOutcome::Stored) => {
                 guard.disarm();
                 self.fill_l1(k, v.clone(), snap, tags, envelope.len());

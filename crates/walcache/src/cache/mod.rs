@@ -12,7 +12,7 @@ use metrics::Counter;
 use rand::Rng;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use walcache_protocol::{validate_tag, Body, KeyBuilder, KeyRef, Message, ToKey};
+use walcache_protocol::{validate_tag, Body, KeyBuilder, KeyRef, Message, TagRef, ToKey};
 
 use crate::codec::{Codec, Postcard};
 use crate::counter::StripedCounter;
@@ -296,7 +296,7 @@ where
             return false;
         }
         if let (Some(tags), Some(stamps)) = (&e.tags, &e.stamps) {
-            let now = &self.inner.shared.tag_stamps;
+            let now = &self.inner.ns.generations.tag_stamps;
             return tags
                 .iter()
                 .zip(stamps.iter())
@@ -328,7 +328,10 @@ where
     }
 
     /// Read `key` from L1, else L2. Never calls a loader and never writes L2; an L2 hit fills
-    /// L1. Redis trouble reads as a miss (and is counted).
+    /// L1. Redis trouble reads as a miss (and is counted). An L2 read is one `GET`, and one
+    /// `HMGET` more for a value that carries tags (its tags' versions, to tell whether one was
+    /// invalidated after it was loaded; a tagged read names them up front and costs one
+    /// script).
     pub async fn get(&self, key: &K) -> Option<V> {
         if let Some(e) = self.l1_get(key) {
             return e.value;
@@ -349,7 +352,7 @@ where
             return None;
         }
         let snap = self.snapshot(&k);
-        let (_, found) = self.read_l2(l2, names, &k, &snap).await.ok()?;
+        let (_, found) = self.read_l2(l2, names, &k, &snap, &[]).await.ok()?;
         inner.shared.hooks.pass(HookPoint::AfterL2Read).await;
         match self.accept_found(found, &k, snap, true) {
             Accepted::Answer(v) => v,
@@ -441,13 +444,29 @@ where
         Box::pin(self.load_through(key, Vec::new(), init, true)).await
     }
 
-    /// Store a value you know to be current, in L1 and L2 (unconditionally). Prefer
-    /// [`try_get_with`](Self::try_get_with), whose fills cannot race an invalidation.
+    /// Store a value you know to be current, in L1 and L2 (unconditionally).
+    ///
+    /// Deprecated: a write-through cannot be ordered against other writers. "UPDATE the row,
+    /// then `insert` the new value" loses to a concurrent writer whose `insert` lands first
+    /// with an older value, and walcached's invalidation of the UPDATE (which arrives after
+    /// the commit) may land before either: L2 can keep the older value until its
+    /// time-to-live or the next full refresh. A version carried with the value does not
+    /// help either, because the invalidation deletes the key and the version with it. With
+    /// walcached following the database, the invalidation after your commit is what keeps
+    /// the caches right: call [`invalidate`](Self::invalidate) after the commit if this
+    /// process must read its own write at once, and let the next read load the row through
+    /// [`try_get_with`](Self::try_get_with), whose fill cannot race an invalidation.
     ///
     /// # Errors
     ///
     /// Codec errors, and Redis errors (L1 is written anyway).
+    #[deprecated(
+        since = "0.1.0",
+        note = "a write-through races concurrent writers; call `invalidate` after the commit \
+                and let `try_get_with` load the row"
+    )]
     pub async fn insert(&self, key: &K, value: V) -> Result<(), Error> {
+        #[allow(deprecated)]
         self.insert_tagged(key, value, &[]).await
     }
 
@@ -456,6 +475,11 @@ where
     /// # Errors
     ///
     /// As [`insert`](Self::insert), and [`ErrorKind::InvalidName`] for a bad tag.
+    #[deprecated(
+        since = "0.1.0",
+        note = "a write-through races concurrent writers; call `invalidate` after the commit \
+                and let `try_get_tagged_with` load the value"
+    )]
     pub async fn insert_tagged(&self, key: &K, value: V, tags: &[&str]) -> Result<(), Error> {
         let inner = &self.inner;
         let tags = owned_tags(tags)?;
@@ -480,9 +504,10 @@ where
         if let (Some(l2), Some(names), Some(payload)) =
             (inner.shared.l2.as_ref(), inner.names.as_ref(), encoded)
         {
-            let envelope = l2::value_envelope(&payload, &tags);
+            // Stamped by the script, from the Redis server's clock.
+            let envelope = l2::value_envelope(&payload, &tags, 0);
             let ttl = jittered(inner.l2_ttl, inner.jitter);
-            l2.insert(names, &k, &envelope, ttl, &tags, self.bookkeeping_ttl())
+            l2.insert(names, &k, &envelope, ttl, !tags.is_empty())
                 .await?;
         }
         Ok(())
@@ -521,25 +546,27 @@ where
         Ok(())
     }
 
-    /// Drop every entry carrying `tag`, in every namespace and process. Once it returns, this
-    /// process reads nothing filled with the tag before it.
+    /// Drop every entry of this namespace carrying `tag`, in every tier and process (tags are
+    /// scoped to their namespace). Once it returns, this process reads nothing filled with
+    /// the tag before it. In Redis it costs one `HSET`, whatever the number of values
+    /// carrying the tag: a value's tags are checked when it is read.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::InvalidName`] for a bad tag; Redis errors as for
     /// [`invalidate`](Self::invalidate).
     pub async fn invalidate_tag(&self, tag: &str) -> Result<(), Error> {
-        let tags = owned_tags(&[tag])?;
+        owned_tags(&[tag])?;
         let inner = &self.inner;
+        let tags = [TagRef::new(inner.ns.name.clone(), tag)];
         let forget = || inner.shared.apply_tags(&tags);
         forget();
-        if let Some(l2) = inner.shared.l2.as_ref() {
+        if let (Some(l2), Some(names)) = (inner.shared.l2.as_ref(), inner.names.as_ref()) {
             // As in `invalidate`: drop the tag locally again once the L2 script is over.
             let _again = OnDrop::new(forget);
-            let message = self.app_message(Body::Tags(tags.clone()));
+            let message = self.app_message(Body::Tags(tags.to_vec()));
             inner.shared.hooks.pass(HookPoint::BeforeL2Invalidate).await;
-            l2.invalidate_tag(&tags[0], &message, self.bookkeeping_ttl())
-                .await?;
+            l2.invalidate_tag(names, tag, &message).await?;
         }
         Ok(())
     }
@@ -580,13 +607,6 @@ where
         Message::new(self.inner.shared.process_epoch, 0, body).encode()
     }
 
-    fn bookkeeping_ttl(&self) -> Duration {
-        // Tag versions must outlive any lease; tag member sets must outlive their members.
-        self.inner
-            .l2_ttl
-            .max(self.inner.shared.config.lease_ttl * 2)
-    }
-
     fn snapshot(&self, k: &str) -> Snapshot {
         self.inner
             .ns
@@ -594,24 +614,26 @@ where
             .snapshot(&self.inner.shared.global_generation, key_hash(k))
     }
 
-    /// Read `k` from L2 at the namespace's generation. `snap` must have been taken before:
-    /// a generation learned from this read is kept only if no flush happened since.
+    /// Read `k` from L2 at the namespace's generation, with the versions of `tags` (the tags
+    /// the caller expects the value to carry). `snap` must have been taken before: a
+    /// generation learned from this read is kept only if no flush happened since.
     async fn read_l2(
         &self,
         l2: &L2,
         names: &Names,
         k: &str,
         snap: &Snapshot,
+        tags: &[String],
     ) -> Result<(u64, Found), Error> {
         let shared = &self.inner.shared;
         let live = shared.live.load(Ordering::Acquire);
         let generation = self.inner.ns.generations.l2_generation();
         if live && generation != UNKNOWN_GENERATION {
-            // Live: the subscriber keeps the generation current. Exactly one GET.
-            let found = l2.get(&names.value_key(generation, k)).await?;
-            Ok((generation, found))
+            // Live: the subscriber keeps the generation current. Exactly one GET (a script
+            // with the tag versions, for a tagged read).
+            l2.read(names, Some(generation), k, tags).await
         } else {
-            let (generation, found) = l2.get_with_generation(names, k).await?;
+            let (generation, found) = l2.read(names, None, k, tags).await?;
             if live {
                 self.inner.ns.generations.learn_l2_generation(
                     &shared.global_generation,
@@ -631,7 +653,7 @@ where
             flushes: self.inner.ns.generations.stamp(),
             tags: (!tags.is_empty()).then(|| {
                 tags.iter()
-                    .map(|t| self.inner.shared.tag_stamps.stamp(t))
+                    .map(|t| self.inner.ns.generations.tag_stamps.stamp(t))
                     .collect()
             }),
         }
@@ -687,14 +709,15 @@ where
         size: usize,
     ) {
         let inner = &self.inner;
+        let tagged = !tags.is_empty();
         if let (Some(stale), Some(v)) = (&inner.stale, &value) {
             // The stale-if-error copy is kept under the same check as L1: a value an
             // invalidation raced may predate it, and may be older than the copy already held
             // (or come back after an explicit `invalidate` dropped the copies).
-            if self.snapshot(k) == snap {
+            if snap.holds(&self.snapshot(k), tagged) {
                 stale.insert(Arc::clone(k), v.clone());
                 handshake_fence(); // insert, then re-read: see generation.rs
-                if self.snapshot(k) != snap {
+                if !snap.holds(&self.snapshot(k), tagged) {
                     stale.invalidate(&**k);
                 }
             }
@@ -704,13 +727,13 @@ where
         if !inner.shared.live.load(Ordering::Acquire) || inner.ns.is_out_of_service() {
             return;
         }
-        // The stamps before the check: a tag invalidation bumps the process-wide counter
+        // The stamps before the check: a tag invalidation bumps the namespace's tag counter
         // before the tag's, so a check that misses the first bump proves the stamps were read
         // before the second, and the entry is refused on hit. Read after the check, they could
         // carry the new counter into an entry filled before an invalidation that has already
         // returned, served until the re-read below takes it out.
         let stamps = self.stamps(tags);
-        if self.snapshot(k) != snap {
+        if !snap.holds(&self.snapshot(k), tagged) {
             inner.metrics.discarded_l1.increment(1);
             return;
         }
@@ -718,7 +741,7 @@ where
         self.put_l1(k, value, tags, stamps, size);
         inner.shared.hooks.pass_blocking(HookPoint::AfterL1Insert);
         handshake_fence(); // insert, then re-read: see generation.rs
-        if self.snapshot(k) != snap {
+        if !snap.holds(&self.snapshot(k), tagged) {
             inner.l1.invalidate(&**k);
             inner.metrics.discarded_l1.increment(1);
         }

@@ -162,7 +162,8 @@ impl WalcacheBuilder {
         self
     }
 
-    /// How long a fill lease lasts in Redis; should exceed your slowest load. Default 5 s.
+    /// How long a fill lease lasts in Redis; should exceed your slowest load. Default 5 s, at
+    /// most [`MAX_LEASE_TTL`](walcache_protocol::MAX_LEASE_TTL) (60 s): `build` refuses more.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.lease_ttl = ttl;
         self
@@ -218,6 +219,15 @@ impl WalcacheBuilder {
                     "{name} = 0: must be positive; use a few milliseconds at least"
                 )));
             }
+        }
+        if self.lease_ttl > walcache_protocol::MAX_LEASE_TTL {
+            return Err(Error::config(format!(
+                "lease_ttl = {:?}: at most {:?} (the daemon's full refresh prunes tag versions \
+                 older than a cycle's start minus this); a load that takes longer loses its \
+                 lease and is simply not cached",
+                self.lease_ttl,
+                walcache_protocol::MAX_LEASE_TTL
+            )));
         }
         if self.reconnect_max < self.reconnect_min {
             return Err(Error::config(format!(
@@ -276,13 +286,11 @@ impl WalcacheBuilder {
             // Without a stream there is no liveness to wait for.
             live: AtomicBool::new(!stream),
             global_generation: AtomicU64::new(0),
-            tag_stamps: crate::generation::TagStamps::new(),
             namespaces: RwLock::new(HashMap::new()),
             l2,
             config: HandleConfig {
                 freshness: self.freshness,
                 invalidation,
-                lease_ttl: self.lease_ttl,
                 lease_wait: self.lease_wait,
                 reconnect_min: self.reconnect_min,
                 reconnect_max: self.reconnect_max,

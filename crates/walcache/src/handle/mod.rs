@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
-use walcache_protocol::{HeartbeatDetails, Naming, ToKey};
+use walcache_protocol::{HeartbeatDetails, Naming, TagRef, ToKey};
 
 use crate::breaker::{Breaker, BreakerState};
 use crate::cache::CacheBuilder;
@@ -50,7 +50,6 @@ pub(crate) enum Invalidation {
 pub(crate) struct HandleConfig {
     pub(crate) freshness: Freshness,
     pub(crate) invalidation: Invalidation,
-    pub(crate) lease_ttl: Duration,
     pub(crate) lease_wait: Duration,
     pub(crate) reconnect_min: Duration,
     pub(crate) reconnect_max: Duration,
@@ -179,8 +178,6 @@ impl Namespace {
 pub(crate) struct Shared {
     pub(crate) live: AtomicBool,
     pub(crate) global_generation: AtomicU64,
-    /// Per-tag counters that tagged L1 entries record and check on every hit.
-    pub(crate) tag_stamps: crate::generation::TagStamps,
     namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
     pub(crate) l2: Option<L2>,
     pub(crate) config: HandleConfig,
@@ -296,19 +293,26 @@ impl Shared {
         }
     }
 
-    /// Tags changed: any entry of any namespace may carry them.
-    pub(crate) fn apply_tags(&self, tags: &[String]) {
-        // The process-wide counter first, then the tags' (see `TagStamps` for why).
-        self.global_generation.fetch_add(1, Ordering::SeqCst);
-        handshake_fence();
-        for t in tags {
-            self.tag_stamps.bump(t);
-        }
-        handshake_fence();
-        // moka's lazy removal frees the memory; correctness rests on the stamps.
+    /// Tags changed: each in its namespace (in every namespace for a tag without one, from a
+    /// sender older than tag scoping). The namespace's tag counter and the tag's stamp move
+    /// first (see `TagStamps`), then L1 drops the entries carrying it.
+    pub(crate) fn apply_tags(&self, tags: &[TagRef]) {
         for ns in self.all_namespaces() {
+            let mine: Vec<String> = tags
+                .iter()
+                .filter(|t| t.namespace.as_deref().is_none_or(|n| n == ns.name))
+                .map(|t| t.tag.clone())
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            for t in &mine {
+                ns.generations.bump_tag(t);
+            }
+            handshake_fence();
+            // moka's lazy removal frees the memory; correctness rests on the stamps.
             for t in ns.targets() {
-                t.invalidate_tags(tags);
+                t.invalidate_tags(&mine);
             }
         }
     }

@@ -10,3 +10,4 @@ mod resilience;
 mod service;
 mod subscriber;
 mod support;
+mod tags;

@@ -2,7 +2,6 @@
 //! reading a real PostgreSQL; and a caller dropping its future mid-load.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 use walcache_testkit::{wait_until, PgServer, RedisServer};
@@ -171,7 +170,7 @@ async fn a_dropped_caller_gives_its_lease_back() {
     let redis = RedisServer::start().expect("redis");
     let mut publisher = Publisher::new(&redis).await;
     let h = builder(&redis)
-        .lease_ttl(Duration::from_secs(600))
+        .lease_ttl(walcache_protocol::MAX_LEASE_TTL)
         .build()
         .await
         .expect("handle");

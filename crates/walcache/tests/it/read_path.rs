@@ -173,6 +173,7 @@ async fn l1_only_mode_works_without_redis() {
     assert_eq!(loads.load(Ordering::SeqCst), 1);
     c.invalidate(&(1, "a")).await.unwrap();
     assert!(!c.contains_in_l1(&(1, "a")));
+    #[allow(deprecated)] // deprecated, still supported
     c.insert(&(2, "b"), "y".to_owned()).await.unwrap();
     assert_eq!(c.get(&(2, "b")).await.as_deref(), Some("y"));
     c.invalidate_all().await.unwrap();

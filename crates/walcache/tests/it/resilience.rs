@@ -93,6 +93,7 @@ async fn undecodable_l2_bytes_are_a_counted_miss_and_get_overwritten() {
         .codec(Json)
         .build()
         .expect("old");
+    #[allow(deprecated)] // the shortest way to write another deploy's value
     old.insert(&1, "not a number".to_owned()).await.unwrap();
     // And something that is not walcache's at all.
     raw_set(&redis, &ns, "2", b"foreign bytes").await;

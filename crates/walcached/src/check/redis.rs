@@ -111,8 +111,8 @@ pub(super) async fn check_redis(config: &Config, report: &mut Report) {
             report.warn(
                 subject,
                 format!("cannot read it (CONFIG GET failed: {})", chain(&e)),
-                "make sure it is noeviction or volatile-*: an allkeys-* policy evicts \
-                 generation counters and tag versions",
+                "make sure it is noeviction or volatile-*: an allkeys-* policy evicts the \
+                 keys correctness depends on (generations, schema sets, tag versions, markers)",
             );
             return;
         }
@@ -127,14 +127,21 @@ pub(super) async fn check_redis(config: &Config, report: &mut Report) {
     };
     match policy.as_deref() {
         Some(p) if p == "noeviction" || p.starts_with("volatile-") => {
-            report.ok(subject, p);
+            report.ok(
+                subject,
+                format!(
+                    "{p}: every key correctness depends on (namespace generations, schema sets, \
+                     tags hashes, markers) has no TTL, so this policy never evicts them"
+                ),
+            );
         }
         Some(p) => report.problem(
             subject,
             format!(
                 "is {p}: under memory pressure Redis would evict keys without a TTL too, \
-                 including namespace generation counters and tag versions, and a cache could \
-                 then serve values an invalidation already removed"
+                 including the keys correctness depends on (namespace generations, schema \
+                 sets, tags hashes, markers), and a cache could then serve values an \
+                 invalidation already removed"
             ),
             Some(
                 "CONFIG SET maxmemory-policy volatile-lru (and in redis.conf), or noeviction"
@@ -242,12 +249,12 @@ async fn check_markers(
         return;
     };
     let naming = config.naming();
-    for target in marker::targets(&config.rules) {
-        let subject = format!("marker of {target}");
+    for namespace in marker::targets(&config.rules) {
+        let subject = format!("marker of namespace {namespace}");
         let fields = tokio::time::timeout(
             TIMEOUT,
             redis::cmd("HGETALL")
-                .arg(target.marker_key(&naming))
+                .arg(naming.marker_key(&namespace))
                 .query_async::<BTreeMap<String, String>>(conn),
         )
         .await;
@@ -267,10 +274,7 @@ async fn check_markers(
             );
             continue;
         };
-        let rule = match &target {
-            marker::Target::Namespace(ns) => marker::rule_hash(&config.rules, ns),
-            marker::Target::Tag(_) => String::new(),
-        };
+        let rule = marker::rule_hash(&config.rules, &namespace);
         let at = mark
             .as_ref()
             .and_then(|m| m.lsn)
@@ -292,7 +296,10 @@ async fn check_markers(
                                      deletes the daemon made (an older snapshot, a failover)"
                     }
                     Loss::Owed => "a flush is owed and was never published",
-                    Loss::RuleChanged => "the rules of the namespace changed",
+                    Loss::RuleChanged => {
+                        "the rules that write to the namespace changed (its own, or \
+                                           the tags bumped in it)"
+                    }
                     Loss::ServerChanged => {
                         "the marker was written against another PostgreSQL \
                                             server or timeline"

@@ -168,14 +168,17 @@ impl CatalogWatch {
     }
 }
 
-/// The namespaces of rules `indexes`.
+/// The namespaces rules `indexes` write to (their own, and those they bump tags in): a rule
+/// whose changes are missed misses its tag bumps too.
 fn namespaces_of<'a>(
     rules: &[CompiledRule],
     indexes: impl IntoIterator<Item = &'a usize>,
 ) -> BTreeSet<String> {
     indexes
         .into_iter()
-        .filter_map(|&i| rules.get(i).map(|r| r.namespace.clone()))
+        .filter_map(|&i| rules.get(i))
+        .flat_map(CompiledRule::namespaces)
+        .map(str::to_owned)
         .collect()
 }
 

@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use walcache_cdc::Lsn;
 
 use super::{Backoff, Streamer};
-use crate::marker::{self, Loss, Target};
+use crate::marker::{self, Loss};
 use crate::metrics as m;
 use crate::publisher::Publisher;
 
@@ -39,7 +39,7 @@ impl Streamer<'_> {
         }
     }
 
-    /// Record durably that every target owes a flush (`reason` is what the audit reports it
+    /// Record durably that every namespace owes a flush (`reason` is what the audit reports it
     /// as). Done before the slot is created or the server change acted on: a crash after this
     /// repeats the flush. False if shutdown interrupted it.
     pub(super) async fn owe_every_flush(
@@ -70,13 +70,13 @@ impl Streamer<'_> {
             return false;
         };
         let server = self.publisher.server().to_owned();
-        let mut losses: Vec<(Target, Loss)> = Vec::new();
-        for (target, mark) in marks {
-            let rule = self.publisher.rule_hash(&target).to_owned();
+        let mut losses: Vec<(String, Loss)> = Vec::new();
+        for (namespace, mark) in marks {
+            let rule = self.publisher.rule_hash(&namespace).to_owned();
             match marker::judge(mark.as_ref(), slot, &server, &rule) {
                 None => {
                     if let Some(mark) = &mark {
-                        self.publisher.accept(target, mark);
+                        self.publisher.accept(namespace, mark);
                     }
                 }
                 Some(loss) => {
@@ -85,16 +85,16 @@ impl Streamer<'_> {
                         (Loss::Owed, Some(reason)) => reason,
                         _ => loss,
                     };
-                    losses.push((target, loss));
+                    losses.push((namespace, loss));
                 }
             }
         }
         if !losses.is_empty() {
-            let targets: Vec<Target> = losses.iter().map(|(t, _)| t.clone()).collect();
+            let namespaces: Vec<String> = losses.iter().map(|(ns, _)| ns.clone()).collect();
             let recorded = self
                 .retry_redis("recording the flushes owed", shutdown, |p| {
-                    let targets = targets.clone();
-                    Box::pin(async move { p.mark_owed(&targets).await })
+                    let namespaces = namespaces.clone();
+                    Box::pin(async move { p.mark_owed(&namespaces).await })
                 })
                 .await;
             if recorded.is_none() {

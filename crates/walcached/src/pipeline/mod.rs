@@ -39,7 +39,7 @@ use walcache_cdc::Lsn;
 use crate::config::{redact_url, Config, ConfigError};
 use crate::connect::Postgres;
 use crate::mapping::Mapper;
-use crate::marker::{Loss, Target};
+use crate::marker::Loss;
 use crate::metrics as m;
 use crate::publisher::Publisher;
 use crate::slot::{self, SlotError};
@@ -204,16 +204,14 @@ pub async fn run_with(
             affected_rules,
         } => (PublicationPlan::none(), Some((error, affected_rules))),
     };
-    // Rules whose changes the publication may have dropped owe a flush, recorded before the
-    // publication is changed: a crash in between repeats it.
-    let owed: Vec<Target> = plan
+    // Rules whose changes the publication may have dropped owe a flush of every namespace
+    // they write to (their own, and those they bump tags in: a missed tag bump there is only
+    // made good by a flush), recorded before the publication is changed: a crash in between
+    // repeats it.
+    let owed: Vec<String> = plan
         .affected_rules
         .iter()
-        .flat_map(|&i| {
-            let rule = &config.rules[i]; // compiled in the same order
-            std::iter::once(Target::Namespace(rule.namespace.clone()))
-                .chain(rule.tags.iter().cloned().map(Target::Tag))
-        })
+        .flat_map(|&i| crate::marker::targets(std::slice::from_ref(&config.rules[i])))
         .collect();
     publisher
         .mark_owed(&owed)

@@ -1,13 +1,13 @@
-//! The publisher's side of the markers ([`crate::marker`]): reading them at start, making a
-//! flush owed durably, flushing what was lost, and how far every marker has been written.
+//! The publisher's side of the markers ([`crate::marker`]), one per namespace: reading them at
+//! start, making a flush owed durably, flushing what was lost, and how far every marker has
+//! been written.
 
 use std::collections::BTreeMap;
 
 use walcache_cdc::Lsn;
-use walcache_protocol::Body;
 
 use super::{Batch, Held, Publisher};
-use crate::marker::{Loss, Mark, Target};
+use crate::marker::{Loss, Mark};
 use crate::metrics as m;
 
 impl Publisher {
@@ -22,28 +22,25 @@ impl Publisher {
         &self.server
     }
 
-    /// Every target of the rules: their namespaces, then their tags.
-    pub fn targets(&self) -> &[Target] {
+    /// Every namespace the rules write to ([`crate::marker::targets`]), each with a marker.
+    pub fn targets(&self) -> &[String] {
         &self.targets
     }
 
-    /// The rule hash a target's marker must carry (empty for tags).
-    pub fn rule_hash(&self, target: &Target) -> &str {
-        match target {
-            Target::Namespace(ns) => self.rule_hashes.get(ns).map_or("", String::as_str),
-            Target::Tag(_) => "",
-        }
+    /// The rule hash a namespace's marker must carry.
+    pub fn rule_hash(&self, namespace: &str) -> &str {
+        self.rule_hashes.get(namespace).map_or("", String::as_str)
     }
 
-    /// Every target's marker, as Redis holds it now (`None`: none).
+    /// Every namespace's marker, as Redis holds it now (`None`: none).
     ///
     /// # Errors
     ///
     /// Redis errors.
-    pub async fn read_marks(&mut self) -> Result<Vec<(Target, Option<Mark>)>, redis::RedisError> {
+    pub async fn read_marks(&mut self) -> Result<Vec<(String, Option<Mark>)>, redis::RedisError> {
         let mut pipe = redis::pipe();
-        for t in &self.targets {
-            pipe.cmd("HGETALL").arg(t.marker_key(&self.naming));
+        for ns in &self.targets {
+            pipe.cmd("HGETALL").arg(self.naming.marker_key(ns));
         }
         let mut conn = self.conn.clone();
         let replies: Vec<BTreeMap<String, String>> =
@@ -58,9 +55,9 @@ impl Publisher {
 
     /// Take a marker read at start as this daemon's own: later calls expect it to hold
     /// exactly this.
-    pub fn accept(&mut self, target: Target, mark: &Mark) {
+    pub fn accept(&mut self, namespace: String, mark: &Mark) {
         self.held.insert(
-            target,
+            namespace,
             Held {
                 token: mark.token.clone(),
                 alt: Vec::new(),
@@ -69,21 +66,21 @@ impl Publisher {
         );
     }
 
-    /// Record durably that `targets` owe a flush (`owed = 1` in their markers), before
+    /// Record durably that `namespaces` owe a flush (`owed = 1` in their markers), before
     /// anything else is done about them: a crash before the flush is published repeats it.
     ///
     /// # Errors
     ///
     /// Redis errors.
-    pub async fn mark_owed(&mut self, targets: &[Target]) -> Result<(), redis::RedisError> {
-        if targets.is_empty() {
+    pub async fn mark_owed(&mut self, namespaces: &[String]) -> Result<(), redis::RedisError> {
+        if namespaces.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for t in targets {
+        for ns in namespaces {
             pipe.cmd("HSET")
-                .arg(t.marker_key(&self.naming))
+                .arg(self.naming.marker_key(ns))
                 .arg("owed")
                 .arg("1")
                 .ignore();
@@ -92,63 +89,40 @@ impl Publisher {
         self.timed(pipe.query_async::<()>(&mut conn)).await
     }
 
-    /// Flush `targets` (a namespace: a new generation; a tag: a new version, its members
-    /// deleted), each to at least the current time in microseconds, writing their markers
-    /// anew at `lsn` with the flag owed cleared. Logged and counted per reason. Returns how
-    /// many targets were flushed.
+    /// Flush `namespaces` (each a new generation of at least the current time in
+    /// microseconds), writing their markers anew at `lsn` with the flag owed cleared. Logged and counted per reason. Returns how many were flushed.
     ///
     /// # Errors
     ///
     /// Redis errors (the markers keep `owed` set: the flush is repeated).
     pub async fn repair(
         &mut self,
-        targets: Vec<(Target, Loss)>,
+        namespaces: Vec<(String, Loss)>,
         lsn: Lsn,
     ) -> Result<usize, redis::RedisError> {
-        let mut flushes: BTreeMap<Target, Loss> = BTreeMap::new();
-        for (t, loss) in targets {
-            flushes.entry(t).or_insert(loss);
+        let mut flushes: BTreeMap<String, Loss> = BTreeMap::new();
+        for (ns, loss) in namespaces {
+            flushes.entry(ns).or_insert(loss);
         }
         if flushes.is_empty() {
             return Ok(0);
         }
-        let mut namespaces = Vec::new();
-        let mut tags = Vec::new();
-        for (t, loss) in &flushes {
+        for (ns, loss) in &flushes {
             if loss.is_redis_loss() {
-                tracing::error!(target_name = %t, reason = loss.label(), "Redis lost writes (restart from an older snapshot, failover, FLUSHALL, resync or eviction): flushing");
+                tracing::error!(namespace = %ns, reason = loss.label(), "Redis lost writes (restart from an older snapshot, failover, FLUSHALL, resync or eviction): flushing");
                 metrics::counter!(m::REDIS_LOSSES_TOTAL, "reason" => loss.label()).increment(1);
             } else {
-                tracing::warn!(target_name = %t, reason = loss.label(), "flushing");
+                tracing::warn!(namespace = %ns, reason = loss.label(), "flushing");
             }
-            match t {
-                Target::Namespace(ns) => {
-                    metrics::counter!(m::NAMESPACE_FLUSHES_TOTAL, "reason" => loss.label())
-                        .increment(1);
-                    namespaces.push(ns.clone());
-                }
-                Target::Tag(tag) => tags.push(tag.clone()),
-            }
+            metrics::counter!(m::NAMESPACE_FLUSHES_TOTAL, "reason" => loss.label()).increment(1);
         }
         let batch = Batch {
             lsn: lsn.0,
             commit_time_micros: 0,
             ..Batch::default()
         };
-        if !namespaces.is_empty() {
-            self.send_chunks(
-                "flush",
-                &namespaces,
-                |v| Body::Flush(v.to_vec()),
-                &batch,
-                lsn,
-            )
-            .await?;
-        }
-        if !tags.is_empty() {
-            self.send_chunks("tags", &tags, |v| Body::Tags(v.to_vec()), &batch, lsn)
-                .await?;
-        }
+        let namespaces: Vec<String> = flushes.keys().cloned().collect();
+        self.send_flushes(&namespaces, &batch, lsn).await?;
         Ok(flushes.len())
     }
 
@@ -200,7 +174,7 @@ impl Publisher {
     pub fn marked_through(&self) -> Lsn {
         self.targets
             .iter()
-            .map(|t| self.held.get(t).map_or(Lsn(0), |h| h.lsn))
+            .map(|ns| self.held.get(ns).map_or(Lsn(0), |h| h.lsn))
             .min()
             .unwrap_or(Lsn(u64::MAX))
     }

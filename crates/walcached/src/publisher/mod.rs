@@ -1,7 +1,7 @@
 //! Publishing invalidations: one Lua script per message deletes the keys (under every value
-//! schema in use, at the namespace's current generation), bumps tag versions and namespace
-//! generations, and PUBLISHes the message — so no subscriber can hear of a key before L2 has
-//! dropped it.
+//! schema in use, at the namespace's current generation), moves tag versions (each in its
+//! namespace's tags hash, on Redis's clock) and bumps namespace generations, and PUBLISHes the
+//! message — so no subscriber can hear of an invalidation before L2 has it.
 
 mod markers;
 
@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use walcache_cdc::Lsn;
-use walcache_protocol::{Body, HeartbeatDetails, KeyRef, Message, Naming};
+use walcache_protocol::{Body, HeartbeatDetails, KeyRef, Message, Naming, TagRef, MAX_LEASE_TTL};
 
 use crate::config::Rule;
 use crate::mapping::Invalidation;
-use crate::marker::{self, Loss, Target};
+use crate::marker::{self, Loss};
 use crate::metrics as m;
 
 /// The oldest Redis the daemon runs against: its scripts declare flags (`#!lua
@@ -25,9 +25,6 @@ pub const MIN_REDIS_VERSION: (u32, u32) = (7, 0);
 /// one: more lost replies in a row than this, and the next call may take a marker that holds
 /// one of the older ones for a loss (a needless flush, never a missed one).
 const MAX_UNCERTAIN: usize = 16;
-
-/// How long tag versions live: far longer than any fill lease, refreshed on every bump.
-const TAG_VERSION_TTL_MS: u64 = 24 * 3600 * 1000;
 
 /// How long one Redis call of the daemon may take, and connecting too: 5 s. Used by the
 /// publisher and the full refresh.
@@ -53,8 +50,8 @@ const SCRIPT: &str = include_str!("invalidate.lua");
 pub struct Batch {
     /// Keys, deduplicated.
     pub keys: BTreeSet<(String, String)>,
-    /// Tags.
-    pub tags: BTreeSet<String>,
+    /// Tags, each in its namespace.
+    pub tags: BTreeSet<TagRef>,
     /// Namespaces to flush.
     pub flushes: BTreeSet<String>,
     /// The end LSN of the last transaction in the batch.
@@ -109,16 +106,16 @@ pub struct Publisher {
     seq: u64,
     max_message_bytes: usize,
     timeout: Duration,
-    /// Every target of the rules, namespaces first.
-    targets: Vec<Target>,
-    /// Each target's marker key, built once (every heartbeat names them all).
-    marker_keys: HashMap<Target, String>,
+    /// Every namespace the rules write to ([`marker::targets`]): each has a marker.
+    targets: Vec<String>,
+    /// Each namespace's marker key, built once (every heartbeat names them all).
+    marker_keys: HashMap<String, String>,
     /// The rule hash of each namespace.
     rule_hashes: HashMap<String, String>,
     /// The PostgreSQL server markers are written against.
     server: String,
-    /// What this daemon last wrote to (or accepted from) each target's marker.
-    held: HashMap<Target, Held>,
+    /// What this daemon last wrote to (or accepted from) each namespace's marker.
+    held: HashMap<String, Held>,
     /// Script calls that wrote markers, for their tokens.
     writes: u64,
 }
@@ -136,7 +133,7 @@ struct Held {
 
 /// One marker entry of a script call.
 struct Entry {
-    target: Target,
+    namespace: String,
     key: String,
     rule: String,
     lsn: Lsn,
@@ -146,7 +143,7 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Reply {
     published: bool,
-    lost: Vec<Target>,
+    lost: Vec<String>,
     failed: Vec<String>,
 }
 
@@ -162,7 +159,7 @@ impl std::fmt::Debug for Publisher {
 impl Publisher {
     /// Connect. `epoch` is random per daemon run; `seq` starts at 0 (the first message is 1).
     /// `timeout` bounds connecting and every call ([`REDIS_TIMEOUT`] in the daemon). Markers
-    /// are kept for the targets of `rules`.
+    /// are kept for every namespace `rules` write to ([`marker::targets`]).
     ///
     /// # Errors
     ///
@@ -179,14 +176,11 @@ impl Publisher {
         let targets = marker::targets(rules);
         let rule_hashes = targets
             .iter()
-            .filter_map(|t| match t {
-                Target::Namespace(ns) => Some((ns.clone(), marker::rule_hash(rules, ns))),
-                Target::Tag(_) => None,
-            })
+            .map(|ns| (ns.clone(), marker::rule_hash(rules, ns)))
             .collect();
         let marker_keys = targets
             .iter()
-            .map(|t| (t.clone(), t.marker_key(&naming)))
+            .map(|ns| (ns.clone(), naming.marker_key(ns)))
             .collect();
         Ok(Publisher {
             conn,
@@ -268,13 +262,15 @@ impl Publisher {
             .map_err(|_| timeout_error())?
     }
 
-    /// Publish a batch: one script (delete + announce) per message, messages split below the
-    /// size limit. On error, the sequence numbers of the messages already sent stay used: the
-    /// retry republishes everything (duplicates are harmless, gaps are not).
+    /// Publish a batch: one script (delete or bump + announce) per message, messages split
+    /// below the size limit; flushes first, then tags, then keys. On error, the sequence
+    /// numbers of the messages already sent stay used: the retry republishes everything
+    /// (duplicates are harmless, gaps are not).
     ///
     /// A namespace whose marker no longer holds what this daemon wrote (Redis lost writes), or
-    /// whose keys could not be deleted one by one (its generation or schema set is
-    /// unreadable), is then flushed, before this returns.
+    /// whose items could not be applied one by one (its generation or schema set is
+    /// unreadable, or its tags hash was corrupt and had to be deleted), is then flushed,
+    /// before this returns.
     ///
     /// # Errors
     ///
@@ -285,69 +281,106 @@ impl Publisher {
         let mut failed = Vec::new();
         if !batch.flushes.is_empty() {
             let items: Vec<String> = batch.flushes.iter().cloned().collect();
-            self.send_chunks("flush", &items, |v| Body::Flush(v.to_vec()), batch, Lsn(0))
-                .await?;
+            self.send_flushes(&items, batch, Lsn(0)).await?;
             metrics::counter!(m::NAMESPACE_FLUSHES_TOTAL, "reason" => "stream")
                 .increment(items.len() as u64);
         }
-        if !batch.tags.is_empty() {
-            let items: Vec<String> = batch.tags.iter().cloned().collect();
-            self.send_chunks("tags", &items, |v| Body::Tags(v.to_vec()), batch, Lsn(0))
-                .await?;
-        }
-        if !batch.keys.is_empty() {
-            let refs: Vec<KeyRef> = batch
-                .keys
-                .iter()
-                .map(|(ns, k)| KeyRef::new(ns.clone(), k.clone()))
-                .collect();
-            let mut start = 0;
-            while start < refs.len() {
-                // Grow the chunk while it fits in one message.
-                let mut size = 64;
-                let mut end = start;
-                while end < refs.len()
-                    && (end == start || size + refs[end].encoded_len() <= self.max_message_bytes)
-                {
-                    size += refs[end].encoded_len();
-                    end += 1;
-                }
-                let chunk = &refs[start..end];
-                let message = self.data_message(Body::Keys(chunk.to_vec()), batch);
-                let mut namespaces: Vec<&str> =
-                    chunk.iter().map(|r| r.namespace.as_str()).collect();
-                namespaces.dedup();
-                let entries = self.entries(
-                    namespaces
-                        .into_iter()
-                        .map(|ns| Target::Namespace(ns.to_owned())),
-                    Lsn(0),
-                );
-                let items: Vec<&str> = chunk
-                    .iter()
-                    .flat_map(|r| [r.namespace.as_str(), r.key.as_str()])
-                    .collect();
-                let reply = self.call("keys", &message, &entries, &items).await?;
-                lost.extend(reply.lost);
-                failed.extend(reply.failed);
-                metrics::counter!(m::MESSAGES_PUBLISHED_TOTAL, "kind" => "keys").increment(1);
-                metrics::counter!(m::KEYS_INVALIDATED_TOTAL).increment(chunk.len() as u64);
-                start = end;
-            }
-        }
+        // A tag without a namespace (a v1.2 sender's, "every namespace") is never the
+        // daemon's: its rules name the namespace of every tag.
+        let tags: Vec<TagRef> = batch
+            .tags
+            .iter()
+            .filter(|t| t.namespace.is_some())
+            .cloned()
+            .collect();
+        let reply = self
+            .send_scoped(
+                "tags",
+                &tags,
+                |t| (t.namespace.as_deref().unwrap_or_default(), t.tag.as_str()),
+                TagRef::encoded_len,
+                Body::Tags,
+                batch,
+            )
+            .await?;
+        lost.extend(reply.lost);
+        failed.extend(reply.failed);
+        let keys: Vec<KeyRef> = batch
+            .keys
+            .iter()
+            .map(|(ns, k)| KeyRef::new(ns.clone(), k.clone()))
+            .collect();
+        let reply = self
+            .send_scoped(
+                "keys",
+                &keys,
+                |k| (k.namespace.as_str(), k.key.as_str()),
+                KeyRef::encoded_len,
+                Body::Keys,
+                batch,
+            )
+            .await?;
+        metrics::counter!(m::KEYS_INVALIDATED_TOTAL).increment(keys.len() as u64);
+        lost.extend(reply.lost);
+        failed.extend(reply.failed);
+        failed.sort();
+        failed.dedup();
         for ns in &failed {
-            tracing::error!(namespace = %ns, "the namespace's generation or schema set in Redis is unreadable: its keys cannot be deleted one by one, so the namespace is flushed");
+            tracing::error!(namespace = %ns, "the namespace's generation, schema set or tag versions in Redis are unreadable: its items cannot be applied one by one, so the namespace is flushed");
             metrics::counter!(m::ITEM_FALLBACKS_TOTAL, "namespace" => ns.clone()).increment(1);
         }
-        let mut repair: Vec<(Target, Loss)> =
-            lost.into_iter().map(|t| (t, Loss::Mismatch)).collect();
-        repair.extend(
-            failed
-                .into_iter()
-                .map(|ns| (Target::Namespace(ns), Loss::ItemFailed)),
-        );
+        let mut repair: Vec<(String, Loss)> =
+            lost.into_iter().map(|ns| (ns, Loss::Mismatch)).collect();
+        repair.extend(failed.into_iter().map(|ns| (ns, Loss::ItemFailed)));
         self.repair(repair, lsn).await?;
         Ok(())
+    }
+
+    /// Send `items` (keys or tags, each of one namespace) as `kind` messages of `body`, each
+    /// as large as fits below the message limit (`len`: an item's encoded size), one script
+    /// per message with `(namespace, name)` pairs (`parts`) as its items; the markers of the
+    /// namespaces a message touches are compared. Returns what the calls reported.
+    async fn send_scoped<T: Clone>(
+        &mut self,
+        kind: &'static str,
+        items: &[T],
+        parts: impl Fn(&T) -> (&str, &str),
+        len: impl Fn(&T) -> usize,
+        body: impl Fn(Vec<T>) -> Body,
+        batch: &Batch,
+    ) -> Result<Reply, redis::RedisError> {
+        let mut out = Reply::default();
+        let mut start = 0;
+        while start < items.len() {
+            // Grow the chunk while it fits in one message (64 bytes of header and counts).
+            let mut size = 64;
+            let mut end = start;
+            while end < items.len()
+                && (end == start || size + len(&items[end]) <= self.max_message_bytes)
+            {
+                size += len(&items[end]);
+                end += 1;
+            }
+            let chunk = &items[start..end];
+            let message = self.data_message(body(chunk.to_vec()), batch);
+            let mut namespaces: Vec<&str> = chunk.iter().map(|i| parts(i).0).collect();
+            namespaces.sort_unstable();
+            namespaces.dedup();
+            let entries = self.entries(namespaces.into_iter().map(str::to_owned), Lsn(0));
+            let args: Vec<&str> = chunk
+                .iter()
+                .flat_map(|i| {
+                    let (ns, name) = parts(i);
+                    [ns, name]
+                })
+                .collect();
+            let reply = self.call(kind, &message, &entries, &args).await?;
+            out.lost.extend(reply.lost);
+            out.failed.extend(reply.failed);
+            metrics::counter!(m::MESSAGES_PUBLISHED_TOTAL, "kind" => kind).increment(1);
+            start = end;
+        }
+        Ok(out)
     }
 
     /// A data message (the next sequence number) for `body`, covering `batch`'s position.
@@ -360,53 +393,50 @@ impl Publisher {
         message.encode()
     }
 
-    async fn send_chunks(
+    /// Flush `namespaces` (a new generation each; their tag versions stay, to judge the old
+    /// generation's values for processes that have not heard of the flush yet), writing their
+    /// markers anew at `marker_lsn` (or what they hold, if later) with no flush owed.
+    async fn send_flushes(
         &mut self,
-        kind: &'static str,
-        items: &[String],
-        body: impl Fn(&[String]) -> Body,
+        namespaces: &[String],
         batch: &Batch,
         marker_lsn: Lsn,
     ) -> Result<(), redis::RedisError> {
         let per = (self.max_message_bytes / 300).max(1);
-        for chunk in items.chunks(per) {
-            let message = self.data_message(body(chunk), batch);
-            let targets = chunk.iter().map(|item| match kind {
-                "tags" => Target::Tag(item.clone()),
-                _ => Target::Namespace(item.clone()),
-            });
-            let entries = self.entries(targets, marker_lsn);
+        for chunk in namespaces.chunks(per) {
+            let message = self.data_message(Body::Flush(chunk.to_vec()), batch);
+            let entries = self.entries(chunk.iter().cloned(), marker_lsn);
             let items: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            self.call(kind, &message, &entries, &items).await?;
-            metrics::counter!(m::MESSAGES_PUBLISHED_TOTAL, "kind" => kind).increment(1);
+            self.call("flush", &message, &entries, &items).await?;
+            metrics::counter!(m::MESSAGES_PUBLISHED_TOTAL, "kind" => "flush").increment(1);
         }
         Ok(())
     }
 
-    /// Marker entries for `targets`, each at the later of `lsn` and what it already holds (a
-    /// marker's position never goes back).
+    /// Marker entries for `namespaces`, each at the later of `lsn` and what it already holds
+    /// (a marker's position never goes back).
     ///
     /// Data calls pass `Lsn(0)`: they renew a marker's token but never move its position. A
     /// batch can take several calls, and a Redis that kept an early one and lost a later one
     /// would otherwise show a position the lost call was part of. Positions move only with a
     /// `check` call at the confirmed position (every publish before it completed, visibility
     /// re-checks included) and with a flush, which makes everything before it irrelevant.
-    fn entries(&self, targets: impl Iterator<Item = Target>, lsn: Lsn) -> Vec<Entry> {
-        targets
-            .map(|target| {
-                let held = self.held.get(&target).map_or(Lsn(0), |h| h.lsn);
-                let rule = match &target {
-                    Target::Namespace(ns) => self.rule_hashes.get(ns).cloned().unwrap_or_default(),
-                    Target::Tag(_) => String::new(),
-                };
+    fn entries(&self, namespaces: impl Iterator<Item = String>, lsn: Lsn) -> Vec<Entry> {
+        namespaces
+            .map(|namespace| {
+                let held = self.held.get(&namespace).map_or(Lsn(0), |h| h.lsn);
                 Entry {
                     key: self
                         .marker_keys
-                        .get(&target)
+                        .get(&namespace)
                         .cloned()
-                        .unwrap_or_else(|| target.marker_key(&self.naming)),
-                    target,
-                    rule,
+                        .unwrap_or_else(|| self.naming.marker_key(&namespace)),
+                    rule: self
+                        .rule_hashes
+                        .get(&namespace)
+                        .cloned()
+                        .unwrap_or_default(),
+                    namespace,
                     lsn: lsn.max(held),
                 }
             })
@@ -428,15 +458,15 @@ impl Publisher {
         inv.arg(self.naming.invalidation_channel())
             .arg(message)
             .arg(self.naming.prefix())
-            .arg(TAG_VERSION_TTL_MS)
             .arg(kind)
             .arg(now_micros())
             .arg(&token)
             .arg(&self.server)
             .arg(now_micros() / 1000)
+            .arg(u64::try_from(MAX_LEASE_TTL.as_millis()).unwrap_or(u64::MAX))
             .arg(entries.len());
         for e in entries {
-            let held = self.held.get(&e.target);
+            let held = self.held.get(&e.namespace);
             inv.arg(&e.key)
                 .arg(held.map_or("", |h| h.token.as_str()))
                 .arg(held.map_or_else(String::new, |h| h.alt.join(",")))
@@ -453,7 +483,7 @@ impl Publisher {
             Ok(r) => r,
             Err(e) => {
                 for entry in entries {
-                    let held = self.held.entry(entry.target.clone()).or_default();
+                    let held = self.held.entry(entry.namespace.clone()).or_default();
                     if held.alt.len() >= MAX_UNCERTAIN {
                         held.alt.remove(0);
                     }
@@ -465,10 +495,10 @@ impl Publisher {
         let mut lost = Vec::new();
         for entry in entries {
             if lost_keys.contains(&entry.key) {
-                lost.push(entry.target.clone());
+                lost.push(entry.namespace.clone());
             } else {
                 self.held.insert(
-                    entry.target.clone(),
+                    entry.namespace.clone(),
                     Held {
                         token: token.clone(),
                         alt: Vec::new(),
@@ -535,7 +565,7 @@ impl Publisher {
     }
 
     /// Compare every marker with what this daemon wrote, advancing them to `lsn`; flush the
-    /// targets whose markers do not hold. Nothing is announced. Returns how many were lost.
+    /// namespaces whose markers do not hold. Nothing is announced. Returns how many were lost.
     ///
     /// # Errors
     ///
@@ -545,7 +575,7 @@ impl Publisher {
     }
 
     /// The `check` call with `message` (empty: none): whether it was published, and how many
-    /// targets were lost (and flushed).
+    /// namespaces were lost (and flushed).
     async fn check(
         &mut self,
         message: &[u8],
@@ -555,7 +585,10 @@ impl Publisher {
         let reply = self.call("check", message, &entries, &[]).await?;
         let lost = reply.lost;
         let flushed = self
-            .repair(lost.into_iter().map(|t| (t, Loss::Mismatch)).collect(), lsn)
+            .repair(
+                lost.into_iter().map(|ns| (ns, Loss::Mismatch)).collect(),
+                lsn,
+            )
             .await?;
         Ok((reply.published, flushed))
     }
@@ -633,10 +666,12 @@ mod tests {
                 namespace: "u".into(),
                 key: "1".into(),
             },
-            Invalidation::Tag("t".into()),
+            Invalidation::Tag(TagRef::new("u", "t")),
+            Invalidation::Tag(TagRef::new("u", "t")),
+            Invalidation::Tag(TagRef::new("v", "t")),
             Invalidation::Flush("u".into()),
         ]);
-        assert_eq!(b.len(), 3);
+        assert_eq!(b.len(), 4);
         assert!(!b.is_empty());
     }
 
@@ -657,12 +692,12 @@ mod tests {
             n.value_key("users", 3, 1, "42")
         );
         assert_eq!(
-            format!("{}:tag:{{{}}}:v", n.prefix(), "t"),
-            n.tag_version_key("t")
+            format!("{}:{{{}}}:tags", n.prefix(), "users"),
+            n.tags_key("users")
         );
         assert_eq!(
-            format!("{}:tag:{{{}}}:m", n.prefix(), "t"),
-            n.tag_members_key("t")
+            format!("{}:{{{}}}:mark", n.prefix(), "users"),
+            n.marker_key("users")
         );
     }
 }

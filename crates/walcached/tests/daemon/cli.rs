@@ -170,7 +170,6 @@ async fn check_passes_on_a_good_setup() {
         "redis maxmemory-policy",
         "redis persistence",
         "marker of namespace users",
-        "marker of tag users",
     ] {
         assert!(
             stdout

@@ -82,7 +82,7 @@ async fn a_table_altered_under_its_rule_flushes_its_namespace() {
     );
     // A key it can no longer compute is never guessed: no keys, only the flush (and tags).
     assert!(listener.keys().is_empty(), "{:?}", listener.keys());
-    assert!(listener.tags().contains(&"users".to_owned()));
+    assert!(listener.tags().contains(&"users/users".to_owned()));
 
     // Still streaming on the same connection (no crash, no reconnect loop), caught up again.
     listener.wait_heartbeat().await;
@@ -577,7 +577,7 @@ async fn a_slot_invalidated_for_idle_timeout_is_recreated_and_every_namespace_fl
 }
 
 /// Redis at `maxmemory` under `noeviction` refuses writes (`OOM command not allowed`): the
-/// invalidation scripts, flagged `allow-oom`, must still run — a refused `INCR` of a tag
+/// invalidation scripts, flagged `allow-oom`, must still run — a refused write of a tag
 /// version used to fail every publish, and the stream stalled with nothing announced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidations_still_run_on_a_redis_at_maxmemory() {
@@ -619,14 +619,14 @@ async fn invalidations_still_run_on_a_redis_at_maxmemory() {
         "a plain INCR is refused at maxmemory: {refused:?}"
     );
 
-    // A change: its tag version INCR and key deletes run, the message goes out.
+    // A change: its tag version bump and key deletes run, the message goes out.
     db.execute("INSERT INTO users VALUES (1, 'a@x.org', NULL)", &[])
         .await
         .unwrap();
     listener
         .wait_keys(&["users/1", "users/by_email:a@x.org"])
         .await;
-    assert!(listener.tags().iter().any(|t| t == "users"));
+    assert!(listener.tags().iter().any(|t| t == "users/users"));
     listener.wait_heartbeat().await;
     daemon.stop().await;
 }

@@ -14,4 +14,5 @@ mod refresh;
 mod slot;
 mod sockets;
 mod support;
+mod tags;
 mod visibility;

@@ -57,7 +57,7 @@ async fn insert_update_delete_truncate_invalidate_exactly_their_keys() {
     listener
         .wait_keys(&["users/1", "users/by_email:a@x.org"])
         .await;
-    assert!(listener.tags().contains(&"users".to_owned()));
+    assert!(listener.tags().contains(&"users/users".to_owned()));
     let exists: bool = redis::cmd("EXISTS")
         .arg(naming.value_key("users", generation, 1, "1"))
         .query_async(&mut conn)

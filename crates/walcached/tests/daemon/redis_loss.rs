@@ -412,7 +412,13 @@ async fn an_unreadable_generation_falls_back_to_a_namespace_flush() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_reports_each_marker_against_the_slot_and_the_persistence() {
     let (pg, redis, dbname, _db) = users_stack().await;
-    let cfg = config(&pg, &dbname, &redis, USERS_RULE);
+    // The users table's tags are bumped in `orders` too: that namespace has a marker of its
+    // own.
+    let rule = USERS_RULE.replace(
+        "tags = [\"users\"]",
+        "tags = [\"users\"]\ntag_namespaces = [\"orders\"]",
+    );
+    let cfg = config(&pg, &dbname, &redis, &rule);
     Daemon::start(&cfg).await.stop().await;
     let line = |stdout: &str, subject: &str| {
         stdout
@@ -422,7 +428,7 @@ async fn check_reports_each_marker_against_the_slot_and_the_persistence() {
             .to_owned()
     };
     let (_, stdout, _) = crate::cli::outcome(&crate::cli::walcached("check", &cfg).await);
-    for subject in ["marker of namespace users", "marker of tag users"] {
+    for subject in ["marker of namespace users", "marker of namespace orders"] {
         let l = line(&stdout, subject);
         assert!(l.starts_with("ok") && l.contains("nothing lost"), "{l}");
     }
@@ -454,7 +460,13 @@ async fn a_data_call_never_moves_a_markers_position() {
     )
     .await
     .unwrap();
-    let cfg = config(&pg, &dbname, &redis, USERS_RULE)
+    // The table's tag is bumped in `witness` too: a namespace only tag calls (data calls)
+    // write to, whose position only a check moves.
+    let rule = USERS_RULE.replace(
+        "tags = [\"users\"]",
+        "tags = [\"users\"]\ntag_namespaces = [\"witness\"]",
+    );
+    let cfg = config(&pg, &dbname, &redis, &rule)
         .replace(
             "heartbeat_interval_ms = 50",
             "heartbeat_interval_ms = 60000",
@@ -464,15 +476,15 @@ async fn a_data_call_never_moves_a_markers_position() {
     let mut c = conn(&redis).await;
     let tag_marker = || async {
         let m: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(Naming::default().tag_marker_key("users"))
+            .arg(Naming::default().marker_key("witness"))
             .query_async(&mut conn(&redis).await)
             .await
-            .expect("HGETALL tag marker");
+            .expect("HGETALL witness marker");
         m.get("lsn").cloned()
     };
     let listener = Listener::start(&redis).await;
-    // A check (every 5 s here) moves every position, the tag's too: a round during which the
-    // tag's position moved says nothing, and is tried again.
+    // A check (every 5 s here) moves every position, the witness's too: a round during which
+    // the witness's position moved says nothing, and is tried again.
     let mut observed = false;
     for round in 0..5 {
         let before = marker(&mut c).await;
@@ -524,7 +536,7 @@ async fn a_data_call_never_moves_a_markers_position() {
     }
     assert!(
         observed,
-        "every round overlapped a check (or data calls moved the tag's position)"
+        "every round overlapped a check (or data calls moved the witness's position)"
     );
     daemon.stop().await;
 }
@@ -545,6 +557,7 @@ async fn calls_whose_replies_were_lost_after_landing_are_not_taken_for_a_loss() 
         namespace: "users".into(),
         keys: vec!["{id}".into()],
         tags: vec!["users".into()],
+        tag_namespaces: vec!["orders".into()],
     }];
     let timeout = std::time::Duration::from_millis(200);
     let mut publisher =
@@ -552,7 +565,8 @@ async fn calls_whose_replies_were_lost_after_landing_are_not_taken_for_a_loss() 
             .await
             .expect("connect");
     publisher.set_server("test".into());
-    // No markers yet: both targets are flushed and their markers written.
+    // No markers yet: both namespaces (users, and orders its tag is bumped in) are flushed and
+    // their markers written.
     assert_eq!(publisher.verify(Lsn(1)).await.expect("verify"), 2);
     assert_eq!(publisher.verify(Lsn(2)).await.expect("verify"), 0);
 
@@ -566,7 +580,7 @@ async fn calls_whose_replies_were_lost_after_landing_are_not_taken_for_a_loss() 
         assert!(err.is_timeout(), "{err}");
     }
     let c = conn(&redis).await;
-    let landed = |m: &HashMap<String, String>| m.get("w").is_some_and(|w| w.ends_with("-6"));
+    let landed = |m: &HashMap<String, String>| m.get("w").is_some_and(|w| w.ends_with("-5"));
     wait_until("both timed-out calls landed", DEADLINE, || async {
         landed(&marker(&mut c.clone()).await)
     })

@@ -1,11 +1,13 @@
-//! The full refresh (DESIGN contract 6): one cycle removes from L2 everything filled before it
+//! The full refresh (DESIGN contract 6): one cycle removes from L2 everything stamped before it
 //! began — values, "not found" entries and bytes that are not the library's — and leaves leases,
-//! later fills and other namespaces alone, at a bounded delete rate.
+//! later fills and other namespaces alone, at a bounded delete rate. Stamps, the cycle's start
+//! and the bound of the future are all the Redis server's clock (µs). After a complete cycle,
+//! tag versions older than it (minus the longest lease) are pruned.
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
@@ -28,30 +30,31 @@ impl std::fmt::Display for LoadError {
 }
 impl std::error::Error for LoadError {}
 
-fn now_ms() -> u64 {
-    u64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
+/// The Redis server's clock (`TIME`), µs since the Unix epoch: the clock of every stamp.
+async fn redis_micros(conn: &mut MultiplexedConnection) -> u64 {
+    let (s, us): (u64, u64) = redis::cmd("TIME").query_async(conn).await.expect("TIME");
+    s * 1_000_000 + us
 }
 
-/// A value envelope (no tags) with the given fill time, as the library writes it.
-fn value_envelope(fill_ms: u64, payload: &[u8]) -> Vec<u8> {
+/// A value envelope (no tags) with the given stamp (µs), as the library writes it.
+fn value_envelope(stamp: u64, payload: &[u8]) -> Vec<u8> {
     let mut out = vec![0x01];
-    out.extend_from_slice(&fill_ms.to_le_bytes());
+    out.extend_from_slice(&stamp.to_le_bytes());
     out.extend_from_slice(&0_u16.to_le_bytes());
     out.extend_from_slice(payload);
     out
 }
 
-/// A cached "not found" with the given fill time.
-fn negative_envelope(fill_ms: u64) -> Vec<u8> {
+/// A cached "not found" with the given stamp (µs).
+fn negative_envelope(stamp: u64) -> Vec<u8> {
     let mut out = vec![0x02];
-    out.extend_from_slice(&fill_ms.to_le_bytes());
+    out.extend_from_slice(&stamp.to_le_bytes());
     out
+}
+
+/// The stamp of an envelope.
+fn stamp_of(envelope: &[u8]) -> u64 {
+    u64::from_le_bytes(envelope[1..9].try_into().expect("an envelope"))
 }
 
 fn lease() -> Vec<u8> {
@@ -114,9 +117,19 @@ async fn one_cycle_removes_everything_filled_before_it_began() {
         .build()
         .expect("cache");
 
-    // Filled through the library: values, a loaded value, a "not found".
-    users.insert(&1, "one".into()).await.expect("insert");
-    users.insert(&2, "two".into()).await.expect("insert");
+    // Filled through the library: loaded values and a "not found".
+    let fill = |cache: &walcache::Cache<i64, String>, id: i64, v: &'static str| {
+        let cache = cache.clone();
+        async move {
+            let got = cache
+                .try_get_with(&id, async move { Ok::<_, LoadError>(v.to_owned()) })
+                .await
+                .expect("load");
+            assert_eq!(got, v);
+        }
+    };
+    fill(&users, 1, "one").await;
+    fill(&users, 2, "two").await;
     let loaded = users
         .try_get_with(&3, async { Ok::<_, LoadError>("three".to_owned()) })
         .await
@@ -127,8 +140,8 @@ async fn one_cycle_removes_everything_filled_before_it_began() {
         .await
         .expect("load");
     assert_eq!(none, None);
-    posts.insert(&1, "post".into()).await.expect("insert");
-    orders.insert(&1, "order".into()).await.expect("insert");
+    fill(&posts, 1, "post").await;
+    fill(&orders, 1, "order").await;
     let library_users = keys(&mut conn, "wc:{users}:g1:*").await;
     assert_eq!(library_users.len(), 4, "{library_users:?}");
     let library_posts = keys(&mut conn, "wc:{posts}:g*").await;
@@ -155,7 +168,9 @@ async fn one_cycle_removes_everything_filled_before_it_began() {
         .set(&old_generation, value_envelope(1_000, b"x"))
         .await
         .unwrap();
-    let future = now_ms() + 60_000;
+    // A minute ahead of the Redis server's clock: within the allowance for its clock stepping
+    // back, and after any start the cycle can take.
+    let future = redis_micros(&mut conn).await + 60_000_000;
     let () = conn
         .set(&truncated, &value_envelope(future, b"")[..9])
         .await
@@ -175,6 +190,7 @@ async fn one_cycle_removes_everything_filled_before_it_began() {
     let () = conn.pset_ex(&leased, lease(), 600_000).await.unwrap();
 
     let progress = RefreshProgress::default();
+    let before = redis_micros(&mut conn).await;
     let report = run_cycle(
         &redis.client(),
         &naming,
@@ -184,10 +200,17 @@ async fn one_cycle_removes_everything_filled_before_it_began() {
     )
     .await
     .expect("cycle");
+    let after = redis_micros(&mut conn).await;
 
     assert!(
-        report.started_at_ms < future,
-        "the fresh entries were filled after the cycle began"
+        (before..=after).contains(&report.started_at_micros),
+        "the cycle's start is the Redis server's clock: {before} <= {} <= {after}",
+        report.started_at_micros
+    );
+    assert_eq!(report.started_at_ms, report.started_at_micros / 1000);
+    assert!(
+        report.started_at_micros < future,
+        "the fresh entries were stamped after the cycle began"
     );
     assert_eq!(report.namespaces, 2, "duplicates walked once");
     // 4 library users + 1 library post + 7 written directly.
@@ -336,6 +359,11 @@ async fn the_schedule_resumes_from_the_last_cycle_and_stops_on_shutdown() {
         progress.last_cycle_start_ms(),
         "recorded for restarts"
     );
+    let now_ms = redis_micros(&mut conn).await / 1000;
+    assert!(
+        last <= now_ms && now_ms - last < DEADLINE.as_millis() as u64,
+        "ms on the Redis server's clock: {last} vs {now_ms}"
+    );
 
     // The next cycle is an interval away: shutdown ends the wait.
     shutdown.cancel();
@@ -445,10 +473,8 @@ async fn the_refresh_subcommand_runs_one_cycle_and_prints_the_counts() {
             .unwrap();
     }
     let fresh = naming.value_key("posts", 0, 1, "2");
-    let () = conn
-        .set(&fresh, value_envelope(now_ms() + 60_000, b"x"))
-        .await
-        .unwrap();
+    let ahead = redis_micros(&mut conn).await + 60_000_000;
+    let () = conn.set(&fresh, value_envelope(ahead, b"x")).await.unwrap();
 
     let (code, stdout, stderr) = refresh_subcommand(&refresh_config(&redis.url(), "")).await;
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
@@ -502,4 +528,205 @@ async fn help_mentions_the_refresh_subcommand_and_its_settings() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("--config"), "{stdout}");
     assert!(stdout.contains("time_to_live"), "{stdout}");
+}
+
+/// The cutoff is the Redis server's clock when the cycle begins: a value stamped before it is
+/// deleted, one stamped after it is kept — a fill during the cycle (stamped by the library's
+/// script on the same clock) survives it, and the next cycle, which began after it, deletes
+/// it. The bound of the future is that clock plus five minutes, read inside the script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stamps_are_judged_against_the_redis_clock_at_the_cycles_start() {
+    let redis = RedisServer::start().expect("redis");
+    let naming = Naming::default();
+    let mut conn = connection(&redis).await;
+    let t0 = redis_micros(&mut conn).await;
+    let key = |ns: &str, k: &str| naming.value_key(ns, 0, 1, k);
+    // Stamped just before the cycle, two minutes ahead (a clock stepped back: kept), and ten
+    // minutes ahead (corrupt: deleted).
+    for (k, stamp) in [
+        ("before", t0),
+        ("ahead", t0 + 120_000_000),
+        ("too-far", t0 + 600_000_000),
+    ] {
+        let () = conn
+            .set(key("stamped", k), value_envelope(stamp, b"x"))
+            .await
+            .unwrap();
+    }
+    // Enough old values that the cycle is still walking `bulk` while a service fills a value
+    // in `fresh` (walked after it): 60 deletes at 20 per second, three seconds.
+    for i in 0..60 {
+        let () = conn
+            .set(key("bulk", &i.to_string()), value_envelope(1_000, b"x"))
+            .await
+            .unwrap();
+    }
+    let handle = Walcache::builder()
+        .redis_url(redis.url())
+        .without_invalidation_stream()
+        .build()
+        .await
+        .expect("handle");
+    let fresh = handle.cache::<i64, String>("fresh").build().expect("cache");
+    let cfg = RefreshConfig {
+        max_deletes_per_second: 20,
+        ..RefreshConfig::default()
+    };
+    let progress = Arc::new(RefreshProgress::default());
+    let cycle = {
+        let (client, naming, progress, cfg) = (
+            redis.client(),
+            naming.clone(),
+            Arc::clone(&progress),
+            cfg.clone(),
+        );
+        tokio::spawn(async move {
+            run_cycle(
+                &client,
+                &naming,
+                &namespaces(&["bulk", "fresh", "stamped"]),
+                &cfg,
+                &progress,
+            )
+            .await
+        })
+    };
+    wait_until("the cycle is deleting", DEADLINE, || async {
+        progress.keys_deleted() > 0
+    })
+    .await
+    .expect("the cycle runs");
+    let filled = fresh
+        .try_get_with(&1, async {
+            Ok::<_, LoadError>("filled during the cycle".to_owned())
+        })
+        .await
+        .expect("fill");
+    assert_eq!(filled, "filled during the cycle");
+    assert!(
+        !cycle.is_finished(),
+        "the fill landed while the cycle ran (it paces 60 deletes over three seconds)"
+    );
+    let report = tokio::time::timeout(DEADLINE, cycle)
+        .await
+        .expect("the cycle ends")
+        .expect("no panic")
+        .expect("cycle");
+
+    assert!(report.started_at_micros >= t0);
+    assert_eq!(raw_get(&mut conn, &key("stamped", "before")).await, None);
+    assert_eq!(raw_get(&mut conn, &key("stamped", "too-far")).await, None);
+    assert!(raw_get(&mut conn, &key("stamped", "ahead")).await.is_some());
+    let filled = keys(&mut conn, "wc:{fresh}:g*").await;
+    assert_eq!(filled.len(), 1, "the fill during the cycle survives it");
+    let envelope = raw_get(&mut conn, &filled[0]).await.expect("kept");
+    assert!(
+        stamp_of(&envelope) > report.started_at_micros,
+        "stamped by the library on the Redis clock, after the cycle's start"
+    );
+    assert!(keys(&mut conn, "wc:{bulk}:*").await.is_empty());
+
+    // The next cycle began after the fill: it goes.
+    let report = run_cycle(
+        &redis.client(),
+        &naming,
+        &namespaces(&["fresh"]),
+        &fast(),
+        &RefreshProgress::default(),
+    )
+    .await
+    .expect("cycle");
+    assert_eq!(report.keys_deleted, 1);
+    assert!(keys(&mut conn, "wc:{fresh}:g*").await.is_empty());
+}
+
+/// After a complete cycle, each walked namespace's tags hash loses the fields older than the
+/// cycle's start minus the longest lease (bounded pages of HSCAN, each pruned by a script),
+/// keeps recent ones, the library's bookkeeping (the tag clock among it) whatever its number,
+/// and values that are not numbers (not its to judge); namespaces not walked keep theirs. A tags hash of the wrong type does not
+/// fail the cycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complete_cycle_prunes_old_tag_versions_and_keeps_recent_ones_and_the_clock() {
+    let redis = RedisServer::start().expect("redis");
+    let naming = Naming::default();
+    let mut conn = connection(&redis).await;
+    let t0 = redis_micros(&mut conn).await;
+    let lease = u64::try_from(walcache_protocol::MAX_LEASE_TTL.as_micros()).unwrap();
+    let users = naming.tags_key("users");
+    // 300 old tags (a hash table, so HSCAN pages through it), a few recent ones, the clock.
+    let mut old: Vec<(String, u64)> = (0..300)
+        .map(|i| (format!("old:{i}"), t0 - lease - 1_000_000 - i))
+        .collect();
+    old.push(("ancient".into(), 1_000));
+    for (field, v) in &old {
+        let () = conn.hset(&users, field, v).await.unwrap();
+    }
+    // The library's bookkeeping (the tag clock, the longest time-to-live, the pruning cursor)
+    // is never pruned, however small its number.
+    let recent = [
+        ("recent", t0 - 1_000_000),
+        ("within-a-lease", t0 - lease + 5_000_000),
+        (" now", t0 - 2 * lease),
+        (" ttl", 1_000),
+        (" cursor", 0),
+    ];
+    for (field, v) in recent {
+        let () = conn.hset(&users, field, v).await.unwrap();
+    }
+    let () = conn.hset(&users, "garbled", "abc").await.unwrap();
+    let unwalked = naming.tags_key("other");
+    let () = conn.hset(&unwalked, "old", 1_000_u64).await.unwrap();
+    let () = conn
+        .set(naming.tags_key("broken"), "not a hash")
+        .await
+        .unwrap();
+
+    let cfg = RefreshConfig {
+        scan_count: 50,
+        ..fast()
+    };
+    let report = run_cycle(
+        &redis.client(),
+        &naming,
+        &namespaces(&["broken", "users"]),
+        &cfg,
+        &RefreshProgress::default(),
+    )
+    .await
+    .expect("a completed cycle, whatever a tags hash holds");
+    assert_eq!(report.tag_versions_pruned, old.len() as u64, "{report:?}");
+    let mut left: Vec<String> = conn.hkeys(&users).await.unwrap();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            " cursor",
+            " now",
+            " ttl",
+            "garbled",
+            "recent",
+            "within-a-lease"
+        ]
+    );
+    let now: u64 = conn.hget(&users, " now").await.unwrap();
+    assert_eq!(now, t0 - 2 * lease, "the tag clock is never pruned");
+    let other: Option<u64> = conn.hget(&unwalked, "old").await.unwrap();
+    assert_eq!(
+        other,
+        Some(1_000),
+        "a namespace not walked keeps its versions"
+    );
+
+    // Nothing left to prune: the next cycle deletes nothing more.
+    let report = run_cycle(
+        &redis.client(),
+        &naming,
+        &namespaces(&["users"]),
+        &cfg,
+        &RefreshProgress::default(),
+    )
+    .await
+    .expect("cycle");
+    assert_eq!(report.tag_versions_pruned, 0);
+    assert_eq!(conn.hlen::<_, usize>(&users).await.unwrap(), 6);
 }

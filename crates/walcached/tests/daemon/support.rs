@@ -205,11 +205,15 @@ impl Listener {
         out
     }
 
+    /// Tags announced so far, as `namespace/tag` (`*/tag`: every namespace).
     pub(crate) fn tags(&self) -> Vec<String> {
         let mut out = Vec::new();
         for m in self.data() {
-            if let Body::Tags(t) = m.body {
-                out.extend(t);
+            if let Body::Tags(tags) = m.body {
+                out.extend(
+                    tags.into_iter()
+                        .map(|t| format!("{}/{}", t.namespace.as_deref().unwrap_or("*"), t.tag)),
+                );
             }
         }
         out
