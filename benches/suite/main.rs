@@ -22,13 +22,14 @@
 //! Hidden subcommands, for the child processes it spawns: `--memory-child KIND`,
 //! `--stampede-child …`, `--latency-reader …`.
 
+mod caveat;
 mod pipeline;
 mod report;
 mod stampede;
 
 use std::future::Future;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,26 +65,6 @@ struct Mode {
     rss_rows: u64,
 }
 
-/// Set once at start: this run is in quick mode.
-static QUICK: AtomicBool = AtomicBool::new(false);
-
-/// Why the figures of this run are not measurements (quick mode, a debug build), or `None`
-/// for a full run of a release build.
-pub(crate) fn not_measured() -> Option<&'static str> {
-    match (QUICK.load(Ordering::Relaxed), cfg!(debug_assertions)) {
-        (false, false) => None,
-        (true, false) => Some("quick mode"),
-        (false, true) => Some("debug build"),
-        (true, true) => Some("quick mode, debug build"),
-    }
-}
-
-/// Appended to every figure printed while the suite runs: empty for a full release run, else
-/// a label saying it is not a measurement.
-pub(crate) fn figure_label() -> String {
-    not_measured().map_or_else(String::new, |why| format!(" [{why}: not a measurement]"))
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -108,14 +89,7 @@ fn main() {
         _ => {}
     }
     let quick = args.iter().any(|a| a == "--quick");
-    QUICK.store(quick, Ordering::Relaxed);
-    if let Some(why) = not_measured() {
-        eprintln!(
-            "suite: {why}: the figures below only show that every benchmark runs; they are not \
-             measurements and do not count. The measured run: cargo build --release -p \
-             walcached && cargo run --release -p walcache-benches --bin suite"
-        );
-    }
+    caveat::start(quick);
     let mode = if quick {
         Mode {
             quick,

@@ -439,7 +439,7 @@ fn drain(env: &Env<'_>, n: u64, per: u64) -> Result<DrainResult, BoxError> {
         r.pg_rate(),
         r.walcached_rate(),
         r.walcached_rate() / r.pg_rate(),
-        crate::figure_label()
+        crate::caveat::figure_label()
     );
     Ok(r)
 }
@@ -526,7 +526,7 @@ fn latency(env: &Env<'_>, rates: &[(Option<f64>, usize)]) -> Result<Vec<RateResu
             r.missing,
             pct(&r.floor, 0.5) as f64 / 1e6,
             r.reader_stats,
-            crate::figure_label()
+            crate::caveat::figure_label()
         );
         results.push(r);
     }
@@ -660,7 +660,7 @@ fn latency_floor(
                 rate.map_or("unthrottled".to_owned(), |r| format!("{r:.0}/s")),
                 n as f64 / commits.span_s,
                 pct(&v, 0.5) as f64 / 1e6,
-                crate::figure_label()
+                crate::caveat::figure_label()
             );
             floors.push((v, n as f64 / commits.span_s, n - count));
         }
@@ -1104,7 +1104,7 @@ fn rss_measure(
     })?;
     eprintln!(
         "suite: rss: VmHWM {idle_hwm} kB idle, {hwm} kB after {n} rows ({follow_s:.2} s){}",
-        crate::figure_label()
+        crate::caveat::figure_label()
     );
     Ok(RssResult {
         rows: n,
