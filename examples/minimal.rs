@@ -2,11 +2,15 @@
 //!
 //! Run with: `DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/ cargo run -p walcache-examples --bin minimal`
 //!
-//! It needs a `users (id bigint PRIMARY KEY, email text)` table with a row `id = 1` (the
-//! quickstart makes one). With `walcached` running (`examples/walcached.toml`) L1 is used as
-//! soon as the daemon's stream is live; without it, reads go to Redis and the database.
+//! It needs both variables (the quickstart starts private servers for one that is not set)
+//! and a `users (id bigint PRIMARY KEY, email text)` table with a row `id = 1` (the quickstart
+//! makes one). With `walcached` running (`examples/walcached.toml`) L1 is used as soon as the
+//! daemon's stream is live; without it, reads go to Redis and the database.
+
+use std::process::ExitCode;
 
 use walcache::Walcache;
+use walcache_examples::{exit_code, redact, Context, Failed};
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct User {
@@ -15,15 +19,28 @@ struct User {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (db, connection) =
-        tokio_postgres::connect(&std::env::var("DATABASE_URL")?, tokio_postgres::NoTls).await?;
+async fn main() -> ExitCode {
+    exit_code(run().await)
+}
+
+fn required_env(name: &str) -> Result<String, Failed> {
+    std::env::var(name).context(|| format!("reading {name} (see the top of examples/minimal.rs)"))
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let (database_url, redis_url) = (required_env("DATABASE_URL")?, required_env("REDIS_URL")?);
+    println!("PostgreSQL: {} (from DATABASE_URL)", redact(&database_url));
+    println!("Redis:      {} (from REDIS_URL)", redact(&redis_url));
+    let (db, connection) = tokio_postgres::connect(&database_url, tokio_postgres::NoTls)
+        .await
+        .context(|| format!("connecting to PostgreSQL at {}", redact(&database_url)))?;
     tokio::spawn(connection);
 
     let walcache = Walcache::builder()
-        .redis_url(std::env::var("REDIS_URL")?)
+        .redis_url(&redis_url)
         .build()
-        .await?;
+        .await
+        .context(|| format!("connecting to Redis at {}", redact(&redis_url)))?;
     let users = walcache.cache::<i64, User>("users").build()?;
 
     // The loader reads the primary in autocommit: a fresh snapshot for every load.

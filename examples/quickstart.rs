@@ -3,15 +3,18 @@
 //!
 //! Run with: `cargo run -p walcache-examples --bin quickstart`
 //!
-//! With `DATABASE_URL` and `REDIS_URL` set it uses those servers; otherwise it starts private
-//! ones (PostgreSQL and Redis must be installed: `apt-get install -y postgresql redis-server`).
+//! `DATABASE_URL` and `REDIS_URL` each name a server to use; for one that is not set it starts
+//! a private one for the run (PostgreSQL and Redis must then be installed:
+//! `apt-get install -y postgresql redis-server`). It prints which servers it uses.
 //! No daemon runs here, so the cache is built `without_invalidation_stream()` and the example
 //! invalidates its own writes; with `walcached` running, drop that line and the daemon does it.
 
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use walcache::Walcache;
+use walcache_examples::{exit_code, Context, Servers};
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct User {
@@ -35,24 +38,28 @@ async fn load_user(db: &tokio_postgres::Client, id: i64) -> Result<User, DbError
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // Servers: yours, or private ones for the demo.
-    let (_servers, database_url, redis_url) = servers().await?;
-    let (db, connection) = tokio_postgres::connect(&database_url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    let db = Arc::new(db);
+async fn main() -> ExitCode {
+    exit_code(run().await)
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    // Servers: yours (DATABASE_URL, REDIS_URL), or private ones for the run.
+    let servers = Servers::from_env("quickstart").await?;
+    let db = Arc::new(servers.connect_postgres().await?);
     db.batch_execute(
         "CREATE TABLE IF NOT EXISTS users (id bigint PRIMARY KEY, email text NOT NULL);
          INSERT INTO users VALUES (1, 'ada@example.com') ON CONFLICT (id) DO NOTHING;",
     )
-    .await?;
+    .await
+    .context(|| "creating the users table")?;
 
     // One handle per process; one cache per namespace.
     let walcache = Walcache::builder()
-        .redis_url(redis_url)
+        .redis_url(servers.redis.url())
         .without_invalidation_stream()
         .build()
-        .await?;
+        .await
+        .context(|| format!("connecting to Redis at {}", servers.redis))?;
     let users = walcache
         .cache::<i64, User>("users")
         .max_capacity(10_000)
@@ -77,29 +84,4 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let user = users.try_get_with(&1, load_user(&db, 1)).await?;
     println!("after update: {} in {:?}", user.email, start.elapsed());
     Ok(())
-}
-
-/// Private servers, kept alive for the example's lifetime.
-struct Servers {
-    _pg: walcache_testkit::PgServer,
-    _redis: walcache_testkit::RedisServer,
-}
-
-async fn servers() -> Result<(Option<Servers>, String, String), Box<dyn std::error::Error>> {
-    if let (Ok(db), Ok(redis)) = (std::env::var("DATABASE_URL"), std::env::var("REDIS_URL")) {
-        return Ok((None, db, redis));
-    }
-    println!("DATABASE_URL and REDIS_URL not set: starting private PostgreSQL and Redis");
-    let pg = walcache_testkit::PgServer::start()?;
-    let dbname = pg.create_database("quickstart").await?;
-    let redis = walcache_testkit::RedisServer::start()?;
-    let (db, redis_url) = (pg.url(&dbname), redis.url());
-    Ok((
-        Some(Servers {
-            _pg: pg,
-            _redis: redis,
-        }),
-        db,
-        redis_url,
-    ))
 }

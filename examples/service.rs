@@ -22,6 +22,7 @@
 //! `info`). The service creates the `users` table if it is missing. SIGTERM or ctrl-c stops it
 //! after the requests in flight.
 
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 use walcache::{Cache, ErrorKind, Walcache};
+use walcache_examples::{exit_code, redact, Context, Failed};
 
 /// How often the Prometheus recorder drains its histograms (`install_recorder` leaves it to us).
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -177,13 +179,16 @@ fn router(app: App) -> Router {
         .with_state(app)
 }
 
-fn required_env(name: &str) -> Result<String, String> {
-    std::env::var(name)
-        .map_err(|_| format!("{name} is not set (see the top of examples/service.rs)"))
+fn required_env(name: &str) -> Result<String, Failed> {
+    std::env::var(name).context(|| format!("reading {name} (see the top of examples/service.rs)"))
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> ExitCode {
+    exit_code(run().await)
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -193,6 +198,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let database_url = required_env("DATABASE_URL")?;
     let redis_url = required_env("REDIS_URL")?;
     let listen = std::env::var("LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".to_owned());
+    tracing::info!(
+        postgres = %redact(&database_url),
+        redis = %redact(&redis_url),
+        "servers from DATABASE_URL and REDIS_URL"
+    );
 
     // The recorder first, so the handle's and the caches' metrics land in it.
     let metrics = PrometheusBuilder::new().install_recorder()?;
@@ -207,7 +217,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // One connection; tokio-postgres pipelines concurrent queries on it. If it ends, exit and
     // let the supervisor restart the service (a real service would use a pool).
-    let (db, connection) = tokio_postgres::connect(&database_url, tokio_postgres::NoTls).await?;
+    let (db, connection) = tokio_postgres::connect(&database_url, tokio_postgres::NoTls)
+        .await
+        .context(|| format!("connecting to PostgreSQL at {}", redact(&database_url)))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::error!(error = %e, "the PostgreSQL connection ended; exiting");
@@ -217,11 +229,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     db.batch_execute(
         "CREATE TABLE IF NOT EXISTS users (id bigint PRIMARY KEY, email text NOT NULL)",
     )
-    .await?;
+    .await
+    .context(|| "creating the users table")?;
 
     // One handle per process (it follows walcached's stream); one cache per namespace, named as
     // the daemon's rule names it. L1's time-to-live stays below the daemon's refresh interval.
-    let walcache = Walcache::builder().redis_url(redis_url).build().await?;
+    let walcache = Walcache::builder()
+        .redis_url(&redis_url)
+        .build()
+        .await
+        .context(|| format!("connecting to Redis at {}", redact(&redis_url)))?;
     let users = walcache
         .cache::<i64, User>("users")
         .max_capacity(100_000)
@@ -234,7 +251,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         users,
         metrics,
     };
-    let listener = tokio::net::TcpListener::bind(&listen).await?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .context(|| format!("listening on {listen} (set LISTEN to another address)"))?;
     tracing::info!(addr = %listener.local_addr()?, "serving /users/{{id}}, /metrics and /healthz");
     axum::serve(listener, router(app))
         .with_graceful_shutdown(shutdown_signal())

@@ -22,6 +22,7 @@
 //! Hidden subcommands, for the child processes it spawns: `--memory-child KIND`,
 //! `--stampede-child …`, `--latency-reader …`.
 
+mod caveat;
 mod pipeline;
 mod report;
 mod stampede;
@@ -88,6 +89,7 @@ fn main() {
         _ => {}
     }
     let quick = args.iter().any(|a| a == "--quick");
+    caveat::start(quick);
     let mode = if quick {
         Mode {
             quick,

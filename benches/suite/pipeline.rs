@@ -435,10 +435,11 @@ fn drain(env: &Env<'_>, n: u64, per: u64) -> Result<DrainResult, BoxError> {
     drop(cache);
     drop(handle);
     eprintln!(
-        "suite: drain {n} rows: pg_recvlogical {:.0} rows/s, walcached {:.0} rows/s ({:.2}×)",
+        "suite: drain {n} rows: pg_recvlogical {:.0} rows/s, walcached {:.0} rows/s ({:.2}×){}",
         r.pg_rate(),
         r.walcached_rate(),
-        r.walcached_rate() / r.pg_rate()
+        r.walcached_rate() / r.pg_rate(),
+        crate::caveat::figure_label()
     );
     Ok(r)
 }
@@ -515,7 +516,7 @@ fn latency(env: &Env<'_>, rates: &[(Option<f64>, usize)]) -> Result<Vec<RateResu
         r.floor_missing = floor_missing;
         eprintln!(
             "suite: latency {}: achieved {:.0}/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms \
-             ({} samples, {} missing); floor p50 {:.3} ms; reader {}",
+             ({} samples, {} missing); floor p50 {:.3} ms; reader {}{}",
             r.label(),
             r.achieved,
             pct(&r.total, 0.5) as f64 / 1e6,
@@ -524,7 +525,8 @@ fn latency(env: &Env<'_>, rates: &[(Option<f64>, usize)]) -> Result<Vec<RateResu
             r.total.len(),
             r.missing,
             pct(&r.floor, 0.5) as f64 / 1e6,
-            r.reader_stats
+            r.reader_stats,
+            crate::caveat::figure_label()
         );
         results.push(r);
     }
@@ -654,10 +656,11 @@ fn latency_floor(
                 .collect();
             v.sort_unstable();
             eprintln!(
-                "suite: floor {}: {:.0}/s achieved, p50 {:.3} ms",
+                "suite: floor {}: {:.0}/s achieved, p50 {:.3} ms{}",
                 rate.map_or("unthrottled".to_owned(), |r| format!("{r:.0}/s")),
                 n as f64 / commits.span_s,
-                pct(&v, 0.5) as f64 / 1e6
+                pct(&v, 0.5) as f64 / 1e6,
+                crate::caveat::figure_label()
             );
             floors.push((v, n as f64 / commits.span_s, n - count));
         }
@@ -1099,7 +1102,10 @@ fn rss_measure(
             .query_async::<Option<String>>(&mut conn)
             .await
     })?;
-    eprintln!("suite: rss: VmHWM {idle_hwm} kB idle, {hwm} kB after {n} rows ({follow_s:.2} s)");
+    eprintln!(
+        "suite: rss: VmHWM {idle_hwm} kB idle, {hwm} kB after {n} rows ({follow_s:.2} s){}",
+        crate::caveat::figure_label()
+    );
     Ok(RssResult {
         rows: n,
         idle_hwm_kib: idle_hwm,

@@ -177,6 +177,15 @@ fn markdown(r: &Results, quick: bool, workload_ops: (u64, u64), elapsed: Duratio
              numbers show the shape, not precise values.\n"
         );
     }
+    if cfg!(debug_assertions) {
+        let _ = writeln!(
+            s,
+            "> **Debug build: these figures are not measurements.** An unoptimised build runs \
+             every tier and the daemon many times slower than a release build, and not evenly \
+             (ratios and latency differences are off too; some come out negative). It shows \
+             only that each benchmark runs.\n"
+        );
+    }
 
     // Tiers.
     let _ = writeln!(s, "### Tiers under concurrency\n");

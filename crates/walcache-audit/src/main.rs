@@ -20,6 +20,7 @@
 mod child;
 mod ddl_fault;
 mod faults;
+mod summary;
 mod workload;
 
 use std::io::Write as _;
@@ -33,7 +34,7 @@ use walcache::Freshness;
 use walcache_audit::daemon::{daemon_config, walcached_bin, Daemon};
 use walcache_audit::refresh_proof::{self, ProofSetup};
 use walcache_audit::BoxError;
-use walcache_audit::{check, now_ns, parse_duration, Bounds, Fault, Summary, Zipf};
+use walcache_audit::{check, now_ns, parse_duration, Bounds, Fault, Zipf};
 use walcache_testkit::{PgOptions, PgServer, RedisServer, TcpProxy};
 
 use crate::child::{ChildArgs, ChildReader, ChildSpec, ReaderResult};
@@ -597,23 +598,14 @@ async fn run(args: Args) -> Result<bool, BoxError> {
             heartbeat_timeout: args.heartbeat_timeout,
         })
         .await?;
-        eprintln!(
-            "walcache-audit: refresh proof {}: {} reads stale before the cycle, {} keys \
-             deleted by it, {} stale after",
-            if proof.passed { "passed" } else { "FAILED" },
-            proof.before.stale,
-            proof.cycle.keys_deleted,
-            proof.after.stale
-        );
         failed |= !proof.passed;
         meta["refresh_proof"] = serde_json::to_value(&proof)?;
     }
     setup.daemon.sigkill().await?;
     meta["total_s"] = serde_json::json!((now_ns() - started) as f64 / 1e9);
-    print_summary(&summary, &meta);
-    let report = serde_json::json!({ "run": meta, "summary": summary });
+    let report = serde_json::json!({ "run": &meta, "summary": &summary });
     write_report(&args.report, &report)?;
-    println!("report: {}", args.report.display());
+    summary::print(&summary, &meta, &args.report);
     if failed {
         // Keep the daemon's log as evidence: the temporary directory goes away.
         let kept = args.report.with_extension("walcached.log");
@@ -633,111 +625,6 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         );
     }
     Ok(failed)
-}
-
-fn print_summary(s: &Summary, meta: &serde_json::Value) {
-    println!("\n== walcache-audit report ==");
-    println!("{}", serde_json::to_string_pretty(meta).unwrap_or_default());
-    let pct = |n: u64| {
-        if s.reads == 0 {
-            0.0
-        } else {
-            100.0 * n as f64 / s.reads as f64
-        }
-    };
-    println!("reads:         {}", s.reads);
-    println!("fresh:         {} ({:.4}%)", s.fresh, pct(s.fresh));
-    println!(
-        "stale within:  {} ({:.4}%)",
-        s.stale_within,
-        pct(s.stale_within)
-    );
-    println!(
-        "stale beyond:  {} ({:.4}%)",
-        s.stale_beyond,
-        pct(s.stale_beyond)
-    );
-    if let Some(p) = &s.stale_within_staleness {
-        println!(
-            "staleness of stale-within reads: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, \
-             p99.9 {:.2} ms, max {:.2} ms",
-            p.p50_ms, p.p90_ms, p.p99_ms, p.p999_ms, p.max_ms
-        );
-    }
-    for n in &s.nines {
-        match n.nines {
-            Some(k) => println!(
-                "{k} nines of reads fresh within {} ms ({:.5}%, {} of {})",
-                n.within_ms,
-                100.0 * n.fraction,
-                n.reads_within,
-                s.reads
-            ),
-            None => println!(
-                "all {} reads fresh within {} ms (at least {} nines measurable)",
-                s.reads,
-                n.within_ms,
-                (s.reads as f64).log10().floor()
-            ),
-        }
-    }
-    for t in std::iter::once(&s.steady).chain(&s.tables) {
-        let p = t
-            .stale_within_staleness
-            .as_ref()
-            .map_or_else(String::new, |p| {
-                format!(
-                    ": p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-                    p.p50_ms, p.p99_ms, p.max_ms
-                )
-            });
-        println!(
-            "{:<26} {} reads, {} stale within{p}, {} beyond",
-            if t.table == 0 {
-                "steady state (no fault)".to_owned()
-            } else {
-                format!("table {}", workload::table_name(t.table))
-            },
-            t.reads,
-            t.stale_within,
-            t.stale_beyond
-        );
-    }
-    for f in &s.faults {
-        println!(
-            "fault {:<13} at {:>6.2} s: recovered after {:>7.1} ms; next 5 s: {} reads, {} stale, \
-             {} beyond (bound {} ms), worst {:.1} ms",
-            f.kind,
-            f.at_s,
-            f.recovered_after_ms,
-            f.reads_after,
-            f.stale_after,
-            f.beyond_after,
-            f.bound_ms,
-            f.worst_staleness_ms
-        );
-    }
-    for v in s.violations.iter().take(10) {
-        let seen = v
-            .version_seen
-            .map_or_else(|| "not found".to_owned(), |x| format!("v{x}"));
-        let why = match (v.newer_version, v.commit_at_s, v.staleness_ms) {
-            (Some(n), Some(at), Some(st)) => {
-                format!("v{n} committed at {at:.3} s: {st:.1} ms stale")
-            }
-            _ => "no committed absence explains it".to_owned(),
-        };
-        println!(
-            "STALE BEYOND: {} id {} reader {} saw {seen} at {:.3} s; {why} (bound {} ms); \
-             last fault: {}",
-            workload::table_name(v.table),
-            v.id,
-            v.reader,
-            v.read_at_s,
-            v.bound_ms,
-            v.last_fault.as_deref().unwrap_or("none")
-        );
-    }
 }
 
 /// The next transaction id the server will assign, as an xid8. Assigns none.

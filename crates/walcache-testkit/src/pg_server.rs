@@ -230,8 +230,8 @@ impl PgServer {
     }
 
     /// As [`start`](Self::start), with TLS: a CA and a server certificate for
-    /// `IP:127.0.0.1, DNS:localhost` made with `openssl` ([`TestCerts`]) in the server's
-    /// directory, `ssl = on`, and `hostssl` entries in `pg_hba.conf` (trust, replication
+    /// `IP:127.0.0.1, DNS:localhost, DNS:127.0.0.1` made with `openssl` ([`TestCerts`]) in the
+    /// server's directory, `ssl = on`, and `hostssl` entries in `pg_hba.conf` (trust, replication
     /// included). Plain connections are still accepted, so [`connect`](Self::connect) and the
     /// URLs work unchanged; clients verify the server with [`ca_cert_path`](Self::ca_cert_path).
     ///

@@ -73,7 +73,7 @@ impl RedisServer {
     }
 
     /// As [`start`](Self::start), serving TLS only (`--port 0 --tls-port PORT`), with a CA and
-    /// a server certificate for `IP:127.0.0.1, DNS:localhost` made with `openssl`
+    /// a server certificate for `IP:127.0.0.1, DNS:localhost, DNS:127.0.0.1` made with `openssl`
     /// ([`TestCerts`]) and no client certificates required (`--tls-auth-clients no`).
     /// [`url`](Self::url) and [`tls_url`](Self::tls_url) are then
     /// `rediss://127.0.0.1:PORT/`, and [`client`](Self::client) trusts

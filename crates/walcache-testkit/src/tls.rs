@@ -10,8 +10,15 @@ use crate::process::{find_program, run};
 use crate::unique_prefix;
 
 /// The server certificate's extensions: valid for 127.0.0.1 and localhost, as a TLS server.
+///
+/// 127.0.0.1 is there twice. As an IP address entry for clients that follow RFC 6125 (rustls,
+/// libpq from PostgreSQL 15 on); and as a DNS name entry for libpq 14 and older, which
+/// compares a host given as an IP address with the DNS name entries only (it rejects the
+/// certificate with "server certificate for \"localhost\" does not match host name
+/// \"127.0.0.1\"" otherwise). Clients that check IP addresses properly skip a DNS name entry
+/// that is an address.
 const SERVER_EXTENSIONS: &str = "\
-subjectAltName = IP:127.0.0.1, DNS:localhost
+subjectAltName = IP:127.0.0.1, DNS:localhost, DNS:127.0.0.1
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature, keyEncipherment
 extendedKeyUsage = serverAuth
@@ -29,8 +36,9 @@ fn unique_name() -> String {
 /// A throw-away certificate authority and a server certificate it signed, made with the
 /// `openssl` command-line tool (ECDSA P-256, valid for ten years).
 ///
-/// The server certificate's subjectAltName is `IP:127.0.0.1, DNS:localhost`. Files, in the
-/// directory given to [`generate`](Self::generate): `ca.crt`, `ca.key`, `server.crt`,
+/// The server certificate's subjectAltName is `IP:127.0.0.1, DNS:localhost, DNS:127.0.0.1`
+/// (the last for libpq 14 and older, which match an address against DNS names only). Files,
+/// in the directory given to [`generate`](Self::generate): `ca.crt`, `ca.key`, `server.crt`,
 /// `server.key` (the keys with mode 0600).
 ///
 /// [`PgServer::start_with_tls`](crate::PgServer::start_with_tls) and

@@ -7,6 +7,10 @@
 //! A test arms a point with `Hooks::pause_next`; the next task to pass that point (on this
 //! handle only: hooks are per handle, never process-wide) stops there until the returned
 //! `Pause` is released or dropped. `Pause::reached` waits until a task has stopped there.
+//!
+//! They also count, per handle, the events a test waits for that the process-wide metrics
+//! recorder cannot tell apart by handle (`Hooks::count`): under plain `cargo test` every test
+//! of a binary shares one recorder, and another test's handle moves the same counters.
 #![cfg_attr(not(feature = "test-hooks"), allow(unreachable_pub))]
 
 /// A place in the library where a test can stop a task.
@@ -31,6 +35,18 @@ pub enum HookPoint {
     AfterL1Insert,
 }
 
+/// Something a handle did, counted per handle (see `Hooks::count`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HookEvent {
+    /// The whole L1 was flushed, for this reason (the `reason` label of
+    /// [`L1_FLUSHES_TOTAL`](crate::metrics::L1_FLUSHES_TOTAL)).
+    L1Flush(&'static str),
+    /// A message on the invalidation channels did not decode
+    /// ([`UNDECODABLE_MESSAGES_TOTAL`](crate::metrics::UNDECODABLE_MESSAGES_TOTAL)).
+    UndecodableMessage,
+}
+
 #[cfg(feature = "test-hooks")]
 pub use enabled::{Hooks, Pause};
 
@@ -39,7 +55,7 @@ mod enabled {
     use std::collections::HashMap;
     use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
-    use super::HookPoint;
+    use super::{HookEvent, HookPoint};
 
     #[derive(Default)]
     struct GateState {
@@ -79,10 +95,11 @@ mod enabled {
         }
     }
 
-    /// The pause points of one handle.
+    /// The pause points of one handle, and the counts of its events.
     #[derive(Default)]
     pub struct Hooks {
         armed: Mutex<HashMap<HookPoint, Arc<Gate>>>,
+        counts: Mutex<HashMap<HookEvent, u64>>,
     }
 
     impl std::fmt::Debug for Hooks {
@@ -117,6 +134,26 @@ mod enabled {
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(point, Arc::clone(&gate));
             Pause { gate }
+        }
+
+        /// How many times this handle did `event` so far.
+        pub fn count(&self, event: HookEvent) -> u64 {
+            self.counts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&event)
+                .copied()
+                .unwrap_or(0)
+        }
+
+        /// Count `event` for this handle.
+        pub(crate) fn record(&self, event: HookEvent) {
+            *self
+                .counts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(event)
+                .or_insert(0) += 1;
         }
 
         fn take(&self, point: HookPoint) -> Option<Arc<Gate>> {
@@ -181,7 +218,7 @@ pub(crate) use disabled::Hooks;
 
 #[cfg(not(feature = "test-hooks"))]
 mod disabled {
-    use super::HookPoint;
+    use super::{HookEvent, HookPoint};
 
     /// Without the `test-hooks` feature: no pause points, no cost.
     #[derive(Debug)]
@@ -199,5 +236,8 @@ mod disabled {
 
         #[inline(always)]
         pub(crate) fn pass_blocking(&self, _: HookPoint) {}
+
+        #[inline(always)]
+        pub(crate) fn record(&self, _: HookEvent) {}
     }
 }

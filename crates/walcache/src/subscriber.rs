@@ -292,6 +292,9 @@ async fn session(
             }
             Err(e) => {
                 metrics::counter!(m::UNDECODABLE_MESSAGES_TOTAL).increment(1);
+                shared
+                    .hooks
+                    .record(crate::hooks::HookEvent::UndecodableMessage);
                 tracing::warn!(error = %e, sequenced, "undecodable invalidation message");
                 if heartbeat_timeout.is_some() {
                     shared.set_live(false);

@@ -298,7 +298,8 @@ async fn ddl_capture(command: DdlCaptureCommand) -> u8 {
             .await
             .map(|done| {
                 println!(
-                    "ddl capture installed: event triggers walcache_ddl_command_end and                      walcache_sql_drop; tables {}; {} partitions carry the TRUNCATE trigger",
+                    "ddl capture installed: event triggers walcache_ddl_command_end and \
+                     walcache_sql_drop; tables {}; {} partitions carry the TRUNCATE trigger",
                     done.tables.join(", "),
                     done.partitions
                 );

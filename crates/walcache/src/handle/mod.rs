@@ -15,7 +15,7 @@ use crate::cache::CacheBuilder;
 use crate::codec::Postcard;
 use crate::error::Error;
 use crate::generation::{handshake_fence, key_hash, NamespaceGenerations};
-use crate::hooks::{HookPoint, Hooks};
+use crate::hooks::{HookEvent, HookPoint, Hooks};
 use crate::l2::L2;
 use crate::metrics as m;
 use crate::subscriber::{self, FlushReason};
@@ -357,6 +357,7 @@ impl Shared {
             }
         }
         metrics::counter!(m::L1_FLUSHES_TOTAL, "reason" => reason.label()).increment(1);
+        self.hooks.record(HookEvent::L1Flush(reason.label()));
     }
 
     pub(crate) fn set_live(&self, live: bool) {

@@ -209,8 +209,10 @@ async fn stale_if_error_serves_a_bounded_stale_value() {
         .await
         .unwrap();
     cache.invalidate_all().await.unwrap();
+    // A namespace no other test of the process uses: the recorder is process-wide.
+    let stale2 = namespace("stale2");
     let c2 = h
-        .cache::<i64, String>("stale2")
+        .cache::<i64, String>(&stale2)
         .stale_if_error(Duration::from_secs(60))
         .time_to_live(Duration::from_millis(50))
         .build()
@@ -231,7 +233,7 @@ async fn stale_if_error_serves_a_bounded_stale_value() {
     assert_eq!(
         support::recorder().counter(
             walcache::metrics::LOADS_TOTAL,
-            &[("namespace", "stale2"), ("outcome", "stale_served")]
+            &[("namespace", &stale2), ("outcome", "stale_served")]
         ),
         1
     );

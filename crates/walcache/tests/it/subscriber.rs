@@ -1,13 +1,17 @@
 //! The subscriber's liveness (DESIGN contract 4): gaps, reconnects, silence, epoch changes and
 //! garbage each flush L1, and L1 is used again only after an in-sequence heartbeat.
+//!
+//! The flushes and undecodable messages are counted per handle (`Hooks::count`), not read
+//! from the process-wide metrics recorder: under plain `cargo test` the other tests' handles
+//! in this process move the same counters.
 
 use std::time::Duration;
 
-use walcache::metrics as m;
+use walcache::hooks::HookEvent;
 use walcache::{Cache, Walcache};
 use walcache_testkit::{wait_until, RedisServer};
 
-use crate::support::{self, builder, make_live, namespace, LoadError, Publisher, DEADLINE};
+use crate::support::{builder, make_live, namespace, LoadError, Publisher, DEADLINE};
 
 async fn fill(cache: &Cache<i64, String>, key: i64) {
     let v = cache
@@ -18,12 +22,12 @@ async fn fill(cache: &Cache<i64, String>, key: i64) {
     assert!(cache.contains_in_l1(&key), "filled into L1 while live");
 }
 
-fn flushes(reason: &str) -> u64 {
-    support::recorder().counter(m::L1_FLUSHES_TOTAL, &[("reason", reason)])
+/// Whole-L1 flushes of `h` for `reason` so far.
+fn flushes(h: &Walcache, reason: &'static str) -> u64 {
+    h.test_hooks().count(HookEvent::L1Flush(reason))
 }
 
 async fn setup() -> (RedisServer, Publisher, Walcache, Cache<i64, String>) {
-    support::recorder();
     let redis = RedisServer::start().expect("redis");
     let mut publisher = Publisher::new(&redis).await;
     let h = builder(&redis).build().await.expect("handle");
@@ -45,12 +49,12 @@ async fn wait_not_live(h: &Walcache) {
 async fn a_sequence_gap_flushes_l1_until_the_next_heartbeat() {
     let (_redis, mut publisher, h, cache) = setup().await;
     fill(&cache, 1).await;
-    let before = flushes("gap");
+    let before = flushes(&h, "gap");
     publisher.lose_one();
     publisher.invalidate(cache.namespace(), &["999"]).await; // arrives one past the lost one
     wait_not_live(&h).await;
     assert!(!cache.contains_in_l1(&1), "a gap flushes L1");
-    assert!(flushes("gap") > before);
+    assert!(flushes(&h, "gap") > before);
     // Not live: reads skip L1 and do not fill it.
     fill_while_not_live(&cache, 2).await;
     publisher.heartbeat().await;
@@ -76,7 +80,7 @@ async fn fill_while_not_live(cache: &Cache<i64, String>, key: i64) {
 async fn a_killed_pubsub_connection_flushes_after_resubscribing_and_waits_for_a_heartbeat() {
     let (redis, mut publisher, h, cache) = setup().await;
     fill(&cache, 1).await;
-    let subscribed_before = flushes("subscribed");
+    let subscribed_before = flushes(&h, "subscribed");
     let mut admin = redis
         .client()
         .get_multiplexed_async_connection()
@@ -91,7 +95,7 @@ async fn a_killed_pubsub_connection_flushes_after_resubscribing_and_waits_for_a_
         .expect("CLIENT KILL");
     assert!(killed >= 1);
     wait_until("resubscribed and flushed", DEADLINE, || async {
-        flushes("subscribed") > subscribed_before
+        flushes(&h, "subscribed") > subscribed_before
     })
     .await
     .expect("a flush after the new SUBSCRIBE");
@@ -107,7 +111,6 @@ async fn a_killed_pubsub_connection_flushes_after_resubscribing_and_waits_for_a_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat_silence_flushes_l1() {
-    support::recorder();
     let redis = RedisServer::start().expect("redis");
     let mut publisher = Publisher::new(&redis).await;
     let h = builder(&redis)
@@ -121,11 +124,11 @@ async fn heartbeat_silence_flushes_l1() {
         .build()
         .expect("cache");
     fill(&cache, 1).await;
-    let before = flushes("heartbeat_silence");
+    let before = flushes(&h, "heartbeat_silence");
     // The daemon goes quiet.
     wait_not_live(&h).await;
     assert!(!cache.contains_in_l1(&1));
-    assert!(flushes("heartbeat_silence") > before);
+    assert!(flushes(&h, "heartbeat_silence") > before);
     make_live(&h, &mut publisher).await;
 }
 
@@ -133,12 +136,12 @@ async fn heartbeat_silence_flushes_l1() {
 async fn an_epoch_change_flushes_l1() {
     let (_redis, mut publisher, h, cache) = setup().await;
     fill(&cache, 1).await;
-    let before = flushes("epoch_change");
+    let before = flushes(&h, "epoch_change");
     publisher.epoch = publisher.epoch.wrapping_add(1); // a restarted daemon
     publisher.seq = 0;
     publisher.heartbeat().await;
     wait_until("epoch change seen", DEADLINE, || async {
-        flushes("epoch_change") > before
+        flushes(&h, "epoch_change") > before
     })
     .await
     .expect("epoch change flush");
@@ -152,7 +155,8 @@ async fn an_epoch_change_flushes_l1() {
 async fn garbage_on_the_channel_is_counted_and_flushes() {
     let (_redis, mut publisher, h, cache) = setup().await;
     fill(&cache, 1).await;
-    let before = support::recorder().counter(m::UNDECODABLE_MESSAGES_TOTAL, &[]);
+    let undecodable = || h.test_hooks().count(HookEvent::UndecodableMessage);
+    let before = undecodable();
     for garbage in [
         &b""[..],
         b"\xff\xfe",
@@ -163,7 +167,7 @@ async fn garbage_on_the_channel_is_counted_and_flushes() {
         publisher.publish_raw(garbage).await;
     }
     wait_until("garbage counted", DEADLINE, || async {
-        support::recorder().counter(m::UNDECODABLE_MESSAGES_TOTAL, &[]) >= before + 5
+        undecodable() >= before + 5
     })
     .await
     .expect("every undecodable message counted");

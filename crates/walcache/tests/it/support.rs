@@ -58,6 +58,11 @@ pub(crate) fn recorder() -> &'static TestRecorder {
 
 impl TestRecorder {
     /// The value of counter `name` with exactly these labels (0 if never registered).
+    ///
+    /// The recorder is process-wide, and plain `cargo test` runs every test of the binary in
+    /// one process: read only counters labelled with a namespace of the test's own
+    /// ([`namespace`]). For counters without one (L1 flushes, undecodable messages), count on
+    /// the handle instead (`Walcache::test_hooks().count`).
     pub(crate) fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
         let mut l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         l.sort();

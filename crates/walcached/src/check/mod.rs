@@ -303,17 +303,20 @@ async fn check_ddl_capture(
 ) -> Result<(), tokio_postgres::Error> {
     let presence = crate::ddl_capture::inspect(client, config).await?;
     let interval = config.stream.catalog_interval_ms;
-    const INSTALL: &str = "walcached ddl-capture install --config FILE --admin-url                            postgres://SUPERUSER@HOST/DB";
+    const INSTALL: &str =
+        "walcached ddl-capture install --config FILE --admin-url postgres://SUPERUSER@HOST/DB";
     if presence.is_complete() {
         report.ok(
             "ddl capture",
-            "installed: DDL and partition TRUNCATEs on the rules' tables are flushed in commit              order",
+            "installed: DDL and partition TRUNCATEs on the rules' tables are flushed in commit \
+             order",
         );
     } else if presence.is_absent() {
         report.warn(
             "ddl capture",
             format!(
-                "not installed: DDL and partition TRUNCATEs that change rows without row                  events are caught by the catalog check, up to {interval} ms later"
+                "not installed: DDL and partition TRUNCATEs that change rows without row events \
+                 are caught by the catalog check, up to {interval} ms later"
             ),
             format!("to flush them in commit order, run {INSTALL}"),
         );
@@ -322,7 +325,8 @@ async fn check_ddl_capture(
         for (name, enabled) in &presence.event_triggers {
             if enabled != "A" {
                 gaps.push(format!(
-                    "event trigger {name} is enabled {enabled:?}, not ALWAYS (it stays silent                      under some session_replication_role)"
+                    "event trigger {name} is enabled {enabled:?}, not ALWAYS (it stays silent \
+                     under some session_replication_role)"
                 ));
             }
         }
@@ -344,7 +348,8 @@ async fn check_ddl_capture(
         report.warn(
             "ddl capture",
             format!(
-                "incomplete: {}; what it misses is caught by the catalog check, up to                  {interval} ms later",
+                "incomplete: {}; what it misses is caught by the catalog check, up to \
+                 {interval} ms later",
                 gaps.join("; ")
             ),
             format!("run {INSTALL} again"),

@@ -179,6 +179,12 @@ async fn check_passes_on_a_good_setup() {
         );
     }
     assert!(!stdout.contains("problem"), "{stdout}");
+    // One finding per line, words single-spaced after the label column (a message broken
+    // across source lines without a `\` once printed runs of its indentation).
+    for line in stdout.lines() {
+        let message = line.get(9..).unwrap_or_default();
+        assert!(!message.contains("  "), "a run of spaces in {line:?}");
+    }
 }
 
 #[tokio::test]

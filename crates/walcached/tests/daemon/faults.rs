@@ -3,7 +3,7 @@
 //! slot, and a slot that lost its WAL.
 
 use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use walcache_protocol::Naming;
 use walcache_testkit::{wait_until, PgServer, RedisServer};
@@ -290,26 +290,34 @@ tags = ["events"]
     daemon.stop().await;
 }
 
-/// Log lines of this test process (nextest runs each test in a process of its own).
-fn captured_logs() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOG.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&buf);
-        // Fails if a subscriber is already installed (not under nextest); the log assertions
-        // then fail loudly rather than pass vacuously.
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || LogWriter(Arc::clone(&sink)))
-            .try_init();
-        buf
-    })
+/// The log of one daemon: a subscriber of its own ([`Daemon::spawn_logging_to`]), so other
+/// tests' daemons in the same process (plain `cargo test`) never write to it.
+#[derive(Clone, Default)]
+struct TestLog(Arc<Mutex<Vec<u8>>>);
+
+impl TestLog {
+    fn dispatch(&self) -> tracing::Dispatch {
+        let log = self.clone();
+        tracing::Dispatch::new(
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::DEBUG)
+                .with_ansi(false)
+                .with_writer(move || log.clone())
+                .finish(),
+        )
+    }
+
+    /// Its lines at `level` from walcached containing `needle`.
+    fn lines(&self, level: &str, needle: &str) -> Vec<String> {
+        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
+        text.lines()
+            .filter(|l| l.contains(level) && l.contains("walcached") && l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
+impl Write for TestLog {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(buf);
         Ok(buf.len())
@@ -319,36 +327,11 @@ impl Write for LogWriter {
     }
 }
 
-/// How much has been logged so far, to look only at what comes after.
-fn log_mark() -> usize {
-    captured_logs().lock().unwrap().len()
-}
-
-/// The span the standby daemon under test logs in (see [`Daemon::spawn_in`]).
-const STANDBY_SPAN: &str = "standby_under_test";
-
-/// Captured log lines of the standby daemon under test, from `since` on, at `level`
-/// containing `needle`. Lines of other tests' daemons (one process under `cargo test`) are
-/// not its own: they lack its span.
-fn log_lines(since: usize, level: &str, needle: &str) -> Vec<String> {
-    let text = String::from_utf8_lossy(&captured_logs().lock().unwrap()[since..]).into_owned();
-    text.lines()
-        .filter(|l| {
-            l.contains(level)
-                && l.contains(STANDBY_SPAN)
-                && l.contains("walcached")
-                && l.contains(needle)
-        })
-        .map(str::to_owned)
-        .collect()
-}
-
 /// Failure table: "daemon lagging or cut off … stops heartbeats"; contract 4: "a daemon …
 /// waiting as a standby stays silent". A second daemon on the same slot waits quietly and
 /// takes over when the first stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_daemon_on_the_same_slot_waits_then_takes_over() {
-    captured_logs();
     let (pg, redis, dbname, db) = users_stack().await;
     let listener = Listener::start(&redis).await;
     let toml = config(&pg, &dbname, &redis, USERS_RULE);
@@ -358,22 +341,18 @@ async fn a_second_daemon_on_the_same_slot_waits_then_takes_over() {
     assert_eq!(epochs.len(), 1, "{epochs:?}");
     let epoch_a = epochs[0];
 
-    let mark = log_mark();
-    let b = Daemon::spawn_in(
-        &toml,
-        RunOptions::default(),
-        tracing::info_span!("standby_under_test"),
-    );
+    let log = TestLog::default();
+    let b = Daemon::spawn_logging_to(&toml, RunOptions::default(), log.dispatch());
     // B reached START_REPLICATION and found the slot active (SQLSTATE 55006).
     wait_until("B waits as a standby", DEADLINE, || async {
-        !log_lines(mark, "INFO", "waiting as a standby").is_empty()
+        !log.lines("INFO", "waiting as a standby").is_empty()
     })
     .await
     .expect("the second daemon found the slot in use");
     // B retries (quietly, at debug)...
     wait_until("B retried", DEADLINE, || async {
         assert!(!b.status.is_streaming(), "B streams while A holds the slot");
-        log_lines(mark, "DEBUG", "still in use").len() >= 2
+        log.lines("DEBUG", "still in use").len() >= 2
     })
     .await
     .expect("the standby keeps retrying");
@@ -389,15 +368,15 @@ async fn a_second_daemon_on_the_same_slot_waits_then_takes_over() {
     assert!(listener.heartbeats() >= heartbeats + 10);
     // Quietly: one info line for the whole wait, no warning per retry.
     assert_eq!(
-        log_lines(mark, "INFO", "waiting as a standby").len(),
+        log.lines("INFO", "waiting as a standby").len(),
         1,
         "{:?}",
-        log_lines(mark, "", "standby")
+        log.lines("", "standby")
     );
     assert!(
-        log_lines(mark, "WARN", "").is_empty(),
+        log.lines("WARN", "").is_empty(),
         "{:?}",
-        log_lines(mark, "WARN", "")
+        log.lines("WARN", "")
     );
 
     a.stop().await;

@@ -42,21 +42,31 @@ impl Daemon {
 
     /// As [`spawn`](Self::spawn), with options the configuration file does not carry.
     pub(crate) fn spawn_with(config_toml: &str, options: RunOptions) -> Daemon {
-        Daemon::spawn_in(config_toml, options, tracing::Span::none())
+        Daemon::spawn_run(config_toml, options, None)
     }
 
-    /// As [`spawn_with`](Self::spawn_with), with the daemon's own log lines inside `span`: a
-    /// test that reads captured logs can tell its daemon's lines from those of other tests
-    /// running in the same process (plain `cargo test`).
-    pub(crate) fn spawn_in(config_toml: &str, options: RunOptions, span: tracing::Span) -> Daemon {
-        use tracing::Instrument;
+    /// As [`spawn_with`](Self::spawn_with), logging to `log` instead of the process's
+    /// subscriber: a test that reads a daemon's log lines reads that daemon's alone, whatever
+    /// else runs in the process (plain `cargo test` runs every test of the binary in one).
+    pub(crate) fn spawn_logging_to(
+        config_toml: &str,
+        options: RunOptions,
+        log: tracing::Dispatch,
+    ) -> Daemon {
+        Daemon::spawn_run(config_toml, options, Some(log))
+    }
+
+    fn spawn_run(config_toml: &str, options: RunOptions, log: Option<tracing::Dispatch>) -> Daemon {
+        use tracing::instrument::WithSubscriber;
         let config = Config::parse(config_toml, &HashMap::<String, String>::new()).expect("config");
         let status = Arc::new(Status::default());
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(
-            walcached::pipeline::run_with(config, shutdown.clone(), Arc::clone(&status), options)
-                .instrument(span),
-        );
+        let run =
+            walcached::pipeline::run_with(config, shutdown.clone(), Arc::clone(&status), options);
+        let task = match log {
+            Some(log) => tokio::spawn(run.with_subscriber(log)),
+            None => tokio::spawn(run),
+        };
         Daemon {
             status,
             shutdown,
