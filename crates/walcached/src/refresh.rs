@@ -26,7 +26,7 @@
 //! (`Naming::tags_key`, no time-to-live) would otherwise keep a field for every tag ever
 //! invalidated. Each tag invalidation prunes a few fields from a cursor (the library's and the
 //! daemon's scripts); a complete cycle also deletes every field older than the cycle's start
-//! minus [`MAX_LEASE_TTL`](walcache_protocol::MAX_LEASE_TTL) (`prune_tags` argues why that is
+//! minus [`MAX_LEASE_TTL`] (`prune_tags` argues why that is
 //! safe), whatever the values' time-to-live; the library's bookkeeping fields (`" now"`, the
 //! tag clock; `" ttl"`; `" cursor"`) never.
 //!
