@@ -35,6 +35,7 @@ async fn main() {
         }
         _ => {
             let handle = walcache::Walcache::builder()
+                .allow_unsigned()
                 .without_invalidation_stream()
                 .build()
                 .await

@@ -159,6 +159,7 @@ impl Servers {
     /// When the handle cannot connect.
     pub async fn walcache(&self, prefix: &str) -> Walcache {
         Walcache::builder()
+            .allow_unsigned()
             .redis_url(self.redis.url())
             .key_prefix(prefix)
             .without_invalidation_stream()

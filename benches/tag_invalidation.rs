@@ -183,6 +183,7 @@ async fn main() {
 
     // The new design: `members` values tagged with TAG in one namespace, filled by walcache.
     let handle = walcache::Walcache::builder()
+        .allow_unsigned()
         .redis_url(redis.url())
         .without_invalidation_stream()
         .build()

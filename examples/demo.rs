@@ -178,7 +178,10 @@ keys = ["{{id}}"]
 async fn service_cache(
     redis: &RedisServer,
 ) -> Result<Cache<i64, String>, Box<dyn std::error::Error>> {
+    // The demo's daemon runs without signing keys; in production give both the same keys
+    // (`signing_keys_env("WALCACHE_SIGNING_KEYS")`) instead of accepting unsigned messages.
     let walcache = Walcache::builder()
+        .allow_unsigned()
         .redis_url(redis.url())
         .build()
         .await

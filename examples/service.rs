@@ -234,8 +234,16 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     // One handle per process (it follows walcached's stream); one cache per namespace, named as
     // the daemon's rule names it. L1's time-to-live stays below the daemon's refresh interval.
-    let walcache = Walcache::builder()
-        .redis_url(&redis_url)
+    // The daemon's signing keys (`id:hexsecret`, the same as walcached's), so that only it
+    // (and services holding the keys) can move this process's caches; without them, this
+    // example accepts unsigned messages, as a daemon without keys sends.
+    let builder = Walcache::builder().redis_url(&redis_url);
+    let builder = if std::env::var_os("WALCACHE_SIGNING_KEYS").is_some() {
+        builder.signing_keys_env("WALCACHE_SIGNING_KEYS")
+    } else {
+        builder.allow_unsigned()
+    };
+    let walcache = builder
         .build()
         .await
         .context(|| format!("connecting to Redis at {}", redact(&redis_url)))?;

@@ -406,6 +406,7 @@ async fn run(mode: Mode) -> (Results, Servers) {
 
 async fn l1_tier(mode: Mode, size: usize) -> Vec<TierRow> {
     let handle = Walcache::builder()
+        .allow_unsigned()
         .without_invalidation_stream()
         .build()
         .await
@@ -634,6 +635,7 @@ async fn workloads(mode: Mode, servers: &Servers) -> Vec<WorkloadRow> {
     for config in ["L1 only", "L2 only", "two tiers"] {
         let handle = match config {
             "L1 only" => Walcache::builder()
+                .allow_unsigned()
                 .without_invalidation_stream()
                 .build()
                 .await
@@ -776,6 +778,7 @@ fn memory_child(kind: &str) {
         match kind {
             "walcache" => {
                 let handle = Walcache::builder()
+                    .allow_unsigned()
                     .without_invalidation_stream()
                     .build()
                     .await

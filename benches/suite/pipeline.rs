@@ -392,9 +392,12 @@ fn drain(env: &Env<'_>, n: u64, per: u64) -> Result<DrainResult, BoxError> {
 
     // A live library handle on the same Redis, so the daemon's messages have a subscriber, and
     // one value in the namespace so the delete script finds a schema version to delete under.
-    let handle = env
-        .rt
-        .block_on(Walcache::builder().redis_url(env.redis.url()).build())?;
+    let handle = env.rt.block_on(
+        Walcache::builder()
+            .allow_unsigned()
+            .redis_url(env.redis.url())
+            .build(),
+    )?;
     let cache = handle.cache::<i64, i64>("drain").build()?;
     env.rt.block_on(walcache_benches::fill(&cache, &0, 0))?;
 
@@ -847,7 +850,12 @@ pub(crate) fn latency_reader(args: &[String]) -> Result<(), BoxError> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let handle = rt.block_on(Walcache::builder().redis_url(redis_url.as_str()).build())?;
+    let handle = rt.block_on(
+        Walcache::builder()
+            .allow_unsigned()
+            .redis_url(redis_url.as_str())
+            .build(),
+    )?;
     let start = Instant::now();
     while !handle.is_live() {
         if start.elapsed() > Duration::from_secs(30) {

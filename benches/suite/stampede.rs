@@ -145,6 +145,7 @@ pub(crate) fn child(args: &[String]) -> Result<(), BoxError> {
         .build()?;
     let (cache, db, select, conn) = rt.block_on(async {
         let mut b = Walcache::builder()
+            .allow_unsigned()
             .redis_url(redis_url.as_str())
             .key_prefix(prefix)
             .without_invalidation_stream();

@@ -412,6 +412,7 @@ pub async fn prove(setup: ProofSetup<'_>) -> Result<RefreshProof, BoxError> {
     let mut readers = Vec::with_capacity(handles);
     for _ in 0..handles {
         let handle = Walcache::builder()
+            .allow_unsigned()
             .redis_url(redis_url)
             .key_prefix(key_prefix)
             .heartbeat_timeout(heartbeat_timeout)

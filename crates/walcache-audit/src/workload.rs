@@ -274,6 +274,7 @@ impl Reader {
     /// A handle and the three caches.
     pub(crate) async fn new(config: &ReaderConfig) -> Result<Reader, BoxError> {
         let handle = Walcache::builder()
+            .allow_unsigned()
             .redis_url(&config.redis_url)
             .key_prefix(KEY_PREFIX)
             .heartbeat_timeout(config.heartbeat_timeout)

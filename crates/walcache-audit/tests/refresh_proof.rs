@@ -67,6 +67,7 @@ async fn one_refresh_cycle_leaves_nothing_stale_in_either_tier() {
     // The daemon streams and is caught up (its first start's flush is behind us) once a probe
     // handle hears its heartbeats.
     let probe = Walcache::builder()
+        .allow_unsigned()
         .redis_url(redis.url())
         .key_prefix(&prefix)
         .heartbeat_timeout(HEARTBEAT_TIMEOUT)

@@ -3,6 +3,8 @@
 //! - [`message`]: the invalidation [`Message`] and its versioned wire format. Decoding is bounded
 //!   ([`MAX_MESSAGE_BYTES`]) and never panics on hostile bytes; within a major version, fields a
 //!   newer minor version appends are skipped, so rolling upgrades do not flush caches.
+//! - [`auth`]: signed messages (v1.4): HMAC-SHA256 with a [`Keyring`] of named keys, so that
+//!   only holders of a key can move another process's caches.
 //! - [`naming`]: the Redis key and channel names ([`Naming`]) and the rules for namespaces and tags
 //!   ([`validate_namespace`], [`validate_tag`]).
 //! - [`key`]: the typed key builder. The library builds a key from Rust values ([`ToKey`],
@@ -31,10 +33,12 @@
 //! # }
 //! ```
 
+pub mod auth;
 pub mod key;
 pub mod message;
 pub mod naming;
 
+pub use auth::{AuthError, Keyring, Signature, SigningKey, SigningKeyError, MAX_SIGNATURE_BYTES};
 pub use key::{
     key_of, ColumnType, KeyBuilder, KeyError, KeyPart, KeyTemplate, TemplateError, ToKey,
 };

@@ -4,15 +4,15 @@
 //! publish unsequenced messages (`seq == 0`) on the application channel. Every embedded library
 //! decodes them with [`Message::decode`], which is bounded and never panics, whatever the bytes.
 //!
-//! # Wire format v1.3
+//! # Wire format v1.4
 //!
 //! Fields marked `[v1.1]` were appended by minor version 1, `[v1.2]` by minor version 2,
-//! `[v1.3]` by minor version 3; everything else is v1.0.
+//! `[v1.3]` by minor version 3, `[v1.4]` by minor version 4; everything else is v1.0.
 //!
 //! ```text
 //! bytes 0..2  magic b"WC"
 //! byte  2     major (1)      -> other major: DecodeError::UnsupportedMajor
-//! byte  3     minor (3)      -> any minor accepted (newer minors may append fields; see "extra bytes")
+//! byte  3     minor (4)      -> any minor accepted (newer minors may append fields; see "extra bytes")
 //! varint      header_len, then header_len bytes of header:
 //!               epoch: u64 little-endian, fixed 8 bytes
 //!               seq: varint;  lsn: varint;  commit_time_micros: zigzag varint
@@ -32,7 +32,11 @@
 //!   [v1.2]        then, optionally (absent -> empty):
 //!                 out_of_service: count varint, then count × string
 //!               [extra bytes after the known fields: ignored]
-//! [any bytes after the body: ignored]
+//! [v1.4] optionally (absent -> unsigned), right after the body:
+//!             varint signature_len, then signature_len bytes: key id (string), MAC (32 bytes)
+//!             (see [`crate::auth`]: HMAC-SHA256 over the channel, the key id and every byte
+//!             before the signature)
+//! [any bytes after the body (v1.3) or after the signature (v1.4): ignored]
 //! varint = unsigned LEB128, at most 10 bytes, value must fit u64 (overlong/overflow -> VarintOverflow)
 //! string = varint byte length + UTF-8 bytes (invalid UTF-8 -> InvalidUtf8)
 //! ```
@@ -41,9 +45,10 @@
 //! The encoder always writes minimal varints; the decoder also accepts non-minimal ones as long as
 //! they fit in 10 bytes and in a `u64`.
 //!
-//! The encoder writes minor 3 and always writes `sent_at_micros` (0 when unknown). It writes the
+//! The encoder writes minor 4 and always writes `sent_at_micros` (0 when unknown);
+//! [`Message::encode`] writes no signature, [`Keyring::sign`](crate::Keyring::sign) appends one. It writes the
 //! heartbeat details only when [`Body::Heartbeat`]'s `details` is `Some`, so a heartbeat without
-//! details is exactly a v1.0 heartbeat body (still under minor byte 3); details are always
+//! details is exactly a v1.0 heartbeat body (still under minor byte 4); details are always
 //! written whole, `out_of_service` included (a count of 0 when empty), so a later minor can
 //! append after them.
 //!
@@ -93,6 +98,20 @@
 //! - The encoder writes the namespaces when any tag has one (`''` for those that do not), so a
 //!   body of tags without namespaces is exactly a v1.2 body.
 //!
+//! Between v1.3 and v1.4:
+//!
+//! - A v1.4 message may carry a signature right after its body. A v1.3 (or older) decoder
+//!   skips it as bytes after the body, so signing breaks no older subscriber; such a
+//!   subscriber also accepts unsigned messages, so it gains no protection either.
+//! - A message without a signature is a v1.3 message under minor byte 4 (and decodes the same
+//!   in every version). Whether a message is signed is decided by whether bytes follow the
+//!   body; a signature cut short, or with a MAC that is not 32 bytes, is
+//!   [`DecodeError::Truncated`] for [`Message::decode_signed`] (plain [`Message::decode`]
+//!   ignores it, as older decoders do).
+//! - A later minor must append inside the header or a body, never after the body: bytes after
+//!   an unsigned body are read as a signature, and bytes after a signature are outside its
+//!   MAC (unauthenticated). This decoder ignores what follows a complete signature.
+//!
 //! # Limits
 //!
 //! [`Message::decode`] refuses input longer than [`MAX_MESSAGE_BYTES`], and never allocates from a
@@ -105,9 +124,9 @@ use thiserror::Error;
 /// The major format version this crate writes and the only one it decodes.
 pub const FORMAT_MAJOR: u8 = 1;
 
-/// The minor format version this crate writes (3: v1.3). Any minor of [`FORMAT_MAJOR`] is
+/// The minor format version this crate writes (4: v1.4). Any minor of [`FORMAT_MAJOR`] is
 /// decoded.
-pub const FORMAT_MINOR: u8 = 3;
+pub const FORMAT_MINOR: u8 = 4;
 
 /// Upper bound on an encoded message the decoder accepts; the daemon must split below it.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
@@ -427,6 +446,12 @@ impl Message {
     /// field that starts but does not end inside its section, a malformed varint, or a string that is not
     /// UTF-8. Never panics.
     pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+        Message::decode_with_end(bytes).map(|(message, _)| message)
+    }
+
+    /// [`Message::decode`], and where the body ends (what follows is a v1.4 signature or a
+    /// newer minor's bytes).
+    pub(crate) fn decode_with_end(bytes: &[u8]) -> Result<(Message, usize), DecodeError> {
         if bytes.len() > MAX_MESSAGE_BYTES {
             return Err(DecodeError::TooLarge {
                 len: bytes.len(),
@@ -532,15 +557,20 @@ impl Message {
                 }
             }
         };
-        // Anything left in `b` or `r` belongs to a newer minor version.
-        Ok(Message {
-            epoch,
-            seq,
-            lsn,
-            commit_time_micros,
-            sent_at_micros,
-            body,
-        })
+        // Anything left in `b` belongs to a newer minor version; what follows the body in `r`
+        // is a v1.4 signature, or a newer minor's.
+        let body_end = bytes.len() - r.buf.len();
+        Ok((
+            Message {
+                epoch,
+                seq,
+                lsn,
+                commit_time_micros,
+                sent_at_micros,
+                body,
+            },
+            body_end,
+        ))
     }
 }
 
@@ -587,12 +617,12 @@ pub enum DecodeError {
 }
 
 /// A cursor over untrusted bytes; every read is bounds-checked.
-struct Reader<'a> {
-    buf: &'a [u8],
+pub(crate) struct Reader<'a> {
+    pub(crate) buf: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
 
@@ -614,7 +644,7 @@ impl<'a> Reader<'a> {
         Ok(*a)
     }
 
-    fn bytes(&mut self, len: u64, what: &'static str) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn bytes(&mut self, len: u64, what: &'static str) -> Result<&'a [u8], DecodeError> {
         let len = usize::try_from(len)
             .ok()
             .filter(|&l| l <= self.buf.len())
@@ -624,7 +654,7 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn varint(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+    pub(crate) fn varint(&mut self, what: &'static str) -> Result<u64, DecodeError> {
         let mut value = 0u64;
         for i in 0..MAX_VARINT_BYTES {
             let b = *self.buf.get(i).ok_or(DecodeError::Truncated { what })?;
@@ -652,11 +682,13 @@ impl<'a> Reader<'a> {
     }
 
     fn string(&mut self, what: &'static str) -> Result<String, DecodeError> {
+        self.str(what).map(str::to_owned)
+    }
+
+    pub(crate) fn str(&mut self, what: &'static str) -> Result<&'a str, DecodeError> {
         let len = self.varint(what)?;
         let bytes = self.bytes(len, what)?;
-        std::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|_| DecodeError::InvalidUtf8)
+        std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)
     }
 
     fn strings(
@@ -681,17 +713,17 @@ fn unzigzag(n: u64) -> i64 {
     ((n >> 1) as i64) ^ -((n & 1) as i64)
 }
 
-fn varint_len(v: u64) -> usize {
+pub(crate) fn varint_len(v: u64) -> usize {
     // 1 byte per started group of 7 bits; 0 still takes one byte.
     let bits = 64 - (v | 1).leading_zeros() as usize;
     bits.div_ceil(7)
 }
 
-fn string_len(s: &str) -> usize {
+pub(crate) fn string_len(s: &str) -> usize {
     varint_len(s.len() as u64) + s.len()
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -699,7 +731,7 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn put_string(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn put_string(out: &mut Vec<u8>, s: &str) {
     put_varint(out, s.len() as u64);
     out.extend_from_slice(s.as_bytes());
 }

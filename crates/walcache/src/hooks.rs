@@ -45,6 +45,12 @@ pub enum HookEvent {
     /// A message on the invalidation channels did not decode
     /// ([`UNDECODABLE_MESSAGES_TOTAL`](crate::metrics::UNDECODABLE_MESSAGES_TOTAL)).
     UndecodableMessage,
+    /// A message was ignored whole: the `channel` and `reason` labels of
+    /// [`MESSAGES_REJECTED_TOTAL`](crate::metrics::MESSAGES_REJECTED_TOTAL).
+    MessageRejected(&'static str, &'static str),
+    /// A namespace flush from the application channel was applied (after coalescing: see
+    /// [`APP_FLUSHES_COALESCED_TOTAL`](crate::metrics::APP_FLUSHES_COALESCED_TOTAL)).
+    AppFlush,
 }
 
 #[cfg(feature = "test-hooks")]

@@ -15,9 +15,11 @@
 //! # #[derive(Debug)] struct DbError; impl std::fmt::Display for DbError { fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("db") } } impl std::error::Error for DbError {}
 //! # async fn load_user(id: i64) -> Result<User, DbError> { Ok(User { id, email: String::new() }) }
 //! # async fn run() -> Result<(), walcache::Error> {
-//! // One handle per process: Redis connections and the single invalidation subscription.
+//! // One handle per process: Redis connections and the single invalidation subscription,
+//! // accepting only messages signed with the daemon's keys (`id:hexsecret`).
 //! let walcache = Walcache::builder()
 //!     .redis_url("redis://127.0.0.1:6379/")
+//!     .signing_keys_env("WALCACHE_SIGNING_KEYS")
 //!     .build()
 //!     .await?;
 //!
@@ -100,6 +102,17 @@
 //! the daemon's sequence. Call them after your transaction commits and this process reads its
 //! own write.
 //!
+//! **Signed invalidations.** Whoever can `PUBLISH` on the invalidation channels could keep
+//! stale L1 entries alive with forged heartbeats, or empty every process's caches. With the
+//! daemon's signing keys ([`WalcacheBuilder::signing_keys_env`], `signing_keys_file`,
+//! `signing_keys`), a process applies only messages signed with them (HMAC-SHA256, wire format
+//! v1.4), recent, and not replayed, and signs its own application messages; anything else is
+//! ignored whole and counted. Every holder of a key can sign: the keys keep out everyone else
+//! who can reach Redis, while the services holding them could write values into L2 anyway.
+//! A handle that follows the stream without keys must say so ([`WalcacheBuilder::allow_unsigned`]).
+//! Application-channel messages that do not open never flush or end liveness, and flushes
+//! from it are coalesced (at most one applied per namespace per 100 ms, none dropped).
+//!
 //! **Without the daemon** ([`WalcacheBuilder::without_invalidation_stream`]) there is no
 //! stream: a change made in PostgreSQL stays visible in each L1 for up to the L1 time-to-live
 //! and in L2 for up to the L2 time-to-live, unless the application invalidates it itself.
@@ -165,6 +178,7 @@
 //! names are in [`metrics`]. Loads run in a `walcache.load` tracing span.
 //! Keys and values never appear in labels or logs.
 
+mod auth;
 mod breaker;
 mod cache;
 mod codec;
@@ -186,4 +200,4 @@ pub use cache::{Cache, CacheBuilder};
 pub use codec::{Codec, CodecError, Json, Postcard};
 pub use error::{Error, ErrorKind};
 pub use handle::{Freshness, Walcache, WalcacheBuilder};
-pub use walcache_protocol::{key_of, KeyBuilder, KeyPart, ToKey};
+pub use walcache_protocol::{key_of, KeyBuilder, KeyPart, Keyring, SigningKey, ToKey};

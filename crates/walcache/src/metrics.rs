@@ -30,6 +30,19 @@ pub const LEASE_WAITS_TOTAL: &str = "walcache_lease_waits_total";
 /// Counter: invalidation messages received. Labels: `channel` (`stream`, `app`), `kind`
 /// (`keys`, `tags`, `flush`, `heartbeat`).
 pub const INVALIDATIONS_RECEIVED_TOTAL: &str = "walcache_invalidations_received_total";
+/// Counter: messages on the invalidation channels that were ignored whole (no sequence
+/// consumed, no liveness, no flush). Labels: `channel` (`stream`, `app`), `reason`
+/// (`undecodable`, `unsigned`, `unknown_key`, `bad_mac`: signing keys are configured and the
+/// message does not verify; `stale`: sent longer ago than `max_clock_skew + heartbeat_timeout`
+/// or too far ahead; `replayed`: not sent after the last message accepted from its epoch).
+pub const MESSAGES_REJECTED_TOTAL: &str = "walcache_messages_rejected_total";
+/// Counter: re-reads of a changed signing key file. Labels: `outcome` (`ok`, `error`: the file
+/// does not parse, and the keys in force are kept).
+pub const SIGNING_KEY_RELOADS_TOTAL: &str = "walcache_signing_key_reloads_total";
+/// Counter: application-channel flushes of a namespace held back to the end of its window
+/// (at most one applied per namespace per 100 ms; the window's last request is applied at its
+/// end). Labels: `namespace`.
+pub const APP_FLUSHES_COALESCED_TOTAL: &str = "walcache_app_flushes_coalesced_total";
 /// Counter: messages on the invalidation channels that did not decode. No labels.
 pub const UNDECODABLE_MESSAGES_TOTAL: &str = "walcache_undecodable_messages_total";
 /// Counter: whole-L1 flushes because the stream stopped being trustworthy. Labels: `reason`

@@ -27,6 +27,7 @@ use rand::Rng;
 use tokio::time::Instant;
 use walcache_protocol::{Body, Message};
 
+use crate::auth::Rejected;
 use crate::error::Error;
 use crate::handle::{Invalidation, Shared};
 use crate::metrics as m;
@@ -180,6 +181,27 @@ async fn subscribe_forever(
 struct Tracker {
     epoch: Option<u64>,
     last_seq: Option<u64>,
+    /// The send time of the last message accepted from `epoch` (µs; signed streams only).
+    last_sent_at: Option<i64>,
+}
+
+impl Tracker {
+    /// Whether `message` was sent after the last message accepted from its epoch (or is the
+    /// first of a new one).
+    fn sent_after_last(&self, message: &Message) -> bool {
+        self.epoch != Some(message.epoch)
+            || self
+                .last_sent_at
+                .is_none_or(|last| message.sent_at_micros > last)
+    }
+
+    /// `message` was accepted: its send time is the one to beat in its epoch.
+    fn accepted(&mut self, message: &Message) {
+        if self.epoch != Some(message.epoch) {
+            self.last_sent_at = None;
+        }
+        self.last_sent_at = Some(message.sent_at_micros);
+    }
 }
 
 /// One connection's life: subscribe, resync, then apply messages until it ends.
@@ -231,49 +253,73 @@ async fn session(
     let mut tracker = Tracker::default();
     let mut last_heartbeat = Instant::now();
     let (mut sink, mut messages) = pubsub.split();
+    let mut app_flushes = AppFlushes::default();
     loop {
         let silence_deadline = heartbeat_timeout.map(|t| last_heartbeat + t);
-        let next = async {
-            match silence_deadline {
-                Some(d) => tokio::time::timeout_at(d, messages.next()).await.ok(),
-                None => Some(messages.next().await),
-            }
+        let event = tokio::select! {
+            msg = messages.next() => Event::Message(msg),
+            () = sleep_until(silence_deadline) => Event::Silence,
+            () = sleep_until(app_flushes.next_due()) => Event::AppFlushesDue,
         };
-        let Some(msg) = next.await else {
-            // Heartbeat silence: the daemon is dead, lagging or cut off, or this socket is.
-            if shared.live.load(std::sync::atomic::Ordering::Acquire) {
-                tracing::warn!(
-                    timeout = ?heartbeat_timeout,
-                    "no heartbeat from the daemon: L1 flushed and bypassed"
-                );
-                shared.set_live(false);
-                shared.flush_l1(FlushReason::HeartbeatSilence);
+        let msg = match event {
+            Event::Message(Some(msg)) => msg,
+            Event::Message(None) => return Ok(()), // disconnected
+            Event::AppFlushesDue => {
+                let due = app_flushes.take_due(Instant::now());
+                flush_from_app(shared, &due);
+                relearn_generations(shared, &mut cmd, &due, connect_timeout).await;
+                continue;
             }
-            // A half-open socket (the peer gone without a FIN or RST, a middlebox dropping
-            // the flow) reads as silence too, and the kernel may take many minutes to notice,
-            // or never, while something still acknowledges our packets. Ask Redis itself: an
-            // answered PING means the daemon is quiet and the subscription fine (stay
-            // subscribed, live again at the next in-sequence heartbeat); an unanswered one
-            // ends the session, and the reconnect resubscribes and resyncs.
-            let deadline = heartbeat_timeout.unwrap_or(connect_timeout);
-            match tokio::time::timeout(deadline, sink.ping::<redis::Value>()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(Error::redis(e).with_message("PING after silence")),
-                Err(_) => {
-                    return Err(
-                        Error::timeout().with_message("no reply to a PING after heartbeat silence")
-                    )
+            Event::Silence => {
+                // Heartbeat silence: the daemon is dead, lagging or cut off, or this socket is.
+                if shared.live.load(std::sync::atomic::Ordering::Acquire) {
+                    tracing::warn!(
+                        timeout = ?heartbeat_timeout,
+                        "no heartbeat from the daemon: L1 flushed and bypassed"
+                    );
+                    shared.set_live(false);
+                    shared.flush_l1(FlushReason::HeartbeatSilence);
                 }
+                // A half-open socket (the peer gone without a FIN or RST, a middlebox dropping
+                // the flow) reads as silence too, and the kernel may take many minutes to
+                // notice, or never, while something still acknowledges our packets. Ask Redis
+                // itself: an answered PING means the daemon is quiet and the subscription fine
+                // (stay subscribed, live again at the next in-sequence heartbeat); an
+                // unanswered one ends the session, and the reconnect resubscribes and resyncs.
+                let deadline = heartbeat_timeout.unwrap_or(connect_timeout);
+                match tokio::time::timeout(deadline, sink.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(Error::redis(e).with_message("PING after silence")),
+                    Err(_) => {
+                        return Err(Error::timeout()
+                            .with_message("no reply to a PING after heartbeat silence"))
+                    }
+                }
+                last_heartbeat = Instant::now();
+                continue;
             }
-            last_heartbeat = Instant::now();
-            continue;
-        };
-        let Some(msg) = msg else {
-            return Ok(()); // disconnected
         };
         let sequenced = msg.get_channel_name() == stream_channel;
-        match Message::decode(msg.get_payload_bytes()) {
+        let channel = if sequenced {
+            &stream_channel
+        } else {
+            &app_channel
+        };
+        let opened = shared
+            .auth
+            .open(msg.get_payload_bytes(), channel)
+            .and_then(|m| {
+                // A replay of a message already accepted (a heartbeat recorded and sent again
+                // after the daemon died) is not sent after the last one of its epoch.
+                if sequenced && shared.auth.enforcing() && !tracker.sent_after_last(&m) {
+                    Err(Rejected::Replayed)
+                } else {
+                    Ok(m)
+                }
+            });
+        match opened {
             Ok(message) if sequenced => {
+                tracker.accepted(&message);
                 if let Some(ns_flushes) =
                     on_stream_message(shared, &mut tracker, &message, heartbeat_timeout)
                 {
@@ -284,29 +330,142 @@ async fn session(
                 }
             }
             Ok(message) => {
-                if message.epoch != shared.process_epoch {
-                    if let Some(flushed) = apply(shared, &message, "app") {
-                        relearn_generations(shared, &mut cmd, &flushed, connect_timeout).await;
-                    }
+                if message.epoch == shared.process_epoch {
+                    continue; // our own
+                }
+                if let Body::Flush(namespaces) = &message.body {
+                    // Coalesced, never dropped: one flush per namespace per window now, the
+                    // rest at its end.
+                    let now = app_flushes.admit(namespaces, Instant::now());
+                    metrics::counter!(m::INVALIDATIONS_RECEIVED_TOTAL, "channel" => "app", "kind" => "flush")
+                        .increment(1);
+                    flush_from_app(shared, &now);
+                    relearn_generations(shared, &mut cmd, &now, connect_timeout).await;
+                } else if let Some(flushed) = apply(shared, &message, "app") {
+                    relearn_generations(shared, &mut cmd, &flushed, connect_timeout).await;
                 }
             }
+            // The application channel is every service's to publish on: what does not open
+            // there is dropped and counted, never a flush or a loss of liveness.
+            Err(why) if !sequenced => {
+                crate::auth::count_rejected("app", &why);
+                shared
+                    .hooks
+                    .record(crate::hooks::HookEvent::MessageRejected("app", why.label()));
+            }
+            // With signing keys, what does not verify on the daemon's channel is not the
+            // daemon's: ignored whole (a real message lost on the way shows as a gap at the
+            // next heartbeat).
+            Err(why) if shared.auth.enforcing() => {
+                crate::auth::count_rejected("stream", &why);
+                shared
+                    .hooks
+                    .record(crate::hooks::HookEvent::MessageRejected(
+                        "stream",
+                        why.label(),
+                    ));
+            }
             Err(e) => {
+                // Unsigned: anyone may have sent it, and it may have been the daemon's.
                 metrics::counter!(m::UNDECODABLE_MESSAGES_TOTAL).increment(1);
+                crate::auth::count_rejected("stream", &e);
                 shared
                     .hooks
                     .record(crate::hooks::HookEvent::UndecodableMessage);
-                tracing::warn!(error = %e, sequenced, "undecodable invalidation message");
+                tracing::warn!(error = ?e, "undecodable invalidation message");
                 if heartbeat_timeout.is_some() {
                     shared.set_live(false);
-                    if sequenced {
-                        // It may have carried a sequence number: re-anchor at the next heartbeat.
-                        tracker.last_seq = None;
-                    }
+                    // It may have carried a sequence number: re-anchor at the next heartbeat.
+                    tracker.last_seq = None;
                 }
                 // It may have been a namespace flush.
                 let all = shared.lose_track(FlushReason::Undecodable);
                 relearn_generations(shared, &mut cmd, &all, connect_timeout).await;
             }
+        }
+    }
+}
+
+/// What woke the subscriber.
+enum Event {
+    Message(Option<redis::Msg>),
+    Silence,
+    AppFlushesDue,
+}
+
+/// Sleep until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How long an applied application-channel flush holds back the next one of its namespace.
+const APP_FLUSH_WINDOW: Duration = Duration::from_millis(100);
+
+/// Application-channel flushes: at most one applied per namespace per [`APP_FLUSH_WINDOW`];
+/// a request inside a window is applied at the window's end (never dropped), so a service
+/// calling `invalidate_all` in a loop cannot keep every process's L1 empty.
+#[derive(Debug, Default)]
+struct AppFlushes {
+    /// By namespace: when a flush was last applied, and whether one waits for the window's end.
+    windows: std::collections::HashMap<String, (Instant, bool)>,
+}
+
+impl AppFlushes {
+    /// The namespaces of `requested` to flush now; the others wait for their window's end.
+    fn admit(&mut self, requested: &[String], now: Instant) -> Vec<String> {
+        let mut flush_now = Vec::new();
+        for ns in requested {
+            match self.windows.get_mut(ns) {
+                Some((applied, pending)) if now < *applied + APP_FLUSH_WINDOW => {
+                    if !*pending {
+                        metrics::counter!(m::APP_FLUSHES_COALESCED_TOTAL, "namespace" => ns.clone())
+                            .increment(1);
+                    }
+                    *pending = true;
+                }
+                _ => {
+                    self.windows.insert(ns.clone(), (now, false));
+                    flush_now.push(ns.clone());
+                }
+            }
+        }
+        self.windows
+            .retain(|_, (applied, pending)| *pending || now < *applied + APP_FLUSH_WINDOW);
+        flush_now
+    }
+
+    /// When the next held-back flush is due.
+    fn next_due(&self) -> Option<Instant> {
+        self.windows
+            .values()
+            .filter(|(_, pending)| *pending)
+            .map(|(applied, _)| *applied + APP_FLUSH_WINDOW)
+            .min()
+    }
+
+    /// The held-back flushes due at `now`; each opens a new window.
+    fn take_due(&mut self, now: Instant) -> Vec<String> {
+        let mut due = Vec::new();
+        for (ns, (applied, pending)) in &mut self.windows {
+            if *pending && now >= *applied + APP_FLUSH_WINDOW {
+                *applied = now;
+                *pending = false;
+                due.push(ns.clone());
+            }
+        }
+        due
+    }
+}
+
+/// Apply application-channel flushes of `namespaces` (those this process has).
+fn flush_from_app(shared: &Shared, namespaces: &[String]) {
+    for name in namespaces {
+        if let Some(ns) = shared.namespace(name) {
+            shared.apply_flush(&ns, None);
+            shared.hooks.record(crate::hooks::HookEvent::AppFlush);
         }
     }
 }

@@ -70,6 +70,27 @@ pub struct Config {
     /// The periodic full refresh of L2.
     #[serde(default)]
     pub refresh: crate::refresh::RefreshConfig,
+    /// Signing of the published messages.
+    #[serde(default)]
+    pub security: SecurityConfig,
+}
+
+/// `[security]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// A file of signing keys, `id:hexsecret` separated by commas, whitespace or newlines
+    /// (`#` starts a comment); the first key signs every message. Read again when its content
+    /// changes (checked at most once per heartbeat interval), so keys rotate without a
+    /// restart. Not together with `WALCACHED_SIGNING_KEYS`. Env:
+    /// `WALCACHED_SIGNING_KEYS_FILE`.
+    #[serde(default)]
+    pub signing_keys_file: Option<PathBuf>,
+    /// The keys, loaded with the configuration from `WALCACHED_SIGNING_KEYS` (the environment
+    /// only) or from [`signing_keys_file`](Self::signing_keys_file); `None`: messages are
+    /// published unsigned.
+    #[serde(skip)]
+    pub signing_keys: Option<crate::signing::SigningKeys>,
 }
 
 /// `[postgres]`
@@ -291,6 +312,59 @@ fn default_listen() -> String {
     "127.0.0.1:9187".to_owned()
 }
 
+/// The signing keys from `WALCACHED_SIGNING_KEYS` (`env_keys`) or from the key file: one or
+/// the other, or none (unsigned).
+fn load_signing_keys(
+    env_keys: Option<String>,
+    file: Option<&Path>,
+) -> Result<Option<crate::signing::SigningKeys>, ConfigError> {
+    use crate::signing::{read_key_file, KeySource, SigningKeys, KEYS_ENV};
+    match (env_keys, file) {
+        (Some(_), Some(path)) => Err(ConfigError::new(
+            KEYS_ENV,
+            format!(
+                "set, and so is security.signing_keys_file ({}): give the keys in one place, \
+                 the file (read again when it changes, so keys rotate without a restart) or \
+                 this variable (read once at start)",
+                path.display()
+            ),
+        )),
+        (Some(text), None) => walcache_protocol::Keyring::parse(&text)
+            .map(|keyring| {
+                Some(SigningKeys {
+                    keyring,
+                    source: KeySource::Env,
+                })
+            })
+            .map_err(|e| {
+                ConfigError::new(
+                    KEYS_ENV,
+                    format!(
+                        "{e}; give `id:hexsecret` entries separated by commas or whitespace, \
+                         the signing key first, or unset it to publish unsigned messages"
+                    ),
+                )
+            }),
+        (None, Some(path)) => read_key_file(path)
+            .map(|keyring| {
+                Some(SigningKeys {
+                    keyring,
+                    source: KeySource::File(path.to_owned()),
+                })
+            })
+            .map_err(|e| {
+                ConfigError::new(
+                    "security.signing_keys_file",
+                    format!(
+                        "{e}; write one `id:hexsecret` entry per line (`#` starts a comment), \
+                         the signing key first"
+                    ),
+                )
+            }),
+        (None, None) => Ok(None),
+    }
+}
+
 /// `scheme://user:secret@host` → `scheme://user:<redacted>@host`, for logs.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -447,6 +521,14 @@ impl Config {
             env,
             "WALCACHED_REFRESH_MAX_DELETES_PER_SECOND",
             &mut r.max_deletes_per_second,
+        )?;
+        if let Some(v) = env.var(crate::signing::KEYS_FILE_ENV) {
+            self.security.signing_keys_file =
+                Some(PathBuf::from(v)).filter(|p| !p.as_os_str().is_empty());
+        }
+        self.security.signing_keys = load_signing_keys(
+            env.var(crate::signing::KEYS_ENV),
+            self.security.signing_keys_file.as_deref(),
         )?;
         if let (None, Some(path)) = (&self.postgres.password, &self.postgres.password_file) {
             let text = std::fs::read_to_string(path).map_err(|e| {
@@ -730,6 +812,98 @@ tags = ["users"]
             e.problem.contains("tag_namespaces = ["),
             "says the fix: {e}"
         );
+    }
+
+    const K1: &str = "k1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    const K2: &str = "k2:1f1e1d1c1b1a191817161514131211100f0e0d0c0b0a09080706050403020100";
+
+    fn env(vars: &[(&str, &str)]) -> HashMap<String, String> {
+        vars.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn with_key_file(path: &Path) -> String {
+        format!(
+            "{GOOD}\n[security]\nsigning_keys_file = {:?}\n",
+            path.to_str().unwrap()
+        )
+    }
+
+    #[test]
+    fn signing_keys_come_from_the_file_or_the_environment() {
+        use crate::signing::KeySource;
+        let c = parse(GOOD).expect("valid");
+        assert!(c.security.signing_keys.is_none(), "default: unsigned");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        std::fs::write(&path, format!("# rotation\n{K2}\n{K1}\n")).unwrap();
+        let c = parse(&with_key_file(&path)).expect("valid");
+        let keys = c.security.signing_keys.as_ref().expect("keys");
+        assert_eq!(keys.keyring.ids(), ["k2", "k1"]);
+        assert_eq!(keys.source, KeySource::File(path.clone()));
+        assert!(!format!("{c:?}").contains("1f1e1d"), "secrets never print");
+
+        let c = Config::parse(
+            GOOD,
+            &env(&[("WALCACHED_SIGNING_KEYS", &format!("{K1}, {K2}"))]),
+        )
+        .expect("valid");
+        let keys = c.security.signing_keys.as_ref().expect("keys");
+        assert_eq!(keys.keyring.signer().id(), "k1");
+        assert_eq!(keys.source, KeySource::Env);
+
+        let c = Config::parse(
+            GOOD,
+            &env(&[("WALCACHED_SIGNING_KEYS_FILE", path.to_str().unwrap())]),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.security.signing_keys.expect("keys").source,
+            KeySource::File(path.clone())
+        );
+    }
+
+    #[test]
+    fn bad_signing_keys_are_errors_naming_the_field_never_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        for (text, needle) in [
+            ("k1:0011\n", "at least 32"),
+            ("k1:zz\n", "hexadecimal"),
+            (&format!("{K1}\n{K1}\n") as &str, "twice"),
+            ("# nothing yet\n", "no signing key"),
+            (
+                "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n",
+                "id:hexsecret",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = parse(&with_key_file(&path)).expect_err(text);
+            assert_eq!(e.field, "security.signing_keys_file", "{e}");
+            assert!(e.problem.contains(needle), "{text}: {e}");
+            assert!(e.problem.contains("keys"), "names the file: {e}");
+            assert!(!e.to_string().contains("0102030405"), "a secret in {e}");
+        }
+        let e = parse(&with_key_file(&dir.path().join("missing"))).expect_err("missing");
+        assert_eq!(e.field, "security.signing_keys_file", "{e}");
+        assert!(e.problem.contains("cannot read"), "{e}");
+
+        let e =
+            Config::parse(GOOD, &env(&[("WALCACHED_SIGNING_KEYS", "k1:00")])).expect_err("short");
+        assert_eq!(e.field, "WALCACHED_SIGNING_KEYS", "{e}");
+        assert!(e.problem.contains("at least 32"), "{e}");
+
+        std::fs::write(&path, K1).unwrap();
+        let e = Config::parse(
+            &with_key_file(&path),
+            &env(&[("WALCACHED_SIGNING_KEYS", K2)]),
+        )
+        .expect_err("both");
+        assert_eq!(e.field, "WALCACHED_SIGNING_KEYS", "{e}");
+        assert!(e.problem.contains("security.signing_keys_file"), "{e}");
+        assert!(!e.to_string().contains("1f1e1d"), "a secret in {e}");
     }
 
     #[test]

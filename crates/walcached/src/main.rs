@@ -55,6 +55,9 @@ Environment overrides (applied over the file):
   WALCACHED_STREAM_MAX_MESSAGE_BYTES         stream.max_message_bytes
   WALCACHED_REFRESH_INTERVAL_SECS            refresh.interval_secs (0 disables the schedule)
   WALCACHED_REFRESH_MAX_DELETES_PER_SECOND   refresh.max_deletes_per_second
+  WALCACHED_SIGNING_KEYS                     signing keys, id:hexsecret,... (environment only; not with
+                                             the file, which rotates without a restart)
+  WALCACHED_SIGNING_KEYS_FILE                security.signing_keys_file
   WALCACHED_LOG_FORMAT                       --log-format
   RUST_LOG                                   log filter (default: info), e.g. walcached=debug";
 
@@ -94,8 +97,9 @@ enum Command {
     ///
     /// Checks the connection, wal_level, the role's REPLICATION privilege, replication slots
     /// and WAL senders, synchronous_standby_names, each rule against its table (columns,
-    /// key types, replica identity, SELECT privilege), the publication, the slot, and Redis's
-    /// maxmemory-policy. Changes nothing. Exits 0 when everything holds, 3 otherwise.
+    /// key types, replica identity, SELECT privilege), the publication, the slot, Redis's
+    /// maxmemory-policy, and whether messages are signed (the key ids, the key file's
+    /// permissions). Changes nothing. Exits 0 when everything holds, 3 otherwise.
     #[command(after_help = AFTER_HELP)]
     Check(ConfigArgs),
     /// Run one full-refresh cycle now against Redis, print what it did, and exit.

@@ -63,6 +63,18 @@ pub const SLOT_TAKEOVERS_TOTAL: &str = "walcached_slot_takeovers_total";
 /// Counter: replication slots PostgreSQL invalidated, recreated by the daemon (every
 /// namespace flushed). Labels: `reason` (PostgreSQL's, e.g. `wal_removed`, `idle_timeout`).
 pub const SLOT_RECREATIONS_TOTAL: &str = "walcached_slot_recreations_total";
+/// Gauge: 1 when the daemon signs its messages (signing keys configured), 0 when it publishes
+/// them unsigned.
+pub const SIGNING_ENABLED: &str = "walcached_signing_enabled";
+/// Counter: changes of the signing key file (`security.signing_keys_file`) the daemon found.
+/// Labels: `outcome` (`reloaded`: its keys are in use now; `invalid`: it does not parse, or
+/// `unreadable`: it cannot be read — the keys in use stay, and the error is logged once per
+/// change).
+pub const SIGNING_KEY_RELOADS_TOTAL: &str = "walcached_signing_key_reloads_total";
+/// Gauge (with a signing key file only): 1 while the file's current content is in use, 0 while
+/// it cannot be read or does not parse (the daemon keeps signing with the keys it had, so a
+/// rotation written to the file is not taking effect).
+pub const SIGNING_KEY_FILE_USABLE: &str = "walcached_signing_key_file_usable";
 /// Gauge: 1 while streaming and caught up (heartbeats are being sent), else 0.
 pub const CAUGHT_UP: &str = "walcached_caught_up";
 /// Gauge: committed transactions whose changes are not yet visible to new snapshots, waiting

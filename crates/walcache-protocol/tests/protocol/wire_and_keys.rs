@@ -1,18 +1,24 @@
-// Integration tests of walcache-protocol: the wire format (golden bytes of v1.0, v1.1, v1.2 and
-// v1.3, round trips, compatibility across minor versions in both directions, hostile input) and
-// the key builder (PostgreSQL text output against Rust values).
+// Integration tests of walcache-protocol: the wire format (golden bytes of v1.0, v1.1, v1.2,
+// v1.3 and v1.4, signed v1.4 messages among them; round trips, compatibility across minor
+// versions in both directions, hostile input), signed messages (signatures pinned by MACs
+// computed outside the crate, channel binding, keys and their error messages) and the key
+// builder (PostgreSQL text output against Rust values).
 
 use std::borrow::Cow;
 
+use hmac::{Hmac, KeyInit, Mac};
 use proptest::prelude::*;
+use sha2::Sha256;
 use walcache_protocol::{
-    key_of, Body, ColumnType, DecodeError, HeartbeatDetails, KeyError, KeyPart, KeyRef,
-    KeyTemplate, Message, TagRef, FORMAT_MAJOR, FORMAT_MINOR, MAX_MESSAGE_BYTES,
+    key_of, AuthError, Body, ColumnType, DecodeError, HeartbeatDetails, KeyError, KeyPart, KeyRef,
+    KeyTemplate, Keyring, Message, Signature, SigningKey, TagRef, FORMAT_MAJOR, FORMAT_MINOR,
+    MAX_MESSAGE_BYTES,
 };
 
 use crate::v1_0_decoder as v1_0;
 use crate::v1_1_decoder as v1_1;
 use crate::v1_2_decoder as v1_2;
+use crate::v1_3_decoder as v1_3;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers, written independently of the crate's own code.
@@ -167,9 +173,10 @@ fn encode_v1_2(m: &Message) -> Vec<u8> {
     frame(2, &header, kind, &body, &[])
 }
 
-/// An independent encoder of format 1.x, minor >= 3: the v1.3 layout, then the fields a newer
-/// minor would append. Appending to a Tags body, such a minor writes the tags' namespaces first,
-/// '' for each when no tag has one (or the decoder would read its fields as namespaces).
+/// An independent encoder of format 1.x, minor >= 3: the v1.3 layout (an unsigned v1.4 message
+/// is laid out the same, under minor 4), then the fields a newer minor would append. Appending
+/// to a Tags body, such a minor writes the tags' namespaces first, '' for each when no tag has
+/// one (or the decoder would read its fields as namespaces).
 fn encode_future(
     m: &Message,
     minor: u8,
@@ -205,6 +212,37 @@ fn as_future_sender(mut m: Message, appends_to_body: bool) -> Message {
         }
     }
     m
+}
+
+/// An independent signer of v1.4, written from the spec in `walcache_protocol::auth`: the
+/// signature that follows `signed` (every byte of the message before it) when key `key_id` with
+/// `secret` signs it for `channel`: `varint length, key id string, 32-byte MAC`, the MAC an
+/// HMAC-SHA256 of the domain "walcache-msg-v1", the channel and the key id (each after its length
+/// as a u64 little-endian) and `signed`.
+fn reference_signature(secret: &[u8], key_id: &str, channel: &str, signed: &[u8]) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(b"walcache-msg-v1");
+    mac.update(&(channel.len() as u64).to_le_bytes());
+    mac.update(channel.as_bytes());
+    mac.update(&(key_id.len() as u64).to_le_bytes());
+    mac.update(key_id.as_bytes());
+    mac.update(signed);
+    let mut signature = Vec::new();
+    lp_string(&mut signature, key_id);
+    signature.extend_from_slice(&mac.finalize().into_bytes());
+    let mut out = Vec::new();
+    leb128(&mut out, signature.len() as u64);
+    out.extend_from_slice(&signature);
+    out
+}
+
+/// An independent encoder of `m` signed as a v1.4 sender signs it: the v1.4 encoding, then the
+/// signature.
+fn encode_signed(m: &Message, secret: &[u8], key_id: &str, channel: &str) -> Vec<u8> {
+    let mut bytes = encode_future(m, 4, &[], &[], &[]);
+    let signature = reference_signature(secret, key_id, channel, &bytes);
+    bytes.extend_from_slice(&signature);
+    bytes
 }
 
 /// A tag in every namespace, as a v1.2 or older sender meant every tag.
@@ -326,6 +364,59 @@ fn as_v1_2(m: &Message) -> v1_2::Message {
         sent_at_micros: m.sent_at_micros,
         body,
     }
+}
+
+/// What the frozen v1.3 decoder should make of `m`: the same message (v1.4 added no field to
+/// it; the signature is bytes after the body).
+fn as_v1_3(m: &Message) -> v1_3::Message {
+    let body = match &m.body {
+        Body::Keys(keys) => v1_3::Body::Keys(
+            keys.iter()
+                .map(|k| v1_3::KeyRef {
+                    namespace: k.namespace.clone(),
+                    key: k.key.clone(),
+                })
+                .collect(),
+        ),
+        Body::Tags(tags) => v1_3::Body::Tags(
+            tags.iter()
+                .map(|t| v1_3::TagRef {
+                    namespace: t.namespace.clone(),
+                    tag: t.tag.clone(),
+                })
+                .collect(),
+        ),
+        Body::Flush(items) => v1_3::Body::Flush(items.clone()),
+        Body::Heartbeat {
+            last_data_seq,
+            details,
+        } => v1_3::Body::Heartbeat {
+            last_data_seq: *last_data_seq,
+            details: details.as_ref().map(|d| v1_3::HeartbeatDetails {
+                lag_bytes: d.lag_bytes,
+                refresh_interval_ms: d.refresh_interval_ms,
+                namespaces: d.namespaces.clone(),
+                out_of_service: d.out_of_service.clone(),
+            }),
+        },
+        other => panic!("unknown body {other:?}"),
+    };
+    v1_3::Message {
+        epoch: m.epoch,
+        seq: m.seq,
+        lsn: m.lsn,
+        commit_time_micros: m.commit_time_micros,
+        sent_at_micros: m.sent_at_micros,
+        body,
+    }
+}
+
+/// Every frozen decoder reads `bytes` as `m` without the fields it does not know.
+fn assert_older_decoders_read(bytes: &[u8], m: &Message) {
+    assert_eq!(v1_3::Message::decode(bytes), Ok(as_v1_3(m)), "v1.3: {m:?}");
+    assert_eq!(v1_2::Message::decode(bytes), Ok(as_v1_2(m)), "v1.2: {m:?}");
+    assert_eq!(v1_1::Message::decode(bytes), Ok(as_v1_1(m)), "v1.1: {m:?}");
+    assert_eq!(v1_0::Message::decode(bytes), Ok(as_v1_0(m)), "v1.0: {m:?}");
 }
 
 /// What this decoder should make of `m` sent by a v1.2 sender: every tag in every namespace.
@@ -625,7 +716,8 @@ fn golden_v1_2() -> Vec<(Message, Vec<u8>)> {
     ]
 }
 
-/// Fixtures of the v1.3 encoder (minor 3), byte for byte what it writes.
+/// Fixtures of the v1.3 encoder (minor 3), byte for byte what it wrote. Frozen: never change
+/// these bytes; they decode as they did (a v1.4 decoder finds no signature in them).
 fn golden_v1_3() -> Vec<(Message, Vec<u8>)> {
     vec![
         // Two tags, each in a namespace: the tags, then their namespaces in the same order
@@ -683,15 +775,218 @@ fn golden_v1_3() -> Vec<(Message, Vec<u8>)> {
     ]
 }
 
+/// The key id and secret (the bytes 00 to 1f) of the first key of the signed fixtures.
+const K1_ID: &str = "k1";
+const K1_SECRET: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+/// `K1` as a keyring spec (`id:hexsecret`).
+const K1: &str = "k1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+/// A second key: an id with digits, '-' and '.', and 72 bytes of secret (the bytes 20
+/// to 67), more than SHA-256's 64-byte block, so HMAC hashes it first.
+const K2_ID: &str = "2025-06.b";
+const K2_SECRET: &str = "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f\
+                         404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f\
+                         6061626364656667";
+const K2: &str = "2025-06.b:202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f\
+                  404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f6061626364656667";
+
+/// The daemon's invalidation channel and the services' application channel, as the signed
+/// fixtures name them.
+const INVAL: &str = "wc:inval";
+const APP: &str = "wc:app";
+
+fn keyring(spec: &str) -> Keyring {
+    Keyring::parse(spec).unwrap_or_else(|e| panic!("{spec}: {e}"))
+}
+
+/// Who signed a v1.4 fixture, and for which channel.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct SignedBy {
+    /// The key's id.
+    id: &'static str,
+    /// The key's secret, in hex.
+    secret: &'static str,
+    /// The key as a keyring spec.
+    keys: &'static str,
+    /// The channel the signature is for.
+    channel: &'static str,
+}
+
+const K1_INVAL: SignedBy = SignedBy {
+    id: K1_ID,
+    secret: K1_SECRET,
+    keys: K1,
+    channel: INVAL,
+};
+const K1_APP: SignedBy = SignedBy {
+    channel: APP,
+    ..K1_INVAL
+};
+const K2_APP: SignedBy = SignedBy {
+    id: K2_ID,
+    secret: K2_SECRET,
+    keys: K2,
+    channel: APP,
+};
+
+/// A v1.4 fixture: the message, who signed it (`None`: unsigned) and its bytes.
+#[derive(Debug, Clone)]
+struct Golden {
+    msg: Message,
+    signed: Option<SignedBy>,
+    bytes: Vec<u8>,
+}
+
+impl Golden {
+    /// How many leading bytes the signature covers: the message before it (all of it, unsigned).
+    fn signed_len(&self) -> usize {
+        match self.signed {
+            // Signature length (one byte here), key id length (one byte), key id, MAC.
+            Some(by) => self.bytes.len() - (1 + 1 + by.id.len() + 32),
+            None => self.bytes.len(),
+        }
+    }
+}
+
+/// Fixtures of the v1.4 encoder (minor 4), byte for byte what it writes: first the v1.3
+/// fixtures' messages, unsigned (only the minor byte changed), then signed messages, written by
+/// hand from the spec in `walcache_protocol::auth`: the v1.4 encoding, then `varint length, key
+/// id string, 32-byte MAC`.
+///
+/// The MACs were computed once, outside this crate, with Python 3.11's `hmac` module, and pasted
+/// here (`the_reference_encoder_writes_every_golden_fixture` recomputes them with the `hmac`
+/// crate; `Keyring::sign` must reproduce them):
+///
+/// ```text
+/// import hmac, hashlib, struct
+/// def mac(secret, key_id, channel, msg):  # msg: the fixture's bytes before the signature
+///     data = (b"walcache-msg-v1" + struct.pack("<Q", len(channel)) + channel
+///             + struct.pack("<Q", len(key_id)) + key_id + msg)
+///     return hmac.new(secret, data, hashlib.sha256).hexdigest()
+/// mac(bytes(range(0x00, 0x20)), b"k1", b"wc:inval", ...)         # K1
+/// mac(bytes(range(0x20, 0x68)), b"2025-06.b", b"wc:app", ...)    # K2
+/// ```
+fn golden_v1_4() -> Vec<Golden> {
+    let unsigned = |msg: Message, bytes: &str| Golden {
+        msg,
+        signed: None,
+        bytes: hex(bytes),
+    };
+    let signed = |msg: Message, by: SignedBy, bytes: &str| Golden {
+        msg,
+        signed: Some(by),
+        bytes: hex(bytes),
+    };
+    let v1_3 = golden_v1_3();
+    vec![
+        // The v1.3 fixtures' messages: a message without a signature is a v1.3 message under
+        // minor byte 4.
+        unsigned(
+            v1_3[0].0.clone(),
+            "5743 0104 14 efcdab8967452301 0b ac02 03 8080f28183898506 \
+             02 1b 02 05 7573657273 06 6f7267733a37  06 6f7264657273 05 7573657273",
+        ),
+        unsigned(
+            v1_3[1].0.clone(),
+            "5743 0104 0c 2a00000000000000 08 00 00 00 \
+             02 15 02 04 6f726773 07 75736572733a37  00 05 7573657273",
+        ),
+        unsigned(
+            v1_3[2].0.clone(),
+            "5743 0104 0c 0100000000000000 02 00 00 00  02 0c 02 05 7573657273 04 6f726773",
+        ),
+        unsigned(
+            v1_3[3].0.clone(),
+            "5743 0104 0c 2a00000000000000 09 00 00 00  02 01 00",
+        ),
+        unsigned(
+            v1_3[4].0.clone(),
+            "5743 0104 13 efcdab8967452301 0a 00 00 8080f28183898506 \
+             04 12 09 00 e0d403 01 05 7573657273 01 04 6f726773",
+        ),
+        unsigned(
+            v1_3[5].0.clone(),
+            "5743 0104 14 efcdab8967452301 01 ac02 03 f681f28183898506  01 09 01 05 7573657273 01 37",
+        ),
+        // The heartbeat above (the first v1.2 fixture) signed by k1 for the invalidation
+        // channel: 23 = 35 bytes of signature, the key id "k1" (02 6b31), the MAC.
+        signed(
+            v1_3[4].0.clone(),
+            K1_INVAL,
+            "5743 0104 13 efcdab8967452301 0a 00 00 8080f28183898506 \
+             04 12 09 00 e0d403 01 05 7573657273 01 04 6f726773 \
+             23 02 6b31 e2ffd24e6aad8030b5f8e17c0364a3db521633c66c9059b2c59741aa8d4b7830",
+        ),
+        // The Keys message above (the second v1.1 fixture) signed by k1 for the invalidation
+        // channel...
+        signed(
+            v1_3[5].0.clone(),
+            K1_INVAL,
+            "5743 0104 14 efcdab8967452301 01 ac02 03 f681f28183898506  01 09 01 05 7573657273 01 37 \
+             23 02 6b31 a5f30f85e14b1d047cc9925f8ef82d7f51139e91cfc3476de55034ef9e2e1e56",
+        ),
+        // ...and for the application channel: the same bytes but for the MAC.
+        signed(
+            v1_3[5].0.clone(),
+            K1_APP,
+            "5743 0104 14 efcdab8967452301 01 ac02 03 f681f28183898506  01 09 01 05 7573657273 01 37 \
+             23 02 6b31 9cfc5b38918e8934537a972fe0c6f7a0f41c3f13dab95319e76f3b3b80fd18ea",
+        ),
+        // A service's unsequenced Keys message on the application channel, signed by k1
+        // ("by_name:a%3Ab" = 62795f6e616d653a6125334162).
+        signed(
+            Message {
+                sent_at_micros: SENT_AT,
+                ..Message::new(
+                    42,
+                    0,
+                    Body::Keys(vec![
+                        KeyRef::new("users", "7"),
+                        KeyRef::new("orgs", "by_name:a%3Ab"),
+                    ]),
+                )
+            },
+            K1_APP,
+            "5743 0104 13 2a00000000000000 00 00 00 8080f28183898506 \
+             01 1c 02 05 7573657273 01 37 04 6f726773 0d 62795f6e616d653a6125334162 \
+             23 02 6b31 e654d5d4d4c6fdf67ad655c092c4b50eee992308a646c4fe5c82d39d86e8712d",
+        ),
+        // A service's tag in a namespace, signed by the second key: 2a = 42 bytes of signature,
+        // the key id "2025-06.b" (09 323032352d30362e62), the MAC.
+        signed(
+            Message {
+                sent_at_micros: SENT_AT,
+                ..Message::new(42, 0, Body::Tags(vec![TagRef::new("users", "users:7")]))
+            },
+            K2_APP,
+            "5743 0104 13 2a00000000000000 00 00 00 8080f28183898506 \
+             02 0f 01 07 75736572733a37 05 7573657273 \
+             2a 09 323032352d30362e62 d7c42d3e8116694bbf97637376dc914cf94f48ca27e56c4a8f02401611f74113",
+        ),
+    ]
+}
+
+/// The signed fixtures of [`golden_v1_4`].
+fn golden_v1_4_signed() -> Vec<(Golden, SignedBy)> {
+    golden_v1_4()
+        .into_iter()
+        .filter_map(|g| g.signed.map(|by| (g, by)))
+        .collect()
+}
+
 #[test]
 fn golden_fixtures_encode_and_decode() {
-    assert_eq!(FORMAT_MINOR, 3);
-    for (msg, bytes) in golden_v1_3() {
-        assert_eq!(msg.encode(), bytes, "encoding of {msg:?}");
-        assert_eq!(msg.encoded_len(), bytes.len());
+    assert_eq!(FORMAT_MINOR, 4);
+    for g in golden_v1_4() {
+        // The encoder writes the message; a signed fixture's signature follows it.
+        let len = g.signed_len();
+        let Golden { msg, bytes, .. } = g;
+        assert_eq!(bytes[3], 4);
+        assert_eq!(msg.encode(), bytes[..len], "encoding of {msg:?}");
+        assert_eq!(msg.encoded_len(), len);
         let mut appended = b"prefix".to_vec();
         msg.encode_into(&mut appended);
-        assert_eq!(appended[6..], bytes[..]);
+        assert_eq!(appended[6..], bytes[..len]);
         assert_eq!(Message::decode(&bytes), Ok(msg));
     }
 }
@@ -699,7 +994,15 @@ fn golden_fixtures_encode_and_decode() {
 #[test]
 fn the_reference_encoder_writes_every_golden_fixture() {
     // The test's own encoders agree with the hand-written bytes of every version, so the
-    // property tests that use them test the format, not the crate against itself.
+    // property tests that use them test the format, not the crate against itself. For the signed
+    // fixtures, this also checks the MACs computed with Python against the `hmac` crate.
+    for Golden { msg, signed, bytes } in golden_v1_4() {
+        let want = match signed {
+            None => encode_future(&msg, 4, &[], &[], &[]),
+            Some(by) => encode_signed(&msg, &hex(by.secret), by.id, by.channel),
+        };
+        assert_eq!(want, bytes, "{msg:?} signed by {signed:?}");
+    }
     for (msg, bytes) in golden_v1_3() {
         assert_eq!(encode_future(&msg, 3, &[], &[], &[]), bytes, "{msg:?}");
     }
@@ -733,9 +1036,10 @@ fn v1_2_golden_fixtures_still_decode_with_every_tag_in_every_namespace() {
 
 #[test]
 fn v1_2_fixtures_reencode_changing_only_the_minor_byte() {
-    // Nothing a v1.2 sender could say has a tag namespace, so v1.3 writes it as v1.2 did.
+    // Nothing a v1.2 sender could say has a tag namespace, so v1.3 (and v1.4, unsigned) writes
+    // it as v1.2 did.
     for (msg, mut bytes) in golden_v1_2() {
-        bytes[3] = 3;
+        bytes[3] = 4;
         assert_eq!(msg.encode(), bytes, "{msg:?}");
     }
     // Nor does a v1.3 Tags body without namespaces differ from the v1.2 one.
@@ -775,6 +1079,7 @@ fn the_v1_1_and_v1_0_decoders_read_every_v1_2_fixture() {
 fn the_older_decoders_read_every_v1_3_fixture_with_tags_in_every_namespace() {
     for (msg, bytes) in golden_v1_3() {
         assert_eq!(bytes[3], 3);
+        assert_eq!(v1_3::Message::decode(&bytes), Ok(as_v1_3(&msg)), "{msg:?}");
         assert_eq!(v1_2::Message::decode(&bytes), Ok(as_v1_2(&msg)), "{msg:?}");
         assert_eq!(v1_1::Message::decode(&bytes), Ok(as_v1_1(&msg)), "{msg:?}");
         assert_eq!(v1_0::Message::decode(&bytes), Ok(as_v1_0(&msg)), "{msg:?}");
@@ -800,12 +1105,12 @@ fn v1_0_golden_fixtures_still_decode() {
 }
 
 #[test]
-fn v1_0_fixtures_reencode_with_a_zero_send_time_under_minor_3() {
+fn v1_0_fixtures_reencode_with_a_zero_send_time_under_minor_4() {
     for (msg, v1_0_bytes) in golden_v1_0() {
-        // Same bytes, but minor 3, a header one byte longer, and sent_at 0 ending the header.
+        // Same bytes, but minor 4, a header one byte longer, and sent_at 0 ending the header.
         let header_len = usize::from(v1_0_bytes[4]);
         let mut want = v1_0_bytes[..5 + header_len].to_vec();
-        want[3] = 3;
+        want[3] = 4;
         want[4] += 1;
         want.push(0);
         want.extend_from_slice(&v1_0_bytes[5 + header_len..]);
@@ -842,17 +1147,38 @@ fn golden_fixture_of_a_future_minor_still_decodes() {
     );
     let (want, _) = golden_v1_3().remove(0);
     assert_eq!(Message::decode(&bytes), Ok(want.clone()));
-    assert_eq!(v1_2::Message::decode(&bytes), Ok(as_v1_2(&want)));
-    assert_eq!(v1_1::Message::decode(&bytes), Ok(as_v1_1(&want)));
-    assert_eq!(v1_0::Message::decode(&bytes), Ok(as_v1_0(&want)));
+    assert_older_decoders_read(&bytes, &want);
 
     // Its tags without namespaces: it writes '' for each before its own bytes.
     let bytes = hex("5743 0107 0c 0100000000000000 02 00 00 00 \
                      02 10 02 05 7573657273 04 6f726773  00 00 beef");
     let (want, _) = golden_v1_3().remove(2);
     assert_eq!(Message::decode(&bytes), Ok(want.clone()));
-    assert_eq!(v1_2::Message::decode(&bytes), Ok(as_v1_2(&want)));
+    assert_older_decoders_read(&bytes, &want);
     assert_eq!(encode_future(&want, 7, &[], &hex("beef"), &[]), bytes);
+
+    // A minor-7 message signed by k1: its extra header and body bytes are covered by the MAC,
+    // and what follows the signature is ignored (and not covered).
+    let (want, _) = golden_v1_3().remove(0);
+    let mut bytes = encode_future(&want, 7, &hex("beef"), &hex("beef"), &[]);
+    let signed_len = bytes.len();
+    let signature = reference_signature(&hex(K1_SECRET), K1_ID, INVAL, &bytes);
+    bytes.extend_from_slice(&signature);
+    bytes.extend_from_slice(&hex("ff 0102"));
+    assert_eq!(keyring(K1).verify(&bytes, INVAL), Ok(want.clone()));
+    assert_eq!(
+        Message::decode_signed(&bytes).map(|(_, s)| s.map(|s| (s.key_id, s.signed_len))),
+        Ok(Some((K1_ID, signed_len)))
+    );
+    assert_older_decoders_read(&bytes, &want);
+    let header_end = 5 + usize::from(bytes[4]);
+    for i in [header_end - 1, signed_len - 1] {
+        // The header's last extra byte, the body's.
+        let mut changed = bytes.clone();
+        changed[i] ^= 0x40;
+        assert_eq!(Message::decode(&changed), Ok(want.clone()), "byte {i}");
+        assert_eq!(keyring(K1).verify(&changed, INVAL), Err(AuthError::BadMac));
+    }
 }
 
 #[test]
@@ -1033,6 +1359,7 @@ fn decode_errors() {
         golden_v1_2().remove(0).1,
         golden_v1_3().remove(0).1,
         golden_v1_3().remove(1).1,
+        golden_v1_4().remove(0).bytes,
     ] {
         for n in 0..good.len() {
             assert!(
@@ -1256,7 +1583,7 @@ fn encoded_len_is_exact_at_varint_boundaries() {
                 let msg = Message::new(len as u64, count as u64, Body::Tags(tags.clone()));
                 let bytes = msg.encode();
                 assert_eq!(msg.encoded_len(), bytes.len(), "{count} × {len}, {scoped}");
-                assert_eq!(bytes, encode_future(&msg, 3, &[], &[], &[]));
+                assert_eq!(bytes, encode_future(&msg, 4, &[], &[], &[]));
                 assert_eq!(Message::decode(&bytes).as_ref(), Ok(&msg));
                 // TagRef::encoded_len is what a tag adds to a body whose tags carry namespaces.
                 let (_, _, body) = sections(&msg, Layout::V1_3);
@@ -1364,11 +1691,12 @@ fn error_messages_are_helpful() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Wire format: across minor versions, with the frozen v1.0, v1.1 and v1.2 decoders.
+// Wire format: across minor versions, with the frozen v1.0, v1.1, v1.2 and v1.3 decoders.
 // ---------------------------------------------------------------------------------------------
 
 /// One message of every kind, each with a send time, heartbeats with and without details (with
-/// and without namespaces out of service), and tags with and without namespaces.
+/// and without namespaces out of service), tags with and without namespaces, and the messages
+/// of the signed fixtures.
 fn every_kind() -> Vec<Message> {
     let with = |body| Message {
         lsn: 0x16_b374_d848,
@@ -1380,6 +1708,7 @@ fn every_kind() -> Vec<Message> {
         .into_iter()
         .chain(golden_v1_3())
         .map(|(m, _)| m)
+        .chain(golden_v1_4_signed().into_iter().map(|(g, _)| g.msg))
         .collect();
     all.extend([
         with(Body::Keys(vec![
@@ -1422,10 +1751,26 @@ fn every_kind() -> Vec<Message> {
 fn the_older_decoders_read_every_kind() {
     for msg in every_kind() {
         let bytes = msg.encode();
-        assert_eq!(bytes[3], 3);
-        assert_eq!(v1_0::Message::decode(&bytes), Ok(as_v1_0(&msg)), "{msg:?}");
-        assert_eq!(v1_1::Message::decode(&bytes), Ok(as_v1_1(&msg)), "{msg:?}");
-        assert_eq!(v1_2::Message::decode(&bytes), Ok(as_v1_2(&msg)), "{msg:?}");
+        assert_eq!(bytes[3], 4);
+        assert_older_decoders_read(&bytes, &msg);
+        // Signed too: they skip the signature as bytes after the body.
+        for (keys, channel) in [(K1, INVAL), (K2, APP)] {
+            let signed = keyring(keys).sign(&msg, channel);
+            assert_eq!(signed[..bytes.len()], bytes[..]);
+            assert_older_decoders_read(&signed, &msg);
+            assert_eq!(Message::decode(&signed), Ok(msg.clone()));
+            assert_eq!(keyring(keys).verify(&signed, channel), Ok(msg.clone()));
+        }
+    }
+}
+
+#[test]
+fn v1_3_encodings_of_every_kind_decode_the_same() {
+    for msg in every_kind() {
+        let bytes = encode_future(&msg, 3, &[], &[], &[]);
+        assert_eq!(v1_3::Message::decode(&bytes), Ok(as_v1_3(&msg)), "{msg:?}");
+        assert_eq!(Message::decode(&bytes), Ok(msg.clone()));
+        assert_eq!(Message::decode_signed(&bytes), Ok((msg, None)));
     }
 }
 
@@ -1471,7 +1816,8 @@ proptest! {
     fn round_trip(msg in arb_message()) {
         let bytes = msg.encode();
         prop_assert_eq!(bytes.len(), msg.encoded_len());
-        prop_assert_eq!(&bytes, &encode_future(&msg, 3, &[], &[], &[]));
+        prop_assert_eq!(&bytes, &encode_future(&msg, 4, &[], &[], &[]));
+        prop_assert_eq!(Message::decode_signed(&bytes), Ok((msg.clone(), None)));
         prop_assert_eq!(Message::decode(&bytes), Ok(msg));
     }
 
@@ -1488,6 +1834,18 @@ proptest! {
     #[test]
     fn the_v1_2_decoder_reads_current_encodings(msg in arb_message()) {
         prop_assert_eq!(v1_2::Message::decode(&msg.encode()), Ok(as_v1_2(&msg)));
+    }
+
+    #[test]
+    fn the_v1_3_decoder_reads_current_encodings(msg in arb_message()) {
+        prop_assert_eq!(v1_3::Message::decode(&msg.encode()), Ok(as_v1_3(&msg)));
+    }
+
+    #[test]
+    fn v1_3_encodings_decode_the_same(msg in arb_message()) {
+        let bytes = encode_future(&msg, 3, &[], &[], &[]);
+        prop_assert_eq!(v1_3::Message::decode(&bytes), Ok(as_v1_3(&msg)));
+        prop_assert_eq!(Message::decode_signed(&bytes), Ok((msg, None)));
     }
 
     #[test]
@@ -1524,7 +1882,17 @@ proptest! {
         prop_assert_eq!(v1_0::Message::decode(&bytes), Ok(as_v1_0(&msg)));
         prop_assert_eq!(v1_1::Message::decode(&bytes), Ok(as_v1_1(&msg)));
         prop_assert_eq!(v1_2::Message::decode(&bytes), Ok(as_v1_2(&msg)));
-        prop_assert_eq!(Message::decode(&bytes), Ok(msg));
+        prop_assert_eq!(v1_3::Message::decode(&bytes), Ok(as_v1_3(&msg)));
+        prop_assert_eq!(Message::decode(&bytes), Ok(msg.clone()));
+        // Signed, with the trailing bytes after the signature: the extra header and body bytes
+        // are covered, the trailing ones ignored.
+        let mut signed = encode_future(&msg, minor, &extra_header, &extra_body, &[]);
+        let signature = reference_signature(&hex(K1_SECRET), K1_ID, APP, &signed);
+        signed.extend_from_slice(&signature);
+        signed.extend_from_slice(&trailing);
+        prop_assert_eq!(keyring(K1).verify(&signed, APP), Ok(msg.clone()));
+        prop_assert_eq!(v1_3::Message::decode(&signed), Ok(as_v1_3(&msg)));
+        prop_assert_eq!(v1_0::Message::decode(&signed), Ok(as_v1_0(&msg)));
     }
 
     #[test]
@@ -1548,10 +1916,12 @@ proptest! {
         let _ = v1_0::Message::decode(&bytes);
         let _ = v1_1::Message::decode(&bytes);
         let _ = v1_2::Message::decode(&bytes);
+        let _ = v1_3::Message::decode(&bytes);
         let mut prefixed = b"WC\x01".to_vec();
         prefixed.extend_from_slice(&bytes);
         let _ = Message::decode(&prefixed);
         let _ = v1_0::Message::decode(&prefixed);
+        let _ = v1_3::Message::decode(&prefixed);
     }
 
     #[test]
@@ -1598,6 +1968,8 @@ proptest! {
         let _ = v1_0::Message::decode(&bytes);
         let _ = v1_1::Message::decode(&bytes);
         let _ = v1_2::Message::decode(&bytes);
+        let _ = v1_3::Message::decode(&bytes);
+        let _ = Message::decode_signed(&bytes);
         if let Ok(decoded) = Message::decode(&bytes) {
             // Whatever decodes re-encodes and decodes to itself.
             prop_assert_eq!(Message::decode(&decoded.encode()), Ok(decoded));
@@ -1609,6 +1981,668 @@ proptest! {
         let bytes = msg.encode();
         let n = cut.index(bytes.len());
         prop_assert!(Message::decode(&bytes[..n]).is_err());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signed messages (v1.4): the signatures the golden fixtures pin, where they verify, and
+// hostile or damaged signatures.
+// ---------------------------------------------------------------------------------------------
+
+/// Channels a signature is tried on besides its own: close misses included.
+const CHANNELS: [&str; 8] = [
+    INVAL,
+    APP,
+    "",
+    "wc",
+    "wc:inval ",
+    "wc:Inval",
+    "wc:inval\0",
+    "walcache:inval",
+];
+
+#[test]
+fn keyring_sign_writes_the_signed_fixtures() {
+    for (g, by) in golden_v1_4_signed() {
+        let ring = keyring(by.keys);
+        assert_eq!(ring.signer().id(), by.id);
+        assert_eq!(ring.sign(&g.msg, by.channel), g.bytes, "{g:?}");
+        // The same key built from its parts signs the same bytes.
+        let key = SigningKey::new(by.id, hex(by.secret)).expect("a key");
+        let ring = Keyring::new(vec![key]).expect("a keyring");
+        assert_eq!(ring.sign(&g.msg, by.channel), g.bytes, "{g:?}");
+    }
+    // The Keys message signed for both channels: the same bytes but for the MAC.
+    let signed = golden_v1_4_signed();
+    let (inval, app) = (&signed[1].0, &signed[2].0);
+    assert_eq!(inval.msg, app.msg);
+    assert_eq!(
+        inval.bytes[..inval.bytes.len() - 32],
+        app.bytes[..app.bytes.len() - 32]
+    );
+    assert_ne!(inval.bytes, app.bytes);
+}
+
+#[test]
+fn signed_fixtures_verify_on_their_channel_only() {
+    for (g, by) in golden_v1_4_signed() {
+        let ring = keyring(by.keys);
+        assert_eq!(
+            ring.verify(&g.bytes, by.channel),
+            Ok(g.msg.clone()),
+            "{g:?}"
+        );
+        for channel in CHANNELS.into_iter().filter(|&c| c != by.channel) {
+            assert_eq!(
+                ring.verify(&g.bytes, channel),
+                Err(AuthError::BadMac),
+                "{channel:?}: {g:?}"
+            );
+        }
+        // The signature is where the spec puts it, and plain decoding ignores it.
+        let signed_len = g.signed_len();
+        assert_eq!(
+            Message::decode_signed(&g.bytes),
+            Ok((
+                g.msg.clone(),
+                Some(Signature {
+                    key_id: by.id,
+                    mac: &g.bytes[g.bytes.len() - 32..],
+                    signed_len,
+                })
+            ))
+        );
+        assert_eq!(Message::decode(&g.bytes), Ok(g.msg.clone()));
+        assert_eq!(Message::decode(&g.bytes[..signed_len]), Ok(g.msg.clone()));
+    }
+}
+
+#[test]
+fn a_keyring_accepts_the_keys_it_holds_and_signs_with_its_first() {
+    let (g, _) = golden_v1_4_signed().remove(0);
+    assert_eq!(g.signed, Some(K1_INVAL));
+    // A key it does not hold.
+    let err = keyring(K2).verify(&g.bytes, INVAL);
+    assert_eq!(err, Err(AuthError::UnknownKey(K1_ID.into())));
+    // Ids are compared exactly.
+    let upper = keyring(&K1.replacen("k1", "K1", 1));
+    assert_eq!(
+        upper.verify(&g.bytes, INVAL),
+        Err(AuthError::UnknownKey(K1_ID.into()))
+    );
+    // Held among others, in any order (a rotation): accepted; the first key signs.
+    for (spec, ids) in [
+        (format!("{K2},{K1}"), [K2_ID, K1_ID]),
+        (format!("{K1}\n{K2}"), [K1_ID, K2_ID]),
+        (
+            format!("# rotation\n{K2}   # new\n\t{K1} # old, dropped next week\n"),
+            [K2_ID, K1_ID],
+        ),
+    ] {
+        let ring = keyring(&spec);
+        assert_eq!(ring.verify(&g.bytes, INVAL), Ok(g.msg.clone()), "{spec}");
+        assert_eq!(ring.ids(), ids, "{spec}");
+        assert_eq!(ring.signer().id(), ids[0]);
+    }
+    let rotated = keyring(&format!("{K2},{K1}")).sign(&g.msg, INVAL);
+    assert_eq!(
+        keyring(K1).verify(&rotated, INVAL),
+        Err(AuthError::UnknownKey(K2_ID.into()))
+    );
+    assert_eq!(keyring(K2).verify(&rotated, INVAL), Ok(g.msg.clone()));
+    // The same id with another secret: a forgery, either way.
+    let forger = keyring(&format!("k1:{}", "ff".repeat(32)));
+    assert_eq!(forger.verify(&g.bytes, INVAL), Err(AuthError::BadMac));
+    let forged = forger.sign(&g.msg, INVAL);
+    assert_eq!(forged.len(), g.bytes.len());
+    assert_eq!(keyring(K1).verify(&forged, INVAL), Err(AuthError::BadMac));
+    // Unsigned messages are refused as such; undecodable ones as such.
+    for u in golden_v1_4().into_iter().filter(|g| g.signed.is_none()) {
+        assert_eq!(
+            keyring(K1).verify(&u.bytes, INVAL),
+            Err(AuthError::Unsigned)
+        );
+        assert_eq!(Message::decode_signed(&u.bytes), Ok((u.msg, None)));
+    }
+    assert_eq!(
+        keyring(K1).verify(b"GET / HTTP/1.1", INVAL),
+        Err(AuthError::Decode(DecodeError::BadMagic))
+    );
+    // One metrics label per reason.
+    let labels = [
+        AuthError::Decode(DecodeError::BadMagic).label(),
+        AuthError::Unsigned.label(),
+        AuthError::UnknownKey("k9".into()).label(),
+        AuthError::BadMac.label(),
+    ];
+    assert_eq!(
+        labels,
+        ["undecodable", "unsigned", "unknown_key", "bad_mac"]
+    );
+}
+
+#[test]
+fn every_bit_of_a_signed_message_is_covered() {
+    for (g, by) in golden_v1_4_signed() {
+        let ring = keyring(by.keys);
+        let mac_start = g.bytes.len() - 32;
+        for i in 0..g.bytes.len() {
+            for bit in 0..8 {
+                let mut bad = g.bytes.clone();
+                bad[i] ^= 1 << bit;
+                let got = ring.verify(&bad, by.channel);
+                if i < g.signed_len() || i >= mac_start {
+                    // The message itself or the MAC: whatever still decodes is a forgery.
+                    assert!(
+                        matches!(got, Err(AuthError::BadMac | AuthError::Decode(_))),
+                        "byte {i} bit {bit}: {got:?}"
+                    );
+                } else {
+                    assert!(got.is_err(), "byte {i} bit {bit}: {got:?}");
+                }
+                if i >= mac_start {
+                    assert_eq!(got, Err(AuthError::BadMac));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_older_decoders_read_every_v1_4_fixture_skipping_the_signature() {
+    for g in golden_v1_4() {
+        assert_eq!(g.bytes[3], 4);
+        assert_older_decoders_read(&g.bytes, &g.msg);
+    }
+    // Spelled out for the signed heartbeat: a v1.3 subscriber reads its details.
+    let (g, _) = golden_v1_4_signed().remove(0);
+    let Ok(v1_3::Message {
+        body: v1_3::Body::Heartbeat {
+            details: Some(details),
+            ..
+        },
+        ..
+    }) = v1_3::Message::decode(&g.bytes)
+    else {
+        panic!("not a heartbeat: {:?}", v1_3::Message::decode(&g.bytes));
+    };
+    assert_eq!(details.namespaces, ["users"]);
+    assert_eq!(details.out_of_service, ["orgs"]);
+}
+
+#[test]
+fn v1_3_golden_fixtures_still_decode_unsigned() {
+    for (msg, bytes) in golden_v1_3() {
+        assert_eq!(bytes[3], 3);
+        assert_eq!(Message::decode(&bytes), Ok(msg.clone()), "{bytes:02x?}");
+        assert_eq!(Message::decode_signed(&bytes), Ok((msg.clone(), None)));
+        assert_eq!(keyring(K1).verify(&bytes, INVAL), Err(AuthError::Unsigned));
+        // And the frozen v1.3 decoder, of course.
+        assert_eq!(v1_3::Message::decode(&bytes), Ok(as_v1_3(&msg)));
+    }
+    // No older fixture carries a signature either.
+    let older = golden_v1_0()
+        .into_iter()
+        .chain(golden_v1_1())
+        .chain(golden_v1_2());
+    for (msg, bytes) in older {
+        assert_eq!(
+            Message::decode_signed(&bytes),
+            Ok((msg, None)),
+            "{bytes:02x?}"
+        );
+        assert_eq!(keyring(K1).verify(&bytes, APP), Err(AuthError::Unsigned));
+    }
+}
+
+#[test]
+fn v1_3_fixtures_reencode_changing_only_the_minor_byte() {
+    // An unsigned v1.4 message is a v1.3 message under minor byte 4.
+    let v1_4 = golden_v1_4();
+    for (i, (msg, mut bytes)) in golden_v1_3().into_iter().enumerate() {
+        bytes[3] = 4;
+        assert_eq!(msg.encode(), bytes, "{msg:?}");
+        assert_eq!((&v1_4[i].msg, &v1_4[i].bytes), (&msg, &bytes));
+        assert_eq!(v1_4[i].signed, None);
+    }
+}
+
+#[test]
+fn a_cut_signature_is_truncated_not_unsigned() {
+    for (g, by) in golden_v1_4_signed() {
+        let ring = keyring(by.keys);
+        let signed_len = g.signed_len();
+        // Cut where it starts: an unsigned message.
+        let unsigned = &g.bytes[..signed_len];
+        assert_eq!(Message::decode_signed(unsigned), Ok((g.msg.clone(), None)));
+        assert_eq!(ring.verify(unsigned, by.channel), Err(AuthError::Unsigned));
+        // Cut anywhere inside: its length runs past the end.
+        let truncated = DecodeError::Truncated { what: "signature" };
+        for cut in signed_len + 1..g.bytes.len() {
+            let bytes = &g.bytes[..cut];
+            assert_eq!(
+                Message::decode_signed(bytes),
+                Err(truncated.clone()),
+                "cut at {cut} of {}",
+                g.bytes.len()
+            );
+            assert_eq!(
+                ring.verify(bytes, by.channel),
+                Err(AuthError::Decode(truncated.clone()))
+            );
+            // Plain decoding, like every older decoder, ignores it.
+            assert_eq!(Message::decode(bytes), Ok(g.msg.clone()));
+            assert_older_decoders_read(bytes, &g.msg);
+        }
+        // Cut before it: the message's own errors.
+        for cut in 0..signed_len {
+            assert!(
+                matches!(
+                    Message::decode_signed(&g.bytes[..cut]),
+                    Err(DecodeError::Truncated { .. })
+                ),
+                "cut at {cut}"
+            );
+        }
+    }
+}
+
+#[test]
+fn malformed_signatures_are_decode_errors() {
+    let (g, by) = golden_v1_4_signed().remove(1);
+    assert_eq!(by, K1_INVAL);
+    let signed_len = g.signed_len();
+    let mac = g.bytes[g.bytes.len() - 32..].to_vec();
+    let with = |signature: &[&[u8]]| [&g.bytes[..signed_len], &signature.concat()].concat();
+    let truncated = |what| DecodeError::Truncated { what };
+    for (bytes, err) in [
+        // The length's varint cut short, overlong, or running past the end.
+        (with(&[&hex("80")]), truncated("signature length")),
+        (
+            with(&[&hex("ffffffffffffffffffff01")]),
+            DecodeError::VarintOverflow,
+        ),
+        (with(&[&hex("24 02 6b31"), &mac]), truncated("signature")),
+        // A MAC of 31 or 33 bytes.
+        (
+            with(&[&hex("22 02 6b31"), &mac[..31]]),
+            truncated("signature MAC"),
+        ),
+        (
+            with(&[&hex("24 02 6b31"), &mac, &[0]]),
+            truncated("signature MAC"),
+        ),
+        // A key id longer than the signature, or not UTF-8; an empty signature.
+        (
+            with(&[&hex("23 30 6b31"), &mac]),
+            truncated("signing key id"),
+        ),
+        (with(&[&hex("23 02 c328"), &mac]), DecodeError::InvalidUtf8),
+        (with(&[&hex("00")]), truncated("signing key id")),
+    ] {
+        assert_eq!(
+            Message::decode_signed(&bytes),
+            Err(err.clone()),
+            "{bytes:02x?}"
+        );
+        assert_eq!(
+            keyring(K1).verify(&bytes, INVAL),
+            Err(AuthError::Decode(err))
+        );
+        assert_eq!(Message::decode(&bytes), Ok(g.msg.clone()));
+        assert_older_decoders_read(&bytes, &g.msg);
+    }
+    // A 32-byte MAC that is not the fixture's is well formed: verification refuses it.
+    let bytes = with(&[&hex("23 02 6b31"), &mac[..31], &[!mac[31]]]);
+    assert!(matches!(Message::decode_signed(&bytes), Ok((_, Some(_)))));
+    assert_eq!(keyring(K1).verify(&bytes, INVAL), Err(AuthError::BadMac));
+    // An empty key id is well formed, and no key's: ids are never empty.
+    let bytes = with(&[&hex("21 00"), &mac]);
+    let found = Message::decode_signed(&bytes).map(|(_, s)| s.map(|s| s.key_id));
+    assert_eq!(found, Ok(Some("")));
+    assert_eq!(
+        keyring(K1).verify(&bytes, INVAL),
+        Err(AuthError::UnknownKey(String::new()))
+    );
+    // Non-minimal varints in the signature decode as any varint does. The MAC does not cover
+    // the signature's own framing, so these bytes verify although they are not the fixture's.
+    for framing in ["a300 02 6b31", "24 8200 6b31"] {
+        let bytes = with(&[&hex(framing), &mac]);
+        assert_eq!(
+            keyring(K1).verify(&bytes, INVAL),
+            Ok(g.msg.clone()),
+            "{framing}"
+        );
+    }
+}
+
+#[test]
+fn bytes_after_a_complete_signature_are_ignored() {
+    // What a later minor appends after the signature: skipped, and not covered by the MAC.
+    for (g, by) in golden_v1_4_signed() {
+        let ring = keyring(by.keys);
+        let (_, signature) = Message::decode_signed(&g.bytes).expect("a signed fixture");
+        let signature = signature.expect("a signature");
+        let signed = &g.bytes[..g.signed_len()];
+        let k2_too = reference_signature(&hex(K2_SECRET), K2_ID, by.channel, signed);
+        for trailing in [
+            hex("00"),
+            hex("ff"),
+            hex("80"),
+            b"a later minor's field".to_vec(),
+            k2_too.clone(),
+        ] {
+            let mut bytes = g.bytes.clone();
+            bytes.extend_from_slice(&trailing);
+            assert_eq!(
+                Message::decode_signed(&bytes),
+                Ok((g.msg.clone(), Some(signature))),
+                "{trailing:02x?}"
+            );
+            assert_eq!(ring.verify(&bytes, by.channel), Ok(g.msg.clone()));
+            assert_eq!(Message::decode(&bytes), Ok(g.msg.clone()));
+            assert_older_decoders_read(&bytes, &g.msg);
+        }
+        // Only the first signature counts: a second one by a key the receiver holds does not
+        // make up for a first one by a key it does not.
+        if by.id != K2_ID {
+            let bytes = [&g.bytes[..], &k2_too].concat();
+            assert_eq!(
+                keyring(K2).verify(&bytes, by.channel),
+                Err(AuthError::UnknownKey(by.id.into()))
+            );
+        }
+    }
+}
+
+#[test]
+fn a_later_minor_must_append_after_a_signature() {
+    // Bytes after an unsigned body are read as a signature: a later minor's bytes there still
+    // decode plainly (as in every older decoder), but not as a signed message.
+    let (msg, _) = golden_v1_3().remove(5);
+    let bytes = encode_future(&msg, 7, &[], &[], &hex("010203"));
+    assert_eq!(Message::decode(&bytes), Ok(msg.clone()));
+    assert_older_decoders_read(&bytes, &msg);
+    let err = DecodeError::Truncated {
+        what: "signing key id",
+    };
+    assert_eq!(Message::decode_signed(&bytes), Err(err.clone()));
+    assert_eq!(
+        keyring(K1).verify(&bytes, INVAL),
+        Err(AuthError::Decode(err))
+    );
+}
+
+#[test]
+fn a_signature_counts_against_the_size_limit() {
+    // A message at the limit is over it once signed: receivers refuse it (a signing sender
+    // splits below the limit less the signature).
+    let mut msg = Message::new(1, 1, unscoped_tags([""]));
+    let overhead = msg.encoded_len();
+    // The string's length varint grows from 1 to 3 bytes, the body's too. k1's signature takes
+    // 36 bytes: its length (35), the key id (02 6b31) and the MAC.
+    let fill = |len: usize| unscoped_tags(["x".repeat(len - overhead - 2 - 2)]);
+    msg.body = fill(MAX_MESSAGE_BYTES);
+    assert_eq!(msg.encoded_len(), MAX_MESSAGE_BYTES);
+    let signed = keyring(K1).sign(&msg, INVAL);
+    assert_eq!(signed.len(), MAX_MESSAGE_BYTES + 36);
+    assert_eq!(
+        keyring(K1).verify(&signed, INVAL),
+        Err(AuthError::Decode(DecodeError::TooLarge {
+            len: MAX_MESSAGE_BYTES + 36,
+            max: MAX_MESSAGE_BYTES
+        }))
+    );
+    msg.body = fill(MAX_MESSAGE_BYTES - 36);
+    let signed = keyring(K1).sign(&msg, INVAL);
+    assert_eq!(signed.len(), MAX_MESSAGE_BYTES);
+    assert_eq!(keyring(K1).verify(&signed, INVAL), Ok(msg));
+    // The longest signature: a 32-byte id.
+    let id = "i".repeat(32);
+    let ring = Keyring::new(vec![SigningKey::new(&id, vec![7; 32]).unwrap()]).unwrap();
+    let msg = Message::new(1, 1, Body::Flush(vec![]));
+    assert_eq!(
+        ring.sign(&msg, INVAL).len(),
+        msg.encoded_len() + 1 + 1 + 32 + 32
+    );
+}
+
+/// Asserts `text` shows no 8 consecutive hex digits of any of `secrets`.
+fn assert_shows_no_secret(text: &str, secrets: &[&str]) {
+    let text = text.to_ascii_lowercase();
+    for secret in secrets {
+        let secret = secret.to_ascii_lowercase();
+        for i in 0..=secret.len() - 8 {
+            assert!(
+                !text.contains(&secret[i..i + 8]),
+                "a secret's {:?} in {text:?}",
+                &secret[i..i + 8]
+            );
+        }
+    }
+}
+
+#[test]
+fn keyring_errors_name_the_entry_never_the_secret() {
+    let s = K1_SECRET;
+    let upper = s.to_ascii_uppercase();
+    for (spec, needle) in [
+        (String::new(), "no signing key"),
+        ("# no key yet\n\n".into(), "no signing key"),
+        // The secret alone, or without its colon.
+        (s.to_owned(), "id:hexsecret"),
+        (format!("k1={s}"), "id:hexsecret"),
+        (format!("k1 {s}"), "id:hexsecret"),
+        (format!("{K1}\n{s}"), "#2"),
+        // Separated from its id by a space: an empty secret.
+        (format!("k1: {s}"), "at least 32"),
+        // Not hexadecimal.
+        (format!("k1:{s}0"), "hexadecimal"),
+        (format!("k1:{s}zz"), "hexadecimal"),
+        (format!("k1:0x{s}"), "hexadecimal"),
+        (format!("k1:{}é", &s[..62]), "hexadecimal"),
+        (format!("k1:{s}:{s}"), "hexadecimal"),
+        (
+            format!("{K1},k2:{upper}zz"),
+            "#2: the secret is not hexadecimal",
+        ),
+        // Too short.
+        (format!("k1:{}", &s[..62]), "31 bytes"),
+        (format!("k1:{}", &upper[..62]), "at least 32"),
+        // Bad ids.
+        (format!("k/1:{s}"), "[A-Za-z0-9_.-]"),
+        (format!(":{s}"), "[A-Za-z0-9_.-]"),
+        (format!("{}:{s}", "i".repeat(33)), "1 to 32"),
+        (format!("clé:{s}"), "[A-Za-z0-9_.-]"),
+        // Twice the same id, secrets equal or not.
+        (format!("{K1},{K1}"), "twice"),
+        (format!("{K1}\nk1:{K2_SECRET}"), "\"k1\" given twice"),
+    ] {
+        let e = Keyring::parse(&spec).expect_err(&spec).to_string();
+        assert!(e.contains(needle), "{spec:?}: {e}");
+        assert_shows_no_secret(&e, &[s, K2_SECRET]);
+        assert_shows_no_secret(&format!("{:?}", Keyring::parse(&spec)), &[s, K2_SECRET]);
+    }
+    // Keys and keyrings show their ids, never their secrets.
+    for spec in [K1, K2] {
+        let ring = keyring(spec);
+        assert_shows_no_secret(&format!("{ring:?} {:?}", ring.signer()), &[s, K2_SECRET]);
+    }
+    assert!(format!("{:?}", keyring(K2)).contains(K2_ID));
+    let e = SigningKey::new("k1", hex(s)[..31].to_vec()).expect_err("short");
+    assert_shows_no_secret(&format!("{e} {e:?}"), &[s]);
+    // Upper-case hex is hex: the same key.
+    let ring = keyring(&format!("k1:{upper}"));
+    let (g, _) = golden_v1_4_signed().remove(0);
+    assert_eq!(ring.verify(&g.bytes, INVAL), Ok(g.msg));
+}
+
+#[test]
+fn keyring_errors_never_show_a_secret_written_where_the_id_goes() {
+    for spec in [
+        format!("{K1_SECRET}:k1"),
+        format!("{}:k1", &K1_SECRET[..32]),
+        format!("{K1_SECRET}:"),
+    ] {
+        let e = Keyring::parse(&spec).expect_err(&spec).to_string();
+        assert_shows_no_secret(&e, &[K1_SECRET]);
+    }
+}
+
+#[test]
+fn keyring_secrets_are_only_hex_digits() {
+    let plus: String = (0..32).map(|i| format!("+{:x}", i % 16)).collect();
+    assert!(Keyring::parse(&format!("k1:{plus}")).is_err());
+}
+
+fn arb_channel() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(INVAL.to_owned()),
+        Just(APP.to_owned()),
+        "wc:[a-z:]{0,12}",
+        ".{0,24}",
+    ]
+}
+
+/// A key: an id of 1 to 32 allowed characters, 32 to 96 bytes of secret.
+fn arb_key() -> impl Strategy<Value = (String, Vec<u8>)> {
+    (
+        "[A-Za-z0-9_.-]{1,32}",
+        prop::collection::vec(any::<u8>(), 32..=96),
+    )
+}
+
+fn ring_of(id: &str, secret: &[u8]) -> Keyring {
+    Keyring::new(vec![SigningKey::new(id, secret.to_vec()).expect("a key")]).expect("a keyring")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    #[test]
+    fn signed_messages_verify_on_their_channel_only(
+        msg in arb_message(),
+        (id, secret) in arb_key(),
+        channel in arb_channel(),
+        other in arb_channel(),
+    ) {
+        let ring = ring_of(&id, &secret);
+        let bytes = ring.sign(&msg, &channel);
+        prop_assert_eq!(&bytes, &encode_signed(&msg, &secret, &id, &channel));
+        prop_assert_eq!(ring.verify(&bytes, &channel), Ok(msg.clone()));
+        if other != channel {
+            prop_assert_eq!(ring.verify(&bytes, &other), Err(AuthError::BadMac));
+        }
+        let (decoded, signature) = Message::decode_signed(&bytes).expect("signed");
+        prop_assert_eq!(&decoded, &msg);
+        let signature = signature.expect("a signature");
+        prop_assert_eq!(signature.key_id, id.as_str());
+        prop_assert_eq!(signature.signed_len, msg.encoded_len());
+        prop_assert_eq!(signature.mac, &bytes[bytes.len() - 32..]);
+        prop_assert_eq!(Message::decode(&bytes), Ok(msg.clone()));
+        prop_assert_eq!(v1_3::Message::decode(&bytes), Ok(as_v1_3(&msg)));
+        prop_assert_eq!(v1_2::Message::decode(&bytes), Ok(as_v1_2(&msg)));
+        prop_assert_eq!(v1_1::Message::decode(&bytes), Ok(as_v1_1(&msg)));
+        prop_assert_eq!(v1_0::Message::decode(&bytes), Ok(as_v1_0(&msg)));
+        // Another key with the same id, or another id: refused.
+        let mut other_secret = secret.clone();
+        other_secret[0] ^= 1;
+        let forger = ring_of(&id, &other_secret);
+        prop_assert_eq!(forger.verify(&bytes, &channel), Err(AuthError::BadMac));
+        let other_id = if id.len() < 32 { format!("{id}-") } else { id[..31].to_owned() };
+        prop_assert_eq!(
+            ring_of(&other_id, &secret).verify(&bytes, &channel),
+            Err(AuthError::UnknownKey(id.clone()))
+        );
+    }
+
+    #[test]
+    fn a_flipped_byte_fails_verification(
+        msg in arb_message(),
+        (id, secret) in arb_key(),
+        channel in arb_channel(),
+        at in any::<prop::sample::Index>(),
+        flip in 1..=u8::MAX,
+    ) {
+        let ring = ring_of(&id, &secret);
+        let mut bytes = ring.sign(&msg, &channel);
+        let i = at.index(bytes.len());
+        bytes[i] ^= flip;
+        let got = ring.verify(&bytes, &channel);
+        prop_assert!(got.is_err(), "byte {} ^ {:02x}: {:?}", i, flip, got);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_decode_signed_or_verify(
+        bytes in prop::collection::vec(any::<u8>(), 0..512),
+        msg in arb_message(),
+        mac in prop::array::uniform32(any::<u8>()),
+    ) {
+        let ring = keyring(&format!("{K2},{K1}"));
+        let _ = Message::decode_signed(&bytes);
+        prop_assert!(ring.verify(&bytes, INVAL).is_err());
+        // After a valid body, so that they are read as a signature.
+        let mut after_body = msg.encode();
+        after_body.extend_from_slice(&bytes);
+        match Message::decode_signed(&after_body) {
+            Ok((decoded, signature)) => {
+                prop_assert_eq!(&decoded, &msg);
+                prop_assert_eq!(signature.is_none(), bytes.is_empty());
+                if let Some(s) = signature {
+                    prop_assert_eq!(s.signed_len, msg.encoded_len());
+                    prop_assert_eq!(s.mac.len(), 32);
+                }
+            }
+            Err(e) => prop_assert!(
+                matches!(
+                    e,
+                    DecodeError::Truncated { .. }
+                        | DecodeError::VarintOverflow
+                        | DecodeError::InvalidUtf8
+                ),
+                "{:?}", e
+            ),
+        }
+        prop_assert!(ring.verify(&after_body, INVAL).is_err());
+        prop_assert_eq!(Message::decode(&after_body), Ok(msg.clone()));
+        prop_assert_eq!(v1_3::Message::decode(&after_body), Ok(as_v1_3(&msg)));
+        // A well-formed signature by a key held, with an arbitrary MAC: a forgery.
+        let mut forged = msg.encode();
+        forged.extend_from_slice(&hex("23 02 6b31"));
+        forged.extend_from_slice(&mac);
+        prop_assert_eq!(ring.verify(&forged, INVAL), Err(AuthError::BadMac));
+        // Arbitrary bytes after the magic and version, too.
+        let mut prefixed = b"WC\x01\x04".to_vec();
+        prefixed.extend_from_slice(&bytes);
+        let _ = Message::decode_signed(&prefixed);
+        prop_assert!(ring.verify(&prefixed, INVAL).is_err());
+    }
+
+    #[test]
+    fn mutated_signed_encodings_never_panic_nor_verify(
+        msg in arb_message(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+        cut in any::<prop::sample::Index>(),
+        truncate in any::<bool>(),
+    ) {
+        let ring = keyring(K1);
+        let original = ring.sign(&msg, INVAL);
+        let mut bytes = original.clone();
+        for (at, byte) in edits {
+            let i = at.index(bytes.len());
+            bytes[i] = byte;
+        }
+        if truncate {
+            bytes.truncate(cut.index(bytes.len() + 1));
+        }
+        let _ = Message::decode_signed(&bytes);
+        let _ = v1_3::Message::decode(&bytes);
+        let _ = v1_2::Message::decode(&bytes);
+        // Only the bytes as signed verify.
+        if let Ok(verified) = ring.verify(&bytes, INVAL) {
+            prop_assert_eq!(&bytes, &original);
+            prop_assert_eq!(verified, msg);
+        }
     }
 }
 

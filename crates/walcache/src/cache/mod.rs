@@ -603,8 +603,18 @@ where
         Ok(())
     }
 
+    /// An application-channel message: signed when the handle has signing keys.
     fn app_message(&self, body: Body) -> Vec<u8> {
-        Message::new(self.inner.shared.process_epoch, 0, body).encode()
+        let shared = &self.inner.shared;
+        let mut message = Message::new(shared.process_epoch, 0, body);
+        message.sent_at_micros = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros(),
+        )
+        .unwrap_or(i64::MAX);
+        shared.auth.encode(&message, &shared.naming.app_channel())
     }
 
     fn snapshot(&self, k: &str) -> Snapshot {

@@ -52,6 +52,19 @@ pub struct WalcacheBuilder {
     lease_wait: Duration,
     reconnect_min: Duration,
     reconnect_max: Duration,
+    keys: Keys,
+    allow_unsigned: bool,
+    max_clock_skew: Duration,
+}
+
+/// Where the signing keys come from, as configured.
+#[derive(Debug, Clone, Default)]
+enum Keys {
+    #[default]
+    None,
+    Fixed(walcache_protocol::Keyring),
+    File(std::path::PathBuf),
+    Env(String),
 }
 
 impl Default for WalcacheBuilder {
@@ -72,6 +85,9 @@ impl Default for WalcacheBuilder {
             lease_wait: Duration::from_secs(2),
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_secs(5),
+            keys: Keys::None,
+            allow_unsigned: false,
+            max_clock_skew: Duration::from_secs(5),
         }
     }
 }
@@ -176,6 +192,58 @@ impl WalcacheBuilder {
         self
     }
 
+    /// Accept only invalidation messages signed with one of `keys` (HMAC-SHA256, wire v1.4),
+    /// and sign this process's application messages with the first. Whoever can `PUBLISH` on
+    /// the invalidation channels could otherwise keep stale L1 entries alive with forged
+    /// heartbeats or empty every process's caches; a holder of a key can still forge (every
+    /// service holds it, as every service can write values into L2), everyone else cannot.
+    ///
+    /// A message is applied only if it verifies, was sent at most `max_clock_skew +
+    /// heartbeat_timeout` ago (and not more than `max_clock_skew` ahead), and on the daemon's
+    /// channel was sent after the last one accepted from its epoch; anything else is ignored
+    /// whole and counted (`walcache_messages_rejected_total`). Rotate keys in three steps: every
+    /// process accepts the old and the new key (the new one second); the daemon signs with the
+    /// new one (first in its list); the old one is removed. Upgrading to signed messages: the
+    /// daemon signs first (unsigned readers ignore signatures), then services add the keys.
+    pub fn signing_keys(mut self, keys: walcache_protocol::Keyring) -> Self {
+        self.keys = Keys::Fixed(keys);
+        self
+    }
+
+    /// [`signing_keys`](Self::signing_keys) read from a file of `id:hexsecret` entries
+    /// (separated by commas, spaces or lines; `#` comments; the first signs) when the handle
+    /// is built, and re-read whenever it changes (checked at most once a second as messages
+    /// arrive), so a rotation needs no restart. A file that later does not parse keeps the keys
+    /// in force (logged, `walcache_signing_key_reloads_total{outcome="error"}`). A file other
+    /// users can read is warned about.
+    pub fn signing_keys_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.keys = Keys::File(path.into());
+        self
+    }
+
+    /// [`signing_keys`](Self::signing_keys) from the environment variable `var` (e.g.
+    /// `WALCACHE_SIGNING_KEYS`), in the same format as a key file, read when the handle is built.
+    pub fn signing_keys_env(mut self, var: impl Into<String>) -> Self {
+        self.keys = Keys::Env(var.into());
+        self
+    }
+
+    /// Accept unsigned invalidation messages: anyone who can `PUBLISH` on the channels can
+    /// then move this process's caches. Without it, a handle that follows the stream needs
+    /// signing keys, or `build()` fails. (Application-channel messages that do not decode are
+    /// ignored either way: they never flush or end liveness.)
+    pub fn allow_unsigned(mut self) -> Self {
+        self.allow_unsigned = true;
+        self
+    }
+
+    /// How far this process's clock may be from the daemon's and the other services', for the
+    /// freshness check of signed messages. Default 5 s.
+    pub fn max_clock_skew(mut self, skew: Duration) -> Self {
+        self.max_clock_skew = skew;
+        self
+    }
+
     /// Subscriber reconnect backoff: exponential from `min` to `max`, with full jitter. Default
     /// 50 ms to 5 s.
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
@@ -245,7 +313,40 @@ impl WalcacheBuilder {
                 "circuit_breaker failures = 0: must be at least 1",
             ));
         }
+        if stream && matches!(self.keys, Keys::None) && !self.allow_unsigned {
+            return Err(Error::config(format!(
+                "the invalidation stream is not authenticated: anyone who can PUBLISH on {} \
+                 could keep stale L1 entries alive or flush every cache. Give the daemon's \
+                 signing keys (signing_keys_file(..), signing_keys_env(\"WALCACHE_SIGNING_KEYS\") \
+                 or signing_keys(..)), or call allow_unsigned() to accept unsigned messages",
+                naming.invalidation_channel()
+            )));
+        }
         Ok((naming, stream))
+    }
+
+    /// The handle's authenticator: its keys, and the freshness window of signed messages.
+    fn authenticator(&self, stream: bool) -> Result<crate::auth::Authenticator, Error> {
+        use crate::auth::KeySource;
+        let source = match &self.keys {
+            Keys::None => KeySource::None,
+            Keys::Fixed(k) => KeySource::Fixed(k.clone()),
+            Keys::File(path) => KeySource::File(path.clone()),
+            Keys::Env(var) => {
+                let text = std::env::var(var).map_err(|_| {
+                    Error::config(format!(
+                        "signing_keys_env({var:?}): the variable is not set (or not UTF-8); set \
+                         it to the daemon's keys as `id:hexsecret`, or use signing_keys_file(..)"
+                    ))
+                })?;
+                KeySource::Fixed(
+                    walcache_protocol::Keyring::parse(&text)
+                        .map_err(|e| Error::config(format!("signing_keys_env({var:?}): {e}")))?,
+                )
+            }
+        };
+        let max_age = stream.then(|| self.max_clock_skew + self.heartbeat_timeout);
+        crate::auth::Authenticator::new(source, max_age, self.max_clock_skew)
     }
 
     /// Connect and start the subscriber.
@@ -258,6 +359,7 @@ impl WalcacheBuilder {
     /// connections are retried with backoff.
     pub async fn build(self) -> Result<Walcache, Error> {
         let (naming, stream) = self.validate()?;
+        let auth = self.authenticator(stream)?;
         let (l2, client) = match &self.redis_url {
             Some(url) => {
                 let client = redis_client(url, self.redis_ca_file.as_deref())?;
@@ -298,6 +400,7 @@ impl WalcacheBuilder {
             bypass: Semaphore::new(self.max_bypass_loads),
             process_epoch: rand::random(),
             naming,
+            auth,
             hooks: Hooks::new(),
             daemon_view: Mutex::new(DaemonView::default()),
         });

@@ -185,6 +185,8 @@ pub(crate) struct Shared {
     /// This process's id on the application channel, so it skips its own messages.
     pub(crate) process_epoch: u64,
     pub(crate) naming: Naming,
+    /// The signing keys, and the checks every received message passes.
+    pub(crate) auth: crate::auth::Authenticator,
     /// Test-only pause points (a zero-sized no-op without the `test-hooks` feature).
     pub(crate) hooks: Hooks,
     /// What the daemon's last heartbeat said of the namespaces; held while it is applied, so
@@ -414,6 +416,19 @@ impl std::fmt::Debug for Walcache {
 }
 
 impl Walcache {
+    /// The ids of the signing keys this handle accepts now, the one it signs with first
+    /// (empty when it accepts unsigned messages). With
+    /// [`signing_keys_file`](WalcacheBuilder::signing_keys_file), what the file said when it
+    /// was last read.
+    pub fn signing_key_ids(&self) -> Vec<String> {
+        self.inner
+            .shared
+            .auth
+            .keyring()
+            .map(|k| k.ids().into_iter().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
     /// Start configuring a handle.
     pub fn builder() -> WalcacheBuilder {
         WalcacheBuilder::default()

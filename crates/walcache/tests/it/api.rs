@@ -38,10 +38,32 @@ async fn configuration_errors_name_the_setting_and_the_fix() {
     assert!(e.to_string().contains("without_invalidation_stream"), "{e}");
     let e = Walcache::builder()
         .redis_url("not a url")
+        .allow_unsigned()
         .build()
         .await
         .expect_err("bad url");
     assert!(e.to_string().contains("redis_url"), "{e}");
+    // Following the stream needs the daemon's signing keys, or an explicit opt-out.
+    let e = Walcache::builder()
+        .redis_url("redis://127.0.0.1:1/")
+        .build()
+        .await
+        .expect_err("an unauthenticated stream");
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert!(
+        e.to_string().contains("signing_keys_file") && e.to_string().contains("allow_unsigned"),
+        "{e}"
+    );
+    let e = Walcache::builder()
+        .redis_url("redis://127.0.0.1:1/")
+        .signing_keys_env("WALCACHE_TEST_KEYS_NEVER_SET")
+        .build()
+        .await
+        .expect_err("keys from an unset variable");
+    assert!(
+        e.to_string().contains("WALCACHE_TEST_KEYS_NEVER_SET"),
+        "{e}"
+    );
     let e = Walcache::builder()
         .key_prefix("Bad Prefix")
         .without_invalidation_stream()

@@ -424,6 +424,7 @@ async fn a_half_open_subscription_is_replaced_after_heartbeat_silence() {
     let mut publisher = Publisher::new(&redis).await;
     let heartbeat_timeout = Duration::from_millis(300);
     let h = Walcache::builder()
+        .allow_unsigned()
         .redis_url(proxy.redis_url())
         .redis_timeout(Duration::from_millis(300))
         .connect_timeout(Duration::from_secs(1))

@@ -8,6 +8,7 @@ mod races;
 mod read_path;
 mod resilience;
 mod service;
+mod signing;
 mod subscriber;
 mod support;
 mod tags;

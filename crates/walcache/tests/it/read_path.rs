@@ -150,6 +150,7 @@ async fn a_thousand_cold_readers_across_four_handles_load_once() {
 async fn l1_only_mode_works_without_redis() {
     support::recorder();
     let h = Walcache::builder()
+        .allow_unsigned()
         .without_invalidation_stream()
         .build()
         .await

@@ -175,6 +175,7 @@ async fn strict_mode_bypasses_both_tiers_while_not_live() {
 async fn stale_if_error_serves_a_bounded_stale_value() {
     support::recorder();
     let h = Walcache::builder()
+        .allow_unsigned()
         .without_invalidation_stream()
         .build()
         .await
@@ -287,6 +288,7 @@ async fn a_cancelled_half_open_probe_does_not_disable_redis() {
     let proxy =
         walcache_testkit::TcpProxy::start(([127, 0, 0, 1], redis.port()).into()).expect("proxy");
     let h = Walcache::builder()
+        .allow_unsigned()
         .redis_url(proxy.redis_url())
         .without_invalidation_stream()
         .redis_timeout(Duration::from_millis(100))

@@ -85,6 +85,7 @@ pub(crate) fn namespace(base: &str) -> String {
 /// Builder defaults for tests: short timeouts so failure paths finish quickly.
 pub(crate) fn builder(redis: &RedisServer) -> walcache::WalcacheBuilder {
     Walcache::builder()
+        .allow_unsigned()
         .redis_url(redis.url())
         .redis_timeout(Duration::from_millis(300))
         .connect_timeout(Duration::from_secs(2))
@@ -99,6 +100,10 @@ pub(crate) struct Publisher {
     pub(crate) epoch: u64,
     pub(crate) seq: u64,
     naming: Naming,
+    /// Signs every message with the first key, as a daemon with signing keys does.
+    pub(crate) keys: Option<walcache_protocol::Keyring>,
+    /// The last send time used (µs): the daemon's send times strictly increase in an epoch.
+    last_sent: i64,
 }
 
 impl Publisher {
@@ -113,7 +118,39 @@ impl Publisher {
             epoch: rand::random(),
             seq: 0,
             naming: Naming::default(),
+            keys: None,
+            last_sent: 0,
         }
+    }
+
+    /// `m` with the next send time, encoded (and signed, with keys) for the daemon's channel.
+    pub(crate) fn seal(&mut self, mut m: Message) -> Vec<u8> {
+        let now = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_micros(),
+        )
+        .unwrap();
+        self.last_sent = now.max(self.last_sent + 1);
+        m.sent_at_micros = self.last_sent;
+        match &self.keys {
+            Some(k) => k.sign(&m, &self.naming.invalidation_channel()),
+            None => m.encode(),
+        }
+    }
+
+    /// The bytes of the next heartbeat, without publishing them.
+    pub(crate) fn heartbeat_bytes(&mut self) -> Vec<u8> {
+        let m = Message::new(
+            self.epoch,
+            self.seq,
+            Body::Heartbeat {
+                last_data_seq: self.seq,
+                details: None,
+            },
+        );
+        self.seal(m)
     }
 
     pub(crate) async fn publish_raw(&mut self, bytes: &[u8]) {
@@ -126,15 +163,8 @@ impl Publisher {
     }
 
     pub(crate) async fn heartbeat(&mut self) {
-        let m = Message::new(
-            self.epoch,
-            self.seq,
-            Body::Heartbeat {
-                last_data_seq: self.seq,
-                details: None,
-            },
-        );
-        self.publish_raw(&m.encode()).await;
+        let bytes = self.heartbeat_bytes();
+        self.publish_raw(&bytes).await;
     }
 
     /// A heartbeat with details (wire v1.2): what the daemon certifies, what it reports out
@@ -148,7 +178,8 @@ impl Publisher {
                 details: Some(details),
             },
         );
-        self.publish_raw(&m.encode()).await;
+        let bytes = self.seal(m);
+        self.publish_raw(&bytes).await;
     }
 
     /// Delete the keys under every schema of the namespace's current generation, then
@@ -175,12 +206,13 @@ for i = 3, #ARGV do
 end
 return redis.call('PUBLISH', ARGV[2], ARGV[3])",
         );
+        let bytes = self.seal(m);
         let mut inv = script.prepare_invoke();
         inv.key(self.naming.generation_key(namespace))
             .key(self.naming.schemas_key(namespace))
             .arg(self.naming.value_key_prefix(namespace))
             .arg(self.naming.invalidation_channel())
-            .arg(m.encode());
+            .arg(bytes);
         for k in keys {
             inv.arg(*k);
         }

@@ -131,7 +131,62 @@ pub async fn check(config: &Config) -> Report {
     check_postgres(config, &mut report).await;
     redis::check_redis(config, &mut report).await;
     redis::check_redis_memory(config, &mut report).await;
+    check_signing(config, &mut report);
     report
+}
+
+/// Whether messages are signed, with which key, and whether the key file is private.
+fn check_signing(config: &Config, report: &mut Report) {
+    use crate::signing::{loose_permissions, KeySource, KEYS_ENV};
+    let Some(keys) = &config.security.signing_keys else {
+        report.warn(
+            "security.signing_keys_file",
+            format!(
+                "not set, nor {KEYS_ENV}: messages are published unsigned, so every service \
+                 must accept them explicitly (allow_unsigned()) and anyone who can PUBLISH on \
+                 the invalidation channel can forge invalidations and heartbeats"
+            ),
+            "generate a key (`echo \"k1:$(openssl rand -hex 32)\" > FILE; chmod 600 FILE`), \
+             give the same file to the services, and set security.signing_keys_file = \"FILE\"",
+        );
+        return;
+    };
+    let ids = keys.keyring.ids().join(", ");
+    let signer = keys.keyring.signer().id();
+    match &keys.source {
+        KeySource::Env => report.ok(
+            KEYS_ENV,
+            format!(
+                "messages are signed with key {signer} (keys {ids}); keys from the environment \
+                 rotate only with a restart (security.signing_keys_file rotates without one)"
+            ),
+        ),
+        KeySource::File(path) => {
+            report.ok(
+                "security.signing_keys_file",
+                format!(
+                    "{}: messages are signed with key {signer} (keys {ids}); the file is read \
+                     again when it changes",
+                    path.display()
+                ),
+            );
+            match loose_permissions(path) {
+                Some(mode) => report.warn(
+                    "signing key file permissions",
+                    format!(
+                        "{} has mode {mode:04o}: its group or others may read it, and whoever \
+                         reads it can forge invalidations",
+                        path.display()
+                    ),
+                    format!("chmod 600 {} (owned by the daemon's user)", path.display()),
+                ),
+                None => report.ok(
+                    "signing key file permissions",
+                    format!("{} is readable by its owner only", path.display()),
+                ),
+            }
+        }
+    }
 }
 
 /// An error and its sources, `outer: inner: innermost`, skipping a source whose text the

@@ -161,6 +161,13 @@ pub async fn run_with(
         context: format!("connecting to {}", redact_url(config.redis.url.expose())),
         source: e,
     })?;
+    let signer = crate::signing::Signer::new(
+        config.security.signing_keys.as_ref(),
+        config.naming().invalidation_channel(),
+        config.stream.heartbeat_interval(),
+    );
+    signer.log_start();
+    publisher.set_signer(signer);
     let (version, run_id) = publisher.server_info().await.map_err(|e| RunError::Redis {
         context: "reading INFO server".to_owned(),
         source: e,
@@ -248,7 +255,12 @@ pub async fn run_with(
     }
     watch.start_out_of_service(&unpublished, "unfit_table");
     let replication = postgres.replication()?;
-    tracing::info!(epoch, rules = rules.len(), "walcached starting");
+    tracing::info!(
+        epoch,
+        rules = rules.len(),
+        signing_key_id = publisher.signing_key_id().unwrap_or("(unsigned)"),
+        "walcached starting"
+    );
 
     let mut stream = Streamer {
         config: &config,

@@ -16,6 +16,7 @@ use crate::config::Rule;
 use crate::mapping::Invalidation;
 use crate::marker::{self, Loss};
 use crate::metrics as m;
+use crate::signing::{Signer, SIGNATURE_MAX_BYTES};
 
 /// The oldest Redis the daemon runs against: its scripts declare flags (`#!lua
 /// flags=allow-oom`), which Redis 7.0 introduced.
@@ -118,6 +119,8 @@ pub struct Publisher {
     held: HashMap<String, Held>,
     /// Script calls that wrote markers, for their tokens.
     writes: u64,
+    /// Stamps the send time of every message and signs it (when keys are configured).
+    signer: Signer,
 }
 
 /// What a marker held when this daemon last wrote or accepted it.
@@ -182,8 +185,10 @@ impl Publisher {
             .iter()
             .map(|ns| (ns.clone(), naming.marker_key(ns)))
             .collect();
+        let signer = Signer::unsigned(naming.invalidation_channel());
         Ok(Publisher {
             conn,
+            signer,
             marker_keys,
             naming,
             script: redis::Script::new(SCRIPT),
@@ -207,6 +212,16 @@ impl Publisher {
     pub async fn reconnect(&mut self, client: &redis::Client) -> Result<(), redis::RedisError> {
         self.conn = connect(client, self.timeout).await?;
         Ok(())
+    }
+
+    /// Sign every message from now on with `signer` (by default messages are unsigned).
+    pub fn set_signer(&mut self, signer: Signer) {
+        self.signer = signer;
+    }
+
+    /// The id of the key messages are signed with (`None`: unsigned).
+    pub fn signing_key_id(&self) -> Option<&str> {
+        self.signer.key_id()
     }
 
     /// The last data sequence number published.
@@ -352,8 +367,9 @@ impl Publisher {
         let mut out = Reply::default();
         let mut start = 0;
         while start < items.len() {
-            // Grow the chunk while it fits in one message (64 bytes of header and counts).
-            let mut size = 64;
+            // Grow the chunk while it fits in one message (64 bytes of header and counts, and
+            // the signature).
+            let mut size = 64 + SIGNATURE_MAX_BYTES;
             let mut end = start;
             while end < items.len()
                 && (end == start || size + len(&items[end]) <= self.max_message_bytes)
@@ -387,10 +403,9 @@ impl Publisher {
     fn data_message(&mut self, body: Body, batch: &Batch) -> Vec<u8> {
         self.seq += 1;
         let mut message = Message::new(self.epoch, self.seq, body);
-        message.sent_at_micros = now_micros();
         message.lsn = batch.lsn;
         message.commit_time_micros = batch.commit_time_micros;
-        message.encode()
+        self.signer.encode(&mut message)
     }
 
     /// Flush `namespaces` (a new generation each; their tag versions stay, to judge the old
@@ -536,8 +551,8 @@ impl Publisher {
                 details: Some(details),
             },
         );
-        message.sent_at_micros = now_micros();
-        let mut published = self.check(&message.encode(), lsn).await?.0;
+        let bytes = self.signer.encode(&mut message);
+        let mut published = self.check(&bytes, lsn).await?.0;
         if !published {
             // Flushed what was lost: the heartbeat (a new one, the flush took sequence numbers)
             // may certify now.
@@ -554,8 +569,8 @@ impl Publisher {
                         details,
                     },
                 );
-                again.sent_at_micros = now_micros();
-                published = self.check(&again.encode(), lsn).await?.0;
+                let bytes = self.signer.encode(&mut again);
+                published = self.check(&bytes, lsn).await?.0;
             }
         }
         if published {

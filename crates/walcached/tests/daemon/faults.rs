@@ -2,15 +2,14 @@
 //! the failure table): a table altered under its rule, partitioned tables, two daemons on one
 //! slot, and a slot that lost its WAL.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use walcache_protocol::Naming;
 use walcache_testkit::{wait_until, PgServer, RedisServer};
 
 use walcached::pipeline::RunOptions;
 
-use crate::support::{config, users_stack, walsender_pid, Daemon, Listener, DEADLINE, USERS_RULE};
+use crate::support::{
+    config, users_stack, walsender_pid, Daemon, Listener, TestLog, DEADLINE, USERS_RULE,
+};
 
 async fn generation(redis: &RedisServer, namespace: &str) -> u64 {
     let mut conn = redis
@@ -290,43 +289,6 @@ tags = ["events"]
     daemon.stop().await;
 }
 
-/// The log of one daemon: a subscriber of its own ([`Daemon::spawn_logging_to`]), so other
-/// tests' daemons in the same process (plain `cargo test`) never write to it.
-#[derive(Clone, Default)]
-struct TestLog(Arc<Mutex<Vec<u8>>>);
-
-impl TestLog {
-    fn dispatch(&self) -> tracing::Dispatch {
-        let log = self.clone();
-        tracing::Dispatch::new(
-            tracing_subscriber::fmt()
-                .with_max_level(tracing::Level::DEBUG)
-                .with_ansi(false)
-                .with_writer(move || log.clone())
-                .finish(),
-        )
-    }
-
-    /// Its lines at `level` from walcached containing `needle`.
-    fn lines(&self, level: &str, needle: &str) -> Vec<String> {
-        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
-        text.lines()
-            .filter(|l| l.contains(level) && l.contains("walcached") && l.contains(needle))
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-impl Write for TestLog {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Failure table: "daemon lagging or cut off … stops heartbeats"; contract 4: "a daemon …
 /// waiting as a standby stays silent". A second daemon on the same slot waits quietly and
 /// takes over when the first stops.
@@ -373,11 +335,13 @@ async fn a_second_daemon_on_the_same_slot_waits_then_takes_over() {
         "{:?}",
         log.lines("", "standby")
     );
-    assert!(
-        log.lines("WARN", "").is_empty(),
-        "{:?}",
-        log.lines("WARN", "")
-    );
+    // (Besides the one start-up warning that its messages would be unsigned: no keys here.)
+    let warnings: Vec<String> = log
+        .lines("WARN", "")
+        .into_iter()
+        .filter(|l| !l.contains("publishing unsigned messages"))
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
 
     a.stop().await;
     wait_until("B took over", DEADLINE, || async {

@@ -11,6 +11,7 @@ mod out_of_service;
 mod pipeline;
 mod redis_loss;
 mod refresh;
+mod signing;
 mod slot;
 mod sockets;
 mod support;

@@ -98,6 +98,7 @@ async fn one_cycle_removes_everything_filled_before_it_began() {
     let naming = Naming::default();
     let mut conn = connection(&redis).await;
     let handle = Walcache::builder()
+        .allow_unsigned()
         .redis_url(redis.url())
         .without_invalidation_stream()
         .build()
@@ -245,6 +246,7 @@ async fn one_cycle_removes_everything_filled_before_it_began() {
 
     // Seen from a fresh process: L2 no longer holds what was filled before the cycle.
     let other = Walcache::builder()
+        .allow_unsigned()
         .redis_url(redis.url())
         .without_invalidation_stream()
         .build()
@@ -562,6 +564,7 @@ async fn stamps_are_judged_against_the_redis_clock_at_the_cycles_start() {
             .unwrap();
     }
     let handle = Walcache::builder()
+        .allow_unsigned()
         .redis_url(redis.url())
         .without_invalidation_stream()
         .build()

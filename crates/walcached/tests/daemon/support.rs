@@ -148,10 +148,12 @@ pub(crate) fn with_catalog_interval(cfg: String, ms: u64) -> String {
     out
 }
 
-/// Collects every message published on the invalidation channel, with when it arrived.
+/// Collects every message published on the invalidation channel, with when it arrived and
+/// its bytes as published (for signatures).
 pub(crate) struct Listener {
     messages: Arc<Mutex<Vec<Message>>>,
     arrivals: Arc<Mutex<Vec<std::time::Instant>>>,
+    payloads: Arc<Mutex<Vec<Vec<u8>>>>,
     _task: tokio::task::JoinHandle<()>,
 }
 
@@ -164,21 +166,29 @@ impl Listener {
             .expect("subscribe");
         let messages = Arc::new(Mutex::new(Vec::new()));
         let arrivals = Arc::new(Mutex::new(Vec::new()));
-        let (sink, times) = (Arc::clone(&messages), Arc::clone(&arrivals));
+        let payloads = Arc::new(Mutex::new(Vec::new()));
+        let (sink, times, raw) = (
+            Arc::clone(&messages),
+            Arc::clone(&arrivals),
+            Arc::clone(&payloads),
+        );
         let task = tokio::spawn(async move {
             let mut stream = pubsub.into_on_message();
             while let Some(m) = stream.next().await {
-                let decoded = Message::decode(m.get_payload_bytes())
-                    .expect("the daemon publishes valid messages");
-                // One lock order (messages, then arrivals) keeps the two lists in step.
+                let bytes = m.get_payload_bytes();
+                let decoded = Message::decode(bytes).expect("the daemon publishes valid messages");
+                // One lock order (messages, then arrivals, then payloads) keeps the lists in
+                // step.
                 let mut all = sink.lock().unwrap();
                 all.push(decoded);
                 times.lock().unwrap().push(std::time::Instant::now());
+                raw.lock().unwrap().push(bytes.to_vec());
             }
         });
         Listener {
             messages,
             arrivals,
+            payloads,
             _task: task,
         }
     }
@@ -188,6 +198,13 @@ impl Listener {
         let all = self.messages.lock().unwrap();
         let times = self.arrivals.lock().unwrap();
         times.iter().copied().zip(all.iter().cloned()).collect()
+    }
+
+    /// Every message so far, decoded and as published, in arrival order.
+    pub(crate) fn raw(&self) -> Vec<(Message, Vec<u8>)> {
+        let all = self.messages.lock().unwrap();
+        let raw = self.payloads.lock().unwrap();
+        all.iter().cloned().zip(raw.iter().cloned()).collect()
     }
 
     /// Every data (non-heartbeat) message so far.
@@ -274,6 +291,7 @@ impl Listener {
         let mut all = self.messages.lock().unwrap();
         all.clear();
         self.arrivals.lock().unwrap().clear();
+        self.payloads.lock().unwrap().clear();
     }
 
     /// Wait until every one of `keys` (as `namespace/key`) has been announced.
@@ -325,6 +343,7 @@ pub(crate) async fn users_db(pg: &PgServer) -> (String, tokio_postgres::Client) 
 /// A library handle on this Redis, live on the daemon's heartbeats.
 pub(crate) async fn live_library(redis: &RedisServer) -> walcache::Walcache {
     let handle = walcache::Walcache::builder()
+        .allow_unsigned()
         .redis_url(redis.url())
         .heartbeat_timeout(Duration::from_secs(2))
         .build()
@@ -462,4 +481,46 @@ pub(crate) fn unix_micros() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("a clock after 1970")
         .as_micros() as u64
+}
+
+/// The log of one daemon: a subscriber of its own ([`Daemon::spawn_logging_to`]), so other
+/// tests' daemons in the same process (plain `cargo test`) never write to it.
+#[derive(Clone, Default)]
+pub(crate) struct TestLog(Arc<Mutex<Vec<u8>>>);
+
+impl TestLog {
+    pub(crate) fn dispatch(&self) -> tracing::Dispatch {
+        let log = self.clone();
+        tracing::Dispatch::new(
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::DEBUG)
+                .with_ansi(false)
+                .with_writer(move || log.clone())
+                .finish(),
+        )
+    }
+
+    /// Everything logged so far.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// Its lines at `level` from walcached containing `needle`.
+    pub(crate) fn lines(&self, level: &str, needle: &str) -> Vec<String> {
+        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
+        text.lines()
+            .filter(|l| l.contains(level) && l.contains("walcached") && l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl std::io::Write for TestLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

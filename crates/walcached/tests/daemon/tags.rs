@@ -305,6 +305,21 @@ async fn tags_are_split_below_the_message_limit() {
     .await
     .expect("connect");
     publisher.set_server("test".into());
+    // Signed with the longest key id: the split leaves room for the signature.
+    let keys = walcached::signing::SigningKeys {
+        keyring: walcache_protocol::Keyring::parse(&format!(
+            "{}:{}",
+            "k".repeat(32),
+            "ab".repeat(32)
+        ))
+        .expect("keyring"),
+        source: walcached::signing::KeySource::Env,
+    };
+    publisher.set_signer(walcached::signing::Signer::new(
+        Some(&keys),
+        Naming::default().invalidation_channel(),
+        std::time::Duration::from_secs(3600),
+    ));
     // No markers yet: both namespaces are flushed and their markers written.
     assert_eq!(publisher.verify(Lsn(1)).await.expect("verify"), 2);
 
@@ -332,6 +347,14 @@ async fn tags_are_split_below_the_message_limit() {
     assert!(messages.len() >= 3, "split: {} messages", messages.len());
     for m in &messages {
         assert!(m.encode().len() <= limit, "{} bytes", m.encode().len());
+    }
+    for (m, bytes) in listener.raw() {
+        assert!(bytes.len() <= limit, "{} bytes signed", bytes.len());
+        assert_eq!(
+            keys.keyring
+                .verify(&bytes, &Naming::default().invalidation_channel()),
+            Ok(m)
+        );
     }
     let announced: std::collections::BTreeSet<TagRef> = tag_refs(&listener).into_iter().collect();
     assert_eq!(announced, batch.tags, "each tag once, with its namespace");
