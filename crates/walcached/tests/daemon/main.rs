@@ -1,6 +1,7 @@
 //! walcached's integration tests, against real PostgreSQL and Redis servers from the test kit.
 #![allow(missing_docs)]
 
+mod acl;
 mod cli;
 mod ddl_capture;
 mod drift;
