@@ -138,6 +138,7 @@ async fn generation(admin: &mut MultiplexedConnection) -> u64 {
 /// (so subscribed to both channels), and its `users` cache.
 async fn service(redis: &RedisServer) -> walcache::Cache<i64, String> {
     let handle = walcache::Walcache::builder()
+        .allow_unsigned()
         .redis_url(url_as(redis, "service"))
         .heartbeat_timeout(Duration::from_secs(2))
         .build()
