@@ -280,6 +280,7 @@ TOML_SECTIONS = {
     },
     "http": {"listen"},
     "refresh": {"interval_secs", "max_deletes_per_second", "scan_count"},
+    "security": {"signing_keys_file"},
 }
 
 
@@ -294,7 +295,7 @@ def check_walcached_toml(where: str, text: str) -> None:
     for section, fields in doc.items():
         if section == "rules":
             for i, rule in enumerate(fields):
-                extra = set(rule) - {"table", "namespace", "keys", "tags"}
+                extra = set(rule) - {"table", "namespace", "keys", "tags", "tag_namespaces"}
                 if extra or not {"table", "namespace"} <= set(rule):
                     problem(where, f"rules[{i}]: unknown fields {sorted(extra)} or missing table/namespace")
         elif section not in TOML_SECTIONS:
