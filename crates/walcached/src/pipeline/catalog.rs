@@ -104,7 +104,10 @@ pub(super) async fn refuse_synchronous_standby(
         return Err(RunError::Config(ConfigError::new(
             "synchronous_standby_names",
             format!(
-                "the server's setting {setting:?} matches the daemon's application_name                  \"{}\": it would become a synchronous standby and every commit would wait on                  it; name the real standbys instead of '*' (ALTER SYSTEM SET                  synchronous_standby_names = ...; SELECT pg_reload_conf();)",
+                "the server's setting {setting:?} matches the daemon's application_name \"{}\": \
+                 it would become a synchronous standby and every commit would wait on it; name \
+                 the real standbys instead of '*' (ALTER SYSTEM SET synchronous_standby_names = \
+                 ...; SELECT pg_reload_conf();)",
                 walcache_cdc::client::APPLICATION_NAME
             ),
         )));
