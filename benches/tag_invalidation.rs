@@ -110,9 +110,7 @@ where
     let invalidation = from.elapsed();
     // The idle case needs a window as long as a real one to compare tails fairly.
     let to = Instant::now().max(from + Duration::from_millis(200));
-    while Instant::now() < to {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    tokio::time::sleep_until(to.into()).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.expect("reader");

@@ -192,7 +192,8 @@ fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-fn now_micros() -> i64 {
+/// This process's clock, µs since the Unix epoch (the send time of its messages).
+pub(crate) fn now_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, micros)

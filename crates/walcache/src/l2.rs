@@ -593,12 +593,14 @@ impl L2 {
         let Found::Value(bytes) = found else {
             return Ok(found);
         };
+        // Most values carry no tags: one look at the tags length, no parse (this runs on every
+        // L2 hit, and the caller splits the value once more to decode it).
+        if bytes.get(HEADER_LEN..VALUE_HEADER_LEN) == Some(&[0, 0][..]) {
+            return Ok(Found::Value(bytes));
+        }
         let Some((tags, _)) = split_value(&bytes) else {
             return Ok(Found::Undecodable(bytes));
         };
-        if tags.is_empty() {
-            return Ok(Found::Value(bytes));
-        }
         let mut versions = Vec::with_capacity(tags.len());
         let mut missing = Vec::new();
         for t in &tags {

@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use walcache_protocol::{Keyring, Message};
 
 use crate::metrics as m;
+use crate::publisher::now_micros;
 
 /// The environment variable holding signing keys (read once, at start).
 pub const KEYS_ENV: &str = "WALCACHED_SIGNING_KEYS";
@@ -283,13 +284,6 @@ impl Signer {
             }
         }
     }
-}
-
-/// Microseconds since the Unix epoch on this machine's clock (0 if the clock is before it).
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -607,13 +607,7 @@ where
     fn app_message(&self, body: Body) -> Vec<u8> {
         let shared = &self.inner.shared;
         let mut message = Message::new(shared.process_epoch, 0, body);
-        message.sent_at_micros = i64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_micros(),
-        )
-        .unwrap_or(i64::MAX);
+        message.sent_at_micros = crate::auth::now_micros();
         shared.auth.encode(&message, &shared.naming.app_channel())
     }
 

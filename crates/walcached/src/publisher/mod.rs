@@ -622,7 +622,7 @@ pub fn parse_redis_version(info: &str) -> Option<(u32, u32)> {
 }
 
 /// Microseconds since the Unix epoch on this machine's clock (0 if the clock is before it).
-fn now_micros() -> i64 {
+pub(crate) fn now_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
