@@ -277,6 +277,8 @@ TOML_SECTIONS = {
         "status_interval_ms",
         "large_transaction_keys",
         "max_message_bytes",
+        "catalog_interval_ms",
+        "max_frame_bytes",
     },
     "http": {"listen"},
     "refresh": {"interval_secs", "max_deletes_per_second", "scan_count"},

@@ -16,6 +16,9 @@ use crate::pgoutput::LogicalMessage;
 use crate::reader::Reader;
 use crate::timestamp::PgTimestamp;
 
+/// The bytes before an XLogData's payload: tag, two LSNs and a time.
+pub const XLOGDATA_HEADER_LEN: usize = 1 + 8 + 8 + 8;
+
 /// A CopyData payload sent by the server during replication.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -24,6 +27,64 @@ pub enum ReplicationMessage {
     XLogData(XLogData),
     /// `k`: a keepalive, possibly asking for an immediate status update.
     PrimaryKeepalive(PrimaryKeepalive),
+    /// `w` longer than the connection's frame limit: its header and the first bytes of its
+    /// output plugin message; the rest was read past without being kept.
+    OversizedXLogData(OversizedXLogData),
+}
+
+/// The longest head kept of an [`OversizedXLogData`]: 1 KiB of the output plugin message,
+/// which holds a pgoutput change's tag and relation OID (5 bytes) and a logical message's
+/// flags, LSN and prefix (up to 1,010 bytes of prefix).
+pub const OVERSIZED_HEAD_LEN: usize = 1024;
+
+/// `w` whose payload exceeded the connection's frame limit
+/// ([`crate::client::ReplicationConfig::max_frame_len`]). A wide row (a large value under
+/// `REPLICA IDENTITY FULL`, a big `bytea`) can legitimately make one; so can a hostile server.
+/// The connection keeps [`head`](Self::head) and reads past the rest without buffering it, so
+/// a consumer learns *which* relation changed (see [`relation_id`](Self::relation_id)) and
+/// can invalidate coarsely (the relation's whole namespace) instead of failing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OversizedXLogData {
+    /// The WAL position of the data's start.
+    pub wal_start: Lsn,
+    /// The current end of WAL on the server.
+    pub wal_end: Lsn,
+    /// The server's clock when it sent the message.
+    pub send_time: PgTimestamp,
+    /// The full length of the output plugin message, in bytes.
+    pub len: usize,
+    /// Its first bytes (at most [`OVERSIZED_HEAD_LEN`]).
+    pub head: Bytes,
+}
+
+impl OversizedXLogData {
+    /// The pgoutput message tag (`b'I'`, `b'U'`, `b'D'`, `b'M'`, ...), if any byte was kept.
+    pub fn tag(&self) -> Option<u8> {
+        self.head.first().copied()
+    }
+
+    /// The relation a pgoutput Insert, Update, Delete or Relation message is about (protocol
+    /// version 1: the OID follows the tag); `None` for other messages.
+    pub fn relation_id(&self) -> Option<u32> {
+        match self.tag()? {
+            b'I' | b'U' | b'D' | b'R' => {
+                let oid = self.head.get(1..5)?;
+                Some(u32::from_be_bytes([oid[0], oid[1], oid[2], oid[3]]))
+            }
+            _ => None,
+        }
+    }
+
+    /// The prefix of a pgoutput logical message (`M`, protocol version 1: tag, flags, LSN,
+    /// prefix), when it fits in the head; `None` for other messages.
+    pub fn message_prefix(&self) -> Option<&str> {
+        if self.tag()? != b'M' {
+            return None;
+        }
+        let rest = self.head.get(10..)?;
+        let end = rest.iter().position(|&b| b == 0)?;
+        std::str::from_utf8(&rest[..end]).ok()
+    }
 }
 
 /// `w`: a chunk of WAL data; in logical replication, one output plugin message.
@@ -93,8 +154,32 @@ impl ReplicationMessage {
         }
     }
 
+    /// Decodes the head of a CopyData payload of `len` bytes that was too long to keep
+    /// (see [`OversizedXLogData`]).
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError`] when the head is not that of XLogData (only WAL data can be that long)
+    /// or is shorter than its header.
+    pub fn decode_oversized(head: Bytes, len: usize) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(head);
+        match r.u8("CopyData tag")? {
+            b'w' => Ok(ReplicationMessage::OversizedXLogData(OversizedXLogData {
+                wal_start: Lsn(r.u64("XLogData start LSN")?),
+                wal_end: Lsn(r.u64("XLogData end LSN")?),
+                send_time: PgTimestamp(r.i64("XLogData send time")?),
+                len: len.saturating_sub(XLOGDATA_HEADER_LEN),
+                head: r.rest(),
+            })),
+            tag => Err(DecodeError::UnknownTag {
+                what: "oversized replication CopyData",
+                tag,
+            }),
+        }
+    }
+
     /// Encodes the payload, appending to `out`: the inverse of [`decode`](Self::decode), for
-    /// tests and tools.
+    /// tests and tools. An [`OversizedXLogData`] encodes as its header and head only.
     pub fn encode(&self, out: &mut BytesMut) {
         match self {
             ReplicationMessage::XLogData(m) => {
@@ -109,6 +194,13 @@ impl ReplicationMessage {
                 out.put_u64(m.wal_end.0);
                 out.put_i64(m.send_time.0);
                 out.put_u8(u8::from(m.reply_requested));
+            }
+            ReplicationMessage::OversizedXLogData(m) => {
+                out.put_u8(b'w');
+                out.put_u64(m.wal_start.0);
+                out.put_u64(m.wal_end.0);
+                out.put_i64(m.send_time.0);
+                out.put_slice(&m.head);
             }
         }
     }

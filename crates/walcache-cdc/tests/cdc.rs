@@ -480,6 +480,104 @@ async fn replication_errors_are_typed() -> TestResult {
     Ok(())
 }
 
+/// The next replication message that is not a keepalive.
+async fn next_data(stream: &mut walcache_cdc::client::ReplicationStream) -> ReplicationMessage {
+    loop {
+        let event = tokio::time::timeout(DEADLINE, stream.next_event())
+            .await
+            .expect("no replication message before the deadline")
+            .expect("replication stream failed")
+            .expect("the server ended the stream");
+        if !matches!(event, ReplicationMessage::PrimaryKeepalive(_)) {
+            return event;
+        }
+    }
+}
+
+/// WAL data longer than the frame limit (a wide row, a long logical message) is handed over
+/// as its head, naming the relation or the message's prefix, and the stream goes on with the
+/// next message on the same connection: no error, no buffering of the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_data_over_the_frame_limit_is_read_past_keeping_its_head() -> TestResult {
+    let (pg, db, sql) = setup("cdcwide").await?;
+    let audit_oid: u32 = sql
+        .query_one("SELECT 'audit'::regclass::oid", &[])
+        .await?
+        .get(0);
+    const LIMIT: usize = 64 * 1024;
+    let mut client = ReplicationClient::connect(&config(&pg, &db).max_frame_len(LIMIT)).await?;
+    let slot = client.create_logical_slot("walcache_wide", false).await?;
+    let mut stream = client
+        .start_replication(
+            &StartReplication::new("walcache_wide", ["walcache"])
+                .start_lsn(slot.consistent_point)
+                .messages(true),
+        )
+        .await?;
+
+    // A row of about 1 MiB (in WAL it compresses; pgoutput sends it whole) between two
+    // small ones, then a long logical message, then a small row.
+    sql.batch_execute(
+        "BEGIN;
+         INSERT INTO audit VALUES (1, 'small');
+         INSERT INTO audit VALUES (2, repeat('x', 1048576));
+         INSERT INTO audit VALUES (3, 'small too');
+         COMMIT;
+         SELECT pg_logical_emit_message(true, 'walcache.test', repeat('y', 300000));
+         INSERT INTO audit VALUES (4, 'after');",
+    )
+    .await?;
+    let mut seen = Vec::new();
+    loop {
+        match next_data(&mut stream).await {
+            ReplicationMessage::XLogData(x) => match x.logical_message()? {
+                LogicalMessage::Insert(i) => {
+                    assert_eq!(i.relation_id, audit_oid);
+                    let id = match &i.new.0[0] {
+                        ColumnValue::Text(t) => String::from_utf8(t.to_vec())?,
+                        other => panic!("id column {other:?}"),
+                    };
+                    seen.push(format!("insert {id}"));
+                    if id == "4" {
+                        break;
+                    }
+                }
+                LogicalMessage::Begin(_) | LogicalMessage::Commit(_) => {}
+                LogicalMessage::Relation(_) | LogicalMessage::Type(_) => {}
+                other => panic!("unexpected {other:?}"),
+            },
+            ReplicationMessage::OversizedXLogData(o) => {
+                assert!(o.head.len() <= walcache_cdc::protocol::OVERSIZED_HEAD_LEN);
+                match o.tag() {
+                    Some(b'I') => {
+                        assert_eq!(o.relation_id(), Some(audit_oid));
+                        assert!(o.len > 1_048_576, "{}", o.len);
+                        seen.push("oversized insert".to_owned());
+                    }
+                    Some(b'M') => {
+                        assert_eq!(o.message_prefix(), Some("walcache.test"));
+                        assert!(o.len > 300_000, "{}", o.len);
+                        seen.push("oversized message".to_owned());
+                    }
+                    other => panic!("oversized {other:?}"),
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "insert 1",
+            "oversized insert",
+            "insert 3",
+            "oversized message",
+            "insert 4"
+        ]
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_and_md5_authentication() -> TestResult {
     let pg = PgServer::start()?;

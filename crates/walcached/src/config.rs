@@ -183,6 +183,12 @@ pub struct StreamConfig {
     /// publication altered): the bound of that drift. Default 10000 ms.
     #[serde(default = "default_catalog_interval")]
     pub catalog_interval_ms: u64,
+    /// Longest replication message held in memory, in bytes (1 MiB to 1 GiB). A longer row
+    /// change (a wide row under `REPLICA IDENTITY FULL`) is read past without being kept and
+    /// flushes its table's namespace; a longer message of another kind ends the connection.
+    /// Default 64 MiB.
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: usize,
 }
 
 impl Default for StreamConfig {
@@ -195,6 +201,7 @@ impl Default for StreamConfig {
             large_transaction_keys: default_large_txn(),
             max_message_bytes: default_message_bytes(),
             catalog_interval_ms: default_catalog_interval(),
+            max_frame_bytes: default_max_frame_bytes(),
         }
     }
 }
@@ -305,8 +312,17 @@ fn default_catalog_interval() -> u64 {
 fn default_large_txn() -> usize {
     10_000
 }
+/// The smallest `stream.max_frame_bytes`: 1 MiB, above the largest Relation message (1,600
+/// columns of 63-byte names: about 120 KiB), which must be read whole.
+const MIN_FRAME_BYTES: usize = 1 << 20;
+/// The largest useful `stream.max_frame_bytes`: PostgreSQL builds no message over 1 GiB.
+const MAX_FRAME_BYTES: usize = 1 << 30;
+
 fn default_message_bytes() -> usize {
     256 * 1024
+}
+fn default_max_frame_bytes() -> usize {
+    walcache_cdc::client::DEFAULT_MAX_FRAME_LEN
 }
 fn default_listen() -> String {
     "127.0.0.1:9187".to_owned()
@@ -515,6 +531,11 @@ impl Config {
             "WALCACHED_STREAM_MAX_MESSAGE_BYTES",
             &mut s.max_message_bytes,
         )?;
+        num(
+            env,
+            "WALCACHED_STREAM_MAX_FRAME_BYTES",
+            &mut s.max_frame_bytes,
+        )?;
         let r = &mut self.refresh;
         num(env, "WALCACHED_REFRESH_INTERVAL_SECS", &mut r.interval_secs)?;
         num(
@@ -605,6 +626,16 @@ impl Config {
                     "{}: use between 4096 and 8388608 (Redis disconnects subscribers whose output \
                      buffer passes 8 MB)",
                     s.max_message_bytes
+                ),
+            ));
+        }
+        if !(MIN_FRAME_BYTES..=MAX_FRAME_BYTES).contains(&s.max_frame_bytes) {
+            return Err(ConfigError::new(
+                "stream.max_frame_bytes",
+                format!(
+                    "{}: use between {MIN_FRAME_BYTES} (1 MiB: every Relation message fits) and \
+                     {MAX_FRAME_BYTES} (1 GiB, the largest message PostgreSQL builds)",
+                    s.max_frame_bytes
                 ),
             ));
         }
@@ -761,6 +792,10 @@ tags = ["users"]
                 "rules[0].tags[0]",
             ),
             (GOOD.replace("public.users", "a.b.c"), "rules[0].table"),
+            (
+                format!("{GOOD}\n[stream]\nmax_frame_bytes = 65536\n"),
+                "stream.max_frame_bytes",
+            ),
             (
                 GOOD.replace(
                     "tags = [\"users\"]",

@@ -54,6 +54,7 @@ pub struct Postgres {
     pg: tokio_postgres::Config,
     ssl_mode: SslMode,
     root_cert: Option<PathBuf>,
+    max_frame_len: usize,
 }
 
 /// A PostgreSQL session could not be opened.
@@ -103,6 +104,7 @@ impl Postgres {
             pg,
             ssl_mode: parsed.ssl_mode,
             root_cert: parsed.root_cert,
+            max_frame_len: config.stream.max_frame_bytes,
         })
     }
 
@@ -156,7 +158,8 @@ impl Postgres {
                     format!("cannot be used for replication: {e}"),
                 )
             })?
-            .ssl_mode(self.ssl_mode);
+            .ssl_mode(self.ssl_mode)
+            .max_frame_len(self.max_frame_len);
         if let Some(path) = &self.root_cert {
             r = r.root_cert(path.clone());
         }

@@ -594,6 +594,12 @@ impl Mapper {
             .map(|b| self.rules[b.rule].namespace.as_str())
     }
 
+    /// The rule a relation's changes are mapped by, if any (the relation's latest Relation
+    /// message bound it).
+    pub fn rule_of(&self, relation_id: u32) -> Option<usize> {
+        self.relations.get(&relation_id).map(|b| b.rule)
+    }
+
     /// The invalidations for a row change: keys from `new` (absent for a DELETE) and from
     /// `old`, and the rule's tags. Unknown relations give nothing.
     ///

@@ -23,7 +23,9 @@ pub const KEYS_INVALIDATED_TOTAL: &str = "walcached_keys_invalidated_total";
 /// Counter: namespace flushes. Labels: `reason` (`stream`: a TRUNCATE or a transaction too
 /// large to list, `large_transaction`, `relation_mismatch`, `server_changed`, `catalog_drift`,
 /// `ddl`: a statement announced by DDL capture, `ddl_unreadable`: an announcement that could not
-/// be read, so every namespace), and the
+/// be read, so every namespace, `oversized_change`: a row change longer than
+/// `stream.max_frame_bytes`, read past unread, `oversized_message`: another replication message
+/// that long, so every namespace), and the
 /// marker reasons of [`crate::marker::Loss`]: `marker_missing`, `marker_behind`,
 /// `marker_mismatch`, `flush_owed`, `rule_changed`, `slot_created`, `item_failed`).
 pub const NAMESPACE_FLUSHES_TOTAL: &str = "walcached_namespace_flushes_total";

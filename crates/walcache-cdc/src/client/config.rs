@@ -87,7 +87,10 @@ impl ReplicationConfig {
         self
     }
 
-    /// The longest message body accepted from the server. Default: [`DEFAULT_MAX_FRAME_LEN`].
+    /// The longest message body kept in memory, in bytes. Default: [`DEFAULT_MAX_FRAME_LEN`]
+    /// (64 MiB). Longer WAL data arrives as
+    /// [`ReplicationMessage::OversizedXLogData`](crate::protocol::ReplicationMessage::OversizedXLogData);
+    /// any other longer message ends the connection ([`Error::FrameTooLarge`]).
     pub fn max_frame_len(mut self, len: usize) -> Self {
         self.max_frame_len = len;
         self

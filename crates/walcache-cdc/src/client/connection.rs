@@ -51,6 +51,14 @@ pub(super) enum Frame {
     CopyBothResponse,
     /// `d`, the payload only.
     CopyData(Bytes),
+    /// `d` longer than the frame limit: the payload's first bytes and its full length; the
+    /// rest is discarded as it arrives ([`Connection::skip`]).
+    OversizedCopyData {
+        /// At most the XLogData header and [`OVERSIZED_HEAD_LEN`] bytes of its message.
+        head: Bytes,
+        /// The payload's length.
+        len: usize,
+    },
     /// Anything else, parsed by postgres-protocol (notices and parameter statuses excluded:
     /// they are consumed by [`Connection::read_frame`]).
     Message(Message),
@@ -99,6 +107,8 @@ pub(super) struct Connection {
     pub(super) read_buf: BytesMut,
     pub(super) write_buf: BytesMut,
     pub(super) max_frame_len: usize,
+    /// Bytes of an oversized CopyData still to discard before the next frame starts.
+    pub(super) skip: usize,
     pub(super) parameters: HashMap<String, String>,
     pub(super) backend_pid: Option<i32>,
 }
@@ -120,6 +130,7 @@ impl Connection {
             read_buf: BytesMut::with_capacity(8 * 1024),
             write_buf: BytesMut::new(),
             max_frame_len,
+            skip: 0,
             parameters: HashMap::new(),
             backend_pid: None,
         }
@@ -158,6 +169,10 @@ impl Connection {
                     frame => return Ok(frame),
                 }
             }
+            if self.skip > 0 {
+                // Read past an oversized frame in chunks, reusing the buffer's memory.
+                self.read_buf.reserve(self.skip.min(READ_RESERVE_CHUNK));
+            }
             if self.stream.read_buf(&mut self.read_buf).await? == 0 {
                 return Err(Error::Closed);
             }
@@ -168,7 +183,7 @@ impl Connection {
     pub(super) async fn read_message(&mut self) -> Result<Message, Error> {
         match self.read_frame().await? {
             Frame::Message(message) => Ok(message),
-            Frame::CopyBothResponse | Frame::CopyData(_) => {
+            Frame::CopyBothResponse | Frame::CopyData(_) | Frame::OversizedCopyData { .. } => {
                 Err(protocol("unexpected copy message in command mode"))
             }
         }
@@ -176,6 +191,9 @@ impl Connection {
 
     /// Takes one complete frame off the read buffer, if there is one.
     pub(super) fn parse_frame(&mut self) -> Result<Option<Frame>, Error> {
+        if !self.discard() {
+            return Ok(None);
+        }
         let Some(header) = self.read_buf.get(..5) else {
             return Ok(None);
         };
@@ -185,6 +203,23 @@ impl Connection {
             .ok()
             .and_then(|len| len.checked_sub(4))
             .ok_or_else(|| protocol("message length below 4"))?;
+        if body_len > self.max_frame_len && tag == b'd' {
+            // WAL data can be legitimately long (a wide row): keep its head, which names the
+            // relation, and read past the rest without holding it.
+            let head_len = body_len.min(XLOGDATA_HEADER_LEN + OVERSIZED_HEAD_LEN);
+            if self.read_buf.len() < 5 + head_len {
+                self.read_buf.reserve(5 + head_len - self.read_buf.len());
+                return Ok(None);
+            }
+            self.read_buf.advance(5);
+            let head = self.read_buf.split_to(head_len).freeze();
+            self.skip = body_len - head_len;
+            self.discard();
+            return Ok(Some(Frame::OversizedCopyData {
+                head,
+                len: body_len,
+            }));
+        }
         if body_len > self.max_frame_len {
             return Err(Error::FrameTooLarge {
                 len: body_len,
@@ -219,6 +254,14 @@ impl Connection {
             },
         };
         Ok(Some(frame))
+    }
+
+    /// Drops what is buffered of an oversized frame's rest; whether it has all been dropped.
+    fn discard(&mut self) -> bool {
+        let n = self.skip.min(self.read_buf.len());
+        self.read_buf.advance(n);
+        self.skip -= n;
+        self.skip == 0
     }
 
     pub(super) async fn authenticate(&mut self, config: &ReplicationConfig) -> Result<(), Error> {

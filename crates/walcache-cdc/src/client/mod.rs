@@ -28,10 +28,14 @@
 //!
 //! # Limits
 //!
-//! - Frames longer than the configured maximum ([`DEFAULT_MAX_FRAME_LEN`] by default) end the
-//!   connection with [`Error::FrameTooLarge`]. The default admits every message PostgreSQL can
-//!   send: a pgoutput message is built in one buffer of at most 1 GiB (`MaxAllocSize`). Memory
-//!   is reserved as bytes arrive, not from the announced length.
+//! - Frames are bounded ([`ReplicationConfig::max_frame_len`], [`DEFAULT_MAX_FRAME_LEN`] =
+//!   64 MiB by default), so a hostile server or a man in the middle cannot make the client
+//!   allocate without limit: memory is reserved as bytes arrive, never from an announced
+//!   length. WAL data can legitimately be longer (a pgoutput message is built in one buffer of
+//!   up to 1 GiB: a wide row under `REPLICA IDENTITY FULL`); such a CopyData is returned as
+//!   [`ReplicationMessage::OversizedXLogData`] with its head (which names the relation), and
+//!   the rest is read past in 1 MiB chunks without being kept. Any other frame over the limit
+//!   ends the connection with [`Error::FrameTooLarge`].
 //! - Unix-socket hosts are unsupported.
 //! - GSSAPI, SSPI and Kerberos authentication are unsupported; trust, cleartext password, md5
 //!   and SCRAM-SHA-256 (without channel binding, also over TLS) work.
@@ -69,7 +73,9 @@ use tokio::net::TcpStream;
 
 use crate::error::{DbError, Error};
 use crate::lsn::Lsn;
-use crate::protocol::{ReplicationMessage, StandbyStatusUpdate};
+use crate::protocol::{
+    ReplicationMessage, StandbyStatusUpdate, OVERSIZED_HEAD_LEN, XLOGDATA_HEADER_LEN,
+};
 use crate::timestamp::PgTimestamp;
 pub use crate::tls::{client_config as tls_client_config, SslMode};
 use crate::tls::{Stream, TlsSetup};
@@ -87,9 +93,10 @@ pub const SESSION_PARAMETERS: &[(&str, &str)] = &[
     ("bytea_output", "hex"),
 ];
 
-/// The default maximum length of one protocol message body: 1 GiB plus 1 KiB, enough for the
-/// largest message PostgreSQL can build (1 GiB - 1) and the XLogData header around it.
-pub const DEFAULT_MAX_FRAME_LEN: usize = (1 << 30) + 1024;
+/// The default maximum length of one protocol message body kept in memory: 64 MiB. Longer
+/// WAL data is read past ([`ReplicationMessage::OversizedXLogData`]); any other longer frame
+/// is an error ([`Error::FrameTooLarge`]).
+pub const DEFAULT_MAX_FRAME_LEN: usize = 64 << 20;
 
 /// The default connect timeout, covering TCP connect, authentication and startup.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -486,6 +493,9 @@ impl ReplicationStream {
         }
         match self.conn.read_frame().await? {
             Frame::CopyData(payload) => Ok(Some(ReplicationMessage::decode(payload)?)),
+            Frame::OversizedCopyData { head, len } => {
+                Ok(Some(ReplicationMessage::decode_oversized(head, len)?))
+            }
             Frame::Message(Message::CopyDone) => {
                 self.server_done = true;
                 Ok(None)
@@ -554,7 +564,7 @@ impl ReplicationStream {
         let mut error = None;
         loop {
             match self.conn.read_frame().await? {
-                Frame::CopyData(_) => {}
+                Frame::CopyData(_) | Frame::OversizedCopyData { .. } => {}
                 Frame::Message(message) => match message {
                     Message::CopyDone
                     | Message::CommandComplete(_)

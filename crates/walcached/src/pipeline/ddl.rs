@@ -6,10 +6,15 @@
 //! (from the catalog check, and from earlier announcements of partitions created or
 //! attached), or when it or its root has the rule's name (a table re-created, renamed back).
 //! An announcement that cannot be read flushes every rule: what it said is unknown.
+//!
+//! Replication messages longer than `stream.max_frame_bytes` arrive as their first bytes only
+//! ([`OversizedXLogData`]): a row change flushes its rule's namespace and tags (its keys are
+//! unknown, its relation is not), anything else of ours flushes every rule.
 
 use std::collections::BTreeSet;
 
 use walcache_cdc::pgoutput::Message;
+use walcache_cdc::protocol::OversizedXLogData;
 
 use super::Streamer;
 use crate::ddl_capture::{Announcement, Object, MESSAGE_PREFIX};
@@ -62,6 +67,40 @@ impl Streamer<'_> {
         Reaction {
             flushes: self.flushes_of(&rules),
             check_catalog,
+        }
+    }
+
+    /// React to a replication message too long to keep (see the module's documentation).
+    pub(super) fn on_oversized(&mut self, o: &OversizedXLogData) -> Reaction {
+        let limit = self.config.stream.max_frame_bytes;
+        match (o.tag(), o.relation_id()) {
+            (Some(b'I' | b'U' | b'D'), Some(relation)) => {
+                let Some(i) = self.mapper.rule_of(relation) else {
+                    return Reaction::default();
+                };
+                let namespace = &self.mapper.rules()[i].namespace;
+                tracing::warn!(%namespace, relation, bytes = o.len, limit, wal_start = %o.wal_start, "a row change longer than stream.max_frame_bytes was read past: flushing its namespace (raise stream.max_frame_bytes to keep such rows' keys)");
+                metrics::counter!(m::NAMESPACE_FLUSHES_TOTAL, "reason" => "oversized_change")
+                    .increment(1);
+                Reaction {
+                    flushes: self.flushes_of(&BTreeSet::from([i])),
+                    check_catalog: false,
+                }
+            }
+            (Some(b'M'), _) if o.message_prefix().is_some_and(|p| p != MESSAGE_PREFIX) => {
+                Reaction::default()
+            }
+            (tag, _) => {
+                let kind = tag.map_or_else(|| "empty".to_owned(), |t| (t as char).to_string());
+                tracing::error!(kind, bytes = o.len, limit, wal_start = %o.wal_start, "a replication message longer than stream.max_frame_bytes could not be read: flushing every namespace");
+                metrics::counter!(m::NAMESPACE_FLUSHES_TOTAL, "reason" => "oversized_message")
+                    .increment(u64::try_from(self.mapper.rules().len()).unwrap_or(u64::MAX));
+                let all: BTreeSet<usize> = (0..self.mapper.rules().len()).collect();
+                Reaction {
+                    flushes: self.flushes_of(&all),
+                    check_catalog: true,
+                }
+            }
         }
     }
 

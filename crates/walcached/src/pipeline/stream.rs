@@ -228,6 +228,8 @@ impl Streamer<'_> {
                         return Err(SessionError::Replication(walcache_cdc::Error::Closed));
                     };
                     last_received = Instant::now();
+                    // What a logical decoding message or an oversized one asks for.
+                    let mut reaction = None;
                     match event {
                         ReplicationMessage::XLogData(x) => {
                             liveness.received(x.wal_end);
@@ -268,18 +270,7 @@ impl Streamer<'_> {
                                 LogicalMessage::Message(message) => {
                                     // DDL capture; a non-transactional message arrives outside
                                     // Begin..Commit and is published on its own (below).
-                                    let reaction = self.on_message(&message);
-                                    changes.extend(reaction.flushes);
-                                    if reaction.check_catalog {
-                                        // Outside a transaction (non-transactional): no xid to
-                                        // wait for.
-                                        match txn.as_ref() {
-                                            Some(t) => {
-                                                check_after.insert(t.xid);
-                                            }
-                                            None => catalog_tick.reset_immediately(),
-                                        }
-                                    }
+                                    reaction = Some(self.on_message(&message));
                                 }
                                 LogicalMessage::Commit(c) => {
                                     let t = txn.take().unwrap_or_default();
@@ -302,21 +293,10 @@ impl Streamer<'_> {
                                 }
                                 _ => {}
                             }
-                            if !changes.is_empty() {
-                                match txn.as_mut() {
-                                    Some(t) => {
-                                        for c in changes.drain(..) {
-                                            t.add(c, cfg.large_transaction_keys);
-                                        }
-                                    }
-                                    // Outside Begin..Commit: a non-transactional message
-                                    // (a change cannot be, in pgoutput v1); never dropped.
-                                    None => {
-                                        batch.extend(changes.drain(..));
-                                        batch_started.get_or_insert_with(Instant::now);
-                                    }
-                                }
-                            }
+                        }
+                        ReplicationMessage::OversizedXLogData(o) => {
+                            liveness.received(o.wal_end);
+                            reaction = Some(self.on_oversized(&o));
                         }
                         ReplicationMessage::PrimaryKeepalive(k) => {
                             liveness.received(k.wal_end);
@@ -328,6 +308,33 @@ impl Streamer<'_> {
                             }
                         }
                         _ => {}
+                    }
+                    if let Some(reaction) = reaction {
+                        changes.extend(reaction.flushes);
+                        if reaction.check_catalog {
+                            // Outside a transaction (non-transactional): no xid to wait for.
+                            match txn.as_ref() {
+                                Some(t) => {
+                                    check_after.insert(t.xid);
+                                }
+                                None => catalog_tick.reset_immediately(),
+                            }
+                        }
+                    }
+                    if !changes.is_empty() {
+                        match txn.as_mut() {
+                            Some(t) => {
+                                for c in changes.drain(..) {
+                                    t.add(c, cfg.large_transaction_keys);
+                                }
+                            }
+                            // Outside Begin..Commit: a non-transactional message (a change
+                            // cannot be, in pgoutput v1); never dropped.
+                            None => {
+                                batch.extend(changes.drain(..));
+                                batch_started.get_or_insert_with(Instant::now);
+                            }
+                        }
                     }
                 }
                 // The stream has nothing ready: publish now rather than wait for the timer.

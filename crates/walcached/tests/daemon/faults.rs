@@ -77,10 +77,14 @@ async fn a_table_altered_under_its_rule_flushes_its_namespace() {
     // The flush may come from the catalog check (it sees the dropped column) before the
     // INSERT's own announcement, whose table tag says the INSERT itself was handled: wait for
     // both rather than reading the tags at the first flush.
-    wait_until("the INSERT flushed its namespace and moved its tag", DEADLINE, || async {
-        listener.flushes().iter().any(|n| n == "users")
-            && listener.tags().iter().any(|t| t == "users/users")
-    })
+    wait_until(
+        "the INSERT flushed its namespace and moved its tag",
+        DEADLINE,
+        || async {
+            listener.flushes().iter().any(|n| n == "users")
+                && listener.tags().iter().any(|t| t == "users/users")
+        },
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}: saw {:?}", listener.data()));
     assert!(
@@ -123,6 +127,56 @@ async fn a_table_altered_under_its_rule_flushes_its_namespace() {
         assert!(listener.keys().is_empty(), "{sql}: {:?}", listener.keys());
     }
     listener.wait_heartbeat().await;
+    assert_eq!(walsender_pid(&db).await, Some(sender), "no reconnect");
+    daemon.stop().await;
+}
+
+/// Replication frames are bounded (`stream.max_frame_bytes`): a row change longer than the
+/// bound (a wide row) is read past without being kept, its relation taken from its first bytes
+/// and its namespace flushed; the stream goes on on the same connection and the next change
+/// names its keys again. Without the bound, a hostile server or a man in the middle could make
+/// the daemon allocate up to 1 GiB per message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_change_over_the_frame_limit_flushes_its_namespace_and_the_stream_goes_on() {
+    let (pg, redis, dbname, db) = users_stack().await;
+    let listener = Listener::start(&redis).await;
+    let cfg = config(&pg, &dbname, &redis, USERS_RULE).replace(
+        "status_interval_ms = 200",
+        "status_interval_ms = 200\nmax_frame_bytes = 1048576",
+    );
+    let daemon = Daemon::start(&cfg).await;
+    db.execute("INSERT INTO users VALUES (1, 'a@x.org', 'Ada')", &[])
+        .await
+        .unwrap();
+    listener
+        .wait_keys(&["users/1", "users/by_email:a@x.org"])
+        .await;
+    let sender = walsender_pid(&db).await.expect("the daemon streams");
+
+    // A 2 MiB name: pgoutput sends the whole new row in one message.
+    settle(&db, &daemon).await;
+    listener.clear();
+    let gen_before = generation(&redis, "users").await;
+    db.execute(
+        "UPDATE users SET name = repeat('x', 2097152) WHERE id = 1",
+        &[],
+    )
+    .await
+    .unwrap();
+    wait_flush(&listener, "users", "the wide row flushed its namespace").await;
+    assert!(generation(&redis, "users").await > gen_before);
+    assert!(listener.keys().is_empty(), "{:?}", listener.keys());
+
+    // Same connection; the next change is mapped to its keys.
+    settle(&db, &daemon).await;
+    listener.clear();
+    db.execute("INSERT INTO users VALUES (2, 'b@x.org', 'Bob')", &[])
+        .await
+        .unwrap();
+    listener
+        .wait_keys(&["users/2", "users/by_email:b@x.org"])
+        .await;
+    assert!(listener.flushes().is_empty(), "{:?}", listener.flushes());
     assert_eq!(walsender_pid(&db).await, Some(sender), "no reconnect");
     daemon.stop().await;
 }
