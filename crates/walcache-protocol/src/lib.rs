@@ -37,6 +37,7 @@ pub mod auth;
 pub mod key;
 pub mod message;
 pub mod naming;
+pub mod redact;
 
 pub use auth::{AuthError, Keyring, Signature, SigningKey, SigningKeyError, MAX_SIGNATURE_BYTES};
 pub use key::{

@@ -381,18 +381,11 @@ fn load_signing_keys(
     }
 }
 
-/// `scheme://user:secret@host` → `scheme://user:<redacted>@host`, for logs.
+/// A connection string without its secrets, for logs and errors: the user info's password,
+/// `password=` and `sslpassword=` parameters, in URLs and in libpq's key/value form
+/// ([`walcache_protocol::redact`] says how).
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<unparsable url>".to_owned();
-    };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
+    walcache_protocol::redact::redact_connection_string(url)
 }
 
 /// Where environment values come from (the process environment, or a map in tests).
@@ -558,6 +551,14 @@ impl Config {
                     format!("cannot read {}: {e}", path.display()),
                 )
             })?;
+            if let Some(mode) = crate::signing::loose_permissions(path) {
+                tracing::warn!(
+                    file = %path.display(),
+                    mode = %format_args!("{mode:04o}"),
+                    "postgres.password_file is open to its group or to others: `chmod 600` it \
+                     (owned by the daemon's user)"
+                );
+            }
             let first = text.lines().next().unwrap_or_default().to_owned();
             self.postgres.password = Some(Secret(first));
         }
@@ -948,7 +949,33 @@ tags = ["users"]
             "postgres://u:<redacted>@h:5432/d"
         );
         assert_eq!(redact_url("redis://h:6379/"), "redis://h:6379/");
-        assert_eq!(redact_url("postgres://u@h/d"), "postgres://u@h/d");
-        assert_eq!(redact_url("redis://:pw@h/"), "redis://:<redacted>@h/");
+        // Passwords holding '@', in the query, and in libpq's key/value form: the
+        // configuration's Debug (and so every log of it) shows none of them.
+        for (pg, redis) in [
+            (
+                "postgres://walcached:p@ss/w0rd@127.0.0.1:5432/app",
+                "redis://:r3d@is@127.0.0.1:6379/",
+            ),
+            (
+                "postgres://walcached@127.0.0.1:5432/app?password=p@ss/w0rd",
+                "redis://127.0.0.1:6379/?password=r3d@is",
+            ),
+            (
+                "host=127.0.0.1 user=walcached password='p@ss/w0rd' dbname=app",
+                "redis://127.0.0.1:6379/",
+            ),
+        ] {
+            let text = GOOD
+                .replace("postgres://walcached@127.0.0.1:5432/app", pg)
+                .replace("redis://127.0.0.1:6379/", redis);
+            let config = Config::parse(&text, &HashMap::<String, String>::new())
+                .unwrap_or_else(|e| panic!("{pg}: {e}"));
+            let debug = format!("{config:?}");
+            assert!(
+                !debug.contains("p@ss/w0rd") && !debug.contains("r3d@is"),
+                "{debug}"
+            );
+            assert!(debug.contains("<redacted>"), "{debug}");
+        }
     }
 }

@@ -37,7 +37,7 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Configures a [`Walcache`] handle. Every setter documents its default.
 #[derive(Debug, Clone)]
 pub struct WalcacheBuilder {
-    redis_url: Option<String>,
+    redis_url: Option<RedisUrl>,
     redis_ca_file: Option<std::path::PathBuf>,
     prefix: String,
     stream: Option<bool>,
@@ -55,6 +55,17 @@ pub struct WalcacheBuilder {
     keys: Keys,
     allow_unsigned: bool,
     max_clock_skew: Duration,
+}
+
+/// `redis_url`, whose password `Debug` does not show.
+#[derive(Clone)]
+struct RedisUrl(String);
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = walcache_protocol::redact::redact_connection_string(&self.0);
+        std::fmt::Debug::fmt(&redacted, f)
+    }
 }
 
 /// Where the signing keys come from, as configured.
@@ -106,7 +117,7 @@ impl WalcacheBuilder {
     /// vanishes without closing its connections is noticed within about 25 s, then the
     /// connections are replaced.
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
-        self.redis_url = Some(url.into());
+        self.redis_url = Some(RedisUrl(url.into()));
         self
     }
 
@@ -362,7 +373,7 @@ impl WalcacheBuilder {
         let auth = self.authenticator(stream)?;
         let (l2, client) = match &self.redis_url {
             Some(url) => {
-                let client = redis_client(url, self.redis_ca_file.as_deref())?;
+                let client = redis_client(&url.0, self.redis_ca_file.as_deref())?;
                 let breaker = Breaker::new(self.breaker_threshold, self.breaker_open_for);
                 let l2 = L2::connect(
                     client.clone(),
@@ -496,6 +507,18 @@ fn redis_client(url: &str, ca_file: Option<&std::path::Path>) -> Result<redis::C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_shows_no_redis_password() {
+        for url in [
+            "redis://app:s3cr@t@127.0.0.1:6379/0",
+            "rediss://127.0.0.1:6379/0?password=s3cr@t",
+        ] {
+            let debug = format!("{:?}", crate::Walcache::builder().redis_url(url));
+            assert!(!debug.contains("s3cr") && !debug.contains("@t"), "{debug}");
+            assert!(debug.contains("127.0.0.1:6379"), "{debug}");
+        }
+    }
 
     #[test]
     fn redis_connections_get_keepalives_and_a_user_timeout() {
