@@ -943,6 +943,38 @@ tags = ["users"]
     }
 
     #[test]
+    fn the_shipped_configurations_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let read = |path: &str| {
+            std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+        };
+        // The ConfigMap's walcached.toml: the block indented under `walcached.toml: |`.
+        let k8s = read("deploy/k8s/walcached.yaml");
+        let (_, block) = k8s
+            .split_once("walcached.toml: |\n")
+            .expect("the ConfigMap");
+        let configmap: String = block
+            .lines()
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .map(|l| format!("{}\n", l.get(4..).unwrap_or_default()))
+            .collect();
+        // Secrets are mounted at run time: the key file's path is taken away here.
+        let env: HashMap<String, String> =
+            [("WALCACHED_SIGNING_KEYS_FILE".to_owned(), String::new())].into();
+        for (name, text) in [
+            (
+                "deploy/compose/walcached.toml",
+                read("deploy/compose/walcached.toml"),
+            ),
+            ("examples/walcached.toml", read("examples/walcached.toml")),
+            ("deploy/k8s/walcached.yaml ConfigMap", configmap),
+        ] {
+            let config = Config::parse(&text, &env).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(!config.rules.is_empty(), "{name}");
+        }
+    }
+
+    #[test]
     fn urls_are_redacted() {
         assert_eq!(
             redact_url("postgres://u:secret@h:5432/d"),
