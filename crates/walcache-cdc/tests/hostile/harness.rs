@@ -4,8 +4,8 @@
 //! reserved a claimed length of gigabytes (even without touching it) aborts the child with
 //! "memory allocation of N bytes failed", and the test fails with the child's output.
 //!
-//! The same file is in `walcache-protocol/tests/protocol/`, `walcache-cdc/tests/hostile/` and
-//! `walcache/tests/it/`; keep the copies alike.
+//! The same file is in `walcache-cdc/tests/hostile/`, `walcache-protocol/tests/protocol/hostile/`
+//! and `walcache/tests/it/envelope/`; keep the copies alike.
 
 use std::process::{Command, Output};
 

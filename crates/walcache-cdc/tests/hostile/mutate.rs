@@ -1,8 +1,8 @@
 //! Mutations of valid encodings: what a corrupting link, a buggy peer or an attacker does to
 //! bytes that were once right.
 //!
-//! The same file is in `walcache-protocol/tests/protocol/`, `walcache-cdc/tests/hostile/` and
-//! `walcache/tests/it/`; keep the copies alike.
+//! The same file is in `walcache-cdc/tests/hostile/`, `walcache-protocol/tests/protocol/hostile/`
+//! and `walcache/tests/it/envelope/`; keep the copies alike.
 
 use proptest::prelude::*;
 use proptest::sample::Index;
