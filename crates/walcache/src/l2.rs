@@ -59,7 +59,8 @@ const TAG_SEPARATOR: u8 = b'\n';
 
 /// What a read of a value key found.
 #[derive(Debug)]
-pub(crate) enum Found {
+pub enum Found {
+    /// No such key.
     Miss,
     /// A value envelope, whole (see [`payload`]).
     Value(Vec<u8>),
@@ -68,12 +69,16 @@ pub(crate) enum Found {
     Superseded(Vec<u8>),
     /// A cached "not found", whole.
     Negative(Vec<u8>),
+    /// A fill lease: another process is loading the value.
     Lease,
     /// Bytes that are not an envelope; kept so that a fill may replace exactly them.
     Undecodable(Vec<u8>),
 }
 
-pub(crate) fn parse_envelope(bytes: Vec<u8>) -> Found {
+/// Classifies what a value key holds: a value (well-formed: see [`split_value`]), a cached
+/// "not found", a lease, or undecodable bytes. Never [`Found::Miss`] or [`Found::Superseded`],
+/// which only a read decides.
+pub fn parse_envelope(bytes: Vec<u8>) -> Found {
     match bytes.first() {
         Some(&TAG_VALUE) if split_value(&bytes).is_some() => Found::Value(bytes),
         Some(&TAG_NEGATIVE) if bytes.len() == HEADER_LEN => Found::Negative(bytes),
@@ -83,7 +88,7 @@ pub(crate) fn parse_envelope(bytes: Vec<u8>) -> Found {
 }
 
 /// The tags and the codec's bytes inside a value envelope; `None` if it is malformed.
-pub(crate) fn split_value(envelope: &[u8]) -> Option<(Vec<String>, &[u8])> {
+pub fn split_value(envelope: &[u8]) -> Option<(Vec<String>, &[u8])> {
     let len_bytes = envelope.get(HEADER_LEN..VALUE_HEADER_LEN)?;
     let tags_len = usize::from(u16::from_le_bytes([len_bytes[0], len_bytes[1]]));
     let tags = envelope.get(VALUE_HEADER_LEN..VALUE_HEADER_LEN + tags_len)?;
@@ -100,7 +105,7 @@ pub(crate) fn split_value(envelope: &[u8]) -> Option<(Vec<String>, &[u8])> {
 
 /// The stamp of an envelope ([`Found::Value`] or [`Found::Negative`] bytes), µs since the
 /// Unix epoch on the Redis server's clock.
-pub(crate) fn stamp_of(envelope: &[u8]) -> Option<u64> {
+pub fn stamp_of(envelope: &[u8]) -> Option<u64> {
     let bytes: [u8; 8] = envelope.get(1..HEADER_LEN)?.try_into().ok()?;
     Some(u64::from_le_bytes(bytes))
 }
@@ -113,7 +118,7 @@ pub(crate) fn tags_current(stamp: u64, versions: &[u64]) -> bool {
 
 /// A value envelope stamped `stamp` (µs, from the lease). Tags longer than 64 KiB in total are
 /// a caller error, refused earlier (see `MAX_TAG_BYTES` in the cache).
-pub(crate) fn value_envelope(payload: &[u8], tags: &[String], stamp: u64) -> Vec<u8> {
+pub fn value_envelope(payload: &[u8], tags: &[String], stamp: u64) -> Vec<u8> {
     let tags_len: usize = tags
         .iter()
         .map(|t| t.len() + 1)
@@ -135,7 +140,7 @@ pub(crate) fn value_envelope(payload: &[u8], tags: &[String], stamp: u64) -> Vec
 }
 
 /// A cached "not found" stamped `stamp` (µs, from the lease).
-pub(crate) fn negative_envelope(stamp: u64) -> Vec<u8> {
+pub fn negative_envelope(stamp: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN);
     out.push(TAG_NEGATIVE);
     out.extend_from_slice(&stamp.to_le_bytes());

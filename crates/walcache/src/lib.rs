@@ -193,6 +193,16 @@ pub mod hooks;
 mod hooks;
 mod l2;
 pub mod metrics;
+/// The L2 value envelope (what a value key in Redis holds: see the `l2` module), its encoders
+/// and decoders, public only for the hostile-input property tests (`tests/it/envelope`) and
+/// the fuzz targets (`fuzz/` at the repository root). Not part of the API: it may change in
+/// any release.
+#[doc(hidden)]
+pub mod envelope {
+    pub use crate::l2::{
+        negative_envelope, parse_envelope, split_value, stamp_of, value_envelope, Found,
+    };
+}
 mod subscriber;
 
 pub use breaker::BreakerState;

@@ -499,7 +499,7 @@ fn arb_body() -> impl Strategy<Value = Body> {
     ]
 }
 
-fn arb_message() -> impl Strategy<Value = Message> {
+pub(crate) fn arb_message() -> impl Strategy<Value = Message> {
     (
         any::<u64>(),
         prop_oneof![Just(0u64), Just(1), any::<u64>()],
