@@ -182,7 +182,13 @@ fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        // Each line carries its spans' fields: the run's epoch and slot, the session number
+        // (and the refresh job's id) — the correlation fields of a log pipeline.
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
     }
 }
 

@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use walcache_cdc::client::{
     ReplicationClient, ReplicationConfig, ReplicationStream, StartReplication,
 };
@@ -141,13 +142,28 @@ pub async fn run_with(
     status: Arc<Status>,
     options: RunOptions,
 ) -> Result<(), RunError> {
+    // The epoch of this run's messages (wire format): every log line of the run carries it
+    // and the slot, so that logs, messages and metrics of one run can be put side by side.
+    let epoch: u64 = rand::random();
+    let span = tracing::info_span!("walcached", epoch, slot = %config.postgres.slot);
+    run_epoch(config, shutdown, status, options, epoch)
+        .instrument(span)
+        .await
+}
+
+async fn run_epoch(
+    config: Config,
+    shutdown: CancellationToken,
+    status: Arc<Status>,
+    options: RunOptions,
+    epoch: u64,
+) -> Result<(), RunError> {
     let postgres = Postgres::from_config(&config)?;
     let control = sql_client(&postgres, &config).await?;
     refuse_synchronous_standby(&control).await?;
     let Compiled { rules, mut unfit } = compile_rules(&control, &config).await?;
     let mut mapper = Mapper::new(rules.clone());
     let redis_client = crate::connect::redis_client(&config)?;
-    let epoch: u64 = rand::random();
     let mut publisher = Publisher::connect(
         &redis_client,
         config.naming(),
@@ -287,11 +303,18 @@ pub async fn run_with(
     let mut backoff = Backoff::postgres();
     // Waiting for a slot another daemon streams from (said once per wait, not per retry).
     let mut standby = false;
+    let mut sessions: u64 = 0;
     loop {
         if shutdown.is_cancelled() {
             break;
         }
-        match stream.session(&replication, &shutdown, &mut backoff).await {
+        sessions += 1;
+        let session = tracing::info_span!("session", n = sessions);
+        match stream
+            .session(&replication, &shutdown, &mut backoff)
+            .instrument(session)
+            .await
+        {
             Ok(()) => break, // clean shutdown
             Err(SessionError::SlotCreation(e @ SlotError::TimedOut { .. })) => {
                 // Retrying at once would wait on the same transactions: exit 1 and let the

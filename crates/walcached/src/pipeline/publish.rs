@@ -41,6 +41,7 @@ impl Streamer<'_> {
         // not confirmed: the session ends and the next one replays it.
         held?;
         metrics::histogram!(m::PUBLISH_LATENCY_SECONDS).record(first.elapsed());
+        tracing::debug!(seq = self.publisher.seq(), lsn = %Lsn(batch.lsn), items = batch.len(), "published a batch");
         self.published = self.published.max(Lsn(batch.lsn));
         self.status.set_published_seq(self.publisher.seq());
         if std::mem::take(&mut self.redis_reconnected) {
@@ -69,7 +70,7 @@ impl Streamer<'_> {
                     self.status.set_caught_up(false);
                     metrics::counter!(m::ERRORS_TOTAL, "kind" => "redis").increment(1);
                     let pause = backoff.next();
-                    tracing::warn!(error = %e, retry_in = ?pause, "publishing failed; nothing is confirmed until it succeeds");
+                    tracing::warn!(error = %e, retry_in = ?pause, next_seq = self.publisher.seq() + 1, lsn = %Lsn(batch.lsn), "publishing failed; nothing is confirmed until it succeeds");
                     if let Some(s) = stream.as_deref_mut() {
                         let lsn = self.reportable();
                         if let Err(e) = s.send_status(lsn, lsn, lsn, false).await {

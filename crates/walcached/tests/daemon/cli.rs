@@ -497,6 +497,109 @@ async fn run_serves_health_and_exits_cleanly_on_sigterm() {
     assert_eq!(status.code(), Some(EXIT_OK), "{stderr}");
 }
 
+/// `--log-format json`: every line is a JSON object; lines of the run carry its epoch and
+/// slot (and those of a session its number, a published batch its sequence number and LSN),
+/// and no line holds a configured secret: the password in the URL or the environment, or a
+/// signing key.
+#[tokio::test]
+async fn json_logs_carry_correlation_fields_and_no_secret() {
+    const URL_PASSWORD: &str = "Pw-in-the-URL-7f3a";
+    const ENV_PASSWORD: &str = "Pw-in-the-env-91c2";
+    let key_secret = "5e".repeat(32);
+    let setup = Setup::start().await;
+    let listen = free_local_addr();
+    let pg_url = setup.pg.url(&setup.db);
+    let with_password = pg_url.replacen("@", &format!(":{URL_PASSWORD}@"), 1);
+    assert_ne!(with_password, pg_url, "the URL names a user");
+    let text = config_toml(&with_password, &setup.redis.url(), USERS_RULE)
+        .replace("listen = \"\"", &format!("listen = \"{listen}\""));
+    let file = ConfigFile::new(&text);
+    let mut child = command(&["run", "--config", file.path(), "--log-format", "json"])
+        .env("RUST_LOG", "walcached=debug,info")
+        .env("WALCACHED_POSTGRES_PASSWORD", ENV_PASSWORD)
+        .env("WALCACHED_SIGNING_KEYS", format!("k1:{key_secret}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn walcached");
+    wait_until("/readyz to answer 200", DEADLINE, || async {
+        matches!(http_get(&listen, "/readyz").await, Some((200, _)))
+    })
+    .await
+    .expect("the daemon becomes ready");
+    setup
+        .pg
+        .connect(&setup.db)
+        .await
+        .expect("connect")
+        .batch_execute("INSERT INTO users VALUES (1, 'a@x.org')")
+        .await
+        .expect("insert");
+    wait_until("the change published", DEADLINE, || async {
+        http_get(&listen, "/metrics")
+            .await
+            .is_some_and(|(_, body)| body.contains("walcached_keys_invalidated_total 1"))
+    })
+    .await
+    .expect("the daemon publishes the change");
+    let pid = child.id().expect("running").to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .expect("wait");
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_string(&mut stderr).await.expect("stderr");
+    }
+
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for secret in [URL_PASSWORD, ENV_PASSWORD, key_secret.as_str()] {
+        assert!(!stderr.contains(secret), "a secret in the logs: {stderr}");
+    }
+    let span = |line: &serde_json::Value, name: &str| -> Option<serde_json::Value> {
+        line["spans"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+    };
+    let message = |line: &serde_json::Value| line["fields"]["message"].as_str().map(str::to_owned);
+    let starting = lines
+        .iter()
+        .find(|l| message(l).as_deref() == Some("walcached starting"))
+        .unwrap_or_else(|| panic!("no start line: {stderr}"));
+    let run = span(starting, "walcached").expect("the run's span");
+    assert!(run["epoch"].as_u64().is_some(), "{run}");
+    assert_eq!(run["slot"], "walcached");
+    assert_eq!(starting["fields"]["epoch"], run["epoch"]);
+    let published = lines
+        .iter()
+        .find(|l| message(l).as_deref() == Some("published a batch"))
+        .unwrap_or_else(|| panic!("no published batch: {stderr}"));
+    assert!(published["fields"]["seq"].as_u64().is_some(), "{published}");
+    assert!(published["fields"]["lsn"].as_str().is_some(), "{published}");
+    assert!(
+        span(published, "session").is_some_and(|s| s["n"].as_u64().is_some()),
+        "{published}"
+    );
+    for line in &lines {
+        let target = line["target"].as_str().unwrap_or_default();
+        if target.starts_with("walcached::pipeline") || target.starts_with("walcached::publisher") {
+            let run = span(line, "walcached").unwrap_or_else(|| panic!("no run span: {line}"));
+            assert_eq!(run["epoch"], starting["fields"]["epoch"], "{line}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn run_reports_a_taken_http_address_as_a_configuration_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
