@@ -137,27 +137,10 @@ impl fmt::Display for ServerUrl {
     }
 }
 
-/// `url` with the password of its user info and of a `password=` parameter replaced by `***`.
+/// `url` without its secrets (the password of its user info, `password=` parameters, libpq's
+/// key/value form): the daemon's and the library's redaction, for printing.
 pub fn redact(url: &str) -> String {
-    let mut out = url.to_owned();
-    if let Some(scheme_end) = out.find("://") {
-        let authority_start = scheme_end + 3;
-        let authority_end = out[authority_start..]
-            .find(['/', '?'])
-            .map_or(out.len(), |i| authority_start + i);
-        if let Some(at) = out[authority_start..authority_end].rfind('@') {
-            let userinfo = authority_start..authority_start + at;
-            if let Some(colon) = out[userinfo.clone()].find(':') {
-                out.replace_range(userinfo.start + colon + 1..userinfo.end, "***");
-            }
-        }
-    }
-    if let Some(start) = out.find("password=") {
-        let value = start + "password=".len();
-        let end = out[value..].find('&').map_or(out.len(), |i| value + i);
-        out.replace_range(value..end, "***");
-    }
-    out
+    walcache_protocol::redact::redact_connection_string(url)
 }
 
 /// The PostgreSQL and Redis an example runs against (see the [crate docs](crate)). Private
@@ -272,15 +255,15 @@ mod tests {
     fn passwords_are_redacted_from_printed_urls() {
         assert_eq!(
             redact("postgres://app:s3cret@db.example:5432/app?sslmode=require"),
-            "postgres://app:***@db.example:5432/app?sslmode=require"
+            "postgres://app:<redacted>@db.example:5432/app?sslmode=require"
         );
         assert_eq!(
             redact("redis://:s3cret@127.0.0.1:6379/"),
-            "redis://:***@127.0.0.1:6379/"
+            "redis://:<redacted>@127.0.0.1:6379/"
         );
         assert_eq!(
             redact("postgres://app@db/app?password=s3cret&sslmode=require"),
-            "postgres://app@db/app?password=***&sslmode=require"
+            "postgres://app@db/app?password=<redacted>&sslmode=require"
         );
         assert_eq!(redact("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
         assert_eq!(

@@ -19,7 +19,8 @@
 //!
 //! Environment: `DATABASE_URL` (required; plain TCP, no TLS in this example), `REDIS_URL`
 //! (required; `rediss://` works), `LISTEN` (default `127.0.0.1:8080`), `RUST_LOG` (default
-//! `info`). The service creates the `users` table if it is missing. SIGTERM or ctrl-c stops it
+//! `info`), `LOG_FORMAT` (`json` for one JSON object per line). The service creates the
+//! `users` table if it is missing. SIGTERM or ctrl-c stops it
 //! after the requests in flight.
 
 use std::process::ExitCode;
@@ -176,7 +177,29 @@ fn router(app: App) -> Router {
         .route("/users/{id}", get(get_user).put(put_user))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .layer(axum::middleware::from_fn(request_span))
         .with_state(app)
+}
+
+/// Every log line of a request carries its method and path (a span); never a header, a key
+/// or a value.
+async fn request_span(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path()
+    );
+    async move {
+        let response = next.run(request).await;
+        tracing::debug!(status = response.status().as_u16(), "request served");
+        response
+    }
+    .instrument(span)
+    .await
 }
 
 fn required_env(name: &str) -> Result<String, Failed> {
@@ -189,12 +212,15 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    );
+    // LOG_FORMAT=json: one JSON object per line, with the request's span (method, path).
+    match std::env::var("LOG_FORMAT").as_deref() {
+        Ok("json") => logs.json().with_span_list(true).init(),
+        _ => logs.init(),
+    }
     let database_url = required_env("DATABASE_URL")?;
     let redis_url = required_env("REDIS_URL")?;
     let listen = std::env::var("LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".to_owned());
