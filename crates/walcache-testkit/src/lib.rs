@@ -56,6 +56,7 @@
 //! ```
 
 mod error;
+pub mod hostile;
 mod pg_server;
 mod privilege;
 mod process;

@@ -7,8 +7,8 @@
 
 mod conninfo;
 mod copy_data;
-mod harness;
-mod mutate;
+use walcache_testkit::hostile as harness;
+use walcache_testkit::hostile::mutate;
 mod pgoutput;
 
 #[test]

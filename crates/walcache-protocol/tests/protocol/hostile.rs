@@ -4,8 +4,8 @@
 //! in a child process with a capped address space (see `harness`). Fuzz targets for the same
 //! decoders are in `fuzz/` at the repository root.
 
-mod harness;
-mod mutate;
+use walcache_testkit::hostile as harness;
+use walcache_testkit::hostile::mutate;
 
 use proptest::prelude::*;
 use walcache_protocol::{

@@ -5,8 +5,8 @@
 //! space (see `harness`), no server needed. Fuzz targets for the same decoders are in `fuzz/`
 //! at the repository root.
 
-mod harness;
-mod mutate;
+use walcache_testkit::hostile as harness;
+use walcache_testkit::hostile::mutate;
 
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};

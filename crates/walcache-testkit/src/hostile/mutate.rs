@@ -1,15 +1,12 @@
 //! Mutations of valid encodings: what a corrupting link, a buggy peer or an attacker does to
 //! bytes that were once right.
-//!
-//! The same file is in `walcache-cdc/tests/hostile/`, `walcache-protocol/tests/protocol/hostile/`
-//! and `walcache/tests/it/envelope/`; keep the copies alike.
 
 use proptest::prelude::*;
 use proptest::sample::Index;
 
 /// One change to an encoding.
 #[derive(Debug, Clone)]
-pub(crate) enum Mutation {
+pub enum Mutation {
     /// Flip one bit.
     FlipBit(Index, u8),
     /// Overwrite one byte.
@@ -30,7 +27,7 @@ pub(crate) enum Mutation {
 
 /// The extreme values [`Mutation::Huge`] writes.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum HugeKind {
+pub enum HugeKind {
     /// `n` bytes of `0xff`: `u16/u32/u64::MAX`, or `-1` signed.
     AllOnes(u8),
     /// `0x7f` then `n - 1` bytes of `0xff`: `i16/i32/i64::MAX` big-endian.
@@ -67,7 +64,7 @@ fn huge_kind() -> impl Strategy<Value = HugeKind> {
 }
 
 /// Any mutation.
-pub(crate) fn mutation() -> impl Strategy<Value = Mutation> {
+pub fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
         (any::<Index>(), 0u8..8).prop_map(|(i, bit)| Mutation::FlipBit(i, bit)),
         (any::<Index>(), any::<u8>()).prop_map(|(i, b)| Mutation::SetByte(i, b)),
@@ -81,14 +78,14 @@ pub(crate) fn mutation() -> impl Strategy<Value = Mutation> {
 }
 
 /// One to three mutations.
-pub(crate) fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
+pub fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
     prop::collection::vec(mutation(), 1..=3)
 }
 
 impl Mutation {
     /// Applies the mutation. Mutations of an empty input other than [`Mutation::Extend`] and
     /// [`Mutation::Insert`] leave it empty.
-    pub(crate) fn apply(&self, bytes: &mut Vec<u8>) {
+    pub fn apply(&self, bytes: &mut Vec<u8>) {
         let len = bytes.len();
         match self {
             Mutation::FlipBit(i, bit) if len > 0 => bytes[i.index(len)] ^= 1 << bit,
@@ -119,7 +116,7 @@ impl Mutation {
 }
 
 /// `bytes` after `mutations`, in order.
-pub(crate) fn mutated(bytes: &[u8], mutations: &[Mutation]) -> Vec<u8> {
+pub fn mutated(bytes: &[u8], mutations: &[Mutation]) -> Vec<u8> {
     let mut out = bytes.to_vec();
     for m in mutations {
         m.apply(&mut out);
@@ -128,7 +125,7 @@ pub(crate) fn mutated(bytes: &[u8], mutations: &[Mutation]) -> Vec<u8> {
 }
 
 /// Arbitrary bytes, mostly short (where decoders' branches are), sometimes up to `max`.
-pub(crate) fn arbitrary_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+pub fn arbitrary_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         3 => prop::collection::vec(any::<u8>(), 0..48),
         1 => prop::collection::vec(any::<u8>(), 0..max),

@@ -4,8 +4,9 @@
 //! reserved a claimed length of gigabytes (even without touching it) aborts the child with
 //! "memory allocation of N bytes failed", and the test fails with the child's output.
 //!
-//! The same file is in `walcache-cdc/tests/hostile/`, `walcache-protocol/tests/protocol/hostile/`
-//! and `walcache/tests/it/envelope/`; keep the copies alike.
+//! [`mutate`] makes the hostile inputs out of valid encodings.
+
+pub mod mutate;
 
 use std::process::{Command, Output};
 
@@ -13,7 +14,7 @@ use proptest::strategy::Strategy;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 /// Cases per property in CI. `PROPTEST_CASES` raises it (never lowers it).
-pub(crate) const MIN_CASES: u32 = 10_000;
+pub const MIN_CASES: u32 = 10_000;
 
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
@@ -22,10 +23,10 @@ fn cases() -> u32 {
         .map_or(MIN_CASES, |n: u32| n.max(MIN_CASES))
 }
 
-/// Checks `property` on [`cases`] values of `strategy`, in a child capped at [`LIMIT_KIB`]
-/// of address space (see [`capped`]). Call as
+/// Checks `property` on [`MIN_CASES`] (or `PROPTEST_CASES`) values of `strategy`, in a child
+/// capped at [`LIMIT_KIB`] of address space (see [`capped`]). Call as
 /// `check(module_path!(), "test_fn_name", strategy, |value| ...)`.
-pub(crate) fn check<S>(
+pub fn check<S>(
     module: &str,
     name: &str,
     strategy: S,
@@ -49,7 +50,7 @@ pub(crate) fn check<S>(
 /// The child's address-space limit (`ulimit -v`, KiB): 1 GiB. A debug test binary needs well
 /// under 200 MiB; any single allocation sized by a hostile 32-bit length is bigger than what
 /// is left.
-const LIMIT_KIB: u64 = 1 << 20;
+pub const LIMIT_KIB: u64 = 1 << 20;
 
 /// Set in the child, which runs the property itself.
 const CHILD_ENV: &str = "WALCACHE_HOSTILE_INPUT_CHILD";
@@ -83,7 +84,7 @@ fn test_path(module: &str, name: &str) -> String {
 /// `body` runs in a child capped at [`LIMIT_KIB`]; the test fails with the child's output
 /// unless exactly that one test ran there and passed. Call as
 /// `capped(module_path!(), "test_fn_name", || ...)`.
-pub(crate) fn capped(module: &str, name: &str, body: impl FnOnce()) {
+pub fn capped(module: &str, name: &str, body: impl FnOnce()) {
     if in_child() {
         body();
         return;
@@ -101,7 +102,7 @@ pub(crate) fn capped(module: &str, name: &str, body: impl FnOnce()) {
 
 /// The cap bites: in the child, reserving twice the limit (never touched) aborts; the parent
 /// asserts the child died of exactly that.
-pub(crate) fn assert_cap_bites(module: &str, name: &str) {
+pub fn assert_cap_bites(module: &str, name: &str) {
     if in_child() {
         let reserved: Vec<u8> = Vec::with_capacity(usize::try_from(2 * LIMIT_KIB * 1024).unwrap());
         std::hint::black_box(&reserved);
