@@ -77,10 +77,14 @@ async fn a_table_altered_under_its_rule_flushes_its_namespace() {
     // The flush may come from the catalog check (it sees the dropped column) before the
     // INSERT's own announcement, whose table tag says the INSERT itself was handled: wait for
     // both rather than reading the tags at the first flush.
-    wait_until("the INSERT flushed its namespace and moved its tag", DEADLINE, || async {
-        listener.flushes().iter().any(|n| n == "users")
-            && listener.tags().iter().any(|t| t == "users/users")
-    })
+    wait_until(
+        "the INSERT flushed its namespace and moved its tag",
+        DEADLINE,
+        || async {
+            listener.flushes().iter().any(|n| n == "users")
+                && listener.tags().iter().any(|t| t == "users/users")
+        },
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}: saw {:?}", listener.data()));
     assert!(
