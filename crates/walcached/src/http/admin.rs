@@ -421,7 +421,11 @@ pub(super) async fn start_refresh(
                 Requested::Created(job) => (job, "accepted"),
                 Requested::Replayed(job) => (job, "replayed"),
             };
-            audit(&caller, ACTION, result, &format!("job {}", job.id));
+            let detail = match &job.reason {
+                Some(reason) => format!("job {} ({reason:?})", job.id),
+                None => format!("job {}", job.id),
+            };
+            audit(&caller, ACTION, result, &detail);
             let mut response = json(StatusCode::ACCEPTED, &job);
             if let Ok(v) = job_location(&job.id).parse() {
                 response.headers_mut().insert(header::LOCATION, v);
