@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod config;
 mod openapi;
 pub mod problem;
 
