@@ -218,7 +218,8 @@ impl StreamConfig {
     }
 }
 
-pub use crate::http::config::HttpConfig;
+mod http;
+pub use http::HttpConfig;
 
 /// `[[rules]]`: one table's mapping to cache keys.
 #[derive(Debug, Clone, Deserialize)]
@@ -292,6 +293,10 @@ fn default_large_txn() -> usize {
 fn default_message_bytes() -> usize {
     256 * 1024
 }
+fn default_listen() -> String {
+    "127.0.0.1:9187".to_owned()
+}
+
 /// The signing keys from `WALCACHED_SIGNING_KEYS` (`env_keys`) or from the key file: one or
 /// the other, or none (unsigned).
 fn load_signing_keys(

@@ -8,7 +8,6 @@
 
 pub mod admin;
 pub mod auth;
-pub mod config;
 mod openapi;
 pub mod problem;
 

@@ -1,12 +1,12 @@
 //! `[http]`: the HTTP endpoint's listen address, the admin token and the manual refresh
-//! limit (part of [`Config`](crate::config::Config)).
+//! limit (part of [`Config`](super::Config)).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, Environment, Secret};
+use super::{default_listen, ConfigError, Environment, Secret};
 
 /// `[http]`
 #[derive(Debug, Clone, Deserialize)]
@@ -114,8 +114,4 @@ impl HttpConfig {
         }
         Ok(())
     }
-}
-
-fn default_listen() -> String {
-    "127.0.0.1:9187".to_owned()
 }
