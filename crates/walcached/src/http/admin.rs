@@ -563,6 +563,17 @@ pub(super) async fn flush_namespace(
             ),
         );
     };
+    if !state.status.is_streaming() {
+        return refuse(
+            "unavailable",
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not streaming (connecting to PostgreSQL or Redis, or waiting as a standby): \
+                 only a streaming daemon publishes flushes; retry",
+            )
+            .retry_after(FLUSH_RETRY_SECS),
+        );
+    }
     match flush.flush(&ns, FLUSH_DEADLINE).await {
         Ok(done) => {
             audit(&caller, &action, "flushed", &format!("seq {}", done.seq));

@@ -57,7 +57,7 @@ pub(super) fn base() -> Document {
     ApiDoc::openapi()
 }
 
-/// The whole document: [`base`] and every route.
+/// The whole document: its title, description and security scheme, and every route.
 pub fn openapi() -> Document {
     super::routes().split_for_parts().1
 }
