@@ -284,6 +284,8 @@ TOML_SECTIONS = {
     "refresh": {"interval_secs", "max_deletes_per_second", "scan_count"},
     "security": {"signing_keys_file"},
 }
+# The admin API's fields (docs/admin-api.md).
+TOML_SECTIONS["http"] |= {"admin_token_file", "manual_refresh_min_interval_secs"}
 
 
 def check_walcached_toml(where: str, text: str) -> None:

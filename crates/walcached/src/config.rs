@@ -225,23 +225,8 @@ impl StreamConfig {
     }
 }
 
-/// `[http]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Address of `/metrics`, `/healthz` and `/readyz`; empty to disable. Default
-    /// `127.0.0.1:9187`. Env: `WALCACHED_HTTP_LISTEN`.
-    #[serde(default = "default_listen")]
-    pub listen: String,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            listen: default_listen(),
-        }
-    }
-}
+mod http;
+pub use http::HttpConfig;
 
 /// `[[rules]]`: one table's mapping to cache keys.
 #[derive(Debug, Clone, Deserialize)]
@@ -485,9 +470,7 @@ impl Config {
         if let Some(v) = env.var("WALCACHED_REDIS_KEY_PREFIX") {
             self.redis.key_prefix = v;
         }
-        if let Some(v) = env.var("WALCACHED_HTTP_LISTEN") {
-            self.http.listen = v;
-        }
+        self.http.apply_env(env)?;
         let s = &mut self.stream;
         num(
             env,
@@ -641,6 +624,7 @@ impl Config {
             ));
         }
         self.refresh.validate()?;
+        self.http.validate()?;
         if self.rules.is_empty() {
             return Err(ConfigError::new(
                 "rules",

@@ -10,8 +10,10 @@
 //! v1.4), so that services can drop whatever someone else publishes on the channel.
 
 pub mod check;
+pub mod client;
 pub mod config;
 pub mod connect;
+pub mod daemon;
 pub mod ddl_capture;
 pub mod http;
 pub mod mapping;

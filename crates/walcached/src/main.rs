@@ -13,7 +13,9 @@ use tracing_subscriber::EnvFilter;
 use walcached::config::{Config, ConfigError, ProcessEnv};
 use walcached::refresh::{self, RefreshProgress};
 use walcached::status::Status;
-use walcached::{check, http, pipeline};
+use walcached::{check, http};
+
+mod remote;
 
 /// Exit code: success (`run` shut down cleanly, or `check` found no problem).
 const EXIT_OK: u8 = 0;
@@ -30,9 +32,10 @@ const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 const AFTER_HELP: &str = "\
 Exit codes:
-  0  success: `run` shut down cleanly (SIGTERM or ctrl-c), `check` found no problem, or
-     `refresh` completed a cycle
-  1  runtime failure (for `refresh`: a Redis error; run it again)
+  0  success: `run` shut down cleanly (SIGTERM or ctrl-c), `check` found no problem,
+     `refresh` completed a cycle, or `status` found the daemon ready
+  1  runtime failure (for `refresh`: a Redis error, or the daemon refused: a cycle running,
+     too soon after the last; for `status`: no daemon answers, or it is not ready)
   2  configuration error: the file, a field, an environment variable or the command line
      (printed as `field: problem`)
   3  `check` found a prerequisite that does not hold
@@ -47,6 +50,10 @@ Environment overrides (applied over the file):
   WALCACHED_REDIS_URL                        redis.url
   WALCACHED_REDIS_KEY_PREFIX                 redis.key_prefix
   WALCACHED_HTTP_LISTEN                      http.listen (empty disables the endpoint)
+  WALCACHED_HTTP_ADMIN_TOKEN                 the admin API's bearer token (environment only)
+  WALCACHED_HTTP_ADMIN_TOKEN_FILE            http.admin_token_file
+  WALCACHED_HTTP_MANUAL_REFRESH_MIN_INTERVAL_SECS
+                                             http.manual_refresh_min_interval_secs
   WALCACHED_STREAM_BATCH_MAX_KEYS            stream.batch_max_keys
   WALCACHED_STREAM_BATCH_MAX_DELAY_MS        stream.batch_max_delay_ms
   WALCACHED_STREAM_HEARTBEAT_INTERVAL_MS     stream.heartbeat_interval_ms
@@ -86,9 +93,9 @@ enum LogFormat {
 enum Command {
     /// Run the daemon until SIGTERM or ctrl-c.
     ///
-    /// Loads and validates the configuration, serves /metrics, /healthz and /readyz on
-    /// http.listen (unless empty), then streams changes from the replication slot and
-    /// publishes their invalidations. On SIGTERM or ctrl-c it stops reading the stream,
+    /// Loads and validates the configuration, serves /metrics, /healthz, /readyz and the
+    /// admin API (/api/v1/) on http.listen (unless empty), then streams changes from the
+    /// replication slot and publishes their invalidations. On SIGTERM or ctrl-c it stops reading the stream,
     /// finishes the publishes in flight, confirms the last position and exits 0; a second
     /// signal exits at once with 1 (the slot replays whatever was not confirmed).
     #[command(after_help = AFTER_HELP)]
@@ -102,16 +109,29 @@ enum Command {
     /// permissions). Changes nothing. Exits 0 when everything holds, 3 otherwise.
     #[command(after_help = AFTER_HELP)]
     Check(ConfigArgs),
-    /// Run one full-refresh cycle now against Redis, print what it did, and exit.
+    /// Run one full-refresh cycle now, print what it did, and exit.
     ///
+    /// With a daemon running on this configuration (answering at http.listen) and an admin
+    /// token configured, asks it through its admin API (POST /api/v1/refresh) and waits for
+    /// the job; otherwise (or with --local) runs the cycle in this process against Redis.
     /// Walks every namespace the rules write to in L2 and deletes, at most
     /// refresh.max_deletes_per_second, every value and cached "not found" stamped before the
     /// cycle began (on the Redis server's clock), and every key that is not the library's
     /// (leases are kept); then prunes tag versions older than the cycle. `run` does the same every refresh.interval_secs;
     /// keep every service's L1 time_to_live at or below that interval. Does not connect to
-    /// PostgreSQL. Exits 0 once the cycle completes, 1 on a Redis error.
+    /// PostgreSQL. Exits 0 once the cycle completes, 1 on a Redis error or when the daemon
+    /// refuses (a cycle running, or too soon after the last manual one).
     #[command(after_help = AFTER_HELP)]
-    Refresh(ConfigArgs),
+    Refresh(RefreshArgs),
+    /// Print the state of the daemon running on this configuration (GET /api/v1/status at
+    /// http.listen): streaming, lag, slot, epoch, namespaces, refresh, Redis.
+    ///
+    /// Exits 0 when it is ready, 1 when it is not or no daemon answers.
+    #[command(after_help = AFTER_HELP)]
+    Status(StatusArgs),
+    /// Print the OpenAPI 3.1 document of the HTTP endpoint (as served at
+    /// /api/v1/openapi.json) and exit.
+    Openapi,
     /// Install or remove DDL capture (needs a superuser; the daemon itself does not).
     ///
     /// DDL capture announces statements that change rows without row events (DROP and
@@ -146,6 +166,31 @@ struct AdminArgs {
 }
 
 #[derive(Debug, Args)]
+struct RefreshArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Run the cycle in this process even when a daemon answers.
+    #[arg(long)]
+    local: bool,
+    /// Send this Idempotency-Key (default: a new random one): running the command again
+    /// with the same key within 24 hours waits for the same job instead of starting another.
+    #[arg(long, value_name = "KEY")]
+    idempotency_key: Option<String>,
+    /// A reason, recorded in the job and the daemon's audit log.
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Print the daemon's JSON as it is.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct ConfigArgs {
     /// The TOML configuration file.
     #[arg(long, short, env = "WALCACHED_CONFIG", value_name = "FILE")]
@@ -168,7 +213,12 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run(&args).await,
             Command::Check(args) => check(&args).await,
-            Command::Refresh(args) => refresh_now(&args).await,
+            Command::Refresh(args) => refresh(&args).await,
+            Command::Status(args) => remote::status(&args.config.config, args.json).await,
+            Command::Openapi => {
+                print!("{}", http::openapi_json());
+                EXIT_OK
+            }
             Command::DdlCapture(command) => ddl_capture(command).await,
         }
     });
@@ -246,12 +296,25 @@ fn redis_client(config: &Config) -> Result<redis::Client, u8> {
     walcached::connect::redis_client(config).map_err(|e| config_error(&e))
 }
 
-async fn refresh_now(args: &ConfigArgs) -> u8 {
-    let config = match load(args) {
+async fn refresh(args: &RefreshArgs) -> u8 {
+    let config = match load(&args.config) {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
-    let client = match redis_client(&config) {
+    if !args.local {
+        let request = remote::RefreshRequest {
+            idempotency_key: args.idempotency_key.clone(),
+            reason: args.reason.clone(),
+        };
+        if let Some(code) = remote::refresh(&config, &request).await {
+            return code;
+        }
+    }
+    refresh_locally(&config).await
+}
+
+async fn refresh_locally(config: &Config) -> u8 {
+    let client = match redis_client(config) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -259,7 +322,7 @@ async fn refresh_now(args: &ConfigArgs) -> u8 {
     match refresh::run_cycle(
         &client,
         &config.naming(),
-        &served_namespaces(&config),
+        &served_namespaces(config),
         &config.refresh,
         &progress,
     )
@@ -333,10 +396,6 @@ async fn run(args: &ConfigArgs) -> u8 {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
-    let refresh_client = match redis_client(&config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
     // First, so a SIGTERM during start-up is a graceful shutdown too.
     let signals = match Signals::install() {
         Ok(s) => s,
@@ -352,9 +411,14 @@ async fn run(args: &ConfigArgs) -> u8 {
 
     // Bind before anything else starts, so a taken or malformed address fails fast as a
     // configuration error.
-    if !config.http.listen.is_empty() {
-        let listener = match http::bind(&config.http.listen).await {
-            Ok(l) => l,
+    let endpoint = if config.http.listen.is_empty() {
+        None
+    } else {
+        match http::bind(&config.http.listen).await {
+            Ok(listener) => Some(walcached::daemon::Endpoint {
+                listener,
+                metrics: handle.clone(),
+            }),
             Err(e) => {
                 eprintln!(
                     "walcached: configuration error: http.listen: cannot listen on {:?}: {e}; \
@@ -363,26 +427,19 @@ async fn run(args: &ConfigArgs) -> u8 {
                 );
                 return EXIT_CONFIG;
             }
-        };
-        let (handle, status, token) = (handle.clone(), Arc::clone(&status), shutdown.clone());
-        tracker.spawn(async move {
-            if let Err(e) = http::serve_on(listener, handle, status, token).await {
-                tracing::error!(error = %e, "the HTTP endpoint failed");
-            }
-        });
-    }
+        }
+    };
     tracker.spawn(metrics_upkeep(handle, shutdown.clone()));
-    tracker.spawn(refresh::run_schedule(
-        refresh_client,
-        config.naming(),
-        served_namespaces(&config),
-        config.refresh.clone(),
-        Arc::new(RefreshProgress::default()),
-        shutdown.clone(),
-    ));
     let on_signal = tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
 
-    let result = pipeline::run(config, shutdown.clone(), status).await;
+    let result = walcached::daemon::run(
+        config,
+        endpoint,
+        status,
+        shutdown.clone(),
+        walcached::pipeline::RunOptions::default(),
+    )
+    .await;
 
     shutdown.cancel();
     tracker.close();

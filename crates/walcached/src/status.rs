@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-/// What `/healthz` and `/readyz` report.
+/// What `/healthz`, `/readyz` and `GET /api/v1/status` report.
 #[derive(Debug, Default)]
 pub struct Status {
     streaming: AtomicBool,
@@ -12,6 +12,24 @@ pub struct Status {
     published_seq: AtomicU64,
     /// Namespaces out of service, sorted (see [`Status::out_of_service`]).
     out_of_service: Mutex<Vec<String>>,
+    /// The epoch of the messages published (0 until the publisher connected).
+    epoch: AtomicU64,
+    lag_bytes: AtomicU64,
+    /// Lag in seconds, as the bits of an `f64`.
+    lag_seconds: AtomicU64,
+    /// The namespaces the last heartbeat certified, sorted.
+    certified: Mutex<Vec<String>>,
+    /// The Redis server written to: its `run_id` and version.
+    redis: Mutex<Option<RedisIdentity>>,
+}
+
+/// The Redis server the daemon writes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisIdentity {
+    /// `run_id` from `INFO server`: a new one means a restart or a failover.
+    pub run_id: String,
+    /// `redis_version`, major and minor.
+    pub version: (u32, u32),
 }
 
 impl Status {
@@ -50,6 +68,48 @@ impl Status {
     /// The sequence number of the last data message published in this epoch.
     pub fn published_seq(&self) -> u64 {
         self.published_seq.load(Ordering::Acquire)
+    }
+    /// The epoch of every message this run publishes (0 before the publisher connected).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+    /// Replication lag: bytes of WAL the server has flushed that are not yet received and
+    /// published, and the age in seconds of the oldest server position sample not yet reached
+    /// (daemon's clock; 0 when caught up), as of the last report.
+    pub fn lag(&self) -> (u64, f64) {
+        (
+            self.lag_bytes.load(Ordering::Acquire),
+            f64::from_bits(self.lag_seconds.load(Ordering::Acquire)),
+        )
+    }
+    /// The namespaces the last heartbeat certified, sorted (only while caught up: otherwise
+    /// none are, whatever the last heartbeat said).
+    pub fn certified(&self) -> Vec<String> {
+        if !self.is_caught_up() {
+            return Vec::new();
+        }
+        self.certified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    /// The Redis server written to, once known.
+    pub fn redis(&self) -> Option<RedisIdentity> {
+        self.redis.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    pub(crate) fn set_epoch(&self, epoch: u64) {
+        self.epoch.store(epoch, Ordering::Release);
+    }
+    pub(crate) fn set_lag(&self, bytes: u64, seconds: f64) {
+        self.lag_bytes.store(bytes, Ordering::Release);
+        self.lag_seconds.store(seconds.to_bits(), Ordering::Release);
+    }
+    pub(crate) fn set_certified(&self, mut namespaces: Vec<String>) {
+        namespaces.sort();
+        *self.certified.lock().unwrap_or_else(|p| p.into_inner()) = namespaces;
+    }
+    pub(crate) fn set_redis(&self, identity: RedisIdentity) {
+        *self.redis.lock().unwrap_or_else(|p| p.into_inner()) = Some(identity);
     }
     pub(crate) fn set_streaming(&self, v: bool) {
         self.streaming.store(v, Ordering::Release);

@@ -265,19 +265,25 @@ impl Streamer<'_> {
     /// listed apart, so that libraries bypass it rather than take it for one no rule covers.
     pub(super) async fn heartbeat(&mut self, lag_bytes: u64) {
         let out_of_service = self.watch.out_of_service(self.mapper.rules());
+        let certified: Vec<String> = self
+            .mapper
+            .namespaces()
+            .into_iter()
+            .filter(|n| !out_of_service.contains(n))
+            .collect();
         let details = HeartbeatDetails {
             lag_bytes,
             refresh_interval_ms: self.config.refresh.interval_secs.saturating_mul(1000),
-            namespaces: self
-                .mapper
-                .namespaces()
-                .into_iter()
-                .filter(|n| !out_of_service.contains(n))
-                .collect(),
+            namespaces: certified.clone(),
             out_of_service: out_of_service.into_iter().collect(),
         };
         match self.publisher.heartbeat(details, self.confirmed).await {
-            Ok(published) => self.status.set_caught_up(published),
+            Ok(published) => {
+                if published {
+                    self.status.set_certified(certified);
+                }
+                self.status.set_caught_up(published);
+            }
             Err(e) => {
                 self.status.set_caught_up(false);
                 tracing::warn!(error = %e, "heartbeat failed");

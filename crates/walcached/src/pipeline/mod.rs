@@ -12,6 +12,7 @@ mod backoff;
 mod catalog;
 mod catalog_watch;
 mod ddl;
+mod flush;
 mod liveness;
 mod markers;
 mod publish;
@@ -22,6 +23,7 @@ mod visibility;
 use backoff::Backoff;
 pub use catalog::{compile_rules, Compiled};
 use catalog::{plan_publication, refuse_synchronous_standby, sql_client, Planned, PublicationPlan};
+pub use flush::{flush_channel, FlushError, FlushRequests, FlushSender, Flushed};
 pub(crate) use server::control_identity;
 use server::{is_invalidated_slot_error, slot_confirmed, slot_state, ServerIdentity, SlotState};
 use visibility::TxnRecord;
@@ -104,12 +106,16 @@ pub struct RunOptions {
     /// starts before [`run_with`] gives up with [`RunError::SlotCreation`]. Default:
     /// [`slot::MAX_WAIT`], 60 s.
     pub slot_max_wait: Duration,
+    /// Namespace flushes asked for through the admin API (see [`flush_channel`]); none by
+    /// default.
+    pub flush_requests: Option<FlushRequests>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             slot_max_wait: slot::MAX_WAIT,
+            flush_requests: None,
         }
     }
 }
@@ -188,6 +194,11 @@ async fn run_epoch(
         context: "reading INFO server".to_owned(),
         source: e,
     })?;
+    status.set_epoch(epoch);
+    status.set_redis(crate::status::RedisIdentity {
+        run_id: run_id.clone(),
+        version,
+    });
     if version < crate::publisher::MIN_REDIS_VERSION {
         let (major, minor) = crate::publisher::MIN_REDIS_VERSION;
         return Err(RunError::Config(ConfigError::new(
@@ -297,6 +308,10 @@ async fn run_epoch(
         redis_reconnected: false,
         batch_txns: Vec::new(),
         pending: Vec::new(),
+        flush_requests: options
+            .flush_requests
+            .as_ref()
+            .and_then(FlushRequests::take),
     };
     // Out of service from the start (see above): not ready before the first heartbeat.
     stream.export_out_of_service(&stream.watch.out_of_service(stream.mapper.rules()));
@@ -450,6 +465,8 @@ struct Streamer<'a> {
     batch_txns: Vec<TxnRecord>,
     /// Published transactions not yet visible to new snapshots, oldest first.
     pending: Vec<TxnRecord>,
+    /// Flushes asked for through the admin API.
+    flush_requests: Option<tokio::sync::mpsc::Receiver<flush::FlushRequest>>,
 }
 
 impl Streamer<'_> {

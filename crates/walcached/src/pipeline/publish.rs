@@ -107,6 +107,10 @@ impl Streamer<'_> {
         if run_id != self.run_id {
             tracing::warn!("redis run_id changed (restart or failover): checking every marker");
             if self.verify_markers().await {
+                if let Some(mut identity) = self.status.redis() {
+                    identity.run_id.clone_from(&run_id);
+                    self.status.set_redis(identity);
+                }
                 self.run_id = run_id;
             }
         }

@@ -163,6 +163,7 @@ impl Streamer<'_> {
                         self.send_status(stream).await?;
                     }
                     liveness.report(self.confirmed);
+                    self.status.set_lag(liveness.lag_bytes(), liveness.lag().as_secs_f64());
                 }
                 _ = silence_tick.tick() => {
                     // An idle walsender sends keepalives only every wal_sender_timeout / 2:
@@ -186,6 +187,7 @@ impl Streamer<'_> {
                                 self.request_wal_flush().await;
                             }
                             liveness.report(self.confirmed);
+                            self.status.set_lag(liveness.lag_bytes(), liveness.lag().as_secs_f64());
                             // Judged at the top of the loop, once the new sample had its chance
                             // to be reached: judged here, `/readyz` would read "not caught up"
                             // between every sample's arrival and its heartbeat.
@@ -215,6 +217,9 @@ impl Streamer<'_> {
                             catalog_tick.reset_after(CATALOG_RETRY.min(cfg.catalog_interval()));
                         }
                     }
+                }
+                request = super::flush::next(&mut self.flush_requests), if txn.is_none() => {
+                    self.flush_requested(request, stream, shutdown).await;
                 }
                 _ = run_id_tick.tick() => {
                     self.check_redis_identity().await;

@@ -15,7 +15,7 @@ use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 use walcache_protocol::Naming;
 use walcache_testkit::{wait_until, RedisServer};
-use walcached::refresh::{run_schedule, RefreshConfig, RefreshProgress};
+use walcached::refresh::{run_schedule, RefreshConfig, RefreshJobs, RefreshProgress};
 
 use crate::support::{
     config, load_name, users_stack, with_catalog_interval, Daemon, Listener, DEADLINE, USERS_RULE,
@@ -330,6 +330,7 @@ async fn the_daemon_and_a_service_do_all_they_need_as_their_acl_users() {
             ..RefreshConfig::default()
         },
         Arc::clone(&progress),
+        Arc::new(RefreshJobs::new(Duration::ZERO)),
         stop.clone(),
     ));
     wait_until("a refresh cycle", DEADLINE, || async {

@@ -2,6 +2,7 @@
 #![allow(missing_docs)]
 
 mod acl;
+mod admin;
 mod cli;
 mod ddl_capture;
 mod drift;

@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 use walcache::Walcache;
 use walcache_protocol::Naming;
 use walcache_testkit::{wait_until, RedisServer};
-use walcached::refresh::{run_cycle, run_schedule, RefreshConfig, RefreshProgress};
+use walcached::refresh::jobs::{JobState, Request, Requested};
+use walcached::refresh::{run_cycle, run_schedule, RefreshConfig, RefreshJobs, RefreshProgress};
 
 use crate::support::DEADLINE;
 
@@ -344,6 +345,7 @@ async fn the_schedule_resumes_from_the_last_cycle_and_stops_on_shutdown() {
         namespaces(&["users"]),
         RefreshConfig::default(),
         Arc::clone(&progress),
+        Arc::new(RefreshJobs::new(Duration::ZERO)),
         shutdown.clone(),
     ));
     wait_until("a cycle completes", DEADLINE, || async {
@@ -375,24 +377,43 @@ async fn the_schedule_resumes_from_the_last_cycle_and_stops_on_shutdown() {
         .expect("no panic");
     assert_eq!(progress.cycles_completed(), 1);
 
-    // A disabled schedule returns at once.
+    // A disabled schedule runs no cycle of its own, only those asked for (the admin API's).
     let disabled = RefreshConfig {
         interval_secs: 0,
         ..RefreshConfig::default()
     };
-    tokio::time::timeout(
-        DEADLINE,
-        run_schedule(
-            redis.client(),
-            naming,
-            namespaces(&["users"]),
-            disabled,
-            Arc::new(RefreshProgress::default()),
-            CancellationToken::new(),
-        ),
-    )
+    let jobs = Arc::new(RefreshJobs::new(Duration::ZERO));
+    let progress = Arc::new(RefreshProgress::default());
+    let stop = CancellationToken::new();
+    let schedule = tokio::spawn(run_schedule(
+        redis.client(),
+        naming,
+        namespaces(&["users"]),
+        disabled,
+        Arc::clone(&progress),
+        Arc::clone(&jobs),
+        stop.clone(),
+    ));
+    let Ok(Requested::Created(job)) = jobs.request(&Request {
+        who: "test",
+        idempotency_key: None,
+        body_digest: [0; 32],
+        reason: None,
+    }) else {
+        panic!("a job is queued");
+    };
+    wait_until("the manual cycle", DEADLINE, || async {
+        jobs.get(&job.id).is_some_and(|j| j.is_finished())
+    })
     .await
-    .expect("returns without a cycle");
+    .expect("the schedule runs the job");
+    assert_eq!(jobs.get(&job.id).unwrap().state, JobState::Succeeded);
+    assert_eq!(progress.cycles_completed(), 1, "no scheduled cycle");
+    stop.cancel();
+    tokio::time::timeout(DEADLINE, schedule)
+        .await
+        .expect("the schedule stops on shutdown")
+        .expect("no panic");
 }
 
 fn walcached(args: &[&str]) -> tokio::process::Command {

@@ -39,17 +39,21 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use serde::Deserialize;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use walcache_protocol::{Naming, MAX_LEASE_TTL};
 
 use crate::config::ConfigError;
 use crate::metrics as m;
+
+pub mod jobs;
+mod schedule;
+
+pub use jobs::{JobId, RefreshJobs};
+pub use schedule::run_schedule;
 
 /// Stamps further ahead of the Redis server's clock than this are corrupt envelopes, which
 /// would otherwise survive every cycle: deleted. Stamps come from that clock (or from a
@@ -57,8 +61,6 @@ use crate::metrics as m;
 /// steps), so only a step back of the clock or a failover to a server whose clock is behind
 /// puts a genuine stamp ahead of it, by less than this.
 const MAX_FUTURE_STAMP: Duration = Duration::from_secs(300);
-/// After a failed cycle, try again after this long (or after the interval, if shorter).
-const RETRY_AFTER: Duration = Duration::from_secs(60);
 /// How often a long cycle logs its progress.
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// Connecting to Redis and each command's reply: the daemon's one Redis timeout (a SCAN page
@@ -517,119 +519,6 @@ async fn prune_tags(
         tracing::debug!(namespace, pruned, "refresh: old tag versions pruned");
     }
     Ok(pruned)
-}
-
-/// Run a cycle every [`interval_secs`](RefreshConfig::interval_secs) (nothing when it is 0)
-/// until `shutdown` is cancelled, which stops a running cycle between two scripts.
-///
-/// The next cycle is due one interval after the start of the last completed one — read from
-/// Redis at start-up and compared with the Redis server's clock, so restarts keep the schedule
-/// (with none recorded, the first cycle runs at once); afterwards the wait is measured on this
-/// process's monotonic clock. A Redis error never stops the daemon: it is logged and counted,
-/// and the cycle is retried after a minute (or the interval, if shorter).
-pub async fn run_schedule(
-    redis: redis::Client,
-    naming: Naming,
-    namespaces: Vec<String>,
-    cfg: RefreshConfig,
-    progress: Arc<RefreshProgress>,
-    shutdown: CancellationToken,
-) {
-    let Some(interval) = cfg.interval() else {
-        tracing::info!("full refresh schedule disabled (refresh.interval_secs = 0)");
-        return;
-    };
-    let retry = RETRY_AFTER.min(interval);
-    // When the next cycle is due; `None` until read from Redis.
-    let mut due: Option<Instant> = None;
-    loop {
-        let at = match due {
-            Some(d) => d,
-            None => match tokio::select! {
-                () = shutdown.cancelled() => return,
-                r = last_completed(&redis, &naming) => r,
-            } {
-                Ok((last, now_ms)) => {
-                    let wait = last.map_or(Duration::ZERO, |l| {
-                        let due_ms = l.saturating_add(duration_ms(interval));
-                        Duration::from_millis(due_ms.saturating_sub(now_ms))
-                    });
-                    tracing::info!(
-                        interval_secs = cfg.interval_secs,
-                        last_cycle_start_ms = last,
-                        next_in_secs = wait.as_secs(),
-                        "full refresh scheduled"
-                    );
-                    Instant::now() + wait
-                }
-                Err(e) => {
-                    redis_error(&e, "cannot read the last refresh time; retrying");
-                    if sleep_or_cancel(retry, &shutdown).await {
-                        return;
-                    }
-                    continue;
-                }
-            },
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep_until(at) => {}
-        }
-        let outcome = tokio::select! {
-            () = shutdown.cancelled() => {
-                tracing::info!("full refresh cycle stopped by shutdown");
-                return;
-            }
-            r = run_cycle(&redis, &naming, &namespaces, &cfg, &progress) => r,
-        };
-        match outcome {
-            Ok(report) => {
-                tracing::info!(
-                    namespaces = report.namespaces,
-                    keys_scanned = report.keys_scanned,
-                    keys_deleted = report.keys_deleted,
-                    tag_versions_pruned = report.tag_versions_pruned,
-                    seconds = report.elapsed.as_secs_f64(),
-                    "refresh cycle complete"
-                );
-                // One interval after the cycle's start.
-                due = Some(Instant::now() + interval.saturating_sub(report.elapsed));
-            }
-            Err(e) => {
-                redis_error(&e, "refresh cycle failed; retrying");
-                due = Some(Instant::now() + retry);
-            }
-        }
-    }
-}
-
-fn redis_error(e: &redis::RedisError, what: &str) {
-    metrics::counter!(m::ERRORS_TOTAL, "kind" => "redis").increment(1);
-    tracing::warn!(error = %e, "{what}");
-}
-
-/// Sleep for `d`; `true` if `shutdown` was cancelled first.
-async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        () = shutdown.cancelled() => true,
-        () = tokio::time::sleep(d) => false,
-    }
-}
-
-/// The start of the last completed cycle, as recorded in Redis, and the Redis server's clock
-/// now, both in ms since the Unix epoch.
-async fn last_completed(
-    redis: &redis::Client,
-    naming: &Naming,
-) -> Result<(Option<u64>, u64), redis::RedisError> {
-    let mut conn = connect(redis).await?;
-    let raw: Option<String> = redis::cmd("GET")
-        .arg(naming.refresh_last_key())
-        .query_async(&mut conn)
-        .await?;
-    let now_ms = server_time_micros(&mut conn).await? / 1000;
-    // Unparsable: as if none were recorded (the next cycle runs at once and rewrites it).
-    Ok((raw.and_then(|s| s.parse().ok()), now_ms))
 }
 
 /// The Redis server's clock (`TIME`), µs since the Unix epoch: the clock every stamp is read
