@@ -233,7 +233,7 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         // Each line carries its spans' fields: the run's epoch and slot, the session number
-        // (and the refresh job's id) — the correlation fields of a log pipeline.
+        // and a refresh cycle its job id: the correlation fields of a log pipeline.
         LogFormat::Json => builder
             .json()
             .with_current_span(false)

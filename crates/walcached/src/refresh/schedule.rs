@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -95,7 +96,8 @@ pub async fn run_schedule(
                 jobs.finish(&id, Err("stopped by shutdown".to_owned()));
                 return;
             }
-            r = run_cycle(&redis, &naming, &namespaces, &cfg, &progress) => r,
+            r = run_cycle(&redis, &naming, &namespaces, &cfg, &progress)
+                .instrument(tracing::info_span!("refresh", job = %id)) => r,
         };
         match outcome {
             Ok(report) => {
