@@ -35,6 +35,8 @@ use crate::Mode;
 
 /// The hidden subcommand of the latency benchmark's reader process.
 pub(crate) const READER_COMMAND: &str = "--latency-reader";
+/// The reader's signing keys, when the pass is signed (unset: it accepts unsigned messages).
+const READER_KEYS_ENV: &str = "WALCACHE_BENCH_SIGNING_KEYS";
 /// The namespace (and table) of the latency benchmark.
 const LATENCY_NS: &str = "lat";
 /// How long the reader sleeps between two sweeps over the keys it watches.
@@ -87,6 +89,8 @@ impl DrainResult {
 pub(crate) struct RateResult {
     /// Target commits per second; `None` = unthrottled.
     pub(crate) target: Option<f64>,
+    /// The daemon signed its messages (wire v1.4) and the reader verified them.
+    pub(crate) signed: bool,
     pub(crate) commits: usize,
     /// Commits per second achieved in the daemon pass and in the floor pass.
     pub(crate) achieved: f64,
@@ -110,9 +114,14 @@ pub(crate) struct RateResult {
 
 impl RateResult {
     pub(crate) fn label(&self) -> String {
-        match self.target {
+        let rate = match self.target {
             Some(r) => format!("{r:.0}/s"),
             None => "unthrottled".to_owned(),
+        };
+        if self.signed {
+            format!("{rate}, signed")
+        } else {
+            rate
         }
     }
 }
@@ -304,7 +313,16 @@ struct InProcessDaemon<'a> {
 
 impl<'a> InProcessDaemon<'a> {
     fn start(rt: &'a Runtime, toml: &str) -> Result<InProcessDaemon<'a>, BoxError> {
-        let config = Config::parse(toml, &HashMap::<String, String>::new())?;
+        InProcessDaemon::start_with_env(rt, toml, &HashMap::new())
+    }
+
+    /// As [`start`](Self::start), with `env` as the daemon's environment (`WALCACHED_*`).
+    fn start_with_env(
+        rt: &'a Runtime,
+        toml: &str,
+        env: &HashMap<String, String>,
+    ) -> Result<InProcessDaemon<'a>, BoxError> {
+        let config = Config::parse(toml, env)?;
         let status = Arc::new(Status::default());
         let shutdown = CancellationToken::new();
         let task = rt.spawn(Box::pin(walcached::pipeline::run(
@@ -506,17 +524,27 @@ fn latency(env: &Env<'_>, rates: &[(Option<f64>, usize)]) -> Result<Vec<RateResu
     // Then the daemon's slot, from here on, and one daemon for all rates.
     env.create_slot("lat", "pgoutput")?;
     let toml = env.daemon_toml("lat", "lat_pub", LATENCY_NS);
-    let mut daemon = InProcessDaemon::start(env.daemon_rt, &toml)?;
     let mut results = Vec::new();
-    for (&(target, n), (floor, floor_achieved, floor_missing)) in rates.iter().zip(floors) {
-        let now = env.current_lsn()?;
-        daemon.wait("the daemon to catch up", |s| {
-            s.is_caught_up() && s.confirmed_lsn() >= now
-        })?;
-        let mut r = latency_run(env, &mut daemon, &writers, target, n)?;
-        r.floor = floor;
-        r.floor_achieved = floor_achieved;
-        r.floor_missing = floor_missing;
+    // Unsigned at every rate, then signed (wire v1.4: the daemon signs each message, the
+    // reader verifies it) at the rates of the goals, on the same slot and the same floors.
+    let signing_env: HashMap<String, String> =
+        [("WALCACHED_SIGNING_KEYS".to_owned(), SIGNING_KEYS.to_owned())].into();
+    for signed in [false, true] {
+        let daemon_env = if signed { signing_env.clone() } else { HashMap::new() };
+        let mut daemon = InProcessDaemon::start_with_env(env.daemon_rt, &toml, &daemon_env)?;
+        for (&(target, n), (floor, floor_achieved, floor_missing)) in rates.iter().zip(&floors) {
+            if signed && !SIGNED_RATES.contains(&target) {
+                continue;
+            }
+            let now = env.current_lsn()?;
+            daemon.wait("the daemon to catch up", |s| {
+                s.is_caught_up() && s.confirmed_lsn() >= now
+            })?;
+            let keys = signed.then_some(SIGNING_KEYS);
+            let mut r = latency_run(env, &mut daemon, &writers, target, n, keys)?;
+            r.floor = floor.clone();
+            r.floor_achieved = *floor_achieved;
+            r.floor_missing = *floor_missing;
         eprintln!(
             "suite: latency {}: achieved {:.0}/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms \
              ({} samples, {} missing); floor p50 {:.3} ms; reader {}{}",
@@ -531,12 +559,19 @@ fn latency(env: &Env<'_>, rates: &[(Option<f64>, usize)]) -> Result<Vec<RateResu
             r.reader_stats,
             crate::caveat::figure_label()
         );
-        results.push(r);
+            results.push(r);
+        }
+        daemon.stop()?;
     }
-    daemon.stop()?;
     env.drop_slot("lat")?;
     Ok(results)
 }
+
+/// The signing key of the signed latency pass (the daemon's and the reader's).
+const SIGNING_KEYS: &str = "bench:8f1c2a9d0e4b7f6a5c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b";
+
+/// The rates measured signed as well: those of the pipeline goals.
+const SIGNED_RATES: &[Option<f64>] = &[Some(1000.0), Some(4000.0)];
 
 /// When each commit was sent and when its `COMMIT` returned (indexed by key), and how long
 /// the whole run took from the first send to the last return.
@@ -683,9 +718,15 @@ fn latency_run(
     writers: &Writers,
     rate: Option<f64>,
     n: usize,
+    signing_keys: Option<&str>,
 ) -> Result<RateResult, BoxError> {
     let exe = std::env::current_exe()?;
-    let mut reader = Command::new(&exe)
+    let mut reader = Command::new(&exe);
+    match signing_keys {
+        Some(keys) => reader.env(READER_KEYS_ENV, keys),
+        None => reader.env_remove(READER_KEYS_ENV),
+    };
+    let mut reader = reader
         .arg(READER_COMMAND)
         .arg(env.redis.url())
         .arg(n.to_string())
@@ -820,6 +861,7 @@ fn latency_run(
     let missing = evicted.iter().filter(|e| e.is_none()).count() - flushed.len();
     Ok(RateResult {
         target: rate,
+        signed: signing_keys.is_some(),
         commits: n,
         achieved: n as f64 / commits.span_s,
         floor_achieved: 0.0,
@@ -850,12 +892,13 @@ pub(crate) fn latency_reader(args: &[String]) -> Result<(), BoxError> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let handle = rt.block_on(
-        Walcache::builder()
-            .allow_unsigned()
-            .redis_url(redis_url.as_str())
-            .build(),
-    )?;
+    let builder = Walcache::builder().redis_url(redis_url.as_str());
+    let builder = if std::env::var_os(READER_KEYS_ENV).is_some() {
+        builder.signing_keys_env(READER_KEYS_ENV)
+    } else {
+        builder.allow_unsigned()
+    };
+    let handle = rt.block_on(builder.build())?;
     let start = Instant::now();
     while !handle.is_live() {
         if start.elapsed() > Duration::from_secs(30) {

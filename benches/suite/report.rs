@@ -610,7 +610,9 @@ fn pipeline_markdown(s: &mut String, p: &PipelineResults, nproc: &str) {
          and timestamps each key's disappearance, until every key is gone or 1 s after the \
          daemon confirmed the last commit. Timestamps are `CLOCK_MONOTONIC` in both \
          processes (one clock per machine). Negative values (the eviction seen before the \
-         writer's `COMMIT` round trip returned) are real and kept. ![commit → eviction \
+         writer's `COMMIT` round trip returned) are real and kept. Rows marked *signed* \
+         repeat a rate with a daemon that signs every message (HMAC-SHA256, wire v1.4) and a \
+         reader that verifies each one: what signing costs end to end. ![commit → eviction \
          CDF](docs/benchmarks/{CDF_SVG})\n",
         READER_POLL.as_micros()
     );
