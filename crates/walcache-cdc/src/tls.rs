@@ -223,8 +223,8 @@ impl ClientCert {
             .map_err(|e| cert_error("invalid PEM", Some(e.into())))?;
         if chain.is_empty() {
             return Err(cert_error(
-                "no CERTIFICATE block in the file (sslcert is the client certificate, PEM; the \
-                 key goes in sslkey)",
+                "no CERTIFICATE block in the file: give the client certificate (PEM) here and \
+                 its private key in the key file",
                 None,
             ));
         }
