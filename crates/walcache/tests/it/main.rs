@@ -4,6 +4,7 @@
 mod api;
 mod fuzz;
 mod interleavings;
+mod mtls;
 mod races;
 mod read_path;
 mod resilience;
