@@ -269,7 +269,7 @@ def check_k8s() -> None:
 
 TOML_SECTIONS = {
     "postgres": {"url", "password_file", "slot", "publication"},
-    "redis": {"url", "ca_file", "key_prefix"},
+    "redis": {"url", "ca_file", "client_cert_file", "client_key_file", "key_prefix"},
     "stream": {
         "batch_max_keys",
         "batch_max_delay_ms",

@@ -1,6 +1,6 @@
 //! Takes the TLS parameters tokio-postgres's parser rejects (`sslmode=verify-ca`,
-//! `sslmode=verify-full`, `sslrootcert`) out of a libpq connection string, URL or
-//! `key=value` form, leaving the rest for tokio-postgres.
+//! `sslmode=verify-full`, `sslrootcert`, `sslcert`, `sslkey`) out of a libpq connection
+//! string, URL or `key=value` form, leaving the rest for tokio-postgres.
 
 use crate::error::Error;
 
@@ -9,6 +9,8 @@ use crate::error::Error;
 pub(crate) struct Extracted {
     pub(crate) sslmode: Option<String>,
     pub(crate) sslrootcert: Option<String>,
+    pub(crate) sslcert: Option<String>,
+    pub(crate) sslkey: Option<String>,
 }
 
 impl Extracted {
@@ -17,13 +19,16 @@ impl Extracted {
         match key {
             "sslmode" => self.sslmode = Some(value),
             "sslrootcert" => self.sslrootcert = Some(value),
+            "sslcert" => self.sslcert = Some(value),
+            "sslkey" => self.sslkey = Some(value),
             _ => return false,
         }
         true
     }
 }
 
-/// Splits `s` into the string without `sslmode` and `sslrootcert`, and their values.
+/// Splits `s` into the string without `sslmode`, `sslrootcert`, `sslcert` and `sslkey`, and
+/// their values.
 ///
 /// A string this parser cannot follow (an unterminated quote, a key without `=`) is returned
 /// unchanged, for tokio-postgres to report.
@@ -182,5 +187,20 @@ mod tests {
             )
         );
         assert!(extract("postgres://h/?sslrootcert=%zz").is_err());
+    }
+
+    #[test]
+    fn client_certificate() {
+        let (rest, e) = extract(
+            "postgres://u@h/db?sslcert=%2Fetc%2Fc.crt&connect_timeout=3&sslkey=%2Fetc%2Fc.key",
+        )
+        .unwrap();
+        assert_eq!(rest, "postgres://u@h/db?connect_timeout=3");
+        assert_eq!(e.sslcert.as_deref(), Some("/etc/c.crt"));
+        assert_eq!(e.sslkey.as_deref(), Some("/etc/c.key"));
+        let (rest, e) = extract("host=h sslkey='/a b/c.key' user=u sslcert = /c.crt").unwrap();
+        assert_eq!(rest, "host=h user=u");
+        assert_eq!(e.sslcert.as_deref(), Some("/c.crt"));
+        assert_eq!(e.sslkey.as_deref(), Some("/a b/c.key"));
     }
 }

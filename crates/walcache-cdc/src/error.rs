@@ -164,8 +164,10 @@ pub enum Error {
         mode: SslMode,
     },
     /// The TLS handshake failed: the server's certificate does not verify (unknown CA,
-    /// expired, wrong host name for `verify-full`) or the peers do not agree on TLS. The
-    /// source is an [`io::Error`] wrapping the `rustls::Error`.
+    /// expired, wrong host name for `verify-full`), the server rejected the client
+    /// certificate (an alert such as `UnknownCA` or `CertificateRequired`, received while
+    /// connecting), or the peers do not agree on TLS. The source is an [`io::Error`] wrapping
+    /// the `rustls::Error`.
     #[error("TLS handshake with the server failed")]
     Tls(#[source] io::Error),
     /// The root certificate file (`sslrootcert`) cannot be used.
@@ -176,6 +178,22 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
         /// The underlying error, if any.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The client certificate (`sslcert`) or its private key (`sslkey`) cannot be used: the
+    /// file cannot be read, holds no certificate or no key, the key is encrypted or of a kind
+    /// the TLS library does not take, or it does not belong to the certificate. The message
+    /// names the file and the problem, never the key's content.
+    #[error("cannot load the client {what} {}: {reason}", path.display())]
+    ClientCert {
+        /// `certificate` or `private key`.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it, and the fix.
+        reason: &'static str,
+        /// The underlying error, if any (never one quoting the key).
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },

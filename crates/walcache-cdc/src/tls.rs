@@ -2,23 +2,26 @@
 //!
 //! The negotiation is PostgreSQL's classic one (`sslnegotiation=postgres`): an SSLRequest on
 //! the fresh TCP connection, a one-byte answer (`S` or `N`), then the TLS handshake and the
-//! normal startup inside TLS. See [`SslMode`] for what each mode checks.
+//! normal startup inside TLS. See [`SslMode`] for what each mode checks, and [`ClientCert`]
+//! for client certificates (mutual TLS, libpq's `sslcert` and `sslkey`).
 
+use std::collections::HashSet;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
+use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -109,6 +112,216 @@ impl FromStr for SslMode {
     }
 }
 
+/// A client certificate and its private key, for servers that authenticate clients by
+/// certificate (mutual TLS): libpq's `sslcert` and `sslkey`, or
+/// [`ReplicationConfig::client_cert`](crate::client::ReplicationConfig::client_cert).
+///
+/// Both are PEM files, read at each connect (so a renewed certificate is picked up by the next
+/// connection):
+///
+/// - the certificate file: the client certificate first, then any intermediate CA
+///   certificates (`-----BEGIN CERTIFICATE-----` blocks);
+/// - the key file: one unencrypted private key, PKCS#8 (`-----BEGIN PRIVATE KEY-----`),
+///   PKCS#1 RSA (`-----BEGIN RSA PRIVATE KEY-----`) or SEC1 EC
+///   (`-----BEGIN EC PRIVATE KEY-----`); RSA, ECDSA P-256/P-384 and Ed25519 keys work.
+///   Encrypted keys (`sslpassword`) are not supported.
+///
+/// PostgreSQL's `cert` authentication maps the certificate's common name (CN) to the role
+/// (the user name, unless `pg_ident.conf` maps it); the server needs `ssl_ca_file` to ask for
+/// client certificates at all. A key file readable by its group or others is logged as a
+/// warning (once per file and process) naming the file and `chmod 600`: libpq refuses such a
+/// file, this client only warns. Unlike libpq, `~/.postgresql/postgresql.crt` is never looked
+/// for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientCert {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// A client certificate and key as PEM bytes, checked ([`ClientCert::read_pem`]), for clients
+/// that take PEM (redis-rs's `ClientTlsConfig`). `Debug` shows neither.
+#[derive(Clone)]
+pub struct ClientCertPem {
+    /// The certificate file's content.
+    pub cert: Vec<u8>,
+    /// The key file's content: a secret.
+    pub key: Vec<u8>,
+}
+
+impl fmt::Debug for ClientCertPem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCertPem")
+            .field("cert", &format_args!("<{} bytes>", self.cert.len()))
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl ClientCert {
+    /// The certificate (chain) file and its private key file, both PEM.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        ClientCert {
+            cert: cert.into(),
+            key: key.into(),
+        }
+    }
+
+    /// The certificate file.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert
+    }
+
+    /// The private key file.
+    pub fn key_path(&self) -> &Path {
+        &self.key
+    }
+
+    /// Reads and checks both files as a connection would, without connecting: for a
+    /// configuration check at start-up. Warns about a key file open to its group or others.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ClientCert`] naming the file and what is wrong: unreadable, no certificate,
+    /// no key or an encrypted one, a key of a kind the TLS library does not take, a key that
+    /// does not belong to the certificate.
+    pub fn check(&self) -> Result<(), Error> {
+        self.read_pem().map(drop)
+    }
+
+    /// Both files' content, checked as by [`check`](Self::check).
+    ///
+    /// # Errors
+    ///
+    /// As [`check`](Self::check).
+    pub fn read_pem(&self) -> Result<ClientCertPem, Error> {
+        let (pem, _) = self.load()?;
+        Ok(pem)
+    }
+
+    /// Reads, parses and checks both files.
+    fn load(&self) -> Result<(ClientCertPem, Identity), Error> {
+        let cert_error =
+            |reason: &'static str, source: Option<Box<dyn std::error::Error + Send + Sync>>| {
+                Error::ClientCert {
+                    what: "certificate",
+                    path: self.cert.clone(),
+                    reason,
+                    source,
+                }
+            };
+        // Key errors carry no source: a PEM or DER parser's message could quote the key.
+        let key_error = |reason: &'static str| Error::ClientCert {
+            what: "private key",
+            path: self.key.clone(),
+            reason,
+            source: None,
+        };
+        let cert_pem = std::fs::read(&self.cert)
+            .map_err(|e| cert_error("cannot read the file", Some(e.into())))?;
+        let chain = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| cert_error("invalid PEM", Some(e.into())))?;
+        if chain.is_empty() {
+            return Err(cert_error(
+                "no CERTIFICATE block in the file: give the client certificate (PEM) here and \
+                 its private key in the key file",
+                None,
+            ));
+        }
+        let key_pem = match std::fs::read(&self.key) {
+            Ok(pem) => pem,
+            Err(e) => {
+                return Err(Error::ClientCert {
+                    what: "private key",
+                    path: self.key.clone(),
+                    reason: "cannot read the file",
+                    source: Some(e.into()),
+                })
+            }
+        };
+        warn_if_readable_by_others(&self.key);
+        let key = match PrivateKeyDer::from_pem_slice(&key_pem) {
+            Ok(key) => key,
+            Err(_) if contains(&key_pem, b"ENCRYPTED PRIVATE KEY") => {
+                return Err(key_error(
+                    "the key is encrypted, which is not supported (sslpassword): store it \
+                     unencrypted with mode 0600, e.g. `openssl pkey -in KEY -out KEY.plain`",
+                ))
+            }
+            Err(rustls::pki_types::pem::Error::NoItemsFound) => {
+                return Err(key_error(
+                    "no private key in the file: expected PEM `BEGIN PRIVATE KEY` (PKCS#8), \
+                     `BEGIN RSA PRIVATE KEY` (PKCS#1) or `BEGIN EC PRIVATE KEY` (SEC1)",
+                ))
+            }
+            Err(_) => return Err(key_error("invalid PEM")),
+        };
+        let provider = rustls::crypto::ring::default_provider();
+        let certified = CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider).map_err(
+            |e| match e {
+                rustls::Error::InconsistentKeys(_) => key_error(
+                    "the key does not belong to the certificate: give the key the certificate \
+                     was issued for",
+                ),
+                rustls::Error::InvalidCertificate(_) => {
+                    cert_error("the first certificate does not parse", Some(e.into()))
+                }
+                _ => {
+                    key_error("unusable key: expected an RSA, ECDSA (P-256, P-384) or Ed25519 key")
+                }
+            },
+        )?;
+        drop(certified);
+        Ok((
+            ClientCertPem {
+                cert: cert_pem,
+                key: key_pem,
+            },
+            Identity { chain, key },
+        ))
+    }
+}
+
+/// A parsed client certificate chain and key.
+struct Identity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Logs a warning, once per file and process, when `key` is open to its group or others.
+fn warn_if_readable_by_others(key: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = std::fs::metadata(key) else {
+            return;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 == 0 {
+            return;
+        }
+        static WARNED: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
+        let first = WARNED
+            .get_or_init(Mutex::default)
+            .lock()
+            .map_or(true, |mut warned| warned.insert(key.to_owned()));
+        if first {
+            tracing::warn!(
+                file = %key.display(),
+                mode = %format_args!("{mode:04o}"),
+                "the client certificate's private key file is open to its group or to others: \
+                 `chmod 600` it (owned by this process's user); libpq refuses such a file"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = key;
+}
+
 /// The connection's byte stream: plain TCP or TLS over TCP.
 pub(crate) enum Stream {
     Plain(TcpStream),
@@ -179,8 +392,13 @@ pub(crate) struct TlsSetup {
 impl TlsSetup {
     /// Loads the root certificate (if any) and builds the rustls configuration for `mode`
     /// (which must not be [`SslMode::Disable`]).
-    pub(crate) fn new(mode: SslMode, root_cert: Option<&Path>, host: &str) -> Result<Self, Error> {
-        let config = client_config(mode, root_cert)?;
+    pub(crate) fn new(
+        mode: SslMode,
+        root_cert: Option<&Path>,
+        client_cert: Option<&ClientCert>,
+        host: &str,
+    ) -> Result<Self, Error> {
+        let config = client_config_with_cert(mode, root_cert, client_cert)?;
         let check_name = mode == SslMode::VerifyFull;
         let server_name = match ServerName::try_from(host.to_owned()) {
             Ok(name) => name,
@@ -220,6 +438,7 @@ impl TlsSetup {
 fn rustls_config(
     roots: Option<Arc<RootCertStore>>,
     check_name: bool,
+    identity: Option<Identity>,
 ) -> Result<rustls::ClientConfig, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(PgVerifier {
@@ -227,15 +446,26 @@ fn rustls_config(
         check_name,
         provider: Arc::clone(&provider),
     });
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|_| Error::Config {
             reason: "the TLS provider supports no safe protocol version",
             source: None,
         })?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth())
+        .with_custom_certificate_verifier(verifier);
+    match identity {
+        None => Ok(builder.with_no_client_auth()),
+        // Checked by `ClientCert::load` with the same provider.
+        Some(Identity { chain, key }) => {
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|_| Error::Config {
+                    reason: "the client certificate and key cannot be used together",
+                    source: None,
+                })
+        }
+    }
 }
 
 /// The rustls client configuration for `mode`, with libpq's certificate checks (the same
@@ -250,6 +480,21 @@ pub fn client_config(
     mode: SslMode,
     root_cert: Option<&Path>,
 ) -> Result<rustls::ClientConfig, Error> {
+    client_config_with_cert(mode, root_cert, None)
+}
+
+/// As [`client_config`], presenting `client_cert` when the server asks for a client
+/// certificate (mutual TLS, libpq's `sslcert` and `sslkey`).
+///
+/// # Errors
+///
+/// As [`client_config`]; [`Error::ClientCert`] when the certificate or key file cannot be
+/// used (see [`ClientCert::check`]).
+pub fn client_config_with_cert(
+    mode: SslMode,
+    root_cert: Option<&Path>,
+    client_cert: Option<&ClientCert>,
+) -> Result<rustls::ClientConfig, Error> {
     let roots = match root_cert {
         Some(path) => Some(Arc::new(load_root_cert(path)?)),
         None if mode.verifies_chain() => {
@@ -261,7 +506,11 @@ pub fn client_config(
         }
         None => None,
     };
-    rustls_config(roots, mode == SslMode::VerifyFull)
+    let identity = match client_cert {
+        Some(client_cert) => Some(client_cert.load()?.1),
+        None => None,
+    };
+    rustls_config(roots, mode == SslMode::VerifyFull, identity)
 }
 
 /// Reads every certificate of a PEM file into a root store.

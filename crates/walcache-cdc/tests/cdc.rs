@@ -5,14 +5,16 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
-use walcache_cdc::client::{ReplicationClient, ReplicationConfig, SslMode, StartReplication};
+use walcache_cdc::client::{
+    ClientCert, ReplicationClient, ReplicationConfig, SslMode, StartReplication,
+};
 use walcache_cdc::pgoutput::{
     ColumnValue, Commit, Delete, Insert, LogicalMessage, OldTuple, ReplicaIdentity, TupleData,
     Update,
 };
 use walcache_cdc::protocol::{ReplicationMessage, StandbyStatusUpdate};
 use walcache_cdc::{Error, Lsn, PgTimestamp};
-use walcache_testkit::{wait_until, PgServer, TestCerts};
+use walcache_testkit::{wait_until, ClientKeyFormat, PgOptions, PgServer, TestCerts};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -972,4 +974,185 @@ proptest! {
     fn lsn_text_round_trips(value in any::<u64>()) {
         prop_assert_eq!(Lsn(value).to_string().parse::<Lsn>().unwrap(), Lsn(value));
     }
+}
+
+/// The client certificate's subject as the server saw it (`pg_stat_ssl.client_dn`).
+async fn client_dn(client: &mut ReplicationClient) -> Result<Option<String>, Error> {
+    let rows = client
+        .simple_query("SELECT client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .await?;
+    Ok(rows
+        .into_iter()
+        .next()
+        .and_then(|row| row.into_iter().next().flatten()))
+}
+
+/// Mutual TLS: a role that PostgreSQL authenticates by certificate (`cert` in pg_hba.conf)
+/// replicates with `sslcert`/`sslkey` (URL and key=value forms, PKCS#8, SEC1 and PKCS#1
+/// keys) and is refused without them; unusable files are typed errors before any I/O.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicates_as_a_role_authenticated_by_client_certificate() -> TestResult {
+    let pg = PgServer::start_with(PgOptions::new().cert_auth_user("cdc_cert"))?;
+    let db = pg.create_database("cdcmtls").await?;
+    let sql = pg.connect(&db).await?;
+    sql.batch_execute(
+        "CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL);
+         CREATE PUBLICATION walcache FOR TABLE users;
+         CREATE ROLE cdc_cert LOGIN REPLICATION;
+         GRANT SELECT ON users TO cdc_cert;",
+    )
+    .await?;
+    let certs = pg.tls_certs().expect("a cert-auth server has TLS");
+    let ca = certs.ca_cert_path();
+    let (cert, key) = certs.client_cert("cdc_cert")?;
+
+    // The URL form, verify-full, streaming a change.
+    let url = format!(
+        "postgres://cdc_cert@localhost:{}/{db}?sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+        pg.port(),
+        ca.display(),
+        cert.display(),
+        key.display()
+    );
+    let config: ReplicationConfig = url.parse()?;
+    assert_eq!(
+        config.get_client_cert(),
+        Some(&ClientCert::new(&cert, &key))
+    );
+    let mut client = ReplicationClient::connect(&config).await?;
+    assert!(client.is_tls());
+    assert_eq!(
+        client_dn(&mut client).await?.as_deref(),
+        Some("/CN=cdc_cert")
+    );
+    let slot = client.create_logical_slot("walcache_mtls", false).await?;
+    let mut stream = client
+        .start_replication(
+            &StartReplication::new("walcache_mtls", ["walcache"]).start_lsn(slot.consistent_point),
+        )
+        .await?;
+    sql.batch_execute("INSERT INTO users VALUES (7, 'mtls@example.com')")
+        .await?;
+    let (changes, _) = next_transaction(&mut stream).await;
+    let [LogicalMessage::Insert(Insert { new, .. })] = changes.as_slice() else {
+        panic!("expected one Insert, got {changes:?}");
+    };
+    assert_eq!(new, &tuple(&[Some("7"), Some("mtls@example.com")]));
+    let mut client = stream.stop().await?;
+    client.drop_slot("walcache_mtls").await?;
+    client.close().await?;
+
+    // The key=value form and the builder, with SEC1 and PKCS#1 (RSA) keys.
+    for format in [ClientKeyFormat::Sec1, ClientKeyFormat::Pkcs1] {
+        let (cert, key) = certs.client_cert_with("cdc_cert", format)?;
+        let pem = std::fs::read_to_string(&key)?;
+        let header = match format {
+            ClientKeyFormat::Sec1 => "-----BEGIN EC PRIVATE KEY-----",
+            _ => "-----BEGIN RSA PRIVATE KEY-----",
+        };
+        assert!(
+            pem.starts_with(header),
+            "{format:?}: {}",
+            pem.lines().next().unwrap_or("")
+        );
+        let kv = format!(
+            "host=127.0.0.1 port={} user=cdc_cert dbname={db} sslmode=verify-ca \
+             sslrootcert='{}' sslcert='{}' sslkey='{}'",
+            pg.port(),
+            ca.display(),
+            cert.display(),
+            key.display()
+        );
+        let mut client = ReplicationClient::connect(&kv.parse()?).await?;
+        assert_eq!(
+            client_dn(&mut client).await?.as_deref(),
+            Some("/CN=cdc_cert"),
+            "{format:?}"
+        );
+        let built = ReplicationConfig::new("127.0.0.1", pg.port(), "cdc_cert", &db)
+            .ssl_mode(SslMode::Require)
+            .client_cert(&cert, &key);
+        let mut client = ReplicationClient::connect(&built).await?;
+        assert!(client.identify_system().await.is_ok(), "{format:?}");
+    }
+
+    // Without a certificate the server refuses the role (pg_hba.conf `cert`).
+    let without = ReplicationConfig::new("127.0.0.1", pg.port(), "cdc_cert", &db)
+        .ssl_mode(SslMode::VerifyFull)
+        .root_cert(ca);
+    let error = ReplicationClient::connect(&without).await.unwrap_err();
+    assert_eq!(error.code(), Some("28000"), "{error:?}");
+    assert!(!error.is_retryable(), "{error:?}");
+    // Nor over plain TCP.
+    let error = ReplicationClient::connect(&without.clone().ssl_mode(SslMode::Disable))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some("28000"), "{error:?}");
+
+    // A certificate for another role does not authenticate this one.
+    let (other_cert, other_key) = certs.client_cert("someone_else")?;
+    let error = ReplicationClient::connect(&without.clone().client_cert(&other_cert, &other_key))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some("28000"), "{error:?}");
+
+    // A certificate from a CA the server does not trust: the server rejects the handshake.
+    let elsewhere = tempfile::tempdir()?;
+    let wrong_ca = TestCerts::generate(elsewhere.path())?;
+    let (foreign_cert, foreign_key) = wrong_ca.client_cert("cdc_cert")?;
+    let error =
+        ReplicationClient::connect(&without.clone().client_cert(&foreign_cert, &foreign_key))
+            .await
+            .unwrap_err();
+    assert!(matches!(error, Error::Tls(_)), "{error:?}");
+    assert!(
+        error_chain(&error).contains("UnknownCA"),
+        "{}",
+        error_chain(&error)
+    );
+    assert!(!error.is_retryable(), "{error:?}");
+
+    // Files that cannot be used: typed errors naming the file, before any network I/O.
+    let missing = elsewhere.path().join("missing.key");
+    let unusable = |config: ReplicationConfig| async move {
+        match ReplicationClient::connect(&config).await {
+            Err(Error::ClientCert { path, reason, .. }) => (path, reason),
+            other => panic!("expected Error::ClientCert, got {:?}", other.map(|_| ())),
+        }
+    };
+    let (path, reason) = unusable(without.clone().client_cert(&cert, &missing)).await;
+    assert_eq!(
+        (path.as_path(), reason),
+        (missing.as_path(), "cannot read the file")
+    );
+    let (path, reason) = unusable(without.clone().client_cert(&key, &key)).await;
+    assert_eq!(path, key);
+    assert!(reason.contains("no CERTIFICATE block"), "{reason}");
+    let (path, reason) = unusable(without.clone().client_cert(&cert, &cert)).await;
+    assert_eq!(path, cert);
+    assert!(reason.contains("no private key"), "{reason}");
+    let (path, reason) = unusable(without.clone().client_cert(&cert, &other_key)).await;
+    assert_eq!(path, other_key);
+    assert!(
+        reason.contains("does not belong to the certificate"),
+        "{reason}"
+    );
+    let encrypted = elsewhere.path().join("encrypted.key");
+    std::fs::write(
+        &encrypted,
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    )?;
+    let (path, reason) = unusable(without.clone().client_cert(&cert, &encrypted)).await;
+    assert_eq!(path, encrypted);
+    assert!(reason.contains("encrypted"), "{reason}");
+    // The message names the file, never the key's content.
+    let error = ReplicationClient::connect(&without.clone().client_cert(&cert, &other_key))
+        .await
+        .unwrap_err();
+    let key_body = std::fs::read_to_string(&other_key)?;
+    let secret_line = key_body.lines().nth(1).expect("a base64 line");
+    let text = format!("{} {error:?}", error_chain(&error));
+    assert!(text.contains(&other_key.display().to_string()), "{text}");
+    assert!(!text.contains(secret_line), "{text}");
+    Ok(())
 }

@@ -6,7 +6,9 @@
 //!   template cached once per machine, with [`PgServer::create_database`] for a database per
 //!   test.
 //! - [`PgServer::start_with_tls`] and [`RedisServer::start_with_tls`]: the same with TLS, with
-//!   certificates made by `openssl` ([`TestCerts`]).
+//!   certificates made by `openssl` ([`TestCerts`]); [`TestCerts::client_cert`] for client
+//!   certificates, [`PgOptions::cert_auth_user`] for a role that authenticates with one and
+//!   [`RedisServer::start_with_tls_client_auth`] for a Redis that requires one.
 //! - [`PgServer::start_with`] and [`PgOptions`]: a cluster in a chosen transaction-id epoch or
 //!   just before an xid wrap (`pg_resetwal -e`/`-x`), and [`PgServer::consume_xids`] to get
 //!   there.
@@ -71,8 +73,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use crate::error::{Error, Result};
 pub use crate::pg_server::{next_xid8, PgOptions, PgServer};
 pub use crate::proxy::{ProxyStats, TcpProxy};
-pub use crate::redis_server::RedisServer;
-pub use crate::tls::TestCerts;
+pub use crate::redis_server::{RedisServer, TESTKIT_CLIENT_USER};
+pub use crate::tls::{ClientKeyFormat, TestCerts};
 pub use crate::wait::{wait_until, wait_until_blocking, WaitError};
 pub use crate::zipf::Zipf;
 

@@ -148,6 +148,7 @@ pub struct PgServer {
 #[derive(Debug, Clone, Default)]
 pub struct PgOptions {
     tls: bool,
+    cert_auth_users: Vec<String>,
     xid_epoch: Option<u32>,
     next_xid: Option<u32>,
 }
@@ -161,6 +162,21 @@ impl PgOptions {
     /// TLS as with [`PgServer::start_with_tls`].
     pub fn tls(mut self, tls: bool) -> Self {
         self.tls = tls;
+        self
+    }
+
+    /// TLS, and `user` must authenticate with a client certificate signed by the server's CA
+    /// whose common name is `user` (make one with
+    /// [`TestCerts::client_cert`](crate::TestCerts::client_cert) on
+    /// [`PgServer::tls_certs`]): `pg_hba.conf` gets `hostssl all USER 127.0.0.1/32 cert`
+    /// (replication too) and `hostnossl ... reject` for that user, and `ssl_ca_file` is set so
+    /// that the server asks clients for a certificate. Other roles keep `trust`. The role is
+    /// not created: `CREATE ROLE user LOGIN REPLICATION` as the superuser (whose
+    /// [`connect`](PgServer::connect) stays plain). May be given for several users. `user`:
+    /// ASCII letters, digits, `_`, `-` and `.`.
+    pub fn cert_auth_user(mut self, user: impl Into<String>) -> Self {
+        self.tls = true;
+        self.cert_auth_users.push(user.into());
         self
     }
 
@@ -187,6 +203,9 @@ impl PgOptions {
     }
 
     fn validate(&self) -> Result<()> {
+        for user in &self.cert_auth_users {
+            crate::tls::check_user(user)?;
+        }
         if self.xid_epoch == Some(u32::MAX) {
             return Err(Error::InvalidOption {
                 reason: "xid_epoch must be below u32::MAX (pg_resetwal -e rejects -1)".to_owned(),
@@ -253,7 +272,7 @@ impl PgServer {
     /// `pg_resetwal` is missing or fails.
     pub fn start_with(options: PgOptions) -> Result<PgServer> {
         options.validate()?;
-        let tls = options.tls;
+        let tls = options.tls || !options.cert_auth_users.is_empty();
         let bin_dir = bin_dir()?;
         let run_as = RunAs::get()?;
         let template = template(&bin_dir, run_as)?;
@@ -273,13 +292,26 @@ impl PgServer {
             fs::create_dir(&tls_dir).map_err(|e| Error::io("creating", &tls_dir, e))?;
             let certs = TestCerts::generate(&tls_dir)?;
             let hba = data_dir.join("pg_hba.conf");
-            fs::write(&hba, format!("{PG_HBA_TLS}{PG_HBA}"))
+            let mut cert_auth = String::new();
+            for user in &options.cert_auth_users {
+                cert_auth.push_str(&format!(
+                    "# walcache-testkit: {user} authenticates with a client certificate.\n\
+                     hostssl   all         {user} 127.0.0.1/32 cert\n\
+                     hostssl   replication {user} 127.0.0.1/32 cert\n\
+                     hostnossl all         {user} 127.0.0.1/32 reject\n\
+                     hostnossl replication {user} 127.0.0.1/32 reject\n"
+                ));
+            }
+            fs::write(&hba, format!("{cert_auth}{PG_HBA_TLS}{PG_HBA}"))
                 .map_err(|e| Error::io("writing", &hba, e))?;
             Some(certs)
         } else {
             None
         };
-        write_settings(&data_dir, &socket_dir, certs.as_ref())?;
+        let client_ca = certs
+            .as_ref()
+            .filter(|_| !options.cert_auth_users.is_empty());
+        write_settings(&data_dir, &socket_dir, certs.as_ref(), client_ca)?;
         if let Some(xid) = options.next_xid {
             create_clog_segment(&data_dir, xid)?;
         }
@@ -632,8 +664,14 @@ fn postmaster_ready(pid_file: &Path, pid: u32) -> bool {
             .is_some_and(|status| matches!(status.trim(), "ready" | "standby"))
 }
 
-/// Writes the per-server settings into `postgresql.auto.conf`, which PostgreSQL reads last.
-fn write_settings(data_dir: &Path, socket_dir: &Path, tls: Option<&TestCerts>) -> Result<()> {
+/// Writes the per-server settings into `postgresql.auto.conf`, which PostgreSQL reads last;
+/// with `client_ca`, `ssl_ca_file` (the server then asks clients for a certificate).
+fn write_settings(
+    data_dir: &Path,
+    socket_dir: &Path,
+    tls: Option<&TestCerts>,
+    client_ca: Option<&TestCerts>,
+) -> Result<()> {
     let quote = |path: &Path| path.display().to_string().replace('\'', "''");
     let socket_dir = quote(socket_dir);
     let mut settings = format!(
@@ -656,6 +694,12 @@ fn write_settings(data_dir: &Path, socket_dir: &Path, tls: Option<&TestCerts>) -
              ssl_key_file = '{}'\n",
             quote(certs.server_cert_path()),
             quote(certs.server_key_path()),
+        ));
+    }
+    if let Some(certs) = client_ca {
+        settings.push_str(&format!(
+            "ssl_ca_file = '{}'\n",
+            quote(certs.ca_cert_path())
         ));
     }
     let path = data_dir.join("postgresql.auto.conf");

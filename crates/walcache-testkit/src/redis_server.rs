@@ -45,8 +45,14 @@ pub struct RedisServer {
     binary: PathBuf,
     child: Option<Child>,
     tls: Option<TestCerts>,
+    /// With `--tls-auth-clients yes`: the test kit's own client certificate and key.
+    client_identity: Option<(PathBuf, PathBuf)>,
     dir: TempDir,
 }
+
+/// The common name of the client certificate [`RedisServer::client`] presents to a server
+/// started with [`RedisServer::start_with_tls_client_auth`].
+pub const TESTKIT_CLIENT_USER: &str = "walcache-testkit";
 
 /// Why one attempt to start failed.
 enum Attempt {
@@ -69,7 +75,7 @@ impl RedisServer {
     /// the end of the server's log when no attempt succeeded, [`Error::Io`] for file-system
     /// failures.
     pub fn start() -> Result<RedisServer> {
-        Self::start_with(false)
+        Self::start_with(false, false)
     }
 
     /// As [`start`](Self::start), serving TLS only (`--port 0 --tls-port PORT`), with a CA and
@@ -85,10 +91,23 @@ impl RedisServer {
     /// `openssl` is missing or fails; [`Error::Startup`] when `redis-server` was built without
     /// TLS.
     pub fn start_with_tls() -> Result<RedisServer> {
-        Self::start_with(true)
+        Self::start_with(true, false)
     }
 
-    fn start_with(tls: bool) -> Result<RedisServer> {
+    /// As [`start_with_tls`](Self::start_with_tls), and clients must present a certificate
+    /// signed by the test CA (`--tls-auth-clients yes`, `--tls-ca-cert-file`): make one with
+    /// [`TestCerts::client_cert`] on [`tls_certs`](Self::tls_certs). A client without one is
+    /// refused during the handshake. [`client`](Self::client) presents its own (common name
+    /// `walcache-testkit`, [`testkit_client_cert`](Self::testkit_client_cert)).
+    ///
+    /// # Errors
+    ///
+    /// As [`start_with_tls`](Self::start_with_tls).
+    pub fn start_with_tls_client_auth() -> Result<RedisServer> {
+        Self::start_with(true, true)
+    }
+
+    fn start_with(tls: bool, client_auth: bool) -> Result<RedisServer> {
         let binary = match std::env::var_os(BINARY_ENV) {
             Some(path) => PathBuf::from(path),
             None => find_program("redis-server").ok_or_else(|| Error::MissingBinary {
@@ -102,11 +121,16 @@ impl RedisServer {
         } else {
             None
         };
+        let client_identity = match &tls {
+            Some(certs) if client_auth => Some(certs.client_cert(TESTKIT_CLIENT_USER)?),
+            _ => None,
+        };
         let mut server = RedisServer {
             port: 0,
             binary,
             child: None,
             tls,
+            client_identity,
             dir,
         };
         let mut last_error = None;
@@ -161,14 +185,30 @@ impl RedisServer {
         self.tls.as_ref()
     }
 
+    /// Whether clients must present a certificate
+    /// ([`start_with_tls_client_auth`](Self::start_with_tls_client_auth)).
+    pub fn requires_client_cert(&self) -> bool {
+        self.client_identity.is_some()
+    }
+
+    /// The certificate and key [`client`](Self::client) presents, for a server started with
+    /// [`start_with_tls_client_auth`](Self::start_with_tls_client_auth).
+    pub fn testkit_client_cert(&self) -> Option<(&Path, &Path)> {
+        self.client_identity
+            .as_ref()
+            .map(|(cert, key)| (cert.as_path(), key.as_path()))
+    }
+
     /// A client for the server (no connection is made until one is asked for); for a TLS
-    /// server, one that trusts only the test CA.
+    /// server, one that trusts only the test CA (and presents the test kit's client
+    /// certificate when the server requires one).
     ///
     /// # Panics
     ///
-    /// When the CA certificate written at start can no longer be read.
+    /// When the CA certificate (or client certificate) written at start can no longer be read.
     pub fn client(&self) -> redis::Client {
-        client_for(self.port, self.tls.as_ref()).expect("the test CA is readable and valid")
+        client_for(self.port, self.tls.as_ref(), self.client_identity.as_ref())
+            .expect("the test CA is readable and valid")
     }
 
     /// The server's temporary directory (working directory and `redis.log`).
@@ -242,7 +282,12 @@ impl RedisServer {
                 .arg(certs.server_key_path())
                 .arg("--tls-ca-cert-file")
                 .arg(certs.ca_cert_path())
-                .args(["--tls-auth-clients", "no"]),
+                .args(["--tls-auth-clients"])
+                .arg(if self.client_identity.is_some() {
+                    "yes"
+                } else {
+                    "no"
+                }),
         };
         command
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -293,7 +338,9 @@ impl RedisServer {
             }
             // Ask the server for its pid: a PONG from some other server that owns the port
             // must not count.
-            if answering_pid(self.port, self.tls.as_ref()) == Some(pid) {
+            if answering_pid(self.port, self.tls.as_ref(), self.client_identity.as_ref())
+                == Some(pid)
+            {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -308,16 +355,28 @@ impl RedisServer {
     }
 }
 
-/// A client for the server on `port`, trusting only the test CA when there is one.
-fn client_for(port: u16, tls: Option<&TestCerts>) -> Result<redis::Client> {
+/// A client for the server on `port`, trusting only the test CA when there is one, and
+/// presenting `identity` (certificate and key files).
+fn client_for(
+    port: u16,
+    tls: Option<&TestCerts>,
+    identity: Option<&(PathBuf, PathBuf)>,
+) -> Result<redis::Client> {
     let Some(certs) = tls else {
         return Ok(redis::Client::open(format!("redis://127.0.0.1:{port}/"))
             .expect("a redis://127.0.0.1:PORT/ URL is always valid"));
     };
     // redis-rs builds its rustls configuration with the process-wide provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let client_tls = match identity {
+        Some((cert, key)) => Some(redis::ClientTlsConfig {
+            client_cert: std::fs::read(cert).map_err(|e| Error::io("reading", cert, e))?,
+            client_key: std::fs::read(key).map_err(|e| Error::io("reading", key, e))?,
+        }),
+        None => None,
+    };
     let certificates = redis::TlsCertificates {
-        client_tls: None,
+        client_tls,
         root_cert: Some(certs.ca_pem()?),
     };
     redis::Client::build_with_tls(format!("rediss://127.0.0.1:{port}/"), certificates).map_err(
@@ -330,8 +389,12 @@ fn client_for(port: u16, tls: Option<&TestCerts>) -> Result<redis::Client> {
 }
 
 /// The `process_id` of the server answering `PING` on `port`, if one does.
-fn answering_pid(port: u16, tls: Option<&TestCerts>) -> Option<u32> {
-    let client = client_for(port, tls).ok()?;
+fn answering_pid(
+    port: u16,
+    tls: Option<&TestCerts>,
+    identity: Option<&(PathBuf, PathBuf)>,
+) -> Option<u32> {
+    let client = client_for(port, tls, identity).ok()?;
     let mut conn = client
         .get_connection_with_timeout(Duration::from_millis(500))
         .ok()?;

@@ -136,6 +136,17 @@ pub struct RedisConfig {
     /// Env: `WALCACHED_REDIS_CA_FILE`.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// With a `rediss://` URL, for a Redis that requires client certificates
+    /// (`tls-auth-clients yes`): the client certificate (PEM, the certificate first, then any
+    /// intermediates). Only together with `client_key_file`.
+    /// Env: `WALCACHED_REDIS_CLIENT_CERT_FILE`.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (unencrypted PEM: PKCS#8, PKCS#1 or SEC1; mode
+    /// 0600, a warning otherwise). Only together with `client_cert_file`.
+    /// Env: `WALCACHED_REDIS_CLIENT_KEY_FILE`.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
     /// Prefix of keys and channels; must match the library's. Default `wc`.
     /// Env: `WALCACHED_REDIS_KEY_PREFIX`.
     #[serde(default = "default_prefix")]
@@ -147,6 +158,8 @@ impl fmt::Debug for RedisConfig {
         f.debug_struct("RedisConfig")
             .field("url", &redact_url(self.url.expose()))
             .field("ca_file", &self.ca_file)
+            .field("client_cert_file", &self.client_cert_file)
+            .field("client_key_file", &self.client_key_file)
             .field("key_prefix", &self.key_prefix)
             .finish()
     }
@@ -466,6 +479,12 @@ impl Config {
         }
         if let Some(v) = env.var("WALCACHED_REDIS_CA_FILE") {
             self.redis.ca_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env.var("WALCACHED_REDIS_CLIENT_CERT_FILE") {
+            self.redis.client_cert_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env.var("WALCACHED_REDIS_CLIENT_KEY_FILE") {
+            self.redis.client_key_file = Some(PathBuf::from(v));
         }
         if let Some(v) = env.var("WALCACHED_REDIS_KEY_PREFIX") {
             self.redis.key_prefix = v;

@@ -1,7 +1,8 @@
 //! Connections to PostgreSQL and Redis made from the configuration, with TLS when the URLs ask
-//! for it: `sslmode`/`sslrootcert` in `postgres.url` (libpq's meanings, up to `verify-full`)
-//! for both the replication connection and the SQL sessions, and `rediss://` (with
-//! `redis.ca_file` for a private CA) for Redis.
+//! for it: `sslmode`/`sslrootcert` in `postgres.url` (libpq's meanings, up to `verify-full`),
+//! and `sslcert`/`sslkey` for a client certificate (mutual TLS), for both the replication
+//! connection and the SQL sessions; and `rediss://` (with `redis.ca_file` for a private CA,
+//! `redis.client_cert_file`/`redis.client_key_file` for a client certificate) for Redis.
 //!
 //! # No silent sockets
 //!
@@ -20,7 +21,7 @@ use std::time::Duration;
 use redis::io::tcp::socket2::TcpKeepalive;
 use redis::IntoConnectionInfo;
 use walcache_cdc::client::{
-    parse_connection_string, tls_client_config, ReplicationConfig, SslMode,
+    parse_connection_string, tls_client_config_with_cert, ClientCert, ReplicationConfig, SslMode,
     DEFAULT_KEEPALIVES_IDLE, DEFAULT_KEEPALIVES_INTERVAL, DEFAULT_KEEPALIVES_RETRIES,
     DEFAULT_TCP_USER_TIMEOUT,
 };
@@ -54,13 +55,15 @@ pub struct Postgres {
     pg: tokio_postgres::Config,
     ssl_mode: SslMode,
     root_cert: Option<PathBuf>,
+    client_cert: Option<ClientCert>,
     max_frame_len: usize,
 }
 
 /// A PostgreSQL session could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// The TLS settings cannot be used (root certificate unreadable, ...).
+    /// The TLS settings cannot be used (root certificate unreadable, client certificate or
+    /// key unusable, ...).
     #[error("TLS settings of postgres.url")]
     Tls(#[source] walcache_cdc::Error),
     /// Connecting or authenticating failed.
@@ -69,12 +72,15 @@ pub enum ConnectError {
 }
 
 impl Postgres {
-    /// Parse `postgres.url` (either libpq form, including `sslmode=verify-ca|verify-full`
-    /// and `sslrootcert`).
+    /// Parse `postgres.url` (either libpq form, including `sslmode=verify-ca|verify-full`,
+    /// `sslrootcert`, and `sslcert` with `sslkey`). A client certificate and key are read and
+    /// checked now (they are read again at each connect).
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] on `postgres.url`.
+    /// A [`ConfigError`] on `postgres.url`: it does not parse, `sslcert` comes without
+    /// `sslkey` (or the reverse), or the certificate or key file cannot be used (the error
+    /// names the file and the problem).
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
         let url = config.postgres.url.expose();
         let parsed = parse_connection_string(url).map_err(|e| {
@@ -87,6 +93,18 @@ impl Postgres {
                 ),
             )
         })?;
+        if let Some(client_cert) = &parsed.client_cert {
+            client_cert.check().map_err(|e| {
+                ConfigError::new(
+                    "postgres.url",
+                    format!(
+                        "{e}; sslcert is the client certificate (PEM, signed by a CA in the \
+                         server's ssl_ca_file, CN = the role), sslkey its unencrypted private key \
+                         (PEM, mode 0600)"
+                    ),
+                )
+            })?;
+        }
         let mut pg = parsed.pg;
         if let Some(p) = &config.postgres.password {
             pg.password(p.expose());
@@ -104,6 +122,7 @@ impl Postgres {
             pg,
             ssl_mode: parsed.ssl_mode,
             root_cert: parsed.root_cert,
+            client_cert: parsed.client_cert,
             max_frame_len: config.stream.max_frame_bytes,
         })
     }
@@ -133,8 +152,12 @@ impl Postgres {
             spawn_connection(connection);
             return Ok(client);
         }
-        let tls = tls_client_config(self.ssl_mode, self.root_cert.as_deref())
-            .map_err(ConnectError::Tls)?;
+        let tls = tls_client_config_with_cert(
+            self.ssl_mode,
+            self.root_cert.as_deref(),
+            self.client_cert.as_ref(),
+        )
+        .map_err(ConnectError::Tls)?;
         let (client, connection) = pg
             .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
             .await
@@ -162,6 +185,9 @@ impl Postgres {
             .max_frame_len(self.max_frame_len);
         if let Some(path) = &self.root_cert {
             r = r.root_cert(path.clone());
+        }
+        if let Some(c) = &self.client_cert {
+            r = r.client_cert(c.cert_path(), c.key_path());
         }
         Ok(r)
     }
@@ -203,12 +229,15 @@ fn with_dead_peer_detection(info: redis::ConnectionInfo) -> redis::ConnectionInf
 }
 
 /// The Redis client for `redis.url`: `rediss://` verifies against the system roots, or only
-/// against `redis.ca_file` when set. Its connections have TCP keepalives and
-/// `TCP_USER_TIMEOUT`, as PostgreSQL's do.
+/// against `redis.ca_file` when set, and presents `redis.client_cert_file` with
+/// `redis.client_key_file` when set (for a Redis with `tls-auth-clients yes`). Its connections
+/// have TCP keepalives and `TCP_USER_TIMEOUT`, as PostgreSQL's do.
 ///
 /// # Errors
 ///
-/// A [`ConfigError`] on `redis.url` or `redis.ca_file`.
+/// A [`ConfigError`] on `redis.url`, `redis.ca_file`, `redis.client_cert_file` or
+/// `redis.client_key_file`: a CA or client certificate without `rediss://`, one of the client
+/// certificate and key without the other, a file that cannot be read or used.
 pub fn redis_client(config: &Config) -> Result<redis::Client, ConfigError> {
     let url = config.redis.url.expose();
     let bad_url = |e: redis::RedisError| {
@@ -225,8 +254,9 @@ pub fn redis_client(config: &Config) -> Result<redis::Client, ConfigError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
     let info = with_dead_peer_detection(url.into_connection_info().map_err(bad_url)?);
-    match &config.redis.ca_file {
-        None => redis::Client::open(info).map_err(bad_url),
+    let client_tls = redis_client_tls(config, url)?;
+    let root_cert = match &config.redis.ca_file {
+        None => None,
         Some(path) => {
             if !url.starts_with("rediss://") {
                 return Err(ConfigError::new(
@@ -234,27 +264,91 @@ pub fn redis_client(config: &Config) -> Result<redis::Client, ConfigError> {
                     format!("{} is set but redis.url is not rediss://; use a rediss:// URL or drop ca_file", path.display()),
                 ));
             }
-            let pem = std::fs::read(path).map_err(|e| {
+            Some(std::fs::read(path).map_err(|e| {
                 ConfigError::new(
                     "redis.ca_file",
                     format!("cannot read {}: {e}", path.display()),
                 )
-            })?;
-            redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem),
-                },
-            )
-            .map_err(bad_url)
+            })?)
         }
+    };
+    if client_tls.is_none() && root_cert.is_none() {
+        return redis::Client::open(info).map_err(bad_url);
     }
+    redis::Client::build_with_tls(
+        info,
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(bad_url)
+}
+
+/// `redis.client_cert_file` and `redis.client_key_file`, read and checked (both or neither,
+/// only with `rediss://`, a key that belongs to the certificate).
+fn redis_client_tls(
+    config: &Config,
+    url: &str,
+) -> Result<Option<redis::ClientTlsConfig>, ConfigError> {
+    let (cert, key) = match (
+        &config.redis.client_cert_file,
+        &config.redis.client_key_file,
+    ) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (cert, key),
+        (Some(_), None) | (None, Some(_)) => {
+            let (set, missing) = if config.redis.client_cert_file.is_some() {
+                ("redis.client_cert_file", "redis.client_key_file")
+            } else {
+                ("redis.client_key_file", "redis.client_cert_file")
+            };
+            return Err(ConfigError::new(
+                missing,
+                format!(
+                    "not set, but {set} is: redis.client_cert_file and redis.client_key_file go \
+                     together; set both (the client certificate and its private key, PEM) or \
+                     neither"
+                ),
+            ));
+        }
+    };
+    if !url.starts_with("rediss://") {
+        return Err(ConfigError::new(
+            "redis.client_cert_file",
+            format!(
+                "{} is set but redis.url is not rediss://; a client certificate needs TLS: use a \
+                 rediss:// URL or drop client_cert_file and client_key_file",
+                cert.display()
+            ),
+        ));
+    }
+    let pem = ClientCert::new(cert, key).read_pem().map_err(|e| {
+        let field = match &e {
+            walcache_cdc::Error::ClientCert {
+                what: "private key",
+                ..
+            } => "redis.client_key_file",
+            _ => "redis.client_cert_file",
+        };
+        ConfigError::new(
+            field,
+            format!(
+                "{e}; give the client certificate (PEM, signed by the CA in Redis's \
+                 tls-ca-cert-file) and its unencrypted private key (PEM, mode 0600)"
+            ),
+        )
+    })?;
+    Ok(Some(redis::ClientTlsConfig {
+        client_cert: pem.cert,
+        client_key: pem.key,
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+    use std::path::Path;
 
     use super::*;
 
@@ -307,6 +401,132 @@ keys = ["{{id}}"]
         assert_eq!(r.get_keepalives_interval(), Duration::from_secs(5));
         assert_eq!(r.get_keepalives_retries(), 3);
         assert_eq!(r.get_tcp_user_timeout(), Duration::from_secs(40));
+    }
+
+    /// A configuration with extra `[redis]` lines and environment.
+    fn parse_with(
+        pg_url: &str,
+        redis_url: &str,
+        redis_extra: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Config, ConfigError> {
+        let text = format!(
+            r#"
+[postgres]
+url = "{pg_url}"
+
+[redis]
+url = "{redis_url}"
+{redis_extra}
+
+[[rules]]
+table = "public.users"
+namespace = "users"
+keys = ["{{id}}"]
+"#
+        );
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::parse(&text, &env)
+    }
+
+    #[test]
+    fn client_certificates_are_checked_with_the_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = walcache_testkit::TestCerts::generate(dir.path()).unwrap();
+        let (cert, key) = certs.client_cert("walcached").unwrap();
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        let pg = "postgres://w@127.0.0.1/app";
+
+        // Redis: both files, rediss://, from the file or the environment.
+        let both = format!("client_cert_file = \"{cert}\"\nclient_key_file = \"{key}\"");
+        let c = parse_with(pg, "rediss://127.0.0.1:6379/", &both, &[]).expect("valid");
+        assert_eq!(c.redis.client_cert_file.as_deref(), Some(Path::new(&cert)));
+        let c = parse_with(
+            pg,
+            "rediss://127.0.0.1:6379/",
+            "",
+            &[
+                ("WALCACHED_REDIS_CLIENT_CERT_FILE", &cert),
+                ("WALCACHED_REDIS_CLIENT_KEY_FILE", &key),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(c.redis.client_key_file.as_deref(), Some(Path::new(&key)));
+
+        // One without the other, either way.
+        let e = parse_with(
+            pg,
+            "rediss://127.0.0.1:6379/",
+            &format!("client_cert_file = \"{cert}\""),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "redis.client_key_file", "{e}");
+        assert!(
+            e.problem.contains("go together; set both") && e.problem.contains("or neither"),
+            "{e}"
+        );
+        let e = parse_with(
+            pg,
+            "rediss://127.0.0.1:6379/",
+            "",
+            &[("WALCACHED_REDIS_CLIENT_KEY_FILE", &key)],
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "redis.client_cert_file", "{e}");
+        // Without TLS.
+        let e = parse_with(pg, "redis://127.0.0.1:6379/", &both, &[]).unwrap_err();
+        assert_eq!(e.field, "redis.client_cert_file", "{e}");
+        assert!(
+            e.problem.contains("not rediss://") && e.problem.contains("use a rediss:// URL"),
+            "{e}"
+        );
+        // A file that cannot be used: the field and the file are named.
+        let missing = dir.path().join("missing.key").display().to_string();
+        let e = parse_with(
+            pg,
+            "rediss://127.0.0.1:6379/",
+            &format!("client_cert_file = \"{cert}\"\nclient_key_file = \"{missing}\""),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "redis.client_key_file", "{e}");
+        assert!(e.problem.contains(&missing), "{e}");
+        let e = parse_with(
+            pg,
+            "rediss://127.0.0.1:6379/",
+            &format!("client_cert_file = \"{key}\"\nclient_key_file = \"{key}\""),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "redis.client_cert_file", "{e}");
+        assert!(e.problem.contains("no CERTIFICATE block"), "{e}");
+
+        // PostgreSQL: sslcert and sslkey in the URL, both or neither, the files checked.
+        let url = format!("{pg}?sslmode=require&sslcert={cert}&sslkey={key}");
+        let c = parse_with(&url, "redis://127.0.0.1:6379/", "", &[]).expect("valid");
+        let r = Postgres::from_config(&c).unwrap().replication().unwrap();
+        let client_cert = r.get_client_cert().expect("carried to replication");
+        assert_eq!(client_cert.cert_path(), Path::new(&cert));
+        assert_eq!(client_cert.key_path(), Path::new(&key));
+        for url in [
+            format!("{pg}?sslcert={cert}"),
+            format!("host=127.0.0.1 user=w sslkey={key}"),
+        ] {
+            let e = parse_with(&url, "redis://127.0.0.1:6379/", "", &[]).unwrap_err();
+            assert_eq!(e.field, "postgres.url", "{e}");
+            assert!(e.problem.contains("sslcert and sslkey go together"), "{e}");
+        }
+        let url = format!("{pg}?sslcert={cert}&sslkey={missing}");
+        let e = parse_with(&url, "redis://127.0.0.1:6379/", "", &[]).unwrap_err();
+        assert_eq!(e.field, "postgres.url", "{e}");
+        assert!(
+            e.problem.contains(&missing) && e.problem.contains("cannot read"),
+            "{e}"
+        );
     }
 
     #[test]

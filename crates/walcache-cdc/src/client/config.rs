@@ -18,6 +18,7 @@ pub struct ReplicationConfig {
     pub(super) max_frame_len: usize,
     pub(super) ssl_mode: SslMode,
     pub(super) root_cert: Option<PathBuf>,
+    pub(super) client_cert: Option<ClientCert>,
     pub(super) keepalives: bool,
     pub(super) keepalives_idle: Duration,
     pub(super) keepalives_interval: Duration,
@@ -38,6 +39,7 @@ impl fmt::Debug for ReplicationConfig {
             .field("max_frame_len", &self.max_frame_len)
             .field("ssl_mode", &self.ssl_mode)
             .field("root_cert", &self.root_cert)
+            .field("client_cert", &self.client_cert)
             .field("keepalives", &self.keepalives)
             .field("keepalives_idle", &self.keepalives_idle)
             .field("keepalives_interval", &self.keepalives_interval)
@@ -66,6 +68,7 @@ impl ReplicationConfig {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             ssl_mode: SslMode::default(),
             root_cert: None,
+            client_cert: None,
             keepalives: true,
             keepalives_idle: DEFAULT_KEEPALIVES_IDLE,
             keepalives_interval: DEFAULT_KEEPALIVES_INTERVAL,
@@ -109,6 +112,22 @@ impl ReplicationConfig {
     /// chain verified too, as in libpq. Default: none.
     pub fn root_cert(mut self, path: impl Into<PathBuf>) -> Self {
         self.root_cert = Some(path.into());
+        self
+    }
+
+    /// A client certificate and its private key, presented when the server asks for one
+    /// (mutual TLS; libpq's `sslcert` and `sslkey`): PEM files, read at each connect. For a
+    /// role the server authenticates with `cert` in `pg_hba.conf` (the certificate's CN is the
+    /// role), or `clientcert=verify-full`. See [`ClientCert`] for the files' shapes. Ignored
+    /// with [`SslMode::Disable`], and with [`SslMode::Prefer`] against a server without TLS.
+    /// Default: none.
+    ///
+    /// Connecting fails with [`Error::ClientCert`] (naming the file and the problem) when a
+    /// file cannot be used, before any network I/O; without a certificate, a server that
+    /// requires one refuses the connection ([`Error::Db`] with SQLSTATE `28000`, or
+    /// [`Error::Tls`] when the server rejects the handshake).
+    pub fn client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.client_cert = Some(ClientCert::new(cert, key));
         self
     }
 
@@ -192,6 +211,11 @@ impl ReplicationConfig {
         self.root_cert.as_deref()
     }
 
+    /// The configured client certificate and key.
+    pub fn get_client_cert(&self) -> Option<&ClientCert> {
+        self.client_cert.as_ref()
+    }
+
     /// The host connected to (and, for [`SslMode::VerifyFull`], the name checked).
     pub fn get_host(&self) -> &str {
         &self.host
@@ -211,9 +235,10 @@ impl ReplicationConfig {
     /// `statement_timeout`, say) reaches the replication connection. The first host is used; the
     /// port defaults to 5432 and the database to the user's name; the first `hostaddr`, if
     /// any, is where to connect (without a host, it is the host too). For `verify-ca`,
-    /// `verify-full` and `sslrootcert`, which tokio-postgres's parser rejects, parse with
-    /// [`parse_connection_string`] or set them with [`ssl_mode`](Self::ssl_mode) and
-    /// [`root_cert`](Self::root_cert).
+    /// `verify-full`, `sslrootcert`, `sslcert` and `sslkey`, which tokio-postgres's parser
+    /// rejects, parse with [`parse_connection_string`] or set them with
+    /// [`ssl_mode`](Self::ssl_mode), [`root_cert`](Self::root_cert) and
+    /// [`client_cert`](Self::client_cert).
     ///
     /// # Errors
     ///
@@ -306,7 +331,7 @@ pub fn apply_tcp_defaults(pg: &mut tokio_postgres::Config) {
 /// does not.
 #[derive(Debug, Clone)]
 pub struct ParsedConnectionString {
-    /// Everything but `sslmode` and `sslrootcert` (its own ssl mode is `require` when
+    /// Everything but `sslmode`, `sslrootcert`, `sslcert` and `sslkey` (its own ssl mode is `require` when
     /// [`ssl_mode`](Self::ssl_mode) needs TLS, `prefer` or `disable` otherwise, so that a
     /// tokio-postgres connection made from it with a TLS connector insists on TLS too), with
     /// this crate's TCP keepalive and user-timeout defaults wherever the string sets none
@@ -316,17 +341,21 @@ pub struct ParsedConnectionString {
     pub ssl_mode: SslMode,
     /// `sslrootcert`.
     pub root_cert: Option<PathBuf>,
+    /// `sslcert` and `sslkey` (always both or neither).
+    pub client_cert: Option<ClientCert>,
 }
 
 /// Parses a libpq-style URL (`postgres://...?sslmode=verify-full&sslrootcert=/ca.pem`) or
 /// `key=value` string (`host=h sslmode=verify-ca sslrootcert='/ca.pem'`), accepting all of
-/// [`SslMode`] and `sslrootcert`, which tokio-postgres's own parser rejects, and filling in
-/// the TCP keepalive and user-timeout defaults ([`apply_tcp_defaults`]).
+/// [`SslMode`], `sslrootcert`, and `sslcert` with `sslkey` (a client certificate, see
+/// [`ClientCert`]), which tokio-postgres's own parser rejects, and filling in the TCP
+/// keepalive and user-timeout defaults ([`apply_tcp_defaults`]). The files are not read here.
 ///
 /// # Errors
 ///
-/// [`Error::Config`] when the string does not parse or names an unknown ssl mode,
-/// [`Error::Unsupported`] for `sslmode=allow` or `sslrootcert=system`.
+/// [`Error::Config`] when the string does not parse, names an unknown ssl mode, or has
+/// `sslcert` without `sslkey` or the reverse; [`Error::Unsupported`] for `sslmode=allow` or
+/// `sslrootcert=system`.
 pub fn parse_connection_string(s: &str) -> Result<ParsedConnectionString, Error> {
     let (rest, extracted) = crate::conninfo::extract(s)?;
     let mut pg = tokio_postgres::Config::from_str(&rest).map_err(|source| Error::Config {
@@ -348,10 +377,22 @@ pub fn parse_connection_string(s: &str) -> Result<ParsedConnectionString, Error>
         Some(path) => Some(PathBuf::from(path)),
         None => None,
     };
+    let client_cert = match (extracted.sslcert, extracted.sslkey) {
+        (Some(cert), Some(key)) => Some(ClientCert::new(cert, key)),
+        (None, None) => None,
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(Error::Config {
+                reason: "sslcert and sslkey go together: set both (the client certificate and \
+                         its private key, PEM files) or neither",
+                source: None,
+            })
+        }
+    };
     Ok(ParsedConnectionString {
         pg,
         ssl_mode,
         root_cert,
+        client_cert,
     })
 }
 
@@ -360,12 +401,13 @@ impl FromStr for ReplicationConfig {
 
     /// Parses a libpq-style URL or `key=value` string (without `replication=`, which is always
     /// `database`) with [`parse_connection_string`], then as
-    /// [`from_pg_config`](ReplicationConfig::from_pg_config), with all of [`SslMode`] and
-    /// `sslrootcert`.
+    /// [`from_pg_config`](ReplicationConfig::from_pg_config), with all of [`SslMode`],
+    /// `sslrootcert`, `sslcert` and `sslkey`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parsed = parse_connection_string(s)?;
         let mut config = Self::from_pg_config(&parsed.pg)?.ssl_mode(parsed.ssl_mode);
         config.root_cert = parsed.root_cert;
+        config.client_cert = parsed.client_cert;
         Ok(config)
     }
 }

@@ -46,11 +46,13 @@
 //! (`sslnegotiation=postgres`): an SSLRequest, the server's one-byte answer, the handshake,
 //! then the startup inside TLS. [`SslMode`] lists what each `sslmode` checks; the default is
 //! `prefer`, as in libpq. Supported in connection strings: `sslmode` (`disable`, `prefer`,
-//! `require`, `verify-ca`, `verify-full`) and `sslrootcert=PATH` (a PEM file of one or more CA
-//! certificates, read at each connect). Not supported: `sslmode=allow`,
-//! `sslnegotiation=direct`, `sslrootcert=system`, client certificates (`sslcert`, `sslkey`),
-//! `sslcrl`, `channel_binding=require`, the `PGSSL*` environment variables and
-//! `~/.postgresql/root.crt`.
+//! `require`, `verify-ca`, `verify-full`), `sslrootcert=PATH` (a PEM file of one or more CA
+//! certificates, read at each connect), and `sslcert=PATH` with `sslkey=PATH` (a client
+//! certificate and its unencrypted private key for mutual TLS, PEM, read at each connect; see
+//! [`ClientCert`]). Not supported: `sslmode=allow`, `sslnegotiation=direct`,
+//! `sslrootcert=system`, `sslpassword` (encrypted keys), `sslcrl`, `channel_binding=require`,
+//! the `PGSSL*` environment variables, `~/.postgresql/root.crt` and
+//! `~/.postgresql/postgresql.crt`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -77,7 +79,10 @@ use crate::protocol::{
     ReplicationMessage, StandbyStatusUpdate, OVERSIZED_HEAD_LEN, XLOGDATA_HEADER_LEN,
 };
 use crate::timestamp::PgTimestamp;
-pub use crate::tls::{client_config as tls_client_config, SslMode};
+pub use crate::tls::{
+    client_config as tls_client_config, client_config_with_cert as tls_client_config_with_cert,
+    ClientCert, ClientCertPem, SslMode,
+};
 use crate::tls::{Stream, TlsSetup};
 
 /// The `application_name` of every replication connection. Fixed, so that
@@ -257,9 +262,17 @@ impl ReplicationClient {
     /// other authentication methods; for TLS, [`Error::TlsRefused`] when the server does not
     /// do TLS and the ssl mode requires it, [`Error::Tls`] when the handshake or the
     /// certificate check fails, [`Error::RootCert`] when the root certificate cannot be
-    /// loaded, [`Error::Config`] for `verify-ca`/`verify-full` without a root certificate.
+    /// loaded, [`Error::ClientCert`] when the client certificate or key cannot be used,
+    /// [`Error::Config`] for `verify-ca`/`verify-full` without a root certificate.
     pub async fn connect(config: &ReplicationConfig) -> Result<Self, Error> {
         match tokio::time::timeout(config.connect_timeout, Self::connect_inner(config)).await {
+            // With TLS 1.3 the server checks the client certificate after the client's side of
+            // the handshake is done: its rejection (an alert such as `UnknownCA`) arrives on
+            // the first read, as an I/O error wrapping rustls's. It is a TLS failure, not a
+            // flaky socket.
+            Ok(Err(Error::Io(e))) if e.get_ref().is_some_and(|e| e.is::<rustls::Error>()) => {
+                Err(Error::Tls(e))
+            }
             Ok(result) => result,
             Err(_) => Err(Error::ConnectTimeout),
         }
@@ -272,6 +285,7 @@ impl ReplicationClient {
             mode => Some(TlsSetup::new(
                 mode,
                 config.root_cert.as_deref(),
+                config.client_cert.as_ref(),
                 &config.host,
             )?),
         };
@@ -702,6 +716,36 @@ mod tests {
             "host=h".parse::<ReplicationConfig>(),
             Err(Error::Config { .. })
         ));
+    }
+
+    #[test]
+    fn client_certificates_come_in_pairs() {
+        for s in [
+            "host=h user=u sslmode=verify-full sslcert=/c.crt sslkey='/k ey.pem'",
+            "postgres://u@h/db?sslcert=%2Fc.crt&sslkey=%2Fk%20ey.pem",
+        ] {
+            let config: ReplicationConfig = s.parse().unwrap();
+            let cert = config.get_client_cert().expect(s);
+            assert_eq!(cert.cert_path(), Path::new("/c.crt"), "{s}");
+            assert_eq!(cert.key_path(), Path::new("/k ey.pem"), "{s}");
+            let parsed = parse_connection_string(s).unwrap();
+            assert_eq!(parsed.client_cert.as_ref(), Some(cert), "{s}");
+        }
+        for s in [
+            "host=h user=u sslcert=/c.crt",
+            "host=h user=u sslkey=/c.key",
+            "postgres://u@h/db?sslkey=%2Fc.key",
+        ] {
+            let error = s.parse::<ReplicationConfig>().unwrap_err();
+            assert!(matches!(error, Error::Config { .. }), "{s}: {error:?}");
+            let text = error.to_string();
+            assert!(
+                text.contains("sslcert and sslkey go together: set both"),
+                "{s}: {text}"
+            );
+        }
+        let config: ReplicationConfig = "host=h user=u".parse().unwrap();
+        assert_eq!(config.get_client_cert(), None);
     }
 
     #[test]

@@ -39,6 +39,7 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct WalcacheBuilder {
     redis_url: Option<RedisUrl>,
     redis_ca_file: Option<std::path::PathBuf>,
+    redis_client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
     prefix: String,
     stream: Option<bool>,
     heartbeat_timeout: Duration,
@@ -83,6 +84,7 @@ impl Default for WalcacheBuilder {
         WalcacheBuilder {
             redis_url: None,
             redis_ca_file: None,
+            redis_client_cert: None,
             prefix: "wc".to_owned(),
             stream: None,
             heartbeat_timeout: Duration::from_secs(3),
@@ -125,6 +127,38 @@ impl WalcacheBuilder {
     /// system roots. Default: the system roots.
     pub fn redis_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.redis_ca_file = Some(path.into());
+        self
+    }
+
+    /// With a `rediss://` URL, for a Redis that requires client certificates
+    /// (`tls-auth-clients yes`): the client certificate and its private key, presented on every
+    /// connection (commands and the subscription). Default: none.
+    ///
+    /// Both are PEM files, read once at [`build`](Self::build):
+    ///
+    /// - `cert_path`: the client certificate, then any intermediate CA certificates
+    ///   (`-----BEGIN CERTIFICATE-----` blocks), signed by a CA in Redis's `tls-ca-cert-file`;
+    /// - `key_path`: its unencrypted private key, PKCS#8 (`-----BEGIN PRIVATE KEY-----`),
+    ///   PKCS#1 (`-----BEGIN RSA PRIVATE KEY-----`) or SEC1 (`-----BEGIN EC PRIVATE KEY-----`);
+    ///   RSA, ECDSA P-256/P-384 or Ed25519. A key file readable by its group or others is
+    ///   logged as a warning (`chmod 600` it).
+    ///
+    /// # Errors (at `build()`)
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config), naming the setting, the file and the
+    /// fix, when the URL is not `rediss://`, a file cannot be read, holds no certificate or no
+    /// key, the key is encrypted or of an unusable kind, or it does not belong to the
+    /// certificate.
+    ///
+    /// Without this setting, a Redis that requires client certificates refuses the TLS
+    /// handshake: `build()` fails with a Redis error (an I/O error whose message includes
+    /// `received fatal alert: CertificateRequired`), as for any Redis it cannot reach.
+    pub fn redis_client_cert(
+        mut self,
+        cert_path: impl Into<std::path::PathBuf>,
+        key_path: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.redis_client_cert = Some((cert_path.into(), key_path.into()));
         self
     }
 
@@ -373,7 +407,11 @@ impl WalcacheBuilder {
         let auth = self.authenticator(stream)?;
         let (l2, client) = match &self.redis_url {
             Some(url) => {
-                let client = redis_client(&url.0, self.redis_ca_file.as_deref())?;
+                let client = redis_client(
+                    &url.0,
+                    self.redis_ca_file.as_deref(),
+                    self.redis_client_cert.as_ref(),
+                )?;
                 let breaker = Breaker::new(self.breaker_threshold, self.breaker_open_for);
                 let l2 = L2::connect(
                     client.clone(),
@@ -461,8 +499,13 @@ fn with_dead_peer_detection(info: redis::ConnectionInfo) -> redis::ConnectionInf
 }
 
 /// A Redis client for `url`, with TCP dead-peer detection; `rediss://` verifies the server
-/// against the system roots, or only against the CA in `ca_file`.
-fn redis_client(url: &str, ca_file: Option<&std::path::Path>) -> Result<redis::Client, Error> {
+/// against the system roots, or only against the CA in `ca_file`, and presents `client_cert`
+/// (certificate and key files) when set.
+fn redis_client(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+    client_cert: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+) -> Result<redis::Client, Error> {
     let bad_url = |e: redis::RedisError| {
         Error::config(format!(
             "redis_url is not a valid Redis URL ({e}); expected redis://host:port/db or \
@@ -475,8 +518,21 @@ fn redis_client(url: &str, ca_file: Option<&std::path::Path>) -> Result<redis::C
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
     let info = with_dead_peer_detection(url.into_connection_info().map_err(bad_url)?);
-    match ca_file {
-        None => redis::Client::open(info).map_err(bad_url),
+    let client_tls = match client_cert {
+        None => None,
+        Some((cert, key)) => {
+            if !url.starts_with("rediss://") {
+                return Err(Error::config(format!(
+                    "redis_client_cert = {}: set, but redis_url is not rediss://; a client \
+                     certificate needs TLS: use a rediss:// URL or drop redis_client_cert",
+                    cert.display()
+                )));
+            }
+            Some(read_client_cert(cert, key)?)
+        }
+    };
+    let root_cert = match ca_file {
+        None => None,
         Some(path) => {
             if !url.starts_with("rediss://") {
                 return Err(Error::config(format!(
@@ -485,23 +541,104 @@ fn redis_client(url: &str, ca_file: Option<&std::path::Path>) -> Result<redis::C
                     path.display()
                 )));
             }
-            let pem = std::fs::read(path).map_err(|e| {
+            Some(std::fs::read(path).map_err(|e| {
                 Error::config(format!(
                     "redis_ca_file = {}: cannot be read ({e}); give the PEM file of the CA that \
                      signed the Redis server's certificate",
                     path.display()
                 ))
-            })?;
-            redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem),
-                },
-            )
-            .map_err(bad_url)
+            })?)
+        }
+    };
+    if client_tls.is_none() && root_cert.is_none() {
+        return redis::Client::open(info).map_err(bad_url);
+    }
+    redis::Client::build_with_tls(
+        info,
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(bad_url)
+}
+
+/// Reads and checks a client certificate and its key, as redis-rs will use them: every
+/// problem is a configuration error at `build()` naming the file, never one at the first
+/// connection (and never quoting the key).
+fn read_client_cert(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<redis::ClientTlsConfig, Error> {
+    use rustls::pki_types::pem::{self, PemObject};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let fix = "give redis_client_cert the client certificate (PEM, signed by the CA in Redis's \
+               tls-ca-cert-file) and its unencrypted private key (PEM: PKCS#8, PKCS#1 or SEC1)";
+    let cert_error = |problem: String| {
+        Error::config(format!(
+            "redis_client_cert: certificate {}: {problem}; {fix}",
+            cert.display()
+        ))
+    };
+    let key_error = |problem: &str| {
+        Error::config(format!(
+            "redis_client_cert: private key {}: {problem}; {fix}",
+            key.display()
+        ))
+    };
+    let cert_pem = std::fs::read(cert).map_err(|e| cert_error(format!("cannot be read ({e})")))?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| cert_error(format!("invalid PEM ({e})")))?;
+    if chain.is_empty() {
+        return Err(cert_error("no CERTIFICATE block in the file".to_owned()));
+    }
+    let key_pem = std::fs::read(key).map_err(|e| key_error(&format!("cannot be read ({e})")))?;
+    warn_if_readable_by_others(key);
+    let parsed = match PrivateKeyDer::from_pem_slice(&key_pem) {
+        Ok(parsed) => parsed,
+        Err(_) if key_pem.windows(21).any(|w| w == b"ENCRYPTED PRIVATE KEY") => {
+            return Err(key_error(
+                "encrypted, which is not supported: store it unencrypted with mode 0600",
+            ))
+        }
+        Err(pem::Error::NoItemsFound) => return Err(key_error("no private key in the file")),
+        // The parser's message could quote the key: not shown.
+        Err(_) => return Err(key_error("invalid PEM")),
+    };
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(chain, parsed, &provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => key_error("does not belong to the certificate"),
+        rustls::Error::InvalidCertificate(e) => {
+            cert_error(format!("the first certificate does not parse ({e:?})"))
+        }
+        _ => key_error("unusable: expected an RSA, ECDSA (P-256, P-384) or Ed25519 key"),
+    })?;
+    Ok(redis::ClientTlsConfig {
+        client_cert: cert_pem,
+        client_key: key_pem,
+    })
+}
+
+/// Warns when the key file is open to its group or others.
+fn warn_if_readable_by_others(key: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(key) {
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    file = %key.display(),
+                    mode = %format_args!("{mode:04o}"),
+                    "the Redis client certificate's private key file is open to its group or to \
+                     others: `chmod 600` it (owned by this process's user)"
+                );
+            }
         }
     }
+    #[cfg(not(unix))]
+    let _ = key;
 }
 
 #[cfg(test)]
@@ -523,7 +660,7 @@ mod tests {
     #[test]
     fn redis_connections_get_keepalives_and_a_user_timeout() {
         for url in ["redis://127.0.0.1:6379/0", "rediss://127.0.0.1:6379/0"] {
-            let client = redis_client(url, None).unwrap();
+            let client = redis_client(url, None, None).unwrap();
             let tcp = client.get_connection_info().tcp_settings();
             assert!(tcp.keepalive().is_some(), "{url}");
             #[cfg(any(target_os = "linux", target_os = "android"))]

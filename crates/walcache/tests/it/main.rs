@@ -5,6 +5,7 @@ mod api;
 mod envelope;
 mod fuzz;
 mod interleavings;
+mod mtls;
 mod races;
 mod read_path;
 mod resilience;

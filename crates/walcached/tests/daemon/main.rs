@@ -9,6 +9,7 @@ mod drift;
 mod faults;
 mod identity;
 mod liveness;
+mod mtls;
 mod out_of_service;
 mod pipeline;
 mod redis_loss;
