@@ -25,6 +25,7 @@
 mod caveat;
 mod pipeline;
 mod report;
+mod stages;
 mod stampede;
 
 use std::future::Future;

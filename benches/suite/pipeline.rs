@@ -91,6 +91,9 @@ pub(crate) struct RateResult {
     pub(crate) target: Option<f64>,
     /// The daemon signed its messages (wire v1.4) and the reader verified them.
     pub(crate) signed: bool,
+    /// The daemon's stage totals over the run, and the run's wall time (seconds).
+    pub(crate) stages: crate::stages::Totals,
+    pub(crate) stages_wall_s: f64,
     pub(crate) commits: usize,
     /// Commits per second achieved in the daemon pass and in the floor pass.
     pub(crate) achieved: f64,
@@ -168,6 +171,8 @@ pub(crate) fn run(mode: Mode, rt: &Runtime, servers: &Servers) -> PipelineResult
 }
 
 fn try_run(mode: Mode, rt: &Runtime, servers: &Servers) -> Result<PipelineResults, BoxError> {
+    // The daemon's stage histograms need a recorder (the tier benchmarks ran without one).
+    crate::stages::install();
     // The in-process daemon gets a runtime of its own, as it would in its own process.
     let daemon_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -530,7 +535,11 @@ fn latency(env: &Env<'_>, rates: &[(Option<f64>, usize)]) -> Result<Vec<RateResu
     let signing_env: HashMap<String, String> =
         [("WALCACHED_SIGNING_KEYS".to_owned(), SIGNING_KEYS.to_owned())].into();
     for signed in [false, true] {
-        let daemon_env = if signed { signing_env.clone() } else { HashMap::new() };
+        let daemon_env = if signed {
+            signing_env.clone()
+        } else {
+            HashMap::new()
+        };
         let mut daemon = InProcessDaemon::start_with_env(env.daemon_rt, &toml, &daemon_env)?;
         for (&(target, n), (floor, floor_achieved, floor_missing)) in rates.iter().zip(&floors) {
             if signed && !SIGNED_RATES.contains(&target) {
@@ -541,24 +550,27 @@ fn latency(env: &Env<'_>, rates: &[(Option<f64>, usize)]) -> Result<Vec<RateResu
                 s.is_caught_up() && s.confirmed_lsn() >= now
             })?;
             let keys = signed.then_some(SIGNING_KEYS);
+            let (before, started) = (crate::stages::Totals::now(), Instant::now());
             let mut r = latency_run(env, &mut daemon, &writers, target, n, keys)?;
+            r.stages = crate::stages::Totals::now().since(&before);
+            r.stages_wall_s = started.elapsed().as_secs_f64();
             r.floor = floor.clone();
             r.floor_achieved = *floor_achieved;
             r.floor_missing = *floor_missing;
-        eprintln!(
-            "suite: latency {}: achieved {:.0}/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms \
+            eprintln!(
+                "suite: latency {}: achieved {:.0}/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms \
              ({} samples, {} missing); floor p50 {:.3} ms; reader {}{}",
-            r.label(),
-            r.achieved,
-            pct(&r.total, 0.5) as f64 / 1e6,
-            pct(&r.total, 0.99) as f64 / 1e6,
-            pct(&r.total, 0.999) as f64 / 1e6,
-            r.total.len(),
-            r.missing,
-            pct(&r.floor, 0.5) as f64 / 1e6,
-            r.reader_stats,
-            crate::caveat::figure_label()
-        );
+                r.label(),
+                r.achieved,
+                pct(&r.total, 0.5) as f64 / 1e6,
+                pct(&r.total, 0.99) as f64 / 1e6,
+                pct(&r.total, 0.999) as f64 / 1e6,
+                r.total.len(),
+                r.missing,
+                pct(&r.floor, 0.5) as f64 / 1e6,
+                r.reader_stats,
+                crate::caveat::figure_label()
+            );
             results.push(r);
         }
         daemon.stop()?;
@@ -862,6 +874,8 @@ fn latency_run(
     Ok(RateResult {
         target: rate,
         signed: signing_keys.is_some(),
+        stages: crate::stages::Totals::default(),
+        stages_wall_s: 0.0,
         commits: n,
         achieved: n as f64 / commits.span_s,
         floor_achieved: 0.0,

@@ -672,6 +672,25 @@ fn pipeline_markdown(s: &mut String, p: &PipelineResults, nproc: &str) {
         );
     }
     s.push('\n');
+    let _ = writeln!(
+        s,
+        "**Inside the daemon** (its `walcached_stage_seconds` and `walcached_batch_transactions` \
+         histograms over each run, from the reader's start to its end). The stages run one \
+         after another on the daemon's stream task: *decode* (one replication message: \
+         decode, map to keys), *visibility* (one PostgreSQL round trip per batch: are its \
+         transactions visible to new snapshots), *publish* (the invalidation script and PUBLISH: \
+         one Redis round trip per batch), *status* (the standby status update after a batch), \
+         *heartbeat*, *recheck* (late-visible transactions published again). A stage's share is \
+         its total time against the run's wall time; the rest of the task's time is waiting \
+         for PostgreSQL's next message.\n"
+    );
+    let rows: Vec<(String, &crate::stages::Totals, f64)> = p
+        .latency
+        .iter()
+        .map(|r| (r.label(), &r.stages, r.stages_wall_s))
+        .collect();
+    s.push_str(&crate::stages::table(&rows));
+    s.push('\n');
     let behind: Vec<String> = p
         .latency
         .iter()

@@ -31,6 +31,17 @@ pub const KEYS_INVALIDATED_TOTAL: &str = "walcached_keys_invalidated_total";
 pub const NAMESPACE_FLUSHES_TOTAL: &str = "walcached_namespace_flushes_total";
 /// Histogram: seconds from a batch's first commit being received to its publication.
 pub const PUBLISH_LATENCY_SECONDS: &str = "walcached_publish_latency_seconds";
+/// Histogram: seconds the stream loop spends in each stage of its work, the stages being
+/// sequential on one task (so their sums, against wall time, say where the time goes).
+/// Labels: `stage`: `decode` (one replication message: decode, map to invalidations;
+/// per message), `visibility` (the check that a batch's transactions are visible to new
+/// snapshots: one PostgreSQL round trip; per batch), `publish` (the invalidation script and
+/// PUBLISH: one Redis round trip while Redis answers; per batch), `status` (the standby
+/// status update after a batch), `heartbeat` (per heartbeat), `recheck` (publishing
+/// transactions that became visible late).
+pub const STAGE_SECONDS: &str = "walcached_stage_seconds";
+/// Histogram: transactions per published batch.
+pub const BATCH_TRANSACTIONS: &str = "walcached_batch_transactions";
 /// Counter: errors. Labels: `kind` (`postgres`, `redis`, `decode`, `config`).
 pub const ERRORS_TOTAL: &str = "walcached_errors_total";
 /// Counter: reconnects. Labels: `to` (`postgres`, `redis`).

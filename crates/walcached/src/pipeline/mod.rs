@@ -17,6 +17,7 @@ mod liveness;
 mod markers;
 mod publish;
 mod server;
+mod stages;
 mod stream;
 mod visibility;
 
@@ -312,6 +313,7 @@ async fn run_epoch(
             .flush_requests
             .as_ref()
             .and_then(FlushRequests::take),
+        stages: stages::Stages::new(),
     };
     // Out of service from the start (see above): not ready before the first heartbeat.
     stream.export_out_of_service(&stream.watch.out_of_service(stream.mapper.rules()));
@@ -467,6 +469,8 @@ struct Streamer<'a> {
     pending: Vec<TxnRecord>,
     /// Flushes asked for through the admin API.
     flush_requests: Option<tokio::sync::mpsc::Receiver<flush::FlushRequest>>,
+    /// Where the stream loop's time goes.
+    stages: stages::Stages,
 }
 
 impl Streamer<'_> {

@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use walcache_cdc::client::ReplicationStream;
 use walcache_cdc::Lsn;
 
+use super::stages::record_since;
 use super::{Backoff, SessionError, Streamer};
 use crate::metrics as m;
 use crate::publisher::Batch;
@@ -31,12 +32,17 @@ impl Streamer<'_> {
         // visible between the publish and the check would let a fill that read the old row in
         // that gap survive.
         let txns = std::mem::take(&mut self.batch_txns);
+        self.stages.batch_transactions.record(txns.len() as f64);
+        let t = Instant::now();
         let held = self.hold_invisible(txns).await;
+        record_since(&self.stages.visibility, t);
+        let t = Instant::now();
         if !self.publish_with_retry(batch, Some(stream), shutdown).await {
             // Shutting down with the batch unpublished: do not confirm it; the next run
             // replays it from the slot.
             return Ok(());
         }
+        record_since(&self.stages.publish, t);
         // Published either way (the sooner the better); without a visibility verdict it is
         // not confirmed: the session ends and the next one replays it.
         held?;
@@ -50,7 +56,10 @@ impl Streamer<'_> {
         // Only now is the position safe to confirm (held at the oldest pending recheck).
         self.advance_confirmed(Lsn(batch.lsn));
         *batch = Batch::default();
-        self.send_status(stream).await
+        let t = Instant::now();
+        let sent = self.send_status(stream).await;
+        record_since(&self.stages.status, t);
+        sent
     }
 
     /// Publish, retrying with backoff while Redis is away; the stream keeps hearing status

@@ -12,6 +12,7 @@ use walcache_cdc::protocol::ReplicationMessage;
 use walcache_cdc::Lsn;
 
 use super::liveness::{spawn_sampler, Liveness};
+use super::stages::record_since;
 use super::visibility::{TxnRecord, VISIBILITY_POLL};
 use super::{SessionError, Streamer};
 use crate::mapping::{Invalidation, OldRow, RelationCheck};
@@ -124,7 +125,9 @@ impl Streamer<'_> {
             let judge = std::mem::take(&mut judge_readiness);
             if liveness.heartbeat_due() {
                 liveness.heartbeat_sent();
+                let t = Instant::now();
                 self.heartbeat(liveness.lag_bytes()).await;
+                record_since(&self.stages.heartbeat, t);
             } else if judge && !liveness.is_keeping_up() {
                 self.status.set_caught_up(false);
             }
@@ -153,7 +156,9 @@ impl Streamer<'_> {
                     self.flush_batch(&mut batch, &mut batch_started, stream, shutdown).await?;
                 }
                 _ = visibility_tick.tick(), if !self.pending.is_empty() => {
+                    let t = Instant::now();
                     self.recheck_pending(stream, shutdown).await?;
+                    record_since(&self.stages.recheck, t);
                 }
                 _ = status_tick.tick() => {
                     // Ask for a reply while the server is ahead of what we received.
@@ -237,6 +242,9 @@ impl Streamer<'_> {
                     let mut reaction = None;
                     match event {
                         ReplicationMessage::XLogData(x) => {
+                            // Timed up to the end of this arm, or to a flush a full batch
+                            // starts (timed as its own stages).
+                            let mut decoding = Some(Instant::now());
                             liveness.received(x.wal_end);
                             match x.logical_message()? {
                                 LogicalMessage::Begin(b) => {
@@ -293,10 +301,16 @@ impl Streamer<'_> {
                                         // Nothing of ours: the position can be confirmed as is.
                                         self.advance_confirmed(c.end_lsn);
                                     } else if batch.len() >= cfg.batch_max_keys {
+                                        if let Some(t) = decoding.take() {
+                                            record_since(&self.stages.decode, t);
+                                        }
                                         self.flush_batch(&mut batch, &mut batch_started, stream, shutdown).await?;
                                     }
                                 }
                                 _ => {}
+                            }
+                            if let Some(t) = decoding {
+                                record_since(&self.stages.decode, t);
                             }
                         }
                         ReplicationMessage::OversizedXLogData(o) => {
