@@ -1,10 +1,13 @@
 //! Where the stream loop's time goes: one histogram per stage
-//! ([`crate::metrics::STAGE_SECONDS`]), registered once per session so that timing a message
-//! costs two clock reads and one record.
+//! ([`crate::metrics::STAGE_SECONDS`]), registered once per run so that timing a message
+//! costs two clock reads and one record; and the per-namespace change counters, looked up
+//! once per relation.
 
 use std::time::Instant;
 
-use metrics::Histogram;
+use std::collections::HashMap;
+
+use metrics::{Counter, Histogram};
 
 use crate::metrics as m;
 
@@ -17,6 +20,8 @@ pub(super) struct Stages {
     pub(super) heartbeat: Histogram,
     pub(super) recheck: Histogram,
     pub(super) batch_transactions: Histogram,
+    /// `walcached_changes_total` of each mapped relation's namespace, by relation id.
+    pub(super) changes: HashMap<u32, Counter>,
 }
 
 impl Stages {
@@ -30,6 +35,7 @@ impl Stages {
             heartbeat: stage("heartbeat"),
             recheck: stage("recheck"),
             batch_transactions: metrics::histogram!(m::BATCH_TRANSACTIONS),
+            changes: HashMap::new(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! DESIGN contract 3: a transaction streamed before new snapshots see it gets a second
 //! invalidation once they do, and the confirmed position waits for it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use walcache_cdc::client::ReplicationStream;
@@ -10,6 +10,9 @@ use walcache_cdc::Lsn;
 use super::{SessionError, Streamer};
 use crate::metrics as m;
 use crate::publisher::Batch;
+
+/// The oldest xmax a visibility check widens xids against without reading a new one.
+pub(super) const XMAX_REFERENCE_MAX_AGE: Duration = Duration::from_secs(60);
 
 /// How often transactions waiting to become visible are rechecked.
 pub(super) const VISIBILITY_POLL: Duration = Duration::from_millis(2);
@@ -37,45 +40,24 @@ impl Streamer<'_> {
     /// Which of these transactions are not yet visible to a new snapshot. On a query error,
     /// all of them (the check is retried); if the control connection has closed,
     /// [`SessionError::ControlLost`].
-    pub(super) async fn invisible(&self, xids: &[u32]) -> Result<Vec<u32>, SessionError> {
+    ///
+    /// One round trip: each 32-bit xid is widened to the xid8 nearest to a reference xmax
+    /// ([`crate::xid::widen`]), and `pg_visible_in_snapshot` judges the widened xids in a
+    /// fresh snapshot, whose xmax comes back as the next reference. Any reference within
+    /// 2^31 xids of the transactions widens them exactly; one at most
+    /// [`XMAX_REFERENCE_MAX_AGE`] old is (PostgreSQL would need over 35 million xids a second
+    /// to move 2^31 in that time), an older one is read first. A transaction waiting for a
+    /// synchronous standby is in the stream while its xid is still at or above xmax: the
+    /// widening looks both ways.
+    pub(super) async fn invisible(&mut self, xids: &[u32]) -> Result<Vec<u32>, SessionError> {
         if xids.is_empty() {
             return Ok(Vec::new());
         }
-        // One snapshot, and its xmax (an xid8), to widen each 32-bit xid against: the xid8
-        // within 2^31 of xmax, on either side (a transaction waiting for a synchronous
-        // standby is in the stream while its xid is still at or above xmax). Then
-        // `pg_visible_in_snapshot` for the widened xids (as text: xid8 is unsigned) in that
-        // same snapshot, passed back as text.
-        let rows = async {
-            let row = self
-                .control
-                .query_one(
-                    "SELECT s::text, pg_snapshot_xmax(s)::text::int8 \
-                     FROM pg_current_snapshot() AS t(s)",
-                    &[],
-                )
-                .await?;
-            let snapshot: String = row.get(0);
-            // Non-negative: int8 holds xid8s up to 2^63 - 1, which no cluster reaches.
-            let xmax = row.get::<_, i64>(1) as u64;
-            let xs: Vec<i64> = xids.iter().map(|x| i64::from(*x)).collect();
-            let widened: Vec<String> = xids
-                .iter()
-                .map(|x| crate::xid::widen(*x, xmax).to_string())
-                .collect();
-            self.control
-                .query(
-                    "SELECT x FROM unnest($1::int8[], $2::text[]) AS u(x, wide) \
-                     WHERE NOT pg_visible_in_snapshot(wide::xid8, $3::text::pg_snapshot)",
-                    &[&xs, &widened, &snapshot],
-                )
-                .await
-        }
-        .await;
+        let rows = self.invisible_query(xids).await;
         match rows {
             Ok(rows) => Ok(rows
-                .iter()
-                .filter_map(|r| u32::try_from(r.get::<_, i64>(0)).ok())
+                .into_iter()
+                .filter_map(|x| u32::try_from(x).ok())
                 .collect()),
             Err(e) if self.control.is_closed() => Err(SessionError::ControlLost(e.into())),
             Err(e) => {
@@ -84,6 +66,32 @@ impl Streamer<'_> {
                 Ok(xids.to_vec())
             }
         }
+    }
+
+    async fn invisible_query(&mut self, xids: &[u32]) -> Result<Vec<i64>, tokio_postgres::Error> {
+        let xmax = match self.xmax_reference {
+            Some((xmax, at)) if at.elapsed() < XMAX_REFERENCE_MAX_AGE => xmax,
+            // Non-negative: int8 holds xid8s up to 2^63 - 1, which no cluster reaches.
+            _ => super::catalog_watch::snapshot_xmax(&self.control).await? as u64,
+        };
+        let xs: Vec<i64> = xids.iter().map(|x| i64::from(*x)).collect();
+        let widened: Vec<String> = xids
+            .iter()
+            .map(|x| crate::xid::widen(*x, xmax).to_string())
+            .collect();
+        // The widened xids as text: xid8 is unsigned.
+        let row = self
+            .control
+            .query_one(
+                "SELECT pg_snapshot_xmax(s)::text::int8, \
+                        array(SELECT x FROM unnest($1::int8[], $2::text[]) AS u(x, wide) \
+                              WHERE NOT pg_visible_in_snapshot(wide::xid8, s)) \
+                 FROM pg_current_snapshot() AS t(s)",
+                &[&xs, &widened],
+            )
+            .await?;
+        self.xmax_reference = Some((row.get::<_, i64>(0) as u64, Instant::now()));
+        Ok(row.get(1))
     }
 
     pub(super) async fn hold_invisible(
