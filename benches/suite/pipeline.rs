@@ -71,6 +71,9 @@ pub(crate) struct DrainResult {
     /// Data messages walcached published per drain, and its start-up until streaming.
     pub(crate) messages: Vec<u64>,
     pub(crate) startup_s: Vec<f64>,
+    /// The daemon's stage totals over its drains, and their wall time (seconds).
+    pub(crate) stages: crate::stages::Totals,
+    pub(crate) stages_wall_s: f64,
 }
 
 impl DrainResult {
@@ -432,7 +435,10 @@ fn drain(env: &Env<'_>, n: u64, per: u64) -> Result<DrainResult, BoxError> {
         walcached_s: Vec::new(),
         messages: Vec::new(),
         startup_s: Vec::new(),
+        stages: crate::stages::Totals::default(),
+        stages_wall_s: 0.0,
     };
+    let stages_before = crate::stages::Totals::now();
     for slot in order {
         if slot.starts_with("drain_a") {
             r.pg_s
@@ -440,6 +446,7 @@ fn drain(env: &Env<'_>, n: u64, per: u64) -> Result<DrainResult, BoxError> {
         } else {
             let toml = env.daemon_toml(slot, "drain_pub", "drain");
             let t = Instant::now();
+            let stages_started = Instant::now();
             let mut daemon = InProcessDaemon::start(env.daemon_rt, &toml)?;
             let streaming = std::cell::Cell::new(None);
             daemon.wait("the drain", |s| {
@@ -449,12 +456,14 @@ fn drain(env: &Env<'_>, n: u64, per: u64) -> Result<DrainResult, BoxError> {
                 s.confirmed_lsn() >= end
             })?;
             r.walcached_s.push(t.elapsed().as_secs_f64());
+            r.stages_wall_s += stages_started.elapsed().as_secs_f64();
             r.startup_s
                 .push(streaming.get().unwrap_or_default().as_secs_f64());
             r.messages.push(daemon.status.published_seq());
             daemon.stop()?;
         }
     }
+    r.stages = crate::stages::Totals::now().since(&stages_before);
     for slot in order {
         env.drop_slot(slot)?;
     }

@@ -684,11 +684,16 @@ fn pipeline_markdown(s: &mut String, p: &PipelineResults, nproc: &str) {
          its total time against the run's wall time; the rest of the task's time is waiting \
          for PostgreSQL's next message.\n"
     );
-    let rows: Vec<(String, &crate::stages::Totals, f64)> = p
+    let mut rows: Vec<(String, &crate::stages::Totals, f64)> = p
         .latency
         .iter()
         .map(|r| (r.label(), &r.stages, r.stages_wall_s))
         .collect();
+    rows.push((
+        format!("drain of {} rows (both runs)", p.drain.rows),
+        &p.drain.stages,
+        p.drain.stages_wall_s,
+    ));
     s.push_str(&crate::stages::table(&rows));
     s.push('\n');
     let behind: Vec<String> = p
