@@ -162,7 +162,25 @@ def dockerfile_stages(path: Path) -> set[str]:
     return {m.lower() for m in re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", text, re.M | re.I)}
 
 
+def check_compose_variables() -> None:
+    """Every ${NAME} the file interpolates is a plain variable name that its comments tell
+    users to set: a variable nobody can find (or a mangled name) silently keeps the demo
+    default, such as a published signing key."""
+    try:
+        text = COMPOSE.read_text()
+    except OSError:
+        return
+    comments = "\n".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
+    for m in re.finditer(r"\$\{([^}:]*)", text):
+        name = m.group(1)
+        if not re.fullmatch(r"[A-Z][A-Z0-9_]*", name) or len(name) > 40:
+            problem(COMPOSE, f"interpolates ${{{name}}}: not a plain variable name")
+        elif name not in comments:
+            problem(COMPOSE, f"interpolates ${{{name}}}, which no comment tells users to set")
+
+
 def check_compose() -> None:
+    check_compose_variables()
     doc = read_yaml(COMPOSE)
     if doc is None:
         return

@@ -1,12 +1,13 @@
 #!/bin/sh
 # One-shot (the compose `tls` service): a private CA and a server certificate for the
-# `postgres` service, written once into the `pgtls` volume. PostgreSQL serves the certificate;
+# `postgres` service, written once into the `pgtls` volume; the CA certificate alone is copied
+# into the `pgca` volume, the only one walcached mounts. PostgreSQL serves the certificate;
 # walcached verifies it against the CA and the name `postgres` (sslmode=verify-full), so a
 # server that is not ours cannot feed it a change stream. Uses the openssl of the postgres
 # image (Debian's postgresql packages depend on it).
 set -eu
 dir=/etc/walcache-tls
-if [ -s "$dir/server.crt" ]; then
+if [ -s "$dir/server.crt" ] && [ -s /etc/walcache-ca/ca.crt ]; then
     echo "tls-init: $dir already holds a certificate"
     exit 0
 fi
@@ -22,4 +23,5 @@ rm -f server.csr san.ext ca.srl ca.key
 chown 999:999 server.key server.crt
 chmod 600 server.key
 chmod 644 server.crt ca.crt
+cp ca.crt /etc/walcache-ca/ca.crt
 echo "tls-init: wrote ca.crt, server.crt and server.key"

@@ -56,3 +56,34 @@ pub const SUBSCRIBER_RECONNECTS_TOTAL: &str = "walcache_subscriber_reconnects_to
 pub const BREAKER_STATE: &str = "walcache_breaker_state";
 /// Counter: breaker transitions. Labels: `to` (`closed`, `half_open`, `open`).
 pub const BREAKER_TRANSITIONS_TOTAL: &str = "walcache_breaker_transitions_total";
+
+/// The counters alerts take `increase()` of, with their known label values, registered at 0
+/// when a handle is built: a counter that first appears at 1 has no increase in Prometheus,
+/// so a process's first gap or heartbeat silence would never fire an alert.
+pub(crate) fn register_at_zero() {
+    for reason in [
+        "subscribed",
+        "reconnect",
+        "gap",
+        "epoch_change",
+        "heartbeat_silence",
+        "undecodable",
+    ] {
+        metrics::counter!(L1_FLUSHES_TOTAL, "reason" => reason).increment(0);
+    }
+    metrics::counter!(UNDECODABLE_MESSAGES_TOTAL).increment(0);
+    metrics::counter!(SUBSCRIBER_RECONNECTS_TOTAL).increment(0);
+    for channel in ["stream", "app"] {
+        for reason in [
+            "undecodable",
+            "unsigned",
+            "unknown_key",
+            "bad_mac",
+            "stale",
+            "replayed",
+        ] {
+            metrics::counter!(MESSAGES_REJECTED_TOTAL, "channel" => channel, "reason" => reason)
+                .increment(0);
+        }
+    }
+}

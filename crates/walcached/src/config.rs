@@ -198,7 +198,8 @@ pub struct StreamConfig {
     pub catalog_interval_ms: u64,
     /// Longest replication message held in memory, in bytes (1 MiB to 1 GiB). A longer row
     /// change (a wide row under `REPLICA IDENTITY FULL`) is read past without being kept and
-    /// flushes its table's namespace; a longer message of another kind ends the connection.
+    /// flushes its table's namespace; longer WAL data of another kind of ours flushes every
+    /// namespace; a longer protocol message that is not WAL data ends the connection.
     /// Default 64 MiB.
     #[serde(default = "default_max_frame_bytes")]
     pub max_frame_bytes: usize,

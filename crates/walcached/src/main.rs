@@ -225,11 +225,21 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
+/// Set when logs are JSON: the reason the process exits is then a JSON line too.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a terminal: not in journald, docker logs or a file.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
+    JSON_LOGS.store(
+        matches!(format, LogFormat::Json),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     match format {
         LogFormat::Text => builder.init(),
         // Each line carries its spans' fields: the run's epoch and slot, the session number
@@ -247,13 +257,23 @@ fn load(args: &ConfigArgs) -> Result<Config, ConfigError> {
 }
 
 fn config_error(e: &ConfigError) -> u8 {
-    eprintln!("walcached: configuration error: {e}");
+    exit_line(EXIT_CONFIG, &format!("configuration error: {e}"));
     EXIT_CONFIG
+}
+
+/// The reason the process exits: `walcached: {text}` on stderr, or with JSON logs an error
+/// event (`exit_code`, `error`), so that every line of the stream parses.
+fn exit_line(code: u8, text: &str) {
+    if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::error!(exit_code = code, error = %text, "walcached exits");
+    } else {
+        eprintln!("walcached: {text}");
+    }
 }
 
 /// Print `context: error: source: ...` on stderr and return `code`.
 fn fail(code: u8, context: &str, error: &(dyn std::error::Error + 'static)) -> u8 {
-    let mut line = format!("walcached: {context}: {error}");
+    let mut line = format!("{context}: {error}");
     let mut source = error.source();
     while let Some(e) = source {
         let text = e.to_string();
@@ -263,7 +283,7 @@ fn fail(code: u8, context: &str, error: &(dyn std::error::Error + 'static)) -> u
         }
         source = e.source();
     }
-    eprintln!("{line}");
+    exit_line(code, &line);
     code
 }
 

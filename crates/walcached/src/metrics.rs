@@ -111,3 +111,62 @@ pub const REFRESH_LAST_COMPLETED_TIMESTAMP_SECONDS: &str =
     "walcached_refresh_last_completed_timestamp_seconds";
 /// Gauge: 1 while a full-refresh cycle runs, else 0.
 pub const REFRESH_IN_PROGRESS: &str = "walcached_refresh_in_progress";
+
+/// Every counter an alert watches, with each label value known in advance, registered at 0
+/// (for `namespaces`, the rules' namespaces): a counter that first appears at 1 has no
+/// `increase()` in Prometheus, so a one-off event (a failover, a lost Redis, a drift flush)
+/// would never fire its alert. Call once the rules are known; counting starts from there.
+pub fn register_at_zero(namespaces: &[String]) {
+    for name in [
+        SERVER_CHANGES_TOTAL,
+        SLOT_TAKEOVERS_TOTAL,
+        TRANSACTIONS_TOTAL,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for kind in ["postgres", "redis", "decode", "config"] {
+        metrics::counter!(ERRORS_TOTAL, "kind" => kind).increment(0);
+    }
+    for to in ["postgres", "redis"] {
+        metrics::counter!(RECONNECTS_TOTAL, "to" => to).increment(0);
+    }
+    for reason in ["marker_missing", "marker_behind", "marker_mismatch"] {
+        metrics::counter!(REDIS_LOSSES_TOTAL, "reason" => reason).increment(0);
+    }
+    for reason in [
+        "wal_removed",
+        "rows_removed",
+        "wal_level_insufficient",
+        "idle_timeout",
+    ] {
+        metrics::counter!(SLOT_RECREATIONS_TOTAL, "reason" => reason).increment(0);
+    }
+    for reason in ["unfit_table", "publication", "identity_unfit"] {
+        metrics::counter!(CATALOG_DRIFTS_TOTAL, "reason" => reason).increment(0);
+    }
+    for reason in [
+        "stream",
+        "large_transaction",
+        "relation_mismatch",
+        "unrenderable",
+        "catalog_drift",
+        "ddl",
+        "ddl_unreadable",
+        "oversized_change",
+        "oversized_message",
+        "admin",
+        "marker_missing",
+        "marker_behind",
+        "marker_mismatch",
+        "flush_owed",
+        "rule_changed",
+        "server_changed",
+        "slot_created",
+        "item_failed",
+    ] {
+        metrics::counter!(NAMESPACE_FLUSHES_TOTAL, "reason" => reason).increment(0);
+    }
+    for ns in namespaces {
+        metrics::counter!(ITEM_FALLBACKS_TOTAL, "namespace" => ns.clone()).increment(0);
+    }
+}

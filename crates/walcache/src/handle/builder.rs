@@ -404,6 +404,7 @@ impl WalcacheBuilder {
     /// connections are retried with backoff.
     pub async fn build(self) -> Result<Walcache, Error> {
         let (naming, stream) = self.validate()?;
+        crate::metrics::register_at_zero();
         let auth = self.authenticator(stream)?;
         let (l2, client) = match &self.redis_url {
             Some(url) => {

@@ -152,7 +152,9 @@ pub async fn run_with(
     // The epoch of this run's messages (wire format): every log line of the run carries it
     // and the slot, so that logs, messages and metrics of one run can be put side by side.
     let epoch: u64 = rand::random();
-    let span = tracing::info_span!("walcached", epoch, slot = %config.postgres.slot);
+    // As a string (in JSON too): 64-bit epochs do not survive JSON tools' doubles, and the
+    // admin API writes it as a string as well.
+    let span = tracing::info_span!("walcached", epoch = %epoch, slot = %config.postgres.slot);
     run_epoch(config, shutdown, status, options, epoch)
         .instrument(span)
         .await
@@ -165,6 +167,8 @@ async fn run_epoch(
     options: RunOptions,
     epoch: u64,
 ) -> Result<(), RunError> {
+    let namespaces: Vec<String> = config.rules.iter().map(|r| r.namespace.clone()).collect();
+    m::register_at_zero(&namespaces);
     let postgres = Postgres::from_config(&config)?;
     let control = sql_client(&postgres, &config).await?;
     refuse_synchronous_standby(&control).await?;
@@ -284,7 +288,7 @@ async fn run_epoch(
     watch.start_out_of_service(&unpublished, "unfit_table");
     let replication = postgres.replication()?;
     tracing::info!(
-        epoch,
+        epoch = %epoch,
         rules = rules.len(),
         signing_key_id = publisher.signing_key_id().unwrap_or("(unsigned)"),
         "walcached starting"

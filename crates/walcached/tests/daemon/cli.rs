@@ -479,6 +479,20 @@ async fn run_serves_health_and_exits_cleanly_on_sigterm() {
     let (status, body) = http_get(&listen, "/metrics").await.expect("/metrics");
     assert_eq!(status, 200);
     assert!(body.contains("walcached_caught_up"), "{body}");
+    // Counters that alerts take increase() of exist at 0 before their first event: one that
+    // first appears at 1 has no increase, and a one-off failover or loss would never alert.
+    for series in [
+        "walcached_server_changes_total ",
+        "walcached_redis_losses_total{reason=\"marker_missing\"} ",
+        "walcached_namespace_flushes_total{reason=\"ddl_unreadable\"} ",
+        "walcached_item_fallbacks_total{namespace=\"users\"} ",
+        "walcached_slot_recreations_total{reason=\"wal_removed\"} ",
+    ] {
+        assert!(
+            body.lines().any(|l| l.starts_with(series)),
+            "{series} not in {body}"
+        );
+    }
 
     let pid = child.id().expect("running").to_string();
     let killed = std::process::Command::new("kill")
@@ -578,7 +592,13 @@ async fn json_logs_carry_correlation_fields_and_no_secret() {
         .find(|l| message(l).as_deref() == Some("walcached starting"))
         .unwrap_or_else(|| panic!("no start line: {stderr}"));
     let run = span(starting, "walcached").expect("the run's span");
-    assert!(run["epoch"].as_u64().is_some(), "{run}");
+    // A string: 64-bit epochs do not survive JSON tools' doubles.
+    assert!(
+        run["epoch"]
+            .as_str()
+            .is_some_and(|e| e.parse::<u64>().is_ok()),
+        "{run}"
+    );
     assert_eq!(run["slot"], "walcached");
     assert_eq!(starting["fields"]["epoch"], run["epoch"]);
     let published = lines
@@ -598,6 +618,40 @@ async fn json_logs_carry_correlation_fields_and_no_secret() {
             assert_eq!(run["epoch"], starting["fields"]["epoch"], "{line}");
         }
     }
+}
+
+/// With JSON logs, the reason the process exits is a JSON line too (a log pipeline that
+/// parses every line would otherwise drop exactly the line that says why it stopped).
+#[tokio::test]
+async fn with_json_logs_the_exit_reason_is_a_json_line() {
+    let text = config_toml(
+        "postgres://u@127.0.0.1:1/db",
+        "redis://127.0.0.1:1/",
+        USERS_RULE,
+    );
+    let file = ConfigFile::new(&text);
+    let out = command(&["run", "--config", file.path(), "--log-format", "json"])
+        .env("WALCACHED_STREAM_MAX_FRAME_BYTES", "5")
+        .output();
+    let out = tokio::time::timeout(DEADLINE, out)
+        .await
+        .expect("walcached finishes")
+        .expect("walcached runs");
+    let (code, _, stderr) = outcome(&out);
+    assert_eq!(code, EXIT_CONFIG, "{stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let last = lines.last().expect("a line");
+    assert_eq!(last["fields"]["exit_code"], 2, "{last}");
+    assert!(
+        last["fields"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("stream.max_frame_bytes")),
+        "{last}"
+    );
 }
 
 #[tokio::test]
