@@ -33,7 +33,20 @@ pub fn redact_connection_string(url: &str) -> String {
         Some((scheme, rest)) if is_scheme(scheme) => {
             format!("{scheme}://{}", redact_url_rest(rest))
         }
-        _ => redact_key_values(url),
+        // Not a URL: libpq's key/value form, or a URL with a mistyped scheme.
+        _ => redact_mistyped_userinfo(&redact_parameters(&redact_key_values(url))),
+    }
+}
+
+/// Not a URL (a mistyped `scheme//`, a missing scheme) but user info after all: what lies
+/// between the first `:` and the last `@` is taken for a password (in a key/value string that
+/// holds both, more is hidden than needed: saying less, never more).
+fn redact_mistyped_userinfo(s: &str) -> String {
+    match (s.find(':'), s.rfind('@')) {
+        (Some(colon), Some(at)) if colon < at => {
+            format!("{}{REDACTED}{}", &s[..=colon], &s[at..])
+        }
+        _ => s.to_owned(),
     }
 }
 
@@ -116,17 +129,18 @@ fn redact_key_values(s: &str) -> String {
 }
 
 /// The length of the value at the start of `s`: a quoted one up to its closing quote (or the
-/// end), an unquoted one up to whitespace.
+/// end), an unquoted one up to whitespace. libpq quotes with `'`; a `"` (which libpq does not
+/// take, and users write anyway) is treated alike, so that no part of such a value shows.
 fn value_len(s: &str) -> usize {
     let mut chars = s.char_indices();
-    if s.starts_with('\'') {
+    if let Some(quote) = s.chars().next().filter(|c| *c == '\'' || *c == '"') {
         chars.next();
         let mut escaped = false;
         for (i, c) in chars {
             match c {
                 _ if escaped => escaped = false,
                 '\\' => escaped = true,
-                '\'' => return i + 1,
+                c if c == quote => return i + 1,
                 _ => {}
             }
         }
@@ -219,6 +233,13 @@ mod tests {
             ),
             ("password='unterminated", "password=<redacted>"),
             ("sslpassword=x", "sslpassword=<redacted>"),
+            (
+                "host=h password=\"se cret\" dbname=d",
+                "host=h password=<redacted> dbname=d",
+            ),
+            // A mistyped scheme: still user info.
+            ("redis//:s3cret@h:6379/", "redis//:<redacted>@h:6379/"),
+            ("app:s3cret@db/app", "app:<redacted>@db/app"),
             ("dbname=d", "dbname=d"),
             ("nonsense", "nonsense"),
         ] {
@@ -262,6 +283,8 @@ mod tests {
                 host in "[a-z]{1,8}(:[0-9]{1,5})?",
                 db in "[a-z]{0,8}",
                 in_query in prop::sample::select(vec![None, Some("password"), Some("sslpassword"), Some("PASSWORD"), Some("pass%77ord")]),
+                // A mistyped scheme separator must not expose the password either.
+                sep in prop::sample::select(vec!["://", "://", "//", ":/", ""]),
                 raw_value in any::<bool>(),
                 extra in "(&application_name=[a-z@:]{0,8})?",
             ) {
@@ -274,15 +297,15 @@ mod tests {
                 prop_assume!(pw.chars().count() >= 6);
                 let pw_text = if encoded { percent_encode(&pw) } else { pw.clone() };
                 let url = match in_query {
-                    None => format!("{scheme}://{user}:{pw_text}@{host}/{db}?sslmode=require{extra}"),
-                    Some(name) => format!("{scheme}://{user}@{host}/{db}?sslmode=require&{name}={pw_text}{extra}"),
+                    None => format!("{scheme}{sep}{user}:{pw_text}@{host}/{db}?sslmode=require{extra}"),
+                    Some(name) => format!("{scheme}{sep}{user}@{host}/{db}?sslmode=require&{name}={pw_text}{extra}"),
                 };
                 let out = redact(&url);
                 prop_assert!(!out.contains(&pw_text), "{url} -> {out}");
                 prop_assert!(out.contains("<redacted>"), "{url} -> {out}");
                 // The parts that are not secret are kept, unless an '@' later in the query
                 // hides them (saying less, never more).
-                if !extra.contains('@') {
+                if !extra.contains('@') && sep == "://" {
                     prop_assert!(out.contains(&host), "{url} -> {out}");
                 }
             }
@@ -293,10 +316,12 @@ mod tests {
                 pw in password(),
                 key in prop::sample::select(vec!["password", "sslpassword", "Password"]),
                 spaced in any::<bool>(),
+                double in any::<bool>(),
                 before in "(host=[a-z]{1,8} )?",
                 after in "( dbname=[a-z]{1,8})?",
             ) {
-                let quoted = format!("'{}'", pw.replace('\\', "\\\\").replace('\'', "\\'"));
+                let q = if double { '"' } else { '\'' };
+                let quoted = format!("{q}{}{q}", pw.replace('\\', "\\\\").replace(q, &format!("\\{q}")));
                 let eq = if spaced { " = " } else { "=" };
                 let s = format!("{before}{key}{eq}{quoted}{after}");
                 let out = redact(&s);
