@@ -49,6 +49,9 @@ Environment overrides (applied over the file):
   WALCACHED_POSTGRES_PUBLICATION             postgres.publication
   WALCACHED_REDIS_URL                        redis.url
   WALCACHED_REDIS_KEY_PREFIX                 redis.key_prefix
+  WALCACHED_REDIS_CA_FILE                    redis.ca_file
+  WALCACHED_REDIS_CLIENT_CERT_FILE           redis.client_cert_file
+  WALCACHED_REDIS_CLIENT_KEY_FILE            redis.client_key_file
   WALCACHED_HTTP_LISTEN                      http.listen (empty disables the endpoint)
   WALCACHED_HTTP_ADMIN_TOKEN                 the admin API's bearer token (environment only)
   WALCACHED_HTTP_ADMIN_TOKEN_FILE            http.admin_token_file
@@ -60,6 +63,8 @@ Environment overrides (applied over the file):
   WALCACHED_STREAM_STATUS_INTERVAL_MS        stream.status_interval_ms
   WALCACHED_STREAM_LARGE_TRANSACTION_KEYS    stream.large_transaction_keys
   WALCACHED_STREAM_MAX_MESSAGE_BYTES         stream.max_message_bytes
+  WALCACHED_STREAM_MAX_FRAME_BYTES           stream.max_frame_bytes
+  WALCACHED_STREAM_CATALOG_INTERVAL_MS       stream.catalog_interval_ms
   WALCACHED_REFRESH_INTERVAL_SECS            refresh.interval_secs (0 disables the schedule)
   WALCACHED_REFRESH_MAX_DELETES_PER_SECOND   refresh.max_deletes_per_second
   WALCACHED_SIGNING_KEYS                     signing keys, id:hexsecret,... (environment only; not with

@@ -144,6 +144,27 @@ async fn help_lists_both_subcommands_exit_codes_and_environment() {
             "--help lacks {needle:?}:\n{stdout}"
         );
     }
+    // Every override the configuration reads is listed (its names are the string literals
+    // of config.rs, config/*.rs and connect.rs); two variables that are not overrides are
+    // left out on purpose.
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(src.join("config"))
+        .expect("src/config")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.extend([src.join("config.rs"), src.join("connect.rs")]);
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read");
+        for (i, _) in text.match_indices("\"WALCACHED_") {
+            let name: String = text[i + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                .collect();
+            if name != "WALCACHED_BLESS" && name != "WALCACHED_ADMIN_URL" {
+                assert!(stdout.contains(&name), "--help lacks {name}:\n{stdout}");
+            }
+        }
+    }
     let out = command(&["check", "--help"]).output().await.expect("runs");
     let (code, stdout, _) = outcome(&out);
     assert_eq!(code, EXIT_OK);
