@@ -11,8 +11,8 @@ pub mod auth;
 mod openapi;
 pub mod problem;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -129,26 +129,85 @@ pub async fn serve_on(
     serve_app(listener, router(handle, status), shutdown).await
 }
 
+/// How long a client may take to send a request's headers (and an idle keep-alive
+/// connection may wait for its next request) before the connection is closed.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most connections served at once; a connection beyond it is closed at once. Scrapers and
+/// operators need a handful; the limit keeps a flood of idle connections from taking the file
+/// descriptors the daemon's PostgreSQL and Redis connections need.
+pub const MAX_CONNECTIONS: usize = 256;
+
 /// Serve `app` (from [`app`]) on an already bound listener until `shutdown` is cancelled,
-/// giving handlers the peer's address (for audit lines).
+/// giving handlers the peer's address (for audit lines). At most [`MAX_CONNECTIONS`] at once,
+/// each closed if a request's headers take longer than [`HEADER_READ_TIMEOUT`]; requests in
+/// flight finish at shutdown.
 ///
 /// # Errors
 ///
-/// I/O errors while serving.
+/// I/O errors of the listener.
 pub async fn serve_app(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: CancellationToken,
 ) -> Result<(), std::io::Error> {
+    use tower::ServiceExt as _;
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving /metrics, /healthz, /readyz and the admin API (/api/v1/)");
     }
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // A failed accept (a connection reset before it was taken, out of file
+                // descriptors for a moment) is that connection's problem, not the server's.
+                Err(e) => {
+                    tracing::debug!(error = %e, "accepting an HTTP connection failed");
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            tracing::warn!(%peer, limit = MAX_CONNECTIONS, "too many HTTP connections: closing this one");
+            continue;
+        };
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(
+                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    app.clone().oneshot(request.map(axum::body::Body::new))
+                },
+            );
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "HTTP connection ended");
+                    }
+                }
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+        // Reap finished connections as we go.
+        while connections.try_join_next().is_some() {}
+    }
+    while connections.join_next().await.is_some() {}
+    Ok(())
 }
 
 async fn no_route(request: Request) -> Problem {
