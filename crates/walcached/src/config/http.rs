@@ -26,6 +26,10 @@ pub struct HttpConfig {
     /// [`admin_token_file`](Self::admin_token_file).
     #[serde(skip)]
     pub admin_token: Option<Secret>,
+    /// Whether [`admin_token`](Self::admin_token) came from `WALCACHED_HTTP_ADMIN_TOKEN` (it
+    /// wins over the file), for errors that name where it came from.
+    #[serde(skip)]
+    pub admin_token_from_env: bool,
     /// At most one manual refresh cycle (`POST /api/v1/refresh`) per this many seconds; 0 for
     /// no limit. Default 300. Env: `WALCACHED_HTTP_MANUAL_REFRESH_MIN_INTERVAL_SECS`.
     #[serde(default = "default_manual_refresh_interval")]
@@ -38,6 +42,7 @@ impl Default for HttpConfig {
             listen: default_listen(),
             admin_token_file: None,
             admin_token: None,
+            admin_token_from_env: false,
             manual_refresh_min_interval_secs: default_manual_refresh_interval(),
         }
     }
@@ -73,12 +78,24 @@ impl HttpConfig {
                 )
             })?;
         }
-        self.admin_token = match (
-            env.var("WALCACHED_HTTP_ADMIN_TOKEN"),
-            &self.admin_token_file,
-        ) {
+        // An empty variable counts as unset (as for the key file), and the token is trimmed
+        // like the file's: a Secret made from a file with a trailing newline is still usable.
+        let from_env = env
+            .var("WALCACHED_HTTP_ADMIN_TOKEN")
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty());
+        self.admin_token_from_env = from_env.is_some();
+        self.admin_token = match (from_env, &self.admin_token_file) {
             (Some(v), _) => Some(Secret::new(v)),
             (None, Some(path)) => {
+                if let Some(mode) = crate::signing::loose_permissions(path) {
+                    tracing::warn!(
+                        file = %path.display(),
+                        mode = %format_args!("{mode:04o}"),
+                        "http.admin_token_file is open to its group or to others: `chmod 600` it \
+                         (owned by the daemon's user)"
+                    );
+                }
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     ConfigError::new(
                         "http.admin_token_file",
@@ -96,10 +113,10 @@ impl HttpConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if let Some(token) = &self.admin_token {
             if token.expose().len() < Self::MIN_TOKEN_LEN {
-                let field = if self.admin_token_file.is_some() {
-                    "http.admin_token_file"
-                } else {
+                let field = if self.admin_token_from_env {
                     "WALCACHED_HTTP_ADMIN_TOKEN"
+                } else {
+                    "http.admin_token_file"
                 };
                 return Err(ConfigError::new(
                     field,

@@ -291,3 +291,31 @@ fn urls_are_redacted() {
         assert!(debug.contains("<redacted>"), "{debug}");
     }
 }
+
+#[test]
+fn the_admin_token_is_trimmed_an_empty_variable_is_unset_and_errors_name_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{}\n", "f".repeat(40))).unwrap();
+    let text = format!(
+        "{GOOD}\n[http]\nadmin_token_file = {:?}\n",
+        file.display().to_string()
+    );
+    let token = |vars: &[(&str, &str)]| {
+        Config::parse(&text, &env(vars)).map(|c| c.http.admin_token.map(|t| t.expose().to_owned()))
+    };
+    // A trailing newline in the variable (a Secret made from a file) is not part of it.
+    let padded = format!("{}\n", "e".repeat(40));
+    assert_eq!(
+        token(&[("WALCACHED_HTTP_ADMIN_TOKEN", &padded)]).unwrap(),
+        Some("e".repeat(40))
+    );
+    // Empty: unset, so the file's token is used.
+    assert_eq!(
+        token(&[("WALCACHED_HTTP_ADMIN_TOKEN", "")]).unwrap(),
+        Some("f".repeat(40))
+    );
+    // Too short from the variable: the error names the variable, not the file.
+    let e = token(&[("WALCACHED_HTTP_ADMIN_TOKEN", "short")]).unwrap_err();
+    assert_eq!(e.field, "WALCACHED_HTTP_ADMIN_TOKEN", "{e}");
+}
