@@ -62,7 +62,7 @@ const TAG_SEPARATOR: u8 = b'\n';
 pub enum Found {
     /// No such key.
     Miss,
-    /// A value envelope, whole (see [`payload`]).
+    /// A value envelope, whole (see [`split_value`]).
     Value(Vec<u8>),
     /// A value one of whose tags was invalidated after its stamp, whole: a miss, and a fill
     /// may replace exactly these bytes.
