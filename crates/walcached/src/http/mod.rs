@@ -67,6 +67,7 @@ pub fn app(handle: PrometheusHandle, status: Arc<Status>, admin: Option<Arc<Admi
     let dispatch = tracing::dispatcher::get_default(Clone::clone);
     router
         .fallback(no_route)
+        .layer(axum::middleware::from_fn(as_problem))
         .layer(axum::middleware::from_fn(
             move |req: Request, next: Next| next.run(req).with_subscriber(dispatch.clone()),
         ))
@@ -208,6 +209,36 @@ pub async fn serve_app(
     }
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Under `/api/`, every error is a problem (RFC 9457), including those axum answers itself
+/// before a handler runs: a method the route does not take (405, empty), a body over the
+/// limit (413) or not of the expected shape (400, 415, 422: plain text). The text becomes the
+/// problem's `detail`; headers such as `Allow` are kept.
+async fn as_problem(request: Request, next: Next) -> axum::response::Response {
+    let api = request.uri().path().starts_with("/api/");
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(problem::PROBLEM_JSON.as_bytes()));
+    if !api || is_problem || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let detail = match String::from_utf8_lossy(&text).trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_owned(),
+        t => t.to_owned(),
+    };
+    let mut problem = Problem::new(status, detail).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            problem.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    problem
 }
 
 async fn no_route(request: Request) -> Problem {

@@ -95,3 +95,44 @@ async fn connections_past_the_limit_are_closed_at_once() {
     .expect("served again");
     shutdown.cancel();
 }
+
+/// Under `/api/`, errors axum answers before any handler runs (a method the route does not
+/// take, a body of the wrong type) are problems too, as the API's documentation promises
+/// (found in review: an empty 405 and a plain-text 413).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_before_a_handler_are_problems_too() {
+    let (addr, shutdown) = serve().await;
+    for request in [
+        "DELETE /api/v1/status HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_owned(),
+        "POST /api/v1/refresh HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\n\
+         content-length: 2\r\nconnection: close\r\n\r\nhi"
+            .to_owned(),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        s.write_all(request.as_bytes()).await.expect("write");
+        let answer =
+            String::from_utf8_lossy(&read_to_close(&mut s, HEADER_READ_TIMEOUT).await).into_owned();
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a response");
+        assert!(head.starts_with("HTTP/1.1 4"), "{request}: {answer}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/problem+json"),
+            "{request}: {answer}"
+        );
+        let problem: serde_json::Value = serde_json::from_str(body).expect("JSON");
+        assert!(
+            problem["status"]
+                .as_u64()
+                .is_some_and(|s| (400..500).contains(&s)),
+            "{problem}"
+        );
+    }
+    // Outside /api/, plain answers stay plain (Prometheus and probes read them).
+    let (status, body) = crate::cli::http_get(&addr, "/healthz")
+        .await
+        .expect("/healthz");
+    assert_eq!((status, body.trim()), (200, "ok"));
+    shutdown.cancel();
+}
