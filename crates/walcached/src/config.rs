@@ -335,6 +335,27 @@ pub fn redact_url(url: &str) -> String {
     walcache_protocol::redact::redact_connection_string(url)
 }
 
+/// The field a TOML error at byte `at` is about, as `section.key`: the key of that line and
+/// the last `[section]` (or `[[section]]`) header above it; `None` on a line without a key.
+fn field_at(text: &str, at: usize) -> Option<String> {
+    let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or_default();
+    let key = line.split_once('=')?.0.trim();
+    if key.is_empty() || key.starts_with('#') || key.starts_with('[') {
+        return None;
+    }
+    let section = text[..start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    Some(match section {
+        Some(section) => format!("{section}.{key}"),
+        None => key.to_owned(),
+    })
+}
+
 impl Config {
     /// Read, override from the environment, and validate.
     ///
@@ -360,12 +381,14 @@ impl Config {
     ///
     /// A [`ConfigError`] naming the field and the fix.
     pub fn parse(text: &str, env: &impl Environment) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| {
-            let field = e
-                .span()
-                .map(|s| format!("line {}", text[..s.start].lines().count().max(1)))
-                .unwrap_or_else(|| "config".to_owned());
-            ConfigError::new(field, e.message().to_owned())
+        let mut config: Config = toml::from_str(text).map_err(|e| match e.span() {
+            Some(span) => {
+                let line = text[..span.start].lines().count().max(1);
+                let field = field_at(text, span.start)
+                    .map_or_else(|| format!("line {line}"), |f| format!("{f} (line {line})"));
+                ConfigError::new(field, e.message().to_owned())
+            }
+            None => ConfigError::new("config", e.message().to_owned()),
         })?;
         config.apply_env(env)?;
         config.validate()?;

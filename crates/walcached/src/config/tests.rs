@@ -319,3 +319,11 @@ fn the_admin_token_is_trimmed_an_empty_variable_is_unset_and_errors_name_its_sou
     let e = token(&[("WALCACHED_HTTP_ADMIN_TOKEN", "short")]).unwrap_err();
     assert_eq!(e.field, "WALCACHED_HTTP_ADMIN_TOKEN", "{e}");
 }
+
+#[test]
+fn a_value_of_the_wrong_type_names_its_field() {
+    let e = parse(&format!("{GOOD}\n[stream]\nmax_frame_bytes = -5\n")).unwrap_err();
+    assert!(e.field.starts_with("stream.max_frame_bytes (line "), "{e}");
+    let e = parse(&GOOD.replace("keys = [", "keys = 3 # [")).unwrap_err();
+    assert!(e.field.starts_with("rules.keys (line "), "{e}");
+}
