@@ -94,6 +94,13 @@ impl Postgres {
             )
         })?;
         if let Some(client_cert) = &parsed.client_cert {
+            if parsed.ssl_mode == SslMode::Disable {
+                return Err(ConfigError::new(
+                    "postgres.url",
+                    "sslcert and sslkey are set but sslmode=disable: the certificate would never \
+                     be sent; use sslmode=verify-full (or require) or drop sslcert and sslkey",
+                ));
+            }
             client_cert.check().map_err(|e| {
                 ConfigError::new(
                     "postgres.url",

@@ -327,3 +327,12 @@ fn a_value_of_the_wrong_type_names_its_field() {
     let e = parse(&GOOD.replace("keys = [", "keys = 3 # [")).unwrap_err();
     assert!(e.field.starts_with("rules.keys (line "), "{e}");
 }
+
+#[test]
+fn a_client_certificate_with_tls_disabled_is_an_error() {
+    let url =
+        "postgres://walcached@127.0.0.1:5432/app?sslmode=disable&sslcert=/c.pem&sslkey=/k.pem";
+    let e = parse(&GOOD.replace("postgres://walcached@127.0.0.1:5432/app", url)).unwrap_err();
+    assert_eq!(e.field, "postgres.url", "{e}");
+    assert!(e.to_string().contains("sslmode=disable"), "{e}");
+}
