@@ -459,14 +459,21 @@ async fn services_go_live_only_on_heartbeats_signed_with_a_key_they_hold() {
     })
     .await
     .unwrap();
-    assert!(
-        listener
-            .raw()
-            .iter()
-            .skip(before)
-            .any(|(_, bytes)| key_id(bytes).as_deref() == Some("k2")),
-        "live on k2's heartbeats"
-    );
+    // The handle and this listener are separate subscribers: the listener may hear the
+    // k2-signed heartbeat the handle went live on a moment later.
+    wait_until(
+        "the listener hears a message signed with k2",
+        DEADLINE,
+        || async {
+            listener
+                .raw()
+                .iter()
+                .skip(before)
+                .any(|(_, bytes)| key_id(bytes).as_deref() == Some("k2"))
+        },
+    )
+    .await
+    .expect("live on k2's heartbeats");
     assert!(both.is_live());
     daemon.stop().await;
 }
