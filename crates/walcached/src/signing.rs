@@ -100,17 +100,22 @@ pub fn mode_of(path: &Path) -> Option<u32> {
     }
 }
 
-/// Warn (once, now) when `path` can be read by its group or others.
-fn warn_if_loose(path: &Path) {
+/// Warn (once, now) when the secret file `path`, configured as `field`, can be read by its
+/// group or others; `risk` says what such a reader could do. For every secret file the daemon
+/// reads (signing keys, the PostgreSQL password, the admin token).
+pub fn warn_if_loose(path: &Path, field: &str, risk: &str) {
     if let Some(mode) = loose_permissions(path) {
         tracing::warn!(
             file = %path.display(),
             mode = %format_args!("{mode:04o}"),
-            "the signing key file is open to its group or to others: whoever reads it can \
-             forge invalidations; `chmod 600` it (owned by the daemon's user)"
+            "{field} is open to its group or to others: {risk}; `chmod 600` it (owned by the \
+             daemon's user)"
         );
     }
 }
+
+/// What a reader of the signing key file could do.
+const KEY_FILE_RISK: &str = "whoever reads it can forge invalidations";
 
 /// What the key file held when it was last read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,7 +195,7 @@ impl Signer {
                     file = %watch.path.display(),
                     "signing messages (the key file is read again when it changes)"
                 );
-                warn_if_loose(&watch.path);
+                warn_if_loose(&watch.path, "security.signing_keys_file", KEY_FILE_RISK);
                 metrics::gauge!(m::SIGNING_KEY_FILE_USABLE).set(if watch.usable {
                     1.0
                 } else {
@@ -264,7 +269,7 @@ impl Signer {
                 metrics::counter!(m::SIGNING_KEY_RELOADS_TOTAL, "outcome" => "reloaded")
                     .increment(1);
                 if !first {
-                    warn_if_loose(&watch.path);
+                    warn_if_loose(&watch.path, "security.signing_keys_file", KEY_FILE_RISK);
                 }
                 self.keyring = Some(keyring);
             }

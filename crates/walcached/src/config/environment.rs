@@ -136,14 +136,11 @@ impl Config {
                     format!("cannot read {}: {e}", path.display()),
                 )
             })?;
-            if let Some(mode) = crate::signing::loose_permissions(path) {
-                tracing::warn!(
-                    file = %path.display(),
-                    mode = %format_args!("{mode:04o}"),
-                    "postgres.password_file is open to its group or to others: `chmod 600` it \
-                     (owned by the daemon's user)"
-                );
-            }
+            crate::signing::warn_if_loose(
+                path,
+                "postgres.password_file",
+                "whoever reads it can log in as the daemon's role",
+            );
             let first = text.lines().next().unwrap_or_default().to_owned();
             self.postgres.password = Some(Secret(first));
         }

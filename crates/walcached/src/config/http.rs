@@ -88,14 +88,11 @@ impl HttpConfig {
         self.admin_token = match (from_env, &self.admin_token_file) {
             (Some(v), _) => Some(Secret::new(v)),
             (None, Some(path)) => {
-                if let Some(mode) = crate::signing::loose_permissions(path) {
-                    tracing::warn!(
-                        file = %path.display(),
-                        mode = %format_args!("{mode:04o}"),
-                        "http.admin_token_file is open to its group or to others: `chmod 600` it \
-                         (owned by the daemon's user)"
-                    );
-                }
+                crate::signing::warn_if_loose(
+                    path,
+                    "http.admin_token_file",
+                    "whoever reads it can call the admin API",
+                );
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     ConfigError::new(
                         "http.admin_token_file",
