@@ -37,6 +37,7 @@
 //! still reads the old generation, whose values the versions must keep judging.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
@@ -201,33 +202,40 @@ impl Names {
     }
 }
 
-/// A won lease: the key it is on, what the fill must still see for its CAS to pass, and the
-/// stamp of the value it will store.
+/// A fill lease: the key it is on, the random token the fill's compare-and-set must still find
+/// there, and the stamp of the value it will store.
 #[derive(Debug, Clone)]
 pub(crate) struct Lease {
-    pub(crate) value_key: String,
+    names: Arc<Names>,
+    key: Arc<str>,
+    /// The generation of the value key it is on: `None` until the script that takes the lease
+    /// says which (it uses the namespace's generation in Redis at that moment).
+    pub(crate) generation: Option<u64>,
     pub(crate) token: Vec<u8>,
-    pub(crate) generation: String,
     /// When the lease was taken (µs, the Redis server's clock): the value's stamp.
     pub(crate) stamp: u64,
 }
 
 impl Lease {
-    /// A lease on `key` at `generation` with a fresh random token, not yet taken.
-    pub(crate) fn prepare(names: &Names, key: &str, generation: u64) -> Self {
+    /// A lease on `key` with a fresh random token, not yet taken.
+    pub(crate) fn prepare(names: &Arc<Names>, key: &Arc<str>) -> Self {
         Lease {
-            value_key: names.value_key(generation, key),
+            names: Arc::clone(names),
+            key: Arc::clone(key),
+            generation: None,
             token: new_lease(),
-            generation: generation.to_string(),
             stamp: 0,
         }
     }
 }
 
+/// What [`L2::read_or_lease`] found or took.
 #[derive(Debug)]
 pub(crate) enum LeaseOutcome {
+    /// The key was free (or held exactly the bytes the caller may replace): the lease is ours.
     Won(Lease),
-    /// The key already holds something (a value, another's lease, undecodable bytes).
+    /// The key holds something (a value, another's lease, undecodable bytes), validated
+    /// against its tags' versions.
     Present(Found),
 }
 
@@ -281,21 +289,30 @@ if #ARGV > 3 then
 end
 return out",
             ),
-            // KEYS: generation, schemas, tags. ARGV: value prefix, key suffix, expected
-            // generation ('' = any), lease, lease ttl (ms), bytes it may replace ('' = none),
-            // schema, the value's ttl (ms) if it carries tags ('0': untagged; a tagged stamp
-            // comes from the namespace's tag clock, and the ttl is recorded first).
+            // The miss path's one round trip. KEYS: generation, schemas, tags. ARGV: value
+            // prefix, key suffix, lease, lease ttl (ms), bytes it may replace ('' = none),
+            // schema, the value's ttl (ms) if it will carry tags ('0': untagged; a tagged stamp
+            // comes from the namespace's tag clock, and the ttl is recorded first), then tags
+            // whose versions to return with a value found. At the namespace's generation now:
+            // {2, generation, what the key holds, versions...}, or the lease is taken and
+            // {1, generation, stamp}.
             lease: Script::new(
                 r"local g = redis.call('GET', KEYS[1]) or '0'
-if ARGV[3] ~= '' and g ~= ARGV[3] then return {3, g} end
 local k = ARGV[1] .. g .. ARGV[2]
 local cur = redis.call('GET', k)
-if cur and not (ARGV[6] ~= '' and cur == ARGV[6]) then return {2, g, cur} end
-redis.call('SET', k, ARGV[4], 'PX', ARGV[5])
-redis.call('SADD', KEYS[2], ARGV[7])
+if cur and not (ARGV[5] ~= '' and cur == ARGV[5]) then
+  local out = {2, g, cur}
+  if #ARGV > 7 then
+    local v = redis.call('HMGET', KEYS[3], unpack(ARGV, 8))
+    for i = 1, #v do out[3 + i] = v[i] or '0' end
+  end
+  return out
+end
+redis.call('SET', k, ARGV[3], 'PX', ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[6])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local ttl = tonumber(ARGV[8])
+local ttl = tonumber(ARGV[7])
 if ttl > 0 then
   local clock = redis.call('HMGET', KEYS[3], ' now', ' ttl')
   now = math.max(now, (tonumber(clock[1]) or 0) + 1)
@@ -318,8 +335,13 @@ end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1",
             ),
+            // KEYS: generation. ARGV: value prefix, key suffix, lease, the lease's generation
+            // ('' = not known: the namespace's generation now).
             release: Script::new(
-                r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+                r"local g = ARGV[4]
+if g == '' then g = redis.call('GET', KEYS[1]) or '0' end
+local k = ARGV[1] .. g .. ARGV[2]
+if redis.call('GET', k) == ARGV[3] then return redis.call('DEL', k) end
 return 0",
             ),
             // KEYS: generation, schemas, tags. ARGV: value prefix, key suffix, envelope (its
@@ -651,20 +673,27 @@ impl L2 {
             .map_err(|_| protocol_error("a tag version is not an integer"))
     }
 
-    /// Take the fill lease on a missing key (or on exactly the bytes `replace`: undecodable,
-    /// or a value a tag invalidation superseded). A won lease carries the stamp of the value
-    /// it will store; for a value that will carry tags (`tagged_ttl`: the time-to-live it will
-    /// be given), taken from the namespace's tag clock.
+    /// The miss path's one round trip: what the key holds at the namespace's generation in
+    /// Redis, or, when it holds nothing (or exactly the bytes `replace`: undecodable, or a
+    /// value a tag invalidation superseded), the fill lease on it. Returns that generation.
+    ///
+    /// A value found comes validated against its tags: the versions of `tags` (the tags the
+    /// caller expects it to carry) come back with it; any other tag it carries costs one
+    /// `HMGET` more (see [`validate`](Self::validate)). A won lease carries the generation it
+    /// is on and the stamp of the value it will store; for a value that will carry tags
+    /// (`tagged_ttl`: the time-to-live it will be given), taken from the namespace's tag
+    /// clock.
     ///
     /// `lease` is made by [`Lease::prepare`] before the call, so that a caller dropped while
     /// the script runs can still give it back.
-    pub(crate) async fn lease(
+    pub(crate) async fn read_or_lease(
         &self,
         names: &Names,
         key: &str,
         lease: &Lease,
         replace: Option<&[u8]>,
         tagged_ttl: Option<Duration>,
+        tags: &[String],
     ) -> Result<(u64, LeaseOutcome), Error> {
         let mut conn = self.conn();
         let mut inv = self.scripts.lease.prepare_invoke();
@@ -673,12 +702,14 @@ impl L2 {
             .key(&names.tags_key)
             .arg(&names.value_prefix)
             .arg(names.suffix(key))
-            .arg(&lease.generation)
             .arg(&lease.token)
             .arg(millis(self.lease_ttl))
             .arg(replace.unwrap_or(&[]))
             .arg(names.schema)
             .arg(tagged_ttl.map_or(0, millis));
+        for t in tags {
+            inv.arg(t);
+        }
         let reply: Vec<Value> = self
             .call("lease", async move { inv.invoke_async(&mut conn).await })
             .await?;
@@ -690,7 +721,7 @@ impl L2 {
             .get(1)
             .and_then(string_of)
             .ok_or_else(|| protocol_error("lease: missing generation"))?;
-        let gen_num = parse_generation(&generation)?;
+        let generation = parse_generation(&generation)?;
         match status {
             1 => {
                 let stamp = reply
@@ -699,8 +730,9 @@ impl L2 {
                     .and_then(|s| s.parse::<u64>().ok())
                     .ok_or_else(|| protocol_error("lease: missing stamp"))?;
                 Ok((
-                    gen_num,
+                    generation,
                     LeaseOutcome::Won(Lease {
+                        generation: Some(generation),
                         stamp,
                         ..lease.clone()
                     }),
@@ -711,37 +743,50 @@ impl L2 {
                     .get(2)
                     .and_then(bytes_of)
                     .ok_or_else(|| protocol_error("lease: missing current value"))?;
+                let versions = reply
+                    .get(3..)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|v| string_of(v).and_then(|s| s.parse::<u64>().ok()))
+                    .collect::<Option<Vec<u64>>>()
+                    .ok_or_else(|| protocol_error("lease: tag version"))?;
+                if versions.len() != tags.len() {
+                    return Err(protocol_error("lease: tag version count"));
+                }
+                let known: Vec<(&str, u64)> =
+                    tags.iter().map(String::as_str).zip(versions).collect();
                 let found = self
-                    .validate(names, parse_envelope(cur.to_vec()), &[])
+                    .validate(names, parse_envelope(cur.to_vec()), &known)
                     .await?;
-                Ok((gen_num, LeaseOutcome::Present(found)))
+                Ok((generation, LeaseOutcome::Present(found)))
             }
-            // The generation moved since we learned it: the caller retries with the new one.
-            3 => Ok((gen_num, LeaseOutcome::Present(Found::Miss))),
             _ => Err(protocol_error("lease: unknown status")),
         }
     }
 
     /// The compare-and-set that ends a fill: store `envelope` (stamped with the lease's stamp)
-    /// only if the key still holds our lease, the namespace generation is what the lease saw,
-    /// and none of `tags` was invalidated since the stamp.
+    /// only if the key still holds our lease, the namespace generation is the one the lease
+    /// was taken at, and none of `tags` was invalidated since the stamp.
     pub(crate) async fn fill(
         &self,
-        names: &Names,
         lease: &Lease,
         envelope: &[u8],
         ttl: Duration,
         tags: &[String],
     ) -> Result<FillOutcome, Error> {
+        let generation = lease
+            .generation
+            .ok_or_else(|| protocol_error("fill: a lease that was never taken"))?;
+        let names = &lease.names;
         let mut conn = self.conn();
         let mut inv = self.scripts.fill.prepare_invoke();
-        inv.key(&lease.value_key)
+        inv.key(names.value_key(generation, &lease.key))
             .key(&names.generation_key)
             .key(&names.tags_key)
             .arg(&lease.token)
             .arg(envelope)
             .arg(millis(ttl))
-            .arg(&lease.generation)
+            .arg(generation)
             .arg(lease.stamp);
         for t in tags {
             inv.arg(t);
@@ -756,11 +801,19 @@ impl L2 {
         })
     }
 
-    /// Give a lease back (delete the key only if it still holds our token).
+    /// Give a lease back: delete the key only if it still holds our token. A lease whose
+    /// generation is not known (its caller was dropped while the script taking it ran) is
+    /// looked for at the namespace's generation now; should that have moved, the lease sits
+    /// on a generation nobody reads and expires.
     pub(crate) async fn release(&self, lease: &Lease) -> Result<(), Error> {
+        let names = &lease.names;
         let mut conn = self.conn();
         let mut inv = self.scripts.release.prepare_invoke();
-        inv.key(&lease.value_key).arg(&lease.token);
+        inv.key(&names.generation_key)
+            .arg(&names.value_prefix)
+            .arg(names.suffix(&lease.key))
+            .arg(&lease.token)
+            .arg(lease.generation.map_or_else(String::new, |g| g.to_string()));
         let _: i64 = self
             .call("release", async move { inv.invoke_async(&mut conn).await })
             .await?;

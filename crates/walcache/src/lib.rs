@@ -44,6 +44,32 @@
 //! `keys = ["{id}"]` for the row with `id = 42`. A tuple `(a, b)` matches the template
 //! `"{a}:{b}"`.
 //!
+//! ## The read path
+//!
+//! 1. **L1 hit**: the value, while the invalidation stream is live (an atomic load and moka's
+//!    lookup).
+//! 2. **L1 miss**: the key's invalidation counters are read before any I/O, and concurrent
+//!    callers of the key in this process share one load (single-flight).
+//! 3. **One script, one round trip**, at the namespace's generation in Redis (read inside it,
+//!    so a process that has not heard of a flush yet still reads the current generation),
+//!    answers one of three ways: the value, checked against its tags' versions; another
+//!    process's fill lease; or, the key being empty, the fill lease for this caller, taken in
+//!    the same call with a random token and stamped with the Redis server's time.
+//!    [`Cache::get`] never loads: its L2 read is one plain `GET`.
+//! 4. **Lease won**: your loader runs. Its answer goes to the caller and into L1 (unless an
+//!    invalidation touched the key since step 2), and a compare-and-set on its own task stores
+//!    it in L2 only if the key still holds the token, the generation has not moved and none of
+//!    its tags was invalidated after the stamp. If it is not stored (or the outcome is
+//!    unknown), the value leaves L1 again. [`Cache::wait_for_l2_fills`] waits for these writes.
+//! 5. **Another process's lease**: its value is polled for (at most
+//!    [`WalcacheBuilder::lease_wait`]); then this caller loads without writing either tier.
+//! 6. **Redis slow or down**: the loader answers, capped
+//!    ([`WalcacheBuilder::max_bypass_loads`]), and nothing is written to L2.
+//!
+//! So an L2 hit costs one round trip, and a miss one round trip plus your loader: the
+//! compare-and-set's round trip is not waited for. Hand-written cache-aside (`GET`, `SELECT`,
+//! `SET`) waits for two.
+//!
 //! ## The consistency contract
 //!
 //! What you can rely on, with the daemon running:
@@ -60,8 +86,11 @@
 //! 2. **No stale fill.** A value your loader read before a commit is never stored in L2 or L1
 //!    after that commit's invalidation was applied. L2 is written only by a compare-and-set on
 //!    the fill's own random lease token (an invalidation — even a plain `DEL` — removes the
-//!    token, so the fill fails); L1 is filled only if no invalidation touched the key while the
-//!    value was being loaded.
+//!    token, so the fill fails); L1 is filled only if no invalidation reached this process
+//!    while the value was being loaded, and the value leaves L1 again when the compare-and-set
+//!    fails. Between the caller's answer and that compare-and-set (one Redis round trip) the
+//!    entry is like any filled just before an invalidation: the invalidation's announcement
+//!    removes it.
 //! 3. **Visibility.** The daemon re-invalidates a change once PostgreSQL makes it visible to
 //!    new snapshots, so a fill that read the old row in between does not survive.
 //! 4. **Missed messages are detected.** Pub/sub is at-most-once, so every message from the

@@ -201,7 +201,7 @@ where
         let names = shared
             .l2
             .as_ref()
-            .map(|_| Names::new(&shared.naming, &self.namespace, self.schema));
+            .map(|_| Arc::new(Names::new(&shared.naming, &self.namespace, self.schema)));
         // One time-to-live for all of L1 (an entry filled while the daemon's refresh interval
         // is shorter carries that deadline itself: see `L1Entry::until`, checked on hit without
         // moka's per-entry expiry, which costs every hit). Jitter spreads L2's, where
@@ -252,6 +252,7 @@ where
                 negative_ttl: self.negative_ttl,
                 stale,
                 flights: Mutex::new(HashMap::new()),
+                pending_fills: tokio::sync::watch::Sender::new(0),
                 l1_hits: StripedCounter::default(),
                 metrics: CacheMetrics::new(&ns_label),
             }

@@ -12,10 +12,10 @@ use tracing::Instrument;
 use walcache_protocol::ToKey;
 
 use super::flight::{FlightResult, Joined, LeaseGuard};
-use super::{jittered, key_string, Cache};
+use super::{jittered, key_string, Cache, CacheInner};
 use crate::codec::Codec;
 use crate::error::{Error, ErrorKind};
-use crate::generation::Snapshot;
+use crate::generation::{Snapshot, UNKNOWN_GENERATION};
 use crate::handle::Freshness;
 use crate::hooks::HookPoint;
 use crate::l2::{self, FillOutcome, Found, Lease, LeaseOutcome, Names, L2};
@@ -90,8 +90,9 @@ where
         }
     }
 
-    /// The single-flight leader's work: L2, then the lease, then the load and the fills, all
-    /// checked against `snap`, the flight's generations taken before any I/O.
+    /// The single-flight leader's work: one script that reads the key or takes its fill lease,
+    /// then the load and the fills, all checked against `snap`, the flight's generations taken
+    /// before any I/O.
     async fn lead<F, E>(
         &self,
         k: &Arc<str>,
@@ -117,80 +118,85 @@ where
             }
             return Ok(v);
         };
-        let (mut generation, found) = match self.read_l2(l2, names, k, &snap, tags).await {
-            Ok(x) => x,
-            Err(_) => return self.bypass_load(k, init, "redis_unavailable").await,
-        };
-        inner.shared.hooks.pass(HookPoint::AfterL2Read).await;
+        let live = inner.shared.live.load(Ordering::Acquire);
+        let known = inner.ns.generations.l2_generation();
         let mut replace: Option<Vec<u8>> = None;
-        match self.accept_found(found, k, snap, accept_negative) {
-            Accepted::Answer(v) => return Ok(v),
-            Accepted::Replace(bytes) => replace = Some(bytes),
-            Accepted::Miss => inner.metrics.l2_misses.increment(1),
-            Accepted::Leased => {
-                return self
-                    .wait_for_lease(l2, names, k, generation, init, snap, accept_negative)
-                    .await
-            }
-        }
-        let mut init = Some(init);
         for _attempt in 0..3 {
             // Armed before the script runs: if this caller is dropped while Redis is taking
             // the lease, the guard still gives it back.
-            let prepared = Lease::prepare(names, k, generation);
+            let prepared = Lease::prepare(names, k);
             let mut guard = LeaseGuard {
                 shared: Arc::clone(&inner.shared),
                 lease: Some(prepared.clone()),
             };
             let outcome = l2
-                .lease(
+                .read_or_lease(
                     names,
                     k,
                     &prepared,
                     replace.as_deref(),
                     (!tags.is_empty()).then_some(inner.l2_ttl),
+                    tags,
                 )
                 .await;
-            if !matches!(outcome, Ok((_, LeaseOutcome::Won(_))) | Err(_)) {
-                guard.disarm(); // not ours: nothing to give back
-            }
-            let Some(init_now) = init.take() else { break };
-            match outcome {
+            let (generation, outcome) = match outcome {
+                Ok(x) => x,
                 // The lease may or may not have been taken: the guard gives it back.
-                Err(_) => return self.bypass_load(k, init_now, "redis_unavailable").await,
-                Ok((_, LeaseOutcome::Won(lease))) => {
+                Err(_) => return self.bypass_load(k, init, "redis_unavailable").await,
+            };
+            self.note_generation(live, known, &snap, generation);
+            inner.shared.hooks.pass(HookPoint::AfterL2Read).await;
+            match outcome {
+                LeaseOutcome::Won(lease) => {
+                    if replace.is_none() {
+                        inner.metrics.l2_misses.increment(1);
+                    }
                     guard.lease = Some(lease);
-                    return self
-                        .fill_with_lease(l2, names, k, guard, tags, init_now, snap)
-                        .await;
+                    return self.fill_with_lease(k, guard, tags, init, snap).await;
                 }
-                Ok((g, LeaseOutcome::Present(Found::Miss))) => {
-                    // The namespace moved to a new generation under us: retry there, and
-                    // correct the process's generation if it still holds the one we used.
-                    inner.ns.generations.correct_l2_generation(generation, g);
-                    generation = g;
-                    init = Some(init_now);
-                }
-                Ok((g, LeaseOutcome::Present(found))) => {
+                LeaseOutcome::Present(found) => {
+                    guard.disarm(); // not ours: nothing to give back
                     match self.accept_found(found, k, snap, accept_negative) {
                         Accepted::Answer(v) => return Ok(v),
-                        Accepted::Replace(bytes) => {
-                            replace = Some(bytes);
-                            init = Some(init_now);
-                        }
-                        Accepted::Miss => init = Some(init_now),
+                        Accepted::Replace(bytes) => replace = Some(bytes),
+                        // The script reports an empty key as a won lease, never as found.
+                        Accepted::Miss => {}
                         Accepted::Leased => {
                             return self
-                                .wait_for_lease(l2, names, k, g, init_now, snap, accept_negative)
+                                .wait_for_lease(
+                                    l2,
+                                    names,
+                                    k,
+                                    generation,
+                                    init,
+                                    snap,
+                                    accept_negative,
+                                )
                                 .await
                         }
                     }
                 }
             }
         }
-        match init {
-            Some(init) => self.bypass_load(k, init, "redis_unavailable").await,
-            None => Err(Error::new(ErrorKind::Redis).with_message("could not take a fill lease")),
+        self.bypass_load(k, init, "redis_unavailable").await
+    }
+
+    /// What the miss path's script said of the namespace's generation in Redis: learned if the
+    /// process did not know it (unless a flush happened since `snap`), taken if the process
+    /// still holds the one it knew and Redis has another (a flush whose message is still on
+    /// its way, or a Redis that went backwards).
+    fn note_generation(&self, live: bool, known: u64, snap: &Snapshot, generation: u64) {
+        let generations = &self.inner.ns.generations;
+        if known == UNKNOWN_GENERATION {
+            if live {
+                generations.learn_l2_generation(
+                    &self.inner.shared.global_generation,
+                    snap,
+                    generation,
+                );
+            }
+        } else if known != generation {
+            generations.correct_l2_generation(known, generation);
         }
     }
 
@@ -300,13 +306,16 @@ where
         self.bypass_load(k, init, "lease_wait_timeout").await
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Load under a won lease. The caller has its answer as soon as the loader has: the value
+    /// goes into L1 under the flight's snapshot (as any fill), and the compare-and-set that
+    /// stores it in L2 runs on its own task. Should that find an invalidation raced the load
+    /// (or fail), the value is taken out of L1 and the stale-if-error copy again: in the
+    /// meantime it was exactly as fresh as an entry filled just before that invalidation,
+    /// which its announcement removes.
     async fn fill_with_lease<F, E>(
         &self,
-        l2: &L2,
-        names: &Names,
         k: &Arc<str>,
-        mut guard: LeaseGuard,
+        guard: LeaseGuard,
         tags: &[String],
         init: F,
         snap: Snapshot,
@@ -321,7 +330,7 @@ where
             // An answer, not a fill: the guard gives the lease back.
             Loaded::Stale(v) => return Ok(Some(v)),
         };
-        let Some(lease) = guard.lease.as_ref() else {
+        let Some(stamp) = guard.lease.as_ref().map(|l| l.stamp) else {
             return Ok(v);
         };
         let (envelope, ttl) = match &v {
@@ -331,32 +340,25 @@ where
                     .encode(value)
                     .map_err(|e| Error::new(ErrorKind::Codec).with_source(e))?;
                 (
-                    l2::value_envelope(&payload, tags, lease.stamp),
+                    l2::value_envelope(&payload, tags, stamp),
                     jittered(inner.l2_ttl, inner.jitter),
                 )
             }
             None => match inner.negative_ttl {
-                Some(n) => (
-                    l2::negative_envelope(lease.stamp),
-                    jittered(n, inner.jitter),
-                ),
+                Some(n) => (l2::negative_envelope(stamp), jittered(n, inner.jitter)),
                 // Nothing to cache: the guard gives the lease back.
                 None => return Ok(None),
             },
         };
-        match l2.fill(names, lease, &envelope, ttl, tags).await {
-            Ok(FillOutcome::Stored) => {
-                guard.disarm();
-                self.fill_l1(k, v.clone(), snap, tags, envelope.len());
-            }
-            Ok(FillOutcome::LeaseLost | FillOutcome::Raced) => {
-                // An invalidation won the race: the value we loaded may predate it. Keep it out
-                // of both tiers (the caller still gets it: it was current when read).
-                guard.disarm();
-                inner.metrics.discarded_l2.increment(1);
-            }
-            Err(_) => {} // the guard tries to give the lease back
-        }
+        self.fill_l1(k, v.clone(), snap, tags, envelope.len());
+        inner.pending_fills.send_modify(|n| *n += 1);
+        let fill = PendingFill {
+            inner: Arc::clone(inner),
+            key: Arc::clone(k),
+            tags: tags.to_vec(),
+            guard,
+        };
+        tokio::spawn(fill.run(envelope, ttl));
         Ok(v)
     }
 
@@ -407,6 +409,51 @@ where
                 Err(Error::loader(e))
             }
         }
+    }
+}
+
+/// A fill's compare-and-set, on its own task once the caller has its answer. Counted in
+/// `pending_fills` from just before its creation to its drop (also when the task is aborted
+/// with its runtime).
+struct PendingFill<V, C> {
+    inner: Arc<CacheInner<V, C>>,
+    key: Arc<str>,
+    tags: Vec<String>,
+    /// Gives the lease back unless the compare-and-set settled it.
+    guard: LeaseGuard,
+}
+
+impl<V, C> PendingFill<V, C>
+where
+    V: Clone + Send + Sync + 'static,
+    C: Send + Sync + 'static,
+{
+    async fn run(mut self, envelope: Vec<u8>, ttl: Duration) {
+        let Some(l2) = self.inner.shared.l2.as_ref() else {
+            return;
+        };
+        let Some(lease) = self.guard.lease.clone() else {
+            return;
+        };
+        match l2.fill(&lease, &envelope, ttl, &self.tags).await {
+            Ok(FillOutcome::Stored) => self.guard.disarm(),
+            Ok(FillOutcome::LeaseLost | FillOutcome::Raced) => {
+                // An invalidation won the race: the value loaded may predate it.
+                self.guard.disarm();
+                self.inner.metrics.discarded_l2.increment(1);
+                self.inner.forget(&self.key);
+            }
+            // Unknown whether an invalidation raced it; the guard tries to give the lease back.
+            Err(_) => self.inner.forget(&self.key),
+        }
+    }
+}
+
+impl<V, C> Drop for PendingFill<V, C> {
+    fn drop(&mut self) {
+        self.inner
+            .pending_fills
+            .send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 

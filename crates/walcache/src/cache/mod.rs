@@ -126,7 +126,7 @@ struct CacheInner<V, C> {
     shared: Arc<Shared>,
     ns: Arc<Namespace>,
     /// Redis names; `None` in L1-only mode.
-    names: Option<Names>,
+    names: Option<Arc<Names>>,
     l1: moka::sync::Cache<Arc<str>, L1Entry<V>, L1Hasher>,
     weighted: bool,
     has_tags: AtomicBool,
@@ -136,8 +136,24 @@ struct CacheInner<V, C> {
     negative_ttl: Option<Duration>,
     stale: Option<moka::sync::Cache<Arc<str>, V>>,
     flights: Mutex<HashMap<Arc<str>, Arc<Flight<V>>>>,
+    /// L2 fills whose compare-and-set is still running, after their callers had their answer
+    /// (see [`Cache::wait_for_l2_fills`]).
+    pending_fills: tokio::sync::watch::Sender<usize>,
     l1_hits: StripedCounter,
     metrics: CacheMetrics,
+}
+
+impl<V, C> CacheInner<V, C>
+where
+    V: Clone + Send + Sync + 'static,
+{
+    /// Take a key out of L1 and of the stale-if-error copies.
+    fn forget(&self, k: &str) {
+        self.l1.invalidate(k);
+        if let Some(stale) = &self.stale {
+            stale.invalidate(k);
+        }
+    }
 }
 
 impl<V, C> L1Target for CacheInner<V, C>
@@ -283,6 +299,22 @@ where
         })
     }
 
+    /// Wait until every write to L2 that this cache's reads have started has ended: stored,
+    /// refused by its compare-and-set (an invalidation raced the load: the value then leaves
+    /// L1 too), or failed.
+    ///
+    /// A read that misses both tiers returns as soon as its loader has answered, with the
+    /// value already in L1; the compare-and-set that stores it in L2 finishes on its own task
+    /// (one Redis round trip later). Until then another process reading the key finds the
+    /// fill lease and waits for the value (at most
+    /// [`lease_wait`](crate::WalcacheBuilder::lease_wait)). Wait here before shutting down,
+    /// or in a test that reads L2 right after a load.
+    pub async fn wait_for_l2_fills(&self) {
+        let mut pending = self.inner.pending_fills.subscribe();
+        // The sender lives in `inner`, which `self` holds: the channel cannot close.
+        let _ = pending.wait_for(|n| *n == 0).await;
+    }
+
     /// Whether an L1 entry may be served: within its own deadline (only "not found" entries
     /// and entries capped by the daemon's refresh interval have one, so most hits never read
     /// the clock), filled after the namespace's last flush, and after the last invalidation of
@@ -367,9 +399,13 @@ where
     /// Read `key` through both tiers, calling `init` on a miss — at most once per key across
     /// every process sharing the Redis (single-flight in the process, a lease in Redis).
     ///
-    /// The value is stored in L2 only by a compare-and-set that fails if an invalidation
-    /// arrived during the load, and in L1 only if no invalidation touched the key meanwhile.
-    /// `init` must read the primary with a fresh snapshot (autocommit or READ COMMITTED).
+    /// One Redis round trip finds the value in L2 or takes the fill lease (see [the read
+    /// path](crate#the-read-path)); on a miss the call returns once `init` has answered, with
+    /// the value in L1. It is stored in L2 by a compare-and-set that runs after the call
+    /// returns and fails if an invalidation arrived during the load (the value then leaves L1
+    /// too; [`wait_for_l2_fills`](Self::wait_for_l2_fills) waits for it), and in L1 only if no
+    /// invalidation touched the key meanwhile. `init` must read the primary with a fresh
+    /// snapshot (autocommit or READ COMMITTED).
     ///
     /// # Errors
     ///

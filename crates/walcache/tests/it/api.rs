@@ -201,6 +201,7 @@ async fn tag_invalidation_drops_tagged_entries_everywhere_and_wins_against_a_fil
         .await
         .unwrap();
     assert_eq!(reloaded, vec![4], "loaded again, not the superseded value");
+    cb.wait_for_l2_fills().await;
     assert_eq!(
         ca.get(&"user:1:orders").await,
         Some(vec![4]),
@@ -226,6 +227,7 @@ async fn tag_invalidation_drops_tagged_entries_everywhere_and_wins_against_a_fil
     cb.invalidate_tag("orders").await.unwrap();
     go.notify_one();
     assert_eq!(fill.await.unwrap().unwrap(), vec![3]);
+    ca.wait_for_l2_fills().await;
     assert_eq!(
         raw_get(&redis, &ns, "user%3A2%3Aorders").await,
         None,
@@ -248,6 +250,7 @@ async fn tags_travel_with_the_value_through_l2() {
     })
     .await
     .unwrap();
+    ca.wait_for_l2_fills().await;
     // b learns the value from L2 through plain reads that name no tags...
     assert_eq!(cb.get(&1).await.as_deref(), Some("x"));
     assert!(cb.contains_in_l1(&1));
@@ -302,6 +305,7 @@ async fn redis_over_tls_with_a_private_ca() {
     a.try_get_with(&1, async { Ok::<_, LoadError>("over tls".to_owned()) })
         .await
         .unwrap();
+    a.wait_for_l2_fills().await;
     // The other handle reads it from L2, through its own TLS connection.
     assert_eq!(b.get(&1).await.as_deref(), Some("over tls"));
 }

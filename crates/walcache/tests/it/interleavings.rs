@@ -277,6 +277,7 @@ async fn a_fill_raced_by_an_invalidation_is_not_kept_as_the_fallback() {
     // Another cache of the namespace fills L2 only as far as `cache` is concerned.
     let other = h.cache::<i64, String>(&ns).build().expect("other");
     assert_eq!(other.try_get_with(&1, value("v1")).await.unwrap(), "v1");
+    other.wait_for_l2_fills().await;
 
     let pause = h.test_hooks().pause_next(HookPoint::AfterL2Read);
     let reader = {

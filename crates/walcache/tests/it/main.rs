@@ -5,6 +5,7 @@ mod api;
 mod envelope;
 mod fuzz;
 mod interleavings;
+mod miss_path;
 mod mtls;
 mod races;
 mod read_path;

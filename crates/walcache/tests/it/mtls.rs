@@ -70,6 +70,7 @@ async fn redis_with_client_certificates() {
         })
         .await
         .unwrap();
+    ca_cache.wait_for_l2_fills().await;
     // The other handle reads it from L2, through its own connection and certificate.
     assert_eq!(cb_cache.get(&1).await.as_deref(), Some("over mutual tls"));
 

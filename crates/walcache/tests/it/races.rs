@@ -61,6 +61,7 @@ async fn stale_fill_race(kind: Invalidation) {
         "probe"
     );
     assert!(cache.contains_in_l1(&2));
+    cache.wait_for_l2_fills().await;
 
     let (read_done_tx, read_done_rx) = oneshot::channel();
     let go = Arc::new(Notify::new());
@@ -121,7 +122,9 @@ async fn stale_fill_race(kind: Invalidation) {
     go.notify_one();
     // The caller gets what it read (it was current when read)...
     assert_eq!(fill.await.expect("task").expect("value"), "old");
-    // ...but no tier that was invalidated may keep it.
+    // ...but no tier that was invalidated may keep it (L1 holds it until the compare-and-set,
+    // which runs once the caller has its answer, finds the lease gone).
+    cache.wait_for_l2_fills().await;
     assert!(!cache.contains_in_l1(&1), "old value stored in L1");
     let discarded = |tier: &str| {
         support::recorder().counter(

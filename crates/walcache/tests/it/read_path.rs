@@ -41,6 +41,7 @@ async fn l1_hit_miss_expiry_and_l2_fills_l1() {
     assert_eq!(ca.get(&1).await, None);
     // Miss → loader → L2 and L1.
     assert_eq!(ca.try_get_with(&1, load("one")).await.unwrap(), "one");
+    ca.wait_for_l2_fills().await;
     assert_eq!(loads.load(Ordering::SeqCst), 1);
     assert!(ca.contains_in_l1(&1));
     assert!(raw_get(&redis, &ns, "1").await.is_some_and(|b| b[0] == 1));

@@ -116,6 +116,7 @@ async fn undecodable_l2_bytes_are_a_counted_miss_and_get_overwritten() {
             .await
             .expect("a miss, loaded");
         assert_eq!(v, 42);
+        new.wait_for_l2_fills().await;
         assert_eq!(loads.load(Ordering::SeqCst), 1);
         let raw = raw_get(&redis, &ns, &key.to_string())
             .await
@@ -265,6 +266,7 @@ async fn negative_results_are_cached_for_their_own_ttl() {
         assert_eq!(v, None);
     }
     assert_eq!(loads.load(Ordering::SeqCst), 1);
+    cache.wait_for_l2_fills().await;
     assert_eq!(
         raw_get(&redis, &ns, "404").await.map(|b| b[0]),
         Some(2),

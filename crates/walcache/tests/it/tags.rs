@@ -77,6 +77,7 @@ async fn a_tag_invalidation_drops_only_its_namespaces_entries() {
         c.try_get_tagged_with(&1, &["t"], async { Ok::<_, LoadError>(1) })
             .await
             .unwrap();
+        c.wait_for_l2_fills().await;
     }
     assert_eq!(b2.get(&1).await, Some(1), "b learns ns2's value from L2");
     a1.invalidate_tag("t").await.unwrap();
@@ -112,6 +113,7 @@ async fn a_tag_invalidation_is_one_write_whatever_the_number_of_values_carrying_
             .await
             .unwrap();
     }
+    cache.wait_for_l2_fills().await;
     let after = redis_now_micros(&redis).await;
     let stored = values(&redis, &ns).await;
     assert_eq!(stored.len(), 500);
@@ -159,6 +161,7 @@ async fn tag_times_and_stamps_never_move_backwards_with_the_servers_clock() {
         .try_get_tagged_with(&1, &["t"], async { Ok::<_, LoadError>(1) })
         .await
         .unwrap();
+    cache.wait_for_l2_fills().await;
     let ahead = redis_now_micros(&redis).await + 3_600_000_000;
     let _: () = redis::cmd("HSET")
         .arg(Naming::default().tags_key(&ns))
@@ -180,6 +183,7 @@ async fn tag_times_and_stamps_never_move_backwards_with_the_servers_clock() {
         .await
         .unwrap();
     assert_eq!(got, 2);
+    cache.wait_for_l2_fills().await;
     let stored = values(&redis, &ns).await;
     assert_eq!(stored.len(), 1);
     assert!(

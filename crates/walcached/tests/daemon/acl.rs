@@ -217,6 +217,7 @@ async fn the_daemon_and_a_service_do_all_they_need_as_their_acl_users() {
         .await
         .expect("load");
     assert_eq!(got, "Ada");
+    a.wait_for_l2_fills().await;
     assert_eq!(value_keys(&mut admin, "1").await.len(), 1, "filled in L2");
     assert!(a.contains_in_l1(&1));
     assert_eq!(b.get(&1).await.as_deref(), Some("Ada"), "read from L2");
@@ -246,6 +247,7 @@ async fn the_daemon_and_a_service_do_all_they_need_as_their_acl_users() {
         .await
         .expect("load");
     assert_eq!(got, "Ada L.");
+    a.wait_for_l2_fills().await;
 
     // A service invalidates a key: L2 and the other process's L1 (over the app channel).
     assert_eq!(b.get(&1).await.as_deref(), Some("Ada L."));
@@ -261,6 +263,7 @@ async fn the_daemon_and_a_service_do_all_they_need_as_their_acl_users() {
     a.try_get_tagged_with(&1, &["users"], load())
         .await
         .expect("load");
+    a.wait_for_l2_fills().await;
     assert_eq!(b.get(&1).await.as_deref(), Some("Ada L."));
     a.invalidate_tag("users").await.expect("invalidate a tag");
     wait_until("b hears the tag", DEADLINE, || async {
@@ -276,6 +279,7 @@ async fn the_daemon_and_a_service_do_all_they_need_as_their_acl_users() {
 
     // ... the whole namespace: the service moves the generation.
     a.try_get_with(&1, load()).await.expect("load");
+    a.wait_for_l2_fills().await;
     assert_eq!(b.get(&1).await.as_deref(), Some("Ada L."));
     let before = generation(&mut admin).await;
     a.invalidate_all().await.expect("invalidate_all");
@@ -311,6 +315,7 @@ async fn the_daemon_and_a_service_do_all_they_need_as_their_acl_users() {
     // The full refresh, as `walcached`: a value filled before the cycle goes, and so does a
     // tag version too old to judge anything; the cycle's start is recorded.
     a.try_get_with(&1, load()).await.expect("load");
+    a.wait_for_l2_fills().await;
     assert!(!value_keys(&mut admin, "1").await.is_empty());
     let () = redis::cmd("HSET")
         .arg(Naming::default().tags_key("users"))

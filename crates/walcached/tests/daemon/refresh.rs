@@ -144,6 +144,13 @@ async fn one_cycle_removes_everything_filled_before_it_began() {
     assert_eq!(none, None);
     fill(&posts, 1, "post").await;
     fill(&orders, 1, "order").await;
+    for fills in [
+        users.wait_for_l2_fills(),
+        posts.wait_for_l2_fills(),
+        orders.wait_for_l2_fills(),
+    ] {
+        fills.await;
+    }
     let library_users = keys(&mut conn, "wc:{users}:g1:*").await;
     assert_eq!(library_users.len(), 4, "{library_users:?}");
     let library_posts = keys(&mut conn, "wc:{posts}:g*").await;
