@@ -15,6 +15,15 @@ pub const LOAD_DURATION_SECONDS: &str = "walcache_load_duration_seconds";
 /// `negative_mismatch`, `out_of_service`: the daemon's heartbeats list the namespace as out of
 /// service, so both tiers are bypassed).
 pub const BYPASS_LOADS_TOTAL: &str = "walcache_bypass_loads_total";
+/// Gauge: loads bypassing the caches right now, in this process. Labels: `namespace`. Their
+/// sum over a handle's namespaces is at most
+/// [`max_bypass_loads`](crate::WalcacheBuilder::max_bypass_loads); while Redis is down the
+/// database sees the sum over the fleet.
+pub const BYPASS_LOADS_IN_FLIGHT: &str = "walcache_bypass_loads_in_flight";
+/// Histogram: seconds a bypassing load waited for its turn under
+/// [`max_bypass_loads`](crate::WalcacheBuilder::max_bypass_loads) (0 while the cap is not
+/// reached). Labels: `namespace`.
+pub const BYPASS_WAIT_SECONDS: &str = "walcache_bypass_wait_seconds";
 /// Histogram: Redis call latency in seconds. Labels: `op`.
 pub const L2_DURATION_SECONDS: &str = "walcache_l2_duration_seconds";
 /// Counter: failed Redis calls. Labels: `op`, `kind` (`timeout`, `error`, `breaker_open`).

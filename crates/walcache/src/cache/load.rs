@@ -374,10 +374,13 @@ where
         E: StdError + Send + Sync + 'static,
     {
         self.inner.metrics.bypass(reason);
+        let waiting = Instant::now();
         let _permit =
             self.inner.shared.bypass.acquire().await.map_err(|_| {
                 Error::new(ErrorKind::Loader).with_message("bypass semaphore closed")
             })?;
+        self.inner.metrics.bypass_wait.record(waiting.elapsed());
+        let _in_flight = InFlight::new(&self.inner.metrics.bypass_in_flight);
         Ok(self.run_loader(k, init).await?.into_value())
     }
 
@@ -454,6 +457,23 @@ impl<V, C> Drop for PendingFill<V, C> {
         self.inner
             .pending_fills
             .send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// One bypassing load counted in [`BYPASS_LOADS_IN_FLIGHT`](crate::metrics::BYPASS_LOADS_IN_FLIGHT)
+/// while it runs, also when its caller drops it.
+struct InFlight<'a>(&'a metrics::Gauge);
+
+impl<'a> InFlight<'a> {
+    fn new(gauge: &'a metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 

@@ -89,6 +89,8 @@ struct CacheMetrics {
     discarded_l2: Counter,
     lease_value: Counter,
     lease_timeout: Counter,
+    bypass_wait: metrics::Histogram,
+    bypass_in_flight: metrics::Gauge,
     namespace: String,
 }
 
@@ -109,6 +111,8 @@ impl CacheMetrics {
             discarded_l2: metrics::counter!(m::FILLS_DISCARDED_TOTAL, "namespace" => n.clone(), "tier" => "l2"),
             lease_value: metrics::counter!(m::LEASE_WAITS_TOTAL, "namespace" => n.clone(), "outcome" => "value"),
             lease_timeout: metrics::counter!(m::LEASE_WAITS_TOTAL, "namespace" => n.clone(), "outcome" => "timeout"),
+            bypass_wait: metrics::histogram!(m::BYPASS_WAIT_SECONDS, "namespace" => n.clone()),
+            bypass_in_flight: metrics::gauge!(m::BYPASS_LOADS_IN_FLIGHT, "namespace" => n.clone()),
             namespace: n,
         }
     }

@@ -216,8 +216,17 @@ impl WalcacheBuilder {
     }
 
     /// At most this many loads at once that bypass the caches (Redis down, strict mode while not
-    /// live, lease waits that timed out), so a cache outage cannot stampede the database.
-    /// Default 64.
+    /// live, a namespace out of service, lease waits that timed out), so a cache outage cannot
+    /// stampede the database. Callers beyond it wait their turn. Default 64.
+    ///
+    /// The cap is per handle, so per process: while Redis is down every process bypasses at
+    /// once, and the database sees up to `processes × min(max_bypass_loads, callers, your
+    /// loader's pool size)` concurrent queries (measured with 8 processes in `BENCHMARKS.md`).
+    /// Size it so that this fits what the database can spare:
+    /// `max_bypass_loads ≤ (max_connections − reserved − the fleet's usual connections) /
+    /// processes`. [`BYPASS_LOADS_IN_FLIGHT`](crate::metrics::BYPASS_LOADS_IN_FLIGHT) shows how
+    /// many run now; [`BYPASS_WAIT_SECONDS`](crate::metrics::BYPASS_WAIT_SECONDS) shows callers
+    /// waiting at the cap.
     pub fn max_bypass_loads(mut self, n: usize) -> Self {
         self.max_bypass_loads = n;
         self

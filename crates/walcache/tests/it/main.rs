@@ -2,6 +2,7 @@
 #![allow(missing_docs)]
 
 mod api;
+mod bypass;
 mod envelope;
 mod fuzz;
 mod interleavings;

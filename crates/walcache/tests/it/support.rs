@@ -17,6 +17,8 @@ pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
 #[derive(Default)]
 pub(crate) struct TestRecorder {
     counters: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    /// Gauges as `f64` bits (how `metrics` stores a gauge in an `AtomicU64`).
+    gauges: Mutex<HashMap<String, Arc<AtomicU64>>>,
 }
 
 fn render(key: &Key) -> String {
@@ -37,12 +39,20 @@ impl Recorder for TestRecorder {
         let c = Arc::clone(map.entry(render(key)).or_default());
         Counter::from_arc(c)
     }
-    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::noop()
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        let mut map = self.gauges.lock().unwrap();
+        let g = Arc::clone(map.entry(render(key)).or_default());
+        Gauge::from_arc(g)
     }
     fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
         Histogram::noop()
     }
+}
+
+fn series(name: &str, labels: &[(&str, &str)]) -> String {
+    let mut l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    l.sort();
+    format!("{name}{{{}}}", l.join(","))
 }
 
 static RECORDER: OnceLock<&'static TestRecorder> = OnceLock::new();
@@ -64,14 +74,21 @@ impl TestRecorder {
     /// ([`namespace`]). For counters without one (L1 flushes, undecodable messages), count on
     /// the handle instead (`Walcache::test_hooks().count`).
     pub(crate) fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        let mut l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        l.sort();
-        let key = format!("{name}{{{}}}", l.join(","));
         self.counters
             .lock()
             .unwrap()
-            .get(&key)
+            .get(&series(name, labels))
             .map_or(0, |c| c.load(Ordering::SeqCst))
+    }
+
+    /// The value of gauge `name` with exactly these labels (0 if never registered); the same
+    /// caveat as [`counter`](Self::counter).
+    pub(crate) fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.gauges
+            .lock()
+            .unwrap()
+            .get(&series(name, labels))
+            .map_or(0.0, |g| f64::from_bits(g.load(Ordering::SeqCst)))
     }
 }
 
