@@ -233,6 +233,13 @@ impl Naming {
         format!("{}:{{{ns}}}:catalog", self.prefix)
     }
 
+    /// `{prefix}:bypass`, e.g. `wc:bypass`: the fleet-wide permits of loads that bypass the
+    /// caches (a sorted set from each permit's random token to when it expires, ms on the
+    /// Redis server's clock), when services set a fleet-wide cap. Outside the namespace family.
+    pub fn bypass_permits_key(&self) -> String {
+        format!("{}:bypass", self.prefix)
+    }
+
     /// `{prefix}:refresh:last`, e.g. `wc:refresh:last`: when the daemon's last completed full
     /// refresh started (ms since the Unix epoch, on the Redis server's clock). Outside the
     /// namespace family (`wc:{`), so no SCAN of a namespace meets it.

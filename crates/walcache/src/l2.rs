@@ -250,7 +250,7 @@ pub(crate) enum FillOutcome {
 }
 
 /// The operations timed in `walcache_l2_duration_seconds{op}`.
-const OPS: [&str; 10] = [
+const OPS: [&str; 12] = [
     "get",
     "get_with_generation",
     "tag_versions",
@@ -261,6 +261,8 @@ const OPS: [&str; 10] = [
     "invalidate",
     "invalidate_tag",
     "flush",
+    "bypass_acquire",
+    "bypass_release",
 ];
 
 struct Scripts {
@@ -498,7 +500,7 @@ impl L2 {
     }
 
     /// Run one Redis call under the breaker and the timeout, with metrics.
-    async fn call<T, F>(&self, op: &'static str, fut: F) -> Result<T, Error>
+    pub(crate) async fn call<T, F>(&self, op: &'static str, fut: F) -> Result<T, Error>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
@@ -537,7 +539,7 @@ impl L2 {
         }
     }
 
-    fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> ConnectionManager {
         self.conn.clone()
     }
 

@@ -209,6 +209,7 @@
 
 mod auth;
 mod breaker;
+mod bypass;
 mod cache;
 mod codec;
 mod counter;

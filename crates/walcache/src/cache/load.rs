@@ -373,12 +373,18 @@ where
         F: Future<Output = Result<Option<V>, E>> + Send,
         E: StdError + Send + Sync + 'static,
     {
+        let shared = &self.inner.shared;
         self.inner.metrics.bypass(reason);
         let waiting = Instant::now();
         let _permit =
-            self.inner.shared.bypass.acquire().await.map_err(|_| {
+            shared.bypass.acquire().await.map_err(|_| {
                 Error::new(ErrorKind::Loader).with_message("bypass semaphore closed")
             })?;
+        // The fleet's cap too, unless Redis is why the load bypasses (it cannot be asked).
+        let _fleet = match (&shared.fleet_bypass, &shared.l2) {
+            (Some(cap), Some(l2)) if reason != "redis_unavailable" => cap.permit(shared, l2).await,
+            _ => None,
+        };
         self.inner.metrics.bypass_wait.record(waiting.elapsed());
         let _in_flight = InFlight::new(&self.inner.metrics.bypass_in_flight);
         Ok(self.run_loader(k, init).await?.into_value())

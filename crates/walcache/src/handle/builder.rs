@@ -49,6 +49,7 @@ pub struct WalcacheBuilder {
     breaker_threshold: u32,
     breaker_open_for: Duration,
     max_bypass_loads: usize,
+    fleet_bypass_loads: Option<usize>,
     lease_ttl: Duration,
     lease_wait: Duration,
     reconnect_min: Duration,
@@ -94,6 +95,7 @@ impl Default for WalcacheBuilder {
             breaker_threshold: 5,
             breaker_open_for: Duration::from_secs(1),
             max_bypass_loads: 64,
+            fleet_bypass_loads: None,
             lease_ttl: Duration::from_secs(5),
             lease_wait: Duration::from_secs(2),
             reconnect_min: Duration::from_millis(50),
@@ -232,6 +234,24 @@ impl WalcacheBuilder {
         self
     }
 
+    /// At most this many loads that bypass the caches at once across every process sharing
+    /// this Redis (and key prefix), on top of each process's
+    /// [`max_bypass_loads`](Self::max_bypass_loads). Off by default. Give every process the
+    /// same number.
+    ///
+    /// It protects the database when the daemon cannot certify freshness while Redis is fine:
+    /// in [`Freshness::Strict`] while the stream is not live (a daemon restart, a lagging
+    /// daemon), for a namespace out of service, after lease waits that timed out. Each such
+    /// load first takes a permit held in Redis (one script, and one more to give it back); a
+    /// process that dies holding one loses it after [`lease_ttl`](Self::lease_ttl). While the
+    /// fleet is at the cap, callers wait and ask again (up to every 50 ms). When Redis itself
+    /// is the trouble (down, slow, breaker open) nothing can be asked: only `max_bypass_loads`
+    /// applies, which is what bounds the database in a Redis outage.
+    pub fn fleet_bypass_loads(mut self, n: usize) -> Self {
+        self.fleet_bypass_loads = Some(n);
+        self
+    }
+
     /// How long a fill lease lasts in Redis; should exceed your slowest load. Default 5 s, at
     /// most [`MAX_LEASE_TTL`](walcache_protocol::MAX_LEASE_TTL) (60 s): `build` refuses more.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
@@ -362,6 +382,16 @@ impl WalcacheBuilder {
                 "max_bypass_loads = 0: no load could ever bypass the caches; use at least 1",
             ));
         }
+        if self.fleet_bypass_loads == Some(0) {
+            return Err(Error::config(
+                "fleet_bypass_loads = 0: no load could ever bypass the caches; use at least 1",
+            ));
+        }
+        if self.fleet_bypass_loads.is_some() && self.redis_url.is_none() {
+            return Err(Error::config(
+                "fleet_bypass_loads needs Redis, which holds the permits: set redis_url, or drop fleet_bypass_loads",
+            ));
+        }
         if self.breaker_threshold == 0 {
             return Err(Error::config(
                 "circuit_breaker failures = 0: must be at least 1",
@@ -457,6 +487,9 @@ impl WalcacheBuilder {
                 reconnect_max: self.reconnect_max,
             },
             bypass: Semaphore::new(self.max_bypass_loads),
+            fleet_bypass: self
+                .fleet_bypass_loads
+                .map(|n| FleetCap::new(n, &naming, self.lease_ttl)),
             process_epoch: rand::random(),
             naming,
             auth,

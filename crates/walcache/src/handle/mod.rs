@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 use walcache_protocol::{HeartbeatDetails, Naming, TagRef, ToKey};
 
 use crate::breaker::{Breaker, BreakerState};
+use crate::bypass::FleetCap;
 use crate::cache::CacheBuilder;
 use crate::codec::Postcard;
 use crate::error::Error;
@@ -182,6 +183,8 @@ pub(crate) struct Shared {
     pub(crate) l2: Option<L2>,
     pub(crate) config: HandleConfig,
     pub(crate) bypass: Semaphore,
+    /// The fleet-wide cap on bypassing loads, if the handle was given one.
+    pub(crate) fleet_bypass: Option<FleetCap>,
     /// This process's id on the application channel, so it skips its own messages.
     pub(crate) process_epoch: u64,
     pub(crate) naming: Naming,

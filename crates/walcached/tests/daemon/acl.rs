@@ -196,6 +196,38 @@ async fn the_daemon_and_a_service_do_all_they_need_as_their_acl_users() {
     .await
     .expect("insert");
 
+    // Before any daemon: a strict service with a fleet-wide cap bypasses the caches, taking
+    // and giving back a permit in `wc:bypass` as `service`. A refused permit would fall back
+    // to the process's cap silently, but not past the ACL LOG checked below.
+    let strict = walcache::Walcache::builder()
+        .allow_unsigned()
+        .redis_url(url_as(&redis, "service"))
+        .freshness(walcache::Freshness::Strict)
+        .fleet_bypass_loads(4)
+        .build()
+        .await
+        .expect("a strict handle as the service user");
+    let bypassing = strict.cache::<i64, String>("users").build().expect("cache");
+    assert_eq!(
+        bypassing
+            .try_get_with(&1, load_name(Arc::clone(&db)))
+            .await
+            .expect("a bypassing load"),
+        "Ada"
+    );
+    let permits = walcache_protocol::Naming::default().bypass_permits_key();
+    wait_until("the permit given back", DEADLINE, || async {
+        let held: u64 = redis::cmd("ZCARD")
+            .arg(&permits)
+            .query_async(&mut admin.clone())
+            .await
+            .expect("ZCARD");
+        held == 0
+    })
+    .await
+    .expect("the permit is given back");
+    drop((bypassing, strict));
+
     // The daemon, as `walcached`: it starts (INFO, markers, catalog), streams and beats.
     let listener = Listener::start(&redis).await;
     // The catalog checked often, so its view is written early.
