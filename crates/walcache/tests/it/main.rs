@@ -9,6 +9,7 @@ mod interleavings;
 mod miss_path;
 mod mtls;
 mod races;
+mod review_miss;
 mod read_path;
 mod resilience;
 mod service;
