@@ -253,6 +253,7 @@ where
                 stale,
                 flights: Mutex::new(HashMap::new()),
                 pending_fills: tokio::sync::watch::Sender::new(0),
+                next_fill: std::sync::atomic::AtomicU64::new(1),
                 l1_hits: StripedCounter::default(),
                 metrics: CacheMetrics::new(&ns_label),
             }

@@ -114,7 +114,7 @@ where
             };
             let size = self.weigh(v.as_ref());
             if v.is_some() || inner.negative_ttl.is_some() {
-                self.fill_l1(k, v.clone(), snap, tags, size);
+                self.fill_l1(k, v.clone(), snap, tags, size, 0);
             }
             return Ok(v);
         };
@@ -225,7 +225,7 @@ where
                     Ok((tags, v)) => {
                         inner.metrics.l2_hits.increment(1);
                         // The tags stored with the value, so a tag invalidation finds this L1 entry.
-                        self.fill_l1(k, Some(v.clone()), snap, &tags, bytes.len());
+                        self.fill_l1(k, Some(v.clone()), snap, &tags, bytes.len(), 0);
                         Accepted::Answer(Some(v))
                     }
                     Err(e) => {
@@ -246,7 +246,7 @@ where
             Found::Negative(bytes) => {
                 if accept_negative {
                     inner.metrics.l2_hits.increment(1);
-                    self.fill_l1(k, None, snap, &[], 0);
+                    self.fill_l1(k, None, snap, &[], 0, 0);
                     Accepted::Answer(None)
                 } else {
                     Accepted::Replace(bytes)
@@ -350,15 +350,22 @@ where
                 None => return Ok(None),
             },
         };
-        self.fill_l1(k, v.clone(), snap, tags, envelope.len());
+        let id = inner.next_fill.fetch_add(1, Ordering::Relaxed);
+        self.fill_l1(k, v.clone(), snap, tags, envelope.len(), id);
         inner.pending_fills.send_modify(|n| *n += 1);
         let fill = PendingFill {
             inner: Arc::clone(inner),
             key: Arc::clone(k),
             tags: tags.to_vec(),
             guard,
+            id,
+            snap,
+            value: v.clone(),
+            settled: false,
         };
-        tokio::spawn(fill.run(envelope, ttl));
+        // On the handle's runtime (it drives the Redis connection), not the caller's, which
+        // may stop before the compare-and-set lands.
+        inner.shared.runtime.spawn(fill.run(envelope, ttl));
         Ok(v)
     }
 
@@ -424,12 +431,19 @@ where
 /// A fill's compare-and-set, on its own task once the caller has its answer. Counted in
 /// `pending_fills` from just before its creation to its drop (also when the task is aborted
 /// with its runtime).
-struct PendingFill<V, C> {
+struct PendingFill<V: Clone + Send + Sync + 'static, C> {
     inner: Arc<CacheInner<V, C>>,
     key: Arc<str>,
     tags: Vec<String>,
     /// Gives the lease back unless the compare-and-set settled it.
     guard: LeaseGuard,
+    /// Its id in L1 (`L1Entry::fill`): what it takes out again if it does not store.
+    id: u64,
+    /// The flight's snapshot, for the stale-if-error copy kept once stored.
+    snap: Snapshot,
+    value: Option<V>,
+    /// The compare-and-set ran (whatever it answered).
+    settled: bool,
 }
 
 impl<V, C> PendingFill<V, C>
@@ -444,22 +458,35 @@ where
         let Some(lease) = self.guard.lease.clone() else {
             return;
         };
-        match l2.fill(&lease, &envelope, ttl, &self.tags).await {
-            Ok(FillOutcome::Stored) => self.guard.disarm(),
+        let outcome = l2.fill(&lease, &envelope, ttl, &self.tags).await;
+        self.settled = true;
+        match outcome {
+            Ok(FillOutcome::Stored) => {
+                self.guard.disarm();
+                if let Some(v) = &self.value {
+                    self.inner
+                        .fill_stale(&self.key, v, self.snap, !self.tags.is_empty());
+                }
+            }
             Ok(FillOutcome::LeaseLost | FillOutcome::Raced) => {
                 // An invalidation won the race: the value loaded may predate it.
                 self.guard.disarm();
                 self.inner.metrics.discarded_l2.increment(1);
-                self.inner.forget(&self.key);
+                self.inner.forget_fill(&self.key, self.id);
             }
             // Unknown whether an invalidation raced it; the guard tries to give the lease back.
-            Err(_) => self.inner.forget(&self.key),
+            Err(_) => self.inner.forget_fill(&self.key, self.id),
         }
     }
 }
 
-impl<V, C> Drop for PendingFill<V, C> {
+impl<V: Clone + Send + Sync + 'static, C> Drop for PendingFill<V, C> {
     fn drop(&mut self) {
+        if !self.settled {
+            // Never ran (its runtime shut down): nothing checked the value against the
+            // invalidations that raced its load.
+            self.inner.forget_fill(&self.key, self.id);
+        }
         self.inner
             .pending_fills
             .send_modify(|n| *n = n.saturating_sub(1));

@@ -58,6 +58,9 @@ struct L1Entry<V> {
     /// The namespace's counter when the entry was filled: a hit after a flush is a miss (see
     /// the `generation` module docs).
     flushes: u64,
+    /// The lease fill that inserted it (0: any other fill): its compare-and-set, should it
+    /// fail, takes out this entry and no other.
+    fill: u64,
     weight: u32,
 }
 
@@ -143,6 +146,8 @@ struct CacheInner<V, C> {
     /// L2 fills whose compare-and-set is still running, after their callers had their answer
     /// (see [`Cache::wait_for_l2_fills`]).
     pending_fills: tokio::sync::watch::Sender<usize>,
+    /// Ids of lease fills (see `L1Entry::fill`).
+    next_fill: std::sync::atomic::AtomicU64,
     l1_hits: StripedCounter,
     metrics: CacheMetrics,
 }
@@ -151,12 +156,34 @@ impl<V, C> CacheInner<V, C>
 where
     V: Clone + Send + Sync + 'static,
 {
-    /// Take a key out of L1 and of the stale-if-error copies.
-    fn forget(&self, k: &str) {
-        self.l1.invalidate(k);
-        if let Some(stale) = &self.stale {
-            stale.invalidate(k);
+    fn snapshot(&self, k: &str) -> Snapshot {
+        self.ns
+            .generations
+            .snapshot(&self.shared.global_generation, key_hash(k))
+    }
+
+    /// Keep `v` as the key's stale-if-error copy if no invalidation touched the key since
+    /// `snap` (and take it out again if one lands during the insert).
+    fn fill_stale(&self, k: &Arc<str>, v: &V, snap: Snapshot, tagged: bool) {
+        let Some(stale) = &self.stale else { return };
+        // A value an invalidation raced may predate it, and may be older than the copy
+        // already held (or come back after an explicit `invalidate` dropped the copies).
+        if snap.holds(&self.snapshot(k), tagged) {
+            stale.insert(Arc::clone(k), v.clone());
+            handshake_fence(); // insert, then re-read: see generation.rs
+            if !snap.holds(&self.snapshot(k), tagged) {
+                stale.invalidate(&**k);
+            }
         }
+    }
+
+    /// Take out of L1 the entry lease fill `fill` inserted, if it is still there: an entry a
+    /// later fill inserted is none of its business.
+    fn forget_fill(&self, k: &Arc<str>, fill: u64) {
+        let _ = self.l1.entry(Arc::clone(k)).and_compute_with(|e| match e {
+            Some(e) if e.value().fill == fill => moka::ops::compute::Op::Remove,
+            _ => moka::ops::compute::Op::Nop,
+        });
     }
 }
 
@@ -539,7 +566,7 @@ where
         let size = encoded.as_ref().map_or(0, Vec::len);
         if inner.shared.live.load(Ordering::Acquire) && !inner.ns.is_out_of_service() {
             let stamps = self.stamps(&tags);
-            self.put_l1(&k, Some(value), &tags, stamps, size);
+            self.put_l1(&k, Some(value), &tags, stamps, size, 0);
         }
         if let (Some(l2), Some(names), Some(payload)) =
             (inner.shared.l2.as_ref(), inner.names.as_ref(), encoded)
@@ -704,7 +731,15 @@ where
     }
 
     /// Insert into L1 with `stamps`, read before the caller's check.
-    fn put_l1(&self, k: &Arc<str>, value: Option<V>, tags: &[String], stamps: Stamps, size: usize) {
+    fn put_l1(
+        &self,
+        k: &Arc<str>,
+        value: Option<V>,
+        tags: &[String],
+        stamps: Stamps,
+        size: usize,
+        fill: u64,
+    ) {
         let inner = &self.inner;
         let tags: Option<Arc<[String]>> = if tags.is_empty() {
             None
@@ -736,6 +771,7 @@ where
                 tags,
                 stamps: stamps.tags,
                 flushes: stamps.flushes,
+                fill,
                 weight,
             },
         );
@@ -744,6 +780,9 @@ where
     /// Insert into L1 only if the stream is live and no invalidation touched the key since
     /// `snap`; if one lands during the insert, take the entry out again. The same for the
     /// stale-if-error copy, live or not.
+    ///
+    /// `fill` is a lease fill's id (0 for any other fill): its stale-if-error copy is kept
+    /// only once its compare-and-set has stored it (`PendingFill`).
     fn fill_l1(
         &self,
         k: &Arc<str>,
@@ -751,20 +790,12 @@ where
         snap: Snapshot,
         tags: &[String],
         size: usize,
+        fill: u64,
     ) {
         let inner = &self.inner;
         let tagged = !tags.is_empty();
-        if let (Some(stale), Some(v)) = (&inner.stale, &value) {
-            // The stale-if-error copy is kept under the same check as L1: a value an
-            // invalidation raced may predate it, and may be older than the copy already held
-            // (or come back after an explicit `invalidate` dropped the copies).
-            if snap.holds(&self.snapshot(k), tagged) {
-                stale.insert(Arc::clone(k), v.clone());
-                handshake_fence(); // insert, then re-read: see generation.rs
-                if !snap.holds(&self.snapshot(k), tagged) {
-                    stale.invalidate(&**k);
-                }
-            }
+        if let (0, Some(v)) = (fill, &value) {
+            inner.fill_stale(k, v, snap, tagged);
         }
         // Out of service: the counter moves after the state (`Shared::apply_view`), so a fill
         // that misses the state below finds its snapshot moved.
@@ -782,7 +813,7 @@ where
             return;
         }
         inner.shared.hooks.pass_blocking(HookPoint::BeforeL1Insert);
-        self.put_l1(k, value, tags, stamps, size);
+        self.put_l1(k, value, tags, stamps, size, fill);
         inner.shared.hooks.pass_blocking(HookPoint::AfterL1Insert);
         handshake_fence(); // insert, then re-read: see generation.rs
         if !snap.holds(&self.snapshot(k), tagged) {

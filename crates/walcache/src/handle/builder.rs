@@ -494,6 +494,7 @@ impl WalcacheBuilder {
             naming,
             auth,
             hooks: Hooks::new(),
+            runtime: tokio::runtime::Handle::current(),
             daemon_view: Mutex::new(DaemonView::default()),
         });
         metrics::gauge!(m::STREAM_LIVE).set(if stream { 0.0 } else { 1.0 });

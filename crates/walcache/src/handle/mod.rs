@@ -192,6 +192,9 @@ pub(crate) struct Shared {
     pub(crate) auth: crate::auth::Authenticator,
     /// Test-only pause points (a zero-sized no-op without the `test-hooks` feature).
     pub(crate) hooks: Hooks,
+    /// The runtime the handle was built on, which drives its Redis connection: fills'
+    /// compare-and-sets run there, not on a caller's runtime that may stop before they land.
+    pub(crate) runtime: tokio::runtime::Handle,
     /// What the daemon's last heartbeat said of the namespaces; held while it is applied, so
     /// a namespace registered meanwhile starts from the newest view.
     daemon_view: Mutex<DaemonView>,
