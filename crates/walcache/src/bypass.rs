@@ -120,14 +120,13 @@ impl Drop for FleetPermit {
             return;
         };
         let shared = Arc::clone(&self.shared);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                if let (Some(cap), Some(l2)) = (shared.fleet_bypass.as_ref(), shared.l2.as_ref()) {
-                    if let Err(e) = cap.give_back(l2, &token).await {
-                        tracing::debug!(error = %e, "could not give a bypass permit back; it expires");
-                    }
+        // On the handle's runtime, which drives the Redis connection.
+        self.shared.runtime.spawn(async move {
+            if let (Some(cap), Some(l2)) = (shared.fleet_bypass.as_ref(), shared.l2.as_ref()) {
+                if let Err(e) = cap.give_back(l2, &token).await {
+                    tracing::debug!(error = %e, "could not give a bypass permit back; it expires");
                 }
-            });
-        }
+            }
+        });
     }
 }

@@ -52,9 +52,11 @@
 //!    callers of the key in this process share one load (single-flight).
 //! 3. **One script, one round trip**, at the namespace's generation in Redis (read inside it,
 //!    so a process that has not heard of a flush yet still reads the current generation),
-//!    answers one of three ways: the value, checked against its tags' versions; another
-//!    process's fill lease; or, the key being empty, the fill lease for this caller, taken in
-//!    the same call with a random token and stamped with the Redis server's time.
+//!    answers one of three ways: the value, checked against its tags' versions; a fill lease
+//!    someone holds (another process loading, or a load of this process whose
+//!    compare-and-set has not landed yet); or, the key being empty, the fill lease for this
+//!    caller, taken in the same call with a random token and stamped with the Redis server's
+//!    time.
 //!    [`Cache::get`] never loads: its L2 read is one plain `GET`.
 //! 4. **Lease won**: your loader runs. Its answer goes to the caller and into L1 (unless an
 //!    invalidation touched the key since step 2), and a compare-and-set on its own task stores
@@ -87,8 +89,8 @@
 //!    after that commit's invalidation was applied. L2 is written only by a compare-and-set on
 //!    the fill's own random lease token (an invalidation — even a plain `DEL` — removes the
 //!    token, so the fill fails); L1 is filled only if no invalidation reached this process
-//!    while the value was being loaded, and the value leaves L1 again when the compare-and-set
-//!    fails. Between the caller's answer and that compare-and-set (one Redis round trip) the
+//!    while the value was being loaded, and the entry leaves L1 again when the compare-and-set
+//!    does not store it. Between the caller's answer and that compare-and-set (one Redis round trip) the
 //!    entry is like any filled just before an invalidation: the invalidation's announcement
 //!    removes it.
 //! 3. **Visibility.** The daemon re-invalidates a change once PostgreSQL makes it visible to

@@ -24,7 +24,9 @@ pub const BYPASS_LOADS_IN_FLIGHT: &str = "walcache_bypass_loads_in_flight";
 /// [`max_bypass_loads`](crate::WalcacheBuilder::max_bypass_loads) (0 while the cap is not
 /// reached). Labels: `namespace`.
 pub const BYPASS_WAIT_SECONDS: &str = "walcache_bypass_wait_seconds";
-/// Histogram: Redis call latency in seconds. Labels: `op`.
+/// Histogram: Redis call latency in seconds. Labels: `op` (`get`: `Cache::get`'s read;
+/// `lease`: the miss path's one script, which is also `try_get_with`'s L2 hit; `fill`, the
+/// other scripts by name, `bypass_acquire` and `bypass_release`).
 pub const L2_DURATION_SECONDS: &str = "walcache_l2_duration_seconds";
 /// Counter: failed Redis calls. Labels: `op`, `kind` (`timeout`, `error`, `breaker_open`).
 pub const L2_ERRORS_TOTAL: &str = "walcache_l2_errors_total";

@@ -43,15 +43,15 @@ impl Drop for LeaseGuard {
             return;
         };
         let shared = Arc::clone(&self.shared);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                if let Some(l2) = shared.l2.as_ref() {
-                    if let Err(e) = l2.release(&lease).await {
-                        tracing::debug!(error = %e, "could not release a fill lease; it expires");
-                    }
+        // On the handle's runtime, which drives the Redis connection: the caller's may be the
+        // one shutting down.
+        self.shared.runtime.spawn(async move {
+            if let Some(l2) = shared.l2.as_ref() {
+                if let Err(e) = l2.release(&lease).await {
+                    tracing::debug!(error = %e, "could not release a fill lease; it expires");
                 }
-            });
-        }
+            }
+        });
     }
 }
 

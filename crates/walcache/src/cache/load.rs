@@ -308,10 +308,11 @@ where
 
     /// Load under a won lease. The caller has its answer as soon as the loader has: the value
     /// goes into L1 under the flight's snapshot (as any fill), and the compare-and-set that
-    /// stores it in L2 runs on its own task. Should that find an invalidation raced the load
-    /// (or fail), the value is taken out of L1 and the stale-if-error copy again: in the
-    /// meantime it was exactly as fresh as an entry filled just before that invalidation,
-    /// which its announcement removes.
+    /// stores it in L2 runs on its own task (on the handle's runtime). Should that find an
+    /// invalidation raced the load (or fail), the entry this fill put in L1 is taken out again:
+    /// in the meantime it was exactly as fresh as an entry filled just before that
+    /// invalidation, which its announcement removes. The stale-if-error copy is kept only once
+    /// stored.
     async fn fill_with_lease<F, E>(
         &self,
         k: &Arc<str>,
@@ -474,8 +475,16 @@ where
                 self.inner.metrics.discarded_l2.increment(1);
                 self.inner.forget_fill(&self.key, self.id);
             }
-            // Unknown whether an invalidation raced it; the guard tries to give the lease back.
-            Err(_) => self.inner.forget_fill(&self.key, self.id),
+            // Unknown whether an invalidation raced it. The lease is given back here, not by the
+            // guard's own task, so that `wait_for_l2_fills` waits for that too.
+            Err(_) => {
+                self.inner.forget_fill(&self.key, self.id);
+                if let Some(lease) = self.guard.lease.take() {
+                    if let Err(e) = l2.release(&lease).await {
+                        tracing::debug!(error = %e, "could not release a fill lease; it expires");
+                    }
+                }
+            }
         }
     }
 }

@@ -336,10 +336,14 @@ where
     ///
     /// A read that misses both tiers returns as soon as its loader has answered, with the
     /// value already in L1; the compare-and-set that stores it in L2 finishes on its own task
-    /// (one Redis round trip later). Until then another process reading the key finds the
-    /// fill lease and waits for the value (at most
-    /// [`lease_wait`](crate::WalcacheBuilder::lease_wait)). Wait here before shutting down,
-    /// or in a test that reads L2 right after a load.
+    /// (one Redis round trip later). Until then a reader in another process (or one in this
+    /// process whose L1 fill was refused) finds the fill lease and waits for the value (at
+    /// most [`lease_wait`](crate::WalcacheBuilder::lease_wait)). A fill that fails gives its
+    /// lease back before it counts as ended.
+    ///
+    /// It waits until no fill is pending, including fills started while it waits: call it
+    /// once the reads have stopped (before shutting down), or in a test that reads L2 right
+    /// after a load.
     pub async fn wait_for_l2_fills(&self) {
         let mut pending = self.inner.pending_fills.subscribe();
         // The sender lives in `inner`, which `self` holds: the channel cannot close.
