@@ -8,7 +8,8 @@
 //! 1. **Tiers under concurrency**: p50/p99/p99.9 and throughput at 1, 8 and 64 tokio tasks on
 //!    a multi-thread runtime, for an L1 hit (vs raw moka), an L2 hit (vs a raw redis-rs GET on
 //!    a multiplexed connection) and a miss to PostgreSQL (vs the same SELECT through
-//!    tokio-postgres), at 64 B, 1 KiB and 16 KiB.
+//!    tokio-postgres, and vs hand-written cache-aside: GET → SELECT → SET PX), at 64 B, 1 KiB
+//!    and 16 KiB.
 //! 2. **Workloads**: Zipf (s = 1.0) reads over 100k keys with 1% writes (UPDATE + invalidate),
 //!    for L1-only, L2-only and two-tier configurations.
 //! 3. **Memory**: RSS growth per L1 entry in a child process, walcache vs raw moka.

@@ -30,30 +30,49 @@ pub(super) fn plots(r: &Results, dir: &Path) {
     }
 }
 
+/// `a / b` of two p50s, as a ratio.
+fn ratio(a: &Stats, b: &Stats) -> f64 {
+    a.p50_ns as f64 / b.p50_ns.max(1) as f64
+}
+
+/// p50 / p99 / p99.9.
+fn p3(x: &Stats) -> String {
+    format!(
+        "{} / {} / {}",
+        t(x.p50_ns as f64),
+        t(x.p99_ns as f64),
+        t(x.p999_ns as f64)
+    )
+}
+
 /// The section "Tiers under concurrency".
 pub(super) fn markdown(s: &mut String, r: &Results, nproc: &str) {
     let _ = writeln!(s, "### Tiers under concurrency\n");
     let _ = writeln!(
         s,
         "Each case runs N tokio tasks on a multi-thread runtime ({nproc} workers) for a fixed \
-         time, walcache and the raw tool alternating in halves (A B B A); every call is timed alone (`Instant` pair ≈ {:.0} ns, included on both sides) and \
+         time, walcache and the raw tool alternating in halves (A B B A; the miss's three variants \
+         A B C C B A); every call is timed alone (`Instant` pair ≈ {:.0} ns, included on both sides) and \
          percentiles are nearest-rank over all samples (a sorted vector). Every {YIELD_EVERY} calls a task \
          yields (untimed) so that all N take turns. L1 hit: \
          `Cache::get` on a warm L1 vs `moka::sync::Cache<i64, String>::get`. L2 hit: \
          `Cache::get` with a 1 ms L1 time-to-live vs a raw `GET` of the same key on a \
          multiplexed redis-rs connection. Miss: `invalidate` (untimed) then `try_get_with` \
          whose loader runs the SELECT, vs the same prepared SELECT alone on the same kind of \
-         tokio-postgres connection. **Ratio** = walcache p50 / raw p50 (throughput ratio = \
+         tokio-postgres connection, and vs hand-written cache-aside on a miss: `DEL` (untimed), \
+         then `GET` (a miss), the same SELECT, `SET … PX` on one multiplexed redis-rs connection \
+         shared by the callers (what a service would write without walcache: no lease, no \
+         protection against a stale fill). **Ratio** = walcache p50 / raw p50 (throughput ratio = \
          walcache / raw). On {nproc} shared cores the ratios move by tens of percent between runs; \
          read the p50 ratios at 1 caller first. The µs-scale p99 of L1 hits appears on both sides \
          alike (preemption, and moka's batched housekeeping on reads).\n",
         r.clock_ns
     );
-    for tier in ["L1 hit", "L2 hit", "miss to PostgreSQL"] {
-        let raw = match tier {
-            "L1 hit" => "raw moka",
-            "L2 hit" => "raw redis GET",
-            _ => "raw SELECT",
+    for tier in ["L1 hit", "L2 hit"] {
+        let raw = if tier == "L1 hit" {
+            "raw moka"
+        } else {
+            "raw redis GET"
         };
         let _ = writeln!(
             s,
@@ -100,10 +119,77 @@ pub(super) fn markdown(s: &mut String, r: &Results, nproc: &str) {
             );
         }
     }
+    miss_markdown(s, r);
 }
 
+/// The miss to PostgreSQL: walcache against hand-written cache-aside (the goal's baseline) and
+/// against the bare SELECT.
+fn miss_markdown(s: &mut String, r: &Results) {
+    let tier = "miss to PostgreSQL";
+    let rows: Vec<&TierRow> = r.tiers.iter().filter(|x| x.tier == tier).collect();
+    let _ = writeln!(
+        s,
+        "**{tier}** vs hand-written cache-aside (GET → SELECT → SET PX) and vs the raw SELECT — \
+         ![{tier}](docs/benchmarks/{}.svg)\n",
+        slug(tier)
+    );
+    let _ = writeln!(
+        s,
+        "| size | callers | p50 ratio to cache-aside | p50 ratio to SELECT | throughput ratio to cache-aside | walcache p50 / p99 / p99.9 | cache-aside p50 / p99 / p99.9 | raw SELECT p50 / p99 / p99.9 | walcache ops | cache-aside ops | raw SELECT ops |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---|---|---|---:|---:|---:|");
+    for row in &rows {
+        let (w, x) = (&row.walcache, &row.raw);
+        let hand = row.by_hand.unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "| {} | {} | **{:.2}×** | {:.2}× | {:.2}× | {} | {} | {} | {} | {} | {} |",
+            size_name(row.size),
+            row.concurrency,
+            ratio(w, &hand),
+            ratio(w, x),
+            w.ops_per_s / hand.ops_per_s.max(1e-9),
+            p3(w),
+            p3(&hand),
+            p3(x),
+            ops(w.ops_per_s),
+            ops(hand.ops_per_s),
+            ops(x.ops_per_s),
+        );
+    }
+    s.push('\n');
+    let goal: Vec<String> = rows
+        .iter()
+        .filter(|x| x.concurrency <= 8)
+        .filter_map(|x| {
+            let hand = x.by_hand?;
+            let q = ratio(&x.walcache, &hand);
+            Some(format!(
+                "{} × {}: {q:.2}× ({})",
+                size_name(x.size),
+                x.concurrency,
+                if q <= 1.1 { "met" } else { "missed" }
+            ))
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        "Miss goal (walcache p50 ≤ 1.1× hand-written cache-aside at 1 and 8 callers): {}. A \
+         cache-aside miss is two Redis round trips around the SELECT; the cache-aside column \
+         minus the SELECT column is what those cost here.\n",
+        goal.join("; ")
+    );
+}
+
+/// p50 and p99 against concurrency per size: walcache solid, the raw tool dashed, the
+/// hand-written cache-aside (the miss only) dotted.
 fn latency_plot(r: &Results, tier: &str, file: &Path) -> PlotResult {
     let rows: Vec<&TierRow> = r.tiers.iter().filter(|x| x.tier == tier).collect();
+    let raw = if tier == "miss to PostgreSQL" {
+        "SELECT"
+    } else {
+        "raw"
+    };
     let max = rows
         .iter()
         .flat_map(|x| [x.walcache.p99_ns, x.raw.p99_ns])
@@ -121,7 +207,11 @@ fn latency_plot(r: &Results, tier: &str, file: &Path) -> PlotResult {
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            format!("{tier}: latency vs concurrent callers (walcache solid, raw dashed)"),
+            if tier == "miss to PostgreSQL" {
+                format!("{tier}: latency vs callers (walcache solid, SELECT dashed, cache-aside dotted)")
+            } else {
+                format!("{tier}: latency vs concurrent callers (walcache solid, raw dashed)")
+            },
             ("sans-serif", 20),
         )
         .margin(12)
@@ -148,6 +238,22 @@ fn latency_plot(r: &Results, tier: &str, file: &Path) -> PlotResult {
     ];
     for (si, size) in SIZES.iter().enumerate() {
         let color = colors[si % colors.len()];
+        let by_hand: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|x| x.size == *size)
+            .filter_map(|x| {
+                let ci = CONCURRENCY.iter().position(|c| *c == x.concurrency)?;
+                Some((ci as f64, x.by_hand?.p50_ns as f64 / 1e3))
+            })
+            .collect();
+        if !by_hand.is_empty() {
+            chart
+                .draw_series(DashedLineSeries::new(by_hand, 2, 4, color.stroke_width(2)))?
+                .label(format!("cache-aside by hand {} p50", size_name(*size)))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+        }
         for (pi, pct) in ["p50", "p99"].into_iter().enumerate() {
             let pick =
                 |st: &Stats| -> f64 { (if pi == 0 { st.p50_ns } else { st.p99_ns }) as f64 / 1e3 };
@@ -177,7 +283,7 @@ fn latency_plot(r: &Results, tier: &str, file: &Path) -> PlotResult {
                     4,
                     color.mix(0.8).stroke_width(width),
                 ))?
-                .label(format!("raw {} {pct}", size_name(*size)))
+                .label(format!("{raw} {} {pct}", size_name(*size)))
                 .legend(move |(x, y)| {
                     PathElement::new(
                         vec![(x, y), (x + 20, y)],
