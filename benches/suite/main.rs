@@ -19,6 +19,8 @@
 //!    commit → L1 eviction (in another process) at several commit rates with where the time
 //!    goes, and the daemon's peak RSS through one large transaction (needs the `walcached`
 //!    binary next to this one: `cargo build --release -p walcached`).
+//! 6. **Costs at scale**: 500 namespaces (caches, daemon start, heartbeats, re-subscribe and
+//!    gap recovery), and full-refresh cycles over more and more namespaces.
 //!
 //! Hidden subcommands, for the child processes it spawns: `--memory-child KIND`,
 //! `--stampede-child …`, `--latency-reader …`.
@@ -27,6 +29,7 @@ mod caveat;
 mod memory;
 mod pipeline;
 mod report;
+mod scale;
 mod stages;
 mod stampede;
 mod tiers;
@@ -66,6 +69,13 @@ struct Mode {
     latency_rates: &'static [(Option<f64>, usize)],
     /// Rows of the large transaction the daemon's RSS is measured through.
     rss_rows: u64,
+    /// Costs at scale: namespaces of the large configuration and repetitions of each of its
+    /// liveness measurements; value keys of the refresh cycles and the namespace counts they
+    /// are spread over.
+    scale_namespaces: usize,
+    scale_reps: usize,
+    refresh_keys: u64,
+    refresh_namespaces: &'static [usize],
 }
 
 fn main() {
@@ -108,6 +118,10 @@ fn main() {
                 (None, 1000),
             ],
             rss_rows: 50_000,
+            scale_namespaces: 20,
+            scale_reps: 2,
+            refresh_keys: 1000,
+            refresh_namespaces: &[1, 20],
         }
     } else {
         Mode {
@@ -124,6 +138,10 @@ fn main() {
                 (None, 20_000),
             ],
             rss_rows: 1_000_000,
+            scale_namespaces: 500,
+            scale_reps: 10,
+            refresh_keys: 20_000,
+            refresh_namespaces: &[1, 10, 100, 500],
         }
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -142,6 +160,11 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
     results.pipeline = Some(pipeline::run(mode, &rt, &servers));
+    eprintln!(
+        "suite: costs at scale (at {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    results.scale = Some(scale::run(mode, &rt, &servers));
     drop(servers);
     let mode_ops = (mode.workload_warm, mode.workload_run);
     let elapsed = started.elapsed();
@@ -158,6 +181,7 @@ pub(crate) struct Results {
     pub(crate) memory: Vec<(String, f64)>,
     pub(crate) stampede: Vec<StampedeRow>,
     pub(crate) pipeline: Option<pipeline::PipelineResults>,
+    pub(crate) scale: Option<scale::ScaleResults>,
     pub(crate) pg_version: String,
     pub(crate) redis_version: String,
 }
@@ -298,6 +322,7 @@ async fn run(mode: Mode) -> (Results, Servers) {
         memory,
         stampede: Vec::new(),
         pipeline: None,
+        scale: None,
         pg_version,
         redis_version,
     };

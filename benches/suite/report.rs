@@ -9,6 +9,7 @@ use plotters::prelude::*;
 use crate::pipeline::{pct, PipelineResults, RateResult, READER_POLL, READER_WINDOW, WRITERS};
 use crate::Results;
 
+mod scale;
 mod tiers;
 mod workloads;
 
@@ -116,6 +117,9 @@ pub(crate) fn write(r: &Results, quick: bool, workload_ops: (u64, u64), elapsed:
             eprintln!("suite: pipeline CDF plot: {e}");
         }
     }
+    if let Some(sc) = &r.scale {
+        scale::plots(sc, &dir);
+    }
     let section = markdown(r, quick, workload_ops, elapsed);
     let path = root().join("BENCHMARKS.md");
     let text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -179,6 +183,9 @@ fn markdown(r: &Results, quick: bool, workload_ops: (u64, u64), elapsed: Duratio
     workloads::markdown(&mut s, r, workload_ops);
     if let Some(p) = &r.pipeline {
         pipeline_markdown(&mut s, p, &nproc);
+    }
+    if let Some(sc) = &r.scale {
+        scale::markdown(&mut s, sc);
     }
     let _ = writeln!(
         s,
