@@ -20,10 +20,11 @@
 //!    goes, and the daemon's peak RSS through one large transaction (needs the `walcached`
 //!    binary next to this one: `cargo build --release -p walcached`).
 //! 6. **Costs at scale**: 500 namespaces (caches, daemon start, heartbeats, re-subscribe and
-//!    gap recovery), and full-refresh cycles over more and more namespaces.
+//!    gap recovery), full-refresh cycles over more and more namespaces, 50 subscribed handles
+//!    (commit → eviction, publish cost), and the drain rate as `stream.batch_max_keys` varies.
 //!
 //! Hidden subcommands, for the child processes it spawns: `--memory-child KIND`,
-//! `--stampede-child …`, `--latency-reader …`.
+//! `--stampede-child …`, `--latency-reader …`, `--scale-subscriber …`.
 
 mod caveat;
 mod memory;
@@ -70,10 +71,14 @@ struct Mode {
     /// Rows of the large transaction the daemon's RSS is measured through.
     rss_rows: u64,
     /// Costs at scale: namespaces of the large configuration and repetitions of each of its
-    /// liveness measurements; value keys of the refresh cycles and the namespace counts they
-    /// are spread over.
+    /// liveness measurements; subscribed handles of the fan-out and its commits; single-row
+    /// commits per batch-size drain; value keys of the refresh cycles and the namespace counts
+    /// they are spread over.
     scale_namespaces: usize,
     scale_reps: usize,
+    fanout_handles: &'static [usize],
+    fanout_commits: usize,
+    batch_changes: u64,
     refresh_keys: u64,
     refresh_namespaces: &'static [usize],
 }
@@ -88,6 +93,13 @@ fn main() {
         Some(stampede::CHILD_COMMAND) => {
             if let Err(e) = stampede::child(&args[2..]) {
                 eprintln!("stampede child: {e}");
+                std::process::exit(1);
+            }
+            return;
+        }
+        Some(scale::fanout::SUBSCRIBER_COMMAND) => {
+            if let Err(e) = scale::fanout::subscriber(&args[2..]) {
+                eprintln!("scale subscriber: {e}");
                 std::process::exit(1);
             }
             return;
@@ -120,6 +132,9 @@ fn main() {
             rss_rows: 50_000,
             scale_namespaces: 20,
             scale_reps: 2,
+            fanout_handles: &[1, 3],
+            fanout_commits: 200,
+            batch_changes: 300,
             refresh_keys: 1000,
             refresh_namespaces: &[1, 20],
         }
@@ -140,6 +155,9 @@ fn main() {
             rss_rows: 1_000_000,
             scale_namespaces: 500,
             scale_reps: 10,
+            fanout_handles: &[1, 10, 50],
+            fanout_commits: 3000,
+            batch_changes: 10_000,
             refresh_keys: 20_000,
             refresh_namespaces: &[1, 10, 100, 500],
         }

@@ -9,7 +9,14 @@
 //! 2. **Refresh scans** ([`refresh`]): one full-refresh cycle of the daemon
 //!    (`walcached::refresh::run_cycle`) over the same number of value keys spread over more
 //!    and more namespaces, on a Redis of its own holding nothing else.
+//! 3. **Many subscribed handles** ([`fanout`]): commit → L1 eviction at 1,000 commits/s with
+//!    one subscribed handle, and with many, each in a process of its own; the daemon's
+//!    publish cost and Redis's CPU per commit.
+//! 4. **Batch size** ([`batches`]): the daemon's drain rate of single-row commits as
+//!    `stream.batch_max_keys` varies.
 
+pub(crate) mod batches;
+pub(crate) mod fanout;
 pub(crate) mod namespaces;
 pub(crate) mod refresh;
 
@@ -25,6 +32,8 @@ use crate::Mode;
 pub(crate) struct ScaleResults {
     pub(crate) namespaces: namespaces::NamespacesResult,
     pub(crate) refresh: refresh::RefreshResult,
+    pub(crate) fanout: fanout::FanoutResult,
+    pub(crate) batches: batches::BatchResult,
 }
 
 /// Longest wait for anything of this section.
@@ -72,9 +81,15 @@ fn try_run(mode: Mode, rt: &Runtime, servers: &Servers) -> Result<ScaleResults, 
     let namespaces = namespaces::run(&env, mode)?;
     eprintln!("suite: scale: refresh scans");
     let refresh = refresh::run(rt, mode)?;
+    eprintln!("suite: scale: subscribed handles");
+    let fanout = fanout::run(&env, mode)?;
+    eprintln!("suite: scale: batch sizes");
+    let batches = batches::run(&env, mode)?;
     Ok(ScaleResults {
         namespaces,
         refresh,
+        fanout,
+        batches,
     })
 }
 
@@ -106,4 +121,19 @@ pub(crate) fn pct_f(v: &[f64], q: f64) -> f64 {
     }
     let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
     v[i]
+}
+
+/// A field of Redis's `INFO` reply as a number.
+fn info_field(info: &str, name: &str) -> Option<f64> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Redis's own CPU time so far (`used_cpu_sys` + `used_cpu_user`, seconds).
+async fn redis_cpu_s(conn: &mut redis::aio::MultiplexedConnection) -> Result<f64, BoxError> {
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await?;
+    let sys = info_field(&info, "used_cpu_sys").ok_or("INFO cpu has no used_cpu_sys")?;
+    let user = info_field(&info, "used_cpu_user").ok_or("INFO cpu has no used_cpu_user")?;
+    Ok(sys + user)
 }

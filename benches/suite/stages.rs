@@ -76,6 +76,17 @@ impl Totals {
         )
     }
 
+    /// `self + other`, series by series.
+    pub(crate) fn plus(&self, other: &Totals) -> Totals {
+        let mut out = self.0.clone();
+        for (k, &(sum, count)) in &other.0 {
+            let e = out.entry(k.clone()).or_default();
+            e.0 += sum;
+            e.1 += count;
+        }
+        Totals(out)
+    }
+
     /// The total and count of `series` (zeros when absent).
     pub(crate) fn get(&self, series: &str) -> (f64, u64) {
         self.0.get(series).copied().unwrap_or_default()
