@@ -38,7 +38,7 @@ pub(crate) const READER_COMMAND: &str = "--latency-reader";
 /// The reader's signing keys, when the pass is signed (unset: it accepts unsigned messages).
 const READER_KEYS_ENV: &str = "WALCACHE_BENCH_SIGNING_KEYS";
 /// The namespace (and table) of the latency benchmark.
-const LATENCY_NS: &str = "lat";
+pub(crate) const LATENCY_NS: &str = "lat";
 /// How long the reader sleeps between two sweeps over the keys it watches.
 pub(crate) const READER_POLL: Duration = Duration::from_micros(20);
 /// How many keys, in update order, the reader checks per sweep (split between the writers).
@@ -51,7 +51,7 @@ pub(crate) const WRITERS: usize = 4;
 /// Longest wait for anything (a daemon to catch up, a drain to finish).
 const DEADLINE: Duration = Duration::from_secs(600);
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Everything the report shows of the pipeline.
 pub(crate) struct PipelineResults {
@@ -215,22 +215,22 @@ fn try_run(mode: Mode, rt: &Runtime, servers: &Servers) -> Result<PipelineResult
 }
 
 /// What every pipeline measurement works with.
-struct Env<'a> {
-    rt: &'a Runtime,
-    daemon_rt: &'a Runtime,
-    redis: &'a RedisServer,
-    pg: &'a PgServer,
-    dbname: &'a str,
-    db: &'a tokio_postgres::Client,
+pub(crate) struct Env<'a> {
+    pub(crate) rt: &'a Runtime,
+    pub(crate) daemon_rt: &'a Runtime,
+    pub(crate) redis: &'a RedisServer,
+    pub(crate) pg: &'a PgServer,
+    pub(crate) dbname: &'a str,
+    pub(crate) db: &'a tokio_postgres::Client,
 }
 
 impl Env<'_> {
-    fn sql(&self, sql: &str) -> Result<(), BoxError> {
+    pub(crate) fn sql(&self, sql: &str) -> Result<(), BoxError> {
         Ok(self.rt.block_on(self.db.batch_execute(sql))?)
     }
 
     /// The server's current WAL position.
-    fn current_lsn(&self) -> Result<u64, BoxError> {
+    pub(crate) fn current_lsn(&self) -> Result<u64, BoxError> {
         let row = self.rt.block_on(
             self.db
                 .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8", &[]),
@@ -238,7 +238,7 @@ impl Env<'_> {
         Ok(u64::try_from(row.get::<_, i64>(0))?)
     }
 
-    fn create_slot(&self, slot: &str, plugin: &str) -> Result<(), BoxError> {
+    pub(crate) fn create_slot(&self, slot: &str, plugin: &str) -> Result<(), BoxError> {
         self.rt.block_on(self.db.execute(
             "SELECT pg_create_logical_replication_slot($1, $2)",
             &[&slot, &plugin],
@@ -248,7 +248,7 @@ impl Env<'_> {
 
     /// Drop `slot` once its consumer's walsender has let go of it (it exits a moment after
     /// the consumer disconnects).
-    fn drop_slot(&self, slot: &str) -> Result<(), BoxError> {
+    pub(crate) fn drop_slot(&self, slot: &str) -> Result<(), BoxError> {
         self.wait_slot(slot, false)?;
         self.rt.block_on(
             self.db
@@ -281,7 +281,7 @@ impl Env<'_> {
     }
 
     /// A daemon configuration over one table (`{id}` keys), without the HTTP endpoint.
-    fn daemon_toml(&self, slot: &str, publication: &str, table: &str) -> String {
+    pub(crate) fn daemon_toml(&self, slot: &str, publication: &str, table: &str) -> String {
         format!(
             r#"
 [postgres]
@@ -312,15 +312,15 @@ fn lsn_text(lsn: u64) -> String {
 }
 
 /// A walcached pipeline running in this process, on its own runtime.
-struct InProcessDaemon<'a> {
+pub(crate) struct InProcessDaemon<'a> {
     rt: &'a Runtime,
-    status: Arc<Status>,
+    pub(crate) status: Arc<Status>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<Result<(), walcached::pipeline::RunError>>>,
 }
 
 impl<'a> InProcessDaemon<'a> {
-    fn start(rt: &'a Runtime, toml: &str) -> Result<InProcessDaemon<'a>, BoxError> {
+    pub(crate) fn start(rt: &'a Runtime, toml: &str) -> Result<InProcessDaemon<'a>, BoxError> {
         InProcessDaemon::start_with_env(rt, toml, &HashMap::new())
     }
 
@@ -347,7 +347,11 @@ impl<'a> InProcessDaemon<'a> {
     }
 
     /// Poll (every 50 µs) until `done(status)` holds; fails if the daemon stopped.
-    fn wait(&mut self, what: &str, done: impl Fn(&Status) -> bool) -> Result<(), BoxError> {
+    pub(crate) fn wait(
+        &mut self,
+        what: &str,
+        done: impl Fn(&Status) -> bool,
+    ) -> Result<(), BoxError> {
         let start = Instant::now();
         loop {
             if done(&self.status) {
@@ -366,7 +370,7 @@ impl<'a> InProcessDaemon<'a> {
         }
     }
 
-    fn stop(mut self) -> Result<(), BoxError> {
+    pub(crate) fn stop(mut self) -> Result<(), BoxError> {
         self.shutdown.cancel();
         if let Some(t) = self.task.take() {
             self.rt.block_on(t)??;
@@ -505,7 +509,7 @@ fn drain_pg_recvlogical(env: &Env<'_>, slot: &str, end: u64) -> Result<Duration,
 // ---------------------------------------------------------------------------------------------
 
 /// The writers' connections and their prepared `UPDATE`.
-type Writers = Vec<(tokio_postgres::Client, tokio_postgres::Statement)>;
+pub(crate) type Writers = Vec<(tokio_postgres::Client, tokio_postgres::Statement)>;
 
 fn latency(env: &Env<'_>, rates: &[(Option<f64>, usize)]) -> Result<Vec<RateResult>, BoxError> {
     let rows = rates.iter().map(|r| r.1).max().unwrap_or(1);
@@ -733,7 +737,7 @@ fn latency_floor(
     result
 }
 
-fn latency_run(
+pub(crate) fn latency_run(
     env: &Env<'_>,
     daemon: &mut InProcessDaemon<'_>,
     writers: &Writers,

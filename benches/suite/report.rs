@@ -7,11 +7,13 @@ use std::time::Duration;
 use plotters::prelude::*;
 
 use crate::pipeline::{pct, PipelineResults, RateResult, READER_POLL, READER_WINDOW, WRITERS};
-use crate::stampede::{STAMPEDE_LOAD_DELAY, STAMPEDE_PROCESSES, STAMPEDE_READERS};
-use crate::{
-    Results, Stats, TierRow, CONCURRENCY, MEMORY_ENTRIES, SIZES, WORKLOAD_CALLERS, WORKLOAD_KEYS,
-    WORKLOAD_L1, WRITES_PER_10K, YIELD_EVERY,
-};
+use crate::Results;
+
+mod scale;
+mod tiers;
+mod workloads;
+
+type PlotResult = Result<(), Box<dyn std::error::Error>>;
 
 const BEGIN: &str = "<!-- suite:begin -->";
 const END: &str = "<!-- suite:end -->";
@@ -106,19 +108,17 @@ fn rustc() -> String {
 pub(crate) fn write(r: &Results, quick: bool, workload_ops: (u64, u64), elapsed: Duration) {
     let dir = root().join("docs/benchmarks");
     std::fs::create_dir_all(&dir).expect("create docs/benchmarks");
-    for tier in ["L1 hit", "L2 hit", "miss to PostgreSQL"] {
-        let file = dir.join(format!("{}.svg", slug(tier)));
-        if let Err(e) = latency_plot(r, tier, &file) {
-            eprintln!("suite: plot {}: {e}", file.display());
-        }
-    }
-    if let Err(e) = workload_plot(r, &dir.join("workloads.svg")) {
+    tiers::plots(r, &dir);
+    if let Err(e) = workloads::plot(r, &dir.join("workloads.svg")) {
         eprintln!("suite: workload plot: {e}");
     }
     if let Some(p) = &r.pipeline {
         if let Err(e) = cdf_plot(p, &dir.join(CDF_SVG)) {
             eprintln!("suite: pipeline CDF plot: {e}");
         }
+    }
+    if let Some(sc) = &r.scale {
+        scale::plots(sc, &dir);
     }
     let section = markdown(r, quick, workload_ops, elapsed);
     let path = root().join("BENCHMARKS.md");
@@ -138,14 +138,6 @@ pub(crate) fn write(r: &Results, quick: bool, workload_ops: (u64, u64), elapsed:
     };
     std::fs::write(&path, new).expect("write BENCHMARKS.md");
     eprintln!("suite: wrote {} and {}", path.display(), dir.display());
-}
-
-fn slug(tier: &str) -> String {
-    match tier {
-        "L1 hit" => "tiers-l1-hit".into(),
-        "L2 hit" => "tiers-l2-hit".into(),
-        _ => "tiers-miss".into(),
-    }
 }
 
 fn markdown(r: &Results, quick: bool, workload_ops: (u64, u64), elapsed: Duration) -> String {
@@ -187,188 +179,13 @@ fn markdown(r: &Results, quick: bool, workload_ops: (u64, u64), elapsed: Duratio
         );
     }
 
-    // Tiers.
-    let _ = writeln!(s, "### Tiers under concurrency\n");
-    let _ = writeln!(
-        s,
-        "Each case runs N tokio tasks on a multi-thread runtime ({nproc} workers) for a fixed \
-         time, walcache and the raw tool alternating in halves (A B B A); every call is timed alone (`Instant` pair ≈ {:.0} ns, included on both sides) and \
-         percentiles are nearest-rank over all samples (a sorted vector). Every {YIELD_EVERY} calls a task \
-         yields (untimed) so that all N take turns. L1 hit: \
-         `Cache::get` on a warm L1 vs `moka::sync::Cache<i64, String>::get`. L2 hit: \
-         `Cache::get` with a 1 ms L1 time-to-live vs a raw `GET` of the same key on a \
-         multiplexed redis-rs connection. Miss: `invalidate` (untimed) then `try_get_with` \
-         whose loader runs the SELECT, vs the same prepared SELECT alone on the same kind of \
-         tokio-postgres connection. **Ratio** = walcache p50 / raw p50 (throughput ratio = \
-         walcache / raw). On {nproc} shared cores the ratios move by tens of percent between runs; \
-         read the p50 ratios at 1 caller first. The µs-scale p99 of L1 hits appears on both sides \
-         alike (preemption, and moka's batched housekeeping on reads).\n",
-        r.clock_ns
-    );
-    for tier in ["L1 hit", "L2 hit", "miss to PostgreSQL"] {
-        let raw = match tier {
-            "L1 hit" => "raw moka",
-            "L2 hit" => "raw redis GET",
-            _ => "raw SELECT",
-        };
-        let _ = writeln!(
-            s,
-            "**{tier}** vs {raw} — ![{tier}](docs/benchmarks/{}.svg)\n",
-            slug(tier)
-        );
-        let _ = writeln!(
-            s,
-            "| size | callers | p50 ratio | throughput ratio | walcache p50 / p99 / p99.9 | {raw} p50 / p99 / p99.9 | walcache ops | {raw} ops |"
-        );
-        let _ = writeln!(s, "|---|---:|---:|---:|---|---|---:|---:|");
-        for row in r.tiers.iter().filter(|x| x.tier == tier) {
-            let w = &row.walcache;
-            let x = &row.raw;
-            let _ = writeln!(
-                s,
-                "| {} | {} | **{:.2}×** | {:.2}× | {} / {} / {} | {} / {} / {} | {} | {} |",
-                size_name(row.size),
-                row.concurrency,
-                w.p50_ns as f64 / x.p50_ns.max(1) as f64,
-                w.ops_per_s / x.ops_per_s.max(1e-9),
-                t(w.p50_ns as f64),
-                t(w.p99_ns as f64),
-                t(w.p999_ns as f64),
-                t(x.p50_ns as f64),
-                t(x.p99_ns as f64),
-                t(x.p999_ns as f64),
-                ops(w.ops_per_s),
-                ops(x.ops_per_s),
-            );
-        }
-        s.push('\n');
-        if tier == "L2 hit" {
-            let list: Vec<String> = r
-                .l2_gets_per_op
-                .iter()
-                .map(|(size, c, g)| format!("{} × {c}: {g:.2}", size_name(*size), c = c))
-                .collect();
-            let _ = writeln!(
-                s,
-                "Redis keyspace hits per walcache read during the L2 runs (1.00 = every read \
-                 went to L2): {}.\n",
-                list.join("; ")
-            );
-        }
-    }
-
-    // Workloads.
-    let _ = writeln!(s, "### Workloads: Zipf reads with 1% writes\n");
-    let _ = writeln!(
-        s,
-        "{WORKLOAD_CALLERS} tasks; each operation picks a key of {WORKLOAD_KEYS} by Zipf \
-         (s = 1.0, own inverse-CDF sampler); {:.0}% of operations are an `UPDATE` followed by \
-         `invalidate`, the rest `try_get_with` loading by primary key from PostgreSQL. Every \
-         configuration runs {} operations of warm-up, then {} measured; hit ratio = \
-         1 − loads / reads of the measured part. L1 only: no Redis, L1 {WORKLOAD_L1} \
-         entries. L2 only: L1 `max_capacity(0)` and 1 ms time-to-live. Two tiers: L1 \
-         {WORKLOAD_L1} entries over Redis. No daemon (`without_invalidation_stream`). \
-         ![hit ratio per configuration](docs/benchmarks/workloads.svg)\n",
-        WRITES_PER_10K as f64 / 100.0,
-        workload_ops.0,
-        workload_ops.1
-    );
-    let _ = writeln!(
-        s,
-        "| configuration | hit ratio | mean read | p50 / p99 read | reads/s | reads | writes | loads |"
-    );
-    let _ = writeln!(s, "|---|---:|---:|---|---:|---:|---:|---:|");
-    for w in &r.workloads {
-        let _ = writeln!(
-            s,
-            "| {} | **{:.1}%** | {} | {} / {} | {} | {} | {} | {} |",
-            w.config,
-            100.0 * (1.0 - w.loads as f64 / w.reads.max(1) as f64),
-            t(w.read.mean_ns),
-            t(w.read.p50_ns as f64),
-            t(w.read.p99_ns as f64),
-            ops(w.read.ops_per_s),
-            w.reads,
-            w.writes,
-            w.loads
-        );
-    }
-    s.push('\n');
-
-    // Memory.
-    let _ = writeln!(s, "### Memory per L1 entry\n");
-    let _ = writeln!(
-        s,
-        "Measured by resident-set growth, not a counting allocator (the workspace forbids \
-         `unsafe`, which a `GlobalAlloc` needs): RSS (`/proc/self/statm`, glibc malloc) of a fresh \
-         child process (`suite --memory-child KIND`) while \
-         {MEMORY_ENTRIES} entries (`i64` key, 64 B `String` value) go into one cache with room \
-         for twice as many, divided by the entry count. Includes the value strings themselves \
-         (~80 B each with malloc overhead) and allocator slack; RSS is page-granular.\n"
-    );
-    let base = r
-        .memory
-        .iter()
-        .find(|(k, _)| k == "moka_i64")
-        .map_or(1.0, |(_, b)| *b);
-    let _ = writeln!(s, "| L1 | bytes per entry | vs raw moka `<i64, String>` |");
-    let _ = writeln!(s, "|---|---:|---:|");
-    for (kind, b) in &r.memory {
-        let name = match kind.as_str() {
-            "walcache" => "walcache `Cache<i64, String>` (L1 only)",
-            "moka_i64" => "raw moka `Cache<i64, String>`",
-            _ => "raw moka `Cache<Arc<str>, String>`",
-        };
-        let _ = writeln!(s, "| {name} | {b:.0} | **{:.2}×** |", b / base);
-    }
-    s.push('\n');
-
-    // Stampede.
-    let _ = writeln!(
-        s,
-        "### Stampede: one cold key, {STAMPEDE_READERS} readers in {STAMPEDE_PROCESSES} processes\n"
-    );
-    let _ = writeln!(
-        s,
-        "{STAMPEDE_PROCESSES} child processes of the suite (`suite --stampede-child …`), \
-         {} reader tasks each, each process with its own `Walcache` handle, PostgreSQL \
-         connection and Redis connection, all reading the same cold key through \
-         `Cache::try_get_with` (or by hand). Start barrier over pipes: every child spawns its \
-         readers parked on a channel and answers `ARMED`; once all have, the parent writes `GO` \
-         to each. Each child counts its loader's runs and reports them over the pipe when all \
-         its readers have their value. The loader runs the SELECT and then sleeps {} ms to \
-         stand for a slow query. A fresh key per round. Redis lease: the default (one process \
-         loads and fills L2, the others wait for the fill; within a process, single-flight). \
-         `lease_wait(Duration::ZERO)`: the lease is still taken, but a process that loses it \
-         loads at once (without writing L2) instead of waiting. \"cache-aside by hand\": GET → on \
-         a miss load → SET PX, on each child's multiplexed connection. \"all served\" = from the \
-         first `GO` written until the last child answered `DONE`.\n",
-        STAMPEDE_READERS / STAMPEDE_PROCESSES,
-        STAMPEDE_LOAD_DELAY.as_millis()
-    );
-    let _ = writeln!(
-        s,
-        "| variant | database loads per round | all served (ms) |"
-    );
-    let _ = writeln!(s, "|---|---|---|");
-    for row in &r.stampede {
-        let loads: Vec<String> = row.loads.iter().map(u64::to_string).collect();
-        let served: Vec<String> = row
-            .all_served_ms
-            .iter()
-            .map(|x| format!("{x:.0}"))
-            .collect();
-        let _ = writeln!(
-            s,
-            "| {} | **{}** | {} |",
-            row.variant,
-            loads.join(", "),
-            served.join(", ")
-        );
-    }
-    s.push('\n');
+    tiers::markdown(&mut s, r, &nproc);
+    workloads::markdown(&mut s, r, workload_ops);
     if let Some(p) = &r.pipeline {
         pipeline_markdown(&mut s, p, &nproc);
+    }
+    if let Some(sc) = &r.scale {
+        scale::markdown(&mut s, sc);
     }
     let _ = writeln!(
         s,
@@ -380,144 +197,6 @@ fn markdown(r: &Results, quick: bool, workload_ops: (u64, u64), elapsed: Duratio
          RSS measurement runs the binary).\n"
     );
     s
-}
-
-type PlotResult = Result<(), Box<dyn std::error::Error>>;
-
-fn latency_plot(r: &Results, tier: &str, file: &Path) -> PlotResult {
-    let rows: Vec<&TierRow> = r.tiers.iter().filter(|x| x.tier == tier).collect();
-    let max = rows
-        .iter()
-        .flat_map(|x| [x.walcache.p99_ns, x.raw.p99_ns])
-        .max()
-        .unwrap_or(1) as f64
-        / 1e3;
-    let min = rows
-        .iter()
-        .flat_map(|x| [x.walcache.p50_ns, x.raw.p50_ns])
-        .min()
-        .unwrap_or(1)
-        .max(1) as f64
-        / 1e3;
-    let root = SVGBackend::new(file, (900, 520)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{tier}: latency vs concurrent callers (walcache solid, raw dashed)"),
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(-1.1f64..2.2f64, ((min * 0.5)..(max * 2.0)).log_scale())?;
-    chart
-        .configure_mesh()
-        .x_labels(12)
-        .x_label_formatter(&|x| {
-            let i = x.round() as usize;
-            CONCURRENCY
-                .get(i)
-                .filter(|_| *x > -0.5 && (x - x.round()).abs() < 0.01)
-                .map_or(String::new(), |c| c.to_string())
-        })
-        .x_desc("concurrent callers")
-        .y_desc("latency (µs, log)")
-        .draw()?;
-    let colors = [
-        RGBColor(31, 119, 180),
-        RGBColor(214, 39, 40),
-        RGBColor(44, 160, 44),
-    ];
-    for (si, size) in SIZES.iter().enumerate() {
-        let color = colors[si % colors.len()];
-        for (pi, pct) in ["p50", "p99"].into_iter().enumerate() {
-            let pick =
-                |st: &Stats| -> f64 { (if pi == 0 { st.p50_ns } else { st.p99_ns }) as f64 / 1e3 };
-            let pts = |raw: bool| -> Vec<(f64, f64)> {
-                rows.iter()
-                    .filter(|x| x.size == *size)
-                    .map(|x| {
-                        let ci = CONCURRENCY
-                            .iter()
-                            .position(|c| *c == x.concurrency)
-                            .unwrap_or(0);
-                        (ci as f64, pick(if raw { &x.raw } else { &x.walcache }))
-                    })
-                    .collect()
-            };
-            let width = if pi == 0 { 3 } else { 1 };
-            chart
-                .draw_series(LineSeries::new(pts(false), color.stroke_width(width)))?
-                .label(format!("walcache {} {pct}", size_name(*size)))
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(width))
-                });
-            chart
-                .draw_series(DashedLineSeries::new(
-                    pts(true),
-                    6,
-                    4,
-                    color.mix(0.8).stroke_width(width),
-                ))?
-                .label(format!("raw {} {pct}", size_name(*size)))
-                .legend(move |(x, y)| {
-                    PathElement::new(
-                        vec![(x, y), (x + 20, y)],
-                        color.mix(0.5).stroke_width(width),
-                    )
-                });
-        }
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 12))
-        .draw()?;
-    root.present()?;
-    Ok(())
-}
-
-fn workload_plot(r: &Results, file: &Path) -> PlotResult {
-    let root = SVGBackend::new(file, (700, 420)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let n = r.workloads.len().max(1);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Zipf(1.0) over 100k keys, 1% writes: hit ratio (bar) and mean read latency",
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..n as f64, 0f64..115f64)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(0)
-        .y_desc("hit ratio (%)")
-        .draw()?;
-    for (i, w) in r.workloads.iter().enumerate() {
-        let hit = 100.0 * (1.0 - w.loads as f64 / w.reads.max(1) as f64);
-        let x = i as f64;
-        chart.draw_series(std::iter::once(Rectangle::new(
-            [(x + 0.2, 0.0), (x + 0.8, hit)],
-            RGBColor(31, 119, 180).filled(),
-        )))?;
-        chart.draw_series(std::iter::once(Text::new(
-            format!("{hit:.1}%, mean {}", t(w.read.mean_ns)),
-            (x + 0.2, hit + 9.0),
-            ("sans-serif", 13),
-        )))?;
-        chart.draw_series(std::iter::once(Text::new(
-            w.config.to_owned(),
-            (x + 0.2, hit + 15.0),
-            ("sans-serif", 15),
-        )))?;
-    }
-    root.present()?;
-    Ok(())
 }
 
 /// The commit → eviction CDF plot's file name under `docs/benchmarks/`.

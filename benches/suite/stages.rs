@@ -76,7 +76,19 @@ impl Totals {
         )
     }
 
-    fn get(&self, series: &str) -> (f64, u64) {
+    /// `self + other`, series by series.
+    pub(crate) fn plus(&self, other: &Totals) -> Totals {
+        let mut out = self.0.clone();
+        for (k, &(sum, count)) in &other.0 {
+            let e = out.entry(k.clone()).or_default();
+            e.0 += sum;
+            e.1 += count;
+        }
+        Totals(out)
+    }
+
+    /// The total and count of `series` (zeros when absent).
+    pub(crate) fn get(&self, series: &str) -> (f64, u64) {
         self.0.get(series).copied().unwrap_or_default()
     }
 }
@@ -156,6 +168,11 @@ pub(crate) fn table(rows: &[(String, &Totals, f64)]) -> String {
         );
     }
     s
+}
+
+/// The total (seconds) and count of the daemon's stage `stage` in `totals`.
+pub(crate) fn stage(totals: &Totals, stage: &str) -> (f64, u64) {
+    totals.get(&format!("walcached_stage_seconds{{stage=\"{stage}\"}}"))
 }
 
 #[cfg(test)]
