@@ -233,6 +233,8 @@ async fn a_stale_if_error_answer_is_written_to_no_tier() {
         .build()
         .expect("cache");
     assert_eq!(cache.try_get_with(&1, value("v1")).await.unwrap(), "v1");
+    // Stored (the stale-if-error copy is kept once the fill's compare-and-set has stored it).
+    cache.wait_for_l2_fills().await;
     // The row changes: the daemon deletes and announces it.
     publisher.invalidate(&ns, &["1"]).await;
     wait_until("key 1 dropped from L1", DEADLINE, || async {

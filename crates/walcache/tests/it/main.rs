@@ -4,6 +4,7 @@
 mod api;
 mod bypass;
 mod envelope;
+mod fill_cleanup;
 mod fuzz;
 mod interleavings;
 mod miss_path;
@@ -11,7 +12,6 @@ mod mtls;
 mod races;
 mod read_path;
 mod resilience;
-mod review_miss;
 mod service;
 mod signing;
 mod subscriber;

@@ -1,6 +1,5 @@
-//! Review of ADR 0012 (the miss in one round trip, the compare-and-set on its own task): what
-//! the background compare-and-set's clean-up takes out, and a fill whose caller's runtime
-//! goes away before it lands.
+//! After the caller has its answer (ADR 0012): what a lease fill's compare-and-set takes out
+//! when it does not store, and a fill whose caller's runtime goes away before it lands.
 
 use std::future::Future;
 use std::sync::Arc;
