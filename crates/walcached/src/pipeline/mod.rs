@@ -318,7 +318,7 @@ async fn run_epoch(
             .as_ref()
             .and_then(FlushRequests::take),
         stages: stages::Stages::new(),
-        xmax_reference: None,
+        checker: visibility::Checker::default(),
     };
     // Out of service from the start (see above): not ready before the first heartbeat.
     stream.export_out_of_service(&stream.watch.out_of_service(stream.mapper.rules()));
@@ -476,9 +476,8 @@ struct Streamer<'a> {
     flush_requests: Option<tokio::sync::mpsc::Receiver<flush::FlushRequest>>,
     /// Where the stream loop's time goes.
     stages: stages::Stages,
-    /// The xmax of the last visibility check's snapshot, and when it was read: the reference
-    /// the next check widens xids against ([`visibility`]).
-    xmax_reference: Option<(u64, std::time::Instant)>,
+    /// Judges whether transactions are visible to new snapshots ([`visibility`]).
+    checker: visibility::Checker,
 }
 
 impl Streamer<'_> {
@@ -488,8 +487,8 @@ impl Streamer<'_> {
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
     ) -> Result<(), SessionError> {
-        // Another server (a failover, a restore) has other xids: read its xmax afresh.
-        self.xmax_reference = None;
+        // Another server (a failover, a restore) has other xids: read its snapshots afresh.
+        self.checker = visibility::Checker::default();
         let slot = &self.config.postgres.slot;
         let mut client = ReplicationClient::connect(replication).await?;
         self.check_server(&mut client).await?;
