@@ -158,28 +158,6 @@ impl Streamer<'_> {
         self.checker.invisible(&self.control, xids).await
     }
 
-    pub(super) async fn hold_invisible(
-        &mut self,
-        txns: Vec<TxnRecord>,
-    ) -> Result<(), SessionError> {
-        let xids: Vec<u32> = txns.iter().map(|t| t.xid).collect();
-        let invisible = self.invisible(&xids).await?;
-        if invisible.is_empty() {
-            return Ok(());
-        }
-        for t in txns {
-            if invisible.contains(&t.xid) {
-                tracing::debug!(
-                    xid = t.xid,
-                    "committed but not yet visible: will invalidate again"
-                );
-                self.pending.push(t);
-            }
-        }
-        metrics::gauge!(m::VISIBILITY_PENDING).set(self.pending.len() as f64);
-        Ok(())
-    }
-
     /// Republish the transactions that became visible, then let the position move on.
     pub(super) async fn recheck_pending(
         &mut self,
