@@ -313,6 +313,7 @@ async fn run_epoch(
         slot_invalidated: None,
         orphan_watch: None,
         confirmed: Lsn(0),
+        reported: Lsn(0),
         owed_reason: None,
         watch,
         redis_reconnected: false,
@@ -475,6 +476,8 @@ struct Streamer<'a> {
     /// first saw it so: see `take_over_orphan`.
     orphan_watch: Option<((i32, Option<String>), std::time::Instant)>,
     confirmed: Lsn,
+    /// The position the last status update reported.
+    reported: Lsn,
     /// Why every target was recorded as owing a flush (a new slot, a changed server), until
     /// the flushes are published.
     owed_reason: Option<crate::marker::Loss>,
@@ -537,6 +540,7 @@ impl Streamer<'_> {
         // can be lower, and confirming or certifying an old, higher one would skip changes.
         let start_at = slot_confirmed(&self.control, slot).await?;
         self.confirmed = start_at;
+        self.reported = start_at;
         self.published = start_at;
         // What Redis lost (and every flush owed) is flushed before streaming, so before any
         // heartbeat certifies it.
@@ -620,6 +624,7 @@ impl Streamer<'_> {
     ) -> Result<(), SessionError> {
         let lsn = self.reportable();
         stream.send_status(lsn, lsn, lsn, reply_requested).await?;
+        self.reported = lsn;
         self.status.set_confirmed_lsn(lsn.0);
         metrics::gauge!(m::CONFIRMED_LSN).set(lsn.0 as f64);
         Ok(())

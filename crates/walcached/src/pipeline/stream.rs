@@ -25,6 +25,10 @@ use crate::publisher::Batch;
 /// is never this quiet; a dead peer behind a silent network is.
 pub(super) const RECEIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// While flights follow one another, how often at most a landing reports the position (the
+/// status tick reports it too).
+const STATUS_COALESCE: Duration = Duration::from_millis(10);
+
 /// How soon a catalog check that failed is tried again (at most the configured interval).
 const CATALOG_RETRY: Duration = Duration::from_secs(1);
 
@@ -134,6 +138,8 @@ impl Streamer<'_> {
         // A flight landed unconfirmed (shutdown interrupted its publish): nothing read after
         // it may be confirmed in this session.
         let mut unconfirmed = false;
+        // When a landing last reported the position.
+        let mut last_status = Instant::now();
         self.batch_txns.clear();
         loop {
             // Nothing received is unpublished: no transaction open, no batch built or in flight.
@@ -156,6 +162,8 @@ impl Streamer<'_> {
                 let t = Instant::now();
                 self.heartbeat(liveness.lag_bytes()).await;
                 record_since(&self.stages.heartbeat, t);
+                // The markers moved up to the confirmed position, which may be reported now.
+                self.report_moved(stream).await?;
             } else if judge && !liveness.is_keeping_up() {
                 self.status.set_caught_up(false);
             }
@@ -205,9 +213,16 @@ impl Streamer<'_> {
                     // The batch built meanwhile goes at once: its oldest change has waited a
                     // whole flight already.
                     self.launch(&mut batch, &mut batch_started, shutdown);
-                    let t = Instant::now();
-                    self.send_status(stream).await?;
-                    record_since(&self.stages.status, t);
+                    // Reported at once when nothing follows; while flights follow one another,
+                    // at most every STATUS_COALESCE (each update wakes the walsender).
+                    if self.reportable() > self.reported
+                        && (self.flight.is_none() || last_status.elapsed() >= STATUS_COALESCE)
+                    {
+                        let t = Instant::now();
+                        self.send_status(stream).await?;
+                        last_status = t;
+                        record_since(&self.stages.status, t);
+                    }
                 }
                 () = sleep_until_opt(deadline), if self.flight.is_none() => {
                     self.launch(&mut batch, &mut batch_started, shutdown);
@@ -288,6 +303,7 @@ impl Streamer<'_> {
                     // Also while no heartbeat goes out (catching up): losses are found, and
                     // the markers advance so that the confirmed position can.
                     self.verify_markers().await;
+                    self.report_moved(stream).await?;
                     self.export_slot_metrics().await;
                 }
                 // Not while the next batch is full and the flight has not landed: bounded memory.
@@ -374,11 +390,21 @@ impl Streamer<'_> {
                         }
                         ReplicationMessage::PrimaryKeepalive(k) => {
                             liveness.received(k.wal_end);
-                            if txn.is_none() && batch.is_empty() && self.flight.is_none() {
-                                self.advance_confirmed(k.wal_end);
+                            if txn.is_none() && batch.is_empty() {
+                                if self.flight.is_none() {
+                                    self.advance_confirmed(k.wal_end);
+                                } else {
+                                    // Confirmed when the flight lands.
+                                    batch.lsn = batch.lsn.max(k.wal_end.0);
+                                }
                             }
+                            // Asked for, or the walsender is idle (it sends keepalives when it
+                            // waits for WAL and the position reported is behind what it sent):
+                            // report a position that moved now rather than at the next tick.
                             if k.reply_requested {
                                 self.send_status(stream).await?;
+                            } else {
+                                self.report_moved(stream).await?;
                             }
                         }
                         _ => {}
@@ -420,6 +446,19 @@ impl Streamer<'_> {
                 }
             }
         }
+    }
+}
+
+impl Streamer<'_> {
+    /// Report the position now if it moved since the last status update and nothing is in
+    /// flight (the landing reports it then), rather than at the next status tick: a position
+    /// reported late holds WAL in the slot, and tells an observer of the slot that the daemon
+    /// is behind when it is not.
+    async fn report_moved(&mut self, stream: &mut ReplicationStream) -> Result<(), SessionError> {
+        if self.flight.is_none() && self.reportable() > self.reported {
+            self.send_status(stream).await?;
+        }
+        Ok(())
     }
 }
 

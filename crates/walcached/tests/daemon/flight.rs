@@ -127,3 +127,33 @@ async fn the_stream_is_read_while_a_publish_is_stalled_and_nothing_past_it_is_co
     );
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_daemon_reports_a_keepalives_position_without_waiting_for_the_status_tick() {
+    let (pg, redis, dbname, db) = users_stack().await;
+    db.batch_execute("CREATE TABLE unpublished (id int)")
+        .await
+        .unwrap();
+    // Status updates every 10 s (the longest allowed): a position reported within 2 s was
+    // reported when the walsender's keepalive brought it, not by the tick.
+    let cfg = config(&pg, &dbname, &redis, RULE)
+        .replace("status_interval_ms = 200", "status_interval_ms = 10000");
+    let daemon = Daemon::start(&cfg).await;
+    for i in 0..3 {
+        // WAL the publication does not carry: the walsender sends no change, only a
+        // keepalive once it waits for more.
+        db.execute("INSERT INTO unpublished VALUES ($1)", &[&i])
+            .await
+            .unwrap();
+        let end = current_lsn(&db).await;
+        wait_until(
+            "the position past the unpublished commit confirmed in the slot",
+            std::time::Duration::from_secs(2),
+            || async { confirmed_and_current(&db).await.0 >= end },
+        )
+        .await
+        .expect("reported once the walsender is idle");
+        assert!(daemon.status.confirmed_lsn() >= end);
+    }
+    daemon.stop().await;
+}
