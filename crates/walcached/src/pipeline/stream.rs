@@ -55,30 +55,37 @@ pub(super) struct Transaction {
 }
 
 impl Transaction {
+    /// Add one invalidation. A key is moved in, never copied: it is looked up as the pair it
+    /// will be stored as, and its namespace is copied only the first time it is counted.
     pub(super) fn add(&mut self, inv: Invalidation, large: usize) {
-        if let Invalidation::Key { namespace, key } = &inv {
-            if self.items.flushes.contains(namespace) {
+        let pair = match inv {
+            Invalidation::Key { namespace, key } => (namespace, key),
+            other => {
+                self.items.extend([other]);
                 return;
             }
-            if self.items.keys.contains(&(namespace.clone(), key.clone())) {
-                return;
-            }
-            let n = self
-                .keys_per_namespace
-                .entry(namespace.clone())
-                .or_default();
-            *n += 1;
-            if *n > large {
-                // Too large to list key by key: one namespace flush, memory stays bounded.
-                let ns = namespace.clone();
-                self.items.keys.retain(|(n, _)| *n != ns);
-                metrics::counter!(m::NAMESPACE_FLUSHES_TOTAL, "reason" => "large_transaction")
-                    .increment(1);
-                self.items.flushes.insert(ns);
-                return;
-            }
+        };
+        if self.items.flushes.contains(&pair.0) || self.items.keys.contains(&pair) {
+            return;
         }
-        self.items.extend([inv]);
+        if !self.keys_per_namespace.contains_key(&pair.0) {
+            self.keys_per_namespace.insert(pair.0.clone(), 0);
+        }
+        let n = self
+            .keys_per_namespace
+            .get_mut(&pair.0)
+            .expect("counted just above");
+        *n += 1;
+        if *n > large {
+            // Too large to list key by key: one namespace flush, memory stays bounded.
+            let ns = pair.0;
+            self.items.keys.retain(|(n, _)| *n != ns);
+            metrics::counter!(m::NAMESPACE_FLUSHES_TOTAL, "reason" => "large_transaction")
+                .increment(1);
+            self.items.flushes.insert(ns);
+            return;
+        }
+        self.items.keys.insert(pair);
     }
 }
 
