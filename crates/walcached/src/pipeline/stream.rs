@@ -25,6 +25,12 @@ use crate::publisher::Batch;
 /// is never this quiet; a dead peer behind a silent network is.
 pub(super) const RECEIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a batch may wait for more when commits of ours arrive less than this apart on
+/// average and nothing is in flight: each flight costs a PostgreSQL and a Redis round trip
+/// (and their CPU), and at a few thousand commits a second, launching every commit on its own
+/// costs more of a shared machine than the wait costs in latency. Slower streams never wait.
+const LINGER: Duration = Duration::from_micros(500);
+
 /// While flights follow one another, how often at most a landing reports the position (the
 /// status tick reports it too).
 const STATUS_COALESCE: Duration = Duration::from_millis(10);
@@ -147,6 +153,10 @@ impl Streamer<'_> {
         let mut unconfirmed = false;
         // When a landing last reported the position.
         let mut last_status = Instant::now();
+        // When the last commit of ours was read, and the time between two (a moving average
+        // over about eight, so that one close pair in a slow stream does not make it wait).
+        let mut last_commit: Option<Instant> = None;
+        let mut commit_gap = Duration::from_secs(1);
         self.batch_txns.clear();
         loop {
             // Nothing received is unpublished: no transaction open, no batch built or in flight.
@@ -174,8 +184,18 @@ impl Streamer<'_> {
             } else if judge && !liveness.is_keeping_up() {
                 self.status.set_caught_up(false);
             }
-            let deadline =
-                batch_started.map(|s| tokio::time::Instant::from_std(s + cfg.batch_max_delay()));
+            // Commits of ours come fast: a batch not yet LINGER old waits for more (launched by
+            // the deadline below, or when full).
+            let linger = commit_gap < LINGER
+                && batch_started.is_some_and(|s| s.elapsed() < LINGER.min(cfg.batch_max_delay()));
+            let deadline = batch_started.map(|s| {
+                let wait = if linger {
+                    LINGER.min(cfg.batch_max_delay())
+                } else {
+                    cfg.batch_max_delay()
+                };
+                tokio::time::Instant::from_std(s + wait)
+            });
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
@@ -372,7 +392,13 @@ impl Streamer<'_> {
                                         own.lsn = c.end_lsn.0;
                                         batch.extend_from(&own);
                                         self.batch_txns.push(TxnRecord { xid: t.xid, commit_lsn: c.commit_lsn, items: own });
-                                        batch_started.get_or_insert_with(Instant::now);
+                                        let now = Instant::now();
+                                        batch_started.get_or_insert(now);
+                                        if let Some(last) = last_commit {
+                                            let gap = (now - last).min(Duration::from_secs(1));
+                                            commit_gap = (commit_gap * 7 + gap) / 8;
+                                        }
+                                        last_commit = Some(now);
                                     }
                                     batch.lsn = c.end_lsn.0;
                                     batch.commit_time_micros = unix_micros(c.commit_time);
@@ -445,10 +471,10 @@ impl Streamer<'_> {
                     }
                 }
                 // The stream has nothing ready and nothing is in flight: launch now rather
-                // than wait for the timer. (Under a backlog, events stay ready and batches
-                // fill up while the flight before them is in the air, up to batch_max_keys or
-                // batch_max_delay.)
-                () = std::future::ready(()), if !batch.is_empty() && self.flight.is_none() => {
+                // than wait for the timer, unless commits come fast (LINGER). (Under a backlog,
+                // events stay ready and batches fill up while the flight before them is in the
+                // air, up to batch_max_keys or batch_max_delay.)
+                () = std::future::ready(()), if !batch.is_empty() && self.flight.is_none() && !linger => {
                     self.launch(&mut batch, &mut batch_started, shutdown);
                 }
             }
