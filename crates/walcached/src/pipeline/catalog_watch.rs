@@ -302,7 +302,7 @@ impl Streamer<'_> {
             })
             .collect();
         self.watch.tables = Some(now);
-        self.publisher.write_catalog(&changed).await?;
+        self.publisher().write_catalog(&changed).await?;
 
         let mut flush: BTreeMap<usize, &'static str> = BTreeMap::new();
         // Rules that do not fit their tables: compiled again (broken ones, and those whose
@@ -540,7 +540,7 @@ impl Streamer<'_> {
             .iter()
             .map(|r| (r.namespace.clone(), table_field(&r.table)))
             .collect();
-        let stored = self.publisher.read_catalog(&keys).await?;
+        let stored = self.publisher().read_catalog(&keys).await?;
         Ok(stored
             .into_iter()
             .enumerate()

@@ -133,7 +133,7 @@ impl Streamer<'_> {
             .publish_with_retry(&batch, Some(stream), shutdown)
             .await
         {
-            let seq = self.publisher.seq();
+            let seq = self.publisher().seq();
             self.status.set_published_seq(seq);
             // The caller may have gone meanwhile: the flush stands either way.
             let _ = request.reply.send(Flushed {

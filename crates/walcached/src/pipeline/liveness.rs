@@ -277,7 +277,8 @@ impl Streamer<'_> {
             namespaces: certified.clone(),
             out_of_service: out_of_service.into_iter().collect(),
         };
-        match self.publisher.heartbeat(details, self.confirmed).await {
+        let confirmed = self.confirmed;
+        match self.publisher().heartbeat(details, confirmed).await {
             Ok(published) => {
                 if published {
                     self.status.set_certified(certified);

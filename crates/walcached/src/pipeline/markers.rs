@@ -22,7 +22,7 @@ impl Streamer<'_> {
     ) -> Option<T> {
         let mut backoff = Backoff::redis();
         loop {
-            match op(&mut self.publisher).await {
+            match op(self.publisher()).await {
                 Ok(v) => return Some(v),
                 Err(e) => {
                     self.status.set_caught_up(false);
@@ -48,7 +48,7 @@ impl Streamer<'_> {
         shutdown: &CancellationToken,
     ) -> bool {
         self.owed_reason = Some(reason);
-        let targets = self.publisher.targets().to_vec();
+        let targets = self.publisher().targets().to_vec();
         self.retry_redis("recording the flushes owed", shutdown, |p| {
             let targets = targets.clone();
             Box::pin(async move { p.mark_owed(&targets).await })
@@ -69,14 +69,14 @@ impl Streamer<'_> {
         else {
             return false;
         };
-        let server = self.publisher.server().to_owned();
+        let server = self.publisher().server().to_owned();
         let mut losses: Vec<(String, Loss)> = Vec::new();
         for (namespace, mark) in marks {
-            let rule = self.publisher.rule_hash(&namespace).to_owned();
+            let rule = self.publisher().rule_hash(&namespace).to_owned();
             match marker::judge(mark.as_ref(), slot, &server, &rule) {
                 None => {
                     if let Some(mark) = &mark {
-                        self.publisher.accept(namespace, mark);
+                        self.publisher().accept(namespace, mark);
                     }
                 }
                 Some(loss) => {

@@ -2,9 +2,11 @@
 //! only after they are published.
 //!
 //! Order of a batch (DESIGN.md, write path): decode → rows to keys → batch across transactions
-//! (bounded by keys and by time) → one script per message deletes and PUBLISHes → confirm the
-//! end LSN of the last transaction in the batch. Outside a transaction and with nothing in
-//! flight, a keepalive's position is confirmed too, so an idle slot does not hold WAL.
+//! (bounded by keys and by time) → the visibility check → one script per message deletes and
+//! PUBLISHes → confirm the end LSN of the last transaction in the batch. The check and the
+//! script of one batch run while the next is read and decoded (`inflight.rs`), one batch in
+//! flight at a time. Outside a transaction and with nothing in flight, a keepalive's position
+//! is confirmed too, so an idle slot does not hold WAL.
 //!
 //! Shutdown (SIGTERM): stop reading → publish what is in flight → confirm → close.
 
@@ -13,6 +15,7 @@ mod catalog;
 mod catalog_watch;
 mod ddl;
 mod flush;
+mod inflight;
 mod liveness;
 mod markers;
 mod publish;
@@ -297,10 +300,12 @@ async fn run_epoch(
     let mut stream = Streamer {
         config: &config,
         slot_max_wait: options.slot_max_wait,
-        status: &status,
+        status: Arc::clone(&status),
         mapper,
-        publisher,
-        redis_client,
+        publisher: Some(publisher),
+        marked_when_lent: Lsn(0),
+        flight: None,
+        redis_client: Arc::new(redis_client),
         run_id,
         control: Arc::new(control),
         published: Lsn(0),
@@ -308,6 +313,7 @@ async fn run_epoch(
         slot_invalidated: None,
         orphan_watch: None,
         confirmed: Lsn(0),
+        reported: Lsn(0),
         owed_reason: None,
         watch,
         redis_reconnected: false,
@@ -318,7 +324,7 @@ async fn run_epoch(
             .as_ref()
             .and_then(FlushRequests::take),
         stages: stages::Stages::new(),
-        xmax_reference: None,
+        checker: visibility::Checker::default(),
     };
     // Out of service from the start (see above): not ready before the first heartbeat.
     stream.export_out_of_service(&stream.watch.out_of_service(stream.mapper.rules()));
@@ -393,6 +399,9 @@ async fn run_epoch(
     Ok(())
 }
 
+/// Why the publisher must be here: every use of it waits for the batch in flight to land.
+const LENT: &str = "the publisher is used only with no batch in flight";
+
 /// SQLSTATE object_in_use: what START_REPLICATION (or dropping a slot) answers while another
 /// connection streams from the slot.
 const SLOT_IN_USE: &str = "55006";
@@ -445,10 +454,16 @@ struct Streamer<'a> {
     config: &'a Config,
     /// How long creating the slot may wait for running transactions.
     slot_max_wait: Duration,
-    status: &'a Status,
+    status: Arc<Status>,
     mapper: Mapper,
-    publisher: Publisher,
-    redis_client: redis::Client,
+    /// The publisher; lent to the batch in flight while there is one ([`inflight`]).
+    publisher: Option<Publisher>,
+    /// How far every marker had been written when the publisher was last lent: what
+    /// [`Streamer::reportable`] goes by while it is away (marker positions never go back).
+    marked_when_lent: Lsn,
+    /// The batch whose visibility check and script are under way.
+    flight: Option<inflight::Flight>,
+    redis_client: Arc<redis::Client>,
     run_id: String,
     control: Arc<tokio_postgres::Client>,
     /// Everything received up to here is published (the end of the last batch published).
@@ -461,6 +476,8 @@ struct Streamer<'a> {
     /// first saw it so: see `take_over_orphan`.
     orphan_watch: Option<((i32, Option<String>), std::time::Instant)>,
     confirmed: Lsn,
+    /// The position the last status update reported.
+    reported: Lsn,
     /// Why every target was recorded as owing a flush (a new slot, a changed server), until
     /// the flushes are published.
     owed_reason: Option<crate::marker::Loss>,
@@ -476,9 +493,8 @@ struct Streamer<'a> {
     flush_requests: Option<tokio::sync::mpsc::Receiver<flush::FlushRequest>>,
     /// Where the stream loop's time goes.
     stages: stages::Stages,
-    /// The xmax of the last visibility check's snapshot, and when it was read: the reference
-    /// the next check widens xids against ([`visibility`]).
-    xmax_reference: Option<(u64, std::time::Instant)>,
+    /// Judges whether transactions are visible to new snapshots ([`visibility`]).
+    checker: visibility::Checker,
 }
 
 impl Streamer<'_> {
@@ -488,8 +504,8 @@ impl Streamer<'_> {
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
     ) -> Result<(), SessionError> {
-        // Another server (a failover, a restore) has other xids: read its xmax afresh.
-        self.xmax_reference = None;
+        // Another server (a failover, a restore) has other xids: read its snapshots afresh.
+        self.checker = visibility::Checker::default();
         let slot = &self.config.postgres.slot;
         let mut client = ReplicationClient::connect(replication).await?;
         self.check_server(&mut client).await?;
@@ -524,6 +540,7 @@ impl Streamer<'_> {
         // can be lower, and confirming or certifying an old, higher one would skip changes.
         let start_at = slot_confirmed(&self.control, slot).await?;
         self.confirmed = start_at;
+        self.reported = start_at;
         self.published = start_at;
         // What Redis lost (and every flush owed) is flushed before streaming, so before any
         // heartbeat certifies it.
@@ -607,6 +624,7 @@ impl Streamer<'_> {
     ) -> Result<(), SessionError> {
         let lsn = self.reportable();
         stream.send_status(lsn, lsn, lsn, reply_requested).await?;
+        self.reported = lsn;
         self.status.set_confirmed_lsn(lsn.0);
         metrics::gauge!(m::CONFIRMED_LSN).set(lsn.0 as f64);
         Ok(())
@@ -616,6 +634,16 @@ impl Streamer<'_> {
     /// marker has been written (so that at start a marker behind the slot proves that Redis
     /// lost writes).
     fn reportable(&self) -> Lsn {
-        self.confirmed.min(self.publisher.marked_through())
+        let marked = self
+            .publisher
+            .as_ref()
+            .map_or(self.marked_when_lent, Publisher::marked_through);
+        self.confirmed.min(marked)
+    }
+
+    /// The publisher. Never called while a batch is in flight: the stream loop lets the
+    /// flight land before anything else uses the publisher.
+    fn publisher(&mut self) -> &mut Publisher {
+        self.publisher.as_mut().expect(LENT)
     }
 }

@@ -1,108 +1,109 @@
-//! Publishing a batch to Redis: retries while Redis is away, then confirmation; and the check
-//! that Redis is still the server it was.
-
-use std::time::Instant;
+//! Publishing to Redis: retries while Redis is away, and the check that Redis is still the
+//! server it was.
 
 use tokio_util::sync::CancellationToken;
 use walcache_cdc::client::ReplicationStream;
 use walcache_cdc::Lsn;
 
-use super::stages::record_since;
-use super::{Backoff, SessionError, Streamer};
+use super::{Backoff, Streamer};
 use crate::metrics as m;
-use crate::publisher::Batch;
+use crate::publisher::{Batch, Publisher};
+use crate::status::Status;
 
-impl Streamer<'_> {
-    pub(super) async fn flush_batch(
-        &mut self,
-        batch: &mut Batch,
-        started: &mut Option<Instant>,
-        stream: &mut ReplicationStream,
-        shutdown: &CancellationToken,
-    ) -> Result<(), SessionError> {
-        if batch.is_empty() {
-            *started = None;
-            return Ok(());
-        }
-        let first = started.take().unwrap_or_else(Instant::now);
-        // Visibility is checked *before* publishing: a transaction seen visible here is
-        // visible to every fill that takes its lease after the publish (fills read the
-        // database after taking the lease), and one not yet visible gets a second
-        // invalidation once it is. Checked after publishing instead, a commit that became
-        // visible between the publish and the check would let a fill that read the old row in
-        // that gap survive.
-        let txns = std::mem::take(&mut self.batch_txns);
-        self.stages.batch_transactions.record(txns.len() as f64);
-        let t = Instant::now();
-        let held = self.hold_invisible(txns).await;
-        record_since(&self.stages.visibility, t);
-        let t = Instant::now();
-        if !self.publish_with_retry(batch, Some(stream), shutdown).await {
-            // Shutting down with the batch unpublished: do not confirm it; the next run
-            // replays it from the slot.
-            return Ok(());
-        }
-        record_since(&self.stages.publish, t);
-        // Published either way (the sooner the better); without a visibility verdict it is
-        // not confirmed: the session ends and the next one replays it.
-        held?;
-        metrics::histogram!(m::PUBLISH_LATENCY_SECONDS).record(first.elapsed());
-        tracing::debug!(seq = self.publisher.seq(), lsn = %Lsn(batch.lsn), items = batch.len(), "published a batch");
-        self.published = self.published.max(Lsn(batch.lsn));
-        self.status.set_published_seq(self.publisher.seq());
-        if std::mem::take(&mut self.redis_reconnected) {
-            self.check_redis_identity().await;
-        }
-        // Only now is the position safe to confirm (held at the oldest pending recheck).
-        self.advance_confirmed(Lsn(batch.lsn));
-        *batch = Batch::default();
-        let t = Instant::now();
-        let sent = self.send_status(stream).await;
-        record_since(&self.stages.status, t);
-        sent
-    }
+/// What [`publish_with_retry`] came to.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Retried {
+    /// Published; false only if shutdown interrupted the retries.
+    pub(super) published: bool,
+    /// The connection to Redis was replaced on the way (it may reach a restarted Redis).
+    pub(super) reconnected: bool,
+}
 
-    /// Publish, retrying with backoff while Redis is away; the stream keeps hearing status
-    /// updates (with the old position) so PostgreSQL does not time the connection out.
-    /// Returns false only if shutdown interrupted it.
-    pub(super) async fn publish_with_retry(
-        &mut self,
-        batch: &Batch,
-        mut stream: Option<&mut ReplicationStream>,
-        shutdown: &CancellationToken,
-    ) -> bool {
-        let mut backoff = Backoff::redis();
-        loop {
-            match self.publisher.publish(batch).await {
-                Ok(()) => return true,
-                Err(e) => {
-                    self.status.set_caught_up(false);
-                    metrics::counter!(m::ERRORS_TOTAL, "kind" => "redis").increment(1);
-                    let pause = backoff.next();
-                    tracing::warn!(error = %e, retry_in = ?pause, next_seq = self.publisher.seq() + 1, lsn = %Lsn(batch.lsn), "publishing failed; nothing is confirmed until it succeeds");
-                    if let Some(s) = stream.as_deref_mut() {
-                        let lsn = self.reportable();
-                        if let Err(e) = s.send_status(lsn, lsn, lsn, false).await {
-                            tracing::debug!(error = %e, "status update during redis outage failed");
-                        }
-                    }
-                    tokio::select! {
-                        () = shutdown.cancelled() => return false,
-                        () = tokio::time::sleep(pause) => {}
-                    }
-                    self.reconnect_redis().await;
+/// Publish, retrying with backoff (and a new connection) while Redis is away. `stream`, when
+/// given, keeps hearing status updates with `position` (the old one) so PostgreSQL does not
+/// time the connection out; a batch in flight has none to give, and the stream loop sends
+/// them meanwhile.
+pub(super) async fn publish_with_retry(
+    publisher: &mut Publisher,
+    redis_client: &redis::Client,
+    status: &Status,
+    batch: &Batch,
+    mut stream: Option<(&mut ReplicationStream, Lsn)>,
+    shutdown: &CancellationToken,
+) -> Retried {
+    let mut backoff = Backoff::redis();
+    let mut reconnected = false;
+    loop {
+        match publisher.publish(batch).await {
+            Ok(()) => {
+                return Retried {
+                    published: true,
+                    reconnected,
                 }
+            }
+            Err(e) => {
+                status.set_caught_up(false);
+                metrics::counter!(m::ERRORS_TOTAL, "kind" => "redis").increment(1);
+                let pause = backoff.next();
+                tracing::warn!(error = %e, retry_in = ?pause, next_seq = publisher.seq() + 1, lsn = %Lsn(batch.lsn), "publishing failed; nothing is confirmed until it succeeds");
+                if let Some((s, position)) = stream.as_mut() {
+                    let lsn = *position;
+                    if let Err(e) = s.send_status(lsn, lsn, lsn, false).await {
+                        tracing::debug!(error = %e, "status update during redis outage failed");
+                    }
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return Retried { published: false, reconnected },
+                    () = tokio::time::sleep(pause) => {}
+                }
+                reconnected |= reconnect(publisher, redis_client).await;
             }
         }
     }
+}
+
+/// A new connection for `publisher`; whether it was made.
+pub(super) async fn reconnect(publisher: &mut Publisher, redis_client: &redis::Client) -> bool {
+    metrics::counter!(m::RECONNECTS_TOTAL, "to" => "redis").increment(1);
+    match publisher.reconnect(redis_client).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "redis reconnect failed");
+            false
+        }
+    }
+}
+
+impl Streamer<'_> {
+    /// [`publish_with_retry`] with this daemon's publisher, the stream hearing the position
+    /// it may report. Returns false only if shutdown interrupted it.
+    pub(super) async fn publish_with_retry(
+        &mut self,
+        batch: &Batch,
+        stream: Option<&mut ReplicationStream>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let position = self.reportable();
+        let publisher = self.publisher.as_mut().expect(super::LENT);
+        let retried = publish_with_retry(
+            publisher,
+            &self.redis_client,
+            &self.status,
+            batch,
+            stream.map(|s| (s, position)),
+            shutdown,
+        )
+        .await;
+        self.redis_reconnected |= retried.reconnected;
+        retried.published
+    }
 
     pub(super) async fn reconnect_redis(&mut self) {
-        metrics::counter!(m::RECONNECTS_TOTAL, "to" => "redis").increment(1);
-        match self.publisher.reconnect(&self.redis_client).await {
-            // A new connection may be to a restarted Redis: check its run_id at once rather
-            // than at the next periodic check.
-            Ok(()) => self.redis_reconnected = true,
-            Err(e) => tracing::debug!(error = %e, "redis reconnect failed"),
+        let publisher = self.publisher.as_mut().expect(super::LENT);
+        // A new connection may be to a restarted Redis: check its run_id at once rather
+        // than at the next periodic check.
+        if reconnect(publisher, &self.redis_client).await {
+            self.redis_reconnected = true;
         }
     }
 
@@ -110,7 +111,7 @@ impl Streamer<'_> {
     /// deletes: every marker is checked at once (rather than at the next heartbeat), and what
     /// was lost is flushed.
     pub(super) async fn check_redis_identity(&mut self) {
-        let Ok(run_id) = self.publisher.run_id().await else {
+        let Ok(run_id) = self.publisher().run_id().await else {
             return;
         };
         if run_id != self.run_id {
@@ -128,7 +129,8 @@ impl Streamer<'_> {
     /// Compare every marker with what this daemon wrote (flushing what was lost), advancing
     /// them to the confirmed position. False if Redis could not be reached.
     pub(super) async fn verify_markers(&mut self) -> bool {
-        match self.publisher.verify(self.confirmed).await {
+        let confirmed = self.confirmed;
+        match self.publisher().verify(confirmed).await {
             Ok(_) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "checking the markers failed");

@@ -200,7 +200,7 @@ impl Streamer<'_> {
             }
             _ => {}
         }
-        self.publisher.set_server(replication.to_string());
+        self.publisher().set_server(replication.to_string());
         self.server = Some(replication);
         Ok(())
     }

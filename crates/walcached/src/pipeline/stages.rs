@@ -1,7 +1,13 @@
-//! Where the stream loop's time goes: one histogram per stage
+//! Where the pipeline's time goes: one histogram per stage
 //! ([`crate::metrics::STAGE_SECONDS`]), registered once per run so that timing a message
 //! costs two clock reads and one record; and the per-namespace change counters, looked up
 //! once per relation.
+//!
+//! `decode`, `status`, `heartbeat`, `recheck` and `wait` are the stream loop's own time, one
+//! after another. `visibility` and `publish` are a batch's time in flight: they overlap the
+//! loop's (it reads and decodes the next batch meanwhile), so their share of a run is how long
+//! a batch was in the air, not time the loop spent; `wait` is what the flights cost the loop,
+//! the time it stopped reading because the next batch was full.
 
 use std::time::Instant;
 
@@ -19,6 +25,9 @@ pub(super) struct Stages {
     pub(super) status: Histogram,
     pub(super) heartbeat: Histogram,
     pub(super) recheck: Histogram,
+    /// The stream loop not reading: the next batch is full and the flight before it has not
+    /// landed.
+    pub(super) wait: Histogram,
     pub(super) batch_transactions: Histogram,
     /// `walcached_changes_total` of each mapped relation's namespace, by relation id.
     pub(super) changes: HashMap<u32, Counter>,
@@ -34,6 +43,7 @@ impl Stages {
             status: stage("status"),
             heartbeat: stage("heartbeat"),
             recheck: stage("recheck"),
+            wait: stage("wait"),
             batch_transactions: metrics::histogram!(m::BATCH_TRANSACTIONS),
             changes: HashMap::new(),
         }

@@ -1,5 +1,5 @@
-//! The stream loop: replication messages in, transactions batched, timers for status,
-//! heartbeats and visibility re-checks.
+//! The stream loop: replication messages in, transactions batched and launched one flight at a
+//! time ([`super::inflight`]), timers for status, heartbeats and visibility re-checks.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use walcache_cdc::pgoutput::LogicalMessage;
 use walcache_cdc::protocol::ReplicationMessage;
 use walcache_cdc::Lsn;
 
+use super::inflight::next_landing;
 use super::liveness::{spawn_sampler, Liveness};
 use super::stages::record_since;
 use super::visibility::{TxnRecord, VISIBILITY_POLL};
@@ -23,6 +24,16 @@ use crate::publisher::Batch;
 /// reconnected. The daemon asks for a keepalive after a quarter of it, so a healthy walsender
 /// is never this quiet; a dead peer behind a silent network is.
 pub(super) const RECEIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a batch may wait for more when commits of ours arrive less than this apart on
+/// average and nothing is in flight: each flight costs a PostgreSQL and a Redis round trip
+/// (and their CPU), and at a few thousand commits a second, launching every commit on its own
+/// costs more of a shared machine than the wait costs in latency. Slower streams never wait.
+const LINGER: Duration = Duration::from_micros(500);
+
+/// While flights follow one another, how often at most a landing reports the position (the
+/// status tick reports it too).
+const STATUS_COALESCE: Duration = Duration::from_millis(10);
 
 /// How soon a catalog check that failed is tried again (at most the configured interval).
 const CATALOG_RETRY: Duration = Duration::from_secs(1);
@@ -50,35 +61,57 @@ pub(super) struct Transaction {
 }
 
 impl Transaction {
+    /// Add one invalidation. A key is moved in, never copied: it is looked up as the pair it
+    /// will be stored as, and its namespace is copied only the first time it is counted.
     pub(super) fn add(&mut self, inv: Invalidation, large: usize) {
-        if let Invalidation::Key { namespace, key } = &inv {
-            if self.items.flushes.contains(namespace) {
+        let pair = match inv {
+            Invalidation::Key { namespace, key } => (namespace, key),
+            other => {
+                self.items.extend([other]);
                 return;
             }
-            if self.items.keys.contains(&(namespace.clone(), key.clone())) {
-                return;
-            }
-            let n = self
-                .keys_per_namespace
-                .entry(namespace.clone())
-                .or_default();
-            *n += 1;
-            if *n > large {
-                // Too large to list key by key: one namespace flush, memory stays bounded.
-                let ns = namespace.clone();
-                self.items.keys.retain(|(n, _)| *n != ns);
-                metrics::counter!(m::NAMESPACE_FLUSHES_TOTAL, "reason" => "large_transaction")
-                    .increment(1);
-                self.items.flushes.insert(ns);
-                return;
-            }
+        };
+        if self.items.flushes.contains(&pair.0) || self.items.keys.contains(&pair) {
+            return;
         }
-        self.items.extend([inv]);
+        if !self.keys_per_namespace.contains_key(&pair.0) {
+            self.keys_per_namespace.insert(pair.0.clone(), 0);
+        }
+        let n = self
+            .keys_per_namespace
+            .get_mut(&pair.0)
+            .expect("counted just above");
+        *n += 1;
+        if *n > large {
+            // Too large to list key by key: one namespace flush, memory stays bounded.
+            let ns = pair.0;
+            self.items.keys.retain(|(n, _)| *n != ns);
+            metrics::counter!(m::NAMESPACE_FLUSHES_TOTAL, "reason" => "large_transaction")
+                .increment(1);
+            self.items.flushes.insert(ns);
+            return;
+        }
+        self.items.keys.insert(pair);
     }
 }
 
 impl Streamer<'_> {
     pub(super) async fn stream_loop(
+        &mut self,
+        stream: &mut ReplicationStream,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        let ended = self.read_and_publish(stream, shutdown).await;
+        // Whatever ended the session, a flight still in the air lands first: the publisher
+        // comes back with it (its batch published; the next session replays what the slot has
+        // not confirmed).
+        if let Err(e) = self.land().await {
+            tracing::debug!(error = %e, "the last batch of the session was published but not confirmed");
+        }
+        ended
+    }
+
+    async fn read_and_publish(
         &mut self,
         stream: &mut ReplicationStream,
         shutdown: &CancellationToken,
@@ -113,49 +146,115 @@ impl Streamer<'_> {
         let mut check_after_tick = tokio::time::interval(VISIBILITY_POLL);
         check_after_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut changes: Vec<Invalidation> = Vec::new();
+        // Since when reading has waited for the flight in the air (the next batch is full).
+        let mut stalled: Option<Instant> = None;
+        // A flight landed unconfirmed (shutdown interrupted its publish): nothing read after
+        // it may be confirmed in this session.
+        let mut unconfirmed = false;
+        // When a landing last reported the position.
+        let mut last_status = Instant::now();
+        // When the last commit of ours was read, and the time between two (a moving average
+        // over about eight, so that one close pair in a slow stream does not make it wait).
+        let mut last_commit: Option<Instant> = None;
+        let mut commit_gap = Duration::from_secs(1);
         self.batch_txns.clear();
         loop {
+            // Nothing received is unpublished: no transaction open, no batch built or in flight.
+            let idle = txn.is_none() && batch.is_empty() && self.flight.is_none();
             // Everything received up to `covered` is published.
-            let covered = if txn.is_none() && batch.is_empty() {
+            let covered = if idle {
                 liveness.received_lsn()
             } else {
                 self.published
             };
             liveness.reach(covered);
+            let full = batch.len() >= cfg.batch_max_keys;
+            if full && self.flight.is_some() {
+                stalled.get_or_insert_with(Instant::now);
+            }
             let judge = std::mem::take(&mut judge_readiness);
-            if liveness.heartbeat_due() {
+            // A heartbeat waits for the flight in the air: the publisher is with it.
+            if self.flight.is_none() && liveness.heartbeat_due() {
                 liveness.heartbeat_sent();
                 let t = Instant::now();
                 self.heartbeat(liveness.lag_bytes()).await;
                 record_since(&self.stages.heartbeat, t);
+                // The markers moved up to the confirmed position, which may be reported now.
+                self.report_moved(stream).await?;
             } else if judge && !liveness.is_keeping_up() {
                 self.status.set_caught_up(false);
             }
-            let deadline =
-                batch_started.map(|s| tokio::time::Instant::from_std(s + cfg.batch_max_delay()));
+            // Commits of ours come fast: a batch not yet LINGER old waits for more (launched by
+            // the deadline below, or when full).
+            let linger = commit_gap < LINGER
+                && batch_started.is_some_and(|s| s.elapsed() < LINGER.min(cfg.batch_max_delay()));
+            let deadline = batch_started.map(|s| {
+                let wait = if linger {
+                    LINGER.min(cfg.batch_max_delay())
+                } else {
+                    cfg.batch_max_delay()
+                };
+                tokio::time::Instant::from_std(s + wait)
+            });
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
-                    // Finish what is in flight, confirm it, stop. A transaction half-read is
-                    // replayed by the next run.
-                    // (With the token cancelled, the publish is tried once, not retried.)
-                    let txns = std::mem::take(&mut self.batch_txns);
-                    let held = self.hold_invisible(txns).await;
-                    if !batch.is_empty()
-                        && self.publish_with_retry(&batch, Some(stream), shutdown).await
-                        && held.is_ok()
-                    {
-                        self.advance_confirmed(Lsn(batch.lsn));
+                    // Land the flight in the air, publish the batch built, confirm both, stop.
+                    // A transaction half-read is replayed by the next run. (With the token
+                    // cancelled, a publish is tried once, not retried.) Nothing is confirmed
+                    // past a batch that was not.
+                    for _ in 0..2 {
+                        match self.land().await {
+                            Ok(true) if !unconfirmed => {}
+                            Ok(_) => break,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "published at shutdown but not confirmed");
+                                break;
+                            }
+                        }
+                        if batch.is_empty() {
+                            // Commits with nothing of ours read since the last launch.
+                            self.advance_confirmed(Lsn(batch.lsn));
+                        }
+                        self.launch(&mut batch, &mut batch_started, shutdown);
                     }
                     // Markers first: the position reported may not pass them.
                     self.verify_markers().await;
                     self.send_status(stream).await?;
                     return Ok(());
                 }
-                () = sleep_until_opt(deadline) => {
-                    self.flush_batch(&mut batch, &mut batch_started, stream, shutdown).await?;
+                landed = next_landing(&mut self.flight), if self.flight.is_some() => {
+                    self.flight = None;
+                    if let Some(t) = stalled.take() {
+                        record_since(&self.stages.wait, t);
+                    }
+                    if !self.take_in(landed).await? {
+                        // Shutdown interrupted the publish: its arm comes next.
+                        unconfirmed = true;
+                        continue;
+                    }
+                    if batch.is_empty() {
+                        // Commits with nothing of ours, read while the flight was in the air.
+                        self.advance_confirmed(Lsn(batch.lsn));
+                    }
+                    // The batch built meanwhile goes at once: its oldest change has waited a
+                    // whole flight already.
+                    self.launch(&mut batch, &mut batch_started, shutdown);
+                    // Reported at once when nothing follows; while flights follow one another,
+                    // at most every STATUS_COALESCE (each update wakes the walsender).
+                    if self.reportable() > self.reported
+                        && (self.flight.is_none() || last_status.elapsed() >= STATUS_COALESCE)
+                    {
+                        let t = Instant::now();
+                        self.send_status(stream).await?;
+                        last_status = t;
+                        record_since(&self.stages.status, t);
+                    }
                 }
-                _ = visibility_tick.tick(), if !self.pending.is_empty() => {
+                () = sleep_until_opt(deadline), if self.flight.is_none() => {
+                    self.launch(&mut batch, &mut batch_started, shutdown);
+                }
+                _ = visibility_tick.tick(), if !self.pending.is_empty() && self.flight.is_none() => {
                     let t = Instant::now();
                     self.recheck_pending(stream, shutdown).await?;
                     record_since(&self.stages.recheck, t);
@@ -188,7 +287,7 @@ impl Streamer<'_> {
                             if liveness.sampled(sample) {
                                 self.request_reply(stream).await?;
                             }
-                            if liveness.wants_wal_flush(txn.is_none() && batch.is_empty()) {
+                            if liveness.wants_wal_flush(idle) {
                                 self.request_wal_flush().await;
                             }
                             liveness.report(self.confirmed);
@@ -207,12 +306,12 @@ impl Streamer<'_> {
                         None => return Err(SessionError::ControlLost(ControlClosed.into())),
                     }
                 }
-                _ = catalog_tick.tick(), if txn.is_none() => {
+                _ = catalog_tick.tick(), if txn.is_none() && self.flight.is_none() => {
                     if !self.check_catalog(stream, shutdown).await {
                         catalog_tick.reset_after(CATALOG_RETRY.min(cfg.catalog_interval()));
                     }
                 }
-                _ = check_after_tick.tick(), if txn.is_none() && !check_after.is_empty() => {
+                _ = check_after_tick.tick(), if txn.is_none() && !check_after.is_empty() && self.flight.is_none() => {
                     let xids: Vec<u32> = check_after.iter().copied().collect();
                     if self.invisible(&xids).await?.is_empty() {
                         check_after.clear();
@@ -223,17 +322,19 @@ impl Streamer<'_> {
                         }
                     }
                 }
-                request = super::flush::next(&mut self.flush_requests), if txn.is_none() => {
+                request = super::flush::next(&mut self.flush_requests), if txn.is_none() && self.flight.is_none() => {
                     self.flush_requested(request, stream, shutdown).await;
                 }
-                _ = run_id_tick.tick() => {
+                _ = run_id_tick.tick(), if self.flight.is_none() => {
                     self.check_redis_identity().await;
                     // Also while no heartbeat goes out (catching up): losses are found, and
                     // the markers advance so that the confirmed position can.
                     self.verify_markers().await;
+                    self.report_moved(stream).await?;
                     self.export_slot_metrics().await;
                 }
-                event = stream.next_event() => {
+                // Not while the next batch is full and the flight has not landed: bounded memory.
+                event = stream.next_event(), if !(full && self.flight.is_some()) => {
                     let Some(event) = event? else {
                         return Err(SessionError::Replication(walcache_cdc::Error::Closed));
                     };
@@ -242,9 +343,7 @@ impl Streamer<'_> {
                     let mut reaction = None;
                     match event {
                         ReplicationMessage::XLogData(x) => {
-                            // Timed up to the end of this arm, or to a flush a full batch
-                            // starts (timed as its own stages).
-                            let mut decoding = Some(Instant::now());
+                            let decoding = Instant::now();
                             liveness.received(x.wal_end);
                             match x.logical_message()? {
                                 LogicalMessage::Begin(b) => {
@@ -293,25 +392,30 @@ impl Streamer<'_> {
                                         own.lsn = c.end_lsn.0;
                                         batch.extend_from(&own);
                                         self.batch_txns.push(TxnRecord { xid: t.xid, commit_lsn: c.commit_lsn, items: own });
-                                        batch_started.get_or_insert_with(Instant::now);
+                                        let now = Instant::now();
+                                        batch_started.get_or_insert(now);
+                                        if let Some(last) = last_commit {
+                                            let gap = (now - last).min(Duration::from_secs(1));
+                                            commit_gap = (commit_gap * 7 + gap) / 8;
+                                        }
+                                        last_commit = Some(now);
                                     }
                                     batch.lsn = c.end_lsn.0;
                                     batch.commit_time_micros = unix_micros(c.commit_time);
                                     if batch.is_empty() {
-                                        // Nothing of ours: the position can be confirmed as is.
-                                        self.advance_confirmed(c.end_lsn);
-                                    } else if batch.len() >= cfg.batch_max_keys {
-                                        if let Some(t) = decoding.take() {
-                                            record_since(&self.stages.decode, t);
+                                        // Nothing of ours: the position can be confirmed as
+                                        // is, unless a flight is in the air (then it is when
+                                        // the flight lands).
+                                        if self.flight.is_none() {
+                                            self.advance_confirmed(c.end_lsn);
                                         }
-                                        self.flush_batch(&mut batch, &mut batch_started, stream, shutdown).await?;
+                                    } else if batch.len() >= cfg.batch_max_keys && self.flight.is_none() {
+                                        self.launch(&mut batch, &mut batch_started, shutdown);
                                     }
                                 }
                                 _ => {}
                             }
-                            if let Some(t) = decoding {
-                                record_since(&self.stages.decode, t);
-                            }
+                            record_since(&self.stages.decode, decoding);
                         }
                         ReplicationMessage::OversizedXLogData(o) => {
                             liveness.received(o.wal_end);
@@ -320,10 +424,20 @@ impl Streamer<'_> {
                         ReplicationMessage::PrimaryKeepalive(k) => {
                             liveness.received(k.wal_end);
                             if txn.is_none() && batch.is_empty() {
-                                self.advance_confirmed(k.wal_end);
+                                if self.flight.is_none() {
+                                    self.advance_confirmed(k.wal_end);
+                                } else {
+                                    // Confirmed when the flight lands.
+                                    batch.lsn = batch.lsn.max(k.wal_end.0);
+                                }
                             }
+                            // Asked for, or the walsender is idle (it sends keepalives when it
+                            // waits for WAL and the position reported is behind what it sent):
+                            // report a position that moved now rather than at the next tick.
                             if k.reply_requested {
                                 self.send_status(stream).await?;
+                            } else {
+                                self.report_moved(stream).await?;
                             }
                         }
                         _ => {}
@@ -356,14 +470,28 @@ impl Streamer<'_> {
                         }
                     }
                 }
-                // The stream has nothing ready: publish now rather than wait for the timer.
-                // (Under a backlog, events stay ready and batches fill up to
-                // batch_max_keys or batch_max_delay.)
-                () = std::future::ready(()), if !batch.is_empty() => {
-                    self.flush_batch(&mut batch, &mut batch_started, stream, shutdown).await?;
+                // The stream has nothing ready and nothing is in flight: launch now rather
+                // than wait for the timer, unless commits come fast (LINGER). (Under a backlog,
+                // events stay ready and batches fill up while the flight before them is in the
+                // air, up to batch_max_keys or batch_max_delay.)
+                () = std::future::ready(()), if !batch.is_empty() && self.flight.is_none() && !linger => {
+                    self.launch(&mut batch, &mut batch_started, shutdown);
                 }
             }
         }
+    }
+}
+
+impl Streamer<'_> {
+    /// Report the position now if it moved since the last status update and nothing is in
+    /// flight (the landing reports it then), rather than at the next status tick: a position
+    /// reported late holds WAL in the slot, and tells an observer of the slot that the daemon
+    /// is behind when it is not.
+    async fn report_moved(&mut self, stream: &mut ReplicationStream) -> Result<(), SessionError> {
+        if self.flight.is_none() && self.reportable() > self.reported {
+            self.send_status(stream).await?;
+        }
+        Ok(())
     }
 }
 

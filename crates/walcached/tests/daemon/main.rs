@@ -7,6 +7,7 @@ mod cli;
 mod ddl_capture;
 mod drift;
 mod faults;
+mod flight;
 mod http_limits;
 mod identity;
 mod liveness;
