@@ -354,14 +354,16 @@ fn pipeline_markdown(s: &mut String, p: &PipelineResults, nproc: &str) {
     let _ = writeln!(
         s,
         "**Inside the daemon** (its `walcached_stage_seconds` and `walcached_batch_transactions` \
-         histograms over each run, from the reader's start to its end). The stages run one \
-         after another on the daemon's stream task: *decode* (one replication message: \
-         decode, map to keys), *visibility* (one PostgreSQL round trip per batch: are its \
-         transactions visible to new snapshots), *publish* (the invalidation script and PUBLISH: \
-         one Redis round trip per batch), *status* (the standby status update after a batch), \
-         *heartbeat*, *recheck* (late-visible transactions published again). A stage's share is \
-         its total time against the run's wall time; the rest of the task's time is waiting \
-         for PostgreSQL's next message.\n"
+         histograms over each run, from the reader's start to its end). *decode* (one \
+         replication message: decode, map to keys) runs on the daemon's stream task; a batch \
+         is then in flight on a task of its own while the next is read: *visibility* (are its \
+         transactions visible to new snapshots: one prepared PostgreSQL round trip, skipped \
+         when an earlier snapshot already saw them) and *publish* (the invalidation script and \
+         PUBLISH: one Redis round trip), so their share is time in flight, not the stream \
+         task's. *status* (a standby status update), *heartbeat*, *recheck* (late-visible \
+         transactions published again) and *wait* (reading stopped: the batch being built is \
+         full while the one before is in flight) are the stream task's. A stage's share is its \
+         total time against the run's wall time.\n"
     );
     let mut rows: Vec<(String, &crate::stages::Totals, f64)> = p
         .latency

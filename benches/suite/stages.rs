@@ -120,6 +120,8 @@ const STAGES: &[(&str, &str)] = &[
     ("status", "batch"),
     ("heartbeat", "heartbeat"),
     ("recheck", "recheck"),
+    // Reading stopped: the batch being built is full while the one before is in flight.
+    ("wait", "wait"),
 ];
 
 /// The breakdown's Markdown table: one row per (rate label, totals, wall seconds).

@@ -364,9 +364,16 @@ where
             value: v.clone(),
             settled: false,
         };
-        // On the handle's runtime (it drives the Redis connection), not the caller's, which
-        // may stop before the compare-and-set lands.
-        inner.shared.runtime.spawn(fill.run(envelope, ttl));
+        if inner.shared.runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+            // A current-thread runtime runs a spawned task only while someone drives it: once
+            // the caller's `block_on` returns, the compare-and-set would wait (and other
+            // processes on its lease) until the next call. So the caller awaits it here.
+            fill.run(envelope, ttl).await;
+        } else {
+            // On the handle's runtime (it drives the Redis connection), not the caller's,
+            // which may stop before the compare-and-set lands.
+            inner.shared.runtime.spawn(fill.run(envelope, ttl));
+        }
         Ok(v)
     }
 

@@ -336,7 +336,9 @@ where
     ///
     /// A read that misses both tiers returns as soon as its loader has answered, with the
     /// value already in L1; the compare-and-set that stores it in L2 finishes on its own task
-    /// (one Redis round trip later). Until then a reader in another process (or one in this
+    /// (one Redis round trip later; on a handle built on a current-thread runtime the call
+    /// awaits it instead, since nothing would run that task once the caller stops driving the
+    /// runtime). Until then a reader in another process (or one in this
     /// process whose L1 fill was refused) finds the fill lease and waits for the value (at
     /// most [`lease_wait`](crate::WalcacheBuilder::lease_wait)). A fill that fails gives its
     /// lease back before it counts as ended.
