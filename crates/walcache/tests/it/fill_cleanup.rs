@@ -1,30 +1,16 @@
 //! After the caller has its answer (ADR 0012): what a lease fill's compare-and-set takes out
 //! when it does not store, and a fill whose caller's runtime goes away before it lands.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
-use walcache::{Cache, Walcache};
+use walcache::Cache;
 use walcache_testkit::{wait_until, RedisServer};
 
-use crate::support::{builder, make_live, namespace, raw_get, LoadError, Publisher, DEADLINE};
-
-fn value(v: &str) -> impl Future<Output = Result<String, LoadError>> + Send + 'static {
-    let v = v.to_owned();
-    async move { Ok(v) }
-}
-
-async fn failing() -> Result<String, LoadError> {
-    Err(LoadError)
-}
-
-async fn live_handle(redis: &RedisServer, publisher: &mut Publisher) -> Walcache {
-    let h = builder(redis).build().await.expect("handle");
-    make_live(&h, publisher).await;
-    h
-}
+use crate::support::{
+    failing, live_handle, namespace, raw_get, value, LoadError, Publisher, DEADLINE,
+};
 
 /// A leader for key 1 whose loader has read its row and holds it until `go` is notified.
 async fn held_leader(

@@ -3,7 +3,6 @@
 //! test's control of the daemon's stand-in. None of these tests reads the process-wide metrics
 //! recorder: their assertions are on what a read returns and on what Redis holds.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,24 +12,9 @@ use walcache::{Cache, Walcache};
 use walcache_protocol::Naming;
 use walcache_testkit::{wait_until, RedisServer, TcpProxy};
 
-use crate::support::{builder, make_live, namespace, raw_get, LoadError, Publisher, DEADLINE};
-
-/// A loader that yields `v`.
-fn value(v: &str) -> impl Future<Output = Result<String, LoadError>> + Send + 'static {
-    let v = v.to_owned();
-    async move { Ok(v) }
-}
-
-/// A loader that fails (the database is down).
-async fn failing() -> Result<String, LoadError> {
-    Err(LoadError)
-}
-
-async fn live_handle(redis: &RedisServer, publisher: &mut Publisher) -> Walcache {
-    let h = builder(redis).build().await.expect("handle");
-    make_live(&h, publisher).await;
-    h
-}
+use crate::support::{
+    failing, live_handle, make_live, namespace, raw_get, value, LoadError, Publisher, DEADLINE,
+};
 
 /// Wait, with the test deadline, until a task stops at `pause`.
 async fn reached(pause: &Pause, what: &str) {

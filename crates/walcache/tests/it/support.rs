@@ -332,3 +332,23 @@ pub(crate) async fn live_handles(redis: &RedisServer, n: usize) -> (Publisher, V
 #[derive(Debug, thiserror::Error)]
 #[error("test loader failed")]
 pub(crate) struct LoadError;
+
+/// A loader that answers `v`.
+pub(crate) fn value(
+    v: &str,
+) -> impl std::future::Future<Output = Result<String, LoadError>> + Send + 'static {
+    let v = v.to_owned();
+    async move { Ok(v) }
+}
+
+/// A loader that fails (the database is down).
+pub(crate) async fn failing() -> Result<String, LoadError> {
+    Err(LoadError)
+}
+
+/// A handle made live by `publisher`'s heartbeats.
+pub(crate) async fn live_handle(redis: &RedisServer, publisher: &mut Publisher) -> Walcache {
+    let h = builder(redis).build().await.expect("handle");
+    make_live(&h, publisher).await;
+    h
+}
