@@ -296,6 +296,10 @@ mod tests {
                 };
                 prop_assume!(pw.chars().count() >= 6);
                 let pw_text = if encoded { percent_encode(&pw) } else { pw.clone() };
+                // With no separator, `scheme` + user + ':' + a password starting with '/' is a
+                // plain `scheme…://password@` URL (the password's text is then a user name):
+                // no redactor can tell, so such an input is not a case of this property.
+                prop_assume!(!(sep.is_empty() && pw_text.starts_with('/')));
                 let url = match in_query {
                     None => format!("{scheme}{sep}{user}:{pw_text}@{host}/{db}?sslmode=require{extra}"),
                     Some(name) => format!("{scheme}{sep}{user}@{host}/{db}?sslmode=require&{name}={pw_text}{extra}"),
