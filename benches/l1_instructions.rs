@@ -1,4 +1,5 @@
-//! Instructions per L1 hit, walcache against raw moka, counted by valgrind (callgrind): unlike
+//! Instructions per L1 hit, walcache against raw moka (keyed by the `i64`, and keyed by the
+//! canonical string walcache keys L1 by: `moka-str`), counted by valgrind (callgrind): unlike
 //! wall time, the count does not depend on what else the machine is doing.
 //!
 //! Run with: `cargo build --release -p walcache-benches --bin l1-instructions`, then
@@ -31,6 +32,26 @@ async fn main() {
             cache.run_pending_tasks();
             for i in 0..lookups {
                 black_box(cache.get(&(i % KEYS)));
+            }
+        }
+        "moka-str" => {
+            // The canonical string key walcache's L1 is keyed by (the key invalidations name,
+            // rendered by the daemon from row columns), with walcache's hasher: what a hit
+            // costs before anything walcache adds.
+            let cache: moka::sync::Cache<Arc<str>, Arc<str>, foldhash::fast::RandomState> =
+                moka::sync::Cache::builder()
+                    .max_capacity(10_000)
+                    .time_to_live(std::time::Duration::from_secs(3600))
+                    .build_with_hasher(foldhash::fast::RandomState::default());
+            for k in 0..KEYS {
+                cache.insert(Arc::from(walcache::key_of(&k)), Arc::clone(&value));
+            }
+            cache.run_pending_tasks();
+            let mut key = walcache::KeyBuilder::new();
+            for i in 0..lookups {
+                key.clear();
+                walcache::ToKey::write_key(&(i % KEYS), &mut key);
+                black_box(cache.get(key.as_str()));
             }
         }
         _ => {

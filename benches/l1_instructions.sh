@@ -10,7 +10,7 @@ count() {
     valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$1" "$2" 2>&1 \
         | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
 }
-for mode in moka walcache; do
+for mode in moka moka-str walcache; do
     base=$(count "$mode" 0)
     full=$(count "$mode" "$n")
     echo "$mode: $(( (full - base) / n )) instructions per lookup ($n lookups)"

@@ -1,7 +1,6 @@
 //! `CacheBuilder`: a cache's settings, validated by `build()`.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -205,10 +204,10 @@ where
         // One time-to-live for all of L1 (an entry filled while the daemon's refresh interval
         // is shorter carries that deadline itself: see `L1Entry::until`, checked on hit without
         // moka's per-entry expiry, which costs every hit). Jitter spreads L2's, where
-        // synchronized expiry would reach the database.
-        let mut l1 = moka::sync::Cache::<Arc<str>, L1Entry<V>>::builder()
-            .time_to_live(self.l1_ttl)
-            .support_invalidation_closures();
+        // synchronized expiry would reach the database. No invalidation closures: a tag
+        // invalidation is enforced by the entries' stamps (see `TagStamps`), and moka checks
+        // registered closures on every hit once they are supported.
+        let mut l1 = moka::sync::Cache::<Arc<str>, L1Entry<V>>::builder().time_to_live(self.l1_ttl);
         let weighted = match self.capacity {
             Capacity::Entries(n) => {
                 l1 = l1.max_capacity(n);
@@ -245,7 +244,6 @@ where
                 names,
                 l1,
                 weighted,
-                has_tags: AtomicBool::new(false),
                 codec: self.codec,
                 l2_ttl: self.l2_ttl,
                 jitter: self.jitter,

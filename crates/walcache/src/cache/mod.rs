@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -136,7 +136,6 @@ struct CacheInner<V, C> {
     names: Option<Arc<Names>>,
     l1: moka::sync::Cache<Arc<str>, L1Entry<V>, L1Hasher>,
     weighted: bool,
-    has_tags: AtomicBool,
     codec: C,
     l2_ttl: Duration,
     jitter: f64,
@@ -195,22 +194,6 @@ where
     fn invalidate_keys(&self, keys: &[&str]) {
         for k in keys {
             self.l1.invalidate(*k);
-        }
-    }
-
-    fn invalidate_tags(&self, tags: &[String]) {
-        if !self.has_tags.load(Ordering::Acquire) {
-            return;
-        }
-        let tags: Vec<String> = tags.to_vec();
-        let result = self.l1.invalidate_entries_if(move |_, e: &L1Entry<V>| {
-            e.tags
-                .as_ref()
-                .is_some_and(|t| t.iter().any(|x| tags.contains(x)))
-        });
-        if result.is_err() {
-            // Closures are enabled at build; if moka ever refuses, drop everything instead.
-            self.l1.invalidate_all();
         }
     }
 
@@ -747,12 +730,7 @@ where
         fill: u64,
     ) {
         let inner = &self.inner;
-        let tags: Option<Arc<[String]>> = if tags.is_empty() {
-            None
-        } else {
-            inner.has_tags.store(true, Ordering::Release);
-            Some(tags.into())
-        };
+        let tags: Option<Arc<[String]>> = (!tags.is_empty()).then(|| tags.into());
         let weight = if inner.weighted {
             u32::try_from(k.len() + size)
                 .unwrap_or(u32::MAX)

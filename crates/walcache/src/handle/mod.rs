@@ -59,7 +59,6 @@ pub(crate) struct HandleConfig {
 /// One cache's L1, as the invalidation side sees it.
 pub(crate) trait L1Target: Send + Sync {
     fn invalidate_keys(&self, keys: &[&str]);
-    fn invalidate_tags(&self, tags: &[String]);
     fn invalidate_all(&self);
     fn publish_metrics(&self);
     /// The daemon's full-refresh interval now caps this namespace's L1 entries (`None`: no
@@ -317,11 +316,11 @@ impl Shared {
             for t in &mine {
                 ns.generations.bump_tag(t);
             }
+            // Nothing is removed from L1 now: an entry carrying the tag holds its old stamp,
+            // is refused on its next hit and removed then, or ages out unread (time-to-live,
+            // capacity). Removing such entries eagerly would need moka's invalidation
+            // closures, which cost every hit of every cache.
             handshake_fence();
-            // moka's lazy removal frees the memory; correctness rests on the stamps.
-            for t in ns.targets() {
-                t.invalidate_tags(&mine);
-            }
         }
     }
 
