@@ -3,7 +3,8 @@
 //! `BENCHMARKS.md` between `<!-- suite:begin -->` and `<!-- suite:end -->` and the SVG plots
 //! under `docs/benchmarks/`.
 //!
-//! `cargo run --release -p walcache-benches --bin suite [-- --quick]`
+//! `cargo run --release -p walcache-benches --bin suite [-- --quick]`; `-- --tiers-only` (with
+//! or without `--quick`) runs the tiers alone and prints them, writing nothing.
 //!
 //! 1. **Tiers under concurrency**: p50/p99/p99.9 and throughput at 1, 8 and 64 tokio tasks on
 //!    a multi-thread runtime, for an L1 hit (vs raw moka), an L2 hit (vs a raw redis-rs GET on
@@ -27,6 +28,7 @@
 //! `--stampede-child …`, `--latency-reader …`, `--scale-subscriber …`.
 
 mod caveat;
+mod cpu;
 mod memory;
 mod pipeline;
 mod report;
@@ -167,6 +169,11 @@ fn main() {
         .build()
         .expect("build the multi-thread runtime");
     let started = Instant::now();
+    if args.iter().any(|a| a == "--tiers-only") {
+        // An experiment's shortcut: the tiers alone, printed, no report written.
+        rt.block_on(tiers_only(mode));
+        return;
+    }
     let (mut results, servers) = rt.block_on(run(mode));
     eprintln!(
         "suite: stampede (at {:.1} s)",
@@ -254,7 +261,8 @@ pub(crate) struct StampedeRow {
     pub(crate) all_served_ms: Vec<f64>,
 }
 
-async fn run(mode: Mode) -> (Results, Servers) {
+/// Start the servers and create the tables every section reads.
+async fn start_servers() -> Servers {
     let servers = Servers::start().await;
     // The shared set-up creates the 64 B and 1 KiB tables; add 16 KiB and the workload table.
     let insert = servers
@@ -298,6 +306,11 @@ async fn run(mode: Mode) -> (Results, Servers) {
             .await
             .expect("create the workload table");
     }
+    servers
+}
+
+async fn run(mode: Mode) -> (Results, Servers) {
+    let servers = start_servers().await;
     let pg_version: String = servers
         .db
         .query_one("SHOW server_version", &[])
@@ -345,6 +358,28 @@ async fn run(mode: Mode) -> (Results, Servers) {
         redis_version,
     };
     (results, servers)
+}
+
+/// `--tiers-only`: run the tiers and print each row's p50s and the miss's CPU per read.
+async fn tiers_only(mode: Mode) {
+    let servers = start_servers().await;
+    let (tiers, _) = tiers::run(mode, &servers).await;
+    for t in &tiers {
+        let hand = t.by_hand.map_or(String::new(), |h| {
+            format!(" by hand {:.1} µs", h.p50_ns as f64 / 1e3)
+        });
+        eprintln!(
+            "{} {} B × {}: walcache {:.1} µs raw {:.1} µs{hand}",
+            t.tier,
+            t.size,
+            t.concurrency,
+            t.walcache.p50_ns as f64 / 1e3,
+            t.raw.p50_ns as f64 / 1e3
+        );
+        if let Some((w, h)) = t.cpu {
+            eprintln!("  CPU µs per read: walcache {w:.1?} by hand {h:.1?}");
+        }
+    }
 }
 
 /// Calls between two yields of a measuring task: rare enough that the call after a yield (its

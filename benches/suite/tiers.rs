@@ -5,12 +5,14 @@
 
 use std::future::Future;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use redis::aio::MultiplexedConnection;
 use walcache::{Cache, Walcache};
 use walcache_benches::{keyspace_counters, redis_value_key, table, value_of, Servers, KEYS};
 
+use crate::cpu::Cpu;
 use crate::{leak, Mode, Stats, CONCURRENCY, SIZES, YIELD_EVERY};
 
 /// One tier case: walcache and the raw tool at one size and concurrency.
@@ -22,6 +24,8 @@ pub(crate) struct TierRow {
     pub(crate) raw: Stats,
     /// The hand-written cache-aside read, where the tier has one (the miss).
     pub(crate) by_hand: Option<Stats>,
+    /// CPU per read (µs) of walcache and of the hand-written cache-aside, where measured.
+    pub(crate) cpu: Option<(Cpu, Cpu)>,
 }
 
 /// Every tier at every size and concurrency, and the Redis keyspace hits per walcache read of
@@ -104,14 +108,17 @@ where
 }
 
 /// Walcache, the raw tool and a third variant, each for `duration` in two halves in the order
-/// A B C C B A: the three-way form of [`abba`].
+/// A B C C B A: the three-way form of [`abba`]. Also the CPU each variant cost this process,
+/// Redis and the PostgreSQL backend `pg_pid` (sampled around each half, so set-up the
+/// operations leave untimed is counted, and work they leave behind is counted where it runs).
 async fn abccba<F, Fut, G, Gut, H, Hut>(
     concurrency: usize,
     duration: Duration,
+    (redis, pg_pid): (&MultiplexedConnection, u32),
     walcache: F,
     raw: G,
     third: H,
-) -> (Stats, Stats, Stats)
+) -> ([Stats; 3], [Cpu; 3])
 where
     F: Fn(usize, u64) -> Fut + Copy + Send + Sync + 'static,
     Fut: Future<Output = Duration> + Send,
@@ -121,19 +128,29 @@ where
     Hut: Future<Output = Duration> + Send,
 {
     let half = duration / 2;
-    let (mut a, ta) = measure(concurrency, half, walcache).await;
-    let (mut b, tb) = measure(concurrency, half, raw).await;
-    let (mut c, tc) = measure(concurrency, half, third).await;
-    let (c2, tc2) = measure(concurrency, half, third).await;
-    let (b2, tb2) = measure(concurrency, half, raw).await;
-    let (a2, ta2) = measure(concurrency, half, walcache).await;
-    a.extend(a2);
-    b.extend(b2);
-    c.extend(c2);
+    let mut redis = redis.clone();
+    let mut ns: [Vec<u64>; 3] = Default::default();
+    let mut wall = [Duration::ZERO; 3];
+    let mut cpu = [Cpu::default(); 3];
+    for v in [0, 1, 2, 2, 1, 0] {
+        let before = Cpu::now(&mut redis, pg_pid).await;
+        let (samples, t) = match v {
+            0 => measure(concurrency, half, walcache).await,
+            1 => measure(concurrency, half, raw).await,
+            _ => measure(concurrency, half, third).await,
+        };
+        cpu[v] = cpu[v] + (Cpu::now(&mut redis, pg_pid).await - before);
+        ns[v].extend(samples);
+        wall[v] += t;
+    }
+    let [a, b, c] = ns;
     (
-        Stats::of(a, ta + ta2),
-        Stats::of(b, tb + tb2),
-        Stats::of(c, tc + tc2),
+        [
+            Stats::of(a, wall[0]),
+            Stats::of(b, wall[1]),
+            Stats::of(c, wall[2]),
+        ],
+        cpu,
     )
 }
 
@@ -196,6 +213,7 @@ async fn l1_tier(mode: Mode, size: usize) -> Vec<TierRow> {
             walcache,
             raw,
             by_hand: None,
+            cpu: None,
         });
     }
     rows
@@ -267,27 +285,34 @@ async fn l2_tier(
             walcache,
             raw,
             by_hand: None,
+            cpu: None,
         });
     }
     (rows, gets)
 }
 
 static LOADS: AtomicU64 = AtomicU64::new(0);
-/// Hand-written cache-aside reads whose GET hit (should stay 0).
+/// Hand-written cache-aside reads whose GET hit (must stay 0: every key is fresh).
 static BY_HAND_HITS: AtomicU64 = AtomicU64::new(0);
 
-/// Time-to-live of the hand-written cache-aside's `SET … PX` (never reached in a case).
-const BY_HAND_TTL_MS: u64 = 3_600_000;
+/// The next key never read before: every miss reads a new one (the rows read are `key % KEYS`).
+static COLD: AtomicI64 = AtomicI64::new(0);
+/// How long a miss's value stays in L2, on both sides: long past the read, short enough that
+/// Redis does not hold every value the run wrote.
+const COLD_TTL: Duration = Duration::from_secs(5);
 
-/// The miss: walcache's `try_get_with` after an untimed `invalidate`, the bare SELECT, and a
-/// hand-written cache-aside read after an untimed `DEL` (GET misses, SELECT, SET PX), all on
-/// the same prepared statement and connection; the cache-aside's Redis calls go through one
-/// multiplexed redis-rs connection shared by every caller, as walcache's do.
+/// The miss: a read of a key no one has read before (a fresh number from [`COLD`], so neither
+/// tier holds it and no set-up runs), by walcache's `try_get_with`, by the bare SELECT, and by
+/// hand-written cache-aside (GET misses, SELECT, SET PX), all reading row `key % KEYS` on the
+/// same prepared statement and connection; the cache-aside's Redis calls go through one
+/// multiplexed redis-rs connection shared by every caller, as walcache's do. Values stay in
+/// L2 for [`COLD_TTL`] on both sides, so Redis's memory stays bounded.
 async fn miss_tier(mode: Mode, servers: &Servers, handle: &Walcache, size: usize) -> Vec<TierRow> {
     let cache: &'static Cache<i64, String> = leak(
         handle
             .cache(&format!("miss_{size}"))
             .max_capacity(10_000)
+            .l2_time_to_live(COLD_TTL)
             .build()
             .expect("the miss cache"),
     );
@@ -304,59 +329,59 @@ async fn miss_tier(mode: Mode, servers: &Servers, handle: &Walcache, size: usize
             .expect("prepare the SELECT"),
     );
     let conn: &'static redis::aio::MultiplexedConnection = leak(servers.redis_connection().await);
-    let aside_keys: &'static Vec<String> =
-        leak((0..KEYS).map(|k| format!("aside:{size}:{k}")).collect());
+    let pg_pid: u32 = db
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("the backend's pid")
+        .get::<_, i32>(0)
+        .try_into()
+        .expect("a pid");
+    let ttl_ms = u64::try_from(COLD_TTL.as_millis()).expect("a short TTL");
     let mut rows = Vec::new();
     for c in CONCURRENCY {
         let before = LOADS.load(Ordering::Relaxed);
-        let (walcache, raw, by_hand) = abccba(
+        let ([walcache, raw, by_hand], [cpu_walcache, _, cpu_by_hand]) = abccba(
             c,
             mode.tier_case,
-            move |w, i| async move {
-                let k = key_of(w, i, c);
-                cache.invalidate(&k).await.expect("invalidate");
+            (conn, pg_pid),
+            move |_, _| async move {
+                let k = COLD.fetch_add(1, Ordering::Relaxed);
                 timed(cache.try_get_with(&k, async move {
                     LOADS.fetch_add(1, Ordering::Relaxed);
-                    db.query_one(select, &[&k])
+                    db.query_one(select, &[&(k % KEYS)])
                         .await
                         .map(|r| r.get::<_, String>(0))
                 }))
                 .await
             },
-            move |w, i| {
-                let k = key_of(w, i, c);
+            move |_, _| {
+                let k = COLD.fetch_add(1, Ordering::Relaxed);
                 timed(async move {
-                    let row = db.query_one(select, &[&k]).await.expect("SELECT");
+                    let row = db.query_one(select, &[&(k % KEYS)]).await.expect("SELECT");
                     row.get::<_, String>(0)
                 })
             },
-            move |w, i| async move {
-                let k = key_of(w, i, c);
-                let key = &aside_keys[usize::try_from(k).unwrap_or_default()];
+            move |_, _| async move {
+                let k = COLD.fetch_add(1, Ordering::Relaxed);
+                let key = format!("aside:{size}:{k}");
                 let mut conn = conn.clone();
-                let _: () = redis::cmd("DEL")
-                    .arg(key)
-                    .query_async(&mut conn)
-                    .await
-                    .expect("DEL");
                 timed(async move {
                     let cached: Option<Vec<u8>> = redis::cmd("GET")
-                        .arg(key)
+                        .arg(&key)
                         .query_async(&mut conn)
                         .await
                         .expect("GET");
                     if cached.is_some() {
-                        // Another caller's SET landed between this one's DEL and GET (two
-                        // callers on one key): counted, so the report can say so.
+                        // A fresh key found in Redis: the measurement would be wrong.
                         BY_HAND_HITS.fetch_add(1, Ordering::Relaxed);
                     }
-                    let row = db.query_one(select, &[&k]).await.expect("SELECT");
+                    let row = db.query_one(select, &[&(k % KEYS)]).await.expect("SELECT");
                     let body: String = row.get(0);
                     let _: () = redis::cmd("SET")
-                        .arg(key)
+                        .arg(&key)
                         .arg(body.as_bytes())
                         .arg("PX")
-                        .arg(BY_HAND_TTL_MS)
+                        .arg(ttl_ms)
                         .query_async(&mut conn)
                         .await
                         .expect("SET");
@@ -369,12 +394,7 @@ async fn miss_tier(mode: Mode, servers: &Servers, handle: &Walcache, size: usize
         let loads = LOADS.load(Ordering::Relaxed) - before;
         assert_eq!(loads, walcache.ops, "every walcache read must load");
         let hits = BY_HAND_HITS.swap(0, Ordering::Relaxed);
-        if hits > 0 {
-            eprintln!(
-                "suite: miss {size} B × {c}: {hits} of {} hand-written cache-aside GETs hit",
-                by_hand.ops
-            );
-        }
+        assert_eq!(hits, 0, "a cache-aside GET of a fresh key hit");
         rows.push(TierRow {
             tier: "miss to PostgreSQL",
             size,
@@ -382,6 +402,10 @@ async fn miss_tier(mode: Mode, servers: &Servers, handle: &Walcache, size: usize
             walcache,
             raw,
             by_hand: Some(by_hand),
+            cpu: Some((
+                cpu_walcache.per_op_us(walcache.ops),
+                cpu_by_hand.per_op_us(by_hand.ops),
+            )),
         });
     }
     rows

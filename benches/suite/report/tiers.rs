@@ -57,11 +57,11 @@ pub(super) fn markdown(s: &mut String, r: &Results, nproc: &str) {
          yields (untimed) so that all N take turns. L1 hit: \
          `Cache::get` on a warm L1 vs `moka::sync::Cache<i64, String>::get`. L2 hit: \
          `Cache::get` with a 1 ms L1 time-to-live vs a raw `GET` of the same key on a \
-         multiplexed redis-rs connection. Miss: `invalidate` (untimed) then `try_get_with` \
-         whose loader runs the SELECT, vs the same prepared SELECT alone on the same kind of \
-         tokio-postgres connection, and vs hand-written cache-aside on a miss: `DEL` (untimed), \
-         then `GET` (a miss), the same SELECT, `SET … PX` on one multiplexed redis-rs connection \
-         shared by the callers (what a service would write without walcache: no lease, no \
+         multiplexed redis-rs connection. Miss: each read is of a key never read before (no \
+         set-up on any side): `try_get_with` whose loader runs the SELECT, vs the same prepared \
+         SELECT alone on the same kind of tokio-postgres connection, and vs hand-written \
+         cache-aside: `GET` (a miss), the same SELECT, `SET … PX` on one multiplexed redis-rs \
+         connection shared by the callers (what a service would write without walcache: no lease, no \
          protection against a stale fill). **Ratio** = walcache p50 / raw p50 (throughput ratio = \
          walcache / raw). On {nproc} shared cores the ratios move by tens of percent between runs; \
          read the p50 ratios at 1 caller first. The µs-scale p99 of L1 hits appears on both sides \
@@ -179,6 +179,47 @@ fn miss_markdown(s: &mut String, r: &Results) {
          minus the SELECT column is what those cost here.\n",
         goal.join("; ")
     );
+    miss_cpu_markdown(s, &rows);
+}
+
+/// CPU per miss in each process, beside the hand-written cache-aside's: what bounds the miss
+/// once the callers outnumber the cores.
+fn miss_cpu_markdown(s: &mut String, rows: &[&TierRow]) {
+    let _ = writeln!(
+        s,
+        "CPU per miss, µs, in this process / the Redis server / the PostgreSQL backend (sampled \
+         around each measured half, so walcache's compare-and-set, which runs after the caller \
+         has its answer, is counted). With {} cores shared by all three, a case whose callers outnumber the cores \
+         is bound by the total: at most cores ÷ total reads per second.\n",
+        std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get)
+    );
+    let _ = writeln!(
+        s,
+        "| size | callers | walcache: process / Redis / PostgreSQL = total | cache-aside: process / Redis / PostgreSQL = total | total ratio |"
+    );
+    let _ = writeln!(s, "|---|---:|---|---|---:|");
+    for row in rows {
+        let Some((w, h)) = row.cpu else { continue };
+        let fmt = |c: &crate::cpu::Cpu| {
+            format!(
+                "{:.1} / {:.1} / {:.1} = **{:.1}**",
+                c.bench_s,
+                c.redis_s,
+                c.pg_s,
+                c.total_s()
+            )
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.2}× |",
+            size_name(row.size),
+            row.concurrency,
+            fmt(&w),
+            fmt(&h),
+            w.total_s() / h.total_s().max(1e-9)
+        );
+    }
+    s.push('\n');
 }
 
 /// p50 and p99 against concurrency per size: walcache solid, the raw tool dashed, the

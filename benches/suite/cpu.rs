@@ -1,0 +1,87 @@
+//! CPU time of the three processes a miss runs on: this one (the library or the hand-written
+//! client), the Redis server and the PostgreSQL backend serving the SELECT. On 2 shared cores
+//! a case with many callers is bound by their sum: the throughput cannot exceed cores ÷ CPU
+//! per read, and the p50 of a closed loop of `c` callers is about `c` ÷ that throughput.
+
+use std::ops::{Add, Sub};
+
+use redis::aio::MultiplexedConnection;
+
+/// CPU seconds used so far by each process.
+#[derive(Clone, Copy, Default, Debug)]
+pub(crate) struct Cpu {
+    pub(crate) bench_s: f64,
+    pub(crate) redis_s: f64,
+    pub(crate) pg_s: f64,
+}
+
+impl Cpu {
+    /// Read the three clocks now: this process and the backend `pg_pid` from `/proc` (clock
+    /// ticks), Redis from `INFO cpu` (µs).
+    pub(crate) async fn now(redis: &mut MultiplexedConnection, pg_pid: u32) -> Cpu {
+        let info: String = redis::cmd("INFO")
+            .arg("cpu")
+            .query_async(redis)
+            .await
+            .expect("INFO cpu");
+        let field = |name: &str| -> f64 {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("INFO cpu has no {name}"))
+        };
+        Cpu {
+            bench_s: proc_cpu_s("self"),
+            redis_s: field("used_cpu_user") + field("used_cpu_sys"),
+            pg_s: proc_cpu_s(&pg_pid.to_string()),
+        }
+    }
+
+    pub(crate) fn total_s(&self) -> f64 {
+        self.bench_s + self.redis_s + self.pg_s
+    }
+
+    /// Per operation, in µs.
+    pub(crate) fn per_op_us(&self, ops: u64) -> Cpu {
+        let k = 1e6 / ops.max(1) as f64;
+        Cpu {
+            bench_s: self.bench_s * k,
+            redis_s: self.redis_s * k,
+            pg_s: self.pg_s * k,
+        }
+    }
+}
+
+impl Sub for Cpu {
+    type Output = Cpu;
+    fn sub(self, o: Cpu) -> Cpu {
+        Cpu {
+            bench_s: self.bench_s - o.bench_s,
+            redis_s: self.redis_s - o.redis_s,
+            pg_s: self.pg_s - o.pg_s,
+        }
+    }
+}
+
+impl Add for Cpu {
+    type Output = Cpu;
+    fn add(self, o: Cpu) -> Cpu {
+        Cpu {
+            bench_s: self.bench_s + o.bench_s,
+            redis_s: self.redis_s + o.redis_s,
+            pg_s: self.pg_s + o.pg_s,
+        }
+    }
+}
+
+/// utime + stime of `/proc/<pid>/stat`, in seconds (Linux's clock ticks are 1/100 s).
+fn proc_cpu_s(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/stat: {e}"));
+    // The command name may hold spaces: fields are counted after its closing parenthesis.
+    let rest = &stat[stat.rfind(')').expect("a stat line") + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    // Fields 14 and 15 of the line (utime, stime) are the 12th and 13th after the name.
+    let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+    ticks as f64 / 100.0
+}
