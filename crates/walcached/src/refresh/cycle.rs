@@ -2,7 +2,7 @@
 //! check-and-delete scripts, then the pruning of old tag versions (see the
 //! [module docs](super)).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -82,7 +82,9 @@ return deleted
 /// Run one cycle now: walk every namespace's value keys and delete, rate-limited, every value
 /// and cached "not found" stamped at or before the cycle's start (the Redis server's `TIME`
 /// when it begins), and every key that is not an envelope. Leases and other namespaces' keys
-/// are untouched. Duplicate namespaces are walked once. On completion the cycle's start is
+/// are untouched. Duplicate namespaces are walked once. The walk is one SCAN pass over the
+/// value keys of every namespace under the prefix, however many namespaces are served: each
+/// key is attributed to its namespace by its hash tag. On completion the cycle's start is
 /// recorded in Redis for [`run_schedule`](super::run_schedule), and the namespaces' tag
 /// versions older than the start minus [`MAX_LEASE_TTL`] are pruned.
 ///
@@ -111,65 +113,68 @@ pub async fn run_cycle(
         max_deletes_per_second = cfg.max_deletes_per_second,
         "refresh cycle started"
     );
-    let script = redis::Script::new(SCRIPT);
-    let mut pacer = Pacer::new(cfg.max_deletes_per_second);
-    let chunk_len = cfg.chunk_len();
+    let served = CycleNamespaces::new(naming, &namespaces);
+    let mut delete = CheckAndDelete {
+        script: redis::Script::new(SCRIPT),
+        cutoff_us: start_us,
+        pacer: Pacer::new(cfg.max_deletes_per_second),
+    };
+    let mut batches = Batches::new(served.len(), cfg.chunk_len());
     let (mut scanned, mut deleted) = (0_u64, 0_u64);
     let mut last_log = Instant::now();
-    for ns in &namespaces {
-        let prefix = naming.value_key_prefix(ns);
-        let pattern = format!("{}[0-9]*", glob_escape(&prefix));
-        let mut cursor = 0_u64;
-        loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(cfg.scan_count)
-                .query_async(&mut conn)
-                .await?;
-            // The pattern is a superset (a key may have more after `g<digit>`): keep value keys.
-            let keys: Vec<Vec<u8>> = keys
-                .into_iter()
-                .filter(|k| is_value_key(k, prefix.as_bytes()))
-                .collect();
-            let n = keys.len() as u64;
-            scanned += n;
-            progress.scanned(n);
-            for chunk in keys.chunks(chunk_len) {
-                pacer.wait().await;
-                let began = Instant::now();
-                let mut inv = script.prepare_invoke();
-                for k in chunk {
-                    inv.key(k.as_slice());
-                }
-                let d: u64 = inv
-                    .arg(start_us)
-                    .arg(duration_micros(MAX_FUTURE_STAMP))
-                    .invoke_async(&mut conn)
-                    .await?;
-                pacer.charge(d, began);
+    // One pass over every namespace's value keys, not one per namespace: the cost of a cycle
+    // is the keyspace's size, whatever the number of namespaces.
+    let pattern = value_keys_pattern(naming);
+    let mut cursor = 0_u64;
+    loop {
+        let (next, page): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(cfg.scan_count)
+            .query_async(&mut conn)
+            .await?;
+        // The pattern is a superset (any namespace, and a key may have more after
+        // `g<digit>`): keep the value keys of the cycle's namespaces, with their namespace.
+        let page: Vec<(usize, Vec<u8>)> = page
+            .into_iter()
+            .filter_map(|k| served.value_key_namespace(&k).map(|ns| (ns, k)))
+            .collect();
+        let n = page.len() as u64;
+        scanned += n;
+        progress.scanned(n);
+        for (ns, key) in page {
+            if let Some(chunk) = batches.push(ns, key) {
+                let d = delete.run(&mut conn, &chunk).await?;
                 deleted += d;
                 progress.deleted(d);
             }
-            if last_log.elapsed() >= PROGRESS_LOG_INTERVAL {
-                last_log = Instant::now();
-                tracing::info!(
-                    namespace = *ns,
-                    keys_scanned = scanned,
-                    keys_deleted = deleted,
-                    "refresh cycle in progress"
-                );
-            }
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
         }
-        tracing::debug!(namespace = *ns, "refresh: namespace done");
+        if last_log.elapsed() >= PROGRESS_LOG_INTERVAL {
+            last_log = Instant::now();
+            tracing::info!(
+                keys_scanned = scanned,
+                keys_deleted = deleted,
+                "refresh cycle in progress"
+            );
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
     }
-    // Recorded only once every namespace is done: it is what the schedule resumes from.
+    for chunk in batches.drain() {
+        let d = delete.run(&mut conn, &chunk).await?;
+        deleted += d;
+        progress.deleted(d);
+    }
+    tracing::debug!(
+        keys_scanned = scanned,
+        keys_deleted = deleted,
+        "refresh: value keys done"
+    );
+    // Recorded only once the whole pass is done: it is what the schedule resumes from.
     redis::cmd("SET")
         .arg(naming.refresh_last_key())
         .arg(start_ms)
@@ -177,7 +182,7 @@ pub async fn run_cycle(
         .await?;
     let mut pruned = 0_u64;
     for ns in &namespaces {
-        match prune_tags(&mut conn, naming, ns, start_us, cfg, &mut pacer).await {
+        match prune_tags(&mut conn, naming, ns, start_us, cfg, &mut delete.pacer).await {
             Ok(n) => pruned += n,
             Err(e) => {
                 metrics::counter!(m::ERRORS_TOTAL, "kind" => "redis").increment(1);
@@ -199,6 +204,121 @@ pub async fn run_cycle(
     Ok(report)
 }
 
+/// The check-and-delete [`SCRIPT`] of a cycle, paced.
+struct CheckAndDelete {
+    script: redis::Script,
+    /// The cycle's start, µs on the Redis server's clock.
+    cutoff_us: u64,
+    pacer: Pacer,
+}
+
+impl CheckAndDelete {
+    /// Check and delete `keys` — all of one namespace, so of one Redis Cluster slot (their hash
+    /// tag): the one script call must not cross slots. Returns how many were deleted.
+    async fn run(
+        &mut self,
+        conn: &mut MultiplexedConnection,
+        keys: &[Vec<u8>],
+    ) -> Result<u64, redis::RedisError> {
+        self.pacer.wait().await;
+        let began = Instant::now();
+        let mut inv = self.script.prepare_invoke();
+        for k in keys {
+            inv.key(k.as_slice());
+        }
+        let d: u64 = inv
+            .arg(self.cutoff_us)
+            .arg(duration_micros(MAX_FUTURE_STAMP))
+            .invoke_async(conn)
+            .await?;
+        self.pacer.charge(d, began);
+        Ok(d)
+    }
+}
+
+/// `{prefix}:{*}:g[0-9]*`: the SCAN pattern of the value keys of every namespace under the
+/// prefix (see [`Naming::value_key_prefix`]). A superset: it matches other namespaces' keys
+/// and keys with more after `g<digit>`; [`CycleNamespaces::value_key_namespace`] picks the
+/// cycle's value keys out of it.
+fn value_keys_pattern(naming: &Naming) -> String {
+    format!("{}:{{*}}:g[0-9]*", glob_escape(naming.prefix()))
+}
+
+/// The namespaces of one cycle, and which of them a scanned key's value key belongs to.
+struct CycleNamespaces<'a> {
+    /// `{prefix}:{`: what every key of a namespace starts with, up to its namespace.
+    head: Vec<u8>,
+    /// Each namespace's index (into the cycle's buffers) and value-key prefix, by name.
+    by_name: HashMap<&'a [u8], (usize, Vec<u8>)>,
+}
+
+impl<'a> CycleNamespaces<'a> {
+    fn new(naming: &Naming, namespaces: &BTreeSet<&'a str>) -> Self {
+        CycleNamespaces {
+            head: format!("{}:{{", naming.prefix()).into_bytes(),
+            by_name: namespaces
+                .iter()
+                .enumerate()
+                .map(|(i, ns)| (ns.as_bytes(), (i, naming.value_key_prefix(ns).into_bytes())))
+                .collect(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// The index of the namespace whose value key `key` is, if that namespace is one of the
+    /// cycle's; `None` for anything else (another namespace's key, a namespace's key that is
+    /// not a value key, a key outside the namespace family, bytes that are no key of ours).
+    ///
+    /// The namespace is the key's Redis Cluster hash tag: what lies between the `{` after the
+    /// prefix and the first `}` after it (namespaces contain neither brace; a value key's own
+    /// part may, after the tag). The whole key must then have the namespace's value-key shape
+    /// ([`is_value_key`]), so only a key the namespace's own prefix starts is ever attributed
+    /// to it.
+    fn value_key_namespace(&self, key: &[u8]) -> Option<usize> {
+        let tagged = key.strip_prefix(self.head.as_slice())?;
+        let end = tagged.iter().position(|&b| b == b'}')?;
+        let (i, prefix) = self.by_name.get(&tagged[..end])?;
+        is_value_key(key, prefix).then_some(*i)
+    }
+}
+
+/// The cycle's value keys waiting for a script call, one buffer per namespace: a SCAN page
+/// mixes namespaces, and each script call holds keys of one namespace only — one hash tag,
+/// so one Redis Cluster slot, which a script's keys must share. A namespace's buffer goes to
+/// a script once it holds a chunk (`chunk_len` keys); what remains of every buffer goes after
+/// the pass. Between pages the buffers hold at most `chunk_len - 1` keys per namespace.
+struct Batches {
+    buffers: Vec<Vec<Vec<u8>>>,
+    chunk_len: usize,
+}
+
+impl Batches {
+    fn new(namespaces: usize, chunk_len: usize) -> Self {
+        Batches {
+            buffers: vec![Vec::new(); namespaces],
+            chunk_len: chunk_len.max(1),
+        }
+    }
+
+    /// Add `key` of namespace `ns`; returns the namespace's chunk when it is full.
+    fn push(&mut self, ns: usize, key: Vec<u8>) -> Option<Vec<Vec<u8>>> {
+        let buffer = &mut self.buffers[ns];
+        buffer.push(key);
+        (buffer.len() >= self.chunk_len).then(|| std::mem::take(buffer))
+    }
+
+    /// What remains: each namespace's last chunk, non-empty, one namespace each.
+    fn drain(&mut self) -> impl Iterator<Item = Vec<Vec<u8>>> + '_ {
+        self.buffers
+            .iter_mut()
+            .map(std::mem::take)
+            .filter(|b| !b.is_empty())
+    }
+}
+
 /// After a completed cycle that began at `start_us` (µs, Redis's clock), delete the fields of
 /// `namespace`'s tags hash whose time is below `start_us − MAX_LEASE_TTL` — never its
 /// bookkeeping (`" now"`, `" ttl"`, `" cursor"`) — in pages of an `HSCAN`, each checked and
@@ -208,9 +328,13 @@ pub async fn run_cycle(
 /// for a value carrying it, stamped `s` at or before its time `v`, that would be current again.
 /// Such a value's fill landed within `MAX_LEASE_TTL` of `s` (a lease ends by then, and a fill
 /// needs its lease) — before `v + MAX_LEASE_TTL < start_us`, so before the cycle began: it was
-/// in L2 for the whole SCAN of the namespace's value keys (every generation's), which
-/// therefore returned it, and the cycle deleted it (`s ≤ v < start_us`), unless it was gone
-/// already. A value written later carries a later stamp. (The tag clock can run ahead of
+/// in L2 for the whole of the cycle's one SCAN pass over every namespace's value keys (every
+/// generation's), which therefore returned it — SCAN returns every key present for the whole
+/// scan at least once (one returned twice is checked twice, harmlessly: the script re-reads
+/// it) —, attributed it to this namespace by its hash tag, and checked it in one of the
+/// namespace's chunks before the pass ended, all before this pruning began; so the cycle
+/// deleted it (`s ≤ v < start_us`), unless it was gone already. A value written later carries
+/// a later stamp. (The tag clock can run ahead of
 /// `TIME`, never behind: `s` is at least the real time of its lease, so the bound holds.) A
 /// field bumped between the `HSCAN` and the delete is above the threshold again, and the
 /// script keeps it.
@@ -375,5 +499,136 @@ mod tests {
         assert_eq!(cfg(200, 500).chunk_len(), 20);
         assert_eq!(cfg(5, 500).chunk_len(), 1);
         assert_eq!(cfg(100_000, 50).chunk_len(), 50);
+    }
+
+    #[test]
+    fn one_pattern_matches_every_namespaces_value_keys() {
+        for naming in [Naming::default(), Naming::new("app_1-x").expect("prefix")] {
+            let pattern = value_keys_pattern(&naming);
+            assert_eq!(pattern, format!("{}:{{*}}:g[0-9]*", naming.prefix()));
+            // What the pattern's literal parts assume of the names it must match.
+            let key = naming.value_key("users", 7, 1, "42");
+            assert!(
+                key.starts_with(&format!("{}:{{users}}:g7", naming.prefix())),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn scanned_keys_are_attributed_to_the_cycles_namespaces_by_their_hash_tag() {
+        let naming = Naming::default();
+        let set: BTreeSet<&str> = ["users", "posts", "a-b_1"].into_iter().collect();
+        let served = CycleNamespaces::new(&naming, &set);
+        assert_eq!(served.len(), 3);
+        let index = |ns: &str| set.iter().position(|n| *n == ns).expect("served");
+        for (key, ns) in [
+            ("wc:{users}:g0:s1:42", "users"),
+            ("wc:{posts}:g17:s3:", "posts"),
+            ("wc:{a-b_1}:g1:s1:k", "a-b_1"),
+            // The key's own part may hold braces: the tag is the first `}`'s.
+            ("wc:{users}:g1:s1:{posts}:g1:s1:x", "users"),
+            ("wc:{users}:g1:s1:}{", "users"),
+        ] {
+            assert_eq!(
+                served.value_key_namespace(key.as_bytes()),
+                Some(index(ns)),
+                "{key}"
+            );
+        }
+        let mut hostile: Vec<Vec<u8>> = [
+            // Not one of the cycle's namespaces.
+            "wc:{orders}:g1:s1:42",
+            "wc:{user}:g1:s1:42",
+            "wc:{users2}:g1:s1:42",
+            "wc:{USERS}:g1:s1:42",
+            // Not a value key of a served namespace.
+            "wc:{users}:gen",
+            "wc:{users}:tags",
+            "wc:{users}:schemas",
+            "wc:{users}:mark",
+            "wc:{users}:g7",
+            "wc:{users}:g1x:s1:42",
+            "wc:{users}x:g1:s1:42",
+            "wc:{users}}:g1:s1:42",
+            // Broken hash tags.
+            "wc:users:g1:s1:42",
+            "wc:users}:g1:s1:42",
+            "wc:{users:g1:s1:42",
+            "wc:{}:g1:s1:42",
+            "wc:{}",
+            "wc:{",
+            "wc:{{users}:g1:s1:42",
+            "wc:{ users}:g1:s1:42",
+            // Outside the prefix, or no key of ours at all.
+            "other:{users}:g1:s1:42",
+            "wcx:{users}:g1:s1:42",
+            "wc:refresh:last",
+            "wc",
+            "",
+        ]
+        .iter()
+        .map(|k| k.as_bytes().to_vec())
+        .collect();
+        hostile.extend([
+            b"wc:{\xff\xfe}:g1:s1:42".to_vec(),
+            b"wc:{users\xff}:g1:s1:42".to_vec(),
+            b"wc:{\xc3}:g1:s1:42".to_vec(),
+            b"\xff\xff\xff".to_vec(),
+            b"wc:{users\0}:g1:s1:42".to_vec(),
+        ]);
+        for key in &hostile {
+            assert_eq!(
+                served.value_key_namespace(key),
+                None,
+                "{}",
+                String::from_utf8_lossy(key)
+            );
+        }
+        // Non-UTF-8 bytes after a served namespace's tag are the key's own part.
+        assert_eq!(
+            served.value_key_namespace(b"wc:{posts}:g1:s1:\xff\x00"),
+            Some(index("posts"))
+        );
+        // Another prefix: the same keys are another application's.
+        let other = CycleNamespaces::new(&Naming::new("app").expect("prefix"), &set);
+        assert_eq!(other.value_key_namespace(b"wc:{users}:g1:s1:42"), None);
+        assert_eq!(
+            other.value_key_namespace(b"app:{users}:g1:s1:42"),
+            Some(index("users"))
+        );
+    }
+
+    #[test]
+    fn each_chunk_holds_one_namespaces_keys() {
+        let mut batches = Batches::new(3, 2);
+        // A page mixing namespaces: 0 fills a chunk at its second key, 1 at its second too.
+        let mut chunks = Vec::new();
+        for (ns, key) in [(0, "a"), (1, "b"), (0, "c"), (2, "d"), (1, "e"), (0, "f")] {
+            if let Some(chunk) = batches.push(ns, key.as_bytes().to_vec()) {
+                chunks.push((ns, chunk));
+            }
+        }
+        let as_str = |c: &[Vec<u8>]| {
+            c.iter()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect::<Vec<_>>()
+        };
+        let full: Vec<(usize, Vec<String>)> =
+            chunks.iter().map(|(ns, c)| (*ns, as_str(c))).collect();
+        assert_eq!(
+            full,
+            [
+                (0, vec!["a".to_owned(), "c".to_owned()]),
+                (1, vec!["b".to_owned(), "e".to_owned()])
+            ]
+        );
+        // The remainders, one namespace each, once.
+        let rest: Vec<Vec<String>> = batches.drain().map(|c| as_str(&c)).collect();
+        assert_eq!(rest, [vec!["f".to_owned()], vec!["d".to_owned()]]);
+        assert_eq!(batches.drain().count(), 0);
+        // A chunk length of 0 (never configured: `chunk_len` is at least 1) still sends keys.
+        let mut one = Batches::new(1, 0);
+        assert!(one.push(0, b"k".to_vec()).is_some());
     }
 }

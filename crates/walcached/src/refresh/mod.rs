@@ -1,14 +1,17 @@
 //! Full refresh (DESIGN, consistency contract 6): the safety net for anything the stream could
 //! not deliver.
 //!
-//! The daemon cannot recompute values, so the safety net is expiry: each cycle walks every
-//! namespace the rules write to (their own and their `tag_namespaces`), SCANs its L2 value
-//! keys (`SCAN MATCH wc:{ns}:g<digits>*`) and deletes, at most
+//! The daemon cannot recompute values, so the safety net is expiry: each cycle walks the L2
+//! value keys of every namespace the rules write to (their own and their `tag_namespaces`) in
+//! one SCAN pass over the prefix (`SCAN MATCH wc:{*}:g[0-9]*`, whatever the number of
+//! namespaces), attributes each key to its namespace by its hash tag `{ns}` — keys of other
+//! namespaces, and keys that do not have a value key's shape (`wc:{ns}:gen`, …), are left
+//! alone — and deletes, at most
 //! [`max_deletes_per_second`](RefreshConfig::max_deletes_per_second), every value and cached
 //! "not found" stamped at or before the cycle's start, and every key that is not an envelope at
 //! all. Leases are left alone (their own time-to-live ends them). Each check-and-delete runs in
-//! one Lua script per chunk of a SCAN page, so a value refilled between the SCAN and the delete
-//! is never removed.
+//! one Lua script per chunk of one namespace's keys (so of one Redis Cluster slot), so a value
+//! refilled between the SCAN and the delete is never removed.
 //!
 //! **Time is Redis's.** An envelope's stamp is when its fill lease was taken, in µs since the
 //! Unix epoch on the Redis server's clock (`TIME`, read inside the library's script). The
