@@ -151,6 +151,15 @@ pub async fn run_cycle(
                 progress.deleted(d);
             }
         }
+        if batches.held() > MAX_HELD_KEYS {
+            // Many namespaces with a few keys each per page: send what is held rather than
+            // keep up to a chunk per namespace until the pass ends.
+            for chunk in batches.drain() {
+                let d = delete.run(&mut conn, &chunk).await?;
+                deleted += d;
+                progress.deleted(d);
+            }
+        }
         if last_log.elapsed() >= PROGRESS_LOG_INTERVAL {
             last_log = Instant::now();
             tracing::info!(
@@ -285,14 +294,19 @@ impl<'a> CycleNamespaces<'a> {
     }
 }
 
+/// Keys the cycle holds between SCAN pages before it sends every namespace's partial chunk
+/// (a few MB of key names at most).
+const MAX_HELD_KEYS: usize = 20_000;
+
 /// The cycle's value keys waiting for a script call, one buffer per namespace: a SCAN page
 /// mixes namespaces, and each script call holds keys of one namespace only — one hash tag,
 /// so one Redis Cluster slot, which a script's keys must share. A namespace's buffer goes to
 /// a script once it holds a chunk (`chunk_len` keys); what remains of every buffer goes after
-/// the pass. Between pages the buffers hold at most `chunk_len - 1` keys per namespace.
+/// the pass, or once more than [`MAX_HELD_KEYS`] are held.
 struct Batches {
     buffers: Vec<Vec<Vec<u8>>>,
     chunk_len: usize,
+    held: usize,
 }
 
 impl Batches {
@@ -300,6 +314,7 @@ impl Batches {
         Batches {
             buffers: vec![Vec::new(); namespaces],
             chunk_len: chunk_len.max(1),
+            held: 0,
         }
     }
 
@@ -307,11 +322,22 @@ impl Batches {
     fn push(&mut self, ns: usize, key: Vec<u8>) -> Option<Vec<Vec<u8>>> {
         let buffer = &mut self.buffers[ns];
         buffer.push(key);
-        (buffer.len() >= self.chunk_len).then(|| std::mem::take(buffer))
+        if buffer.len() < self.chunk_len {
+            self.held += 1;
+            return None;
+        }
+        self.held -= buffer.len() - 1;
+        Some(std::mem::take(buffer))
     }
 
-    /// What remains: each namespace's last chunk, non-empty, one namespace each.
+    /// Keys held, in every namespace's buffer.
+    fn held(&self) -> usize {
+        self.held
+    }
+
+    /// What is held: each namespace's partial chunk, non-empty, one namespace each.
     fn drain(&mut self) -> impl Iterator<Item = Vec<Vec<u8>>> + '_ {
+        self.held = 0;
         self.buffers
             .iter_mut()
             .map(std::mem::take)
@@ -416,7 +442,11 @@ impl Pacer {
     }
 
     async fn wait(&self) {
-        tokio::time::sleep_until(self.next).await;
+        // Only when ahead of the rate: the timer rounds up to its 1 ms tick even for a
+        // deadline already past, a millisecond lost per script call.
+        if Instant::now() < self.next {
+            tokio::time::sleep_until(self.next).await;
+        }
     }
 
     /// `deleted` keys were deleted by a chunk that began at `began`.
@@ -624,7 +654,9 @@ mod tests {
             ]
         );
         // The remainders, one namespace each, once.
+        assert_eq!(batches.held(), 2, "f and d");
         let rest: Vec<Vec<String>> = batches.drain().map(|c| as_str(&c)).collect();
+        assert_eq!(batches.held(), 0);
         assert_eq!(rest, [vec!["f".to_owned()], vec!["d".to_owned()]]);
         assert_eq!(batches.drain().count(), 0);
         // A chunk length of 0 (never configured: `chunk_len` is at least 1) still sends keys.
