@@ -583,14 +583,20 @@ async fn stamps_are_judged_against_the_redis_clock_at_the_cycles_start() {
             .await
             .unwrap();
     }
-    // Enough old values that the cycle is still walking `bulk` while a service fills a value
-    // in `fresh` (walked after it): 60 deletes at 20 per second, three seconds.
+    // Enough old values that the cycle is still deleting while a service fills a value in
+    // `fresh`: 60 deletes at 20 per second, three seconds.
     for i in 0..60 {
         let () = conn
             .set(key("bulk", &i.to_string()), value_envelope(1_000, b"x"))
             .await
             .unwrap();
     }
+    // The key the service fills during the cycle holds bytes that are not an envelope before
+    // it (the library's fill replaces them): the one SCAN pass, made before the fill, meets
+    // the key, and checks it with `fresh`'s last chunk — after the pass, after the fill. A
+    // value refilled between the SCAN and the delete is kept.
+    let refilled = key("fresh", "1");
+    let () = conn.set(&refilled, b"not an envelope").await.unwrap();
     let handle = Walcache::builder()
         .allow_unsigned()
         .redis_url(redis.url())
@@ -634,6 +640,7 @@ async fn stamps_are_judged_against_the_redis_clock_at_the_cycles_start() {
         .await
         .expect("fill");
     assert_eq!(filled, "filled during the cycle");
+    fresh.wait_for_l2_fills().await;
     assert!(
         !cycle.is_finished(),
         "the fill landed while the cycle ran (it paces 60 deletes over three seconds)"
@@ -649,7 +656,7 @@ async fn stamps_are_judged_against_the_redis_clock_at_the_cycles_start() {
     assert_eq!(raw_get(&mut conn, &key("stamped", "too-far")).await, None);
     assert!(raw_get(&mut conn, &key("stamped", "ahead")).await.is_some());
     let filled = keys(&mut conn, "wc:{fresh}:g*").await;
-    assert_eq!(filled.len(), 1, "the fill during the cycle survives it");
+    assert_eq!(filled, [refilled], "the fill during the cycle survives it");
     let envelope = raw_get(&mut conn, &filled[0]).await.expect("kept");
     assert!(
         stamp_of(&envelope) > report.started_at_micros,
@@ -760,4 +767,119 @@ async fn a_complete_cycle_prunes_old_tag_versions_and_keeps_recent_ones_and_the_
     .expect("cycle");
     assert_eq!(report.tag_versions_pruned, 0);
     assert_eq!(conn.hlen::<_, usize>(&users).await.unwrap(), 6);
+}
+
+/// SCAN calls the Redis server has answered since it started (`INFO commandstats`).
+async fn scan_calls(conn: &mut MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO");
+    // `cmdstat_scan:calls=12,usec=…`; absent before the first SCAN.
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_scan:"))
+        .and_then(|rest| rest.split(',').find_map(|f| f.strip_prefix("calls=")))
+        .map_or(0, |c| c.parse().expect("a count"))
+}
+
+/// One cycle walks the keyspace once, however many namespaces it serves: the SCAN calls it
+/// makes are the pages of one pass, not one pass per namespace. Within that pass each key is
+/// attributed to its namespace by its hash tag: every old value key of the cycle's
+/// namespaces goes, and everything else stays — another namespace's values, the
+/// generations, tags hashes, schema sets and markers, keys that match the SCAN pattern
+/// without a value key's shape, leases, fresh values, and keys under another prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_scan_pass_serves_every_namespace_and_leaves_foreign_keys() {
+    const NAMESPACES: usize = 20;
+    let redis = RedisServer::start().expect("redis");
+    let naming = Naming::default();
+    let mut conn = connection(&redis).await;
+    let future = redis_micros(&mut conn).await + 60_000_000;
+    let served: Vec<String> = (0..NAMESPACES).map(|i| format!("ns_{i:02}")).collect();
+    let mut stale = Vec::new();
+    let mut kept: Vec<(String, Vec<u8>)> = Vec::new();
+    for ns in &served {
+        for (generation, k) in [(0, "1"), (3, "2"), (3, "with {braces}:g1:s1:x")] {
+            let key = naming.value_key(ns, generation, 1, k);
+            let () = conn.set(&key, value_envelope(1_000, b"x")).await.unwrap();
+            stale.push(key);
+        }
+        let fresh = naming.value_key(ns, 3, 1, "fresh");
+        let leased = naming.value_key(ns, 3, 1, "leased");
+        let bytes = [
+            (fresh, value_envelope(future, b"fresh")),
+            (leased, lease()),
+            (naming.generation_key(ns), b"3".to_vec()),
+            // Match `…:g[0-9]*` without a value key's shape.
+            (format!("{}7", naming.value_key_prefix(ns)), b"odd".to_vec()),
+            (
+                format!("{}7:x1:k", naming.value_key_prefix(ns)),
+                b"odd".to_vec(),
+            ),
+        ];
+        for (key, value) in bytes {
+            let () = conn.set(&key, &value).await.unwrap();
+            kept.push((key, value));
+        }
+        let () = conn.hset(naming.tags_key(ns), "t", future).await.unwrap();
+        let () = conn
+            .hset(naming.marker_key(ns), "lsn", "0/1")
+            .await
+            .unwrap();
+        let () = conn.sadd(naming.schemas_key(ns), 1).await.unwrap();
+    }
+    // Old values the cycle must not touch: a namespace it does not serve (one whose name
+    // extends a served one's among them), and the same shape under another prefix.
+    let other = Naming::new("other").expect("prefix");
+    for key in [
+        naming.value_key("unserved", 0, 1, "1"),
+        naming.value_key("ns_0", 0, 1, "1"),
+        naming.value_key("ns_001", 0, 1, "1"),
+        other.value_key("ns_00", 0, 1, "1"),
+    ] {
+        let () = conn.set(&key, value_envelope(1_000, b"x")).await.unwrap();
+        kept.push((key, value_envelope(1_000, b"x")));
+    }
+    let dbsize: usize = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
+    assert!(
+        dbsize < 500,
+        "one pass is a page or two at the default scan_count: {dbsize} keys"
+    );
+
+    let scans_before = scan_calls(&mut conn).await;
+    let progress = RefreshProgress::default();
+    let report = run_cycle(&redis.client(), &naming, &served, &fast(), &progress)
+        .await
+        .expect("cycle");
+    let scans = scan_calls(&mut conn).await - scans_before;
+
+    assert_eq!(report.namespaces, NAMESPACES);
+    assert_eq!(report.keys_deleted, stale.len() as u64, "{report:?}");
+    // Old, fresh and leased value keys of the served namespaces, nothing else.
+    assert_eq!(report.keys_scanned, 5 * NAMESPACES as u64, "{report:?}");
+    assert!(
+        (1..NAMESPACES as u64).contains(&scans),
+        "{scans} SCAN calls for {NAMESPACES} namespaces over {dbsize} keys: one pass, not one \
+         per namespace"
+    );
+    for key in &stale {
+        let exists: bool = conn.exists(key).await.unwrap();
+        assert!(!exists, "{key} survived");
+    }
+    for (key, value) in &kept {
+        assert_eq!(
+            raw_get(&mut conn, key).await.as_ref(),
+            Some(value),
+            "{key} was touched"
+        );
+    }
+    for ns in &served {
+        let tags: Option<u64> = conn.hget(naming.tags_key(ns), "t").await.unwrap();
+        assert_eq!(tags, Some(future), "{ns}'s tags hash");
+        let marker: Option<String> = conn.hget(naming.marker_key(ns), "lsn").await.unwrap();
+        assert_eq!(marker.as_deref(), Some("0/1"), "{ns}'s marker");
+        let schemas: bool = conn.sismember(naming.schemas_key(ns), 1).await.unwrap();
+        assert!(schemas, "{ns}'s schema set");
+    }
 }
