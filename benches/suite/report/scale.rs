@@ -105,8 +105,9 @@ fn refresh(s: &mut String, r: &RefreshResult) {
          spread evenly over more namespaces, on a Redis holding nothing else, deletes \
          unthrottled (the default `max_deletes_per_second` of 5,000 makes a cycle at least keys \
          / 5,000 s by design). The values are written through a walcache handle before each \
-         cycle, which deletes them all. Each namespace is walked with its own `SCAN MATCH` \
-         (`COUNT` {}) over the whole keyspace: SCAN calls from Redis's `INFO commandstats`. \
+         cycle, which deletes them all. One `SCAN MATCH` pass (`COUNT` {}) over the keyspace \
+         serves every namespace, so a cycle's SCANs follow the keyspace's size, not the \
+         number of namespaces: SCAN calls from Redis's `INFO commandstats`. \
          ![refresh cycle time against namespaces](docs/benchmarks/{REFRESH_SVG})\n",
         r.scan_count
     );

@@ -203,8 +203,9 @@ impl Naming {
         out
     }
 
-    /// The prefix of every value key of a namespace, e.g. `wc:{users}:g` (for `SCAN MATCH
-    /// wc:{users}:g*`; namespaces and prefixes contain no glob characters).
+    /// The prefix of every value key of a namespace, e.g. `wc:{users}:g` (the daemon's full
+    /// refresh scans `wc:{*}:g[0-9]*` once and tells value keys by it; namespaces and prefixes
+    /// contain no glob characters).
     pub fn value_key_prefix(&self, ns: &str) -> String {
         format!("{}:{{{ns}}}:g", self.prefix)
     }
@@ -242,7 +243,7 @@ impl Naming {
 
     /// `{prefix}:refresh:last`, e.g. `wc:refresh:last`: when the daemon's last completed full
     /// refresh started (ms since the Unix epoch, on the Redis server's clock). Outside the
-    /// namespace family (`wc:{`), so no SCAN of a namespace meets it.
+    /// namespace family (`wc:{`), so the full refresh's SCAN of value keys never meets it.
     pub fn refresh_last_key(&self) -> String {
         format!("{}:refresh:last", self.prefix)
     }
@@ -269,7 +270,7 @@ mod tests {
         assert_eq!(n.refresh_last_key(), "wc:refresh:last");
         assert_eq!(n.marker_key("users"), "wc:{users}:mark");
         assert_eq!(n.catalog_key("users"), "wc:{users}:catalog");
-        // A marker is never mistaken for a value (SCAN of `wc:{users}:g*`).
+        // A marker is never mistaken for a value (the refresh's SCAN of `wc:{*}:g[0-9]*`).
         assert!(!n
             .marker_key("users")
             .starts_with(&n.value_key_prefix("users")));
