@@ -2,8 +2,9 @@
 //!
 //! 1. **Drain**: one publication and four pgoutput slots created before N row changes, so
 //!    every slot holds the same WAL; drained in the order A B B A by `pg_recvlogical` (output
-//!    to `/dev/null`) and by walcached (in this process, on a runtime of its own, Redis
-//!    invalidation on). The headline is the ratio of the drain rates.
+//!    to `/dev/null`, spawn to exit) and by walcached (in this process, on a runtime of its
+//!    own, Redis invalidation on; from its start until a plain subscriber hears the last row's
+//!    key). The headline is the ratio of the drain rates.
 //! 2. **Commit → L1 eviction** at several commit rates (paced by a timer, and unthrottled): a
 //!    reader *process* (this binary, `--latency-reader`) holds a live `walcache` handle whose
 //!    L1 holds every key and records when each key leaves it; the writers here record when
@@ -65,13 +66,15 @@ pub(crate) struct DrainResult {
     pub(crate) rows: u64,
     pub(crate) rows_per_txn: u64,
     pub(crate) wal_mib: f64,
-    /// Seconds of each `pg_recvlogical` drain (A1, A2) and each walcached drain (B1, B2).
+    /// Seconds of each `pg_recvlogical` drain (A1, A2: spawn to exit) and each walcached
+    /// drain (B1, B2: start to the last row's invalidation heard).
     pub(crate) pg_s: Vec<f64>,
     pub(crate) walcached_s: Vec<f64>,
     /// Data messages walcached published per drain, and its start-up until streaming.
     pub(crate) messages: Vec<u64>,
     pub(crate) startup_s: Vec<f64>,
-    /// The daemon's stage totals over its drains, and their wall time (seconds).
+    /// The daemon's stage totals over its drains, and their wall time (seconds: each from its
+    /// start until it confirmed the end LSN, the untimed wait included, as its stages are).
     pub(crate) stages: crate::stages::Totals,
     pub(crate) stages_wall_s: f64,
 }
@@ -306,6 +309,79 @@ keys = ["{{id}}"]
     }
 }
 
+/// A data message that named the listened-for key, as a plain subscriber heard it.
+#[derive(Clone, Copy)]
+pub(crate) struct Heard {
+    /// When it arrived.
+    pub(crate) at: Instant,
+    /// Its sender's epoch and its sequence number in that epoch.
+    pub(crate) epoch: u64,
+    pub(crate) seq: u64,
+}
+
+/// A plain redis-rs subscriber on the invalidation channel, on the suite's runtime, that notes
+/// the first data message naming one key of one namespace since it was last [`reset`](
+/// Self::reset). It stops when dropped.
+pub(crate) struct KeyListener {
+    heard: Arc<std::sync::Mutex<Option<Heard>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl KeyListener {
+    /// Subscribed (the SUBSCRIBE acknowledged) when this returns.
+    pub(crate) fn start(env: &Env<'_>, namespace: &str, key: i64) -> Result<KeyListener, BoxError> {
+        let heard: Arc<std::sync::Mutex<Option<Heard>>> = Arc::default();
+        let (namespace, key) = (namespace.to_owned(), walcache::key_of(&key));
+        let mut pubsub = env.rt.block_on(env.redis.client().get_async_pubsub())?;
+        env.rt
+            .block_on(pubsub.subscribe(Naming::default().invalidation_channel()))?;
+        let task = {
+            let heard = Arc::clone(&heard);
+            env.rt.spawn(async move {
+                let mut messages = pubsub.into_on_message();
+                while let Some(m) = messages.next().await {
+                    let at = Instant::now();
+                    if let Ok(Message {
+                        epoch,
+                        seq,
+                        body: Body::Keys(keys),
+                        ..
+                    }) = Message::decode(m.get_payload_bytes())
+                    {
+                        if keys
+                            .iter()
+                            .any(|k| k.namespace == namespace && k.key == key)
+                        {
+                            heard.lock().expect("not poisoned").get_or_insert(Heard {
+                                at,
+                                epoch,
+                                seq,
+                            });
+                        }
+                    }
+                }
+            })
+        };
+        Ok(KeyListener { heard, task })
+    }
+
+    /// Forget what was heard.
+    pub(crate) fn reset(&self) {
+        *self.heard.lock().expect("not poisoned") = None;
+    }
+
+    /// The first message naming the key since the last reset.
+    pub(crate) fn heard(&self) -> Option<Heard> {
+        *self.heard.lock().expect("not poisoned")
+    }
+}
+
+impl Drop for KeyListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// `X/Y`, PostgreSQL's text form of an LSN.
 fn lsn_text(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
@@ -388,8 +464,28 @@ impl Drop for InProcessDaemon<'_> {
 // ---------------------------------------------------------------------------------------------
 // 1. Drain rate
 // ---------------------------------------------------------------------------------------------
+//
+// - A: `pg_recvlogical` (output to `/dev/null`, `--endpos` the end LSN), from spawn to exit.
+// - B: walcached in this process (on a runtime of its own, Redis invalidation on), from the
+//   call that starts it until a plain subscriber here hears the data message that names the
+//   last row's key (N). The daemon publishes in commit order and a batch never splits a
+//   transaction, so that message is the last one of the drain: checked afterwards against the
+//   daemon's own count of messages. The daemon's confirmed LSN is not the end: it moves with
+//   its status reports and marker checks, after the invalidation work is done. It is waited
+//   for after the timing, so that the daemon stops with the slot confirmed to the end.
+//
+// Why not the library handle's L1 as the end (key N filled before the start, the end when it
+// leaves L1): a handle flushes its whole L1 at the first message of a new daemon epoch (every
+// start is one), and is not live again until the daemon's first heartbeat, which goes out
+// only once the backlog is drained. Key N would leave L1 at the first batch, not at its own
+// invalidation. The handle stays subscribed all the same, so that the daemon's messages have
+// the subscriber a service would be.
 
 fn drain(env: &Env<'_>, n: u64, per: u64) -> Result<DrainResult, BoxError> {
+    // Ids 1..=n in commits of `per`: the last commit holds id n only if `per` divides n.
+    if n == 0 || per == 0 || n % per != 0 {
+        return Err(format!("drain: {n} rows are not whole transactions of {per}").into());
+    }
     // The publication and all four slots exist before the rows, so every slot holds them all.
     env.sql(
         "CREATE TABLE drain (id bigint PRIMARY KEY, v int NOT NULL) \
@@ -430,6 +526,8 @@ fn drain(env: &Env<'_>, n: u64, per: u64) -> Result<DrainResult, BoxError> {
     )?;
     let cache = handle.cache::<i64, i64>("drain").build()?;
     env.rt.block_on(walcache_benches::fill(&cache, &0, 0))?;
+    // The end of each walcached drain: the last row's key heard on the channel.
+    let last = KeyListener::start(env, "drain", i64::try_from(n)?)?;
 
     let mut r = DrainResult {
         rows: n,
@@ -449,21 +547,40 @@ fn drain(env: &Env<'_>, n: u64, per: u64) -> Result<DrainResult, BoxError> {
                 .push(drain_pg_recvlogical(env, slot, end)?.as_secs_f64());
         } else {
             let toml = env.daemon_toml(slot, "drain_pub", "drain");
+            last.reset();
             let t = Instant::now();
-            let stages_started = Instant::now();
             let mut daemon = InProcessDaemon::start(env.daemon_rt, &toml)?;
             let streaming = std::cell::Cell::new(None);
-            daemon.wait("the drain", |s| {
+            daemon.wait("the last row's invalidation", |s| {
                 if streaming.get().is_none() && s.is_streaming() {
                     streaming.set(Some(t.elapsed()));
                 }
-                s.confirmed_lsn() >= end
+                last.heard().is_some()
             })?;
-            r.walcached_s.push(t.elapsed().as_secs_f64());
-            r.stages_wall_s += stages_started.elapsed().as_secs_f64();
+            let heard = last.heard().ok_or("the last row's invalidation")?;
+            r.walcached_s
+                .push(heard.at.saturating_duration_since(t).as_secs_f64());
             r.startup_s
                 .push(streaming.get().unwrap_or_default().as_secs_f64());
-            r.messages.push(daemon.status.published_seq());
+            // Untimed: the slot confirmed to the end, so the daemon stops on a clean slot.
+            daemon.wait("the drain's end LSN to be confirmed", |s| {
+                s.confirmed_lsn() >= end
+            })?;
+            r.stages_wall_s += t.elapsed().as_secs_f64();
+            let messages = daemon.status.published_seq();
+            // The end heard was this daemon's, and its last data message: nothing of the
+            // drain was published after it.
+            if heard.epoch != daemon.status.epoch() || heard.seq != messages {
+                return Err(format!(
+                    "drain {slot}: the last row's key was heard in message {} of epoch {:x}, \
+                     but the daemon (epoch {:x}) published {messages} messages",
+                    heard.seq,
+                    heard.epoch,
+                    daemon.status.epoch()
+                )
+                .into());
+            }
+            r.messages.push(messages);
             daemon.stop()?;
         }
     }
@@ -471,6 +588,7 @@ fn drain(env: &Env<'_>, n: u64, per: u64) -> Result<DrainResult, BoxError> {
     for slot in order {
         env.drop_slot(slot)?;
     }
+    drop(last);
     drop(cache);
     drop(handle);
     eprintln!(
