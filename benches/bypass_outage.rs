@@ -6,13 +6,15 @@
 //!
 //! The loader is a `SELECT` that takes 2 ms (`pg_sleep`), on a connection per caller (a pool as
 //! large as the callers). Redis goes away behind the test kit's proxy (nothing forwarded,
-//! connections reset); after a second, once every breaker is open, the parent samples
-//! PostgreSQL's `pg_stat_activity` every 5 ms for [`WINDOW`] and counts the client backends
-//! running a query. The formula the docs give: the database sees up to
+//! connections reset); once every process has said its breaker is open and a load that started
+//! after it opened has returned (the callers bypass), the parent samples PostgreSQL's
+//! `pg_stat_activity` every 5 ms for [`WINDOW`] and counts the client backends running a query.
+//! The formula the docs give: the database sees up to
 //! `processes × min(max_bypass_loads, callers, pool)` concurrent queries.
 //!
 //! The hidden subcommand `--child PROXY_URL PG_CONNINFO CAP` is one service process; it says
-//! `READY`, runs its callers on `GO` and answers `STOP` with `LOADS n`.
+//! `READY`, runs its callers on `GO`, says `BYPASSING` once its breaker is open and a load
+//! started after that has returned, and answers `STOP` with `LOADS n`.
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::process::{Command, Stdio};
@@ -20,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use walcache::Walcache;
+use walcache::{BreakerState, Walcache};
 use walcache_testkit::{PgServer, RedisServer, TcpProxy};
 
 /// Service processes.
@@ -31,6 +33,9 @@ const READERS: usize = 10;
 const ROWS: i64 = 10_000;
 /// How long the database is sampled during the outage.
 const WINDOW: Duration = Duration::from_secs(3);
+/// Longest wait for a process to say it bypasses (its breaker opens after two Redis timeouts
+/// of 100 ms; the breaker stays open 5 s, longer than the wait and the window together).
+const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
 const CAPS: [usize; 2] = [64, 4];
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -63,8 +68,8 @@ async fn parent() -> Result<(), BoxError> {
          PostgreSQL's active client backends sampled every 5 ms for {} s\n",
         WINDOW.as_secs()
     );
-    println!("| max_bypass_loads | concurrent queries (max) | (mean) | formula: processes × min(cap, callers) | loads/s |");
-    println!("|---:|---:|---:|---:|---:|");
+    println!("| max_bypass_loads | concurrent queries (max) | (mean) | formula: processes × min(cap, callers) | loads/s | GO → all bypassing (ms) |");
+    println!("|---:|---:|---:|---:|---:|---:|");
     for cap in CAPS {
         let proxy = TcpProxy::start(([127, 0, 0, 1], redis.port()).into())?;
         let exe = std::env::current_exe()?;
@@ -88,12 +93,16 @@ async fn parent() -> Result<(), BoxError> {
         // Redis goes away: nothing forwarded, every open connection reset.
         proxy.set_blackhole(true);
         proxy.reset_all();
+        let go = Instant::now();
         for (_, stdin, _) in &mut children {
             writeln!(stdin, "GO")?;
             stdin.flush()?;
         }
-        // Let the breakers open and the callers settle into bypassing.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The window starts once every process bypasses (each says so, within its deadline).
+        for (_, _, stdout) in &mut children {
+            expect(stdout, "BYPASSING")?;
+        }
+        let settled = go.elapsed();
         let (mut max, mut sum, mut samples) = (0_i64, 0_i64, 0_i64);
         let start = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(5));
@@ -112,7 +121,7 @@ async fn parent() -> Result<(), BoxError> {
             sum += active;
             samples += 1;
         }
-        let elapsed = start.elapsed() + Duration::from_secs(1);
+        let elapsed = go.elapsed();
         let mut loads = 0_u64;
         for (mut child, mut stdin, mut stdout) in children {
             writeln!(stdin, "STOP")?;
@@ -121,15 +130,16 @@ async fn parent() -> Result<(), BoxError> {
             child.wait()?;
         }
         println!(
-            "| {cap} | {max} | {:.1} | {} | {:.0} |",
+            "| {cap} | {max} | {:.1} | {} | {:.0} | {:.0} |",
             sum as f64 / samples as f64,
             PROCESSES * cap.min(READERS),
-            loads as f64 / elapsed.as_secs_f64()
+            loads as f64 / elapsed.as_secs_f64(),
+            settled.as_secs_f64() * 1e3
         );
     }
     println!(
-        "\n(loads/s counts from GO, including the second while the breakers opened; the \
-         machine's 2 cores run all {PROCESSES} processes and PostgreSQL)"
+        "\n(loads/s counts from GO, including the time until every process bypassed (last \
+         column); the machine's 2 cores run all {PROCESSES} processes and PostgreSQL)"
     );
     Ok(())
 }
@@ -162,7 +172,9 @@ async fn child(redis_url: &str, conninfo: &str, cap: usize) -> Result<(), BoxErr
         clients.push(Arc::new(client));
     }
     let stop = Arc::new(AtomicBool::new(false));
+    // Loads started, and loads returned.
     let loads = Arc::new(AtomicU64::new(0));
+    let returned = Arc::new(AtomicU64::new(0));
     let next = Arc::new(AtomicU64::new(0));
     println!("READY");
     std::io::stdout().flush()?;
@@ -170,32 +182,59 @@ async fn child(redis_url: &str, conninfo: &str, cap: usize) -> Result<(), BoxErr
     std::io::stdin().read_line(&mut line)?;
     let mut tasks = Vec::new();
     for client in clients {
-        let (cache, stop, loads, next) = (
+        let (cache, stop, loads, returned, next) = (
             cache.clone(),
             Arc::clone(&stop),
             Arc::clone(&loads),
+            Arc::clone(&returned),
             Arc::clone(&next),
         );
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let id = (next.fetch_add(1, Ordering::Relaxed) % ROWS as u64) as i64;
                 let client = Arc::clone(&client);
-                let loads = &loads;
+                let (loads, returned) = (&loads, &returned);
                 let _ = cache
                     .try_get_with(&id, async move {
                         loads.fetch_add(1, Ordering::Relaxed);
-                        client
+                        let row = client
                             .query_one(
                                 "SELECT body FROM items, pg_sleep(0.002) WHERE id = $1",
                                 &[&id],
                             )
                             .await
-                            .map(|r| r.get::<_, String>(0))
+                            .map(|r| r.get::<_, String>(0));
+                        returned.fetch_add(1, Ordering::Relaxed);
+                        row
                     })
                     .await;
             }
         }));
     }
+    // Bypassing: the breaker is open and, of the loads, more have returned than had started
+    // when it was seen open, so at least one that started with the breaker open is done.
+    let start = Instant::now();
+    let mut started_before_open: Option<u64> = None;
+    loop {
+        if started_before_open.is_none() && handle.breaker_state() == BreakerState::Open {
+            started_before_open = Some(loads.load(Ordering::Relaxed));
+        }
+        if started_before_open.is_some_and(|n| returned.load(Ordering::Relaxed) > n) {
+            break;
+        }
+        if start.elapsed() > SETTLE_DEADLINE {
+            return Err(format!(
+                "not bypassing within {SETTLE_DEADLINE:?} of GO (breaker {:?}, {} loads \
+                 returned)",
+                handle.breaker_state(),
+                returned.load(Ordering::Relaxed)
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    println!("BYPASSING");
+    std::io::stdout().flush()?;
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;
     stop.store(true, Ordering::Relaxed);

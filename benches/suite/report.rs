@@ -241,7 +241,7 @@ fn pipeline_markdown(s: &mut String, p: &PipelineResults, nproc: &str) {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let _ = writeln!(s, "**Drain rate**, walcached vs `pg_recvlogical` on the same slot contents: one publication and four pgoutput slots created before {} rows are inserted in transactions of {} ({:.1} MiB of WAL per slot), then drained in the order A B B A. A: `pg_recvlogical --start --no-loop -o proto_version=1 -o publication_names=… --file /dev/null --endpos <end LSN>`, spawn to exit. B: walcached (Redis invalidation on, a live `walcache` handle subscribed), from the call until it confirms the end LSN, start-up included.\n",
+    let _ = writeln!(s, "**Drain rate**, walcached vs `pg_recvlogical` on the same slot contents: one publication and four pgoutput slots created before {} rows are inserted in transactions of {} ({:.1} MiB of WAL per slot), then drained in the order A B B A. A: `pg_recvlogical --start --no-loop -o proto_version=1 -o publication_names=… --file /dev/null --endpos <end LSN>`, spawn to exit. B: walcached in the suite's process (Redis invalidation on, a live `walcache` handle subscribed), from the call that starts it (start-up included) until a plain redis-rs subscriber in the suite's process hears the data message naming the last row's key: ids are inserted in order and a batch never splits a transaction, so that message is the drain's last (checked against the daemon's count of messages published). Confirming the end LSN to PostgreSQL, which waits for the daemon's next status report, is not timed on B's side; A's time ends when `pg_recvlogical` has reached the end LSN and exited.\n",
         d.rows, d.rows_per_txn, d.wal_mib);
     let _ = writeln!(
         s,
@@ -256,7 +256,7 @@ fn pipeline_markdown(s: &mut String, p: &PipelineResults, nproc: &str) {
     );
     let _ = writeln!(
         s,
-        "| walcached (decode, map, DEL + PUBLISH in Redis, confirm) | {:.0} | {} | **{:.2}×** |\n",
+        "| walcached (decode, map, DEL + PUBLISH in Redis, heard) | {:.0} | {} | **{:.2}×** |\n",
         d.walcached_rate(),
         list(&d.walcached_s),
         d.walcached_rate() / d.pg_rate()

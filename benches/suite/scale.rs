@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 use walcache_benches::Servers;
 
-use crate::pipeline::{BoxError, Env};
+use crate::pipeline::{BoxError, Section};
 use crate::Mode;
 
 /// Everything the report shows of the costs at scale.
@@ -41,42 +41,15 @@ const DEADLINE: Duration = Duration::from_secs(120);
 
 /// Run the section; a failure stops the suite with the chain of causes.
 pub(crate) fn run(mode: Mode, rt: &Runtime, servers: &Servers) -> ScaleResults {
-    match try_run(mode, rt, servers) {
-        Ok(r) => r,
-        Err(e) => {
-            let mut message = format!("suite: scale: {e}");
-            let mut source = std::error::Error::source(&*e);
-            while let Some(s) = source {
-                message.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            panic!("{message}");
-        }
-    }
+    crate::pipeline::or_panic("scale", try_run(mode, rt, servers))
 }
 
 fn try_run(mode: Mode, rt: &Runtime, servers: &Servers) -> Result<ScaleResults, BoxError> {
     // The daemon's stage histograms need the recorder (installed by the pipeline section
     // already, unless it was skipped).
     crate::stages::install();
-    let daemon_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("walcached")
-        .enable_all()
-        .build()?;
-    let (dbname, db) = rt.block_on(async {
-        let name = servers.pg.create_database("scale").await?;
-        let db = servers.pg.connect(&name).await?;
-        Ok::<_, BoxError>((name, db))
-    })?;
-    let env = Env {
-        rt,
-        daemon_rt: &daemon_rt,
-        redis: &servers.redis,
-        pg: &servers.pg,
-        dbname: &dbname,
-        db: &db,
-    };
+    let section = Section::new(rt, servers, "scale")?;
+    let env = section.env(rt, servers);
     eprintln!("suite: scale: namespaces");
     let namespaces = namespaces::run(&env, mode)?;
     eprintln!("suite: scale: refresh scans");

@@ -7,14 +7,9 @@
 //! shared machine falls on every size alike). Single-row commits, because a batch never
 //! splits a transaction: with larger ones a small `batch_max_keys` would not show.
 
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use futures_util::StreamExt as _;
-use walcache::Walcache;
-use walcache_protocol::{Body, Message, Naming};
-
-use crate::pipeline::{BoxError, Env, InProcessDaemon};
+use crate::pipeline::{BoxError, Env, InProcessDaemon, KeyListener};
 use crate::stages::Totals;
 use crate::Mode;
 
@@ -52,11 +47,7 @@ impl BatchResult {
 
 pub(crate) fn run(env: &Env<'_>, mode: Mode) -> Result<BatchResult, BoxError> {
     let n = mode.batch_changes;
-    env.sql(&format!(
-        "CREATE TABLE {TABLE} (id bigint PRIMARY KEY, v int NOT NULL) \
-             WITH (autovacuum_enabled = false);
-         CREATE PUBLICATION {TABLE}_pub FOR TABLE {TABLE} WITH (publish_via_partition_root = true);"
-    ))?;
+    env.create_published_table(TABLE)?;
     let slot = |b: usize, pass: usize| format!("{TABLE}_{b}_{pass}");
     // Ascending, then descending.
     let order: Vec<(usize, usize)> = BATCH_SIZES
@@ -77,41 +68,9 @@ pub(crate) fn run(env: &Env<'_>, mode: Mode) -> Result<BatchResult, BoxError> {
     ))?;
     // A live handle, so the messages have a subscriber, and one value in the namespace, so the
     // delete script finds a schema version to delete under (as in the pipeline's drain).
-    let handle = env.rt.block_on(
-        Walcache::builder()
-            .allow_unsigned()
-            .redis_url(env.redis.url())
-            .build(),
-    )?;
-    let cache = handle.cache::<i64, i64>(TABLE).build()?;
-    env.rt.block_on(walcache_benches::fill(&cache, &0, 0))?;
+    let (handle, cache) = env.subscribed_cache(TABLE)?;
     // When the last commit's key was heard on the channel (reset before each drain).
-    let last_heard: Arc<Mutex<Option<Instant>>> = Arc::default();
-    let last_key = walcache::key_of(&i64::try_from(n)?);
-    let mut pubsub = env.rt.block_on(env.redis.client().get_async_pubsub())?;
-    env.rt
-        .block_on(pubsub.subscribe(Naming::default().invalidation_channel()))?;
-    let listener = {
-        let last_heard = Arc::clone(&last_heard);
-        env.rt.spawn(async move {
-            let mut messages = pubsub.into_on_message();
-            while let Some(m) = messages.next().await {
-                if let Ok(Message {
-                    body: Body::Keys(keys),
-                    ..
-                }) = Message::decode(m.get_payload_bytes())
-                {
-                    if keys
-                        .iter()
-                        .any(|k| k.namespace == TABLE && k.key == last_key)
-                    {
-                        let at = Instant::now();
-                        last_heard.lock().expect("not poisoned").get_or_insert(at);
-                    }
-                }
-            }
-        })
-    };
+    let last = KeyListener::start(env, TABLE, i64::try_from(n)?)?;
     let mut rows: Vec<BatchRow> = BATCH_SIZES
         .iter()
         .map(|&b| BatchRow {
@@ -127,16 +86,16 @@ pub(crate) fn run(env: &Env<'_>, mode: Mode) -> Result<BatchResult, BoxError> {
             "{}\n[stream]\nbatch_max_keys = {b}\n",
             env.daemon_toml(&slot(b, pass), &format!("{TABLE}_pub"), TABLE)
         );
-        *last_heard.lock().expect("not poisoned") = None;
+        last.reset();
         let before = Totals::now();
         let started = Instant::now();
         let mut daemon = InProcessDaemon::start(env.daemon_rt, &toml)?;
         daemon.wait("the daemon to stream", |s| s.is_streaming())?;
         let streaming = Instant::now();
         let heard = super::poll("the last commit's invalidation", || {
-            Ok(last_heard.lock().expect("not poisoned").is_some())
+            Ok(last.heard().is_some())
         })?;
-        let heard = last_heard.lock().expect("not poisoned").unwrap_or(heard);
+        let heard = last.heard().map_or(heard, |h| h.at);
         let drain_s = heard.saturating_duration_since(streaming).as_secs_f64();
         let messages = daemon.status.published_seq();
         daemon.stop()?;
@@ -157,7 +116,7 @@ pub(crate) fn run(env: &Env<'_>, mode: Mode) -> Result<BatchResult, BoxError> {
         row.stages = row.stages.plus(&totals);
         env.drop_slot(&slot(b, pass))?;
     }
-    listener.abort();
+    drop(last);
     drop(cache);
     drop(handle);
     Ok(BatchResult { changes: n, rows })

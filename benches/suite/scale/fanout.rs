@@ -67,17 +67,7 @@ pub(crate) fn run(env: &Env<'_>, mode: Mode) -> Result<FanoutResult, BoxError> {
         last = n - 1
     ))?;
     env.sql(&format!("VACUUM ANALYZE {LATENCY_NS}"))?;
-    let writers: Writers = env.rt.block_on(async {
-        let mut w = Vec::new();
-        for _ in 0..pipeline::WRITERS {
-            let db = env.pg.connect(env.dbname).await?;
-            let update = db
-                .prepare(&format!("UPDATE {LATENCY_NS} SET v = v + 1 WHERE id = $1"))
-                .await?;
-            w.push((db, update));
-        }
-        Ok::<_, BoxError>(w)
-    })?;
+    let writers = env.writers(LATENCY_NS)?;
     env.create_slot("scale_fan", "pgoutput")?;
     let toml = env.daemon_toml("scale_fan", "scale_fan_pub", LATENCY_NS);
     let mut daemon = InProcessDaemon::start(env.daemon_rt, &toml)?;
@@ -233,7 +223,7 @@ pub(crate) fn subscriber(args: &[String]) -> Result<(), BoxError> {
     let [redis_url, n] = args else {
         return Err(format!("usage: {SUBSCRIBER_COMMAND} REDIS_URL N").into());
     };
-    let n: i64 = n.parse()?;
+    let n: usize = n.parse()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -243,33 +233,12 @@ pub(crate) fn subscriber(args: &[String]) -> Result<(), BoxError> {
             .redis_url(redis_url.as_str())
             .build(),
     )?;
-    let start = Instant::now();
-    while !handle.is_live() {
-        if start.elapsed() > Duration::from_secs(60) {
-            return Err("the invalidation stream did not become live".into());
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let cache = handle
-        .cache::<i64, i64>(LATENCY_NS)
-        .max_capacity(2 * n.unsigned_abs() + 100)
-        .time_to_live(Duration::from_secs(3600))
-        .ttl_jitter(0.0)
-        .build()?;
-    rt.block_on(async {
-        for k in 0..n {
-            walcache_benches::fill(&cache, &k, k).await?;
-        }
-        Ok::<_, BoxError>(())
-    })?;
-    if let Some(k) = (0..n).find(|k| !cache.contains_in_l1(k)) {
-        return Err(format!("key {k} is not in L1 after the fill").into());
-    }
+    let cache = pipeline::filled_latency_cache(&rt, &handle, n, Duration::from_secs(60))?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "READY")?;
     stdout.flush()?;
     std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())?;
-    let gone = (0..n).filter(|k| !cache.contains_in_l1(k)).count();
+    let gone = (0..n as i64).filter(|k| !cache.contains_in_l1(k)).count();
     let live = if handle.is_live() { "live" } else { "not-live" };
     writeln!(stdout, "S {gone} {live}")?;
     stdout.flush()?;

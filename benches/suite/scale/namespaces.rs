@@ -100,37 +100,6 @@ pub(crate) fn run(env: &Env<'_>, mode: Mode) -> Result<NamespacesResult, BoxErro
     })
 }
 
-/// A daemon configuration with `n` rules, one per table and namespace.
-fn daemon_toml(env: &Env<'_>, slot: &str, publication: &str, n: usize) -> String {
-    let mut s = format!(
-        r#"
-[postgres]
-url = "{pg}"
-slot = "{slot}"
-publication = "{publication}"
-
-[redis]
-url = "{redis}"
-
-[http]
-listen = ""
-
-[stream]
-heartbeat_interval_ms = {HEARTBEAT_MS}
-"#,
-        pg = env.pg.url(env.dbname),
-        redis = env.redis.url(),
-    );
-    for i in 0..n {
-        let _ = write!(
-            s,
-            "\n[[rules]]\ntable = \"public.{t}\"\nnamespace = \"{t}\"\nkeys = [\"{{id}}\"]\n",
-            t = ns_name(i)
-        );
-    }
-    s
-}
-
 fn one(env: &Env<'_>, mode: Mode, n: usize) -> Result<NamespacesRow, BoxError> {
     let slot = format!("scale_ns{n}");
     let publication = format!("scale_ns{n}_pub");
@@ -140,17 +109,17 @@ fn one(env: &Env<'_>, mode: Mode, n: usize) -> Result<NamespacesRow, BoxError> {
         tables.join(", ")
     ))?;
     env.create_slot(&slot, "pgoutput")?;
-    let toml = daemon_toml(env, &slot, &publication, n);
+    // One rule per table and namespace.
+    let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
+    let toml = format!(
+        "{}\n[stream]\nheartbeat_interval_ms = {HEARTBEAT_MS}\n",
+        env.daemon_toml_tables(&slot, &publication, &tables)
+    );
 
     let started = Instant::now();
     let mut daemon = InProcessDaemon::start(env.daemon_rt, &toml)?;
-    let streaming = std::cell::Cell::new(None);
-    daemon.wait("the daemon to catch up", |s| {
-        if streaming.get().is_none() && s.is_streaming() {
-            streaming.set(Some(started.elapsed()));
-        }
-        s.is_caught_up()
-    })?;
+    let streaming =
+        daemon.wait_noting_streaming("the daemon to catch up", started, |s| s.is_caught_up())?;
     let caught_up = started.elapsed();
 
     let (heartbeat_bytes, heartbeat_s, heartbeats, window_s) = heartbeats(env, mode)?;
@@ -162,7 +131,7 @@ fn one(env: &Env<'_>, mode: Mode, n: usize) -> Result<NamespacesRow, BoxError> {
     let row = NamespacesRow {
         namespaces: n,
         caches_ms,
-        daemon_streaming_s: streaming.get().unwrap_or_default().as_secs_f64(),
+        daemon_streaming_s: streaming.as_secs_f64(),
         daemon_caught_up_s: caught_up.as_secs_f64(),
         heartbeat_bytes,
         heartbeat_s,

@@ -1,0 +1,170 @@
+//! The drain rate: one publication and four pgoutput slots created before N row changes (ids
+//! `1..=N` inserted in id order, in transactions of `per` rows), so every slot holds the same
+//! WAL; drained in the order A B B A.
+//!
+//! - A: `pg_recvlogical` (output to `/dev/null`, `--endpos` the end LSN), from spawn to exit.
+//! - B: walcached in this process (on a runtime of its own, Redis invalidation on), from the
+//!   call that starts it until a plain subscriber here hears the data message that names the
+//!   last row's key (N). The daemon publishes in commit order and a batch never splits a
+//!   transaction, so that message is the last one of the drain: checked afterwards against the
+//!   daemon's own count of messages. The daemon's confirmed LSN is not the end: it moves with
+//!   its status reports and marker checks, after the invalidation work is done. It is waited
+//!   for after the timing, so that the daemon stops with the slot confirmed to the end.
+//!
+//! Why not the library handle's L1 as the end (key N filled before the start, the end when it
+//! leaves L1): a handle flushes its whole L1 at the first message of a new daemon epoch (every
+//! start is one), and is not live again until the daemon's first heartbeat, which goes out
+//! only once the backlog is drained. Key N would leave L1 at the first batch, not at its own
+//! invalidation. The handle stays subscribed all the same, so that the daemon's messages have
+//! the subscriber a service would be.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{lsn_text, BoxError, Env, InProcessDaemon, KeyListener};
+
+pub(crate) struct DrainResult {
+    pub(crate) rows: u64,
+    pub(crate) rows_per_txn: u64,
+    pub(crate) wal_mib: f64,
+    /// Seconds of each `pg_recvlogical` drain (A1, A2: spawn to exit) and each walcached
+    /// drain (B1, B2: start to the last row's invalidation heard).
+    pub(crate) pg_s: Vec<f64>,
+    pub(crate) walcached_s: Vec<f64>,
+    /// Data messages walcached published per drain, and its start-up until streaming.
+    pub(crate) messages: Vec<u64>,
+    pub(crate) startup_s: Vec<f64>,
+    /// The daemon's stage totals over its drains, and their wall time (seconds: each from its
+    /// start until it confirmed the end LSN, the untimed wait included, as its stages are).
+    pub(crate) stages: crate::stages::Totals,
+    pub(crate) stages_wall_s: f64,
+}
+
+impl DrainResult {
+    fn rate(&self, secs: &[f64]) -> f64 {
+        self.rows as f64 / (secs.iter().sum::<f64>() / secs.len().max(1) as f64)
+    }
+    pub(crate) fn pg_rate(&self) -> f64 {
+        self.rate(&self.pg_s)
+    }
+    pub(crate) fn walcached_rate(&self) -> f64 {
+        self.rate(&self.walcached_s)
+    }
+}
+
+pub(super) fn drain(env: &Env<'_>, n: u64, per: u64) -> Result<DrainResult, BoxError> {
+    // Ids 1..=n in commits of `per`: the last commit holds id n only if `per` divides n.
+    if n == 0 || per == 0 || n % per != 0 {
+        return Err(format!("drain: {n} rows are not whole transactions of {per}").into());
+    }
+    // The publication and all four slots exist before the rows, so every slot holds them all.
+    env.create_published_table("drain")?;
+    let order = ["drain_a1", "drain_b1", "drain_b2", "drain_a2"];
+    for slot in order {
+        env.create_slot(slot, "pgoutput")?;
+    }
+    env.sql(&format!(
+        "DO $$ BEGIN
+           FOR i IN 0..{last} LOOP
+             INSERT INTO drain SELECT g, 0 FROM generate_series(i * {per} + 1, (i + 1) * {per}) g;
+             COMMIT;
+           END LOOP;
+         END $$;",
+        last = n / per - 1
+    ))?;
+    let end = env.current_lsn()?;
+    let start_lsn = env.confirmed_flush_lsn("drain_a1")?;
+    let wal_mib = end.saturating_sub(start_lsn) as f64 / (1 << 20) as f64;
+
+    let (handle, cache) = env.subscribed_cache("drain")?;
+    // The end of each walcached drain: the last row's key heard on the channel.
+    let last = KeyListener::start(env, "drain", i64::try_from(n)?)?;
+
+    let mut r = DrainResult {
+        rows: n,
+        rows_per_txn: per,
+        wal_mib,
+        pg_s: Vec::new(),
+        walcached_s: Vec::new(),
+        messages: Vec::new(),
+        startup_s: Vec::new(),
+        stages: crate::stages::Totals::default(),
+        stages_wall_s: 0.0,
+    };
+    let stages_before = crate::stages::Totals::now();
+    for slot in order {
+        if slot.starts_with("drain_a") {
+            r.pg_s
+                .push(drain_pg_recvlogical(env, slot, end)?.as_secs_f64());
+        } else {
+            let toml = env.daemon_toml(slot, "drain_pub", "drain");
+            last.reset();
+            let t = Instant::now();
+            let mut daemon = InProcessDaemon::start(env.daemon_rt, &toml)?;
+            let streaming =
+                daemon.wait_noting_streaming("the last row's invalidation", t, |_| {
+                    last.heard().is_some()
+                })?;
+            let heard = last.heard().ok_or("the last row's invalidation")?;
+            r.walcached_s
+                .push(heard.at.saturating_duration_since(t).as_secs_f64());
+            r.startup_s.push(streaming.as_secs_f64());
+            // Untimed: the slot confirmed to the end, so the daemon stops on a clean slot.
+            daemon.wait("the drain's end LSN to be confirmed", |s| {
+                s.confirmed_lsn() >= end
+            })?;
+            r.stages_wall_s += t.elapsed().as_secs_f64();
+            let messages = daemon.status.published_seq();
+            // The end heard was this daemon's, and its last data message: nothing of the
+            // drain was published after it.
+            if heard.epoch != daemon.status.epoch() || heard.seq != messages {
+                return Err(format!(
+                    "drain {slot}: the last row's key was heard in message {} of epoch {:x}, \
+                     but the daemon (epoch {:x}) published {messages} messages",
+                    heard.seq,
+                    heard.epoch,
+                    daemon.status.epoch()
+                )
+                .into());
+            }
+            r.messages.push(messages);
+            daemon.stop()?;
+        }
+    }
+    r.stages = crate::stages::Totals::now().since(&stages_before);
+    for slot in order {
+        env.drop_slot(slot)?;
+    }
+    drop(last);
+    drop(cache);
+    drop(handle);
+    eprintln!(
+        "suite: drain {n} rows: pg_recvlogical {:.0} rows/s, walcached {:.0} rows/s ({:.2}×){}",
+        r.pg_rate(),
+        r.walcached_rate(),
+        r.walcached_rate() / r.pg_rate(),
+        crate::caveat::figure_label()
+    );
+    Ok(r)
+}
+
+/// Drain `slot` up to `end` with `pg_recvlogical` into /dev/null; the time from spawn to exit.
+fn drain_pg_recvlogical(env: &Env<'_>, slot: &str, end: u64) -> Result<Duration, BoxError> {
+    let bin = env.pg.bin_dir().join("pg_recvlogical");
+    let t = Instant::now();
+    let status = Command::new(&bin)
+        .arg("--dbname")
+        .arg(env.pg.conn_string(env.dbname))
+        .args(["--slot", slot, "--start", "--no-loop"])
+        .args(["-o", "proto_version=1", "-o", "publication_names=drain_pub"])
+        .args(["--file", "/dev/null", "--endpos"])
+        .arg(lsn_text(end))
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("running {}: {e}", bin.display()))?;
+    let elapsed = t.elapsed();
+    if !status.success() {
+        return Err(format!("{} {slot} exited with {status}", bin.display()).into());
+    }
+    Ok(elapsed)
+}
