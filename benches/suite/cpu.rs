@@ -85,3 +85,39 @@ fn proc_cpu_s(pid: &str) -> f64 {
     let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
     ticks as f64 / 100.0
 }
+
+/// The whole machine's CPU time (`/proc/stat`'s first line), to tell how busy its cores were
+/// over a run: a run with the cores busy throughout is bound by them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Machine {
+    busy_s: f64,
+    total_s: f64,
+}
+
+impl Machine {
+    pub(crate) fn now() -> Machine {
+        let stat = std::fs::read_to_string("/proc/stat").expect("reading /proc/stat");
+        let line = stat.lines().next().expect("/proc/stat's cpu line");
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        let f: Vec<f64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|v| v.parse::<f64>().expect("a tick count") / 100.0)
+            .collect();
+        let idle = f[3] + f[4];
+        let total: f64 = f.iter().sum();
+        Machine {
+            busy_s: total - idle,
+            total_s: total,
+        }
+    }
+
+    /// CPU seconds the machine's cores were busy since `earlier`, and the fraction of their
+    /// time that is.
+    pub(crate) fn since(&self, earlier: &Machine) -> (f64, f64) {
+        let busy = self.busy_s - earlier.busy_s;
+        let total = self.total_s - earlier.total_s;
+        (busy, busy / total.max(1e-9))
+    }
+}

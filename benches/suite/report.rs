@@ -245,21 +245,33 @@ fn pipeline_markdown(s: &mut String, p: &PipelineResults, nproc: &str) {
         d.rows, d.rows_per_txn, d.wal_mib);
     let _ = writeln!(
         s,
-        "| consumer | rows/s (mean time of 2) | drains (s) | ratio |"
+        "| consumer | rows/s (mean time of 2) | drains (s) | ratio | machine CPU per 100k rows (s) | cores busy |"
     );
-    let _ = writeln!(s, "|---|---:|---|---:|");
+    let _ = writeln!(s, "|---|---:|---|---:|---:|---:|");
+    let (pg_cpu, pg_busy) = d.pg_cpu();
     let _ = writeln!(
         s,
-        "| `pg_recvlogical` (pgoutput → /dev/null) | {:.0} | {} | 1.00× |",
+        "| `pg_recvlogical` (pgoutput → /dev/null) | {:.0} | {} | 1.00× | {pg_cpu:.2} | {:.0}% |",
         d.pg_rate(),
-        list(&d.pg_s)
+        list(&d.pg_s),
+        pg_busy * 100.0
     );
+    let (w_cpu, w_busy) = d.walcached_cpu();
     let _ = writeln!(
         s,
-        "| walcached (decode, map, DEL + PUBLISH in Redis, heard) | {:.0} | {} | **{:.2}×** |\n",
+        "| walcached (decode, map, DEL + PUBLISH in Redis, heard) | {:.0} | {} | **{:.2}×** | {w_cpu:.2} | {:.0}% |\n",
         d.walcached_rate(),
         list(&d.walcached_s),
-        d.walcached_rate() / d.pg_rate()
+        d.walcached_rate() / d.pg_rate(),
+        w_busy * 100.0
+    );
+    let _ = writeln!(
+        s,
+        "*Machine CPU*: busy time of all {nproc} cores over each timed drain (`/proc/stat`: \
+         every process — the walsender, the consumer, Redis, and anything else running), per \
+         100,000 rows; *cores busy*: that against the drains' wall time × {nproc}. A drain with \
+         its cores busy throughout is bound by them: walcached's work per row (its decode, \
+         the Redis script's deletes and PUBLISH) then sets its rate.\n"
     );
     let _ = writeln!(
         s,
@@ -297,13 +309,13 @@ fn pipeline_markdown(s: &mut String, p: &PipelineResults, nproc: &str) {
     );
     let _ = writeln!(
         s,
-        "| target rate | achieved commits/s | p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) | samples / commits | missing |"
+        "| target rate | achieved commits/s | p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) | samples / commits | missing | cores busy |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &p.latency {
         let _ = writeln!(
             s,
-            "| {} | {:.0} | **{}** | **{}** | {} | {} | {} / {} | {} |",
+            "| {} | {:.0} | **{}** | **{}** | {} | {} | {} / {} | {} | {:.0}% |",
             r.label(),
             r.achieved,
             ms(pct(&r.total, 0.5)),
@@ -312,10 +324,17 @@ fn pipeline_markdown(s: &mut String, p: &PipelineResults, nproc: &str) {
             ms(r.total.last().copied().unwrap_or(0)),
             r.total.len(),
             r.commits,
-            missing(r)
+            missing(r),
+            r.cores_busy * 100.0
         );
     }
     s.push('\n');
+    let _ = writeln!(
+        s,
+        "*Cores busy*: the share of the machine's {nproc} cores' time spent busy while the \
+         writers ran (`/proc/stat`: every process — PostgreSQL, Redis, the daemon, the writers, \
+         the reader). Near 100%, the tail is queueing for a core.\n"
+    );
 
     let _ = writeln!(
         s,

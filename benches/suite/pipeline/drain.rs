@@ -22,6 +22,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{lsn_text, BoxError, Env, InProcessDaemon, KeyListener};
+use crate::cpu::Machine;
 
 pub(crate) struct DrainResult {
     pub(crate) rows: u64,
@@ -31,6 +32,10 @@ pub(crate) struct DrainResult {
     /// drain (B1, B2: start to the last row's invalidation heard).
     pub(crate) pg_s: Vec<f64>,
     pub(crate) walcached_s: Vec<f64>,
+    /// The machine's busy CPU seconds over each timed drain (all cores, every process: the
+    /// walsender, the consumer, Redis), A's and B's.
+    pub(crate) pg_cpu_s: Vec<f64>,
+    pub(crate) walcached_cpu_s: Vec<f64>,
     /// Data messages walcached published per drain, and its start-up until streaming.
     pub(crate) messages: Vec<u64>,
     pub(crate) startup_s: Vec<f64>,
@@ -49,6 +54,23 @@ impl DrainResult {
     }
     pub(crate) fn walcached_rate(&self) -> f64 {
         self.rate(&self.walcached_s)
+    }
+    /// The machine's busy CPU seconds per 100,000 rows, and the share of the cores' time that
+    /// was, over `secs` drains with `cpu_s` busy seconds.
+    fn cpu(&self, secs: &[f64], cpu_s: &[f64]) -> (f64, f64) {
+        let busy: f64 = cpu_s.iter().sum();
+        let wall: f64 = secs.iter().sum();
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        (
+            busy / (self.rows as f64 * cpu_s.len().max(1) as f64) * 100_000.0,
+            busy / (wall * cores as f64).max(1e-9),
+        )
+    }
+    pub(crate) fn pg_cpu(&self) -> (f64, f64) {
+        self.cpu(&self.pg_s, &self.pg_cpu_s)
+    }
+    pub(crate) fn walcached_cpu(&self) -> (f64, f64) {
+        self.cpu(&self.walcached_s, &self.walcached_cpu_s)
     }
 }
 
@@ -86,6 +108,8 @@ pub(super) fn drain(env: &Env<'_>, n: u64, per: u64) -> Result<DrainResult, BoxE
         wal_mib,
         pg_s: Vec::new(),
         walcached_s: Vec::new(),
+        pg_cpu_s: Vec::new(),
+        walcached_cpu_s: Vec::new(),
         messages: Vec::new(),
         startup_s: Vec::new(),
         stages: crate::stages::Totals::default(),
@@ -93,9 +117,11 @@ pub(super) fn drain(env: &Env<'_>, n: u64, per: u64) -> Result<DrainResult, BoxE
     };
     let stages_before = crate::stages::Totals::now();
     for slot in order {
+        let cpu = Machine::now();
         if slot.starts_with("drain_a") {
             r.pg_s
                 .push(drain_pg_recvlogical(env, slot, end)?.as_secs_f64());
+            r.pg_cpu_s.push(Machine::now().since(&cpu).0);
         } else {
             let toml = env.daemon_toml(slot, "drain_pub", "drain");
             last.reset();
@@ -105,6 +131,7 @@ pub(super) fn drain(env: &Env<'_>, n: u64, per: u64) -> Result<DrainResult, BoxE
                 daemon.wait_noting_streaming("the last row's invalidation", t, |_| {
                     last.heard().is_some()
                 })?;
+            r.walcached_cpu_s.push(Machine::now().since(&cpu).0);
             let heard = last.heard().ok_or("the last row's invalidation")?;
             r.walcached_s
                 .push(heard.at.saturating_duration_since(t).as_secs_f64());

@@ -17,6 +17,7 @@ use walcache_protocol::{Body, Message, Naming};
 
 use super::reader::{READER_COMMAND, READER_KEYS_ENV};
 use super::{mono_ns, pct, BoxError, Env, InProcessDaemon};
+use crate::cpu::Machine;
 
 /// The namespace (and table) of the latency benchmark.
 pub(crate) const LATENCY_NS: &str = "lat";
@@ -55,6 +56,9 @@ pub(crate) struct RateResult {
     pub(crate) floor_missing: usize,
     pub(crate) messages: u64,
     pub(crate) reader_stats: String,
+    /// The share of the machine's cores busy while the writers ran (`/proc/stat`: every
+    /// process on it).
+    pub(crate) cores_busy: f64,
 }
 
 impl RateResult {
@@ -356,7 +360,9 @@ pub(crate) fn latency_run(
     };
 
     let messages_before = daemon.status.published_seq();
+    let cpu = Machine::now();
     let commits = write_commits(env, writers, n, rate);
+    let (_, cores_busy) = Machine::now().since(&cpu);
     // Once the daemon has confirmed the last commit (it confirms only what it has published;
     // a saturated daemon can be seconds behind the writers), closing the reader's stdin tells
     // it to stop watching after a short grace for the stragglers of pub/sub.
@@ -458,5 +464,6 @@ pub(crate) fn latency_run(
         floor_missing: 0,
         messages,
         reader_stats,
+        cores_busy,
     })
 }
