@@ -74,16 +74,24 @@ impl Add for Cpu {
     }
 }
 
+/// CPU seconds process `pid` has used so far; `None` once it is gone.
+pub(crate) fn process_cpu_s(pid: u32) -> Option<f64> {
+    read_cpu_s(&pid.to_string())
+}
+
 /// utime + stime of `/proc/<pid>/stat`, in seconds (Linux's clock ticks are 1/100 s).
 fn proc_cpu_s(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| panic!("reading /proc/{pid}/stat: {e}"));
+    read_cpu_s(pid).unwrap_or_else(|| panic!("reading /proc/{pid}/stat"))
+}
+
+fn read_cpu_s(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces: fields are counted after its closing parenthesis.
-    let rest = &stat[stat.rfind(')').expect("a stat line") + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let f: Vec<&str> = rest.split(' ').collect();
     // Fields 14 and 15 of the line (utime, stime) are the 12th and 13th after the name.
-    let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
-    ticks as f64 / 100.0
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 /// The whole machine's CPU time (`/proc/stat`'s first line), to tell how busy its cores were

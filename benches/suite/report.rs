@@ -245,25 +245,27 @@ fn pipeline_markdown(s: &mut String, p: &PipelineResults, nproc: &str) {
         d.rows, d.rows_per_txn, d.wal_mib);
     let _ = writeln!(
         s,
-        "| consumer | rows/s (mean time of 2) | drains (s) | ratio | machine CPU per 100k rows (s) | cores busy |"
+        "| consumer | rows/s (mean time of 2) | drains (s) | ratio | machine CPU per 100k rows (s) | cores busy | walsender busy |"
     );
-    let _ = writeln!(s, "|---|---:|---|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---|---:|---:|---:|---:|");
     let (pg_cpu, pg_busy) = d.pg_cpu();
     let _ = writeln!(
         s,
-        "| `pg_recvlogical` (pgoutput → /dev/null) | {:.0} | {} | 1.00× | {pg_cpu:.2} | {:.0}% |",
+        "| `pg_recvlogical` (pgoutput → /dev/null) | {:.0} | {} | 1.00× | {pg_cpu:.2} | {:.0}% | {:.0}% |",
         d.pg_rate(),
         list(&d.pg_s),
-        pg_busy * 100.0
+        pg_busy * 100.0,
+        d.pg_walsender_busy() * 100.0
     );
     let (w_cpu, w_busy) = d.walcached_cpu();
     let _ = writeln!(
         s,
-        "| walcached (decode, map, DEL + PUBLISH in Redis, heard) | {:.0} | {} | **{:.2}×** | {w_cpu:.2} | {:.0}% |\n",
+        "| walcached (decode, map, DEL + PUBLISH in Redis, heard) | {:.0} | {} | **{:.2}×** | {w_cpu:.2} | {:.0}% | {:.0}% |\n",
         d.walcached_rate(),
         list(&d.walcached_s),
         d.walcached_rate() / d.pg_rate(),
-        w_busy * 100.0
+        w_busy * 100.0,
+        d.walcached_walsender_busy() * 100.0
     );
     let _ = writeln!(
         s,
@@ -271,7 +273,10 @@ fn pipeline_markdown(s: &mut String, p: &PipelineResults, nproc: &str) {
          every process — the walsender, the consumer, Redis, and anything else running), per \
          100,000 rows; *cores busy*: that against the drains' wall time × {nproc}. A drain with \
          its cores busy throughout is bound by them: walcached's work per row (its decode, \
-         the Redis script's deletes and PUBLISH) then sets its rate.\n"
+         the Redis script's deletes and PUBLISH) then sets its rate. *Walsender busy*: the CPU \
+         time of the walsender serving the drain (`/proc/<pid>/stat`, its pid from \
+         `pg_replication_slots.active_pid`) against the drain's wall time: PostgreSQL decodes \
+         and sends a slot in that one process, so near 100% no consumer can drain faster.\n"
     );
     let _ = writeln!(
         s,

@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{lsn_text, BoxError, Env, InProcessDaemon, KeyListener};
-use crate::cpu::Machine;
+use crate::cpu::{process_cpu_s, Machine};
 
 pub(crate) struct DrainResult {
     pub(crate) rows: u64,
@@ -36,6 +36,10 @@ pub(crate) struct DrainResult {
     /// walsender, the consumer, Redis), A's and B's.
     pub(crate) pg_cpu_s: Vec<f64>,
     pub(crate) walcached_cpu_s: Vec<f64>,
+    /// CPU seconds of the walsender serving each drain (PostgreSQL's decoding and send: one
+    /// process, so at most one core), A's and B's; NaN where it could not be read.
+    pub(crate) pg_walsender_s: Vec<f64>,
+    pub(crate) walcached_walsender_s: Vec<f64>,
     /// Data messages walcached published per drain, and its start-up until streaming.
     pub(crate) messages: Vec<u64>,
     pub(crate) startup_s: Vec<f64>,
@@ -71,6 +75,14 @@ impl DrainResult {
     }
     pub(crate) fn walcached_cpu(&self) -> (f64, f64) {
         self.cpu(&self.walcached_s, &self.walcached_cpu_s)
+    }
+    /// The walsender's busy share of the drains' wall time (1.0: a core throughout).
+    pub(crate) fn pg_walsender_busy(&self) -> f64 {
+        self.pg_walsender_s.iter().sum::<f64>() / self.pg_s.iter().sum::<f64>().max(1e-9)
+    }
+    pub(crate) fn walcached_walsender_busy(&self) -> f64 {
+        self.walcached_walsender_s.iter().sum::<f64>()
+            / self.walcached_s.iter().sum::<f64>().max(1e-9)
     }
 }
 
@@ -110,6 +122,8 @@ pub(super) fn drain(env: &Env<'_>, n: u64, per: u64) -> Result<DrainResult, BoxE
         walcached_s: Vec::new(),
         pg_cpu_s: Vec::new(),
         walcached_cpu_s: Vec::new(),
+        pg_walsender_s: Vec::new(),
+        walcached_walsender_s: Vec::new(),
         messages: Vec::new(),
         startup_s: Vec::new(),
         stages: crate::stages::Totals::default(),
@@ -119,9 +133,10 @@ pub(super) fn drain(env: &Env<'_>, n: u64, per: u64) -> Result<DrainResult, BoxE
     for slot in order {
         let cpu = Machine::now();
         if slot.starts_with("drain_a") {
-            r.pg_s
-                .push(drain_pg_recvlogical(env, slot, end)?.as_secs_f64());
+            let (took, walsender) = drain_pg_recvlogical(env, slot, end)?;
             r.pg_cpu_s.push(Machine::now().since(&cpu).0);
+            r.pg_s.push(took.as_secs_f64());
+            r.pg_walsender_s.push(walsender.unwrap_or(f64::NAN));
         } else {
             let toml = env.daemon_toml(slot, "drain_pub", "drain");
             last.reset();
@@ -132,6 +147,8 @@ pub(super) fn drain(env: &Env<'_>, n: u64, per: u64) -> Result<DrainResult, BoxE
                     last.heard().is_some()
                 })?;
             r.walcached_cpu_s.push(Machine::now().since(&cpu).0);
+            let walsender = env.walsender_pid(slot)?.and_then(process_cpu_s);
+            r.walcached_walsender_s.push(walsender.unwrap_or(f64::NAN));
             let heard = last.heard().ok_or("the last row's invalidation")?;
             r.walcached_s
                 .push(heard.at.saturating_duration_since(t).as_secs_f64());
@@ -175,11 +192,16 @@ pub(super) fn drain(env: &Env<'_>, n: u64, per: u64) -> Result<DrainResult, BoxE
     Ok(r)
 }
 
-/// Drain `slot` up to `end` with `pg_recvlogical` into /dev/null; the time from spawn to exit.
-fn drain_pg_recvlogical(env: &Env<'_>, slot: &str, end: u64) -> Result<Duration, BoxError> {
+/// Drain `slot` up to `end` with `pg_recvlogical` into /dev/null; the time from spawn to exit,
+/// and the CPU seconds its walsender used (sampled until the exit).
+fn drain_pg_recvlogical(
+    env: &Env<'_>,
+    slot: &str,
+    end: u64,
+) -> Result<(Duration, Option<f64>), BoxError> {
     let bin = env.pg.bin_dir().join("pg_recvlogical");
     let t = Instant::now();
-    let status = Command::new(&bin)
+    let mut child = Command::new(&bin)
         .arg("--dbname")
         .arg(env.pg.conn_string(env.dbname))
         .args(["--slot", slot, "--start", "--no-loop"])
@@ -187,11 +209,28 @@ fn drain_pg_recvlogical(env: &Env<'_>, slot: &str, end: u64) -> Result<Duration,
         .args(["--file", "/dev/null", "--endpos"])
         .arg(lsn_text(end))
         .stdin(Stdio::null())
-        .status()
+        .spawn()
         .map_err(|e| format!("running {}: {e}", bin.display()))?;
+    // The walsender's CPU, read until the consumer exits (the walsender ends with it).
+    let (mut walsender, mut cpu) = (None, None);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if walsender.is_none() {
+            walsender = env.walsender_pid(slot)?;
+        }
+        if let Some(now) = walsender.and_then(process_cpu_s) {
+            cpu = Some(now);
+        }
+        std::thread::sleep(WALSENDER_SAMPLE);
+    };
     let elapsed = t.elapsed();
     if !status.success() {
         return Err(format!("{} {slot} exited with {status}", bin.display()).into());
     }
-    Ok(elapsed)
+    Ok((elapsed, cpu))
 }
+
+/// How often the `pg_recvlogical` drain's walsender's CPU is read (its clock ticks are 10 ms).
+const WALSENDER_SAMPLE: Duration = Duration::from_millis(2);

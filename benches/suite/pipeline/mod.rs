@@ -269,6 +269,18 @@ listen = ""
     }
 
     /// The `confirmed_flush_lsn` of `slot`.
+    /// The pid of the walsender streaming `slot`, once one is (`None`: the slot is idle).
+    pub(crate) fn walsender_pid(&self, slot: &str) -> Result<Option<u32>, BoxError> {
+        let pid: Option<i32> = self
+            .rt
+            .block_on(self.db.query_one(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            ))?
+            .get(0);
+        Ok(pid.map(u32::try_from).transpose()?)
+    }
+
     pub(crate) fn confirmed_flush_lsn(&self, slot: &str) -> Result<u64, BoxError> {
         let lsn: i64 = self
             .rt
