@@ -883,3 +883,276 @@ async fn one_scan_pass_serves_every_namespace_and_leaves_foreign_keys() {
         assert!(schemas, "{ns}'s schema set");
     }
 }
+
+/// Keys checked per script call at `rate` deletes per second and the default `scan_count`
+/// (the cycle's `chunk_len`): what may run ahead of the rate.
+fn chunk_at(rate: u64) -> u64 {
+    (rate / 10).clamp(1, RefreshConfig::default().scan_count)
+}
+
+/// Run a cycle at `rate` deletes per second while sampling its progress: at every sample,
+/// the deletes done since the cycle was called are at most what the rate allows for the time
+/// since, plus one chunk (the one script that may run ahead). Returns the report and the
+/// cycle's duration.
+async fn run_sampled(
+    redis: &RedisServer,
+    naming: &Naming,
+    served: &[String],
+    rate: u64,
+) -> (walcached::refresh::CycleReport, Duration) {
+    let cfg = RefreshConfig {
+        max_deletes_per_second: rate,
+        ..RefreshConfig::default()
+    };
+    let progress = Arc::new(RefreshProgress::default());
+    let started = Instant::now();
+    let cycle = {
+        let (client, naming, served, progress) = (
+            redis.client(),
+            naming.clone(),
+            served.to_vec(),
+            Arc::clone(&progress),
+        );
+        tokio::spawn(async move { run_cycle(&client, &naming, &served, &cfg, &progress).await })
+    };
+    let allowance = chunk_at(rate);
+    let mut samples = 0_u32;
+    let mut ticks = tokio::time::interval(Duration::from_millis(5));
+    while !cycle.is_finished() {
+        ticks.tick().await;
+        // The counter first, then the time: every delete counted began before `now`.
+        let done = progress.keys_deleted();
+        let since = started.elapsed();
+        #[allow(clippy::cast_precision_loss)]
+        let budget = since.as_secs_f64() * rate as f64 + allowance as f64;
+        #[allow(clippy::cast_precision_loss)]
+        let done_f = done as f64;
+        assert!(
+            done_f <= budget + 1e-6,
+            "{done} deletes {since:?} into a cycle at {rate}/s: more than {budget:.1} (the rate \
+             plus one chunk of {allowance})"
+        );
+        samples += 1;
+    }
+    let elapsed = started.elapsed();
+    let report = cycle.await.expect("task").expect("cycle");
+    assert!(samples > 10, "only {samples} samples of a paced cycle");
+    (report, elapsed)
+}
+
+/// The pacer sleeps only when ahead of the rate: the rate must hold anyway. 150 deletes at
+/// 50/s (chunks of 5) take at least (150 − 5) / 50 s, and at no moment run more than one
+/// chunk ahead of the rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_rate_holds_over_the_whole_cycle() {
+    const KEYS: u64 = 150;
+    const RATE: u64 = 50;
+    let redis = RedisServer::start().expect("redis");
+    let naming = Naming::default();
+    let mut conn = connection(&redis).await;
+    let mut pipe = redis::pipe();
+    for i in 0..KEYS {
+        pipe.set(
+            naming.value_key("slow", 0, 1, &i.to_string()),
+            value_envelope(1_000, b"x"),
+        )
+        .ignore();
+    }
+    let () = pipe.query_async(&mut conn).await.unwrap();
+    let (report, elapsed) = run_sampled(&redis, &naming, &namespaces(&["slow"]), RATE).await;
+    assert_eq!(report.keys_deleted, KEYS);
+    assert!(keys(&mut conn, "wc:{slow}:*").await.is_empty());
+    let budget = Duration::from_secs_f64((KEYS - chunk_at(RATE)) as f64 / RATE as f64);
+    assert!(
+        elapsed >= budget,
+        "{KEYS} deletes at {RATE}/s took {elapsed:?}, less than {budget:?}"
+    );
+}
+
+/// The same rate when every delete goes through the partial chunks sent after the pass: 50
+/// namespaces of 3 old keys each, below a chunk of 5 at 50/s, so each namespace's keys go in
+/// one script call after the SCAN pass, paced like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_rate_holds_for_the_partial_chunks_sent_after_the_pass() {
+    const NAMESPACES: u64 = 50;
+    const PER: u64 = 3;
+    const RATE: u64 = 50;
+    let redis = RedisServer::start().expect("redis");
+    let naming = Naming::default();
+    let mut conn = connection(&redis).await;
+    let served: Vec<String> = (0..NAMESPACES).map(|i| format!("part_{i}")).collect();
+    let mut pipe = redis::pipe();
+    for ns in &served {
+        for i in 0..PER {
+            pipe.set(
+                naming.value_key(ns, 0, 1, &i.to_string()),
+                value_envelope(1_000, b"x"),
+            )
+            .ignore();
+        }
+    }
+    let () = pipe.query_async(&mut conn).await.unwrap();
+    let (report, elapsed) = run_sampled(&redis, &naming, &served, RATE).await;
+    let total = NAMESPACES * PER;
+    assert_eq!(report.keys_deleted, total);
+    assert!(keys(&mut conn, "wc:{part_*").await.is_empty());
+    let budget = Duration::from_secs_f64((total - PER) as f64 / RATE as f64);
+    assert!(
+        elapsed >= budget,
+        "{total} deletes at {RATE}/s took {elapsed:?}, less than {budget:?}"
+    );
+}
+
+/// A value refilled (stamped after the cycle began) or leased between the SCAN that returned
+/// its key and the script that checks it survives the cycle; what was not touched goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_refilled_or_leased_between_scan_and_delete_survive() {
+    const KEYS: usize = 150;
+    let redis = RedisServer::start().expect("redis");
+    let naming = Naming::default();
+    let mut conn = connection(&redis).await;
+    let all: Vec<String> = (0..KEYS)
+        .map(|i| naming.value_key("refill", 0, 1, &i.to_string()))
+        .collect();
+    let mut pipe = redis::pipe();
+    for k in &all {
+        pipe.set(k, value_envelope(1_000, b"old")).ignore();
+    }
+    let () = pipe.query_async(&mut conn).await.unwrap();
+    let cfg = RefreshConfig {
+        max_deletes_per_second: 50,
+        ..RefreshConfig::default()
+    };
+    let progress = Arc::new(RefreshProgress::default());
+    let cycle = {
+        let (client, naming, progress) = (redis.client(), naming.clone(), Arc::clone(&progress));
+        tokio::spawn(async move {
+            run_cycle(&client, &naming, &namespaces(&["refill"]), &cfg, &progress).await
+        })
+    };
+    // The whole keyspace is one SCAN page: once it is scanned, every key is held or checked.
+    wait_until("the pass scanned every key", DEADLINE, || async {
+        progress.keys_scanned() >= KEYS as u64
+    })
+    .await
+    .expect("scanned");
+    // After the cycle's start on the Redis clock (its start was read before it scanned).
+    let fresh_stamp = redis_micros(&mut conn).await + 1;
+    let fresh = value_envelope(fresh_stamp, b"new");
+    // Only keys still present: scanned, not yet checked. Every other one is refilled, every
+    // seventh leased instead.
+    let mut survivors = Vec::new();
+    for (i, k) in all.iter().enumerate().rev().step_by(2) {
+        let bytes = if i % 7 == 0 { lease() } else { fresh.clone() };
+        let set: Option<String> = redis::cmd("SET")
+            .arg(k)
+            .arg(&bytes)
+            .arg("XX")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if set.is_some() {
+            survivors.push((k.clone(), bytes));
+        }
+    }
+    let deleted_when_done = progress.keys_deleted();
+    assert!(
+        survivors.len() >= 10 && deleted_when_done < KEYS as u64 / 2,
+        "the cycle was too fast to race: {} refilled, {deleted_when_done} deleted already",
+        survivors.len()
+    );
+    let report = cycle.await.expect("task").expect("cycle");
+    for (k, bytes) in &survivors {
+        assert_eq!(
+            raw_get(&mut conn, k).await.as_ref(),
+            Some(bytes),
+            "{k}, refilled after it was scanned, was deleted"
+        );
+    }
+    let left = keys(&mut conn, "wc:{refill}:*").await;
+    assert_eq!(left.len(), survivors.len(), "{left:?}");
+    assert_eq!(report.keys_deleted, (KEYS - survivors.len()) as u64);
+}
+
+async fn evalsha_calls(conn: &mut MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO");
+    ["cmdstat_evalsha:", "cmdstat_eval:"]
+        .iter()
+        .filter_map(|p| info.lines().find_map(|l| l.strip_prefix(p)))
+        .filter_map(|rest| rest.split(',').find_map(|f| f.strip_prefix("calls=")))
+        .map(|c| c.parse::<u64>().expect("a count"))
+        .sum()
+}
+
+/// More than 20,000 keys held across namespaces (each below a chunk): the cycle sends what it
+/// holds mid-pass, and still deletes every old value key of its namespaces and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holding_more_than_twenty_thousand_keys_sends_them_mid_pass() {
+    const NAMESPACES: usize = 45;
+    const OLD: usize = 480;
+    let redis = RedisServer::start().expect("redis");
+    let naming = Naming::default();
+    let mut conn = connection(&redis).await;
+    let future = redis_micros(&mut conn).await + 60_000_000;
+    let served: Vec<String> = (0..NAMESPACES).map(|i| format!("held_{i}")).collect();
+    let mut kept: Vec<(String, Vec<u8>)> = Vec::new();
+    for ns in &served {
+        let mut pipe = redis::pipe();
+        for i in 0..OLD {
+            pipe.set(
+                naming.value_key(ns, 2, 1, &format!("{i}}}{{x")),
+                value_envelope(1_000, b"x"),
+            )
+            .ignore();
+        }
+        let () = pipe.query_async(&mut conn).await.unwrap();
+        for (key, bytes) in [
+            (
+                naming.value_key(ns, 2, 1, "fresh"),
+                value_envelope(future, b"f"),
+            ),
+            (naming.value_key(ns, 2, 1, "leased"), lease()),
+            (naming.generation_key(ns), b"2".to_vec()),
+            // Another namespace whose name extends this one's: not served.
+            (
+                naming.value_key(&format!("{ns}x"), 2, 1, "1"),
+                value_envelope(1_000, b"x"),
+            ),
+        ] {
+            let () = conn.set(&key, &bytes).await.unwrap();
+            kept.push((key, bytes));
+        }
+    }
+    let calls_before = evalsha_calls(&mut conn).await;
+    let progress = RefreshProgress::default();
+    let report = run_cycle(&redis.client(), &naming, &served, &fast(), &progress)
+        .await
+        .expect("cycle");
+    let calls = evalsha_calls(&mut conn).await - calls_before;
+    assert_eq!(report.keys_deleted, (NAMESPACES * OLD) as u64, "{report:?}");
+    assert_eq!(
+        report.keys_scanned,
+        (NAMESPACES * (OLD + 2)) as u64,
+        "{report:?}"
+    );
+    assert!(
+        calls > NAMESPACES as u64,
+        "{calls} script calls: the keys held past 20,000 were not sent mid-pass (one call per \
+         namespace means everything was held to the end)"
+    );
+    for ns in &served {
+        let left = keys(&mut conn, &format!("wc:{{{ns}}}:g2:*")).await;
+        assert_eq!(left.len(), 2, "{ns}: {left:?}");
+    }
+    for (key, bytes) in &kept {
+        assert_eq!(
+            raw_get(&mut conn, key).await.as_ref(),
+            Some(bytes),
+            "{key} was touched"
+        );
+    }
+}
