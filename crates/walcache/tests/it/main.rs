@@ -16,4 +16,5 @@ mod service;
 mod signing;
 mod subscriber;
 mod support;
+mod tag_stamps;
 mod tags;
