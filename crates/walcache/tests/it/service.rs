@@ -72,6 +72,9 @@ async fn out_of_service_bypasses_both_tiers(freshness: Freshness) {
     // Certified: cached in both tiers.
     assert_eq!(read(&cache, 1, &calls, "v1").await, "v1");
     assert!(cache.contains_in_l1(&1));
+    // The compare-and-set lands after the read returns (ADR 0012): until then L2 holds the
+    // lease, which the value would replace under the comparison below.
+    cache.wait_for_l2_fills().await;
     let in_l2 = raw_get(&redis, &ns, "1").await.expect("filled into L2");
 
     // Out of service: L1 dropped at once, and every read goes to the loader.
