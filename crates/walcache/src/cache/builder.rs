@@ -148,8 +148,11 @@ impl<K: ?Sized, V, C> CacheBuilder<K, V, C> {
     }
 
     /// When the loader fails, answer with the last value this process saw for the key if it was
-    /// seen at most `max_age` ago — even if it was invalidated since. Never older than
-    /// `max_age`. Costs a second, bounded copy of recently used values. Default: off.
+    /// seen at most `max_age` ago — even if the daemon or another process invalidated it since.
+    /// This process's own [`Cache::invalidate`], [`Cache::invalidate_tag`] and
+    /// [`Cache::invalidate_all`] drop the copies they cover: it never falls back to what it
+    /// invalidated itself. Never older than `max_age`. Costs a second, bounded copy of
+    /// recently used values. Default: off.
     pub fn stale_if_error(mut self, max_age: Duration) -> Self {
         self.stale_if_error = Some(max_age);
         self
@@ -228,6 +231,9 @@ where
                     Capacity::Bytes(n) => n / 256,
                 })
                 .time_to_live(age)
+                // This process's own `invalidate_tag` drops the copies carrying the tag; the
+                // closures cost only stale reads, which happen when a loader fails.
+                .support_invalidation_closures()
                 .build()
         });
         let namespace = self.namespace.clone();

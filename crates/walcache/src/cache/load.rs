@@ -424,7 +424,12 @@ where
                 Ok(Loaded::Fresh(v))
             }
             Err(e) => {
-                if let Some(v) = inner.stale.as_ref().and_then(|s| s.get(&**k)) {
+                if let Some(v) = inner
+                    .stale
+                    .as_ref()
+                    .and_then(|s| s.get(&**k))
+                    .map(|c| c.value)
+                {
                     inner.metrics.loads_stale.increment(1);
                     tracing::warn!(namespace = %inner.ns.name, error = %e, "loader failed: serving a stale value");
                     return Ok(Loaded::Stale(v));
@@ -472,8 +477,7 @@ where
             Ok(FillOutcome::Stored) => {
                 self.guard.disarm();
                 if let Some(v) = &self.value {
-                    self.inner
-                        .fill_stale(&self.key, v, self.snap, !self.tags.is_empty());
+                    self.inner.fill_stale(&self.key, v, self.snap, &self.tags);
                 }
             }
             Ok(FillOutcome::LeaseLost | FillOutcome::Raced) => {

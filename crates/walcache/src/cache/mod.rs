@@ -40,6 +40,14 @@ struct Stamps {
     tags: Option<Arc<[u64]>>,
 }
 
+/// A stale-if-error copy: the value and the tags it carries, so that this process's own
+/// [`Cache::invalidate_tag`] drops it as [`Cache::invalidate`] drops a key's.
+#[derive(Clone)]
+struct StaleCopy<V> {
+    value: V,
+    tags: Option<Arc<[String]>>,
+}
+
 /// What L1 holds for a key.
 #[derive(Clone)]
 struct L1Entry<V> {
@@ -140,7 +148,7 @@ struct CacheInner<V, C> {
     l2_ttl: Duration,
     jitter: f64,
     negative_ttl: Option<Duration>,
-    stale: Option<moka::sync::Cache<Arc<str>, V>>,
+    stale: Option<moka::sync::Cache<Arc<str>, StaleCopy<V>>>,
     flights: Mutex<HashMap<Arc<str>, Arc<Flight<V>>>>,
     /// L2 fills whose compare-and-set is still running, after their callers had their answer
     /// (see [`Cache::wait_for_l2_fills`]).
@@ -161,14 +169,19 @@ where
             .snapshot(&self.shared.global_generation, key_hash(k))
     }
 
-    /// Keep `v` as the key's stale-if-error copy if no invalidation touched the key since
-    /// `snap` (and take it out again if one lands during the insert).
-    fn fill_stale(&self, k: &Arc<str>, v: &V, snap: Snapshot, tagged: bool) {
+    /// Keep `v` (carrying `tags`) as the key's stale-if-error copy if no invalidation touched
+    /// the key since `snap` (and take it out again if one lands during the insert).
+    fn fill_stale(&self, k: &Arc<str>, v: &V, snap: Snapshot, tags: &[String]) {
         let Some(stale) = &self.stale else { return };
+        let tagged = !tags.is_empty();
         // A value an invalidation raced may predate it, and may be older than the copy
         // already held (or come back after an explicit `invalidate` dropped the copies).
         if snap.holds(&self.snapshot(k), tagged) {
-            stale.insert(Arc::clone(k), v.clone());
+            let copy = StaleCopy {
+                value: v.clone(),
+                tags: tagged.then(|| tags.into()),
+            };
+            stale.insert(Arc::clone(k), copy);
             handshake_fence(); // insert, then re-read: see generation.rs
             if !snap.holds(&self.snapshot(k), tagged) {
                 stale.invalidate(&**k);
@@ -615,7 +628,19 @@ where
         owned_tags(&[tag])?;
         let inner = &self.inner;
         let tags = [TagRef::new(inner.ns.name.clone(), tag)];
-        let forget = || inner.shared.apply_tags(&tags);
+        let forget = || {
+            inner.shared.apply_tags(&tags);
+            if let Some(stale) = &inner.stale {
+                let tag = tag.to_owned();
+                let carries = move |_: &Arc<str>, c: &StaleCopy<V>| {
+                    c.tags.as_ref().is_some_and(|t| t.contains(&tag))
+                };
+                if stale.invalidate_entries_if(carries).is_err() {
+                    // Closures are enabled at build; if moka ever refuses, drop every copy.
+                    stale.invalidate_all();
+                }
+            }
+        };
         forget();
         if let (Some(l2), Some(names)) = (inner.shared.l2.as_ref(), inner.names.as_ref()) {
             // As in `invalidate`: drop the tag locally again once the L2 script is over.
@@ -779,7 +804,7 @@ where
         let inner = &self.inner;
         let tagged = !tags.is_empty();
         if let (0, Some(v)) = (fill, &value) {
-            inner.fill_stale(k, v, snap, tagged);
+            inner.fill_stale(k, v, snap, tags);
         }
         // Out of service: the counter moves after the state (`Shared::apply_view`), so a fill
         // that misses the state below finds its snapshot moved.

@@ -302,7 +302,7 @@ impl Shared {
 
     /// Tags changed: each in its namespace (in every namespace for a tag without one, from a
     /// sender older than tag scoping). The namespace's tag counter and the tag's stamp move
-    /// first (see `TagStamps`), then L1 drops the entries carrying it.
+    /// (see `TagStamps`): L1 entries carrying the tag are refused from their next hit on.
     pub(crate) fn apply_tags(&self, tags: &[TagRef]) {
         for ns in self.all_namespaces() {
             let mine: Vec<String> = tags

@@ -172,6 +172,56 @@ async fn strict_mode_bypasses_both_tiers_while_not_live() {
     assert_eq!(loads.load(Ordering::SeqCst), 4, "live: cached again");
 }
 
+/// This process's own `invalidate_tag` drops the stale-if-error copies carrying the tag, as its
+/// `invalidate` and `invalidate_all` drop theirs: once it returns, this process reads nothing
+/// filled with the tag before it, not even as a fallback. Copies of other tags stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_tag_drops_the_stale_if_error_copies_carrying_the_tag() {
+    let h = Walcache::builder()
+        .allow_unsigned()
+        .without_invalidation_stream()
+        .build()
+        .await
+        .expect("handle");
+    let cache = h
+        .cache::<i64, String>("stale_tags")
+        .stale_if_error(Duration::from_secs(60))
+        .time_to_live(Duration::from_millis(50))
+        .build()
+        .expect("cache");
+    for (k, tag) in [(1, "t"), (2, "u")] {
+        cache
+            .try_get_tagged_with(
+                &k,
+                &[tag],
+                async move { Ok::<_, LoadError>(format!("v{k}")) },
+            )
+            .await
+            .unwrap();
+    }
+    cache.invalidate_tag("t").await.unwrap();
+    // Key 2's L1 entry expires, so the failing loader is asked and its copy answers.
+    wait_until("key 2's L1 entry expired", DEADLINE, || async {
+        !cache.contains_in_l1(&2)
+    })
+    .await
+    .expect("expiry");
+    let failing = || async { Err::<String, _>(LoadError) };
+    let err = cache
+        .try_get_tagged_with(&1, &["t"], failing())
+        .await
+        .expect_err("the copy carrying the invalidated tag is gone");
+    assert_eq!(err.kind(), walcache::ErrorKind::Loader);
+    assert_eq!(
+        cache
+            .try_get_tagged_with(&2, &["u"], failing())
+            .await
+            .unwrap(),
+        "v2",
+        "a copy carrying another tag still answers"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_if_error_serves_a_bounded_stale_value() {
     support::recorder();
