@@ -7,6 +7,8 @@ use std::ops::{Add, Sub};
 
 use redis::aio::MultiplexedConnection;
 
+use crate::pipeline::BoxError;
+
 /// CPU seconds used so far by each process.
 #[derive(Clone, Copy, Default, Debug)]
 pub(crate) struct Cpu {
@@ -19,20 +21,9 @@ impl Cpu {
     /// Read the three clocks now: this process and the backend `pg_pid` from `/proc` (clock
     /// ticks), Redis from `INFO cpu` (µs).
     pub(crate) async fn now(redis: &mut MultiplexedConnection, pg_pid: u32) -> Cpu {
-        let info: String = redis::cmd("INFO")
-            .arg("cpu")
-            .query_async(redis)
-            .await
-            .expect("INFO cpu");
-        let field = |name: &str| -> f64 {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or_else(|| panic!("INFO cpu has no {name}"))
-        };
         Cpu {
             bench_s: proc_cpu_s("self"),
-            redis_s: field("used_cpu_user") + field("used_cpu_sys"),
+            redis_s: redis_cpu_s(redis).await.expect("INFO cpu"),
             pg_s: proc_cpu_s(&pg_pid.to_string()),
         }
     }
@@ -72,6 +63,18 @@ impl Add for Cpu {
             pg_s: self.pg_s + o.pg_s,
         }
     }
+}
+
+/// Redis's own CPU time so far (`used_cpu_sys` + `used_cpu_user` of `INFO cpu`, seconds).
+pub(crate) async fn redis_cpu_s(conn: &mut MultiplexedConnection) -> Result<f64, BoxError> {
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await?;
+    let field = |name: &str| -> Result<f64, BoxError> {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| format!("INFO cpu has no {name}").into())
+    };
+    Ok(field("used_cpu_sys")? + field("used_cpu_user")?)
 }
 
 /// CPU seconds process `pid` has used so far; `None` once it is gone.

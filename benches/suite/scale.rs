@@ -95,18 +95,3 @@ pub(crate) fn pct_f(v: &[f64], q: f64) -> f64 {
     let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
     v[i]
 }
-
-/// A field of Redis's `INFO` reply as a number.
-fn info_field(info: &str, name: &str) -> Option<f64> {
-    info.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// Redis's own CPU time so far (`used_cpu_sys` + `used_cpu_user`, seconds).
-async fn redis_cpu_s(conn: &mut redis::aio::MultiplexedConnection) -> Result<f64, BoxError> {
-    let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await?;
-    let sys = info_field(&info, "used_cpu_sys").ok_or("INFO cpu has no used_cpu_sys")?;
-    let user = info_field(&info, "used_cpu_user").ok_or("INFO cpu has no used_cpu_user")?;
-    Ok(sys + user)
-}

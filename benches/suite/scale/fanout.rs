@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use walcache::Walcache;
 
-use super::redis_cpu_s;
+use crate::cpu::redis_cpu_s;
 use crate::pipeline::{self, BoxError, Env, InProcessDaemon, RateResult, Writers, LATENCY_NS};
 use crate::Mode;
 
