@@ -1,5 +1,5 @@
 //! Hostile inputs for the L2 envelope's decoders (`walcache::envelope`, hidden; see
-//! `crates/walcache/src/l2.rs`) and the codecs behind them: every read of a value key decodes
+//! `crates/walcache/src/l2/envelope.rs`) and the codecs behind them: every read of a value key decodes
 //! bytes that anything with write access to Redis could have put there. At least 10,000 cases
 //! per property (more with `PROPTEST_CASES`), each in a child process with a capped address
 //! space (see `harness`), no server needed. Fuzz targets for the same decoders are in `fuzz/`

@@ -41,119 +41,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
-use redis::{Script, Value};
+use redis::Value;
 use walcache_protocol::Naming;
 
 use crate::breaker::Breaker;
 use crate::error::{Error, ErrorKind};
 use crate::metrics as m;
 
-const TAG_VALUE: u8 = 0x01;
-const TAG_NEGATIVE: u8 = 0x02;
-const TAG_LEASE: u8 = 0x00;
-/// Tag byte and stamp: the part every envelope kind shares (the daemon's refresh reads it).
-const HEADER_LEN: usize = 9;
-/// A value envelope's fixed part: the header and the tags length.
-const VALUE_HEADER_LEN: usize = HEADER_LEN + 2;
-/// Tags are printable ASCII without whitespace, so a newline separates them unambiguously.
-const TAG_SEPARATOR: u8 = b'\n';
+mod envelope;
+mod scripts;
 
-/// What a read of a value key found.
-#[derive(Debug)]
-pub enum Found {
-    /// No such key.
-    Miss,
-    /// A value envelope, whole (see [`split_value`]).
-    Value(Vec<u8>),
-    /// A value one of whose tags was invalidated after its stamp, whole: a miss, and a fill
-    /// may replace exactly these bytes.
-    Superseded(Vec<u8>),
-    /// A cached "not found", whole.
-    Negative(Vec<u8>),
-    /// A fill lease: another process is loading the value.
-    Lease,
-    /// Bytes that are not an envelope; kept so that a fill may replace exactly them.
-    Undecodable(Vec<u8>),
-}
-
-/// Classifies what a value key holds: a value (well-formed: see [`split_value`]), a cached
-/// "not found", a lease, or undecodable bytes. Never [`Found::Miss`] or [`Found::Superseded`],
-/// which only a read decides.
-pub fn parse_envelope(bytes: Vec<u8>) -> Found {
-    match bytes.first() {
-        Some(&TAG_VALUE) if split_value(&bytes).is_some() => Found::Value(bytes),
-        Some(&TAG_NEGATIVE) if bytes.len() == HEADER_LEN => Found::Negative(bytes),
-        Some(&TAG_LEASE) if bytes.get(1) == Some(&b'L') => Found::Lease,
-        _ => Found::Undecodable(bytes),
-    }
-}
-
-/// The tags and the codec's bytes inside a value envelope; `None` if it is malformed.
-pub fn split_value(envelope: &[u8]) -> Option<(Vec<String>, &[u8])> {
-    let len_bytes = envelope.get(HEADER_LEN..VALUE_HEADER_LEN)?;
-    let tags_len = usize::from(u16::from_le_bytes([len_bytes[0], len_bytes[1]]));
-    let tags = envelope.get(VALUE_HEADER_LEN..VALUE_HEADER_LEN + tags_len)?;
-    let payload = envelope.get(VALUE_HEADER_LEN + tags_len..)?;
-    let tags = if tags.is_empty() {
-        Vec::new()
-    } else {
-        tags.split(|b| *b == TAG_SEPARATOR)
-            .map(|t| std::str::from_utf8(t).ok().map(str::to_owned))
-            .collect::<Option<Vec<_>>>()?
-    };
-    Some((tags, payload))
-}
-
-/// The stamp of an envelope ([`Found::Value`] or [`Found::Negative`] bytes), µs since the
-/// Unix epoch on the Redis server's clock.
-pub fn stamp_of(envelope: &[u8]) -> Option<u64> {
-    let bytes: [u8; 8] = envelope.get(1..HEADER_LEN)?.try_into().ok()?;
-    Some(u64::from_le_bytes(bytes))
-}
-
-/// Whether a value stamped `stamp` is current: each of its tags was last invalidated before
-/// it (`versions`, µs; 0 for a tag never invalidated or pruned).
-pub(crate) fn tags_current(stamp: u64, versions: &[u64]) -> bool {
-    versions.iter().all(|v| *v < stamp)
-}
-
-/// A value envelope stamped `stamp` (µs, from the lease). Tags longer than 64 KiB in total are
-/// a caller error, refused earlier (see `MAX_TAG_BYTES` in the cache).
-pub fn value_envelope(payload: &[u8], tags: &[String], stamp: u64) -> Vec<u8> {
-    let tags_len: usize = tags
-        .iter()
-        .map(|t| t.len() + 1)
-        .sum::<usize>()
-        .saturating_sub(1);
-    let tags_len_u16 = u16::try_from(tags_len).unwrap_or(u16::MAX);
-    let mut out = Vec::with_capacity(VALUE_HEADER_LEN + tags_len + payload.len());
-    out.push(TAG_VALUE);
-    out.extend_from_slice(&stamp.to_le_bytes());
-    out.extend_from_slice(&tags_len_u16.to_le_bytes());
-    for (i, t) in tags.iter().enumerate() {
-        if i > 0 {
-            out.push(TAG_SEPARATOR);
-        }
-        out.extend_from_slice(t.as_bytes());
-    }
-    out.extend_from_slice(payload);
-    out
-}
-
-/// A cached "not found" stamped `stamp` (µs, from the lease).
-pub fn negative_envelope(stamp: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN);
-    out.push(TAG_NEGATIVE);
-    out.extend_from_slice(&stamp.to_le_bytes());
-    out
-}
-
-pub(crate) fn new_lease() -> Vec<u8> {
-    let token: u128 = rand::random();
-    let mut out = vec![TAG_LEASE, b'L'];
-    out.extend_from_slice(format!("{token:032x}").as_bytes());
-    out
-}
+pub use envelope::{
+    negative_envelope, parse_envelope, split_value, stamp_of, value_envelope, Found,
+};
+pub(crate) use envelope::{new_lease, tags_current};
+use envelope::{HEADER_LEN, VALUE_HEADER_LEN};
+use scripts::Scripts;
 
 /// The Redis-side names of one cache: its namespace and value-schema version.
 #[derive(Debug, Clone)]
@@ -264,149 +167,6 @@ const OPS: [&str; 12] = [
     "bypass_acquire",
     "bypass_release",
 ];
-
-struct Scripts {
-    read: Script,
-    lease: Script,
-    fill: Script,
-    release: Script,
-    insert: Script,
-    invalidate_keys: Script,
-    invalidate_tag: Script,
-    flush: Script,
-}
-
-impl Scripts {
-    fn new() -> Self {
-        Scripts {
-            // KEYS: generation, tags. ARGV: value prefix, key suffix, the generation if known
-            // ('' = read it), then tags whose versions to return with the value.
-            read: Script::new(
-                r"local g = ARGV[3]
-if g == '' then g = redis.call('GET', KEYS[1]) or '0' end
-local out = {g, redis.call('GET', ARGV[1] .. g .. ARGV[2])}
-if #ARGV > 3 then
-  local v = redis.call('HMGET', KEYS[2], unpack(ARGV, 4))
-  for i = 1, #v do out[2 + i] = v[i] or '0' end
-end
-return out",
-            ),
-            // The miss path's one round trip. KEYS: generation, schemas, tags. ARGV: value
-            // prefix, key suffix, lease, lease ttl (ms), bytes it may replace ('' = none),
-            // schema, the value's ttl (ms) if it will carry tags ('0': untagged; a tagged stamp
-            // comes from the namespace's tag clock, and the ttl is recorded first), then tags
-            // whose versions to return with a value found. At the namespace's generation now:
-            // {2, generation, what the key holds, versions...}, or the lease is taken and
-            // {1, generation, stamp}.
-            lease: Script::new(
-                r"local g = redis.call('GET', KEYS[1]) or '0'
-local k = ARGV[1] .. g .. ARGV[2]
-local cur = redis.call('GET', k)
-if cur and not (ARGV[5] ~= '' and cur == ARGV[5]) then
-  local out = {2, g, cur}
-  if #ARGV > 7 then
-    local v = redis.call('HMGET', KEYS[3], unpack(ARGV, 8))
-    for i = 1, #v do out[3 + i] = v[i] or '0' end
-  end
-  return out
-end
-redis.call('SET', k, ARGV[3], 'PX', ARGV[4])
-redis.call('SADD', KEYS[2], ARGV[6])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local ttl = tonumber(ARGV[7])
-if ttl > 0 then
-  local clock = redis.call('HMGET', KEYS[3], ' now', ' ttl')
-  now = math.max(now, (tonumber(clock[1]) or 0) + 1)
-  redis.call('HSET', KEYS[3], ' now', string.format('%.0f', now), ' ttl', string.format('%.0f', math.max(ttl, tonumber(clock[2]) or 0)))
-end
-return {1, g, string.format('%.0f', now)}",
-            ),
-            // KEYS: value, generation, tags. ARGV: lease, envelope, ttl (ms), generation,
-            // stamp (µs), then the value's tags.
-            fill: Script::new(
-                r"if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[4] then redis.call('DEL', KEYS[1]) return -1 end
-if #ARGV > 5 then
-  local stamp = tonumber(ARGV[5])
-  local v = redis.call('HMGET', KEYS[3], unpack(ARGV, 6))
-  for i = 1, #v do
-    if v[i] and tonumber(v[i]) >= stamp then redis.call('DEL', KEYS[1]) return -2 end
-  end
-end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1",
-            ),
-            // KEYS: generation. ARGV: value prefix, key suffix, lease, the lease's generation
-            // ('' = not known: the namespace's generation now).
-            release: Script::new(
-                r"local g = ARGV[4]
-if g == '' then g = redis.call('GET', KEYS[1]) or '0' end
-local k = ARGV[1] .. g .. ARGV[2]
-if redis.call('GET', k) == ARGV[3] then return redis.call('DEL', k) end
-return 0",
-            ),
-            // KEYS: generation, schemas, tags. ARGV: value prefix, key suffix, envelope (its
-            // stamp is written here), ttl (ms), schema, tagged ('1' or '0').
-            insert: Script::new(
-                r"local g = redis.call('GET', KEYS[1]) or '0'
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-if ARGV[6] == '1' then
-  local clock = redis.call('HMGET', KEYS[3], ' now', ' ttl')
-  now = math.max(now, (tonumber(clock[1]) or 0) + 1)
-  redis.call('HSET', KEYS[3], ' now', string.format('%.0f', now), ' ttl', string.format('%.0f', math.max(tonumber(ARGV[4]), tonumber(clock[2]) or 0)))
-end
-local stamp, n = '', now
-for i = 1, 8 do
-  stamp = stamp .. string.char(n % 256)
-  n = math.floor(n / 256)
-end
-local env = ARGV[3]
-redis.call('SET', ARGV[1] .. g .. ARGV[2], string.sub(env, 1, 1) .. stamp .. string.sub(env, 10), 'PX', ARGV[4])
-redis.call('SADD', KEYS[2], ARGV[5])
-return g",
-            ),
-            invalidate_keys: Script::new(
-                r"local g = redis.call('GET', KEYS[1]) or '0'
-local schemas = redis.call('SMEMBERS', KEYS[2])
-for i = 4, #ARGV do
-  for _, s in ipairs(schemas) do
-    redis.call('DEL', ARGV[1] .. g .. ':s' .. s .. ':' .. ARGV[i])
-  end
-end
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 1",
-            ),
-            // KEYS: tags. ARGV: channel, message, tag, max lease ttl (ms). The tag's time moves
-            // past the namespace's tag clock (and past its own), so it follows every stamp
-            // taken before; then a few fields too old to matter go (see the module docs).
-            invalidate_tag: Script::new(
-                r"local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local h = redis.call('HMGET', KEYS[1], ' now', ' ttl', ' cursor', ARGV[3])
-local v = math.max(now, (tonumber(h[1]) or 0) + 1, (tonumber(h[4]) or 0) + 1)
-redis.call('HSET', KEYS[1], ARGV[3], string.format('%.0f', v), ' now', string.format('%.0f', v))
-local horizon = now - ((tonumber(h[2]) or 0) + tonumber(ARGV[4])) * 1000
-local page = redis.call('HSCAN', KEYS[1], h[3] or '0', 'COUNT', 16)
-for i = 1, #page[2], 2 do
-  local f = page[2][i]
-  if string.byte(f, 1) ~= 32 and (tonumber(page[2][i + 1]) or 0) < horizon then
-    redis.call('HDEL', KEYS[1], f)
-  end
-end
-redis.call('HSET', KEYS[1], ' cursor', page[1])
-redis.call('PUBLISH', ARGV[1], ARGV[2])
-return 1",
-            ),
-            flush: Script::new(
-                r"local g = redis.call('INCR', KEYS[1])
-redis.call('PUBLISH', ARGV[1], ARGV[2])
-return g",
-            ),
-        }
-    }
-}
 
 /// The Redis tier: one multiplexed, self-reconnecting connection for commands, a timeout on
 /// every call, and the circuit breaker.
@@ -920,54 +680,6 @@ fn millis(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn envelopes_round_trip_and_garbage_is_undecodable() {
-        match parse_envelope(value_envelope(b"abc", &[], 7)) {
-            Found::Value(v) => assert_eq!(split_value(&v), Some((vec![], &b"abc"[..]))),
-            other => panic!("unexpected {other:?}"),
-        }
-        let tags = vec!["users".to_owned(), "orders:7".to_owned()];
-        match parse_envelope(value_envelope(b"", &tags, 1_700_000_000_000_000)) {
-            Found::Value(v) => {
-                assert_eq!(stamp_of(&v), Some(1_700_000_000_000_000));
-                assert_eq!(split_value(&v), Some((tags, &b""[..])));
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-        // A tags length that runs past the end is not a value.
-        let mut bad = value_envelope(b"", &[], 0);
-        bad[9] = 200;
-        assert!(matches!(parse_envelope(bad), Found::Undecodable(_)));
-        assert!(matches!(
-            parse_envelope(negative_envelope(5)),
-            Found::Negative(_)
-        ));
-        assert!(matches!(parse_envelope(new_lease()), Found::Lease));
-        for garbage in [
-            &b""[..],
-            b"\x01short",
-            b"\x00X",
-            b"hello",
-            b"\x02123456789extra",
-        ] {
-            assert!(
-                matches!(parse_envelope(garbage.to_vec()), Found::Undecodable(_)),
-                "{garbage:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_value_is_current_only_if_every_tag_was_invalidated_before_its_stamp() {
-        assert!(tags_current(100, &[]));
-        assert!(tags_current(100, &[0, 99]));
-        assert!(
-            !tags_current(100, &[0, 100]),
-            "an invalidation at the stamp wins"
-        );
-        assert!(!tags_current(100, &[101]));
-    }
 
     #[test]
     fn script_key_layout_matches_the_shared_naming() {
