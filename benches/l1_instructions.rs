@@ -55,12 +55,7 @@ async fn main() {
             }
         }
         _ => {
-            let handle = walcache::Walcache::builder()
-                .allow_unsigned()
-                .without_invalidation_stream()
-                .build()
-                .await
-                .expect("handle");
+            let handle = walcache_benches::l1_only_handle().await;
             let cache = handle
                 .cache::<i64, Arc<str>>("bench")
                 .max_capacity(10_000)

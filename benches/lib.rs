@@ -168,6 +168,18 @@ impl Servers {
             .expect("build the walcache handle")
     }
 
+    /// A connection of its own to the benchmark database (its own backend).
+    ///
+    /// # Panics
+    ///
+    /// When the connection fails.
+    pub async fn connect_db(&self) -> tokio_postgres::Client {
+        self.pg
+            .connect(&self.database)
+            .await
+            .expect("connect to the benchmark database")
+    }
+
     /// A raw multiplexed redis-rs connection to the private Redis.
     ///
     /// # Panics
@@ -180,6 +192,20 @@ impl Servers {
             .await
             .expect("connect to the private redis")
     }
+}
+
+/// A walcache handle with no Redis and no stream: L1 only.
+///
+/// # Panics
+///
+/// When the handle cannot be built.
+pub async fn l1_only_handle() -> Walcache {
+    Walcache::builder()
+        .allow_unsigned()
+        .without_invalidation_stream()
+        .build()
+        .await
+        .expect("an L1-only handle")
 }
 
 /// The table holding the rows of values of `size` bytes.

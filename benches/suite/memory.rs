@@ -4,7 +4,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use walcache::{Cache, Walcache};
+use walcache::Cache;
 use walcache_benches::value_of;
 
 use crate::MEMORY_ENTRIES;
@@ -53,12 +53,7 @@ pub(crate) fn child(kind: &str) {
     let per_entry = rt.block_on(async {
         match kind {
             "walcache" => {
-                let handle = Walcache::builder()
-                    .allow_unsigned()
-                    .without_invalidation_stream()
-                    .build()
-                    .await
-                    .expect("handle");
+                let handle = walcache_benches::l1_only_handle().await;
                 let cache: Cache<i64, String> = handle
                     .cache("mem")
                     .max_capacity(2 * n)

@@ -154,6 +154,17 @@ where
     )
 }
 
+/// Wait until every key's L1 entry is past its time-to-live, so that the next reads go to L2.
+async fn l1_expired(cache: &Cache<i64, String>) {
+    walcache_testkit::wait_until(
+        "L1 entries past their time-to-live",
+        Duration::from_secs(5),
+        || async { (0..KEYS).all(|id| !cache.contains_in_l1(&id)) },
+    )
+    .await
+    .expect("L1 entries expire");
+}
+
 /// Time one future.
 async fn timed<T>(f: impl Future<Output = T>) -> Duration {
     let t = Instant::now();
@@ -168,12 +179,7 @@ fn key_of(w: usize, i: u64, c: usize) -> i64 {
 }
 
 async fn l1_tier(mode: Mode, size: usize) -> Vec<TierRow> {
-    let handle = Walcache::builder()
-        .allow_unsigned()
-        .without_invalidation_stream()
-        .build()
-        .await
-        .expect("an L1-only handle");
+    let handle = walcache_benches::l1_only_handle().await;
     let cache: &'static Cache<i64, String> = leak(
         handle
             .cache(&format!("l1_{size}"))
@@ -249,12 +255,12 @@ async fn l2_tier(
             .await
             .expect("fill");
     }
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    l1_expired(cache).await;
     assert!(cache.get(&0).await.is_some(), "an L2 hit");
     let mut rows = Vec::new();
     let mut gets = Vec::new();
     for c in CONCURRENCY {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        l1_expired(cache).await;
         let before = keyspace_counters(&mut info).await;
         let (walcache, raw) = abba(
             c,
@@ -316,13 +322,7 @@ async fn miss_tier(mode: Mode, servers: &Servers, handle: &Walcache, size: usize
             .build()
             .expect("the miss cache"),
     );
-    let db: &'static tokio_postgres::Client = leak(
-        servers
-            .pg
-            .connect(&servers.database)
-            .await
-            .expect("connect"),
-    );
+    let db: &'static tokio_postgres::Client = leak(servers.connect_db().await);
     let select: &'static tokio_postgres::Statement = leak(
         db.prepare(&format!("SELECT body FROM {} WHERE id = $1", table(size)))
             .await

@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use walcache::{Cache, Walcache};
+use walcache::Cache;
 use walcache_benches::Servers;
 use walcache_testkit::{unique_prefix, Zipf};
 
@@ -41,13 +41,7 @@ pub(crate) const WRITES_PER_10K: u64 = 100;
 
 pub(crate) async fn run(mode: Mode, servers: &Servers) -> Vec<WorkloadRow> {
     let zipf: &'static Zipf = leak(Zipf::new(WORKLOAD_KEYS, 1.0));
-    let db: &'static tokio_postgres::Client = leak(
-        servers
-            .pg
-            .connect(&servers.database)
-            .await
-            .expect("connect"),
-    );
+    let db: &'static tokio_postgres::Client = leak(servers.connect_db().await);
     let select: &'static tokio_postgres::Statement = leak(
         db.prepare("SELECT body FROM wl WHERE id = $1")
             .await
@@ -61,12 +55,7 @@ pub(crate) async fn run(mode: Mode, servers: &Servers) -> Vec<WorkloadRow> {
     let mut rows = Vec::new();
     for config in ["L1 only", "L2 only", "two tiers"] {
         let handle = match config {
-            "L1 only" => Walcache::builder()
-                .allow_unsigned()
-                .without_invalidation_stream()
-                .build()
-                .await
-                .expect("an L1-only handle"),
+            "L1 only" => walcache_benches::l1_only_handle().await,
             _ => servers.walcache(&unique_prefix()).await,
         };
         let builder = handle.cache::<i64, String>("wl");

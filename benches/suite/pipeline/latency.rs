@@ -13,7 +13,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
-use walcache_protocol::{Body, Message, Naming};
+use walcache_protocol::{Body, Message};
 
 use super::reader::{READER_COMMAND, READER_KEYS_ENV};
 use super::{mono_ns, pct, BoxError, Env, InProcessDaemon};
@@ -336,9 +336,7 @@ pub(crate) fn latency_run(
         let index: HashMap<String, usize> =
             (0..n).map(|k| (walcache::key_of(&(k as i64)), k)).collect();
         let heard = Arc::clone(&heard);
-        let mut pubsub = env.rt.block_on(env.redis.client().get_async_pubsub())?;
-        env.rt
-            .block_on(pubsub.subscribe(Naming::default().invalidation_channel()))?;
+        let pubsub = env.invalidation_pubsub()?;
         env.rt.spawn(async move {
             let mut messages = pubsub.into_on_message();
             while let Some(m) = messages.next().await {

@@ -179,6 +179,15 @@ impl Env<'_> {
         Ok(self.rt.block_on(self.db.batch_execute(sql))?)
     }
 
+    /// A pub/sub connection subscribed to the daemon's invalidation channel (the SUBSCRIBE
+    /// acknowledged when this returns).
+    pub(crate) fn invalidation_pubsub(&self) -> Result<redis::aio::PubSub, BoxError> {
+        let mut pubsub = self.rt.block_on(self.redis.client().get_async_pubsub())?;
+        self.rt
+            .block_on(pubsub.subscribe(Naming::default().invalidation_channel()))?;
+        Ok(pubsub)
+    }
+
     /// The server's current WAL position.
     pub(crate) fn current_lsn(&self) -> Result<u64, BoxError> {
         let row = self.rt.block_on(
@@ -362,9 +371,7 @@ impl KeyListener {
     pub(crate) fn start(env: &Env<'_>, namespace: &str, key: i64) -> Result<KeyListener, BoxError> {
         let heard: Arc<Mutex<Option<Heard>>> = Arc::default();
         let (namespace, key) = (namespace.to_owned(), walcache::key_of(&key));
-        let mut pubsub = env.rt.block_on(env.redis.client().get_async_pubsub())?;
-        env.rt
-            .block_on(pubsub.subscribe(Naming::default().invalidation_channel()))?;
+        let pubsub = env.invalidation_pubsub()?;
         let task = {
             let heard = Arc::clone(&heard);
             env.rt.spawn(async move {

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use walcache::{Cache, Walcache};
-use walcache_protocol::{Message, Naming};
+use walcache_protocol::Message;
 use walcache_testkit::TcpProxy;
 
 use super::{pct_f, poll, sorted};
@@ -162,9 +162,7 @@ fn one(env: &Env<'_>, mode: Mode, n: usize) -> Result<NamespacesRow, BoxError> {
 /// heartbeat stage (total seconds, count) and the window (s).
 fn heartbeats(env: &Env<'_>, mode: Mode) -> Result<(usize, f64, u64, f64), BoxError> {
     let largest = Arc::new(Mutex::new(0usize));
-    let mut pubsub = env.rt.block_on(env.redis.client().get_async_pubsub())?;
-    env.rt
-        .block_on(pubsub.subscribe(Naming::default().invalidation_channel()))?;
+    let pubsub = env.invalidation_pubsub()?;
     let listener = {
         let largest = Arc::clone(&largest);
         env.rt.spawn(async move {

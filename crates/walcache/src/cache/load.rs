@@ -477,7 +477,8 @@ where
             Ok(FillOutcome::Stored) => {
                 self.guard.disarm();
                 if let Some(v) = &self.value {
-                    self.inner.fill_stale(&self.key, v, self.snap, &self.tags);
+                    self.inner
+                        .fill_stale(&self.key, v, self.snap, super::shared_tags(&self.tags));
                 }
             }
             Ok(FillOutcome::LeaseLost | FillOutcome::Raced) => {

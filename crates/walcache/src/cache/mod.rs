@@ -169,17 +169,18 @@ where
             .snapshot(&self.shared.global_generation, key_hash(k))
     }
 
-    /// Keep `v` (carrying `tags`) as the key's stale-if-error copy if no invalidation touched
-    /// the key since `snap` (and take it out again if one lands during the insert).
-    fn fill_stale(&self, k: &Arc<str>, v: &V, snap: Snapshot, tags: &[String]) {
+    /// Keep `v` (carrying `tags`, from [`shared_tags`]) as the key's stale-if-error copy if no
+    /// invalidation touched the key since `snap` (and take it out again if one lands during
+    /// the insert).
+    fn fill_stale(&self, k: &Arc<str>, v: &V, snap: Snapshot, tags: Option<Arc<[String]>>) {
         let Some(stale) = &self.stale else { return };
-        let tagged = !tags.is_empty();
         // A value an invalidation raced may predate it, and may be older than the copy
         // already held (or come back after an explicit `invalidate` dropped the copies).
+        let tagged = tags.is_some();
         if snap.holds(&self.snapshot(k), tagged) {
             let copy = StaleCopy {
                 value: v.clone(),
-                tags: tagged.then(|| tags.into()),
+                tags,
             };
             stale.insert(Arc::clone(k), copy);
             handshake_fence(); // insert, then re-read: see generation.rs
@@ -568,7 +569,7 @@ where
         let size = encoded.as_ref().map_or(0, Vec::len);
         if inner.shared.live.load(Ordering::Acquire) && !inner.ns.is_out_of_service() {
             let stamps = self.stamps(&tags);
-            self.put_l1(&k, Some(value), &tags, stamps, size, 0);
+            self.put_l1(&k, Some(value), shared_tags(&tags), stamps, size, 0);
         }
         if let (Some(l2), Some(names), Some(payload)) =
             (inner.shared.l2.as_ref(), inner.names.as_ref(), encoded)
@@ -749,13 +750,12 @@ where
         &self,
         k: &Arc<str>,
         value: Option<V>,
-        tags: &[String],
+        tags: Option<Arc<[String]>>,
         stamps: Stamps,
         size: usize,
         fill: u64,
     ) {
         let inner = &self.inner;
-        let tags: Option<Arc<[String]>> = (!tags.is_empty()).then(|| tags.into());
         let weight = if inner.weighted {
             u32::try_from(k.len() + size)
                 .unwrap_or(u32::MAX)
@@ -803,8 +803,10 @@ where
     ) {
         let inner = &self.inner;
         let tagged = !tags.is_empty();
+        // One shared list for the stale-if-error copy and the L1 entry.
+        let shared = shared_tags(tags);
         if let (0, Some(v)) = (fill, &value) {
-            inner.fill_stale(k, v, snap, tags);
+            inner.fill_stale(k, v, snap, shared.clone());
         }
         // Out of service: the counter moves after the state (`Shared::apply_view`), so a fill
         // that misses the state below finds its snapshot moved.
@@ -822,7 +824,7 @@ where
             return;
         }
         inner.shared.hooks.pass_blocking(HookPoint::BeforeL1Insert);
-        self.put_l1(k, value, tags, stamps, size, fill);
+        self.put_l1(k, value, shared, stamps, size, fill);
         inner.shared.hooks.pass_blocking(HookPoint::AfterL1Insert);
         handshake_fence(); // insert, then re-read: see generation.rs
         if !snap.holds(&self.snapshot(k), tagged) {
@@ -859,6 +861,11 @@ impl<F: FnOnce()> Drop for OnDrop<F> {
             f();
         }
     }
+}
+
+/// A value's tags as an entry holds them: `None` for an untagged value.
+fn shared_tags(tags: &[String]) -> Option<Arc<[String]>> {
+    (!tags.is_empty()).then(|| tags.into())
 }
 
 fn owned_tags(tags: &[&str]) -> Result<Vec<String>, Error> {

@@ -150,12 +150,7 @@ async fn a_thousand_cold_readers_across_four_handles_load_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l1_only_mode_works_without_redis() {
     support::recorder();
-    let h = Walcache::builder()
-        .allow_unsigned()
-        .without_invalidation_stream()
-        .build()
-        .await
-        .expect("L1-only handle");
+    let h = support::l1_only_handle().await;
     assert!(h.is_live(), "no stream: L1 is always usable");
     let c = h
         .cache::<(i64, &str), String>("local")

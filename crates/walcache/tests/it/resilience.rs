@@ -177,12 +177,7 @@ async fn strict_mode_bypasses_both_tiers_while_not_live() {
 /// filled with the tag before it, not even as a fallback. Copies of other tags stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidate_tag_drops_the_stale_if_error_copies_carrying_the_tag() {
-    let h = Walcache::builder()
-        .allow_unsigned()
-        .without_invalidation_stream()
-        .build()
-        .await
-        .expect("handle");
+    let h = support::l1_only_handle().await;
     let cache = h
         .cache::<i64, String>("stale_tags")
         .stale_if_error(Duration::from_secs(60))
@@ -225,12 +220,7 @@ async fn invalidate_tag_drops_the_stale_if_error_copies_carrying_the_tag() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_if_error_serves_a_bounded_stale_value() {
     support::recorder();
-    let h = Walcache::builder()
-        .allow_unsigned()
-        .without_invalidation_stream()
-        .build()
-        .await
-        .expect("handle");
+    let h = support::l1_only_handle().await;
     let cache = h
         .cache::<i64, String>("stale")
         .stale_if_error(Duration::from_secs(60))

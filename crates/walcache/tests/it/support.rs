@@ -99,6 +99,16 @@ pub(crate) fn namespace(base: &str) -> String {
     format!("{base}-{}", NS.fetch_add(1, Ordering::Relaxed))
 }
 
+/// A handle with no Redis and no invalidation stream: L1 only, always live.
+pub(crate) async fn l1_only_handle() -> Walcache {
+    Walcache::builder()
+        .allow_unsigned()
+        .without_invalidation_stream()
+        .build()
+        .await
+        .expect("an L1-only handle")
+}
+
 /// Builder defaults for tests: short timeouts so failure paths finish quickly.
 pub(crate) fn builder(redis: &RedisServer) -> walcache::WalcacheBuilder {
     Walcache::builder()

@@ -4,11 +4,10 @@
 //! namespace; another process; this one), whichever cache object of the namespace holds it,
 //! and however many tags share a stamp stripe.
 
-use walcache::Walcache;
 use walcache_protocol::{Body, Message, Naming, TagRef};
 use walcache_testkit::{wait_until, RedisServer};
 
-use crate::support::{live_handles, namespace, value, LoadError, Publisher, DEADLINE};
+use crate::support::{self, live_handles, namespace, value, LoadError, Publisher, DEADLINE};
 
 async fn redis_now_micros(redis: &RedisServer) -> u64 {
     let mut c = redis
@@ -207,12 +206,7 @@ async fn another_processes_invalidate_tag_is_enforced_here_on_every_read_path() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tags_sharing_stamp_stripes_never_hide_an_invalidation() {
     const TAGS: i64 = 1000;
-    let h = Walcache::builder()
-        .allow_unsigned()
-        .without_invalidation_stream()
-        .build()
-        .await
-        .expect("handle");
+    let h = support::l1_only_handle().await;
     let cache = h
         .cache::<i64, String>(&namespace("stamps-stripes"))
         .build()
